@@ -1,0 +1,3 @@
+"""bng: a Kubernetes-native, eBPF-accelerated Broadband Network Gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Node agent: DHCP slow path, dataplane reconciler, subscriber reporting."""

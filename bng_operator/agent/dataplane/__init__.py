@@ -1,0 +1,1 @@
+"""The only code that imports bcc: load, attach, pin, typed map access."""

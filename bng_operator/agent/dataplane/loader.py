@@ -1,0 +1,124 @@
+"""Compile, load, attach and pin BPF programs through BCC, with a clear lifecycle.
+
+    with BPFObject(Path("bpf/xdp_dhcp.c"), cflags={"MAX_LEASES": 100000}) as obj:
+        fd = obj.load_xdp("xdp_dhcp")
+        obj.attach_xdp("eth1", "xdp_dhcp")
+        obj.pin_map("subscribers", Path("/sys/fs/bpf/bng/subscribers"))
+    # leaving the block detaches the program and removes the pins it made
+
+``close()`` undoes exactly what this object did, so a test or an agent that exits leaves
+nothing attached or pinned unless it asked to keep it (``keep=True``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bcc import BPF, libbcc
+
+from bng_operator import netlink
+from bng_operator.netlink import XDPMode
+
+BPFFS = Path("/sys/fs/bpf")
+REPO_BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
+
+
+class DataplaneError(RuntimeError):
+    """The kernel refused something; the message says what and what to do."""
+
+
+def bpffs_mounted(path: Path = BPFFS) -> bool:
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in f)
+
+
+def program_exists(prog_id: int) -> bool:
+    """Whether the kernel still holds a BPF program with this id."""
+    fd = libbcc.lib.bpf_prog_get_fd_by_id(ctypes.c_uint(prog_id))
+    if fd >= 0:
+        os.close(fd)
+        return True
+    return False
+
+
+@dataclass
+class _Attachment:
+    ifname: str
+    ns: str | None
+    mode: XDPMode
+
+
+class BPFObject:
+    """One C file compiled by BCC: its programs, its maps, and what was attached and pinned."""
+
+    def __init__(self, src: Path, cflags: dict[str, int | str] | None = None,
+                 include_dirs: tuple[Path, ...] = ()) -> None:
+        if not src.exists():
+            raise DataplaneError(f"BPF source {src} not found")
+        flags = [f"-D{k}={v}" for k, v in (cflags or {}).items()]
+        flags += [f"-I{d}" for d in (REPO_BPF_DIR, *include_dirs)]
+        try:
+            self.bpf = BPF(src_file=str(src).encode(), cflags=flags)
+        except Exception as e:  # BCC raises bare Exception on compile errors
+            raise DataplaneError(f"compiling {src.name} failed: {e}. Are kernel headers "
+                                 "installed (make setup)?") from e
+        self._fns: dict[str, Any] = {}
+        self._attached: list[_Attachment] = []
+        self._pins: list[Path] = []
+        self._closed = False
+
+    def load_xdp(self, fn: str) -> int:
+        """Load (verify) the XDP function ``fn``; returns its fd."""
+        if fn not in self._fns:
+            try:
+                self._fns[fn] = self.bpf.load_func(fn.encode(), BPF.XDP)
+            except Exception as e:
+                raise DataplaneError(f"the verifier rejected {fn}: {e}") from e
+        return int(self._fns[fn].fd)
+
+    def attach_xdp(self, ifname: str, fn: str, ns: str | None = None,
+                   mode: XDPMode = "native") -> None:
+        netlink.attach_xdp(ifname, self.load_xdp(fn), ns, mode)
+        self._attached.append(_Attachment(ifname, ns, mode))
+
+    def map(self, name: str) -> Any:
+        """The BCC table ``name``; use its ``Key`` / ``Leaf`` types, not ctypes mirrors."""
+        return self.bpf[name.encode()]
+
+    def pin_map(self, name: str, path: Path) -> None:
+        if not bpffs_mounted():
+            raise DataplaneError(f"{BPFFS} is not a bpf filesystem: mount -t bpf bpf {BPFFS}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rc = libbcc.lib.bpf_obj_pin(self.map(name).map_fd, str(path).encode())
+        if rc != 0:  # libbpf returns -errno
+            raise DataplaneError(f"pinning map {name} at {path}: {os.strerror(-rc)}")
+        self._pins.append(path)
+
+    def close(self, keep: bool = False) -> None:
+        """Detach and unpin what this object did (unless ``keep``), then free the programs."""
+        if self._closed:
+            return
+        self._closed = True
+        if not keep:
+            for a in reversed(self._attached):
+                try:
+                    netlink.detach_xdp(a.ifname, a.ns, a.mode)
+                except (netlink.InterfaceMissing, OSError):
+                    pass  # the link or namespace is already gone, and the program with it
+            for p in reversed(self._pins):
+                p.unlink(missing_ok=True)
+                if p.parent != BPFFS and p.parent.is_dir() and not any(p.parent.iterdir()):
+                    p.parent.rmdir()
+        self.bpf.cleanup()
+
+    def __enter__(self) -> BPFObject:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,116 @@
+"""BNGNode: the whole configuration of one node's agent, rendered by the operator."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from bng_operator.api.common import Conditions, IPv4CIDR, Model, ObjectName
+from bng_operator.api.ippool import IPPoolSpec
+from bng_operator.api.natpool import NATPoolSpec
+from bng_operator.api.qospolicy import QoSPolicySpec
+from bng_operator.api.resource import AGE, PrinterColumn, Resource, ResourceInfo, ready_column
+from bng_operator.api.subscriberclass import SubscriberClassSpec
+
+# The design limit of one node (DESIGN.md): map sizes are checked against it.
+MAX_LEASES_PER_NODE = 100_000
+
+InterfaceName = Annotated[str, Field(min_length=1, max_length=15, pattern=r"^[^/\s:]+$")]
+
+
+class Interfaces(Model):
+    access: list[InterfaceName] = Field(
+        min_length=1, max_length=16, description="Interfaces subscribers are reached on.")
+    uplink: InterfaceName | None = Field(default=None,
+                                         description="Towards the core; NAT runs here.")
+
+
+class NodePool(Model):
+    name: ObjectName
+    spec: IPPoolSpec
+    blocks: list[IPv4CIDR] = Field(
+        default_factory=list, max_length=4096,
+        description="Blocks this node allocates from. Empty: the node owns the whole pool "
+                    "(standalone mode).",
+    )
+
+
+class NodeClass(Model):
+    name: ObjectName
+    spec: SubscriberClassSpec
+
+
+class NodeQoSPolicy(Model):
+    name: ObjectName
+    spec: QoSPolicySpec
+
+
+class NodeNATPool(Model):
+    name: ObjectName
+    spec: NATPoolSpec
+
+
+class BNGNodeSpec(Model):
+    node_name: str = Field(max_length=253)
+    interfaces: Interfaces
+    max_leases: int = Field(default=MAX_LEASES_PER_NODE, ge=1, le=MAX_LEASES_PER_NODE,
+                            description="Sizes the lease store and the eBPF subscriber maps.")
+    pools: list[NodePool] = Field(default_factory=list, max_length=256)
+    classes: list[NodeClass] = Field(default_factory=list, max_length=256)
+    qos_policies: list[NodeQoSPolicy] = Field(default_factory=list, max_length=256)
+    nat_pools: list[NodeNATPool] = Field(default_factory=list, max_length=64)
+
+
+class ProgramStatus(Model):
+    hook: Literal["xdp", "tc-ingress", "tc-egress"]
+    interface: str
+    name: str
+    attached: bool
+    program_id: int | None = None
+
+
+class MapFill(Model):
+    name: str
+    entries: int = Field(ge=0)
+    capacity: int = Field(ge=0)
+
+
+class BlockUsage(Model):
+    pool: str
+    cidr: str = Field(max_length=18)
+    leases: int = Field(ge=0)
+    size: int = Field(ge=0)
+
+
+class BNGNodeStatus(Model):
+    programs: list[ProgramStatus] = Field(default_factory=list, max_length=64)
+    maps: list[MapFill] = Field(default_factory=list, max_length=64)
+    blocks: list[BlockUsage] = Field(default_factory=list, max_length=4096)
+    leases_active: int = Field(default=0, ge=0)
+    last_sync: datetime | None = None
+    observed_generation: int | None = None
+    conditions: Conditions
+
+
+class BNGNode(Resource):
+    info: ClassVar[ResourceInfo] = ResourceInfo(
+        kind="BNGNode",
+        plural="bngnodes",
+        short_names=("bngn",),
+        scope="Cluster",
+        spec_rules=False,
+        columns=(
+            PrinterColumn("Node", "string", ".spec.nodeName"),
+            PrinterColumn("Access", "string", ".spec.interfaces.access[0]"),
+            PrinterColumn("Uplink", "string", ".spec.interfaces.uplink", priority=1),
+            PrinterColumn("Leases", "integer", ".status.leasesActive"),
+            ready_column(),
+            ready_column("Degraded"),
+            PrinterColumn("Synced", "date", ".status.lastSync", priority=1),
+            AGE,
+        ),
+    )
+    spec: BNGNodeSpec
+    status: BNGNodeStatus | None = None

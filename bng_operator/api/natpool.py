@@ -1,0 +1,104 @@
+"""NATPool: public addresses shared by subscribers through NAT44 / CGNAT (RFC 6888)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from bng_operator.api.common import Conditions, Duration, Model
+from bng_operator.api.resource import AGE, PrinterColumn, Resource, ResourceInfo, ready_column
+from bng_operator.api.rules import Checked, Rule, is_cidr, is_ipv4, is_masked
+
+PublicPrefix = Annotated[
+    str,
+    Field(max_length=18),
+    Checked(
+        Rule("(isIP(self) && ip(self).family() == 4) || "
+             "(isCIDR(self) && cidr(self).ip().family() == 4)",
+             "must be an IPv4 address or CIDR such as 203.0.113.0/28",
+             lambda s: is_ipv4(s) or (is_cidr(s) and ipaddress.ip_interface(s).version == 4)),
+        Rule("!isCIDR(self) || cidr(self) == cidr(self).masked()",
+             "has host bits set: write the network address", is_masked),
+    ),
+]
+
+Behavior = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
+
+
+class PortRange(Model):
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule("self.start <= self.end", "start must not be greater than end",
+             lambda r: r.start <= r.end, field_path=".start"),
+    )
+    start: int = Field(default=1024, ge=1, le=65535)
+    end: int = Field(default=65535, ge=1, le=65535)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+class NATTimeouts(Model):
+    """Mapping lifetimes; defaults are RFC 5382 / RFC 4787 / RFC 5508 minimums."""
+
+    tcp_established: Duration("2h4m", "24h") = "2h4m"  # type: ignore[valid-type]
+    tcp_transitory: Duration("4m", "1h") = "4m"  # type: ignore[valid-type]
+    udp: Duration("2m", "1h") = "5m"  # type: ignore[valid-type]
+    icmp: Duration("60s", "1h") = "60s"  # type: ignore[valid-type]
+
+
+class NATLogging(Model):
+    block_allocations: bool = Field(
+        default=True,
+        description="Log one line per port-block allocation and release (who had which ports).",
+    )
+
+
+class NATPoolSpec(Model):
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "self.portRange.start > self.portRange.end || "
+            "(self.portRange.end - self.portRange.start + 1) % self.portsPerBlock == 0",
+            "portsPerBlock must divide the number of ports in portRange evenly",
+            lambda p: p.port_range.start > p.port_range.end
+            or p.port_range.size % p.ports_per_block == 0,
+            field_path=".portsPerBlock",
+        ),
+    )
+    addresses: list[PublicPrefix] = Field(min_length=1, max_length=64)
+    port_range: PortRange = Field(default=PortRange())
+    ports_per_block: int = Field(default=512, ge=1, le=65535)
+    blocks_per_subscriber: int = Field(default=1, ge=1, le=64,
+                                       description="Blocks a subscriber may hold at once.")
+    mode: Literal["port-block", "deterministic"] = "port-block"
+    mapping_behavior: Behavior = "endpoint-independent"
+    filtering_behavior: Behavior = "endpoint-independent"
+    timeouts: NATTimeouts = Field(default=NATTimeouts())
+    logging: NATLogging = Field(default=NATLogging())
+
+
+class NATPoolStatus(Model):
+    blocks_total: int = Field(default=0, ge=0)
+    blocks_used: int = Field(default=0, ge=0)
+    conditions: Conditions
+
+
+class NATPool(Resource):
+    info: ClassVar[ResourceInfo] = ResourceInfo(
+        kind="NATPool",
+        plural="natpools",
+        short_names=("natp",),
+        scope="Cluster",
+        columns=(
+            PrinterColumn("Addresses", "string", ".spec.addresses[0]", "First public prefix"),
+            PrinterColumn("Mode", "string", ".spec.mode"),
+            PrinterColumn("Ports/Block", "integer", ".spec.portsPerBlock"),
+            PrinterColumn("Blocks-Used", "integer", ".status.blocksUsed"),
+            ready_column(),
+            AGE,
+        ),
+    )
+    spec: NATPoolSpec
+    status: NATPoolStatus | None = None

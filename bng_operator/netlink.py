@@ -1,0 +1,161 @@
+"""The one module that talks netlink (pyroute2): namespaces, links, addresses, XDP attach.
+
+Everything that changes the kernel's network configuration goes through here, so the rest
+of bng stays testable without root.
+
+    >>> ns = "bngt-demo"
+    >>> create_netns(ns)
+    >>> add_veth_pair("a", ns, "b", None)        # a inside ns, b in this namespace
+    >>> add_address("a", "192.0.2.1/24", ns); set_up("a", ns)
+    >>> attach_xdp("a", prog_fd, ns, mode="native")
+    >>> detach_xdp("a", ns); remove_netns(ns)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pyroute2 import IPRoute, NetlinkError, NetNS, netns
+
+XDPMode = Literal["native", "generic"]
+# include/uapi/linux/if_link.h
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_REPLACE = 1 << 4
+_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+
+
+class InterfaceMissing(LookupError):
+    """A named interface does not exist (in the given namespace)."""
+
+    def __init__(self, ifname: str, ns: str | None) -> None:
+        where = f" in network namespace {ns}" if ns else ""
+        super().__init__(f"interface {ifname!r} not found{where}")
+        self.ifname = ifname
+
+
+@contextlib.contextmanager
+def route(ns: str | None = None) -> Iterator[Any]:
+    """An rtnetlink socket in ``ns`` (None: this process's namespace)."""
+    ipr = NetNS(ns) if ns else IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+# --- namespaces ----------------------------------------------------------------------------
+
+
+def list_netns() -> list[str]:
+    return sorted(netns.listnetns())
+
+
+def create_netns(name: str) -> None:
+    netns.create(name)
+
+
+def remove_netns(name: str) -> None:
+    """Remove a named namespace; its veth ends go with it. Missing is fine."""
+    with contextlib.suppress(FileNotFoundError, OSError):
+        netns.remove(name)
+
+
+# --- links -----------------------------------------------------------------------------------
+
+
+def ifindex(ifname: str, ns: str | None = None) -> int:
+    with route(ns) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise InterfaceMissing(ifname, ns)
+    return int(found[0])
+
+
+def add_veth_pair(name: str, ns: str | None, peer: str, peer_ns: str | None) -> None:
+    """Create a veth pair with ``name`` in ``ns`` and ``peer`` in ``peer_ns``."""
+    with route(ns) as ipr:
+        p: dict[str, Any] = {"ifname": peer}
+        if peer_ns != ns:
+            p["net_ns_fd"] = peer_ns if peer_ns else "/proc/1/ns/net"
+        ipr.link("add", ifname=name, kind="veth", peer=p)
+
+
+def delete_link(ifname: str, ns: str | None = None) -> None:
+    with route(ns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if idx:
+            ipr.link("del", index=idx[0])
+
+
+def set_up(ifname: str, ns: str | None = None) -> None:
+    with route(ns) as ipr:
+        ipr.link("set", index=_index(ipr, ifname, ns), state="up")
+
+
+def set_mac(ifname: str, mac: str, ns: str | None = None) -> None:
+    with route(ns) as ipr:
+        ipr.link("set", index=_index(ipr, ifname, ns), address=mac)
+
+
+def add_address(ifname: str, cidr: str, ns: str | None = None) -> None:
+    addr, plen = cidr.split("/")
+    with route(ns) as ipr:
+        ipr.addr("add", index=_index(ipr, ifname, ns), address=addr, prefixlen=int(plen))
+
+
+def link_names(ns: str | None = None) -> list[str]:
+    with route(ns) as ipr:
+        return [str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()]
+
+
+# --- XDP ---------------------------------------------------------------------------------------
+
+
+def attach_xdp(ifname: str, prog_fd: int, ns: str | None = None, mode: XDPMode = "native",
+               replace_fd: int | None = None) -> None:
+    """Attach an XDP program. With ``replace_fd`` the swap is atomic and only happens if that
+    program is still the attached one; without it, attaching over another program fails."""
+    flags = _MODE_FLAGS[mode]
+    attrs: list[tuple[str, int]] = [("IFLA_XDP_FD", prog_fd)]
+    if replace_fd is None:
+        flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
+    else:
+        flags |= XDP_FLAGS_REPLACE
+        attrs.append(("IFLA_XDP_EXPECTED_FD", replace_fd))
+    attrs.append(("IFLA_XDP_FLAGS", flags))
+    with route(ns) as ipr:
+        try:
+            ipr.link("set", index=_index(ipr, ifname, ns), xdp={"attrs": attrs})
+        except NetlinkError as e:
+            if e.code == errno.EBUSY:
+                raise RuntimeError(f"{ifname}: another XDP program is attached") from e
+            raise
+
+
+def detach_xdp(ifname: str, ns: str | None = None, mode: XDPMode = "native") -> None:
+    with route(ns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if idx:
+            ipr.link("set", index=idx[0],
+                     xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", _MODE_FLAGS[mode])]})
+
+
+def xdp_program_id(ifname: str, ns: str | None = None) -> int | None:
+    """The id of the XDP program attached to ``ifname``, or None."""
+    with route(ns) as ipr:
+        links = ipr.get_links(_index(ipr, ifname, ns))
+    xdp = links[0].get_attr("IFLA_XDP") if links else None
+    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
+    return int(prog_id) if prog_id else None
+
+
+def _index(ipr: Any, ifname: str, ns: str | None) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise InterfaceMissing(ifname, ns)
+    return int(found[0])

@@ -1,0 +1,1 @@
+"""Test infrastructure shipped with the package: a real control plane, a namespace lab."""

@@ -1,0 +1,172 @@
+"""A real Kubernetes control plane (etcd + kube-apiserver) on loopback, for tests and benches.
+
+The binaries are built by ``make setup`` (``hack/kube/build.sh``) into
+``~/.cache/bng/k8s-<version>/``. Each ControlPlane gets free ports and its own temporary
+directory, writes a kubeconfig there, and kills both processes on ``stop()``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VERSION_FILE = REPO / "hack" / "kube" / "VERSION"
+TOKEN = "bng-test-admin-token"  # noqa: S105 - a loopback-only test cluster
+
+
+class ControlPlaneMissing(RuntimeError):
+    """The binaries are not built: the message says how to get them."""
+
+
+def binaries_dir() -> Path:
+    version = VERSION_FILE.read_text().strip()
+    cache = Path(os.environ.get("BNG_CACHE", Path.home() / ".cache" / "bng"))
+    return cache / f"k8s-{version}"
+
+
+def find_binaries() -> tuple[Path, Path]:
+    d = binaries_dir()
+    apiserver, etcd = d / "kube-apiserver", d / "etcd"
+    missing = [p.name for p in (apiserver, etcd) if not os.access(p, os.X_OK)]
+    if missing:
+        raise ControlPlaneMissing(
+            f"{' and '.join(missing)} not found in {d}. Build them with `make setup` "
+            "(or `hack/kube/build.sh`); it needs Go and the Go module proxy."
+        )
+    return apiserver, etcd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ControlPlane:
+    """etcd and kube-apiserver, started by ``start()`` and killed by ``stop()``."""
+
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bng-k8s-")))
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    url: str = ""
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    def start(self, timeout: float = 90.0) -> ControlPlane:
+        apiserver, etcd = find_binaries()
+        etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
+        self._keys()
+        (self.workdir / "tokens.csv").write_text(f"{TOKEN},bng-admin,1,system:masters\n")
+        self._spawn("etcd", [
+            str(etcd), "--data-dir", str(self.workdir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_client}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_client}",
+            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-cluster", f"default=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync",  # test data: durability buys nothing, fsync costs seconds
+            "--log-level", "warn",
+        ])
+        self._spawn("kube-apiserver", [
+            str(apiserver),
+            "--etcd-servers", f"http://127.0.0.1:{etcd_client}",
+            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--secure-port", str(api_port),
+            "--cert-dir", str(self.workdir / "certs"),
+            "--token-auth-file", str(self.workdir / "tokens.csv"),
+            "--authorization-mode", "RBAC",
+            "--service-account-issuer", "https://kubernetes.default.svc",
+            "--service-account-key-file", str(self.workdir / "sa.pub"),
+            "--service-account-signing-key-file", str(self.workdir / "sa.key"),
+            "--service-cluster-ip-range", "10.96.0.0/16",
+            "--disable-admission-plugins", "ServiceAccount",
+            "--enable-priority-and-fairness=false",
+            "--v", "1",
+        ])
+        self.url = f"https://127.0.0.1:{api_port}"
+        self._write_kubeconfig()
+        self._wait_ready(timeout)
+        return self
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log(self, name: str) -> str:
+        p = self.workdir / f"{name}.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
+        self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+
+    def _keys(self) -> None:
+        key = self.workdir / "sa.key"
+        subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True,
+                       capture_output=True)
+        subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out",
+                        str(self.workdir / "sa.pub")], check=True, capture_output=True)
+
+    def _write_kubeconfig(self) -> None:
+        self.kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: bng-test
+  cluster: {{server: "{self.url}", certificate-authority: "{self.workdir}/certs/apiserver.crt"}}
+users:
+- name: bng-admin
+  user: {{token: {TOKEN}}}
+contexts:
+- name: bng-test
+  context: {{cluster: bng-test, user: bng-admin}}
+current-context: bng-test
+""")
+
+    def _wait_ready(self, timeout: float) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        req = urllib.request.Request(f"{self.url}/readyz",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p, name in zip(self.procs, ("etcd", "kube-apiserver"), strict=False):
+                if p.poll() is not None:
+                    tail = self.log(name)[-3000:]
+                    self.stop()
+                    raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        tail = self.log("kube-apiserver")[-3000:]
+        self.stop()
+        raise RuntimeError(f"kube-apiserver not ready after {timeout}s:\n{tail}")

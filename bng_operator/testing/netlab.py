@@ -1,0 +1,78 @@
+"""A lab of network namespaces joined by veth pairs: every node and subscriber is a namespace.
+
+Names carry the creating process's pid (``bngt<pid>-<n>-<role>``), so a later run can tell a
+crashed run's leftovers (pid gone) from a run still going, and remove only those.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+from bng_operator import netlink
+
+PREFIX = "bngt"
+_seq = itertools.count()
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def remove_leftovers(prefix: str = PREFIX) -> list[str]:
+    """Remove namespaces made by processes that no longer run. Returns their names."""
+    pattern = re.compile(rf"^{prefix}(\d+)-")
+    removed = []
+    for name in netlink.list_netns():
+        m = pattern.match(name)
+        if m and not _alive(int(m.group(1))):
+            netlink.remove_netns(name)
+            removed.append(name)
+    return removed
+
+
+@dataclass
+class NetLab:
+    """Namespaces and links made for one test; ``close()`` removes all of them."""
+
+    prefix: str = PREFIX
+    tag: str = field(init=False)
+    namespaces: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tag = f"{self.prefix}{os.getpid()}-{next(_seq)}"
+
+    def namespace(self, role: str) -> str:
+        """Create a namespace for ``role`` (e.g. "bng", "sub1") with loopback up."""
+        name = f"{self.tag}-{role}"
+        netlink.create_netns(name)
+        self.namespaces.append(name)
+        netlink.set_up("lo", name)
+        return name
+
+    def link(self, ns_a: str, if_a: str, ns_b: str, if_b: str,
+             addr_a: str | None = None, addr_b: str | None = None) -> None:
+        """A veth pair ``if_a``@``ns_a`` <-> ``if_b``@``ns_b``, both up, optionally addressed."""
+        netlink.add_veth_pair(if_a, ns_a, if_b, ns_b)
+        for ifname, ns, addr in ((if_a, ns_a, addr_a), (if_b, ns_b, addr_b)):
+            if addr:
+                netlink.add_address(ifname, addr, ns)
+            netlink.set_up(ifname, ns)
+
+    def run(self, ns: str, *argv: str, check: bool = True, timeout: float = 30,
+            ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside ``ns`` and wait for it."""
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
+                              text=True, check=check, timeout=timeout)
+
+    def popen(self, ns: str, *argv: str, **kw: object) -> subprocess.Popen[bytes]:
+        """Start a command inside ``ns``; the caller stops it."""
+        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)  # type: ignore[call-overload, no-any-return]
+
+    def close(self) -> None:
+        for ns in reversed(self.namespaces):
+            netlink.remove_netns(ns)
+        self.namespaces.clear()

@@ -1,0 +1,99 @@
+"""The dataplane loader: compile with BCC, attach to a veth in a namespace, count, clean up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bng_operator import netlink
+from bng_operator.agent.dataplane.loader import BPFObject, DataplaneError, program_exists
+from bng_operator.testing.netlab import NetLab, remove_leftovers
+
+PROG = Path(__file__).with_name("xdp_count_ping.c")
+
+
+def _pair(netlab: NetLab) -> tuple[str, str]:
+    node, sub = netlab.namespace("bng"), netlab.namespace("sub")
+    netlab.link(node, "access0", sub, "eth0", "192.0.2.1/24", "192.0.2.2/24")
+    return node, sub
+
+
+def test_xdp_counts_a_ping_and_detaches_cleanly(netlab: NetLab, bpffs: Path) -> None:
+    node, sub = _pair(netlab)
+    pin = bpffs / f"bngt{os.getpid()}" / "echo_requests"
+    obj = BPFObject(PROG)
+    try:
+        obj.attach_xdp("access0", "xdp_count_ping", ns=node, mode="native")
+        prog_id = netlink.xdp_program_id("access0", node)
+        assert prog_id is not None and program_exists(prog_id)
+        obj.pin_map("echo_requests", pin)
+        assert pin.exists()
+
+        netlab.run(sub, "ping", "-c", "5", "-i", "0.05", "-W", "1", "192.0.2.1")
+
+        table = obj.map("echo_requests")
+        assert sum(table[table.Key(0)]) == 5  # echo requests only: ARP and replies not counted
+    finally:
+        obj.close()
+    assert netlink.xdp_program_id("access0", node) is None
+    assert not pin.exists() and not pin.parent.exists()
+    assert not program_exists(prog_id)
+
+
+def test_close_keeps_attachment_and_pins_when_asked(netlab: NetLab, bpffs: Path) -> None:
+    """The fast path must outlive the agent: keep=True leaves program and maps in place."""
+    node, _ = _pair(netlab)
+    pin = bpffs / f"bngt{os.getpid()}" / "kept"
+    obj = BPFObject(PROG)
+    obj.attach_xdp("access0", "xdp_count_ping", ns=node)
+    obj.pin_map("echo_requests", pin)
+    prog_id = netlink.xdp_program_id("access0", node)
+    obj.close(keep=True)
+    try:
+        assert netlink.xdp_program_id("access0", node) == prog_id
+        assert program_exists(prog_id) and pin.exists()
+    finally:
+        netlink.detach_xdp("access0", node)
+        pin.unlink()
+        pin.parent.rmdir()
+    assert not program_exists(prog_id)
+
+
+def test_attaching_over_another_program_is_refused(netlab: NetLab, bpffs: Path) -> None:
+    node, _ = _pair(netlab)
+    with BPFObject(PROG) as first, BPFObject(PROG) as second:
+        first.attach_xdp("access0", "xdp_count_ping", ns=node)
+        with pytest.raises(RuntimeError, match="another XDP program is attached"):
+            second.attach_xdp("access0", "xdp_count_ping", ns=node)
+
+
+def test_missing_interface_is_a_clear_error(netlab: NetLab, bpffs: Path) -> None:
+    node = netlab.namespace("bng")
+    with BPFObject(PROG) as obj, pytest.raises(netlink.InterfaceMissing, match="'nope0' not found"):
+        obj.attach_xdp("nope0", "xdp_count_ping", ns=node)
+
+
+def test_compile_error_is_a_clear_error(tmp_path: Path, bpffs: Path) -> None:
+    bad = tmp_path / "bad.c"
+    bad.write_text("int xdp_bad(struct xdp_md *ctx) { return undefined_thing; }\n")
+    with pytest.raises(DataplaneError, match="compiling bad.c failed"):
+        BPFObject(bad)
+
+
+def test_netlab_removes_leftovers_of_a_dead_run(bpffs: Path) -> None:
+    dead_pid = 2**22 + 1  # above pid_max's default ceiling, so never a live process
+    name = f"bngt{dead_pid}-0-bng"
+    netlink.create_netns(name)
+    assert name in remove_leftovers()
+    assert name not in netlink.list_netns()
+
+
+def test_netlab_close_removes_its_namespaces(bpffs: Path) -> None:
+    lab = NetLab()
+    a, b = lab.namespace("a"), lab.namespace("b")
+    lab.link(a, "x0", b, "y0")
+    assert {a, b} <= set(netlink.list_netns())
+    lab.close()
+    assert not {a, b} & set(netlink.list_netns())

@@ -1,0 +1,116 @@
+"""Test tiers and their fixtures.
+
+Each directory is a tier and gets its marker automatically: tests/unit (no root, no network),
+tests/bpf (root, BPF, network namespaces), tests/k8s (a real kube-apiserver and etcd),
+tests/e2e (the whole system). Run one tier with ``pytest -m unit``.
+
+A tier whose prerequisites are missing fails with instructions; it never skips silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "bpf", "k8s", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        rel = Path(str(item.fspath)).resolve().relative_to(REPO / "tests")
+        tier = rel.parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+# --- bpf tier ---------------------------------------------------------------------------------
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the bpf tier needs root (BPF, network namespaces): run `sudo make test`, "
+                    "or only the unit tier with `pytest -m unit`", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def bpffs() -> Path:
+    """/sys/fs/bpf, mounted if it was not."""
+    _require_root()
+    from bng_operator.agent.dataplane.loader import BPFFS, bpffs_mounted
+
+    if not bpffs_mounted():
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(BPFFS)], check=True)
+    return BPFFS
+
+
+@pytest.fixture(scope="session")
+def _netlab_leftovers() -> None:
+    _require_root()
+    from bng_operator.testing.netlab import remove_leftovers
+
+    removed = remove_leftovers()
+    if removed:
+        print(f"removed {len(removed)} namespaces left by crashed runs: {removed}")
+
+
+@pytest.fixture
+def netlab(_netlab_leftovers: None) -> Iterator[object]:
+    """Namespaces and veth pairs with unique names, removed after the test."""
+    from bng_operator.testing.netlab import NetLab
+
+    lab = NetLab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+# --- k8s tier ----------------------------------------------------------------------------------
+
+
+class Cluster:
+    """A running test control plane: kubeconfig, a Python client, and kubectl."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        from kubernetes import client, config
+
+        self.kubeconfig = kubeconfig
+        self.api = config.new_client_from_config(config_file=str(kubeconfig))
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                ) -> subprocess.CompletedProcess[str]:
+        kubectl = shutil.which("kubectl", path=f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}")
+        if not kubectl:
+            pytest.fail("kubectl not found: run `make setup`", pytrace=False)
+        r = subprocess.run([kubectl, "--kubeconfig", str(self.kubeconfig), *args],
+                           capture_output=True, text=True, input=input, timeout=60)
+        if check and r.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{r.stderr}")
+        return r
+
+
+@pytest.fixture(scope="session")
+def k8s() -> Iterator[Cluster]:
+    """etcd + kube-apiserver on loopback with the bng CRDs applied."""
+    from bng_operator.testing.controlplane import ControlPlane, ControlPlaneMissing
+
+    try:
+        cp = ControlPlane().start()
+    except ControlPlaneMissing as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        cluster = Cluster(cp.kubeconfig)
+        cluster.kubectl("apply", "-f", str(REPO / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        yield cluster
+        cluster.api.close()
+    finally:
+        cp.stop()
