@@ -114,3 +114,43 @@ def k8s() -> Iterator[Cluster]:
         cluster.api.close()
     finally:
         cp.stop()
+
+
+# --- tier accounting -----------------------------------------------------------------------------
+# `make test` sets BNG_REQUIRE_TIERS=unit,bpf,k8s: the run fails unless each of those tiers
+# ran tests and none of them skipped, so CI cannot go green on a tier that silently did not run.
+
+_outcomes: dict[str, dict[str, int]] = {t: {"passed": 0, "failed": 0, "skipped": 0} for t in TIERS}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call" and not (report.failed or report.skipped):
+        return
+    tier = next((t for t in TIERS if t in report.keywords), None)
+    if tier:
+        _outcomes[tier][report.outcome] += 1
+
+
+def _tier_problems() -> list[str]:
+    required = [t for t in os.environ.get("BNG_REQUIRE_TIERS", "").split(",") if t]
+    problems = []
+    for t in required:
+        o = _outcomes[t]
+        if o["passed"] + o["failed"] == 0:
+            problems.append(f"tier {t} ran no tests")
+        if o["skipped"]:
+            problems.append(f"tier {t} skipped {o['skipped']} tests")
+    return problems
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    parts = [f"{t} {o['passed']} passed/{o['failed']} failed/{o['skipped']} skipped"
+             for t, o in _outcomes.items()]
+    terminalreporter.write_line("tiers: " + "; ".join(parts))
+    for p in _tier_problems():
+        terminalreporter.write_line(f"REQUIRED TIER MISSING: {p}", red=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _tier_problems() and exitstatus == 0:
+        session.exitstatus = 1

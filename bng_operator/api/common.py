@@ -60,7 +60,8 @@ class Model(BaseModel):
 IPv4 = Annotated[
     str,
     Field(max_length=15),
-    Checked(Rule("isIP(self) && ip(self).family() == 4", "must be an IPv4 address such as 100.64.0.1", is_ipv4)),
+    Checked(Rule("isIP(self) && ip(self).family() == 4",
+                 "must be an IPv4 address such as 100.64.0.1", is_ipv4)),
 ]
 
 IPv4CIDR = Annotated[
@@ -118,7 +119,7 @@ def _duration_between(lo: int, hi: int) -> Any:
     return check
 
 
-def Duration(low: str, high: str) -> Any:  # noqa: N802 - a type factory, named like a type
+def Duration(low: str, high: str) -> Any:
     """A duration string within ``[low, high]``, both written as durations."""
     lo, hi = parse_duration(low), parse_duration(high)
     syntax = Rule(f"self != '' && self.matches('{DURATION_RE}')",

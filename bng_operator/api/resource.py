@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bng_operator.api.common import API_VERSION, GROUP, ObjectMeta
+from bng_operator.api.common import GROUP, ObjectMeta
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Resource(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
     info: ClassVar[ResourceInfo]
 
-    api_version: Literal["bng.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["bng.dev/v1alpha1"] = Field(default="bng.dev/v1alpha1", alias="apiVersion")
     kind: str
     metadata: ObjectMeta
 

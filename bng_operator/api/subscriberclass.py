@@ -6,7 +6,15 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from bng_operator.api.common import Conditions, Duration, IPv4CIDR, MACPrefix, Model, ObjectName, Regex
+from bng_operator.api.common import (
+    Conditions,
+    Duration,
+    IPv4CIDR,
+    MACPrefix,
+    Model,
+    ObjectName,
+    Regex,
+)
 from bng_operator.api.resource import AGE, PrinterColumn, Resource, ResourceInfo, ready_column
 
 Identity = Literal["mac", "client-id", "circuit-id", "remote-id"]

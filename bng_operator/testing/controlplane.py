@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION_FILE = REPO / "hack" / "kube" / "VERSION"
-TOKEN = "bng-test-admin-token"  # noqa: S105 - a loopback-only test cluster
+TOKEN = "bng-test-admin-token"
 
 
 class ControlPlaneMissing(RuntimeError):

@@ -78,7 +78,7 @@ def test_missing_interface_is_a_clear_error(netlab: NetLab, bpffs: Path) -> None
 def test_compile_error_is_a_clear_error(tmp_path: Path, bpffs: Path) -> None:
     bad = tmp_path / "bad.c"
     bad.write_text("int xdp_bad(struct xdp_md *ctx) { return undefined_thing; }\n")
-    with pytest.raises(DataplaneError, match="compiling bad.c failed"):
+    with pytest.raises(DataplaneError, match=r"compiling bad\.c failed"):
         BPFObject(bad)
 
 

@@ -58,3 +58,10 @@ def test_every_crd_is_in_the_bng_category_with_columns(resource: Any) -> None:
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     assert len(version["additionalPrinterColumns"]) >= 4
+
+
+def test_api_version_literal_matches_group_and_version() -> None:
+    from bng_operator.api import API_VERSION, GROUP, VERSION, IPPool
+
+    assert f"{GROUP}/{VERSION}" == API_VERSION
+    assert IPPool.model_fields["api_version"].default == API_VERSION

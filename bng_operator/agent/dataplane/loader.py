@@ -12,6 +12,7 @@ nothing attached or pinned unless it asked to keep it (``keep=True``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from bng_operator import netlink
 from bng_operator.netlink import XDPMode
 
 BPFFS = Path("/sys/fs/bpf")
-REPO_BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
+# The C sources: the checkout's bpf/ in development, BNG_BPF_DIR in the image.
+BPF_DIR = Path(os.environ.get("BNG_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
 
 
 class DataplaneError(RuntimeError):
@@ -61,7 +63,7 @@ class BPFObject:
         if not src.exists():
             raise DataplaneError(f"BPF source {src} not found")
         flags = [f"-D{k}={v}" for k, v in (cflags or {}).items()]
-        flags += [f"-I{d}" for d in (REPO_BPF_DIR, *include_dirs)]
+        flags += [f"-I{d}" for d in (BPF_DIR, *include_dirs)]
         try:
             self.bpf = BPF(src_file=str(src).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception on compile errors
@@ -106,10 +108,9 @@ class BPFObject:
         self._closed = True
         if not keep:
             for a in reversed(self._attached):
-                try:
+                # A link or namespace already gone took the program with it.
+                with contextlib.suppress(netlink.InterfaceMissing, OSError):
                     netlink.detach_xdp(a.ifname, a.ns, a.mode)
-                except (netlink.InterfaceMissing, OSError):
-                    pass  # the link or namespace is already gone, and the program with it
             for p in reversed(self._pins):
                 p.unlink(missing_ok=True)
                 if p.parent != BPFFS and p.parent.is_dir() and not any(p.parent.iterdir()):
