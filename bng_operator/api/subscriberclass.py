@@ -17,7 +17,8 @@ from bng_operator.api.common import (
 )
 from bng_operator.api.resource import AGE, PrinterColumn, Resource, ResourceInfo, ready_column
 
-Identity = Literal["mac", "client-id", "circuit-id", "remote-id"]
+# client-id: option 61 when the client sends one, else the MAC (RFC 2131 §4.2).
+Identity = Literal["client-id", "mac", "circuit-id", "remote-id"]
 
 
 class Match(Model):
@@ -44,7 +45,10 @@ class SubscriberClassSpec(Model):
     priority: int = Field(default=1000, ge=0, le=1000000,
                           description="Classes are tried lowest first; the first match wins.")
     match: Match = Field(default=Match())
-    identity: Identity = Field(default="mac", description="What identifies one subscriber.")
+    identity: Identity = Field(
+        default="client-id",
+        description="What identifies one subscriber: client-id (option 61, else the MAC), mac, "
+                    "circuit-id or remote-id (option 82).")
     pool: ObjectName = Field(description="IPPool the addresses come from.")
     qos_policy: ObjectName | None = None
     nat_pool: ObjectName | None = None

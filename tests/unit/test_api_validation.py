@@ -22,6 +22,7 @@ def test_every_sample_is_valid() -> None:
     objects, errors = load(yaml_files([SAMPLES]))
     assert errors == []
     assert sorted(f"{o.kind}/{o.name}" for o in objects) == [
+        "BNGNode/edge-1",
         "IPPool/business", "IPPool/residential", "NATPool/cgnat",
         "QoSPolicy/business-1g", "QoSPolicy/residential-100m",
         "Subscriber/acme-hq", "SubscriberClass/business", "SubscriberClass/residential",

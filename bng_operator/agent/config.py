@@ -1,0 +1,154 @@
+"""What one agent runs on: its BNGNode spec and reservations, checked and indexed.
+
+``node_config`` is a pure function of the objects, whichever source they came from (a
+standalone YAML file or the apiserver), so both modes run the same code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from bng_operator.api.bngnode import BNGNodeSpec
+from bng_operator.api.common import parse_duration
+from bng_operator.api.ippool import IPPoolSpec
+from bng_operator.api.subscriber import Subscriber
+from bng_operator.api.subscriberclass import SubscriberClassSpec
+
+
+class ConfigError(ValueError):
+    """The node's configuration cannot be served; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    spec: IPPoolSpec
+    # (block, subnet) pairs this node allocates from
+    blocks: tuple[tuple[IPv4Network, IPv4Network], ...]
+    never: frozenset[int]  # gateways and excluded ranges
+    reserved: frozenset[int]  # addresses of reservations
+
+    @property
+    def lease_seconds(self) -> int:
+        return parse_duration(self.spec.lease_time)
+
+    def subnet_of(self, addr: IPv4Address) -> IPv4Network | None:
+        for s in self.spec.subnets:
+            if addr in s.network:
+                return s.network
+        return None
+
+    def gateway_of(self, subnet: IPv4Network) -> IPv4Address:
+        return next(IPv4Address(s.gateway) for s in self.spec.subnets if s.network == subnet)
+
+
+@dataclass(frozen=True)
+class ClassConfig:
+    name: str
+    spec: SubscriberClassSpec
+    circuit_id: re.Pattern[str] | None
+    remote_id: re.Pattern[str] | None
+    vendor_class: re.Pattern[str] | None
+    relays: tuple[IPv4Network, ...]
+
+    @property
+    def lease_seconds(self) -> int | None:
+        return parse_duration(self.spec.lease_time) if self.spec.lease_time else None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    name: str
+    keys: tuple[str, ...]  # identity keys; all given must match the client
+    address: int
+    pool: str
+    subscriber_class: str | None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_name: str
+    access_interfaces: tuple[str, ...]
+    max_leases: int
+    pools: dict[str, PoolConfig]
+    classes: tuple[ClassConfig, ...]  # in the order they are tried
+    reservations: tuple[Reservation, ...] = ()
+    reservation_by_key: dict[str, Reservation] = field(default_factory=dict)
+
+
+def _compile(pattern: str | None) -> re.Pattern[str] | None:
+    return re.compile(pattern) if pattern else None
+
+
+def reservation_keys(s: Subscriber) -> tuple[str, ...]:
+    i = s.spec.identity
+    keys = []
+    if i.mac:
+        keys.append(f"mac:{i.mac.lower()}")
+    if i.client_id:
+        keys.append(f"cid:{i.client_id.lower().replace(':', '')}")
+    if i.circuit_id:
+        keys.append(f"circuit:{i.circuit_id}")
+    if i.remote_id:
+        keys.append(f"remote:{i.remote_id}")
+    return tuple(keys)
+
+
+def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeConfig:  # type: ignore[assignment]
+    """Check and index a node's spec. Raises ConfigError naming the object at fault."""
+    pools: dict[str, PoolConfig] = {}
+    reservations: list[Reservation] = []
+    for s in subscribers:
+        if s.spec.address is None:
+            continue
+        addr = IPv4Address(s.spec.address)
+        pool = s.spec.pool or next(
+            (p.name for p in spec.pools if any(addr in sub.network for sub in p.spec.subnets)), None)
+        if pool is None:
+            raise ConfigError(f"Subscriber {s.name}: reserved address {addr} is in no pool of "
+                              f"node {spec.node_name}")
+        reservations.append(Reservation(s.name, reservation_keys(s), int(addr), pool,
+                                        s.spec.subscriber_class))
+
+    for p in spec.pools:
+        never: set[int] = set()
+        for sub in p.spec.subnets:
+            never.add(int(IPv4Address(sub.gateway)))
+            for ex in sub.exclude:
+                start, end = ex.addresses()
+                never.update(range(int(start), int(end) + 1))
+        blocks: list[tuple[IPv4Network, IPv4Network]] = []
+        if p.blocks:
+            for b in p.blocks:
+                net = ipaddress.IPv4Network(b)
+                subnet = next((s.network for s in p.spec.subnets if net.subnet_of(s.network)), None)
+                if subnet is None:
+                    raise ConfigError(f"pool {p.name}: block {b} is outside every subnet")
+                blocks.append((net, subnet))
+        else:  # standalone: the node owns the whole pool
+            blocks = [(s.network, s.network) for s in p.spec.subnets]
+        mine = frozenset(r.address for r in reservations if r.pool == p.name)
+        pools[p.name] = PoolConfig(p.name, p.spec, tuple(blocks), frozenset(never), mine)
+
+    for r in reservations:
+        if r.pool not in pools:
+            raise ConfigError(f"Subscriber {r.name}: pool {r.pool} is not served by this node")
+        if pools[r.pool].subnet_of(IPv4Address(r.address)) is None:
+            raise ConfigError(f"Subscriber {r.name}: {IPv4Address(r.address)} is outside "
+                              f"pool {r.pool}")
+
+    classes = []
+    for c in sorted(spec.classes, key=lambda c: (c.spec.priority, c.name)):
+        if c.spec.pool not in pools:
+            raise ConfigError(f"SubscriberClass {c.name}: pool {c.spec.pool} does not exist")
+        m = c.spec.match
+        classes.append(ClassConfig(
+            c.name, c.spec, _compile(m.circuit_id), _compile(m.remote_id),
+            _compile(m.vendor_class), tuple(IPv4Network(r) for r in m.relays)))
+
+    by_key = {k: r for r in reservations for k in r.keys}
+    return NodeConfig(spec.node_name, tuple(spec.interfaces.access), spec.max_leases, pools,
+                      tuple(classes), tuple(reservations), by_key)

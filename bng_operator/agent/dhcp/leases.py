@@ -1,0 +1,185 @@
+"""The lease store: SQLite in WAL mode on local disk, written with group commit.
+
+A lease is durable (fsync'd) before its ACK leaves: ``commit()`` returns a future that the
+agent waits on before sending. Writes queue up while a commit is in flight and all go in
+the next one, so a burst of N requests costs one fsync, not N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    address    INTEGER PRIMARY KEY,
+    identity   TEXT NOT NULL UNIQUE,
+    mac        TEXT NOT NULL,
+    client_id  TEXT,
+    circuit_id TEXT,
+    remote_id  TEXT,
+    pool       TEXT NOT NULL,
+    class      TEXT NOT NULL,
+    expires    REAL NOT NULL,
+    hostname   TEXT,
+    bound_at   REAL NOT NULL,
+    state      TEXT NOT NULL      -- bound | released | expired (kept: the address stays
+                                  -- this client's "previous" one until someone else takes it)
+);
+CREATE TABLE IF NOT EXISTS declined (
+    address INTEGER PRIMARY KEY,
+    pool    TEXT NOT NULL,
+    until   REAL NOT NULL
+);
+"""
+
+
+@dataclass(slots=True)
+class Lease:
+    address: int
+    identity: str  # e.g. "mac:02:00:00:00:00:01", "circuit:olt1/1/1"
+    mac: str
+    client_id: str | None
+    circuit_id: str | None
+    remote_id: str | None
+    pool: str
+    subscriber_class: str
+    expires: float  # unix time
+    hostname: str | None
+    bound_at: float
+    state: str = "bound"
+
+
+@dataclass(slots=True, frozen=True)
+class Decline:
+    address: int
+    pool: str
+    until: float
+
+
+_LEASE_COLS = ", ".join(f.name if f.name != "subscriber_class" else "class" for f in fields(Lease))
+_UPSERT = (f"INSERT OR REPLACE INTO leases ({_LEASE_COLS}) "
+           f"VALUES ({', '.join('?' * len(fields(Lease)))})")
+
+
+class LeaseStore:
+    """Durable leases. Reads at start; afterwards only writes, batched."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # One connection, used only by the writer thread after load().
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
+        self._db.executescript(SCHEMA)
+        self._pending: list[tuple[str, object]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._lock = threading.Lock()
+        self._writing = False
+        self.commits = 0  # how many fsyncs, for metrics and tests
+
+    def load(self) -> tuple[list[Lease], list[Decline]]:
+        leases = [Lease(*row) for row in self._db.execute(f"SELECT {_LEASE_COLS} FROM leases")]
+        declines = [Decline(*row) for row in self._db.execute(
+            "SELECT address, pool, until FROM declined")]
+        return leases, declines
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def put(self, lease: Lease) -> None:
+        self._pending.append(("put", lease))
+
+    def delete(self, address: int) -> None:
+        self._pending.append(("delete", address))
+
+    def put_decline(self, d: Decline) -> None:
+        self._pending.append(("decline", d))
+
+    def delete_decline(self, address: int) -> None:
+        self._pending.append(("undecline", address))
+
+    def commit(self) -> asyncio.Future[None]:
+        """A future that completes once everything queued so far is on disk."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        if not self._writing:
+            self._writing = True
+            loop.run_in_executor(None, self._write_loop, loop)
+        return fut
+
+    def _write_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Writer thread: drain the queue in batches until nothing is left."""
+        while True:
+            batch, waiters = self._take_batch(loop)
+            if batch is None:
+                return
+            err: BaseException | None = None
+            try:
+                self._write(batch)
+                self.commits += 1
+            except sqlite3.Error as e:
+                err = e
+            loop.call_soon_threadsafe(_resolve, waiters, err)
+
+    def _take_batch(self, loop: asyncio.AbstractEventLoop,
+                    ) -> tuple[list[tuple[str, object]] | None, list[asyncio.Future[None]]]:
+        # Called from the writer thread; the queue is filled on the loop thread. Swapping the
+        # lists on the loop thread keeps the two from ever touching one list at once.
+        done = threading.Event()
+        box: list[tuple[list[tuple[str, object]], list[asyncio.Future[None]]]] = []
+
+        def swap() -> None:
+            batch, waiters = self._pending, self._waiters
+            self._pending, self._waiters = [], []
+            if not waiters and not batch:
+                self._writing = False
+            box.append((batch, waiters))
+            done.set()
+
+        loop.call_soon_threadsafe(swap)
+        done.wait()
+        batch, waiters = box[0]
+        if not batch and not waiters:
+            return None, []
+        return batch, waiters
+
+    def _write(self, batch: Iterable[tuple[str, object]]) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for op, item in batch:
+                if op == "put":
+                    db.execute(_UPSERT, astuple(item))  # type: ignore[call-overload]
+                elif op == "delete":
+                    db.execute("DELETE FROM leases WHERE address = ?", (item,))
+                elif op == "decline":
+                    d = item
+                    assert isinstance(d, Decline)
+                    db.execute("INSERT OR REPLACE INTO declined VALUES (?, ?, ?)",
+                               (d.address, d.pool, d.until))
+                    db.execute("DELETE FROM leases WHERE address = ?", (d.address,))
+                elif op == "undecline":
+                    db.execute("DELETE FROM declined WHERE address = ?", (item,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _resolve(waiters: list[asyncio.Future[None]], err: BaseException | None) -> None:
+    for w in waiters:
+        if w.done():
+            continue
+        if err is None:
+            w.set_result(None)
+        else:
+            w.set_exception(err)

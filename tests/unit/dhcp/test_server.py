@@ -1,0 +1,306 @@
+"""The DHCP state machine over the sample ISP: RFC 2131 behaviour, classes, limits."""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from bng_operator.agent.dhcp.codec import Message, MessageType, Opt
+from bng_operator.agent.dhcp.server import DECLINE_HOLD, OFFER_HOLD, Context, DhcpServer
+from bng_operator.api import IPPool, SubscriberClass
+from tests.dhcp_env import CTX, server
+from tests.dhcp_messages import relay82, request
+
+D, R = MessageType.DISCOVER, MessageType.REQUEST
+RES = {"remote": "res-1001"}  # a residential line (option 82 remote-id)
+BIZ = {"circuit": "biz-olt1-1/1/3"}  # a business port (option 82 circuit-id)
+
+
+def ip(m: Message) -> str:
+    return str(m.yiaddr)
+
+
+def opt(m: Message, code: int) -> bytes:
+    return m.options[code]
+
+
+def dora(s: DhcpServer, mac: str = "02:00:00:00:00:01", **kw: object) -> Message:
+    offer = s.handle(request(D, mac, **kw), CTX)  # type: ignore[arg-type]
+    assert offer.kind == "offer", offer
+    assert offer.reply is not None
+    ack = s.handle(request(R, mac, requested=ip(offer.reply), server_id="100.64.0.1", **kw), CTX)  # type: ignore[arg-type]
+    assert ack.kind == "ack" and ack.commit, ack
+    assert ack.reply is not None
+    return ack.reply
+
+
+def test_discover_offer_carries_the_pool_options() -> None:
+    s, store, _ = server()
+    out = s.handle(request(D, **RES), CTX)
+    assert out.kind == "offer" and not out.commit and store.leases == {}
+    o = out.reply
+    assert o is not None and o.op == 2
+    a = o.yiaddr
+    assert a in IPv4Network("100.64.0.0/20") and int(a) > int(IPv4Address("100.64.0.15"))
+    assert opt(o, Opt.MESSAGE_TYPE) == bytes([MessageType.OFFER])
+    assert opt(o, Opt.SERVER_ID) == IPv4Address("100.64.0.1").packed
+    assert int.from_bytes(opt(o, Opt.LEASE_TIME), "big") == 4 * 3600
+    assert int.from_bytes(opt(o, Opt.RENEWAL_TIME), "big") == 2 * 3600
+    assert int.from_bytes(opt(o, Opt.REBINDING_TIME), "big") == 4 * 3600 * 7 // 8
+    assert opt(o, Opt.SUBNET_MASK) == IPv4Address("255.255.240.0").packed
+    assert opt(o, Opt.ROUTER) == IPv4Address("100.64.0.1").packed
+    assert opt(o, Opt.DNS) == IPv4Address("192.0.2.53").packed + IPv4Address("192.0.2.54").packed
+    assert opt(o, Opt.DOMAIN_NAME) == b"home.example.net"
+    assert opt(o, Opt.BROADCAST) == IPv4Address("100.64.15.255").packed
+    assert out.reply_order[:2] == [Opt.MESSAGE_TYPE, Opt.SERVER_ID]
+
+
+def test_request_selecting_acks_and_stores_the_lease() -> None:
+    s, store, clock = server()
+    ack = dora(s, **RES)
+    lease = store.leases[int(ack.yiaddr)]
+    assert lease.identity == "remote:res-1001" and lease.pool == "residential"
+    assert lease.expires == clock.t + 4 * 3600 and lease.subscriber_class == "residential"
+
+
+def test_option_82_is_echoed_verbatim_and_last() -> None:
+    s, _, _ = server()
+    raw = relay82("port 7", "res-77") + b"\x09\x05abcde"
+    out = s.handle(request(D, extra={Opt.RELAY_AGENT: raw}), CTX)
+    assert out.reply is not None and out.reply.options[Opt.RELAY_AGENT] == raw
+    assert out.reply_order[-1] == Opt.RELAY_AGENT
+
+
+def test_parameter_request_list_is_honoured() -> None:
+    s, _, _ = server()
+    out = s.handle(request(D, prl=bytes([Opt.DNS, Opt.ROUTER]), **RES), CTX)
+    assert out.reply is not None
+    order = out.reply_order
+    assert Opt.DNS in order and Opt.ROUTER in order
+    assert order.index(Opt.DNS) < order.index(Opt.ROUTER)  # in the client's order
+    assert Opt.DOMAIN_NAME not in order and Opt.BROADCAST not in order
+    assert Opt.LEASE_TIME in order and Opt.SUBNET_MASK in order  # always
+
+
+def test_request_naming_another_server_frees_our_offer() -> None:
+    s, store, _ = server()
+    offer = s.handle(request(D, **RES), CTX).reply
+    assert offer is not None
+    out = s.handle(request(R, requested=ip(offer), server_id="10.9.9.9", **RES), CTX)
+    assert out.drop == "other_server" and out.reply is None and store.leases == {}
+    assert s.offers == {}
+    assert int(offer.yiaddr) in s.pools["residential"].blocks[0].free
+
+
+def test_request_for_an_address_not_offered_is_naked() -> None:
+    s, _, _ = server()
+    dora(s, "02:00:00:00:00:01", remote="res-1")
+    taken = next(iter(s.by_address))
+    out = s.handle(request(R, "02:00:00:00:00:02", requested=str(IPv4Address(taken)),
+                           server_id="100.64.0.1", remote="res-2"), CTX)
+    assert out.kind == "nak" and out.reply is not None
+    assert out.reply.yiaddr == IPv4Address(0)
+    assert opt(out.reply, Opt.MESSAGE_TYPE) == bytes([MessageType.NAK])
+
+
+def test_init_reboot_known_unknown_and_foreign() -> None:
+    s, _, _ = server()
+    addr = ip(dora(s, **RES))
+    assert s.handle(request(R, requested=addr, **RES), CTX).kind == "ack"  # known
+    out = s.handle(request(R, "02:00:00:00:00:09", requested="10.1.2.3", remote="res-9"), CTX)
+    assert out.kind == "nak"  # not our network
+    out = s.handle(request(R, "02:00:00:00:00:09", requested=addr, remote="res-9"), CTX)
+    assert out.kind == "nak"  # someone else's
+    out = s.handle(request(R, "02:00:00:00:00:09", requested="100.64.3.3", remote="res-9"), CTX)
+    assert out.kind == "ack" and ip(out.reply) == "100.64.3.3"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("unicast", [True, False], ids=["renewing", "rebinding"])
+def test_renewing_and_rebinding_extend_the_lease(unicast: bool) -> None:
+    s, store, clock = server()
+    addr = ip(dora(s, **RES))
+    clock.t += 3600
+    ctx = Context(CTX.interface, CTX.server_addresses, unicast=unicast)
+    out = s.handle(request(R, ciaddr=addr, **RES), ctx)
+    assert out.kind == "ack" and out.commit and out.reply is not None
+    assert out.reply.ciaddr == IPv4Address(addr) and ip(out.reply) == addr
+    assert store.leases[int(IPv4Address(addr))].expires == clock.t + 4 * 3600
+
+
+def test_release_frees_and_the_client_gets_it_back() -> None:
+    s, store, _ = server()
+    addr = ip(dora(s, **RES))
+    out = s.handle(request(MessageType.RELEASE, ciaddr=addr, **RES), CTX)
+    assert out.kind == "release" and out.commit and out.reply is None
+    assert store.leases[int(IPv4Address(addr))].state == "released"
+    assert s.by_address == {}
+    assert ip(dora(s, **RES)) == addr  # its previous address, while still free
+
+
+def test_release_by_someone_else_is_ignored() -> None:
+    s, _, _ = server()
+    addr = ip(dora(s, **RES))
+    out = s.handle(request(MessageType.RELEASE, "02:00:00:00:00:66", ciaddr=addr, remote="x"), CTX)
+    assert out.drop == "release_unknown_lease" and len(s.by_address) == 1
+
+
+def test_decline_holds_the_address_out_of_use() -> None:
+    s, store, clock = server()
+    addr = ip(dora(s, **RES))
+    out = s.handle(request(MessageType.DECLINE, requested=addr, **RES), CTX)
+    assert out.kind == "decline" and out.commit and int(IPv4Address(addr)) in store.declines
+    for i in range(50):  # nobody is offered it during the hold, not even its old client
+        o = s.handle(request(D, f"02:00:00:00:01:{i:02x}", remote=f"res-{i}"), CTX).reply
+        assert o is not None and ip(o) != addr
+    clock.t += DECLINE_HOLD + 1
+    s.expire()
+    assert int(IPv4Address(addr)) not in store.declines
+    assert int(IPv4Address(addr)) in s.pools["residential"].blocks[0].free
+
+
+def test_inform_acks_without_a_lease() -> None:
+    s, store, _ = server()
+    out = s.handle(request(MessageType.INFORM, ciaddr="100.64.1.50"), CTX)
+    assert out.kind == "inform" and not out.commit and store.leases == {}
+    r = out.reply
+    assert r is not None and r.yiaddr == IPv4Address(0) and r.ciaddr == IPv4Address("100.64.1.50")
+    assert Opt.LEASE_TIME not in r.options and Opt.ROUTER in r.options
+
+
+def test_two_classes_pick_two_pools_by_circuit_versus_remote_id() -> None:
+    s, store, _ = server()
+    res = dora(s, "02:00:00:00:00:01", **RES)
+    biz = dora(s, "02:00:00:00:00:02", **BIZ)
+    assert res.yiaddr in IPv4Network("100.64.0.0/20")
+    assert biz.yiaddr in IPv4Network("198.51.100.0/24") and int(biz.yiaddr) > int(IPv4Address("198.51.100.7"))
+    assert int.from_bytes(opt(biz, Opt.LEASE_TIME), "big") == 12 * 3600  # the class's lease time
+    assert store.leases[int(biz.yiaddr)].identity == "circuit:biz-olt1-1/1/3"
+
+
+def test_business_identity_is_the_port_not_the_cpe() -> None:
+    s, _, _ = server()
+    first = dora(s, "02:00:00:00:00:01", **BIZ)
+    second = dora(s, "02:00:00:00:00:99", **BIZ)  # CPE swapped on the same port
+    assert first.yiaddr == second.yiaddr
+
+
+def test_client_without_a_class_gets_nothing() -> None:
+    s, _, _ = server()
+    assert s.handle(request(D), CTX).drop == "no_class"
+
+
+def test_reservation_is_honoured_and_never_offered_to_others() -> None:
+    s, _, _ = server()
+    for i in range(200):
+        o = s.handle(request(D, f"02:00:00:00:02:{i:02x}", circuit=f"biz-port-{i}"), CTX).reply
+        if o is None:
+            break
+        assert ip(o) != "198.51.100.10"
+    ack = dora(s, "02:00:00:00:00:aa", circuit="biz-olt1-1/1/7")
+    assert ip(ack) == "198.51.100.10"
+
+
+def test_giaddr_picks_the_pool_when_no_class_matches() -> None:
+    s, _, _ = server()
+    out = s.handle(request(D, giaddr="198.51.100.1"), CTX)
+    assert out.kind == "offer" and out.reply is not None
+    assert out.reply.yiaddr in IPv4Network("198.51.100.0/24")
+    assert out.reply.giaddr == IPv4Address("198.51.100.1")
+    assert opt(out.reply, Opt.SERVER_ID) == IPv4Address("198.51.100.1").packed
+
+
+def test_class_matching_on_relays() -> None:
+    def edit(objs):  # type: ignore[no-untyped-def]
+        out = []
+        for o in objs:
+            if isinstance(o, SubscriberClass) and o.name == "business":
+                spec = o.spec.model_copy(update={"match": o.spec.match.model_copy(
+                    update={"circuit_id": None, "relays": ["198.51.100.0/24"]})})
+                o = o.model_copy(update={"spec": spec})
+            out.append(o)
+        return out
+
+    s, _, _ = server(edit)
+    out = s.handle(request(D, giaddr="198.51.100.1"), CTX)
+    assert out.reply is not None and out.reply.yiaddr in IPv4Network("198.51.100.0/24")
+    assert s.handle(request(D, "02:00:00:00:00:02"), CTX).drop == "no_class"
+
+
+def _tiny_pool(objs):  # type: ignore[no-untyped-def]
+    out = []
+    for o in objs:
+        if isinstance(o, IPPool) and o.name == "residential":
+            spec = o.spec.model_copy(update={"subnets": [o.spec.subnets[0].model_copy(
+                update={"cidr": "100.64.0.0/29", "exclude": []})], "block_size": 29})
+            o = o.model_copy(update={"spec": spec})
+        out.append(o)
+    return out
+
+
+def test_exhaustion_sends_no_offer_and_logs_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    s, _, clock = server(_tiny_pool)
+    # /29: 8 addresses less network, broadcast and gateway = 5
+    for i in range(5):
+        dora(s, f"02:00:00:00:03:{i:02x}", remote=f"res-{i}")
+    with caplog.at_level(logging.WARNING, logger="bng.dhcp"):
+        for i in range(20):
+            out = s.handle(request(D, f"02:00:00:00:04:{i:02x}", remote=f"res-{100 + i}"), CTX)
+            assert out.drop == "pool_exhausted" and out.reply is None
+        clock.t += 61
+        s.handle(request(D, "02:00:00:00:05:00", remote="res-999"), CTX)
+    lines = [r for r in caplog.records if "exhausted" in r.getMessage()]
+    assert len(lines) == 2
+    assert s.pool_usage()["residential"] == {"free": 0, "used": 5, "declined": 0, "reserved": 0}
+
+
+def test_one_circuit_cannot_drain_the_pool() -> None:
+    s, _, clock = server()
+    offered = set()
+    for i in range(40):  # one line (remote-id), 40 MACs: identity is the line, so one address
+        out = s.handle(request(D, f"02:00:00:00:06:{i:02x}", circuit="olt9/9", remote="res-5"), CTX)
+        assert out.reply is not None
+        offered.add(out.reply.yiaddr)
+    assert len(offered) == 1
+    granted = 0
+    for i in range(40):  # forty lines behind one circuit-id: the circuit's bucket runs dry
+        out = s.handle(request(D, f"02:00:00:00:07:{i:02x}", circuit="olt9/9",
+                               remote=f"res-{200 + i}"), CTX)
+        granted += out.kind == "offer"
+    assert granted == 9  # the first above took one token of ten
+    clock.t += 60
+    assert s.handle(request(D, "02:00:00:00:08:00", circuit="olt9/9", remote="res-300"),
+                    CTX).kind == "offer"
+
+
+def test_expiry_frees_and_the_client_gets_its_address_back() -> None:
+    s, store, clock = server()
+    addr = ip(dora(s, **RES))
+    clock.t += 4 * 3600 + 1
+    assert [lease.identity for lease in s.expire()] == ["remote:res-1001"]
+    assert store.leases[int(IPv4Address(addr))].state == "expired"
+    for i in range(3):
+        dora(s, f"02:00:00:00:09:{i:02x}", remote=f"res-{500 + i}")
+    assert ip(dora(s, **RES)) == addr
+
+
+def test_offers_expire() -> None:
+    s, _, clock = server()
+    o = s.handle(request(D, **RES), CTX).reply
+    assert o is not None
+    clock.t += OFFER_HOLD + 1
+    s.expire()
+    assert s.offers == {} and int(o.yiaddr) in s.pools["residential"].blocks[0].free
+
+
+def test_restart_restores_leases_from_the_store() -> None:
+    s, store, clock = server()
+    addrs = {ip(dora(s, f"02:00:00:00:0a:{i:02x}", remote=f"res-{i}")) for i in range(10)}
+    s2, _, _ = server(store=store, clock=clock)
+    assert s2.load(list(store.leases.values()), list(store.declines.values())) == []
+    assert {str(IPv4Address(a)) for a in s2.by_address} == addrs
+    for i in range(10):  # each client renews into the same address
+        assert ip(dora(s2, f"02:00:00:00:0a:{i:02x}", remote=f"res-{i}")) in addrs
+    fresh = dora(s2, "02:00:00:00:0b:00", remote="res-7777")
+    assert ip(fresh) not in addrs
