@@ -42,6 +42,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _cmd_agent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bng_operator import logs
+    from bng_operator.agent.runtime import AgentSettings, run_agent
+    from bng_operator.agent.sources import FileSource, KubeSource, Source
+
+    logs.setup(args.log_level, args.log_format)
+    source: Source = FileSource(args.config) if args.config else KubeSource(args.kubeconfig,
+                                                                            args.namespace)
+    settings = AgentSettings(node=args.node, state_dir=args.state_dir,
+                             metrics_host=args.metrics_host, metrics_port=args.metrics_port)
+    return asyncio.run(run_agent(settings, source))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bng",
@@ -66,6 +81,25 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
     v.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     v.set_defaults(func=_cmd_validate)
+
+    a = sub.add_parser(
+        "agent", help="run the node agent (DHCP server, dataplane)",
+        description="Run the agent of one node. Standalone: --config FILE|DIR (the same objects "
+                    "as in Kubernetes, from YAML). Kubernetes: the node's BNGNode and policy "
+                    "from the apiserver (in-cluster, or --kubeconfig). SIGHUP reloads the config.")
+    a.add_argument("--node", required=True, help="name of this node's BNGNode")
+    a.add_argument("--config", type=Path, action="append", metavar="PATH",
+                   help="standalone mode: YAML file or directory (repeatable)")
+    a.add_argument("--kubeconfig", help="Kubernetes mode outside a cluster")
+    a.add_argument("--namespace", default="bng-system", help="namespace of Subscriber objects")
+    a.add_argument("--state-dir", type=Path, default=Path("/var/lib/bng"),
+                   help="where the lease store lives (default: %(default)s)")
+    a.add_argument("--metrics-host", default="0.0.0.0")
+    a.add_argument("--metrics-port", type=int, default=9641,
+                   help="/metrics, /healthz, /readyz (default: %(default)s)")
+    a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    a.add_argument("--log-format", default="json", choices=["json", "text"])
+    a.set_defaults(func=_cmd_agent)
     return p
 
 

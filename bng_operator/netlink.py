@@ -159,3 +159,12 @@ def _index(ipr: Any, ifname: str, ns: str | None) -> int:
     if not found:
         raise InterfaceMissing(ifname, ns)
     return int(found[0])
+
+
+def interface_info(ifname: str, ns: str | None = None) -> tuple[int, str, list[str]]:
+    """(ifindex, MAC, IPv4 addresses) of ``ifname``."""
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        link = ipr.get_links(idx)[0]
+        addrs = [str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=idx, family=2)]
+    return idx, str(link.get_attr("IFLA_ADDRESS")), addrs

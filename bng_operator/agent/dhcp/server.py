@@ -159,7 +159,25 @@ class DhcpServer:
         self.pools = {name: PoolAllocator.build(name, p.blocks, set(p.never), p.reserved)
                       for name, p in config.pools.items()}
 
-    # --- start-up --------------------------------------------------------------------------------
+    # --- start-up and reconfiguration ----------------------------------------------------------
+
+    def reconfigure(self, config: NodeConfig) -> list[Lease]:
+        """Serve ``config`` from now on, keeping every lease whose address it still covers.
+
+        New lease times and options apply from each client's next request; a lease whose pool
+        is gone stays until it ends, and its client is moved on its next request."""
+        leases = list(self.by_address.values())
+        declines = [Decline(a, p.name, until) for p in self.pools.values()
+                    for a, until in p.declined.items()]
+        for identity in list(self.offers):
+            self._end_offer(identity)
+        self.config = config
+        self._build_pools(config)
+        self.by_identity.clear()
+        self.by_address.clear()
+        self.used = dict.fromkeys(config.pools, 0)
+        return self.load(leases, declines)
+
 
     def load(self, leases: list[Lease], declines: list[Decline]) -> list[Lease]:
         """Re-take the addresses of stored leases. Returns the leases whose pool is gone."""
@@ -317,8 +335,9 @@ class DhcpServer:
         now = self.clock()
         lease = self.by_identity.get(c.identity)
         offer = self.offers.get(c.identity)
-        mine = (lease is not None and lease.address == addr) or \
-               (offer is not None and offer.address == addr)
+        mine = (lease is not None and lease.address == addr and lease.pool == c.pool.name
+                and self._in_subnet(c, addr)) or \
+               (offer is not None and offer.address == addr and offer.pool == c.pool.name)
         if c.reservation:
             mine = addr == c.reservation.address and self._address_for(c, msg, now) == addr
         elif not mine:
@@ -474,7 +493,7 @@ class DhcpServer:
                inform: bool = False) -> Outcome:
         subnet = (c.pool.subnet_of(IPv4Address(addr)) if addr else c.subnet) or \
             c.pool.subnet_of(req.ciaddr)
-        server_id = self._server_id(ctx, subnet)
+        server_id = self._server_id(ctx, c, subnet, int(req.giaddr) != 0)
         o: dict[int, bytes] = {Opt.MESSAGE_TYPE: bytes([kind]), Opt.SERVER_ID: server_id.packed}
         order: list[int] = [Opt.MESSAGE_TYPE, Opt.SERVER_ID]
         if kind != MessageType.NAK and subnet is not None:
@@ -514,11 +533,18 @@ class DhcpServer:
         return Outcome(label, reply, order, commit=kind == MessageType.ACK and not inform)
 
     @staticmethod
-    def _server_id(ctx: Context, subnet: IPv4Network | None) -> IPv4Address:
+    def _server_id(ctx: Context, c: Classified, subnet: IPv4Network | None,
+                   relayed: bool) -> IPv4Address:
+        """Our address on the client's link; else the interface's; else the subnet gateway
+        (which the node answers for when it is the subscribers' router)."""
         if subnet is not None:
             for a in ctx.server_addresses:
                 if a in subnet:
                     return a
+        if ctx.server_addresses and (relayed or subnet is None):
+            return ctx.server_addresses[0]
+        if subnet is not None:
+            return c.pool.gateway_of(subnet)
         return ctx.server_addresses[0] if ctx.server_addresses else IPv4Address(0)
 
     # --- reporting -------------------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""DHCP on the wire: raw Ethernet frames on an access interface.
+
+Clients without an address can only be answered at layer 2 (to their MAC, or broadcast), and
+VLAN tags must come back as they came in, so the server reads and writes whole frames on an
+AF_PACKET socket. A classic BPF filter keeps everything but UDP to port 67 (untagged, 802.1Q
+or QinQ) in the kernel, so subscriber traffic on the same interface never reaches Python.
+A UDP socket on port 67 stays open only so that the kernel does not answer relayed or
+unicast requests with ICMP port-unreachable; its own filter drops everything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+import dpkt
+
+from bng_operator import netlink
+from bng_operator.agent.dhcp.codec import Malformed, Message, MessageType
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+VLAN_TPIDS = (0x8100, 0x88A8)
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+SO_ATTACH_FILTER = 26
+PACKET_OUTGOING = 4
+SERVER_PORT, CLIENT_PORT = 67, 68
+BROADCAST_MAC = b"\xff" * 6
+BROADCAST_IP = IPv4Address("255.255.255.255")
+_AUX = struct.Struct("=IIIHHHH")
+
+# --- classic BPF socket filter ----------------------------------------------------------------
+_LD_W_ABS, _LD_H_ABS, _LD_B_ABS, _LD_H_IND = 0x20, 0x28, 0x30, 0x48
+_LDX_MSH, _JEQ, _JSET, _RET = 0xB1, 0x15, 0x45, 0x06
+_SKF_AD_PKTTYPE = 0xFFFFF000 + 4
+_ACCEPT = 0xFFFF
+
+
+def _assemble(prog: list[tuple[object, ...]]) -> list[tuple[int, int, int, int]]:
+    """Instructions with label names for jump targets -> (code, jt, jf, k)."""
+    labels: dict[object, int] = {}
+    flat: list[tuple[object, ...]] = []
+    for ins in prog:
+        if len(ins) == 1:
+            labels[ins[0]] = len(flat)
+        else:
+            flat.append(ins)
+    out = []
+    for i, (code, jt, jf, k) in enumerate(flat):
+        rel = [labels[t] - i - 1 if isinstance(t, str) else int(t) for t in (jt, jf)]  # type: ignore[call-overload]
+        out.append((int(code), rel[0], rel[1], int(k)))  # type: ignore[call-overload]
+    return out
+
+
+def dhcp_server_filter() -> list[tuple[int, int, int, int]]:
+    """Accept incoming IPv4 UDP to port 67 under 0, 1 or 2 VLAN tags; drop the rest."""
+    p: list[tuple[object, ...]] = [
+        (_LD_W_ABS, 0, 0, _SKF_AD_PKTTYPE), (_JEQ, "drop", 0, PACKET_OUTGOING),
+        (_LD_H_ABS, 0, 0, 12), (_JEQ, "ip14", 0, ETH_P_IP), (_JEQ, "t16", 0, 0x8100),
+        (_JEQ, "t16", "drop", 0x88A8),
+        ("t16",), (_LD_H_ABS, 0, 0, 16), (_JEQ, "ip18", 0, ETH_P_IP), (_JEQ, "t20", "drop", 0x8100),
+        ("t20",), (_LD_H_ABS, 0, 0, 20), (_JEQ, "ip22", "drop", ETH_P_IP),
+    ]
+    for off in (14, 18, 22):
+        p += [
+            (f"ip{off}",), (_LD_B_ABS, 0, 0, off + 9), (_JEQ, 0, "drop", socket.IPPROTO_UDP),
+            (_LD_H_ABS, 0, 0, off + 6), (_JSET, "drop", 0, 0x1FFF),  # no fragments
+            (_LDX_MSH, 0, 0, off), (_LD_H_IND, 0, 0, off + 2), (_JEQ, "accept", "drop", SERVER_PORT),
+        ]
+    p += [("accept",), (_RET, 0, 0, _ACCEPT), ("drop",), (_RET, 0, 0, 0)]
+    return _assemble(p)
+
+
+def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
+    raw = b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+    buf = ctypes.create_string_buffer(raw)
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+# --- frames ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A DHCP request as it arrived: L2/L3 addressing, VLAN tags and the UDP payload."""
+
+    src_mac: bytes
+    dst_mac: bytes
+    tags: bytes  # raw 802.1Q/802.1ad tags, outermost first, to put back on the reply
+    vlans: tuple[int, ...]
+    src_ip: IPv4Address
+    dst_ip: IPv4Address
+    payload: bytes
+
+
+def parse_frame(data: bytes, stripped_tag: bytes = b"") -> Frame:
+    """Decode Ethernet/VLAN/IPv4/UDP. ``stripped_tag`` is the tag the NIC took off (auxdata)."""
+    tags = bytearray(stripped_tag)
+    off = 12
+    while len(data) >= off + 4 and struct.unpack_from("!H", data, off)[0] in VLAN_TPIDS:
+        tags += data[off : off + 4]
+        off += 4
+    try:
+        ip = dpkt.ip.IP(data[off + 2 :])
+    except (dpkt.UnpackError, dpkt.NeedData) as e:
+        raise Malformed("malformed_frame", f"bad IPv4 header: {e}") from e
+    udp = ip.data
+    if not isinstance(udp, dpkt.udp.UDP) or udp.ulen < 8 or len(udp.data) < udp.ulen - 8:
+        raise Malformed("malformed_frame", "not a complete UDP datagram")
+    vlans = tuple(struct.unpack_from("!H", tags, i + 2)[0] & 0x0FFF for i in range(0, len(tags), 4))
+    return Frame(data[6:12], data[:6], bytes(tags), vlans, IPv4Address(ip.src),
+                 IPv4Address(ip.dst), bytes(udp.data[: udp.ulen - 8]))
+
+
+def reply_destination(req: Message, reply: Message, frame: Frame) -> tuple[bytes, IPv4Address, int]:
+    """(MAC, IP, port) a reply goes to, per RFC 2131 §4.1."""
+    if int(req.giaddr):
+        return frame.src_mac, req.giaddr, SERVER_PORT
+    if reply.type == MessageType.NAK:
+        return BROADCAST_MAC, BROADCAST_IP, CLIENT_PORT
+    if int(req.ciaddr):
+        return frame.src_mac, req.ciaddr, CLIENT_PORT
+    if req.broadcast:
+        return BROADCAST_MAC, BROADCAST_IP, CLIENT_PORT
+    return req.chaddr[:6], reply.yiaddr, CLIENT_PORT
+
+
+def build_frame(dst_mac: bytes, src_mac: bytes, tags: bytes, src_ip: IPv4Address,
+                dst_ip: IPv4Address, dst_port: int, payload: bytes) -> bytes:
+    udp = dpkt.udp.UDP(sport=SERVER_PORT, dport=dst_port, data=payload, ulen=8 + len(payload))
+    ip = dpkt.ip.IP(src=src_ip.packed, dst=dst_ip.packed, p=socket.IPPROTO_UDP, ttl=64, data=udp,
+                    len=20 + 8 + len(payload))
+    return dst_mac + src_mac + tags + b"\x08\x00" + bytes(ip)  # dpkt fills both checksums
+
+
+# --- the interface ---------------------------------------------------------------------------------
+
+
+class AccessInterface:
+    """The sockets of one access interface."""
+
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+        self.index, mac, addrs = netlink.interface_info(ifname)
+        self.mac = bytes.fromhex(mac.replace(":", ""))
+        self.addresses = tuple(IPv4Address(a) for a in addrs)
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        attach_filter(self.sock, dhcp_server_filter())
+        self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind((ifname, ETH_P_ALL))
+        self.sock.setblocking(False)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        attach_filter(self.udp, [(_RET, 0, 0, 0)])
+        self.udp.bind(("0.0.0.0", SERVER_PORT))
+        self._anc = socket.CMSG_SPACE(_AUX.size)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive(self, limit: int = 64) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` waiting frames as (frame, stripped VLAN tag or b"")."""
+        out = []
+        for _ in range(limit):
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(2048, self._anc)
+            except BlockingIOError:
+                break
+            tag = b""
+            for level, kind, cdata in anc:
+                if level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= _AUX.size:
+                    status, _, _, _, _, tci, tpid = _AUX.unpack_from(cdata)
+                    if status & TP_STATUS_VLAN_VALID:
+                        tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                        tag = struct.pack("!HH", tpid, tci)
+            out.append((data, tag))
+        return out
+
+    def send(self, frame: bytes) -> bool:
+        try:
+            self.sock.send(frame)
+        except (BlockingIOError, OSError):
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+        self.udp.close()

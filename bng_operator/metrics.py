@@ -1,0 +1,33 @@
+"""Prometheus metrics of the agent. One instance per process, on its own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "bng_dhcp_requests_total", "DHCP requests handled.",
+            ["type", "path", "result"], registry=r)
+        self.duration = Histogram(
+            "bng_dhcp_request_duration_seconds",
+            "Time from receiving a request to sending its reply (lease commit included).",
+            ["type"], registry=r,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                     1.0))
+        self.drops = Counter("bng_dhcp_drops_total", "Requests dropped, by reason.", ["reason"],
+                             registry=r)
+        self.pool_addresses = Gauge(
+            "bng_pool_addresses", "Addresses of each pool on this node, by state.",
+            ["pool", "state"], registry=r)
+        self.leases_active = Gauge("bng_leases_active", "Bound leases on this node.", registry=r)
+        self.lease_commits = Counter(
+            "bng_lease_store_commits_total", "fsync'd commits of the lease store.", registry=r)
+        self.send_failures = Counter(
+            "bng_dhcp_send_failures_total", "Replies the kernel did not take.", ["interface"],
+            registry=r)
+        self.config_loaded = Gauge(
+            "bng_config_loaded", "1 when the last configuration load succeeded.", registry=r)
