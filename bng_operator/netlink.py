@@ -97,6 +97,11 @@ def set_up(ifname: str, ns: str | None = None) -> None:
         ipr.link("set", index=_index(ipr, ifname, ns), state="up")
 
 
+def set_mtu(ifname: str, mtu: int, ns: str | None = None) -> None:
+    with route(ns) as ipr:
+        ipr.link("set", index=_index(ipr, ifname, ns), mtu=mtu)
+
+
 def set_mac(ifname: str, mac: str, ns: str | None = None) -> None:
     with route(ns) as ipr:
         ipr.link("set", index=_index(ipr, ifname, ns), address=mac)
@@ -168,3 +173,14 @@ def interface_info(ifname: str, ns: str | None = None) -> tuple[int, str, list[s
         link = ipr.get_links(idx)[0]
         addrs = [str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=idx, family=2)]
     return idx, str(link.get_attr("IFLA_ADDRESS")), addrs
+
+
+def add_bridge(name: str, ns: str | None = None) -> None:
+    with route(ns) as ipr:
+        ipr.link("add", ifname=name, kind="bridge")
+        ipr.link("set", index=_index(ipr, name, ns), state="up")
+
+
+def set_master(ifname: str, bridge: str, ns: str | None = None) -> None:
+    with route(ns) as ipr:
+        ipr.link("set", index=_index(ipr, ifname, ns), master=_index(ipr, bridge, ns))

@@ -6,9 +6,11 @@ crashed run's leftovers (pid gone) from a run still going, and remove only those
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass, field
 
@@ -22,6 +24,19 @@ def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
+def kill_processes(ns: str) -> None:
+    """SIGKILL whatever still runs in ``ns`` (clients that daemonized, a crashed agent)."""
+    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)
+    for pid in r.stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def remove_netns(ns: str) -> None:
+    kill_processes(ns)
+    netlink.remove_netns(ns)
+
+
 def remove_leftovers(prefix: str = PREFIX) -> list[str]:
     """Remove namespaces made by processes that no longer run. Returns their names."""
     pattern = re.compile(rf"^{prefix}(\d+)-")
@@ -29,7 +44,7 @@ def remove_leftovers(prefix: str = PREFIX) -> list[str]:
     for name in netlink.list_netns():
         m = pattern.match(name)
         if m and not _alive(int(m.group(1))):
-            netlink.remove_netns(name)
+            remove_netns(name)
             removed.append(name)
     return removed
 
@@ -54,13 +69,22 @@ class NetLab:
         return name
 
     def link(self, ns_a: str, if_a: str, ns_b: str, if_b: str,
-             addr_a: str | None = None, addr_b: str | None = None) -> None:
+             addr_a: str | None = None, addr_b: str | None = None,
+             mac_b: str | None = None) -> None:
         """A veth pair ``if_a``@``ns_a`` <-> ``if_b``@``ns_b``, both up, optionally addressed."""
         netlink.add_veth_pair(if_a, ns_a, if_b, ns_b)
+        if mac_b:
+            netlink.set_mac(if_b, mac_b, ns_b)
         for ifname, ns, addr in ((if_a, ns_a, addr_a), (if_b, ns_b, addr_b)):
             if addr:
                 netlink.add_address(ifname, addr, ns)
             netlink.set_up(ifname, ns)
+
+    def bridge(self, ns: str, name: str, ports: list[str]) -> None:
+        """A Linux bridge in ``ns`` joining ``ports`` (an access switch)."""
+        netlink.add_bridge(name, ns)
+        for p in ports:
+            netlink.set_master(p, name, ns)
 
     def run(self, ns: str, *argv: str, check: bool = True, timeout: float = 30,
             ) -> subprocess.CompletedProcess[str]:
@@ -74,5 +98,5 @@ class NetLab:
 
     def close(self) -> None:
         for ns in reversed(self.namespaces):
-            netlink.remove_netns(ns)
+            remove_netns(ns)
         self.namespaces.clear()

@@ -17,7 +17,7 @@ import dpkt
 MAGIC = b"\x63\x82\x53\x63"
 HEADER_LEN = 236  # BOOTP fixed fields, before the magic cookie
 MIN_LEN = HEADER_LEN + len(MAGIC)
-MAX_LEN = 1500  # a DHCP message larger than an Ethernet MTU is not something we answer
+MAX_LEN = 1472  # what fits a 1500-byte MTU after IPv4 and UDP headers; larger is dropped
 MIN_REPLY_LEN = 300
 BOOTREQUEST, BOOTREPLY = 1, 2
 BROADCAST_FLAG = 0x8000

@@ -1,0 +1,114 @@
+"""Real DHCP clients (dhclient, udhcpc, dhcpcd) run in a namespace, their results parsed
+from the client's own output or lease file."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ClientLease:
+    address: str
+    mask: str
+    routers: tuple[str, ...]
+    dns: tuple[str, ...]
+    lease_time: int
+    server_id: str
+    domain: str | None = None
+
+
+class ClientFailed(RuntimeError):
+    pass
+
+
+def _ns(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def dhclient(ns: str, iface: str, workdir: Path, timeout: float = 20,
+             extra: tuple[str, ...] = ()) -> ClientLease:
+    """One-shot dhclient; returns the lease dhclient wrote (the last one in its lease file)."""
+    leases, pid = workdir / f"dhclient-{ns}.leases", workdir / f"dhclient-{ns}.pid"
+    r = subprocess.run(_ns(ns, "dhclient", "-1", "-v", "-lf", str(leases), "-pf", str(pid),
+                           *extra, iface), capture_output=True, text=True, timeout=timeout + 10)
+    if r.returncode != 0 or not leases.exists():
+        raise ClientFailed(f"dhclient in {ns} got no lease:\n{r.stderr[-2000:]}")
+    block = leases.read_text().rsplit("lease {", 1)[-1]
+
+    def opt(name: str) -> str | None:
+        m = re.search(rf"option {name} ([^;]+);", block)
+        return m.group(1).strip('"') if m else None
+
+    address = re.search(r"fixed-address ([\d.]+);", block)
+    assert address, block
+    return ClientLease(address.group(1), opt("subnet-mask") or "",
+                       tuple((opt("routers") or "").split(",")),
+                       tuple((opt("domain-name-servers") or "").split(",")),
+                       int(opt("dhcp-lease-time") or 0), opt("dhcp-server-identifier") or "",
+                       opt("domain-name"))
+
+
+def dhclient_release(ns: str, iface: str, workdir: Path) -> None:
+    leases, pid = workdir / f"dhclient-{ns}.leases", workdir / f"dhclient-{ns}.pid"
+    subprocess.run(_ns(ns, "dhclient", "-r", "-lf", str(leases), "-pf", str(pid), iface),
+                   capture_output=True, timeout=20)
+
+
+UDHCPC_SCRIPT = """#!/bin/sh
+# udhcpc hands the lease to this script in environment variables; keep them.
+[ "$1" = bound ] || [ "$1" = renew ] && env > "$UDHCPC_OUT.$1"
+exit 0
+"""
+
+
+def udhcpc(ns: str, iface: str, workdir: Path, options: dict[int, bytes] | None = None,
+           timeout: int = 10) -> ClientLease:
+    """One-shot udhcpc (BusyBox); ``options`` are sent raw (e.g. {82: relay_agent_bytes})."""
+    script = workdir / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    out = workdir / f"udhcpc-{ns}"
+    args = []
+    for code, value in (options or {}).items():
+        args += ["-x", f"0x{code:02x}:{value.hex()}"]
+    r = subprocess.run(["ip", "netns", "exec", ns, "env", f"UDHCPC_OUT={out}", "udhcpc", "-i",
+                        iface, "-n", "-q", "-f", "-t", "5", "-T", "2", "-s", str(script), *args],
+                       capture_output=True, text=True, timeout=timeout + 20)
+    bound = Path(f"{out}.bound")
+    if r.returncode != 0 or not bound.exists():
+        raise ClientFailed(f"udhcpc in {ns} got no lease:\n{r.stderr[-2000:]}")
+    env = dict(line.split("=", 1) for line in bound.read_text().splitlines() if "=" in line)
+    return ClientLease(env["ip"], env.get("subnet", ""), tuple(env.get("router", "").split()),
+                       tuple(env.get("dns", "").split()), int(env.get("lease", 0)),
+                       env.get("serverid", ""), env.get("domain"))
+
+
+DHCPCD_SCRIPT = """#!/bin/sh
+# dhcpcd's hook (it clears the environment, so the output path is written in here).
+[ "$reason" = BOUND ] && env > "{out}"
+exit 0
+"""
+
+
+def dhcpcd(ns: str, iface: str, workdir: Path, timeout: int = 20) -> ClientLease:
+    """One-shot dhcpcd (-1): full DORA, configures the interface, then exits. Its hook
+    script records the lease variables."""
+    out = workdir / f"dhcpcd-{ns}.env"
+    script = workdir / f"dhcpcd-{ns}.sh"
+    script.write_text(DHCPCD_SCRIPT.format(out=out))
+    script.chmod(0o755)
+    r = subprocess.run(["ip", "netns", "exec", ns, "dhcpcd", "-4",
+                        "-1", "-B", "-t", str(timeout), "-c", str(script),
+                        "--noipv4ll", iface],
+                       capture_output=True, text=True, timeout=timeout + 10)
+    if not out.exists():
+        raise ClientFailed(f"dhcpcd in {ns} got no lease:\n{(r.stdout + r.stderr)[-2000:]}")
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    return ClientLease(env["new_ip_address"], env.get("new_subnet_mask", ""),
+                       tuple(env.get("new_routers", "").split()),
+                       tuple(env.get("new_domain_name_servers", "").split()),
+                       int(env.get("new_dhcp_lease_time", 0)),
+                       env.get("new_dhcp_server_identifier", ""), env.get("new_domain_name"))

@@ -1,0 +1,136 @@
+"""A small ISP site in network namespaces: a bng node, an access switch, subscribers.
+
+    bng (access0: 100.64.0.1/20, 198.51.100.1/24) ── up0 ┐
+                                                       br0 ├─ p0 ── s0 (eth0)
+                                     relay (optional) ─────┤─ p1 ── s1 (eth0) ...
+
+The agent runs as a real process in the bng namespace, so tests can kill -9 it. Used by the
+e2e tests, the benchmarks and ``bng lab``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bng_operator import netlink
+from bng_operator.testing.netlab import NetLab
+
+GATEWAYS = ("100.64.0.1/20", "198.51.100.1/24")
+RELAY_ADDRESS = "198.51.100.2/24"
+METRICS_PORT = 9641
+
+
+def subscriber_mac(i: int) -> str:
+    return f"02:00:00:00:{i >> 8 & 0xFF:02x}:{i & 0xFF:02x}"
+
+
+@dataclass
+class Site:
+    lab: NetLab
+    workdir: Path
+    config: list[Path]
+    node: str = "edge-1"
+    bng: str = ""
+    switch: str = ""
+    relay: str = ""
+    subscribers: list[str] = field(default_factory=list)
+    agent: subprocess.Popen[bytes] | None = None
+
+    def build(self, subscribers: int = 3, relay: bool = False) -> Site:
+        lab = self.lab
+        self.bng, self.switch = lab.namespace("bng"), lab.namespace("sw")
+        lab.link(self.bng, "access0", self.switch, "up0")
+        for gw in GATEWAYS:
+            netlink.add_address("access0", gw, self.bng)
+        ports = ["up0"]
+        for i in range(subscribers):
+            ns = lab.namespace(f"s{i}")
+            lab.link(self.switch, f"p{i}", ns, "eth0", mac_b=subscriber_mac(i))
+            ports.append(f"p{i}")
+            self.subscribers.append(ns)
+        if relay:
+            self.relay = lab.namespace("relay")
+            lab.link(self.switch, "prelay", self.relay, "eth0", addr_b=RELAY_ADDRESS)
+            ports.append("prelay")
+        lab.bridge(self.switch, "br0", ports)
+        return self
+
+    # --- the agent -------------------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "agent.log"
+
+    def start_agent(self, *extra: str, timeout: float = 20) -> None:
+        cmd = [sys.executable, "-m", "bng_operator", "agent", "--node", self.node,
+               "--state-dir", str(self.state_dir), "--log-level", "debug", *extra]
+        for c in self.config:
+            cmd += ["--config", str(c)]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.agent = self.lab.popen(self.bng, *cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.agent is not None and self.agent.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.agent.returncode}:\n{self.log()}")
+            r = self.lab.run(self.bng, "curl", "-sf", f"http://127.0.0.1:{METRICS_PORT}/readyz",
+                             check=False)
+            if r.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"agent not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def stop_agent(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.agent is None:
+            return None
+        if self.agent.poll() is None:
+            # ip netns exec replaces itself with the command, so this pid is the agent's.
+            os.kill(self.agent.pid, sig)
+            try:
+                self.agent.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait()
+        code = self.agent.returncode
+        self.agent = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, object]]:
+        out = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """The agent's /metrics as {'name{labels}': value}."""
+        r = self.lab.run(self.bng, "curl", "-sf", f"http://127.0.0.1:{METRICS_PORT}/metrics")
+        out = {}
+        for line in r.stdout.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def close(self) -> None:
+        self.stop_agent()
+        self.lab.close()

@@ -1,0 +1,53 @@
+"""A site of namespaces with a running agent, configured from the samples plus extras."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bng_operator.testing.netlab import NetLab
+from bng_operator.testing.site import Site
+
+SAMPLES = Path(__file__).resolve().parents[2] / "config" / "samples"
+
+# Plain clients (no option 82) land in the residential pool; relayed ones by giaddr.
+DEFAULT_CLASS = """
+apiVersion: bng.dev/v1alpha1
+kind: SubscriberClass
+metadata: {name: default}
+spec: {priority: 10000, pool: residential}
+"""
+RELAYED_CLASS = """
+apiVersion: bng.dev/v1alpha1
+kind: SubscriberClass
+metadata: {name: relayed}
+spec:
+  priority: 500
+  match: {relays: [198.51.100.0/24]}
+  pool: business
+"""
+
+
+@pytest.fixture
+def make_site(netlab: NetLab, tmp_path: Path, bpffs: Path) -> Iterator[Callable[..., Site]]:
+    sites: list[Site] = []
+
+    def make(subscribers: int = 3, relay: bool = False, extra: str = DEFAULT_CLASS,
+             replace: dict[str, str] | None = None) -> Site:
+        cfg = tmp_path / "config"
+        cfg.mkdir()
+        for f in SAMPLES.glob("*.yaml"):
+            shutil.copy(f, cfg)
+        for name, text in (replace or {}).items():
+            (cfg / name).write_text(text)
+        (cfg / "zz-test-extra.yaml").write_text(extra)
+        site = Site(netlab, tmp_path, [cfg]).build(subscribers, relay)
+        sites.append(site)
+        return site
+
+    yield make
+    for s in sites:
+        s.stop_agent()
