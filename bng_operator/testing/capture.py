@@ -14,8 +14,8 @@ import dpkt
 @contextlib.contextmanager
 def capture(ns: str, iface: str, path: Path, bpf_filter: str = "udp port 67 or udp port 68",
             ) -> Iterator[Path]:
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-U", "-n", "--immediate-mode",
-                             "-w", str(path), bpf_filter],
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-U", "-n",
+                             "--immediate-mode", "-w", str(path), bpf_filter],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # tcpdump says "listening on" once its filter is in place.
     assert proc.stderr is not None

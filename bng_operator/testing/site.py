@@ -10,6 +10,7 @@ e2e tests, the benchmarks and ``bng lab``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -115,10 +116,8 @@ class Site:
         out = []
         for line in self.log().splitlines():
             if line.startswith("{"):
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
         return out
 
     def metrics(self) -> dict[str, float]:

@@ -106,10 +106,9 @@ def _frame(payload: bytes, src_mac: str = "02:00:00:00:00:00") -> str:
 
 def test_malformed_frames_are_counted_and_the_agent_keeps_serving(
         make_site: Callable[..., Site], tmp_path: Path) -> None:
+    from bng_operator import netlink
     from bng_operator.agent.dhcp.codec import encode
     from tests.dhcp_messages import request
-
-    from bng_operator import netlink
 
     site = make_site(subscribers=2)
     # Jumbo frames from s0 to the agent, so that an oversized request can arrive at all.
