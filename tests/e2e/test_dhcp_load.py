@@ -1,0 +1,129 @@
+"""perfdhcp as a relay, a short lease's renewal and release, and kill -9 under load."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, MessageType, Opt, _walk
+from bng_operator.testing import clients, perfdhcp
+from bng_operator.testing.capture import capture, dhcp_payloads
+from bng_operator.testing.site import Site
+from tests.e2e.conftest import RELAYED_CLASS
+
+BUSINESS = ipaddress.ip_network("198.51.100.0/24")
+BIG_BUSINESS_POOL = """apiVersion: bng.dev/v1alpha1
+kind: IPPool
+metadata: {name: business}
+spec:
+  subnets: [{cidr: 198.51.96.0/20, gateway: 198.51.100.1}]
+  blockSize: 20
+  leaseTime: 1h
+"""
+
+
+def test_perfdhcp_as_a_relay_gets_the_pool_of_its_giaddr(make_site: Callable[..., Site]) -> None:
+    site = make_site(subscribers=0, relay=True, extra=RELAYED_CLASS)
+    site.start_agent()
+    r = site.lab.run(site.relay, "perfdhcp", "-4", "-l", "198.51.100.2", "-r", "200", "-R", "100",
+                     "-p", "3", "198.51.100.1", check=False, timeout=60)
+    report = perfdhcp.parse(r.stdout)
+    assert report.discover.received >= 500 and report.discover.drops_ratio == 0, r.stdout
+    assert report.request.drops_ratio == 0
+    m = site.metrics()
+    assert m['bng_pool_addresses{pool="business",state="used"}'] == 100
+    assert m['bng_pool_addresses{pool="residential",state="used"}'] == 0
+
+
+SHORT_LEASE = """apiVersion: bng.dev/v1alpha1
+kind: IPPool
+metadata: {name: residential}
+spec:
+  subnets: [{cidr: 100.64.0.0/20, gateway: 100.64.0.1}]
+  leaseTime: 60s
+  dns: [192.0.2.53]
+"""
+
+
+def test_short_lease_renews_to_the_same_address_and_release_frees_it(
+        make_site: Callable[..., Site], tmp_path: Path) -> None:
+    site = make_site(subscribers=1, replace={"ippool-residential.yaml": SHORT_LEASE})
+    site.start_agent()
+    ns = site.subscribers[0]
+    leases = tmp_path / "renew.leases"
+    # A dhclient that stays running renews at T1 = 30 s, by unicast to the server (RENEWING).
+    site.lab.run(ns, "dhclient", "-v", "-lf", str(leases), "-pf", str(tmp_path / "renew.pid"),
+                 "eth0")
+    first = leases.read_text().count("lease {")
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline and leases.read_text().count("lease {") == first:
+        time.sleep(1)
+    blocks = leases.read_text().split("lease {")[1:]
+    assert len(blocks) >= 2, "dhclient did not renew"
+    addresses = {b.split("fixed-address ")[1].split(";")[0] for b in blocks}
+    assert len(addresses) == 1
+    m = site.metrics()
+    assert m['bng_dhcp_requests_total{path="slow",result="ack",type="request"}'] >= 2
+    site.lab.run(ns, "dhclient", "-r", "-lf", str(leases), "-pf", str(tmp_path / "renew.pid"),
+                 "eth0")
+    deadline = time.monotonic() + 5  # gauges are refreshed once a second
+    while time.monotonic() < deadline and site.metrics()["bng_leases_active"] != 0:
+        time.sleep(0.2)
+    m = site.metrics()
+    assert m['bng_dhcp_requests_total{path="slow",result="release",type="release"}'] == 1
+    assert m["bng_leases_active"] == 0
+    released = [e for e in site.log_events() if e.get("event") == "release"]
+    assert [e["address"] for e in released] == list(addresses)
+
+
+def _acks(pcap: Path) -> list[tuple[str, str]]:
+    """(chaddr, yiaddr) of every DHCPACK in a capture."""
+    out = []
+    for p in dhcp_payloads(pcap):
+        if p[0] != 2 or p[HEADER_LEN:HEADER_LEN + 4] != MAGIC:
+            continue
+        opts: dict[int, bytes] = {}
+        _walk(p[HEADER_LEN + 4:], "options", opts, allow_overload=True)
+        if opts.get(Opt.MESSAGE_TYPE) == bytes([MessageType.ACK]):
+            out.append((p[28:34].hex(), str(ipaddress.ip_address(p[16:20]))))
+    return out
+
+
+def test_sigkill_under_load_loses_no_acknowledged_lease(make_site: Callable[..., Site],
+                                                         tmp_path: Path) -> None:
+    site = make_site(subscribers=0, relay=True, extra=RELAYED_CLASS,
+                     replace={"ippool-business.yaml": BIG_BUSINESS_POOL})
+    site.start_agent()
+    result: dict[str, str] = {}
+
+    def load() -> None:
+        r = site.lab.run(site.relay, "perfdhcp", "-4", "-l", "198.51.100.2", "-r", "400", "-R",
+                         "3000", "-p", "8", "198.51.100.1", check=False, timeout=60)
+        result["out"] = r.stdout
+
+    with capture(site.relay, "eth0", tmp_path / "load.pcap") as pcap:
+        t = threading.Thread(target=load)
+        t.start()
+        time.sleep(3)
+        assert site.stop_agent(signal.SIGKILL) == -signal.SIGKILL
+        site.start_agent()
+        t.join()
+    # The restarted agent served part of the run (its counters start from zero).
+    assert site.metrics()['bng_dhcp_requests_total{path="slow",result="ack",type="request"}'] > 200
+    acks = _acks(pcap)
+    assert len(acks) > 1000, result.get("out")
+    holders: dict[str, set[str]] = defaultdict(set)
+    for mac, addr in acks:
+        holders[addr].add(mac)
+    assert {a: m for a, m in holders.items() if len(m) > 1} == {}  # never one address twice
+    site.stop_agent()
+    db = sqlite3.connect(site.state_dir / "leases-edge-1.sqlite")
+    stored = {addr: mac for addr, mac in db.execute("SELECT address, mac FROM leases")}
+    for mac, addr in acks:  # every client that got an ACK still holds its address
+        assert stored.get(int(ipaddress.ip_address(addr)), "").replace(":", "") == mac, (mac, addr)
