@@ -26,14 +26,12 @@ lint:  ## ruff + mypy, and the generated CRDs must match the models
 crds:  ## regenerate crds/ from bng_operator/api
 	$(BIN)/bng crds --write crds
 
-lab:  ## run a small ISP site on this machine (arrives with the DHCPv4 server)
-	@echo "make lab: not yet. The lab (a bng node and 20 subscribers in network namespaces," >&2
-	@echo "real dhclient, a live subscriber table) arrives with the DHCPv4 server issue." >&2
-	@echo "Until then: 'make test' runs everything that exists." >&2
-	@exit 2
+SUBSCRIBERS ?= 20
+lab: setup  ## run a small ISP site here: bng node, OLT, $(SUBSCRIBERS) dhclient subscribers, live table
+	$(BIN)/bng lab --subscribers $(SUBSCRIBERS)
 
-lab-down:  ## remove what a crashed lab left behind
-	@$(BIN)/python -c 'from bng_operator.testing.netlab import remove_leftovers as r; print("removed:", r() or "nothing")'
+lab-down:  ## remove what a crashed lab or test run left behind
+	$(BIN)/bng lab --down
 
 clean:  ## remove the venv and caches (not the cached kube binaries in ~/.cache/bng)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -57,6 +57,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     return asyncio.run(run_agent(settings, source))
 
 
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from bng_operator import lab
+
+    return lab.down() if args.down else lab.run(args.subscribers, args.config)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bng",
@@ -100,6 +106,18 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a.add_argument("--log-format", default="json", choices=["json", "text"])
     a.set_defaults(func=_cmd_agent)
+
+    lb = sub.add_parser(
+        "lab", help="run a small ISP site on this machine (root)",
+        description="Build a bng node, an access node inserting option 82 and N subscriber "
+                    "network namespaces running dhclient; serve them with the agent in "
+                    "standalone mode and show a live table of subscribers. Ctrl-C tears it "
+                    "all down.")
+    lb.add_argument("--subscribers", type=int, default=20, metavar="N")
+    lb.add_argument("--config", type=Path, action="append", metavar="PATH",
+                    help="standalone config (default: config/samples/)")
+    lb.add_argument("--down", action="store_true", help="only remove what a crashed lab left")
+    lb.set_defaults(func=_cmd_lab)
     return p
 
 

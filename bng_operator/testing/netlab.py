@@ -37,13 +37,14 @@ def remove_netns(ns: str) -> None:
     netlink.remove_netns(ns)
 
 
-def remove_leftovers(prefix: str = PREFIX) -> list[str]:
-    """Remove namespaces made by processes that no longer run. Returns their names."""
+def remove_leftovers(prefix: str = PREFIX, only_dead: bool = True) -> list[str]:
+    """Remove namespaces made by processes that no longer run (or all of this prefix's,
+    with ``only_dead=False``). Returns their names."""
     pattern = re.compile(rf"^{prefix}(\d+)-")
     removed = []
     for name in netlink.list_netns():
         m = pattern.match(name)
-        if m and not _alive(int(m.group(1))):
+        if m and not (only_dead and _alive(int(m.group(1)))):
             remove_netns(name)
             removed.append(name)
     return removed

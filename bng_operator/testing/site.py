@@ -44,7 +44,10 @@ class Site:
     subscribers: list[str] = field(default_factory=list)
     agent: subprocess.Popen[bytes] | None = None
 
-    def build(self, subscribers: int = 3, relay: bool = False) -> Site:
+    def build(self, subscribers: int = 3, relay: bool = False,
+              option82: dict[int, tuple[str, str]] | None = None) -> Site:
+        """``option82`` maps subscriber index -> (circuit-id, remote-id) that the access node
+        inserts for that subscriber's port."""
         lab = self.lab
         self.bng, self.switch = lab.namespace("bng"), lab.namespace("sw")
         lab.link(self.bng, "access0", self.switch, "up0")
@@ -61,7 +64,20 @@ class Site:
             lab.link(self.switch, "prelay", self.relay, "eth0", addr_b=RELAY_ADDRESS)
             ports.append("prelay")
         lab.bridge(self.switch, "br0", ports)
+        if option82:
+            self._access_node(option82)
         return self
+
+    def _access_node(self, option82: dict[int, tuple[str, str]]) -> None:
+        rules = ("table bridge bnglab {\n chain forward {\n"
+                 "  type filter hook forward priority 0;\n"
+                 '  iifname != "up0" udp dport 67 drop\n }\n}\n')
+        subprocess.run(["ip", "netns", "exec", self.switch, "nft", "-f", "-"], input=rules,
+                       text=True, check=True)
+        args = [f"p{i}={c},{r}" for i, (c, r) in option82.items()]
+        self.lab.popen(self.switch, sys.executable, "-m", "bng_operator.testing.access_node",
+                       "up0", *args, stdout=open(self.workdir / "access-node.log", "ab"),  # noqa: SIM115
+                       stderr=subprocess.STDOUT)
 
     # --- the agent -------------------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, MessageType, Opt, _walk
-from bng_operator.testing import clients, perfdhcp
+from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, MessageType, Opt, walk_options
+from bng_operator.testing import perfdhcp
 from bng_operator.testing.capture import capture, dhcp_payloads
 from bng_operator.testing.site import Site
 from tests.e2e.conftest import RELAYED_CLASS
@@ -89,7 +89,7 @@ def _acks(pcap: Path) -> list[tuple[str, str]]:
         if p[0] != 2 or p[HEADER_LEN:HEADER_LEN + 4] != MAGIC:
             continue
         opts: dict[int, bytes] = {}
-        _walk(p[HEADER_LEN + 4:], "options", opts, allow_overload=True)
+        walk_options(p[HEADER_LEN + 4:], "options", opts, allow_overload=True)
         if opts.get(Opt.MESSAGE_TYPE) == bytes([MessageType.ACK]):
             out.append((p[28:34].hex(), str(ipaddress.ip_address(p[16:20]))))
     return out

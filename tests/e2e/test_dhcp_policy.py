@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, MessageType, Opt, _walk
+from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, MessageType, Opt, walk_options
 from bng_operator.testing import clients
 from bng_operator.testing.capture import capture, dhcp_payloads
 from bng_operator.testing.site import Site, subscriber_mac
@@ -25,7 +25,7 @@ def _replies(path: Path) -> list[dict[int, bytes]]:
     for p in dhcp_payloads(path):
         if p[0] == 2 and p[HEADER_LEN:HEADER_LEN + 4] == MAGIC:
             opts: dict[int, bytes] = {}
-            _walk(p[HEADER_LEN + 4:], "options", opts, allow_overload=True)
+            walk_options(p[HEADER_LEN + 4:], "options", opts, allow_overload=True)
             out.append(opts)
     return out
 

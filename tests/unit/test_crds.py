@@ -30,23 +30,23 @@ def test_bng_crds_check_reports_drift(tmp_path: Path) -> None:
     assert main(["crds", "--check", str(tmp_path)]) == 1
 
 
-def _walk(node: Any, path: str = "") -> list[tuple[str, str]]:
+def walk_options(node: Any, path: str = "") -> list[tuple[str, str]]:
     found = []
     if isinstance(node, dict):
         for k, v in node.items():
             if k in ("$ref", "anyOf", "oneOf", "allOf", "$defs", "title", "const") or (
                     k == "additionalProperties" and v is False):
                 found.append((path, k))
-            found += _walk(v, f"{path}.{k}")
+            found += walk_options(v, f"{path}.{k}")
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            found += _walk(v, f"{path}[{i}]")
+            found += walk_options(v, f"{path}[{i}]")
     return found
 
 
 @pytest.mark.parametrize("crd", crds(), ids=lambda c: c["metadata"]["name"])
 def test_schema_is_structural(crd: dict[str, Any]) -> None:
-    assert _walk(crd["spec"]["versions"][0]["schema"]) == []
+    assert walk_options(crd["spec"]["versions"][0]["schema"]) == []
 
 
 @pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.info.kind)

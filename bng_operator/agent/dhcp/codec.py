@@ -175,7 +175,7 @@ def _suboptions(raw: bytes) -> dict[int, bytes]:
     return out
 
 
-def _walk(buf: bytes, where: str, into: dict[int, bytes], allow_overload: bool) -> None:
+def walk_options(buf: bytes, where: str, into: dict[int, bytes], allow_overload: bool) -> None:
     """Parse one options area. Repeated options are concatenated (RFC 3396)."""
     i, n = 0, len(buf)
     while i < n:
@@ -214,16 +214,16 @@ def decode(payload: bytes) -> Message:
     if htype != 1 or hlen != 6:
         raise Malformed("bad_hardware", f"htype {htype} hlen {hlen}, only Ethernet is served")
     options: dict[int, bytes] = {}
-    _walk(payload[MIN_LEN:], "options", options, allow_overload=True)
+    walk_options(payload[MIN_LEN:], "options", options, allow_overload=True)
     overload = options.get(Opt.OVERLOAD)
     if overload is not None:
         if len(overload) != 1 or overload[0] not in (1, 2, 3):
             raise Malformed("bad_overload", f"option 52 value {overload.hex()}")
         # RFC 2131 §4.1: file first, then sname.
         if overload[0] & 1:
-            _walk(file, "file", options, allow_overload=False)
+            walk_options(file, "file", options, allow_overload=False)
         if overload[0] & 2:
-            _walk(sname, "sname", options, allow_overload=False)
+            walk_options(sname, "sname", options, allow_overload=False)
     msg = Message(op=op, xid=xid, chaddr=chaddr, htype=htype, hlen=hlen, hops=hops, secs=secs,
                   flags=flags, ciaddr=IPv4Address(ciaddr), yiaddr=IPv4Address(yiaddr),
                   siaddr=IPv4Address(siaddr), giaddr=IPv4Address(giaddr), options=options)

@@ -133,8 +133,9 @@ def reply_destination(req: Message, reply: Message, frame: Frame) -> tuple[bytes
 
 
 def build_frame(dst_mac: bytes, src_mac: bytes, tags: bytes, src_ip: IPv4Address,
-                dst_ip: IPv4Address, dst_port: int, payload: bytes) -> bytes:
-    udp = dpkt.udp.UDP(sport=SERVER_PORT, dport=dst_port, data=payload, ulen=8 + len(payload))
+                dst_ip: IPv4Address, dst_port: int, payload: bytes,
+                src_port: int = SERVER_PORT) -> bytes:
+    udp = dpkt.udp.UDP(sport=src_port, dport=dst_port, data=payload, ulen=8 + len(payload))
     ip = dpkt.ip.IP(src=src_ip.packed, dst=dst_ip.packed, p=socket.IPPROTO_UDP, ttl=64, data=udp,
                     len=20 + 8 + len(payload))
     return dst_mac + src_mac + tags + b"\x08\x00" + bytes(ip)  # dpkt fills both checksums
