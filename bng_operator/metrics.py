@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -31,3 +33,26 @@ class AgentMetrics:
             registry=r)
         self.config_loaded = Gauge(
             "bng_config_loaded", "1 when the last configuration load succeeded.", registry=r)
+        # labels() costs a lock and a dict lookup per call; the packet path keeps children.
+        self._requests: dict[tuple[str, str, str], Any] = {}
+        self._durations: dict[str, Any] = {}
+        self._drops: dict[str, Any] = {}
+
+    def request(self, mtype: str, path: str, result: str) -> None:
+        key = (mtype, path, result)
+        c = self._requests.get(key)
+        if c is None:
+            c = self._requests[key] = self.requests.labels(mtype, path, result)
+        c.inc()
+
+    def duration_of(self, mtype: str, seconds: float) -> None:
+        h = self._durations.get(mtype)
+        if h is None:
+            h = self._durations[mtype] = self.duration.labels(mtype)
+        h.observe(seconds)
+
+    def drop(self, reason: str) -> None:
+        c = self._drops.get(reason)
+        if c is None:
+            c = self._drops[reason] = self.drops.labels(reason)
+        c.inc()

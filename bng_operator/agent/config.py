@@ -23,6 +23,17 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class SubnetConfig:
+    """One subnet with the reply options that depend only on it, encoded once."""
+
+    network: IPv4Network
+    first: int
+    last: int
+    gateway: IPv4Address
+    options: dict[int, bytes]  # subnet mask, router, DNS, domain name, broadcast
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     spec: IPPoolSpec
@@ -30,19 +41,36 @@ class PoolConfig:
     blocks: tuple[tuple[IPv4Network, IPv4Network], ...]
     never: frozenset[int]  # gateways and excluded ranges
     reserved: frozenset[int]  # addresses of reservations
+    subnets: tuple[SubnetConfig, ...] = ()
+    lease_seconds: int = 0
 
-    @property
-    def lease_seconds(self) -> int:
-        return parse_duration(self.spec.lease_time)
+    def subnet_of(self, addr: IPv4Address | int) -> IPv4Network | None:
+        s = self.subnet_config(addr)
+        return s.network if s else None
 
-    def subnet_of(self, addr: IPv4Address) -> IPv4Network | None:
-        for s in self.spec.subnets:
-            if addr in s.network:
-                return s.network
+    def subnet_config(self, addr: IPv4Address | int) -> SubnetConfig | None:
+        a = int(addr)
+        for s in self.subnets:
+            if s.first <= a <= s.last:
+                return s
         return None
 
     def gateway_of(self, subnet: IPv4Network) -> IPv4Address:
-        return next(IPv4Address(s.gateway) for s in self.spec.subnets if s.network == subnet)
+        return next(s.gateway for s in self.subnets if s.network == subnet)
+
+
+def _subnet_config(spec: IPPoolSpec, cidr: str, gateway: str) -> SubnetConfig:
+    # Option codes from RFC 2132; the codec's Opt enum is not imported to keep config
+    # independent of the wire format module.
+    net = IPv4Network(cidr)
+    opts = {1: net.netmask.packed, 3: IPv4Address(gateway).packed,
+            28: net.broadcast_address.packed}
+    if spec.dns:
+        opts[6] = b"".join(IPv4Address(d).packed for d in spec.dns)
+    if spec.domain_name:
+        opts[15] = spec.domain_name.encode()
+    return SubnetConfig(net, int(net.network_address), int(net.broadcast_address),
+                        IPv4Address(gateway), opts)
 
 
 @dataclass(frozen=True)
@@ -53,10 +81,7 @@ class ClassConfig:
     remote_id: re.Pattern[str] | None
     vendor_class: re.Pattern[str] | None
     relays: tuple[IPv4Network, ...]
-
-    @property
-    def lease_seconds(self) -> int | None:
-        return parse_duration(self.spec.lease_time) if self.spec.lease_time else None
+    lease_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +156,9 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
         else:  # standalone: the node owns the whole pool
             blocks = [(s.network, s.network) for s in p.spec.subnets]
         mine = frozenset(r.address for r in reservations if r.pool == p.name)
-        pools[p.name] = PoolConfig(p.name, p.spec, tuple(blocks), frozenset(never), mine)
+        subnets = tuple(_subnet_config(p.spec, s.cidr, s.gateway) for s in p.spec.subnets)
+        pools[p.name] = PoolConfig(p.name, p.spec, tuple(blocks), frozenset(never), mine,
+                                   subnets, parse_duration(p.spec.lease_time))
 
     for r in reservations:
         if r.pool not in pools:
@@ -147,7 +174,8 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
         m = c.spec.match
         classes.append(ClassConfig(
             c.name, c.spec, _compile(m.circuit_id), _compile(m.remote_id),
-            _compile(m.vendor_class), tuple(IPv4Network(r) for r in m.relays)))
+            _compile(m.vendor_class), tuple(IPv4Network(r) for r in m.relays),
+            parse_duration(c.spec.lease_time) if c.spec.lease_time else None))
 
     by_key = {k: r for r in reservations for k in r.keys}
     return NodeConfig(spec.node_name, tuple(spec.interfaces.access), spec.max_leases, pools,

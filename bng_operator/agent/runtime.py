@@ -176,8 +176,8 @@ class Agent:
             frame = parse_frame(data, tag)
             msg = decode(frame.payload)
         except Malformed as e:
-            m.drops.labels(e.reason).inc()
-            m.requests.labels("invalid", "slow", "drop").inc()
+            m.drop(e.reason)
+            m.request("invalid", "slow", "drop")
             log.debug("dropped frame on %s: %s", iface.ifname, e)
             return
         mtype = msg.type.name.lower() if msg.type else "unknown"
@@ -187,16 +187,16 @@ class Agent:
             out = self.server.handle(msg, ctx)
         except Exception:  # a bug must cost one request, never the agent
             log.exception("internal error handling %s from %s", mtype, msg.mac)
-            m.drops.labels("internal_error").inc()
-            m.requests.labels(mtype, "slow", "drop").inc()
+            m.drop("internal_error")
+            m.request(mtype, "slow", "drop")
             return
         if out.drop:
-            m.drops.labels(out.drop).inc()
-            m.requests.labels(mtype, "slow", "drop").inc()
+            m.drop(out.drop)
+            m.request(mtype, "slow", "drop")
             log.debug("dropped %s from %s on %s: %s", mtype, msg.mac, iface.ifname, out.drop)
             return
         if out.reply is None:
-            m.requests.labels(mtype, "slow", out.kind).inc()
+            m.request(mtype, "slow", out.kind)
             if out.commit:
                 self._commit_quietly()
             return
@@ -212,7 +212,7 @@ class Agent:
         def after_commit(f: asyncio.Future[None]) -> None:
             self._log_commit_error(f)
             if f.cancelled() or f.exception() is not None:
-                m.requests.labels(mtype, "slow", "store_error").inc()
+                m.request(mtype, "slow", "store_error")
                 return  # no ACK for a lease that is not on disk
             self._send(iface, wire, mtype, out.kind, t0)
 
@@ -222,8 +222,8 @@ class Agent:
               t0: float) -> None:
         if not iface.send(wire):
             self.metrics.send_failures.labels(iface.ifname).inc()
-        self.metrics.requests.labels(mtype, "slow", kind).inc()
-        self.metrics.duration.labels(mtype).observe(time.perf_counter() - t0)
+        self.metrics.request(mtype, "slow", kind)
+        self.metrics.duration_of(mtype, time.perf_counter() - t0)
 
 
 async def run_agent(settings: AgentSettings, source: Source) -> int:

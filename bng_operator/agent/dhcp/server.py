@@ -14,12 +14,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import Protocol
 
-from bng_operator.agent.config import ClassConfig, NodeConfig, PoolConfig, Reservation
+from bng_operator.agent.config import (
+    ClassConfig,
+    NodeConfig,
+    PoolConfig,
+    Reservation,
+    SubnetConfig,
+)
 from bng_operator.agent.dhcp.allocator import PoolAllocator
-from bng_operator.agent.dhcp.codec import BOOTREPLY, Message, MessageType, Opt
+from bng_operator.agent.dhcp.codec import BOOTREPLY, ZERO, Message, MessageType, Opt
 from bng_operator.agent.dhcp.leases import Decline, Lease
 
 log = logging.getLogger("bng.dhcp")
@@ -29,7 +35,10 @@ OFFER_HOLD = 30.0  # seconds an offered address stays reserved for the client
 DECLINE_HOLD = 600.0  # seconds a declined address is kept out of use
 EXHAUSTION_LOG_EVERY = 60.0
 # Options sent when the client asks for them (or asks for nothing in particular).
-ON_REQUEST = (Opt.ROUTER, Opt.DNS, Opt.HOSTNAME, Opt.DOMAIN_NAME, Opt.BROADCAST)
+ON_REQUEST = bytes([Opt.ROUTER, Opt.DNS, Opt.HOSTNAME, Opt.DOMAIN_NAME, Opt.BROADCAST])
+_ON_REQUEST_SET = frozenset(ON_REQUEST)
+_LEASE_ORDER = [Opt.LEASE_TIME, Opt.RENEWAL_TIME, Opt.REBINDING_TIME]
+_TYPE_BYTES = {t: bytes([t]) for t in MessageType}
 
 
 class Store(Protocol):
@@ -74,7 +83,7 @@ class Classified:
     pool: PoolConfig
     identity: str
     reservation: Reservation | None
-    subnet: IPv4Network | None  # allocations must come from here (giaddr's link)
+    subnet: SubnetConfig | None  # allocations must come from here (giaddr's link)
 
 
 class TokenBuckets:
@@ -213,9 +222,11 @@ class DhcpServer:
         return Outcome("drop", drop="unexpected_message_type")
 
     def classify(self, msg: Message, ctx: Context) -> Classified | None:
-        reservation = next((r for k in message_keys(msg)
-                            if (r := self.config.reservation_by_key.get(k)) and
-                            all(key in message_keys(msg) for key in r.keys)), None)
+        reservation = None
+        if self.config.reservation_by_key:
+            keys = message_keys(msg)
+            reservation = next((r for k in keys if (r := self.config.reservation_by_key.get(k))
+                                and all(key in keys for key in r.keys)), None)
         cls = None
         if reservation and reservation.subscriber_class:
             cls = next((c for c in self.config.classes
@@ -226,7 +237,8 @@ class DhcpServer:
         if cls is not None:
             pool = self.config.pools[reservation.pool if reservation else cls.spec.pool]
         elif relayed:  # no class: the relay's link picks the pool, as in any DHCP server
-            found = next((p for p in self.config.pools.values() if p.subnet_of(msg.giaddr)), None)
+            found = next((p for p in self.config.pools.values() if p.subnet_config(msg.giaddr)),
+                         None)
             if found is None:
                 return None
             pool = found
@@ -234,7 +246,7 @@ class DhcpServer:
             pool = self.config.pools[reservation.pool]
         else:
             return None
-        subnet = pool.subnet_of(msg.giaddr) if relayed else None
+        subnet = pool.subnet_config(msg.giaddr) if relayed else None
         identity = identity_of(cls.spec.identity if cls else "client-id", msg)
         return Classified(cls, pool, identity, reservation, subnet)
 
@@ -278,7 +290,7 @@ class DhcpServer:
         if not self._rate_ok(c, msg, now):
             self._why_none = "rate_limited"
             return None
-        addr = alloc.take_any(c.subnet)
+        addr = alloc.take_any(c.subnet.network if c.subnet else None)
         if addr is None:
             self._why_none = "pool_exhausted"
             self._log_exhausted(c.pool.name, now)
@@ -287,7 +299,7 @@ class DhcpServer:
         return addr
 
     def _in_subnet(self, c: Classified, addr: int) -> bool:
-        return c.subnet is None or IPv4Address(addr) in c.subnet
+        return c.subnet is None or c.subnet.first <= addr <= c.subnet.last
 
     def _rate_ok(self, c: Classified, msg: Message, now: float) -> bool:
         per_minute = c.cls.spec.limits.allocations_per_minute if c.cls else 60
@@ -458,10 +470,10 @@ class DhcpServer:
     def _inform(self, msg: Message, ctx: Context) -> Outcome:
         c = self.classify(msg, ctx)
         where = msg.ciaddr
-        pool = next((p for p in self.config.pools.values() if p.subnet_of(where)), None)
+        pool = next((p for p in self.config.pools.values() if p.subnet_config(where)), None)
         if pool is None:
             return Outcome("drop", drop="inform_unknown_network")
-        c = Classified(c.cls if c else None, pool, "", None, pool.subnet_of(where))
+        c = Classified(c.cls if c else None, pool, "", None, pool.subnet_config(where))
         return self._reply(MessageType.ACK, msg, ctx, c, 0, inform=True)
 
     # --- time ------------------------------------------------------------------------------------
@@ -491,61 +503,53 @@ class DhcpServer:
 
     def _reply(self, kind: MessageType, req: Message, ctx: Context, c: Classified, addr: int,
                inform: bool = False) -> Outcome:
-        subnet = (c.pool.subnet_of(IPv4Address(addr)) if addr else c.subnet) or \
-            c.pool.subnet_of(req.ciaddr)
-        server_id = self._server_id(ctx, c, subnet, int(req.giaddr) != 0)
-        o: dict[int, bytes] = {Opt.MESSAGE_TYPE: bytes([kind]), Opt.SERVER_ID: server_id.packed}
+        sc = (c.pool.subnet_config(addr) if addr else c.subnet) or \
+            c.pool.subnet_config(req.ciaddr)
+        server_id = self._server_id(ctx, sc, int(req.giaddr) != 0)
+        o: dict[int, bytes] = {Opt.MESSAGE_TYPE: _TYPE_BYTES[kind], Opt.SERVER_ID: server_id.packed}
         order: list[int] = [Opt.MESSAGE_TYPE, Opt.SERVER_ID]
-        if kind != MessageType.NAK and subnet is not None:
-            spec = c.pool.spec
+        if kind != MessageType.NAK and sc is not None:
             if not inform:
                 secs = self._lease_seconds(c)
                 o[Opt.LEASE_TIME] = secs.to_bytes(4, "big")
                 o[Opt.RENEWAL_TIME] = (secs // 2).to_bytes(4, "big")
                 o[Opt.REBINDING_TIME] = (secs * 7 // 8).to_bytes(4, "big")
-                order += [Opt.LEASE_TIME, Opt.RENEWAL_TIME, Opt.REBINDING_TIME]
-            o[Opt.SUBNET_MASK] = subnet.netmask.packed
-            o[Opt.ROUTER] = c.pool.gateway_of(subnet).packed
-            if spec.dns:
-                o[Opt.DNS] = b"".join(IPv4Address(d).packed for d in spec.dns)
-            if req.hostname:
+                order += _LEASE_ORDER
+            o.update(sc.options)
+            if Opt.HOSTNAME in req.options:
                 o[Opt.HOSTNAME] = req.options[Opt.HOSTNAME]
-            if spec.domain_name:
-                o[Opt.DOMAIN_NAME] = spec.domain_name.encode()
-            o[Opt.BROADCAST] = subnet.broadcast_address.packed
             order.append(Opt.SUBNET_MASK)
-            asked = req.requested_options
-            wanted = [x for x in asked if x in ON_REQUEST] if asked else list(ON_REQUEST)
-            order += [x for x in wanted if x in o]
+            asked = req.options.get(Opt.PARAM_REQUEST)
+            order += [x for x in (asked or ON_REQUEST) if x in _ON_REQUEST_SET and x in o]
         elif kind == MessageType.NAK:
             o[Opt.MESSAGE] = b"requested address is not available"
             order.append(Opt.MESSAGE)
-        if req.relay_agent is not None:
-            o[Opt.RELAY_AGENT] = req.relay_agent  # echoed verbatim, last (RFC 3046 §2.2)
+        relay = req.options.get(Opt.RELAY_AGENT)
+        if relay is not None:
+            o[Opt.RELAY_AGENT] = relay  # echoed verbatim, last (RFC 3046 §2.2)
             order.append(Opt.RELAY_AGENT)
         reply = Message(
             op=BOOTREPLY, xid=req.xid, chaddr=req.chaddr, htype=req.htype, hlen=req.hlen,
             flags=req.flags, giaddr=req.giaddr,
-            ciaddr=req.ciaddr if kind == MessageType.ACK else IPv4Address(0),
-            yiaddr=IPv4Address(addr), options=o)
+            ciaddr=req.ciaddr if kind == MessageType.ACK else ZERO,
+            yiaddr=IPv4Address(addr) if addr else ZERO, options=o)
         label = {MessageType.OFFER: "offer", MessageType.NAK: "nak"}.get(
             kind, "inform" if inform else "ack")
         return Outcome(label, reply, order, commit=kind == MessageType.ACK and not inform)
 
     @staticmethod
-    def _server_id(ctx: Context, c: Classified, subnet: IPv4Network | None,
-                   relayed: bool) -> IPv4Address:
+    def _server_id(ctx: Context, sc: SubnetConfig | None, relayed: bool) -> IPv4Address:
         """Our address on the client's link; else the interface's; else the subnet gateway
         (which the node answers for when it is the subscribers' router)."""
-        if subnet is not None:
+        if sc is not None:
             for a in ctx.server_addresses:
-                if a in subnet:
+                if sc.first <= int(a) <= sc.last:
                     return a
-        if ctx.server_addresses and (relayed or subnet is None):
+        if ctx.server_addresses and (relayed or sc is None):
             return ctx.server_addresses[0]
-        if subnet is not None:
-            return c.pool.gateway_of(subnet)
-        return ctx.server_addresses[0] if ctx.server_addresses else IPv4Address(0)
+        if sc is not None:
+            return sc.gateway
+        return ctx.server_addresses[0] if ctx.server_addresses else ZERO
 
     # --- reporting -------------------------------------------------------------------------------
 

@@ -10,13 +10,12 @@ unicast requests with ICMP port-unreachable; its own filter drops everything.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import socket
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-
-import dpkt
 
 from bng_operator import netlink
 from bng_operator.agent.dhcp.codec import Malformed, Message, MessageType
@@ -29,6 +28,7 @@ PACKET_AUXDATA = 8
 TP_STATUS_VLAN_VALID = 1 << 4
 TP_STATUS_VLAN_TPID_VALID = 1 << 6
 SO_ATTACH_FILTER = 26
+RCVBUF = 1 << 20
 PACKET_OUTGOING = 4
 SERVER_PORT, CLIENT_PORT = 67, 68
 BROADCAST_MAC = b"\xff" * 6
@@ -100,23 +100,44 @@ class Frame:
     payload: bytes
 
 
+_ETH_TYPE = struct.Struct("!H")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_UDP = struct.Struct("!HHHH")
+
+
 def parse_frame(data: bytes, stripped_tag: bytes = b"") -> Frame:
     """Decode Ethernet/VLAN/IPv4/UDP. ``stripped_tag`` is the tag the NIC took off (auxdata)."""
-    tags = bytearray(stripped_tag)
+    n = len(data)
     off = 12
-    while len(data) >= off + 4 and struct.unpack_from("!H", data, off)[0] in VLAN_TPIDS:
-        tags += data[off : off + 4]
+    while n >= off + 4 and _ETH_TYPE.unpack_from(data, off)[0] in VLAN_TPIDS:
         off += 4
-    try:
-        ip = dpkt.ip.IP(data[off + 2 :])
-    except (dpkt.UnpackError, dpkt.NeedData) as e:
-        raise Malformed("malformed_frame", f"bad IPv4 header: {e}") from e
-    udp = ip.data
-    if not isinstance(udp, dpkt.udp.UDP) or udp.ulen < 8 or len(udp.data) < udp.ulen - 8:
-        raise Malformed("malformed_frame", "not a complete UDP datagram")
-    vlans = tuple(struct.unpack_from("!H", tags, i + 2)[0] & 0x0FFF for i in range(0, len(tags), 4))
-    return Frame(data[6:12], data[:6], bytes(tags), vlans, IPv4Address(ip.src),
-                 IPv4Address(ip.dst), bytes(udp.data[: udp.ulen - 8]))
+    tags = stripped_tag + data[12:off]
+    ip = off + 2
+    if n < ip + 20 or _ETH_TYPE.unpack_from(data, off)[0] != ETH_P_IP:
+        raise Malformed("malformed_frame", "not an IPv4 frame")
+    vihl, _, total, _, frag, _, proto, _, src, dst = _IPV4.unpack_from(data, ip)
+    ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or ihl < 20 or total < ihl + 8 or n < ip + total:
+        raise Malformed("malformed_frame", "bad IPv4 header or truncated datagram")
+    if proto != 17 or frag & 0x3FFF:
+        raise Malformed("malformed_frame", "not an unfragmented UDP datagram")
+    _, _, ulen, _ = _UDP.unpack_from(data, ip + ihl)
+    if ulen < 8 or ip + ihl + ulen > n:
+        raise Malformed("malformed_frame", "UDP length past the end of the frame")
+    vlans = tuple(_ETH_TYPE.unpack_from(tags, i + 2)[0] & 0x0FFF for i in range(0, len(tags), 4))
+    start = ip + ihl + 8
+    return Frame(data[6:12], data[:6], tags, vlans, IPv4Address(src), IPv4Address(dst),
+                 data[start : start + ulen - 8])
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
+    if len(data) % 2:
+        data += b"\x00"
+    s = sum(array.array("H", data))  # native order; the fold below makes it order-free
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return socket.htons(~s & 0xFFFF)
 
 
 def reply_destination(req: Message, reply: Message, frame: Frame) -> tuple[bytes, IPv4Address, int]:
@@ -135,10 +156,15 @@ def reply_destination(req: Message, reply: Message, frame: Frame) -> tuple[bytes
 def build_frame(dst_mac: bytes, src_mac: bytes, tags: bytes, src_ip: IPv4Address,
                 dst_ip: IPv4Address, dst_port: int, payload: bytes,
                 src_port: int = SERVER_PORT) -> bytes:
-    udp = dpkt.udp.UDP(sport=src_port, dport=dst_port, data=payload, ulen=8 + len(payload))
-    ip = dpkt.ip.IP(src=src_ip.packed, dst=dst_ip.packed, p=socket.IPPROTO_UDP, ttl=64, data=udp,
-                    len=20 + 8 + len(payload))
-    return dst_mac + src_mac + tags + b"\x08\x00" + bytes(ip)  # dpkt fills both checksums
+    """Ethernet (+ tags) / IPv4 / UDP around ``payload``, with both checksums."""
+    src, dst = src_ip.packed, dst_ip.packed
+    ulen = 8 + len(payload)
+    pseudo = src + dst + struct.pack("!HHHHHH", 17, ulen, src_port, dst_port, ulen, 0)
+    ucsum = _checksum(pseudo + payload) or 0xFFFF  # 0 would mean "no checksum"
+    iph = _IPV4.pack(0x45, 0, 20 + ulen, 0, 0, 64, 17, 0, src, dst)
+    iph = iph[:10] + struct.pack("!H", _checksum(iph)) + iph[12:]
+    return b"".join((dst_mac, src_mac, tags, b"\x08\x00", iph,
+                     _UDP.pack(src_port, dst_port, ulen, ucsum), payload))
 
 
 # --- the interface ---------------------------------------------------------------------------------
@@ -155,7 +181,9 @@ class AccessInterface:
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         attach_filter(self.sock, dhcp_server_filter())
         self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        # Small on purpose: past saturation a long queue only holds requests whose clients
+        # have given up; dropping the excess in the kernel keeps the replies that go out fresh.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         self.sock.bind((ifname, ETH_P_ALL))
         self.sock.setblocking(False)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
