@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 
 class AgentMetrics:
@@ -22,10 +24,6 @@ class AgentMetrics:
                      1.0))
         self.drops = Counter("bng_dhcp_drops_total", "Requests dropped, by reason.", ["reason"],
                              registry=r)
-        self.pool_addresses = Gauge(
-            "bng_pool_addresses", "Addresses of each pool on this node, by state.",
-            ["pool", "state"], registry=r)
-        self.leases_active = Gauge("bng_leases_active", "Bound leases on this node.", registry=r)
         self.lease_commits = Counter(
             "bng_lease_store_commits_total", "fsync'd commits of the lease store.", registry=r)
         self.send_failures = Counter(
@@ -51,8 +49,30 @@ class AgentMetrics:
             h = self._durations[mtype] = self.duration.labels(mtype)
         h.observe(seconds)
 
+    def watch_leases(self, usage: Callable[[], dict[str, dict[str, int]]],
+                     active: Callable[[], int]) -> None:
+        """Pool and lease gauges, computed when scraped (always current, free otherwise)."""
+        self.registry.register(_LeaseCollector(usage, active))
+
     def drop(self, reason: str) -> None:
         c = self._drops.get(reason)
         if c is None:
             c = self._drops[reason] = self.drops.labels(reason)
         c.inc()
+
+
+class _LeaseCollector:
+    def __init__(self, usage: Callable[[], dict[str, dict[str, int]]],
+                 active: Callable[[], int]) -> None:
+        self.usage, self.active = usage, active
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pools = GaugeMetricFamily("bng_pool_addresses",
+                                  "Addresses of each pool on this node, by state.",
+                                  labels=["pool", "state"])
+        for pool, states in self.usage().items():
+            for state, n in states.items():
+                pools.add_metric([pool, state], n)
+        yield pools
+        yield GaugeMetricFamily("bng_leases_active", "Bound leases on this node.",
+                                value=self.active())

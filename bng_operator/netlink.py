@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -81,7 +82,9 @@ def add_veth_pair(name: str, ns: str | None, peer: str, peer_ns: str | None) -> 
     with route(ns) as ipr:
         p: dict[str, Any] = {"ifname": peer}
         if peer_ns != ns:
-            p["net_ns_fd"] = peer_ns if peer_ns else "/proc/1/ns/net"
+            # None: the namespace of this process (not /proc/self: pyroute2 may resolve it in
+            # a helper process inside ``ns``).
+            p["net_ns_fd"] = peer_ns if peer_ns else f"/proc/{os.getpid()}/ns/net"
         ipr.link("add", ifname=name, kind="veth", peer=p)
 
 

@@ -58,6 +58,8 @@ class Agent:
         path = self.settings.state_dir / f"leases-{self.settings.node}.sqlite"
         self.store = LeaseStore(path)
         self.server = DhcpServer(self.config, self.store)
+        server = self.server
+        self.metrics.watch_leases(server.pool_usage, lambda: len(server.by_address))
         leases, declines = self.store.load()
         for orphan in self.server.load(leases, declines):
             log.warning("stored lease of %s on %s has no pool on this node any more; it is "
@@ -109,7 +111,6 @@ class Agent:
             try:
                 await self._open_interfaces()
                 self._expire()
-                self._update_gauges()
             except Exception:  # the timer must outlive any one bad tick
                 log.exception("periodic work failed; retrying")
             await asyncio.sleep(self.settings.tick)
@@ -141,13 +142,6 @@ class Agent:
         assert self.server is not None and self.store is not None
         if self.server.expire():
             self._commit_quietly()
-
-    def _update_gauges(self) -> None:
-        assert self.server is not None
-        for pool, usage in self.server.pool_usage().items():
-            for state, n in usage.items():
-                self.metrics.pool_addresses.labels(pool, state).set(n)
-        self.metrics.leases_active.set(len(self.server.by_address))
 
     def _commit_quietly(self) -> None:
         assert self.store is not None

@@ -69,7 +69,7 @@ class NetLab:
         netlink.set_up("lo", name)
         return name
 
-    def link(self, ns_a: str, if_a: str, ns_b: str, if_b: str,
+    def link(self, ns_a: str | None, if_a: str, ns_b: str | None, if_b: str,
              addr_a: str | None = None, addr_b: str | None = None,
              mac_b: str | None = None) -> None:
         """A veth pair ``if_a``@``ns_a`` <-> ``if_b``@``ns_b``, both up, optionally addressed."""

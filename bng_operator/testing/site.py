@@ -43,16 +43,28 @@ class Site:
     relay: str = ""
     subscribers: list[str] = field(default_factory=list)
     agent: subprocess.Popen[bytes] | None = None
+    access: str = "access0"  # the agent's access interface
+    in_root: bool = False  # agent in this process's namespace (to reach a loopback apiserver)
+    metrics_port: int = METRICS_PORT
 
     def build(self, subscribers: int = 3, relay: bool = False,
-              option82: dict[int, tuple[str, str]] | None = None) -> Site:
+              option82: dict[int, tuple[str, str]] | None = None, in_root: bool = False) -> Site:
         """``option82`` maps subscriber index -> (circuit-id, remote-id) that the access node
-        inserts for that subscriber's port."""
+        inserts for that subscriber's port. ``in_root`` puts the agent's side in this
+        process's namespace, on an interface named after the lab (removed with it)."""
         lab = self.lab
-        self.bng, self.switch = lab.namespace("bng"), lab.namespace("sw")
-        lab.link(self.bng, "access0", self.switch, "up0")
+        self.switch = lab.namespace("sw")
+        if in_root:
+            from bng_operator.testing.controlplane import free_port
+
+            self.in_root, self.bng = True, ""
+            self.access = f"bt{lab.tag.removeprefix(lab.prefix)}"[:15]
+            self.metrics_port = free_port()
+        else:
+            self.bng = lab.namespace("bng")
+        lab.link(self.switch, "up0", self.bng or None, self.access)
         for gw in GATEWAYS:
-            netlink.add_address("access0", gw, self.bng)
+            netlink.add_address(self.access, gw, self.bng or None)
         ports = ["up0"]
         for i in range(subscribers):
             ns = lab.namespace(f"s{i}")
@@ -91,21 +103,29 @@ class Site:
 
     def start_agent(self, *extra: str, timeout: float = 20) -> None:
         cmd = [sys.executable, "-m", "bng_operator", "agent", "--node", self.node,
-               "--state-dir", str(self.state_dir), "--log-level", "debug", *extra]
+               "--state-dir", str(self.state_dir), "--log-level", "debug",
+               "--metrics-port", str(self.metrics_port), *extra]
         for c in self.config:
             cmd += ["--config", str(c)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.agent = self.lab.popen(self.bng, *cmd, stdout=log, stderr=subprocess.STDOUT)
+        if self.in_root:
+            self.agent = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        else:
+            self.agent = self.lab.popen(self.bng, *cmd, stdout=log, stderr=subprocess.STDOUT)
         self.wait_ready(timeout)
+
+    def _curl(self, path: str, check: bool) -> subprocess.CompletedProcess[str]:
+        argv = ["curl", "-sf", f"http://127.0.0.1:{self.metrics_port}{path}"]
+        if self.in_root:
+            return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=10)
+        return self.lab.run(self.bng, *argv, check=check)
 
     def wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.agent is not None and self.agent.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.agent.returncode}:\n{self.log()}")
-            r = self.lab.run(self.bng, "curl", "-sf", f"http://127.0.0.1:{METRICS_PORT}/readyz",
-                             check=False)
-            if r.returncode == 0:
+            if self._curl("/readyz", check=False).returncode == 0:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"agent not ready after {timeout}s:\n{self.log()[-3000:]}")
@@ -138,7 +158,7 @@ class Site:
 
     def metrics(self) -> dict[str, float]:
         """The agent's /metrics as {'name{labels}': value}."""
-        r = self.lab.run(self.bng, "curl", "-sf", f"http://127.0.0.1:{METRICS_PORT}/metrics")
+        r = self._curl("/metrics", check=True)
         out = {}
         for line in r.stdout.splitlines():
             if line and not line.startswith("#"):

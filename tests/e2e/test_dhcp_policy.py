@@ -160,3 +160,44 @@ def _python_path(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+def test_sighup_reloads_the_config_without_dropping_leases(make_site: Callable[..., Site],
+                                                           tmp_path: Path) -> None:
+    import signal
+
+    site = make_site(subscribers=2)
+    site.start_agent()
+    before = clients.udhcpc(site.subscribers[0], "eth0", tmp_path)
+    pool = site.config[0] / "ippool-residential.yaml"
+    pool.write_text(pool.read_text().replace("dns: [192.0.2.53, 192.0.2.54]", "dns: [192.0.2.99]")
+                    .replace("leaseTime: 4h", "leaseTime: 2h"))
+    assert site.agent is not None
+    site.agent.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "configuration reloaded" not in site.log():
+        time.sleep(0.1)
+    after = clients.udhcpc(site.subscribers[1], "eth0", tmp_path)
+    assert after.dns == ("192.0.2.99",) and after.lease_time == 2 * 3600
+    assert site.metrics()["bng_leases_active"] >= 1
+    again = clients.udhcpc(site.subscribers[0], "eth0", tmp_path)  # the first client returns
+    assert again.address == before.address
+
+
+def test_a_broken_reload_keeps_serving_the_old_config(make_site: Callable[..., Site],
+                                                      tmp_path: Path) -> None:
+    import signal
+
+    site = make_site(subscribers=1)
+    site.start_agent()
+    pool = site.config[0] / "ippool-residential.yaml"
+    pool.write_text(pool.read_text().replace("gateway: 100.64.0.1", "gateway: 10.0.0.1"))
+    assert site.agent is not None
+    site.agent.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "reload failed" not in site.log():
+        time.sleep(0.1)
+    assert "spec.subnets[0].gateway: gateway must be inside the subnet's cidr" in site.log()
+    assert site.metrics()["bng_config_loaded"] == 0
+    lease = clients.udhcpc(site.subscribers[0], "eth0", tmp_path)
+    assert lease.routers == ("100.64.0.1",)

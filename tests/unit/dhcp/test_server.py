@@ -304,3 +304,62 @@ def test_restart_restores_leases_from_the_store() -> None:
         assert ip(dora(s2, f"02:00:00:00:0a:{i:02x}", remote=f"res-{i}")) in addrs
     fresh = dora(s2, "02:00:00:00:0b:00", remote="res-7777")
     assert ip(fresh) not in addrs
+
+
+def _with(kind: type, name: str, **update: object):  # type: ignore[no-untyped-def]
+    """An edit of the sample objects: ``update`` applied to one object's spec."""
+    def edit(objs):  # type: ignore[no-untyped-def]
+        return [o.model_copy(update={"spec": o.spec.model_copy(update=update)})
+                if isinstance(o, kind) and o.name == name else o for o in objs]
+    return edit
+
+
+def test_reconfigure_keeps_leases_and_new_lease_time_applies_to_new_leases() -> None:
+    from tests.dhcp_env import sample_config
+
+    s, _, _ = server()
+    addr = ip(dora(s, **RES))
+    s.reconfigure(sample_config(_with(IPPool, "residential", lease_time="1h", dns=["192.0.2.99"])))
+    assert int(IPv4Address(addr)) in s.by_address  # the lease survived
+    again = dora(s, **RES)
+    assert ip(again) == addr
+    assert int.from_bytes(opt(again, Opt.LEASE_TIME), "big") == 3600
+    assert opt(again, Opt.DNS) == IPv4Address("192.0.2.99").packed
+    other = dora(s, "02:00:00:00:00:02", remote="res-2")
+    assert ip(other) != addr  # the kept lease's address is not handed out again
+
+
+def test_reconfigure_moves_a_class_to_another_pool_on_next_request() -> None:
+    from tests.dhcp_env import sample_config
+
+    s, _, _ = server()
+    addr = ip(dora(s, **RES))
+    s.reconfigure(sample_config(_with(SubscriberClass, "residential", pool="business")))
+    renewed = s.handle(request(R, ciaddr=addr, **RES), CTX)
+    assert renewed.kind == "nak"  # its address is not in its class's pool any more
+    moved = dora(s, **RES)
+    assert moved.yiaddr in IPv4Network("198.51.100.0/24")
+
+
+@pytest.mark.parametrize(("match", "msg_kw", "vlans", "hit"), [
+    ({"mac_prefix": "02:aa"}, {"mac": "02:aa:00:00:00:01"}, (), True),
+    ({"mac_prefix": "02:aa"}, {"mac": "02:ab:00:00:00:01"}, (), False),
+    ({"vendor_class": "^MSFT"}, {"extra": {Opt.VENDOR_CLASS: b"MSFT 5.0"}}, (), True),
+    ({"vendor_class": "^MSFT"}, {"extra": {Opt.VENDOR_CLASS: b"udhcp 1.35"}}, (), False),
+    ({"vendor_class": "^MSFT"}, {}, (), False),
+    ({"vlan": 100}, {}, (100, 7), True),
+    ({"vlan": 100}, {}, (7, 100), False),
+    ({"vlan": 100}, {}, (), False),
+    ({"circuit_id": "^port"}, {"circuit": "port-1"}, (), True),
+    ({"circuit_id": "^port"}, {"remote": "port-1"}, (), False),
+])
+def test_class_match_fields(match: dict[str, object], msg_kw: dict[str, object],
+                            vlans: tuple[int, ...], hit: bool) -> None:
+    from bng_operator.api.subscriberclass import Match
+
+    s, _, _ = server(_with(SubscriberClass, "business", match=Match(**match)))  # type: ignore[arg-type]
+    mac = str(msg_kw.pop("mac", "02:00:00:00:00:01"))
+    ctx = Context(CTX.interface, CTX.server_addresses, vlans=vlans)
+    out = s.handle(request(D, mac, **msg_kw), ctx)  # type: ignore[arg-type]
+    in_business = out.reply is not None and out.reply.yiaddr in IPv4Network("198.51.100.0/24")
+    assert in_business == hit
