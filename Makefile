@@ -13,7 +13,7 @@ setup:  ## install everything (apt packages, kernel headers link, .venv, kube-ap
 	@hack/setup.sh
 
 test: setup lint  ## the whole suite: unit, bpf (root), k8s (real apiserver), e2e
-	BNG_REQUIRE_TIERS=unit,bpf,k8s PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+	BNG_REQUIRE_TIERS=unit,bpf,k8s,e2e PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 unit:  ## only the unit tier (no root, no network)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)

@@ -154,3 +154,30 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _tier_problems() and exitstatus == 0:
         session.exitstatus = 1
+
+
+# --- the host stays as it was ---------------------------------------------------------------------
+# DHCP clients run in namespaces but share the filesystem; their scripts would rewrite the
+# host's resolv.conf and leave lease files behind. The lab redirects them; this checks it.
+
+_HOST_FILES = (Path("/etc/resolv.conf"), Path("/var/lib/dhcp"), Path("/var/lib/dhcpcd"),
+               Path("/run/dhcpcd"))
+
+
+def _snapshot() -> dict[str, object]:
+    out: dict[str, object] = {}
+    for p in _HOST_FILES:
+        if p.is_dir():
+            out[str(p)] = sorted(x.name for x in p.iterdir())
+        elif p.exists():
+            out[str(p)] = p.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_untouched() -> Iterator[None]:
+    before = _snapshot()
+    yield
+    after = _snapshot()
+    changed = [k for k in set(before) | set(after) if before.get(k) != after.get(k)]
+    assert not changed, f"the test run changed host files: {changed}"

@@ -100,9 +100,11 @@ def dhcpcd(ns: str, iface: str, workdir: Path, timeout: int = 20) -> ClientLease
     script = workdir / f"dhcpcd-{ns}.sh"
     script.write_text(DHCPCD_SCRIPT.format(out=out))
     script.chmod(0o755)
-    r = subprocess.run(["ip", "netns", "exec", ns, "dhcpcd", "-4",
-                        "-1", "-B", "-t", str(timeout), "-c", str(script),
-                        "--noipv4ll", iface],
+    # dhcpcd keeps a DUID and leases in /var/lib/dhcpcd and its sockets in /run/dhcpcd, paths
+    # fixed at build time: give it private, empty ones (ip netns exec is its own mount ns).
+    run = (f"mount -t tmpfs bng /var/lib/dhcpcd && mount -t tmpfs bng /run/dhcpcd && "
+           f"exec dhcpcd -4 -1 -B -t {timeout} -c {script} --noipv4ll {iface}")
+    r = subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", run],
                        capture_output=True, text=True, timeout=timeout + 10)
     if not out.exists():
         raise ClientFailed(f"dhcpcd in {ns} got no lease:\n{(r.stdout + r.stderr)[-2000:]}")

@@ -10,9 +10,11 @@ import contextlib
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bng_operator import netlink
 
@@ -32,9 +34,13 @@ def kill_processes(ns: str) -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
+ETC_NETNS = Path("/etc/netns")
+
+
 def remove_netns(ns: str) -> None:
     kill_processes(ns)
     netlink.remove_netns(ns)
+    shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
 
 
 def remove_leftovers(prefix: str = PREFIX, only_dead: bool = True) -> list[str]:
@@ -47,6 +53,11 @@ def remove_leftovers(prefix: str = PREFIX, only_dead: bool = True) -> list[str]:
         if m and not (only_dead and _alive(int(m.group(1)))):
             remove_netns(name)
             removed.append(name)
+    if ETC_NETNS.is_dir():  # per-namespace /etc files whose namespace is gone
+        live = set(netlink.list_netns())
+        for d in ETC_NETNS.iterdir():
+            if pattern.match(d.name) and d.name not in live:
+                shutil.rmtree(d, ignore_errors=True)
     return removed
 
 
@@ -64,6 +75,10 @@ class NetLab:
     def namespace(self, role: str) -> str:
         """Create a namespace for ``role`` (e.g. "bng", "sub1") with loopback up."""
         name = f"{self.tag}-{role}"
+        # `ip netns exec` bind-mounts /etc/netns/<name>/* over /etc: DHCP clients' scripts
+        # then write this resolv.conf, never the host's.
+        (ETC_NETNS / name).mkdir(parents=True, exist_ok=True)
+        (ETC_NETNS / name / "resolv.conf").touch()
         netlink.create_netns(name)
         self.namespaces.append(name)
         netlink.set_up("lo", name)
@@ -101,3 +116,5 @@ class NetLab:
         for ns in reversed(self.namespaces):
             remove_netns(ns)
         self.namespaces.clear()
+        with contextlib.suppress(OSError):  # only if empty: other labs may still use it
+            ETC_NETNS.rmdir()
