@@ -94,6 +94,7 @@ class Message:
     siaddr: IPv4Address = ZERO
     giaddr: IPv4Address = ZERO
     options: dict[int, bytes] = field(default_factory=dict)
+    _relay: dict[int, bytes] | None = field(default=None, repr=False, compare=False)
 
     # --- reading options --------------------------------------------------------------------
 
@@ -106,7 +107,7 @@ class Message:
 
     @property
     def mac(self) -> str:
-        return ":".join(f"{b:02x}" for b in self.chaddr[:6])
+        return self.chaddr[:6].hex(":")
 
     @property
     def broadcast(self) -> bool:
@@ -148,10 +149,12 @@ class Message:
         return self.options.get(Opt.RELAY_AGENT)
 
     def relay_sub(self, sub: int) -> bytes | None:
-        raw = self.relay_agent
-        if raw is None:
-            return None
-        return _suboptions(raw).get(sub)
+        if self._relay is None:
+            raw = self.relay_agent
+            if raw is None:
+                return None
+            self._relay = _suboptions(raw)  # parsed once; classification asks several times
+        return self._relay.get(sub)
 
     @property
     def circuit_id(self) -> str | None:

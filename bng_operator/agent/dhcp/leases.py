@@ -11,7 +11,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Iterable
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 SCHEMA = """
@@ -59,6 +59,13 @@ class Decline:
     address: int
     pool: str
     until: float
+
+
+def _row(lease: Lease) -> tuple[object, ...]:
+    # dataclasses.astuple deep-copies every field; this runs once per lease write.
+    return (lease.address, lease.identity, lease.mac, lease.client_id, lease.circuit_id,
+            lease.remote_id, lease.pool, lease.subscriber_class, lease.expires, lease.hostname,
+            lease.bound_at, lease.state)
 
 
 _LEASE_COLS = ", ".join(f.name if f.name != "subscriber_class" else "class" for f in fields(Lease))
@@ -155,7 +162,7 @@ class LeaseStore:
         try:
             for op, item in batch:
                 if op == "put":
-                    db.execute(_UPSERT, astuple(item))  # type: ignore[call-overload]
+                    db.execute(_UPSERT, _row(item))  # type: ignore[arg-type]
                 elif op == "delete":
                     db.execute("DELETE FROM leases WHERE address = ?", (item,))
                 elif op == "decline":
