@@ -49,6 +49,8 @@ class Agent:
     interfaces: dict[str, AccessInterface] = field(default_factory=dict)
     config: NodeConfig | None = None
     _problem: str = "starting"
+    _after_commit: dict[asyncio.Future[None], list[tuple[AccessInterface, bytes, str, str, float]]] \
+        = field(default_factory=dict)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -202,15 +204,21 @@ class Agent:
             self._send(iface, wire, mtype, out.kind, t0)
             return
         fut = self.store.commit()
+        sends = self._after_commit.get(fut)
+        if sends is None:
+            sends = self._after_commit[fut] = []
+            fut.add_done_callback(self._send_committed)
+        sends.append((iface, wire, mtype, out.kind, t0))
 
-        def after_commit(f: asyncio.Future[None]) -> None:
-            self._log_commit_error(f)
-            if f.cancelled() or f.exception() is not None:
-                m.request(mtype, "slow", "store_error")
-                return  # no ACK for a lease that is not on disk
-            self._send(iface, wire, mtype, out.kind, t0)
-
-        fut.add_done_callback(after_commit)
+    def _send_committed(self, fut: asyncio.Future[None]) -> None:
+        """The replies waiting for this commit: sent if it reached the disk, else dropped."""
+        self._log_commit_error(fut)
+        ok = not fut.cancelled() and fut.exception() is None
+        for iface, wire, mtype, kind, t0 in self._after_commit.pop(fut, []):
+            if ok:
+                self._send(iface, wire, mtype, kind, t0)
+            else:  # no ACK for a lease that is not on disk
+                self.metrics.request(mtype, "slow", "store_error")
 
     def _send(self, iface: AccessInterface, wire: bytes, mtype: str, kind: str,
               t0: float) -> None:
