@@ -108,18 +108,25 @@ def _compile(pattern: str | None) -> re.Pattern[str] | None:
     return re.compile(pattern) if pattern else None
 
 
+def identity_keys(mac: str | None, client_id: str | None, circuit_id: str | None,
+                  remote_id: str | None) -> list[str]:
+    """The keys a subscriber is known by: ``mac:..``, ``cid:<hex>``, ``circuit:..``,
+    ``remote:..``. Leases, reservations and the subscriber map all use these strings."""
+    keys = [f"mac:{mac}"] if mac else []
+    if client_id:
+        keys.append(f"cid:{client_id}")
+    if circuit_id:
+        keys.append(f"circuit:{circuit_id}")
+    if remote_id:
+        keys.append(f"remote:{remote_id}")
+    return keys
+
+
 def reservation_keys(s: Subscriber) -> tuple[str, ...]:
     i = s.spec.identity
-    keys = []
-    if i.mac:
-        keys.append(f"mac:{i.mac.lower()}")
-    if i.client_id:
-        keys.append(f"cid:{i.client_id.lower().replace(':', '')}")
-    if i.circuit_id:
-        keys.append(f"circuit:{i.circuit_id}")
-    if i.remote_id:
-        keys.append(f"remote:{i.remote_id}")
-    return tuple(keys)
+    return tuple(identity_keys(i.mac.lower() if i.mac else None,
+                               i.client_id.lower().replace(":", "") if i.client_id else None,
+                               i.circuit_id, i.remote_id))
 
 
 def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeConfig:  # type: ignore[assignment]

@@ -23,6 +23,7 @@ from bng_operator.agent.config import (
     PoolConfig,
     Reservation,
     SubnetConfig,
+    identity_keys,
 )
 from bng_operator.agent.dhcp.allocator import PoolAllocator
 from bng_operator.agent.dhcp.codec import BOOTREPLY, ZERO, Message, MessageType, Opt
@@ -107,25 +108,21 @@ class TokenBuckets:
 
 
 def identity_of(mode: str, msg: Message) -> str:
+    """The key identifying the client under a class's identity mode (MAC as the fallback)."""
+    cid = msg.client_id.hex() if msg.client_id else None
     if mode == "circuit-id" and msg.circuit_id:
-        return f"circuit:{msg.circuit_id}"
+        return identity_keys(None, None, msg.circuit_id, None)[0]
     if mode == "remote-id" and msg.remote_id:
-        return f"remote:{msg.remote_id}"
-    if mode == "client-id" and msg.client_id:
-        return f"cid:{msg.client_id.hex()}"
-    return f"mac:{msg.mac}"
+        return identity_keys(None, None, None, msg.remote_id)[0]
+    if mode == "client-id" and cid:
+        return identity_keys(None, cid, None, None)[0]
+    return identity_keys(msg.mac, None, None, None)[0]
 
 
 def message_keys(msg: Message) -> list[str]:
     """Every identity key a reservation may be written against."""
-    keys = [f"mac:{msg.mac}"]
-    if msg.client_id:
-        keys.append(f"cid:{msg.client_id.hex()}")
-    if msg.circuit_id:
-        keys.append(f"circuit:{msg.circuit_id}")
-    if msg.remote_id:
-        keys.append(f"remote:{msg.remote_id}")
-    return keys
+    return identity_keys(msg.mac, msg.client_id.hex() if msg.client_id else None,
+                         msg.circuit_id, msg.remote_id)
 
 
 def matches(c: ClassConfig, msg: Message, vlans: tuple[int, ...]) -> bool:
@@ -257,46 +254,42 @@ class DhcpServer:
         if int(msg.giaddr) and c.subnet is None:
             return Outcome("drop", drop="no_subnet_for_relay")
         now = self.clock()
-        addr = self._address_for(c, msg, now)
+        addr, why = self._address_for(c, msg, now)
         if addr is None:
-            return Outcome("drop", drop=self._why_none)
+            return Outcome("drop", drop=why)
         self._offer(c, addr, now)
         return self._reply(MessageType.OFFER, msg, ctx, c, addr)
 
-    _why_none = "pool_exhausted"
-
-    def _address_for(self, c: Classified, msg: Message, now: float) -> int | None:
-        """The address to offer: reserved, current, offered, previous, requested, any."""
+    def _address_for(self, c: Classified, msg: Message, now: float) -> tuple[int | None, str]:
+        """The address to offer (reserved, current, offered, previous, requested, any), or
+        None and the reason there is none."""
         alloc = self.pools[c.pool.name]
         if c.reservation:
             holder = self.by_address.get(c.reservation.address)
             if holder and holder.identity != c.identity:
-                self._why_none = "reserved_address_in_use"
                 log.warning("reserved address %s of %s is leased to %s",
                             IPv4Address(c.reservation.address), c.reservation.name,
                             holder.identity)
-                return None
-            return c.reservation.address
+                return None, "reserved_address_in_use"
+            return c.reservation.address, ""
         lease = self.by_identity.get(c.identity)
         if lease and lease.pool == c.pool.name and self._in_subnet(c, lease.address):
-            return lease.address
+            return lease.address, ""
         offer = self.offers.get(c.identity)
         if offer and offer.pool == c.pool.name and self._in_subnet(c, offer.address):
-            return offer.address
+            return offer.address, ""
         for want in (self.previous.get(c.identity), msg.requested_ip):
             if want is not None and self._in_subnet(c, int(want)) and alloc.take(int(want)):
                 self._drop_previous_owner(int(want))
-                return int(want)
+                return int(want), ""
         if not self._rate_ok(c, msg, now):
-            self._why_none = "rate_limited"
-            return None
+            return None, "rate_limited"
         addr = alloc.take_any(c.subnet.network if c.subnet else None)
         if addr is None:
-            self._why_none = "pool_exhausted"
             self._log_exhausted(c.pool.name, now)
-            return None
+            return None, "pool_exhausted"
         self._drop_previous_owner(addr)
-        return addr
+        return addr, ""
 
     def _in_subnet(self, c: Classified, addr: int) -> bool:
         return c.subnet is None or c.subnet.first <= addr <= c.subnet.last
@@ -351,7 +344,7 @@ class DhcpServer:
                 and self._in_subnet(c, addr)) or \
                (offer is not None and offer.address == addr and offer.pool == c.pool.name)
         if c.reservation:
-            mine = addr == c.reservation.address and self._address_for(c, msg, now) == addr
+            mine = addr == c.reservation.address and self._address_for(c, msg, now)[0] == addr
         elif not mine:
             mine = self._claim(c, msg, addr, now)
         if not mine:
