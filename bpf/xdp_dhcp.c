@@ -271,7 +271,7 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     __builtin_memcpy(src_mac, eth->h_source, 6);
     __builtin_memcpy(chaddr, b->chaddr, 6);
     __builtin_memcpy(if_mac, ifc->mac, 6);
-    __be32 xid = b->xid, giaddr = b->giaddr, ciaddr = b->ciaddr;
+    __be32 giaddr = b->giaddr, ciaddr = b->ciaddr;
     __be16 flags = b->flags;
     if (msg_type == 3)  // the ACK renews the lease; userspace persists the new expiry
         __sync_lock_test_and_set(&lease->expires_ns, now + (__u64)lease_s * 1000000000ULL);
@@ -337,17 +337,14 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     udp->len = bpf_htons(sizeof(struct udphdr) + REPLY_DHCP_LEN);
     udp->check = 0;
 
+    // In place: xid, flags, giaddr, chaddr and the magic cookie are already the request's.
     b->op = 2;
     b->hops = 0;
-    b->xid = xid;
     b->secs = 0;
-    b->flags = flags;
     b->ciaddr = msg_type == 3 ? ciaddr : 0;
     b->yiaddr = address;
     b->siaddr = 0;
-    b->giaddr = giaddr;
     zero(b->sname, sizeof(b->sname) + sizeof(b->file));
-    b->magic = bpf_htonl(DHCP_MAGIC);
 
 #pragma unroll
     for (int i = 0; i < REPLY_OPTIONS_LEN / 8; i++)
