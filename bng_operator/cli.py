@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bng_operator import __version__
+from bng_operator.api.common import DEFAULT_NAMESPACE
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -97,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--config", type=Path, action="append", metavar="PATH",
                    help="standalone mode: YAML file or directory (repeatable)")
     a.add_argument("--kubeconfig", help="Kubernetes mode outside a cluster")
-    a.add_argument("--namespace", default="bng-system", help="namespace of Subscriber objects")
+    a.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace of Subscriber objects")
     a.add_argument("--state-dir", type=Path, default=Path("/var/lib/bng"),
                    help="where the lease store lives (default: %(default)s)")
     a.add_argument("--metrics-host", default="0.0.0.0")

@@ -69,13 +69,6 @@ def remove_netns(name: str) -> None:
 # --- links -----------------------------------------------------------------------------------
 
 
-def ifindex(ifname: str, ns: str | None = None) -> int:
-    with route(ns) as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise InterfaceMissing(ifname, ns)
-    return int(found[0])
-
 
 def add_veth_pair(name: str, ns: str | None, peer: str, peer_ns: str | None) -> None:
     """Create a veth pair with ``name`` in ``ns`` and ``peer`` in ``peer_ns``."""
@@ -87,12 +80,6 @@ def add_veth_pair(name: str, ns: str | None, peer: str, peer_ns: str | None) -> 
             p["net_ns_fd"] = peer_ns if peer_ns else f"/proc/{os.getpid()}/ns/net"
         ipr.link("add", ifname=name, kind="veth", peer=p)
 
-
-def delete_link(ifname: str, ns: str | None = None) -> None:
-    with route(ns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if idx:
-            ipr.link("del", index=idx[0])
 
 
 def set_up(ifname: str, ns: str | None = None) -> None:
@@ -115,10 +102,6 @@ def add_address(ifname: str, cidr: str, ns: str | None = None) -> None:
     with route(ns) as ipr:
         ipr.addr("add", index=_index(ipr, ifname, ns), address=addr, prefixlen=int(plen))
 
-
-def link_names(ns: str | None = None) -> list[str]:
-    with route(ns) as ipr:
-        return [str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()]
 
 
 # --- XDP ---------------------------------------------------------------------------------------

@@ -44,19 +44,12 @@ class PoolConfig:
     subnets: tuple[SubnetConfig, ...] = ()
     lease_seconds: int = 0
 
-    def subnet_of(self, addr: IPv4Address | int) -> IPv4Network | None:
-        s = self.subnet_config(addr)
-        return s.network if s else None
-
     def subnet_config(self, addr: IPv4Address | int) -> SubnetConfig | None:
         a = int(addr)
         for s in self.subnets:
             if s.first <= a <= s.last:
                 return s
         return None
-
-    def gateway_of(self, subnet: IPv4Network) -> IPv4Address:
-        return next(s.gateway for s in self.subnets if s.network == subnet)
 
 
 def _subnet_config(spec: IPPoolSpec, cidr: str, gateway: str) -> SubnetConfig:
@@ -170,7 +163,7 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
     for r in reservations:
         if r.pool not in pools:
             raise ConfigError(f"Subscriber {r.name}: pool {r.pool} is not served by this node")
-        if pools[r.pool].subnet_of(IPv4Address(r.address)) is None:
+        if pools[r.pool].subnet_config(r.address) is None:
             raise ConfigError(f"Subscriber {r.name}: {IPv4Address(r.address)} is outside "
                               f"pool {r.pool}")
 

@@ -197,8 +197,7 @@ class Agent:
                 self._commit_quietly()
             return
         dst_mac, dst_ip, dst_port = reply_destination(msg, out.reply, frame)
-        src_ip = out.reply.server_id or IPv4Address(0)
-        wire = build_frame(dst_mac, iface.mac, frame.tags, src_ip, dst_ip, dst_port,
+        wire = build_frame(dst_mac, iface.mac, frame.tags, out.server_id, dst_ip, dst_port,
                            encode(out.reply, out.reply_order))
         if not out.commit:
             self._send(iface, wire, mtype, out.kind, t0)

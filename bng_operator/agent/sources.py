@@ -21,6 +21,7 @@ from bng_operator.api import (
     Subscriber,
     SubscriberClass,
 )
+from bng_operator.api.common import DEFAULT_NAMESPACE
 from bng_operator.api.documents import load, yaml_files
 from bng_operator.operator.render import RenderError, render_node
 
@@ -54,7 +55,7 @@ class KubeSource:
 
     KINDS = (BNGNode, IPPool, SubscriberClass, QoSPolicy, NATPool, Subscriber)
 
-    def __init__(self, kubeconfig: str | None = None, namespace: str = "bng-system") -> None:
+    def __init__(self, kubeconfig: str | None = None, namespace: str = DEFAULT_NAMESPACE) -> None:
         from kubernetes import client, config
 
         if kubeconfig:

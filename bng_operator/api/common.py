@@ -112,13 +112,6 @@ def parse_duration(s: str) -> int:
     return h * 3600 + mi * 60 + sec
 
 
-def _duration_between(lo: int, hi: int) -> Any:
-    def check(s: str) -> bool:
-        return lo <= parse_duration(s) <= hi
-
-    return check
-
-
 def Duration(low: str, high: str) -> Any:
     """A duration string within ``[low, high]``, both written as durations."""
     lo, hi = parse_duration(low), parse_duration(high)
@@ -129,7 +122,7 @@ def Duration(low: str, high: str) -> Any:
                   f"(duration(self) >= duration('{low}') && duration(self) <= duration('{high}'))",
                   f"must be between {low} and {high}",
                   lambda s: re.fullmatch(DURATION_RE, s) is None or s == ""
-                  or _duration_between(lo, hi)(s))
+                  or lo <= parse_duration(s) <= hi)
     return Annotated[str, Field(max_length=16), Checked(syntax, bounds)]
 
 

@@ -49,6 +49,10 @@ class _TestRunOpts(ctypes.Structure):
     ]
 
 
+_test_run = libbcc.lib.bpf_prog_test_run_opts
+_test_run.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+
+
 @dataclass(frozen=True)
 class RunResult:
     action: int
@@ -125,9 +129,7 @@ class FastPath:
         opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(buf_in),
                             data_out=ctypes.addressof(out), data_size_in=len(frame),
                             data_size_out=len(out), repeat=repeat)
-        fn = libbcc.lib.bpf_prog_test_run_opts
-        fn.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
-        rc = fn(self.fd, ctypes.byref(opts))
+        rc = _test_run(self.fd, ctypes.byref(opts))
         if rc != 0:
             raise OSError(-rc, f"BPF_PROG_TEST_RUN failed: {rc}")
         return RunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)

@@ -85,10 +85,9 @@ class LeaseStore:
         self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
         self._db.executescript(SCHEMA)
         self._pending: list[tuple[str, object]] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        self._next: asyncio.Future[None] | None = None  # completes with the next batch
         self._lock = threading.Lock()
         self._writing = False
-        self.commits = 0  # how many fsyncs, for metrics and tests
 
     def load(self) -> tuple[list[Lease], list[Decline]]:
         leases = [Lease(*row) for row in self._db.execute(f"SELECT {_LEASE_COLS} FROM leases")]
@@ -114,9 +113,9 @@ class LeaseStore:
         """A future that completes once everything queued so far is on disk. Callers until
         the next batch starts share one future, so a burst costs one callback, not N."""
         loop = asyncio.get_running_loop()
-        if not self._waiters:
-            self._waiters.append(loop.create_future())
-        fut = self._waiters[0]
+        if self._next is None:
+            self._next = loop.create_future()
+        fut = self._next
         if not self._writing:
             self._writing = True
             loop.run_in_executor(None, self._write_loop, loop)
@@ -125,38 +124,35 @@ class LeaseStore:
     def _write_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Writer thread: drain the queue in batches until nothing is left."""
         while True:
-            batch, waiters = self._take_batch(loop)
-            if batch is None:
+            batch, fut = self._take_batch(loop)
+            if not batch and fut is None:
                 return
             err: BaseException | None = None
             try:
                 self._write(batch)
-                self.commits += 1
             except sqlite3.Error as e:
                 err = e
-            loop.call_soon_threadsafe(_resolve, waiters, err)
+            if fut is not None:
+                loop.call_soon_threadsafe(_resolve, fut, err)
 
     def _take_batch(self, loop: asyncio.AbstractEventLoop,
-                    ) -> tuple[list[tuple[str, object]] | None, list[asyncio.Future[None]]]:
-        # Called from the writer thread; the queue is filled on the loop thread. Swapping the
-        # lists on the loop thread keeps the two from ever touching one list at once.
+                    ) -> tuple[list[tuple[str, object]], asyncio.Future[None] | None]:
+        # Called from the writer thread; the queue is filled on the loop thread. Swapping on
+        # the loop thread keeps the two from ever touching one list at once.
         done = threading.Event()
-        box: list[tuple[list[tuple[str, object]], list[asyncio.Future[None]]]] = []
+        box: list[tuple[list[tuple[str, object]], asyncio.Future[None] | None]] = []
 
         def swap() -> None:
-            batch, waiters = self._pending, self._waiters
-            self._pending, self._waiters = [], []
-            if not waiters and not batch:
+            batch, fut = self._pending, self._next
+            self._pending, self._next = [], None
+            if not batch and fut is None:
                 self._writing = False
-            box.append((batch, waiters))
+            box.append((batch, fut))
             done.set()
 
         loop.call_soon_threadsafe(swap)
         done.wait()
-        batch, waiters = box[0]
-        if not batch and not waiters:
-            return None, []
-        return batch, waiters
+        return box[0]
 
     def _write(self, batch: Iterable[tuple[str, object]]) -> None:
         db = self._db
@@ -191,11 +187,10 @@ class LeaseStore:
         self._db.close()
 
 
-def _resolve(waiters: list[asyncio.Future[None]], err: BaseException | None) -> None:
-    for w in waiters:
-        if w.done():
-            continue
-        if err is None:
-            w.set_result(None)
-        else:
-            w.set_exception(err)
+def _resolve(fut: asyncio.Future[None], err: BaseException | None) -> None:
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(err)

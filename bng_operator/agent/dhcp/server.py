@@ -40,6 +40,7 @@ ON_REQUEST = bytes([Opt.ROUTER, Opt.DNS, Opt.HOSTNAME, Opt.DOMAIN_NAME, Opt.BROA
 _ON_REQUEST_SET = frozenset(ON_REQUEST)
 _LEASE_ORDER = [Opt.LEASE_TIME, Opt.RENEWAL_TIME, Opt.REBINDING_TIME]
 _TYPE_BYTES = {t: bytes([t]) for t in MessageType}
+_LABELS = {MessageType.OFFER: "offer", MessageType.NAK: "nak"}
 
 
 class Store(Protocol):
@@ -68,13 +69,13 @@ class Outcome:
     reply_order: list[int] = field(default_factory=list)
     drop: str | None = None  # reason, for bng_dhcp_drops_total
     commit: bool = False  # send only after the lease store committed
+    server_id: IPv4Address = ZERO  # the reply's source address (option 54)
 
 
 @dataclass
 class Offer:
     address: int
     pool: str
-    cls: str
     expires: float
 
 
@@ -311,7 +312,7 @@ class DhcpServer:
             self._end_offer(c.identity)
         if addr not in self.by_address:
             self.offered[addr] = c.identity
-        o = Offer(addr, c.pool.name, c.cls.name if c.cls else "", now + OFFER_HOLD)
+        o = Offer(addr, c.pool.name, now + OFFER_HOLD)
         self.offers[c.identity] = o
         heapq.heappush(self._offer_expiry, (o.expires, c.identity))
 
@@ -526,9 +527,9 @@ class DhcpServer:
             flags=req.flags, giaddr=req.giaddr,
             ciaddr=req.ciaddr if kind == MessageType.ACK else ZERO,
             yiaddr=IPv4Address(addr) if addr else ZERO, options=o)
-        label = {MessageType.OFFER: "offer", MessageType.NAK: "nak"}.get(
-            kind, "inform" if inform else "ack")
-        return Outcome(label, reply, order, commit=kind == MessageType.ACK and not inform)
+        label = _LABELS.get(kind, "inform" if inform else "ack")
+        return Outcome(label, reply, order, commit=kind == MessageType.ACK and not inform,
+                       server_id=server_id)
 
     @staticmethod
     def _server_id(ctx: Context, sc: SubnetConfig | None, relayed: bool) -> IPv4Address:
