@@ -119,54 +119,74 @@ int xdp_dhcp(struct xdp_md *ctx)
     if (b->op != 1 || b->htype != 1 || b->hlen != 6 || b->magic != bpf_htonl(DHCP_MAGIC))
         return pass(CNT_PASS_MALFORMED);
 
-    // A bounded walk over the options: 53, 50, 54, 82, and 52 (overload: slow path). What
-    // it finds goes straight into the per-CPU scratch state: kept in registers, every
-    // combination of options seen would be a separate verifier state at the loop head.
+    // Copy the options once into the per-CPU scratch state, then walk the copy. Offsets into
+    // it are masked, so the walk needs no packet-end check per option, and every path reaches
+    // the reply code in one verifier state (map memory contents are not tracked).
     __u32 zero = 0;
     struct parse_state *st = parse_scratch.lookup(&zero);
     if (!st)
         return pass(CNT_PASS_LAYOUT);
-    __builtin_memset(st, 0, sizeof(*st));
     st->l3 = l3;
     st->vlan = vlan;
-    __u8 *opts = (void *)(b + 1);
+    st->msg_type = 0;
+    st->seen = 0;
+    st->requested = st->server_id = 0;
+    st->off82 = st->len82 = st->off61 = st->len61 = 0;
+    __u32 avail = bpf_ntohs(udp->len) - sizeof(*udp) - sizeof(struct bootp);
+    __u32 n = avail;
+    if (n > OPTIONS_COPY)
+        n = OPTIONS_COPY;
+    if (n < 1)
+        return pass(CNT_PASS_MALFORMED);  // no END
+    __u32 at = l3 + sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct bootp);
+    // 1..OPTIONS_COPY, written so the verifier sees both bounds on the register it checks.
+    n -= 1;
+    asm volatile("%0 &= %1" : "+r"(n) : "i"(OPTIONS_COPY - 1));
+    n += 1;
+    if (bpf_xdp_load_bytes(ctx, at, st->opts, n))
+        return pass(CNT_PASS_MALFORMED);
+    st->opts_len = n;
+    // Running out of copied bytes means a malformed list, unless the copy was cut short.
+    int short_reason = avail > OPTIONS_COPY ? CNT_PASS_LAYOUT : CNT_PASS_MALFORMED;
+
     __u32 off = 0;
     for (int i = 0; i < OPTION_WALK_MAX; i++) {
-        if (off > 400)
-            return pass(CNT_PASS_LAYOUT);
-        __u8 *p = opts + off;
-        if ((void *)(p + 1) > end)
-            return pass(CNT_PASS_MALFORMED);
-        __u8 code = p[0];
+        if (off >= n)
+            return pass(short_reason);
+        __u8 code = st->opts[off & (OPTIONS_COPY - 1)];
         if (code == 255)
             goto walked;
         if (code == 0) {
             off += 1;
             continue;
         }
-        if ((void *)(p + 2) > end)
-            return pass(CNT_PASS_MALFORMED);
-        __u8 len = p[1];
-        // An option running past the end is caught by the next turn's check (or the END
-        // search), without a variable-length check here that splits the verifier's states.
-        // Constant-size checks before each read: the verifier cannot use `len` above.
+        if (off + 1 >= n)
+            return pass(short_reason);
+        __u32 len = st->opts[(off + 1) & (OPTIONS_COPY - 1)];
+        __u32 v = (off + 2) & (OPTIONS_COPY - 1);
+        if (off + 2 + len > n)
+            return pass(short_reason);
+        // The options the fast path reads, each at most once: a repeated one (RFC 3396
+        // concatenation) is the slow path's.
+        __u8 bit = code == 53 ? 1 : code == 50 ? 2 : code == 54 ? 4 : code == 61 ? 8 :
+                   code == 82 ? 16 : 0;
+        if (st->seen & bit)
+            return pass(CNT_PASS_LAYOUT);
+        st->seen |= bit;
         if (code == 53 && len == 1) {
-            if ((void *)(p + 3) > end)
-                return pass(CNT_PASS_MALFORMED);
-            st->msg_type = p[2];
+            st->msg_type = st->opts[v];
         } else if (code == 50 && len == 4) {
-            if ((void *)(p + 6) > end)
-                return pass(CNT_PASS_MALFORMED);
-            __builtin_memcpy(&st->requested, p + 2, 4);
+            __builtin_memcpy(&st->requested, st->opts + v, 4);
         } else if (code == 54 && len == 4) {
-            if ((void *)(p + 6) > end)
-                return pass(CNT_PASS_MALFORMED);
-            __builtin_memcpy(&st->server_id, p + 2, 4);
-        } else if (code == 52) {
-            return pass(CNT_PASS_LAYOUT);  // option overload
+            __builtin_memcpy(&st->server_id, st->opts + v, 4);
+        } else if (code == 61) {
+            st->off61 = off;
+            st->len61 = len;
         } else if (code == 82) {
             st->off82 = off;
             st->len82 = len;
+        } else if (code == 52) {
+            return pass(CNT_PASS_LAYOUT);  // option overload
         }
         off += 2 + len;
     }
@@ -175,6 +195,30 @@ walked:
     if (st->msg_type != 1 && st->msg_type != 3)
         return pass(CNT_PASS_OTHER_TYPE);  // RELEASE, DECLINE, INFORM: the slow path
     return reply(ctx, st);
+}
+
+// Copy `words` 8-byte words of scratch memory at a masked offset, keeping the first `keep`
+// bytes and zeroing the rest (byte order in memory is the wire's, little-endian words).
+static __always_inline void copy_prefix(__u8 *dst, const __u8 *src, const int words, __u32 keep)
+{
+    __builtin_memcpy(dst, src, words * 8);
+#pragma unroll
+    for (int w = 0; w < words; w++) {
+        __u64 *p = (__u64 *)(dst + w * 8);
+        if (keep <= w * 8)
+            *p = 0;
+        else if (keep < w * 8 + 8)
+            *p &= (1ULL << ((keep - w * 8) * 8)) - 1;
+    }
+}
+
+static __always_inline int same(const __u8 *a, const __u8 *b, const int words)
+{
+    __u64 diff = 0;
+#pragma unroll
+    for (int w = 0; w < words; w++)
+        diff |= *(__u64 *)(a + w * 8) ^ *(__u64 *)(b + w * 8);
+    return diff == 0;
 }
 
 // Build the reply for a request the walk above accepted. Everything is re-read from the
@@ -188,8 +232,8 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
         return pass(CNT_PASS_LAYOUT);
     __u8 msg_type = st->msg_type;
     __be32 requested = st->requested, server_id = st->server_id;
-    __u32 off82 = st->off82, len82 = st->len82;
-    if (off82 > 400 || len82 > MAX_RELAY_AGENT_LEN)
+    __u32 len82 = st->len82, len61 = st->len61;
+    if (len82 > MAX_RELAY_AGENT_LEN)
         return pass(CNT_PASS_LAYOUT);
     struct ethhdr *eth = data;
     struct iphdr *ip = data + l3;
@@ -200,12 +244,37 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
         return pass(CNT_PASS_MALFORMED);
     __u16 vlan = st->vlan;
 
-    struct subscriber_key key = {};
-    __builtin_memcpy(key.mac, b->chaddr, 6);
-    key.vlan = vlan;
-    struct subscriber_lease *lease = subscribers.lookup(&key);
-    if (!lease)
-        return pass(CNT_PASS_MISS);
+    // Option 82 as it came (code, length, value), zero-padded: the circuit key, the check
+    // against the lease, and the echo are all this one buffer.
+    __u8 relay[MAX_RELAY_AGENT_LEN + 2] __attribute__((aligned(8))) = {};
+    if (len82)
+        copy_prefix(relay, st->opts + (st->off82 & (OPTIONS_COPY - 1)), 8, len82 + 2);
+    __u8 cid[MAX_CLIENT_ID_LEN] __attribute__((aligned(8))) = {};
+    if (len61 && len61 <= MAX_CLIENT_ID_LEN)
+        copy_prefix(cid, st->opts + ((st->off61 + 2) & (OPTIONS_COPY - 1)), 4, len61);
+
+    struct subscriber_lease *lease = NULL;
+    if (len82) {
+        struct circuit_key ck = {};
+        ck.vlan = vlan;
+        __builtin_memcpy(ck.relay, relay, sizeof(relay));
+        lease = circuits.lookup(&ck);
+    }
+    if (!lease) {
+        struct subscriber_key key = {};
+        __builtin_memcpy(key.mac, b->chaddr, 6);
+        key.vlan = vlan;
+        lease = subscribers.lookup(&key);
+        if (!lease)
+            return pass(CNT_PASS_MISS);
+        // Keyed by the CPE: its client id and the line it is on must be as when granted.
+        if (len61 != lease->client_id_len || len61 > MAX_CLIENT_ID_LEN ||
+            !same(cid, lease->client_id, MAX_CLIENT_ID_LEN / 8) ||
+            !same(relay, lease->relay, sizeof(relay) / 8))
+            return pass(CNT_PASS_CHANGED);
+    }
+    if (b->giaddr && b->giaddr != lease->giaddr)
+        return pass(CNT_PASS_CHANGED);  // another relay: maybe another link and subnet
     __u64 now = bpf_ktime_get_boot_ns();
     if (lease->expires_ns <= now)
         return pass(CNT_PASS_EXPIRED);
@@ -219,51 +288,47 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     struct interface_config *ifc = interfaces.lookup(&ifindex);
     if (!ifc)
         return pass(CNT_PASS_NO_INTERFACE);
-    __u32 pool = lease->pool;
-    struct pool_option_set *po = pool_options.lookup(&pool);
-    if (!po)
-        return pass(CNT_PASS_MISS);
+    __u32 subnet = lease->subnet;
+    struct subnet_options *so = subnet_options.lookup(&subnet);
+    if (!so)
+        return pass(CNT_PASS_NO_SUBNET);
 
-    // Options 53, 54, 51, 58, 59, 1, 3, 6, then 82 echoed verbatim, then END: assembled on
-    // the stack while the request is still intact, copied into the reply at the end. Every
-    // option sits at a fixed offset; unused room is PAD (0), which clients skip:
-    //   0..38 fixed options | 39..48 option 6 (one or two servers) | 56..119 option 82 | 127 END
-    __u8 ob[REPLY_OPTIONS_LEN] __attribute__((aligned(8))) = {};
-    __u8 ra[72] __attribute__((aligned(8))) = {};
+    // Options 53, 54, 51, 58, 59, 1, 3, 28, 6, 15, then 82 echoed verbatim, then END, at
+    // fixed offsets, assembled in the scratch map while the request is still intact. Unused room is
+    // PAD (0), which clients skip:
+    //   0..44 fixed | 45..62 option 6 | 63..96 option 15 | 104..167 option 82 | 175 END
+    __u8 *ob = st->reply;
+    zero(ob, REPLY_OPTIONS_LEN);
     __be32 sid = lease->server_id, address = lease->address;
-    __u32 lease_s = lease->lease_seconds, dns_count = po->dns_count;
+    __u32 lease_s = lease->lease_seconds;
+    __u32 dns_count = so->dns_count, domain_len = so->domain_len;
     ob[0] = 53; ob[1] = 1; ob[2] = msg_type == 1 ? 2 : 5;
     ob[3] = 54; ob[4] = 4; __builtin_memcpy(ob + 5, &sid, 4);
     ob[9] = 51; ob[10] = 4; put32(ob + 11, lease_s);
     ob[15] = 58; ob[16] = 4; put32(ob + 17, lease_s / 2);
     ob[21] = 59; ob[22] = 4; put32(ob + 23, (__u32)((__u64)lease_s * 7 / 8));
-    ob[27] = 1; ob[28] = 4; __builtin_memcpy(ob + 29, &po->subnet_mask, 4);
-    ob[33] = 3; ob[34] = 4; __builtin_memcpy(ob + 35, &po->router, 4);
-    if (dns_count >= 1) {
-        ob[39] = 6;
-        ob[40] = dns_count >= 2 ? 8 : 4;
-        __builtin_memcpy(ob + 41, &po->dns[0], 4);
-        if (dns_count >= 2)
-            __builtin_memcpy(ob + 45, &po->dns[1], 4);
+    ob[27] = 1; ob[28] = 4; __builtin_memcpy(ob + 29, &so->subnet_mask, 4);
+    ob[33] = 3; ob[34] = 4; __builtin_memcpy(ob + 35, &so->router, 4);
+    ob[39] = 28; ob[40] = 4; __builtin_memcpy(ob + 41, &so->broadcast, 4);
+    if (dns_count > MAX_DNS)
+        dns_count = MAX_DNS;
+    if (dns_count) {
+        ob[45] = 6;
+        ob[46] = dns_count * 4;
+#pragma unroll
+        for (int i = 0; i < MAX_DNS; i++)
+            if (i < dns_count)
+                __builtin_memcpy(ob + 47 + i * 4, &so->dns[i], 4);
+    }
+    if (domain_len && domain_len <= MAX_DOMAIN_LEN) {
+        ob[63] = 15;
+        ob[64] = domain_len;
+        __builtin_memcpy(ob + 65, so->domain, MAX_DOMAIN_LEN);  // zero-padded by userspace
     }
     if (len82) {
-        ra[0] = 82;
-        ra[1] = len82;
-        // len82 <= MAX_RELAY_AGENT_LEN was checked above; the mask, hidden from clang in asm,
-        // is what lets the verifier see the bound. One helper call instead of a byte loop,
-        // which multiplied the verifier's states past its limit.
-        // It reads one byte more than the option (never zero bytes, as the helper needs);
-        // the walk above saw END after option 82, so that byte exists. It is zeroed after.
-        __u32 n = len82;
-        asm volatile("%0 &= 63" : "+r"(n));
-        __u32 at = l3 + sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct bootp) +
-                   off82 + 2;
-        if (bpf_xdp_load_bytes(ctx, at, ra + 2, n + 1))
-            return pass(CNT_PASS_MALFORMED);
-        ra[2 + n] = 0;
 #pragma unroll
         for (int i = 0; i < 8; i++)
-            *(__u64 *)(ob + 56 + i * 8) = *(__u64 *)(ra + i * 8);
+            *(__u64 *)(ob + 104 + i * 8) = *(__u64 *)(relay + i * 8);
     }
     ob[REPLY_OPTIONS_LEN - 1] = 255;
 
@@ -273,8 +338,14 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     __builtin_memcpy(if_mac, ifc->mac, 6);
     __be32 giaddr = b->giaddr, ciaddr = b->ciaddr;
     __be16 flags = b->flags;
-    if (msg_type == 3)  // the ACK renews the lease; userspace persists the new expiry
-        __sync_lock_test_and_set(&lease->expires_ns, now + (__u64)lease_s * 1000000000ULL);
+    if (msg_type == 3) {
+        // The ACK renews the lease; userspace persists the new expiry from the ring.
+        __u64 expires = now + (__u64)lease_s * 1000000000ULL;
+        __sync_lock_test_and_set(&lease->expires_ns, expires);
+        struct lease_refresh ev = {.address = address, .expires_ns = expires};
+        if (refreshes.ringbuf_output(&ev, sizeof(ev), 0))
+            count(CNT_REFRESH_LOST);
+    }
 
     // RFC 2131 §4.1: to the relay, else to ciaddr, else broadcast when asked, else unicast.
     __u8 reply_type = ob[2];

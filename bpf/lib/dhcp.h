@@ -7,10 +7,14 @@
 #define DHCP_CLIENT_PORT 68
 #define BOOTP_FIXED 236            // BOOTP fields before the magic cookie
 #define DHCP_MAGIC 0x63825363
-#define REPLY_OPTIONS_LEN 128      // fixed options area of a fast-path reply
-#define REPLY_DHCP_LEN (BOOTP_FIXED + 4 + REPLY_OPTIONS_LEN)   // 368: >= 300 (RFC 1542)
-#define MAX_RELAY_AGENT_LEN 62     // longest option 82 the fast path echoes
-#define OPTION_WALK_MAX 8         // options looked at before giving up (-> slow path)
+#define REPLY_OPTIONS_LEN 176      // fixed options area of a fast-path reply
+#define REPLY_DHCP_LEN (BOOTP_FIXED + 4 + REPLY_OPTIONS_LEN)   // 416: >= 300 (RFC 1542)
+#define MAX_RELAY_AGENT_LEN 62     // longest option 82 the fast path echoes (value bytes)
+#define MAX_CLIENT_ID_LEN 32       // longest option 61 the fast path compares
+#define MAX_DNS 4                  // option 6 servers in a fast-path reply
+#define MAX_DOMAIN_LEN 32          // option 15 in a fast-path reply
+#define OPTIONS_COPY 512           // request option bytes walked; longer lists: slow path
+#define OPTION_WALK_MAX 24         // options looked at before giving up (-> slow path)
 
 // Why a frame went to the slow path (index into the counters map).
 enum fastpath_counter {
@@ -21,42 +25,78 @@ enum fastpath_counter {
     CNT_PASS_MISS,
     CNT_PASS_EXPIRED,
     CNT_PASS_WRONG_ADDRESS,
+    CNT_PASS_CHANGED,              // the request differs from the one the lease was granted on
     CNT_PASS_OTHER_TYPE,
     CNT_PASS_LAYOUT,
     CNT_PASS_NO_INTERFACE,
+    CNT_PASS_NO_SUBNET,
     CNT_DROP,
+    CNT_REFRESH_LOST,              // an ACK whose new expiry could not be queued to userspace
     CNT_MAX,
 };
 
+// Subscribers identified by their CPE: MAC plus the outer VLAN.
 struct subscriber_key {
     __u8 mac[6];
     __u16 vlan;                    // outer VLAN id, 0 when untagged
 };
 
+// Subscribers identified by their line: the access node's option 82, byte for byte.
+struct circuit_key {
+    __u16 vlan;
+    __u16 pad;
+    __u8 relay[MAX_RELAY_AGENT_LEN + 2];   // code 82, length, value; zero-padded
+};
+
+// One lease the fast path may answer, with the request it was granted on: a request that
+// differs (client id, option 82, relay) goes to the slow path, which may classify it anew.
 struct subscriber_lease {
-    __u32 address;                 // network byte order
-    __u32 server_id;               // network byte order
+    __u32 address;                 // network byte order, as every address here
+    __u32 server_id;
     __u64 expires_ns;              // CLOCK_BOOTTIME; refreshed by the fast path on ACK
     __u32 lease_seconds;
-    __u32 pool;                    // index into pool_options
+    __u32 subnet;                  // network address: the key into subnet_options
+    __u32 giaddr;                  // the relay it came through, 0 if direct
+    __u8 client_id_len;            // option 61 length in that request, 0 if it had none
+    __u8 pad[3];
+    __u8 client_id[MAX_CLIENT_ID_LEN];
+    __u8 relay[MAX_RELAY_AGENT_LEN + 2];   // its option 82 (code, length, value), or zeros
 };
 
-struct pool_option_set {
-    __u32 subnet_mask;             // network byte order, as every address here
+// The reply options of one subnet.
+struct subnet_options {
+    __u32 subnet_mask;
     __u32 router;
-    __u32 dns[2];
-    __u32 dns_count;               // 0..2
+    __u32 broadcast;
+    __u32 dns[MAX_DNS];
+    __u8 dns_count;                // 0..MAX_DNS
+    __u8 domain_len;               // 0..MAX_DOMAIN_LEN
+    __u8 pad[2];
+    __u8 domain[MAX_DOMAIN_LEN];
 };
 
-// What the option walk found; goes through a per-CPU map so that every walk path reaches the
-// reply-building code in the same verifier state (map reads are not tracked precisely).
+// Sent to userspace on every fast-path ACK, to persist the new expiry. BCC builds the
+// Python event type from this declaration, and it knows u32/u64, not __u32/__u64.
+struct lease_refresh {
+    u32 address;
+    u32 pad;
+    u64 expires_ns;
+};
+
+// What the option walk found, in a per-CPU map: every walk path reaches the reply-building
+// code in the same verifier state, and the options are copied here once so the walk reads
+// memory with masked offsets instead of re-checking the packet end at every step.
 struct parse_state {
     __u32 l3;                      // offset of the IPv4 header
+    __u32 opts_len;                // option bytes copied to opts
     __u32 off82, len82;            // option 82, relative to the options start
-    __be32 requested, server_id;   // options 50 and 54
+    __u32 off61, len61;            // option 61
+    __u32 requested, server_id;    // options 50 and 54
     __u16 vlan;
     __u8 msg_type;
-    __u8 pad;
+    __u8 seen;                     // options already met (a repeated one: slow path)
+    __u8 reply[REPLY_OPTIONS_LEN]; // the reply's options, assembled (the stack is too small)
+    __u8 opts[OPTIONS_COPY + 64];  // +64: a masked offset plus a value never runs past
 };
 
 struct interface_config {

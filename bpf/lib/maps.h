@@ -1,16 +1,46 @@
-// Every map of the XDP DHCP fast path, declared once. Sizes come from cflags.
+// Every map of the XDP DHCP fast path, declared once. Sizes and pin paths come from cflags.
+//
+// With PIN_DIR set, the maps live in that bpffs directory (one per program generation), so
+// a restarted or upgraded agent finds them, and the program attached to the interface keeps
+// using them while no agent runs. The refresh ring lives in PIN_ROOT: it outlasts program
+// generations, so an upgrade still reads what the previous program queued.
 #pragma once
 #include "lib/dhcp.h"
 
 #ifndef MAX_SUBSCRIBERS
 #define MAX_SUBSCRIBERS 100000
 #endif
-#ifndef MAX_POOLS
-#define MAX_POOLS 256
+#ifndef MAX_SUBNETS
+#define MAX_SUBNETS 1024
+#endif
+#ifndef REFRESH_RING_BYTES
+#define REFRESH_RING_BYTES (4 << 20)   // ~170k refreshes: an hour of 100k renewing subscribers
 #endif
 
-BPF_HASH(subscribers, struct subscriber_key, struct subscriber_lease, MAX_SUBSCRIBERS);
-BPF_ARRAY(pool_options, struct pool_option_set, MAX_POOLS);
-BPF_HASH(interfaces, __u32, struct interface_config, 64);
-BPF_PERCPU_ARRAY(counters, __u64, CNT_MAX);
+#ifdef PIN_DIR
+#define BNG_TABLE(type, k, v, name, n) BPF_TABLE_PINNED(type, k, v, name, n, PIN_DIR "/" #name)
+#define BNG_RING_SECTION "maps/ringbuf:" PIN_ROOT "/refreshes"
+#else
+#define BNG_TABLE(type, k, v, name, n) BPF_TABLE(type, k, v, name, n)
+#define BNG_RING_SECTION "maps/ringbuf"
+#endif
+
+BNG_TABLE("hash", struct subscriber_key, struct subscriber_lease, subscribers, MAX_SUBSCRIBERS);
+BNG_TABLE("hash", struct circuit_key, struct subscriber_lease, circuits, MAX_SUBSCRIBERS);
+BNG_TABLE("hash", __u32, struct subnet_options, subnet_options, MAX_SUBNETS);
+BNG_TABLE("hash", __u32, struct interface_config, interfaces, 64);
+BNG_TABLE("percpu_array", int, __u64, counters, CNT_MAX);
 BPF_PERCPU_ARRAY(parse_scratch, struct parse_state, 1);
+
+// BPF_RINGBUF_OUTPUT, with a section that can carry a pin path.
+struct refreshes_table_t {
+    int key;
+    u32 leaf;
+    int (*ringbuf_output)(void *, u64, u64);
+    void *(*ringbuf_reserve)(u64);
+    void (*ringbuf_discard)(void *, u64);
+    void (*ringbuf_submit)(void *, u64);
+    u32 max_entries;
+};
+__attribute__((section(BNG_RING_SECTION)))
+struct refreshes_table_t refreshes = {.max_entries = REFRESH_RING_BYTES};

@@ -6,6 +6,7 @@ import re
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bng_operator.agent.dataplane import fastpath
+from bng_operator.agent.dataplane import entries, fastpath
+from bng_operator.agent.dataplane.entries import FastEntry, entry_for, subnet_options
 from bng_operator.agent.dataplane.fastpath import XDP_PASS, XDP_TX, FastPath
 from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, Message, MessageType, Opt, encode
 from bng_operator.agent.dhcp.server import Context
@@ -36,11 +38,14 @@ CLIENT = "02:00:00:00:00:01"
 SERVER_ID = IPv4Address("100.64.0.1")
 RELAY = IPv4Address("100.64.0.2")
 RELAY_MAC = bytes.fromhex("02000000cafe")
-ORDER = [Opt.MESSAGE_TYPE, Opt.REQUESTED_IP, Opt.SERVER_ID, Opt.PARAM_REQUEST, Opt.HOSTNAME,
-         Opt.RELAY_AGENT]
+CLIENT_ID = b"\x01\x02\x00\x00\x00\x00\x01"
+ORDER = [Opt.MESSAGE_TYPE, Opt.REQUESTED_IP, Opt.SERVER_ID, Opt.CLIENT_ID, Opt.PARAM_REQUEST,
+         Opt.HOSTNAME, *range(200, 216), Opt.RELAY_AGENT]
 WRITTEN = {Opt.MESSAGE_TYPE, Opt.SERVER_ID, Opt.LEASE_TIME, Opt.RENEWAL_TIME,
-           Opt.REBINDING_TIME, Opt.SUBNET_MASK, Opt.ROUTER, Opt.DNS, Opt.RELAY_AGENT}
+           Opt.REBINDING_TIME, Opt.SUBNET_MASK, Opt.ROUTER, Opt.BROADCAST, Opt.DNS,
+           Opt.DOMAIN_NAME, Opt.RELAY_AGENT}
 TAGS = {"untagged": b"", "dot1q": b"\x81\x00\x00\x64", "qinq": b"\x88\xa8\x00\x0a\x81\x00\x00\x14"}
+O82 = relay82("olt1 xpon 0/1/2:3", "res-4711") + b"\x09\x02ab"
 
 
 def test_constants_agree_with_the_c_header() -> None:
@@ -49,13 +54,17 @@ def test_constants_agree_with_the_c_header() -> None:
     expr = defines["REPLY_DHCP_LEN"].replace("BOOTP_FIXED", defines["BOOTP_FIXED"]).replace(
         "REPLY_OPTIONS_LEN", defines["REPLY_OPTIONS_LEN"])
     assert eval(expr) == fastpath.REPLY_DHCP_LEN
-    assert int(defines["MAX_RELAY_AGENT_LEN"]) == fastpath.MAX_RELAY_AGENT_LEN
+    for name in ("MAX_RELAY_AGENT_LEN", "MAX_CLIENT_ID_LEN", "MAX_DNS", "MAX_DOMAIN_LEN"):
+        assert int(defines[name]) == getattr(entries, name), name
     enum = re.search(r"enum fastpath_counter \{(.*?)\};", h, re.S)
     assert enum is not None
+    body = re.sub(r"//[^\n]*", "", enum.group(1))
     names = [n.strip().split("=")[0].strip().removeprefix("CNT_").lower()
-             for n in enum.group(1).split(",") if n.strip()]
+             for n in body.split(",") if n.strip()]
     assert names == [*fastpath.COUNTERS, "max"]
     assert int(defines["BOOTP_FIXED"]) == HEADER_LEN
+    maps = (HEADER.parent / "maps.h").read_text()
+    assert f"#define MAX_SUBNETS {fastpath.MAX_SUBNETS}" in maps
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +75,14 @@ def fp(bpffs: Path) -> Iterator[FastPath]:
     f.close()
 
 
-def _everyone(objs):  # type: ignore[no-untyped-def]
-    """The samples plus a class for every client, identified by MAC (the fast path's key)."""
-    extra = parse({"apiVersion": "bng.dev/v1alpha1", "kind": "SubscriberClass",
-                   "metadata": {"name": "everyone"},
-                   "spec": {"priority": 10000, "pool": "residential", "identity": "mac"}})
-    return [o for o in objs if not isinstance(o, SubscriberClass)] + [extra]
+def _with_class(identity: str):  # type: ignore[no-untyped-def]
+    """The samples plus a class that takes every client, under the given identity."""
+    def edit(objs):  # type: ignore[no-untyped-def]
+        extra = parse({"apiVersion": "bng.dev/v1alpha1", "kind": "SubscriberClass",
+                       "metadata": {"name": "everyone"},
+                       "spec": {"priority": 1, "pool": "residential", "identity": identity}})
+        return [o for o in objs if not isinstance(o, SubscriberClass)] + [extra]
+    return edit
 
 
 def _frame(msg: Message, tags: bytes, relayed: bool, unicast_to: IPv4Address | None = None) -> bytes:
@@ -95,12 +106,27 @@ def _reply_fields(payload: bytes) -> tuple[tuple[object, ...], dict[int, bytes]]
     return (op, xid, flags, ci, yi, si, gi, chaddr), opts
 
 
+def _install(fp: FastPath, s, lease) -> FastEntry:  # type: ignore[no-untyped-def]
+    """What the agent does after an ACK: the lease's entry and its subnet into the maps."""
+    entry = entry_for(lease, s.config)
+    assert entry is not None
+    so = subnet_options(s.config.pools[lease.pool].subnet_config(lease.address))
+    assert so is not None
+    fp.put_subnet(so)
+    fp.put(replace(entry, expires=time.time() + lease.expires - s.clock()))  # fake clock
+    return entry
+
+
 def _slow_and_fast(fp: FastPath, kind: str, tags: bytes, o82: bytes | None, relayed: bool,
+                   identity: str = "mac", **req_kw: object,
                    ) -> tuple[Message, bytes, bytes, bytes]:
-    s, _, _ = server(_everyone)
+    s, _, _ = server(_with_class(identity))
     vlans = tuple(struct.unpack_from("!H", tags, i + 2)[0] & 0xFFF for i in range(0, len(tags), 4))
     ctx = Context("access0", (SERVER_ID,), vlans)
-    kw: dict[str, object] = {"prl": bytes([1, 3, 6]), "giaddr": str(RELAY) if relayed else "0.0.0.0"}
+    kw: dict[str, object] = {"prl": bytes([1, 3, 6]), "giaddr": str(RELAY) if relayed else "0.0.0.0",
+                             "hostname": "cpe"}
+    if identity == "client-id":
+        kw["client_id"] = CLIENT_ID
     if o82 is not None:
         kw["extra"] = {Opt.RELAY_AGENT: o82}
     offer = s.handle(request(MessageType.DISCOVER, CLIENT, **kw), ctx).reply  # type: ignore[arg-type]
@@ -108,11 +134,11 @@ def _slow_and_fast(fp: FastPath, kind: str, tags: bytes, o82: bytes | None, rela
     ack = s.handle(request(MessageType.REQUEST, CLIENT, requested=str(offer.yiaddr),
                            server_id=str(SERVER_ID), **kw), ctx)  # type: ignore[arg-type]
     assert ack.kind == "ack"
-    lease = s.by_identity[f"mac:{CLIENT}"]
-    fp.put_pool(0, "255.255.240.0", "100.64.0.1", ["192.0.2.53", "192.0.2.54"])
-    fp.put_subscriber(CLIENT, vlans[0] if vlans else 0, str(IPv4Address(lease.address)),
-                      str(SERVER_ID), lease.expires - s.clock() + time.time(), 4 * 3600, 0)
+    lease = s.by_address[int(offer.yiaddr)]
+    entry = _install(fp, s, lease)
+    assert entry.by_circuit == (identity == "circuit-id")
     addr = str(IPv4Address(lease.address))
+    kw.update(req_kw)
     unicast = None
     if kind == "discover":
         req = request(MessageType.DISCOVER, CLIENT, **kw)  # type: ignore[arg-type]
@@ -127,24 +153,25 @@ def _slow_and_fast(fp: FastPath, kind: str, tags: bytes, o82: bytes | None, rela
     slow = s.handle(req, Context("access0", (SERVER_ID,), vlans, unicast=unicast is not None))
     assert slow.reply is not None
     result = fp.run(frame)
-    assert result.action == XDP_TX, fp.counters()
-    # The slow path's reply as it goes on the wire (its order list honours option 55).
+    assert result.action == XDP_TX, {k: v for k, v in fp.counters().items() if v}
     return req, encode(slow.reply, slow.reply_order), frame, result.frame
 
 
 @pytest.mark.parametrize("relayed", [False, True], ids=["direct", "relayed"])
-@pytest.mark.parametrize("o82", [None, relay82("olt1 xpon 0/1/2:3", "res-4711") + b"\x09\x02ab"],
-                         ids=["no82", "82"])
+@pytest.mark.parametrize(("identity", "o82"), [
+    ("mac", None), ("mac", O82), ("client-id", None), ("client-id", O82), ("circuit-id", O82),
+], ids=["mac", "mac-82", "client-id", "client-id-82", "circuit-id-82"])
 @pytest.mark.parametrize("tags", list(TAGS.values()), ids=list(TAGS))
 @pytest.mark.parametrize("kind", ["discover", "selecting", "init-reboot", "renewing"])
-def test_fast_reply_equals_slow_reply(fp: FastPath, kind: str, tags: bytes, o82: bytes | None,
-                                      relayed: bool) -> None:
-    req, slow_wire, frame_in, frame_out = _slow_and_fast(fp, kind, tags, o82, relayed)
+def test_fast_reply_equals_slow_reply(fp: FastPath, kind: str, tags: bytes, identity: str,
+                                      o82: bytes | None, relayed: bool) -> None:
+    req, slow_wire, frame_in, frame_out = _slow_and_fast(fp, kind, tags, o82, relayed, identity)
     f_out = parse_frame(frame_out)
+    assert len(f_out.payload) == fastpath.REPLY_DHCP_LEN
     fast_fields, fast_opts = _reply_fields(f_out.payload)
     slow_fields, slow_opts = _reply_fields(slow_wire)
     assert fast_fields == slow_fields
-    assert set(slow_opts) <= WRITTEN  # the client asked for 1, 3, 6 only
+    assert set(slow_opts) == WRITTEN - ({Opt.RELAY_AGENT} if o82 is None else set())
     assert fast_opts == slow_opts
     # Addressed as the slow path would send it (RFC 2131 §4.1), VLAN tags kept.
     slow = Message(op=2, xid=0, chaddr=b"", yiaddr=IPv4Address(fast_fields[4]),  # type: ignore[arg-type]
@@ -162,12 +189,25 @@ def test_fast_reply_equals_slow_reply(fp: FastPath, kind: str, tags: bytes, o82:
     assert (again.sum, again.data.sum) == (want_ip, want_udp)
 
 
-def test_ack_refreshes_the_expiry_in_the_map(fp: FastPath) -> None:
+def test_a_long_option_list_is_walked(fp: FastPath) -> None:
+    """Twenty options and more (more than clients send) are still answered in the kernel."""
+    extra = {Opt.RELAY_AGENT: O82} | {200 + i: b"x" * i for i in range(16)}
+    _, slow_wire, _, frame_out = _slow_and_fast(fp, "renewing", b"", O82, True, extra=extra)
+    assert _reply_fields(parse_frame(frame_out).payload)[1] == _reply_fields(slow_wire)[1]
+
+
+def test_ack_refreshes_the_expiry_and_tells_userspace(fp: FastPath) -> None:
+    fp.refreshes()
     _slow_and_fast(fp, "discover", b"", None, False)
-    before = fp.subscriber_expiry_ns(CLIENT, 0)
+    key = (False, 0, bytes.fromhex(CLIENT.replace(":", "")))
+    before = fp.expiry_ns(key)
+    assert fp.refreshes() == []  # an OFFER renews nothing
     time.sleep(0.01)
     _slow_and_fast(fp, "renewing", b"", None, False)
-    assert fp.subscriber_expiry_ns(CLIENT, 0) > before
+    after = fp.expiry_ns(key)
+    assert after > before
+    (_, expires), = fp.refreshes()
+    assert abs(expires - fastpath.wall_time(after)) < 0.01
 
 
 def _counted(fp: FastPath, frame: bytes, reason: str) -> None:
@@ -177,31 +217,64 @@ def _counted(fp: FastPath, frame: bytes, reason: str) -> None:
     assert fp.counters()[reason] == before + 1
 
 
+def _lease_of(address: str, **kw: object):  # type: ignore[no-untyped-def]
+    from bng_operator.agent.dhcp.leases import Lease
+
+    fields: dict[str, object] = {
+        "address": int(IPv4Address(address)), "identity": f"mac:{CLIENT}", "mac": CLIENT,
+        "client_id": None, "circuit_id": None, "remote_id": None, "pool": "residential",
+        "subscriber_class": "everyone", "expires": time.time() + 3600, "hostname": None,
+        "bound_at": time.time(), "server_id": int(SERVER_ID), "lease_seconds": 3600}
+    fields.update(kw)
+    return Lease(**fields)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("case", "reason"), [
     ("miss", "pass_miss"), ("expired", "pass_expired"), ("wrong-address", "pass_wrong_address"),
     ("other-server", "pass_wrong_address"), ("release", "pass_other_type"),
     ("inform", "pass_other_type"), ("decline", "pass_other_type"), ("overload", "pass_layout"),
-    ("many-options", "pass_layout"), ("not-dhcp", "pass_not_dhcp"),
+    ("many-options", "pass_layout"), ("repeated-option", "pass_layout"),
+    ("not-dhcp", "pass_not_dhcp"), ("new-client-id", "pass_changed"),
+    ("new-option-82", "pass_changed"), ("other-relay", "pass_changed"),
+    ("no-subnet", "pass_no_subnet"),
 ])
 def test_everything_else_goes_to_the_slow_path(fp: FastPath, case: str, reason: str) -> None:
-    fp.put_pool(0, "255.255.240.0", "100.64.0.1", ["192.0.2.53"])
-    fp.put_subscriber(CLIENT, 0, "100.64.0.20", str(SERVER_ID),
-                      time.time() - 1 if case == "expired" else time.time() + 3600, 3600, 0)
+    s, _, _ = server(_with_class("mac"))
+    sub = replace(subnet_options(s.config.pools["residential"].subnets[0]),  # type: ignore[type-var]
+                  network=int(IPv4Address("100.64.0.0")))
+    fp.put_subnet(sub)
+    lease = _lease_of("100.64.0.20", expires=time.time() - 1 if case == "expired"
+                      else time.time() + 3600, giaddr=int(RELAY))
+    entry = entry_for(lease, s.config)
+    assert entry is not None
+    if case == "no-subnet":
+        entry = replace(entry, subnet=int(IPv4Address("10.99.0.0")))
+    fp.put(entry)
     mac = "02:00:00:00:00:99" if case == "miss" else CLIENT
     kind = {"release": MessageType.RELEASE, "inform": MessageType.INFORM,
             "decline": MessageType.DECLINE}.get(case, MessageType.REQUEST)
     kw: dict[str, object] = {"requested": "100.64.0.20"}
+    extra: dict[int, bytes] = {}
     if case == "wrong-address":
         kw["requested"] = "100.64.0.21"
     if case == "other-server":
         kw["server_id"] = "10.9.9.9"
     if case == "overload":
-        kw["extra"] = {Opt.OVERLOAD: b"\x01"}
+        extra[Opt.OVERLOAD] = b"\x01"
     if case == "many-options":
-        kw["extra"] = {200 + i: b"x" for i in range(8)}
-    msg = request(kind, mac, **kw)  # type: ignore[arg-type]
-    payload = encode(msg, [Opt.MESSAGE_TYPE, Opt.REQUESTED_IP, Opt.SERVER_ID, Opt.OVERLOAD,
-                           *range(200, 208)])
+        extra.update({200 + i: b"x" for i in range(30)})
+    if case == "new-client-id":
+        kw["client_id"] = CLIENT_ID
+    if case == "new-option-82":
+        kw["circuit"] = "elsewhere"
+    if case == "other-relay":
+        kw["giaddr"] = "100.64.0.3"
+    msg = request(kind, mac, extra=extra, **kw)  # type: ignore[arg-type]
+    order = [Opt.MESSAGE_TYPE, Opt.REQUESTED_IP, Opt.SERVER_ID, Opt.OVERLOAD, Opt.CLIENT_ID,
+             Opt.RELAY_AGENT, *range(200, 230)]
+    payload = encode(msg, order)
+    if case == "repeated-option":  # a second option 50, as RFC 3396 concatenation writes it
+        payload = payload.replace(bytes([50, 4]), bytes([50, 2, 100, 64, 50, 2]), 1)
     dport = 68 if case == "not-dhcp" else 67  # a reply crossing the interface: not ours
     frame = build_frame(BROADCAST_MAC, bytes.fromhex(mac.replace(":", "")), b"", IPv4Address(0),
                         BROADCAST_IP, dport, payload, 68)
@@ -210,8 +283,9 @@ def test_everything_else_goes_to_the_slow_path(fp: FastPath, case: str, reason: 
 
 @pytest.fixture(scope="module")
 def valid_frame(fp: FastPath) -> bytes:
-    fp.put_pool(0, "255.255.240.0", "100.64.0.1", ["192.0.2.53"])
-    fp.put_subscriber(CLIENT, 0, "100.64.0.20", str(SERVER_ID), time.time() + 3600, 3600, 0)
+    s, _, _ = server(_with_class("mac"))
+    lease = _lease_of("100.64.0.20", relay_agent=relay82("c", "r"))
+    _install(fp, s, lease)
     msg = request(MessageType.DISCOVER, CLIENT, prl=bytes([1, 3, 6]),
                   extra={Opt.RELAY_AGENT: relay82("c", "r")})
     frame = _frame(msg, b"", False)
@@ -220,17 +294,18 @@ def valid_frame(fp: FastPath) -> bytes:
 
 
 @settings(max_examples=400, deadline=None)
-@given(cut=st.integers(14, 341))  # BPF_PROG_TEST_RUN refuses frames under 14 bytes
+@given(cut=st.integers(14, 420))  # BPF_PROG_TEST_RUN refuses frames under 14 bytes
 def test_truncated_frames_never_get_a_reply(fp: FastPath, valid_frame: bytes, cut: int) -> None:
-    assert fp.run(valid_frame[:cut]).action in (XDP_PASS, 1)  # PASS or DROP
+    short = valid_frame[: min(cut, len(valid_frame) - 1)]
+    assert fp.run(short).action in (XDP_PASS, 1)  # PASS or DROP
 
 
 @settings(max_examples=400, deadline=None)
-@given(pos=st.integers(282, 341), value=st.integers(0, 255))
+@given(pos=st.integers(282, 420), value=st.integers(0, 255))
 def test_corrupted_options_never_crash_and_never_misreply(fp: FastPath, valid_frame: bytes,
                                                           pos: int, value: int) -> None:
     frame = bytearray(valid_frame)
-    frame[pos] = value
+    frame[min(pos, len(frame) - 1)] = value
     r = fp.run(bytes(frame))
     if r.action == XDP_TX:  # only a still-valid request may be answered, and well-formed
         f = parse_frame(r.frame)

@@ -1,4 +1,11 @@
-"""The XDP DHCP fast path (bpf/xdp_dhcp.c): load it, fill its maps, run it on frames.
+"""The XDP DHCP fast path (bpf/xdp_dhcp.c): load or adopt it, fill its maps, run it on frames.
+
+Pinned (``pin_root`` given), the maps of one program generation live in
+``<pin_root>/<generation>/`` next to the pinned program; the generation is a hash of the C
+sources and build flags. A restarted agent with the same generation adopts both and the
+interface never sees a change; a new generation gets fresh maps, which the agent fills from
+its lease store before the program is swapped atomically. The ring of expiry refreshes lives
+in ``<pin_root>/refreshes`` and outlasts generations.
 
 Map entries are built with BCC's generated ``Key``/``Leaf`` types; the C header
 bpf/lib/dhcp.h owns every layout. The constants below mirror that header, and
@@ -7,24 +14,44 @@ tests/bpf/test_fastpath.py checks they agree.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import hashlib
+import os
+import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any, Literal
 
 from bcc import libbcc
 
-from bng_operator.agent.dataplane.loader import BPF_DIR, BPFObject
+from bng_operator import netlink
+from bng_operator.agent.dataplane.entries import FastEntry, SubnetOptions
+from bng_operator.agent.dataplane.loader import (
+    BPF_DIR,
+    BPFObject,
+    DataplaneError,
+    pin_fd,
+    pinned_fd,
+    program_fd_by_id,
+    program_id,
+)
+from bng_operator.api.bngnode import MAX_LEASES_PER_NODE
+from bng_operator.netlink import XDPMode
 
 SOURCE = Path(BPF_DIR) / "xdp_dhcp.c"
 PROGRAM = "xdp_dhcp"
-REPLY_DHCP_LEN = 368
-MAX_RELAY_AGENT_LEN = 62
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/bng")
+REPLY_DHCP_LEN = 416
+MAX_SUBNETS = 1024
 # enum fastpath_counter, in order.
 COUNTERS = ("offer", "ack", "pass_not_dhcp", "pass_malformed", "pass_miss", "pass_expired",
-            "pass_wrong_address", "pass_other_type", "pass_layout", "pass_no_interface", "drop")
+            "pass_wrong_address", "pass_changed", "pass_other_type", "pass_layout",
+            "pass_no_interface", "pass_no_subnet", "drop", "refresh_lost")
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
+Attached = Literal["adopted", "attached", "replaced"]
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -60,9 +87,11 @@ class RunResult:
     ns_per_run: int
 
 
-def _ip(addr: str | IPv4Address) -> int:
-    """An address as the u32 the kernel stores (network byte order in memory)."""
-    return int.from_bytes(IPv4Address(addr).packed, "little")
+def _u32(raw: bytes | int) -> int:
+    """An address (4 wire bytes or a host int) as the u32 the kernel stores: network byte
+    order in memory."""
+    b = raw if isinstance(raw, bytes) else raw.to_bytes(4, "big")
+    return int.from_bytes(b, "little")
 
 
 def boot_ns(wall: float) -> int:
@@ -70,49 +99,192 @@ def boot_ns(wall: float) -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) + int((wall - time.time()) * 1e9)
 
 
+def wall_time(boot: int) -> float:
+    return time.time() + (boot - time.clock_gettime_ns(time.CLOCK_BOOTTIME)) / 1e9
+
+
+def generation(cflags: dict[str, int | str]) -> str:
+    """A name for this build of the program: its sources and flags, hashed."""
+    h = hashlib.sha256()
+    for path in sorted([SOURCE, *(Path(BPF_DIR) / "lib").glob("*.h")]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    h.update(repr(sorted(cflags.items())).encode())
+    return h.hexdigest()[:12]
+
+
 class FastPath:
-    def __init__(self, max_subscribers: int = 100_000) -> None:
-        self.obj = BPFObject(SOURCE, cflags={"MAX_SUBSCRIBERS": max_subscribers})
-        self.fd = self.obj.load_xdp(PROGRAM)
+    def __init__(self, max_subscribers: int = MAX_LEASES_PER_NODE,
+                 pin_root: Path | None = None) -> None:
+        if not 1 <= max_subscribers <= MAX_LEASES_PER_NODE:
+            raise DataplaneError(f"fast-path maps of {max_subscribers} subscribers: the design "
+                                 f"limit is 1..{MAX_LEASES_PER_NODE} leases per node")
+        cflags: dict[str, int | str] = {"MAX_SUBSCRIBERS": max_subscribers,
+                                        "MAX_SUBNETS": MAX_SUBNETS}
+        self.generation = generation(cflags)
+        self.pin_root = pin_root
+        self.pin_dir: Path | None = None
+        self.adopted_maps = False
+        if pin_root is not None:
+            self.pin_dir = pin_root / self.generation
+            self.adopted_maps = (self.pin_dir / "subscribers").exists()
+            self.pin_dir.mkdir(parents=True, exist_ok=True)
+            cflags |= {"PIN_DIR": f'"{self.pin_dir}"', "PIN_ROOT": f'"{pin_root}"'}
+        self.obj = BPFObject(SOURCE, cflags=cflags)
         self.subscribers = self.obj.map("subscribers")
-        self.pools = self.obj.map("pool_options")
+        self.circuits = self.obj.map("circuits")
+        self.subnets = self.obj.map("subnet_options")
         self.interfaces = self.obj.map("interfaces")
         self.counters_map = self.obj.map("counters")
+        self._refreshes: list[tuple[int, int]] = []
+        self.obj.map("refreshes").open_ring_buffer(self._on_refresh)
+        self._fd: int | None = None
+        self._own_fd = False
 
-    # --- maps -------------------------------------------------------------------------------
+    # --- the program -------------------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        """The program: the pinned one of this generation if there is one, else loaded now
+        (and pinned, when pinning)."""
+        if self._fd is None:
+            pinned = pinned_fd(self.pin_dir / PROGRAM) if self.pin_dir else None
+            if pinned is not None:
+                self._fd, self._own_fd = pinned, True
+            else:
+                self._fd = self.obj.load_xdp(PROGRAM)
+                if self.pin_dir is not None:
+                    pin_fd(self._fd, self.pin_dir / PROGRAM)
+        return self._fd
+
+    def attach(self, ifname: str, ns: str | None = None, mode: XDPMode = "native") -> Attached:
+        """Make this program the one on ``ifname``: kept if it already is (an agent restart),
+        else swapped in atomically over whatever program is there."""
+        mine = program_id(self.fd)
+        current = netlink.xdp_program_id(ifname, ns)
+        if current == mine:
+            return "adopted"
+        old = program_fd_by_id(current) if current else None
+        try:
+            netlink.attach_xdp(ifname, self.fd, ns, mode, replace_fd=old if old else None)
+        finally:
+            if old is not None:
+                os.close(old)
+        return "replaced" if current else "attached"
+
+    def is_attached(self, ifname: str, ns: str | None = None) -> bool:
+        return netlink.xdp_program_id(ifname, ns) == program_id(self.fd)
+
+    def remove_other_generations(self) -> list[str]:
+        """Unpin older generations once nothing needs them (the program swapped out)."""
+        if self.pin_root is None:
+            return []
+        gone = []
+        for d in self.pin_root.iterdir():
+            if d.is_dir() and d.name != self.generation:
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(d.name)
+        return gone
+
+    # --- maps --------------------------------------------------------------------------------
 
     def put_interface(self, ifindex: int, mac: bytes) -> None:
         leaf = self.interfaces.Leaf()
         leaf.mac[:] = list(mac)
         self.interfaces[self.interfaces.Key(ifindex)] = leaf
 
-    def put_pool(self, index: int, mask: str, router: str, dns: list[str]) -> None:
-        leaf = self.pools.Leaf()
-        leaf.subnet_mask, leaf.router = _ip(mask), _ip(router)
-        for i, d in enumerate(dns[:2]):
-            leaf.dns[i] = _ip(d)
-        leaf.dns_count = min(len(dns), 2)
-        self.pools[self.pools.Key(index)] = leaf
+    def put_subnet(self, so: SubnetOptions) -> None:
+        leaf = self.subnets.Leaf()
+        leaf.subnet_mask, leaf.router, leaf.broadcast = (_u32(so.mask), _u32(so.router),
+                                                         _u32(so.broadcast))
+        for i, d in enumerate(so.dns):
+            leaf.dns[i] = _u32(d)
+        leaf.dns_count = len(so.dns)
+        leaf.domain_len = len(so.domain)
+        leaf.domain[: len(so.domain)] = list(so.domain)
+        self.subnets[self.subnets.Key(_u32(so.network))] = leaf
 
-    def _key(self, mac: str, vlan: int) -> object:
-        k = self.subscribers.Key()
-        k.mac[:] = list(bytes.fromhex(mac.replace(":", "")))
+    def subnet_keys(self) -> set[int]:
+        return {int.from_bytes(int(k.value).to_bytes(4, "little"), "big") for k in self.subnets}
+
+    def delete_subnet(self, network: int) -> None:
+        with contextlib.suppress(KeyError):
+            del self.subnets[self.subnets.Key(_u32(network))]
+
+    def _table(self, by_circuit: bool) -> Any:
+        return self.circuits if by_circuit else self.subscribers
+
+    def _key(self, by_circuit: bool, vlan: int, ident: bytes) -> Any:
+        k = self._table(by_circuit).Key()
         k.vlan = vlan
+        if by_circuit:
+            k.relay[: len(ident)] = list(ident)
+        else:
+            k.mac[:] = list(ident)
         return k
 
-    def put_subscriber(self, mac: str, vlan: int, address: str, server_id: str,
-                       expires: float, lease_seconds: int, pool: int) -> None:
-        leaf = self.subscribers.Leaf()
-        leaf.address, leaf.server_id = _ip(address), _ip(server_id)
-        leaf.expires_ns = boot_ns(expires)
-        leaf.lease_seconds, leaf.pool = lease_seconds, pool
-        self.subscribers[self._key(mac, vlan)] = leaf
+    def _leaf(self, e: FastEntry) -> Any:
+        leaf = self._table(e.by_circuit).Leaf()
+        leaf.address, leaf.server_id, leaf.giaddr = (_u32(e.address), _u32(e.server_id),
+                                                     _u32(e.giaddr))
+        leaf.subnet = _u32(e.subnet)
+        leaf.expires_ns = boot_ns(e.expires)
+        leaf.lease_seconds = e.lease_seconds
+        if not e.by_circuit:
+            leaf.client_id_len = len(e.client_id)
+            leaf.client_id[: len(e.client_id)] = list(e.client_id)
+            leaf.relay[: len(e.relay)] = list(e.relay)
+        return leaf
 
-    def subscriber_expiry_ns(self, mac: str, vlan: int) -> int:
-        return int(self.subscribers[self._key(mac, vlan)].expires_ns)
+    def put(self, e: FastEntry) -> None:
+        self._table(e.by_circuit)[self._key(*e.key)] = self._leaf(e)
 
-    def delete_subscriber(self, mac: str, vlan: int) -> None:
-        del self.subscribers[self._key(mac, vlan)]
+    def put_many(self, entries: list[FastEntry]) -> None:
+        """Write many entries with one batch syscall per map (the start-up warm)."""
+        for by_circuit in (False, True):
+            chosen = [e for e in entries if e.by_circuit == by_circuit]
+            if chosen:
+                table = self._table(by_circuit)
+                keys = (table.Key * len(chosen))(*(self._key(*e.key) for e in chosen))
+                leaves = (table.Leaf * len(chosen))(*(self._leaf(e) for e in chosen))
+                table.items_update_batch(keys, leaves)
+
+    def delete(self, key: tuple[bool, int, bytes]) -> None:
+        with contextlib.suppress(KeyError):
+            del self._table(key[0])[self._key(*key)]
+
+    def keys(self) -> set[tuple[bool, int, bytes]]:
+        """Every entry's key (a full walk of both maps: for start-up, not the packet path)."""
+        out: set[tuple[bool, int, bytes]] = set()
+        for k in self.subscribers:
+            out.add((False, int(k.vlan), bytes(k.mac)))
+        for k in self.circuits:
+            raw = bytes(k.relay)
+            out.add((True, int(k.vlan), raw[: 2 + raw[1]] if raw[0] else b""))
+        return out
+
+    def expiries(self) -> dict[int, float]:
+        """Address -> expiry (unix time) of every entry, as the program last refreshed it."""
+        out = {}
+        for table in (self.subscribers, self.circuits):
+            for _, leaf in table.items():
+                addr = int.from_bytes(int(leaf.address).to_bytes(4, "little"), "big")
+                out[addr] = wall_time(int(leaf.expires_ns))
+        return out
+
+    def expiry_ns(self, key: tuple[bool, int, bytes]) -> int:
+        return int(self._table(key[0])[self._key(*key)].expires_ns)
+
+    def _on_refresh(self, _ctx: Any, data: Any, _size: int) -> None:
+        ev = self.obj.map("refreshes").event(data)
+        self._refreshes.append((int.from_bytes(int(ev.address).to_bytes(4, "little"), "big"),
+                                int(ev.expires_ns)))
+
+    def refreshes(self) -> list[tuple[int, float]]:
+        """(address, new expiry as unix time) of every ACK the program sent since last time."""
+        self.obj.bpf.ring_buffer_consume()
+        out = [(a, wall_time(ns)) for a, ns in self._refreshes]
+        self._refreshes.clear()
+        return out
 
     def counters(self) -> dict[str, int]:
         """Per-CPU counters summed over CPUs."""
@@ -135,4 +307,18 @@ class FastPath:
         return RunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)
 
     def close(self) -> None:
-        self.obj.close()
+        """Free this process's handles. Pinned maps and the attached program stay."""
+        if self._own_fd and self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self.obj.close(keep=True)
+
+
+def remove(pin_root: Path, interfaces: Iterable[tuple[str, str | None]] = (),
+           mode: XDPMode = "native") -> None:
+    """Take the fast path away: detach it from ``interfaces`` and unpin everything. The
+    agent never does this on exit (the fast path outlives it); uninstall and tests do."""
+    for ifname, ns in interfaces:
+        with contextlib.suppress(netlink.InterfaceMissing, OSError):
+            netlink.detach_xdp(ifname, ns, mode)
+    shutil.rmtree(pin_root, ignore_errors=True)

@@ -39,6 +39,37 @@ def bpffs_mounted(path: Path = BPFFS) -> bool:
         return any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in f)
 
 
+def pinned_fd(path: Path) -> int | None:
+    """An fd for the BPF object pinned at ``path``, or None if nothing is pinned there."""
+    if not path.exists():
+        return None
+    fd = libbcc.lib.bpf_obj_get(str(path).encode())
+    return fd if fd >= 0 else None
+
+
+def pin_fd(fd: int, path: Path) -> None:
+    if not bpffs_mounted():
+        raise DataplaneError(f"{BPFFS} is not a bpf filesystem: mount -t bpf bpf {BPFFS}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rc = libbcc.lib.bpf_obj_pin(fd, str(path).encode())
+    if rc != 0:  # libbpf returns -errno
+        raise DataplaneError(f"pinning {path}: {os.strerror(-rc)}")
+
+
+def program_id(fd: int) -> int:
+    """The kernel's id of the program behind ``fd`` (struct bpf_prog_info: type, then id)."""
+    info = ctypes.create_string_buffer(256)
+    size = ctypes.c_uint32(len(info))
+    if libbcc.lib.bpf_obj_get_info(fd, info, ctypes.byref(size)) != 0:
+        raise DataplaneError(f"reading the info of BPF fd {fd} failed")
+    return int.from_bytes(info.raw[4:8], "little")
+
+
+def program_fd_by_id(prog_id: int) -> int | None:
+    fd = libbcc.lib.bpf_prog_get_fd_by_id(ctypes.c_uint(prog_id))
+    return fd if fd >= 0 else None
+
+
 def program_exists(prog_id: int) -> bool:
     """Whether the kernel still holds a BPF program with this id."""
     fd = libbcc.lib.bpf_prog_get_fd_by_id(ctypes.c_uint(prog_id))
@@ -93,12 +124,7 @@ class BPFObject:
         return self.bpf[name.encode()]
 
     def pin_map(self, name: str, path: Path) -> None:
-        if not bpffs_mounted():
-            raise DataplaneError(f"{BPFFS} is not a bpf filesystem: mount -t bpf bpf {BPFFS}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rc = libbcc.lib.bpf_obj_pin(self.map(name).map_fd, str(path).encode())
-        if rc != 0:  # libbpf returns -errno
-            raise DataplaneError(f"pinning map {name} at {path}: {os.strerror(-rc)}")
+        pin_fd(self.map(name).map_fd, path)
         self._pins.append(path)
 
     def close(self, keep: bool = False) -> None:

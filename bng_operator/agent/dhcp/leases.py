@@ -27,8 +27,14 @@ CREATE TABLE IF NOT EXISTS leases (
     expires    REAL NOT NULL,
     hostname   TEXT,
     bound_at   REAL NOT NULL,
-    state      TEXT NOT NULL      -- bound | released | expired (kept: the address stays
+    state      TEXT NOT NULL,     -- bound | released | expired (kept: the address stays
                                   -- this client's "previous" one until someone else takes it)
+    -- the request the lease was granted on, which the fast path must see again to answer
+    vlan          INTEGER NOT NULL DEFAULT 0,
+    giaddr        INTEGER NOT NULL DEFAULT 0,
+    server_id     INTEGER NOT NULL DEFAULT 0,
+    relay_agent   BLOB,
+    lease_seconds INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS declined (
     address INTEGER PRIMARY KEY,
@@ -52,6 +58,12 @@ class Lease:
     hostname: str | None
     bound_at: float
     state: str = "bound"
+    # The request it was granted on and the answer's terms: what the fast path needs.
+    vlan: int = 0  # outer VLAN id
+    giaddr: int = 0
+    server_id: int = 0
+    relay_agent: bytes | None = None  # option 82 value, verbatim
+    lease_seconds: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -65,9 +77,13 @@ def _row(lease: Lease) -> tuple[object, ...]:
     # dataclasses.astuple deep-copies every field; this runs once per lease write.
     return (lease.address, lease.identity, lease.mac, lease.client_id, lease.circuit_id,
             lease.remote_id, lease.pool, lease.subscriber_class, lease.expires, lease.hostname,
-            lease.bound_at, lease.state)
+            lease.bound_at, lease.state, lease.vlan, lease.giaddr, lease.server_id,
+            lease.relay_agent, lease.lease_seconds)
 
 
+_ADDED_COLUMNS = {"vlan": "INTEGER NOT NULL DEFAULT 0", "giaddr": "INTEGER NOT NULL DEFAULT 0",
+                  "server_id": "INTEGER NOT NULL DEFAULT 0", "relay_agent": "BLOB",
+                  "lease_seconds": "INTEGER NOT NULL DEFAULT 0"}
 _LEASE_COLS = ", ".join(f.name if f.name != "subscriber_class" else "class" for f in fields(Lease))
 _UPSERT = (f"INSERT OR REPLACE INTO leases ({_LEASE_COLS}) "
            f"VALUES ({', '.join('?' * len(fields(Lease)))})")
@@ -84,10 +100,19 @@ class LeaseStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
         self._db.executescript(SCHEMA)
+        self._migrate()
         self._pending: list[tuple[str, object]] = []
         self._next: asyncio.Future[None] | None = None  # completes with the next batch
         self._lock = threading.Lock()
         self._writing = False
+
+    def _migrate(self) -> None:
+        """Add the columns a store written by an older agent lacks (SQLite has no
+        ADD COLUMN IF NOT EXISTS)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(leases)")}
+        for name, decl in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE leases ADD COLUMN {name} {decl}")
 
     def load(self) -> tuple[list[Lease], list[Decline]]:
         leases = [Lease(*row) for row in self._db.execute(f"SELECT {_LEASE_COLS} FROM leases")]

@@ -35,9 +35,10 @@ audit = logging.getLogger("bng.audit")
 OFFER_HOLD = 30.0  # seconds an offered address stays reserved for the client
 DECLINE_HOLD = 600.0  # seconds a declined address is kept out of use
 EXHAUSTION_LOG_EVERY = 60.0
-# Options sent when the client asks for them (or asks for nothing in particular).
-ON_REQUEST = bytes([Opt.ROUTER, Opt.DNS, Opt.HOSTNAME, Opt.DOMAIN_NAME, Opt.BROADCAST])
-_ON_REQUEST_SET = frozenset(ON_REQUEST)
+# The subnet's options go in every OFFER and ACK, whatever option 55 asks (RFC 2131 §4.3.1
+# lets a server send options not asked for). The XDP fast path writes this same set, so a
+# client gets the same answer from either path.
+SUBNET_OPTIONS = [Opt.SUBNET_MASK, Opt.ROUTER, Opt.BROADCAST, Opt.DNS, Opt.DOMAIN_NAME]
 _LEASE_ORDER = [Opt.LEASE_TIME, Opt.RENEWAL_TIME, Opt.REBINDING_TIME]
 _TYPE_BYTES = {t: bytes([t]) for t in MessageType}
 _LABELS = {MessageType.OFFER: "offer", MessageType.NAK: "nak"}
@@ -160,6 +161,9 @@ class DhcpServer:
         self._offer_expiry: list[tuple[float, str]] = []
         self._buckets = TokenBuckets()
         self._exhausted_logged: dict[str, float] = {}
+        # Told of every lease that stops being bound (released, declined, expired, moved),
+        # so a cache of bound leases (the fast path's maps) can forget it.
+        self.on_unbind: Callable[[Lease], None] | None = None
         self._build_pools(config)
 
     def _build_pools(self, config: NodeConfig) -> None:
@@ -350,7 +354,7 @@ class DhcpServer:
             mine = self._claim(c, msg, addr, now)
         if not mine:
             return self._reply(MessageType.NAK, msg, ctx, c, 0)
-        self._lease(c, msg, addr, now)
+        self._lease(c, msg, ctx, addr, now)
         return self._reply(MessageType.ACK, msg, ctx, c, addr)
 
     def _claim(self, c: Classified, msg: Message, addr: int, now: float) -> bool:
@@ -366,7 +370,7 @@ class DhcpServer:
         self._drop_previous_owner(addr)
         return True
 
-    def _lease(self, c: Classified, msg: Message, addr: int, now: float) -> None:
+    def _lease(self, c: Classified, msg: Message, ctx: Context, addr: int, now: float) -> None:
         old = self.by_identity.get(c.identity)
         if old and old.address != addr:
             self._unbind(old)
@@ -380,7 +384,9 @@ class DhcpServer:
             circuit_id=msg.circuit_id, remote_id=msg.remote_id, pool=c.pool.name,
             subscriber_class=c.cls.name if c.cls else "", expires=now + seconds,
             hostname=msg.hostname, bound_at=old.bound_at if old and old.address == addr else now,
-            state="bound")
+            state="bound", vlan=ctx.vlans[0] if ctx.vlans else 0, giaddr=int(msg.giaddr),
+            server_id=int(self._server_id(ctx, c.pool.subnet_config(addr), int(msg.giaddr) != 0)),
+            relay_agent=msg.relay_agent, lease_seconds=seconds)
         changed = old is None or old.address != addr
         self._bind(lease)
         self.store.put(lease)
@@ -408,6 +414,19 @@ class DhcpServer:
         if self.by_address.get(lease.address) is lease:
             del self.by_address[lease.address]
             self.used[lease.pool] -= 1
+            if self.on_unbind is not None:
+                self.on_unbind(lease)
+
+    def extend(self, address: int, expires: float) -> Lease | None:
+        """A renewal answered elsewhere (the fast path) moved this lease's end to
+        ``expires``. Returns the lease to persist, or None if nothing changed."""
+        lease = self.by_address.get(address)
+        if lease is None or expires <= lease.expires:
+            return None
+        lease.expires = expires
+        heapq.heappush(self._expiry, (expires, address))
+        self.store.put(lease)
+        return lease
 
     def _remember(self, identity: str, addr: int) -> None:
         self._drop_previous_owner(addr)
@@ -472,11 +491,14 @@ class DhcpServer:
 
     # --- time ------------------------------------------------------------------------------------
 
-    def expire(self) -> list[Lease]:
-        """End leases, offers and declines whose time is up. Returns the expired leases."""
+    def expire(self, grace: float = 0.0) -> list[Lease]:
+        """End leases, offers and declines whose time is up. Returns the expired leases.
+
+        Leases end ``grace`` seconds late: time for a renewal answered by the fast path just
+        before the end to reach ``extend``."""
         now = self.clock()
         ended = []
-        while self._expiry and self._expiry[0][0] <= now:
+        while self._expiry and self._expiry[0][0] + grace <= now:
             expires, addr = heapq.heappop(self._expiry)
             lease = self.by_address.get(addr)
             if lease is not None and lease.expires == expires:
@@ -510,11 +532,7 @@ class DhcpServer:
                 o[Opt.REBINDING_TIME] = (secs * 7 // 8).to_bytes(4, "big")
                 order += _LEASE_ORDER
             o.update(sc.options)
-            if Opt.HOSTNAME in req.options:
-                o[Opt.HOSTNAME] = req.options[Opt.HOSTNAME]
-            order.append(Opt.SUBNET_MASK)
-            asked = req.options.get(Opt.PARAM_REQUEST)
-            order += [x for x in (asked or ON_REQUEST) if x in _ON_REQUEST_SET and x in o]
+            order += [x for x in SUBNET_OPTIONS if x in o]
         elif kind == MessageType.NAK:
             o[Opt.MESSAGE] = b"requested address is not available"
             order.append(Opt.MESSAGE)
