@@ -54,8 +54,18 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     source: Source = FileSource(args.config) if args.config else KubeSource(args.kubeconfig,
                                                                             args.namespace)
     settings = AgentSettings(node=args.node, state_dir=args.state_dir,
-                             metrics_host=args.metrics_host, metrics_port=args.metrics_port)
+                             metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                             fast_path=not args.no_fast_path, bpf_pin_root=args.bpf_dir,
+                             xdp_mode=args.xdp_mode)
     return asyncio.run(run_agent(settings, source))
+
+
+def _cmd_fastpath_remove(args: argparse.Namespace) -> int:
+    from bng_operator.agent.dataplane.fastpath import remove
+
+    remove(args.bpf_dir, [(i, None) for i in args.interface], args.xdp_mode)
+    print(f"detached from {', '.join(args.interface) or 'no interface'}; removed {args.bpf_dir}")
+    return 0
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
@@ -106,7 +116,23 @@ def parser() -> argparse.ArgumentParser:
                    help="/metrics, /healthz, /readyz (default: %(default)s)")
     a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a.add_argument("--log-format", default="json", choices=["json", "text"])
+    a.add_argument("--no-fast-path", action="store_true",
+                   help="serve DHCP from userspace only, with no XDP program")
+    a.add_argument("--bpf-dir", type=Path, default=Path("/sys/fs/bpf/bng"),
+                   help="where the fast path's program and maps are pinned (default: %(default)s)")
+    a.add_argument("--xdp-mode", default="native", choices=["native", "generic"],
+                   help="XDP in the driver (native) or after the stack allocates an skb")
     a.set_defaults(func=_cmd_agent)
+
+    r = sub.add_parser(
+        "fastpath-remove", help="detach the XDP fast path and unpin its maps (uninstall)",
+        description="The agent leaves the fast path attached when it exits, so DHCP renewals "
+                    "go on across restarts and upgrades. This takes it away for good.")
+    r.add_argument("--interface", action="append", default=[], metavar="IFNAME",
+                   help="access interface to detach from (repeatable)")
+    r.add_argument("--bpf-dir", type=Path, default=Path("/sys/fs/bpf/bng"))
+    r.add_argument("--xdp-mode", default="native", choices=["native", "generic"])
+    r.set_defaults(func=_cmd_fastpath_remove)
 
     lb = sub.add_parser(
         "lab", help="run a small ISP site on this machine (root)",

@@ -13,7 +13,7 @@ import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from bng_operator.testing.netlab import NetLab, remove_leftovers
+from bng_operator.testing.netlab import NetLab, remove_leftovers, unmount_bpffs
 from bng_operator.testing.site import Site, subscriber_mac
 
 PREFIX = "bnglab"
@@ -80,10 +80,12 @@ def run(subscribers: int = 20, config: list[Path] | None = None) -> int:
         print("\nstopping the lab ...")
     finally:
         site.close()
+        unmount_bpffs()
     return 0
 
 
 def down() -> int:
     gone = remove_leftovers(PREFIX, only_dead=False) + remove_leftovers()
+    unmount_bpffs()
     print(f"removed {len(gone)} namespaces" + (f": {', '.join(gone)}" if gone else ""))
     return 0

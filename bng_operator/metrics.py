@@ -31,6 +31,29 @@ class AgentMetrics:
             registry=r)
         self.config_loaded = Gauge(
             "bng_config_loaded", "1 when the last configuration load succeeded.", registry=r)
+        # The XDP fast path; its requests are counted in bng_dhcp_requests_total{path="fast"}.
+        self.fast_passes = Counter(
+            "bng_fastpath_passes_total",
+            "Frames the XDP program handed to the slow path, by reason.", ["reason"], registry=r)
+        self.fast_drops = Counter(
+            "bng_fastpath_drops_total", "Frames the XDP program dropped.", registry=r)
+        self.fast_hit_ratio = Gauge(
+            "bng_fastpath_hit_ratio",
+            "DISCOVERs and REQUESTs answered in the kernel, over all that reached it.",
+            registry=r)
+        self.fast_errors = Counter(
+            "bng_fastpath_errors_total", "Map writes that failed (the slow path answers).",
+            ["op"], registry=r)
+        self.fast_refreshes = Counter(
+            "bng_fastpath_renewals_persisted_total",
+            "Lease ends moved by fast-path ACKs and written to the lease store.", registry=r)
+        self.fast_refreshes_lost = Counter(
+            "bng_fastpath_refreshes_lost_total",
+            "Fast-path ACKs whose new lease end could not be queued to the agent.", registry=r)
+        self.program_attached = Gauge(
+            "bng_ebpf_program_attached", "1 when the program is attached to the interface.",
+            ["program", "interface"], registry=r)
+        self._kernel: dict[str, int] = {}
         # labels() costs a lock and a dict lookup per call; the packet path keeps children.
         self._requests: dict[tuple[str, str, str], Any] = {}
         self._durations: dict[str, Any] = {}
@@ -54,11 +77,46 @@ class AgentMetrics:
         """Pool and lease gauges, computed when scraped (always current, free otherwise)."""
         self.registry.register(_LeaseCollector(usage, active))
 
+    def kernel_counters(self, now: dict[str, int]) -> None:
+        """Fold the XDP program's cumulative counters in (a smaller value: a new program).
+        The first reading is the base: what an adopted program counted before this agent
+        started was reported by the agent before."""
+        first = not self._kernel
+        delta = {k: v - self._kernel.get(k, 0) if v >= self._kernel.get(k, 0) else v
+                 for k, v in now.items()}
+        self._kernel = dict(now)
+        for name, n in delta.items():
+            if not n or first:
+                continue
+            if name == "offer":
+                self.requests.labels("discover", "fast", "offer").inc(n)
+            elif name == "ack":
+                self.requests.labels("request", "fast", "ack").inc(n)
+            elif name == "drop":
+                self.fast_drops.inc(n)
+            elif name == "refresh_lost":
+                self.fast_refreshes_lost.inc(n)
+            else:
+                self.fast_passes.labels(name.removeprefix("pass_")).inc(n)
+        hits = now.get("offer", 0) + now.get("ack", 0)
+        misses = sum(v for k, v in now.items() if k in _MISSES)
+        if hits + misses:
+            self.fast_hit_ratio.set(hits / (hits + misses))
+
+    def watch_maps(self, counts: Callable[[], dict[str, int]]) -> None:
+        """bng_ebpf_map_entries{map}, computed when scraped."""
+        self.registry.register(_MapCollector(counts))
+
     def drop(self, reason: str) -> None:
         c = self._drops.get(reason)
         if c is None:
             c = self._drops[reason] = self.drops.labels(reason)
         c.inc()
+
+
+# Passes of DISCOVERs and REQUESTs the cache could not answer (not other types or non-DHCP).
+_MISSES = frozenset({"pass_miss", "pass_expired", "pass_wrong_address", "pass_changed",
+                     "pass_layout", "pass_no_interface", "pass_no_subnet", "pass_no_room"})
 
 
 class _LeaseCollector:
@@ -76,3 +134,15 @@ class _LeaseCollector:
         yield pools
         yield GaugeMetricFamily("bng_leases_active", "Bound leases on this node.",
                                 value=self.active())
+
+
+class _MapCollector:
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("bng_ebpf_map_entries", "Entries in each map of the fast path.",
+                              labels=["map"])
+        for name, n in self.counts().items():
+            g.add_metric([name], n)
+        yield g

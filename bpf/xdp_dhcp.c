@@ -2,8 +2,8 @@
 //
 // A DISCOVER or REQUEST from a subscriber with a valid lease in the `subscribers` map is
 // turned into its OFFER or ACK in place and sent back with XDP_TX. Everything else goes to
-// the slow path (XDP_PASS), counted by reason. The reply's DHCP payload has a fixed size
-// (REPLY_DHCP_LEN), so every offset below is a constant the verifier can check once.
+// the slow path (XDP_PASS), counted by reason. The reply carries the slow path's options in
+// its order, packed, at least 300 bytes of DHCP (RFC 1542).
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
@@ -293,10 +293,9 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     if (!so)
         return pass(CNT_PASS_NO_SUBNET);
 
-    // Options 53, 54, 51, 58, 59, 1, 3, 28, 6, 15, then 82 echoed verbatim, then END, at
-    // fixed offsets, assembled in the scratch map while the request is still intact. Unused room is
-    // PAD (0), which clients skip:
-    //   0..44 fixed | 45..62 option 6 | 63..96 option 15 | 104..167 option 82 | 175 END
+    // Options 53, 54, 51, 58, 59, 1, 3, 28, 6, 15, then 82 echoed verbatim, then END: the
+    // slow path's order, packed, assembled in the scratch map while the request is intact.
+    // Every write past an option's end writes zeros (PAD), so the tail stays clean.
     __u8 *ob = st->reply;
     zero(ob, REPLY_OPTIONS_LEN);
     __be32 sid = lease->server_id, address = lease->address;
@@ -310,27 +309,39 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     ob[27] = 1; ob[28] = 4; __builtin_memcpy(ob + 29, &so->subnet_mask, 4);
     ob[33] = 3; ob[34] = 4; __builtin_memcpy(ob + 35, &so->router, 4);
     ob[39] = 28; ob[40] = 4; __builtin_memcpy(ob + 41, &so->broadcast, 4);
+    __u32 pos = 45;
     if (dns_count > MAX_DNS)
         dns_count = MAX_DNS;
     if (dns_count) {
         ob[45] = 6;
         ob[46] = dns_count * 4;
-#pragma unroll
-        for (int i = 0; i < MAX_DNS; i++)
-            if (i < dns_count)
-                __builtin_memcpy(ob + 47 + i * 4, &so->dns[i], 4);
+        __builtin_memcpy(ob + 47, so->dns, sizeof(so->dns));  // unused slots are zero
+        pos += 2 + dns_count * 4;
     }
-    if (domain_len && domain_len <= MAX_DOMAIN_LEN) {
-        ob[63] = 15;
-        ob[64] = domain_len;
-        __builtin_memcpy(ob + 65, so->domain, MAX_DOMAIN_LEN);  // zero-padded by userspace
+    if (domain_len > MAX_DOMAIN_LEN)
+        domain_len = 0;
+    if (domain_len) {
+        ob[pos] = 15;
+        ob[pos + 1] = domain_len;
+        __builtin_memcpy(ob + pos + 2, so->domain, MAX_DOMAIN_LEN);  // zero-padded
+        pos += 2 + domain_len;
     }
     if (len82) {
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            *(__u64 *)(ob + 104 + i * 8) = *(__u64 *)(relay + i * 8);
+        __builtin_memcpy(ob + pos, relay, sizeof(relay));  // zero-padded
+        pos += 2 + len82;
     }
-    ob[REPLY_OPTIONS_LEN - 1] = 255;
+    ob[pos] = 255;
+    // At least 300 bytes of DHCP (RFC 1542), and a multiple of 4 for bpf_csum_diff.
+    __u32 opts_len = (pos + 1 + 3) & ~3U;
+    if (opts_len < MIN_REPLY_DHCP_LEN - BOOTP_FIXED - 4)
+        opts_len = MIN_REPLY_DHCP_LEN - BOOTP_FIXED - 4;
+    if (opts_len > REPLY_OPTIONS_LEN)
+        return pass(CNT_PASS_LAYOUT);  // cannot happen with the bounds above
+    // Both bounds, on the register the helpers below see (the compiler drops the lower one).
+    opts_len -= MIN_REPLY_DHCP_LEN - BOOTP_FIXED - 4;
+    asm volatile("%0 &= 127" : "+r"(opts_len));
+    opts_len += MIN_REPLY_DHCP_LEN - BOOTP_FIXED - 4;
+    __u32 dhcp_len = BOOTP_FIXED + 4 + opts_len;
 
     __u8 src_mac[6], chaddr[6], if_mac[6];
     __builtin_memcpy(src_mac, eth->h_source, 6);
@@ -338,14 +349,6 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     __builtin_memcpy(if_mac, ifc->mac, 6);
     __be32 giaddr = b->giaddr, ciaddr = b->ciaddr;
     __be16 flags = b->flags;
-    if (msg_type == 3) {
-        // The ACK renews the lease; userspace persists the new expiry from the ring.
-        __u64 expires = now + (__u64)lease_s * 1000000000ULL;
-        __sync_lock_test_and_set(&lease->expires_ns, expires);
-        struct lease_refresh ev = {.address = address, .expires_ns = expires};
-        if (refreshes.ringbuf_output(&ev, sizeof(ev), 0))
-            count(CNT_REFRESH_LOST);
-    }
 
     // RFC 2131 §4.1: to the relay, else to ciaddr, else broadcast when asked, else unicast.
     __u8 reply_type = ob[2];
@@ -367,25 +370,33 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
         __builtin_memcpy(dst_mac, chaddr, 6);
     }
 
-    // Resize to the reply and check the whole of it once.
-    int delta = (int)(l3 + sizeof(struct iphdr) + sizeof(struct udphdr) + REPLY_DHCP_LEN) -
+    // Resize to the reply. A buffer without the tailroom (veth hands XDP small skb heads)
+    // goes to the slow path, counted.
+    int delta = (int)(l3 + sizeof(struct iphdr) + sizeof(struct udphdr) + dhcp_len) -
                 (int)(end - data);
     if (bpf_xdp_adjust_tail(ctx, delta))
-        return pass(CNT_PASS_LAYOUT);
+        return pass(CNT_PASS_NO_ROOM);
+    if (msg_type == 3) {
+        // The ACK renews the lease; userspace persists the new expiry from the ring.
+        __u64 expires = now + (__u64)lease_s * 1000000000ULL;
+        __sync_lock_test_and_set(&lease->expires_ns, expires);
+        struct lease_refresh ev = {.address = address, .expires_ns = expires};
+        if (refreshes.ringbuf_output(&ev, sizeof(ev), 0))
+            count(CNT_REFRESH_LOST);
+    }
     data = (void *)(long)ctx->data;
     end = (void *)(long)ctx->data_end;
     if (l3 > 22)
         return XDP_ABORTED;
     eth = data;
     ip = data + l3;
-    if ((void *)ip + sizeof(struct iphdr) + sizeof(struct udphdr) + REPLY_DHCP_LEN > end ||
+    if ((void *)ip + sizeof(struct iphdr) + sizeof(struct udphdr) + BOOTP_FIXED + 4 > end ||
         (void *)(eth + 1) > end) {
         count(CNT_DROP);
         return XDP_DROP;  // cannot happen after a successful resize; never send half a reply
     }
     udp = (void *)(ip + 1);
     b = (void *)(udp + 1);
-    opts = (void *)(b + 1);
 
     __builtin_memcpy(eth->h_dest, dst_mac, 6);
     __builtin_memcpy(eth->h_source, if_mac, 6);  // VLAN tags stay as they came in
@@ -393,7 +404,7 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     ip->version = 4;
     ip->ihl = 5;
     ip->tos = 0;
-    ip->tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + REPLY_DHCP_LEN);
+    ip->tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + dhcp_len);
     ip->id = 0;
     ip->frag_off = 0;
     ip->ttl = 64;
@@ -405,7 +416,7 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
 
     udp->source = bpf_htons(DHCP_SERVER_PORT);
     udp->dest = dport;
-    udp->len = bpf_htons(sizeof(struct udphdr) + REPLY_DHCP_LEN);
+    udp->len = bpf_htons(sizeof(struct udphdr) + dhcp_len);
     udp->check = 0;
 
     // In place: xid, flags, giaddr, chaddr and the magic cookie are already the request's.
@@ -417,13 +428,18 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     b->siaddr = 0;
     zero(b->sname, sizeof(b->sname) + sizeof(b->file));
 
-#pragma unroll
-    for (int i = 0; i < REPLY_OPTIONS_LEN / 8; i++)
-        *(__u64 *)(opts + i * 8) = *(__u64 *)(ob + i * 8);
-
-    __u64 sum = bpf_csum_diff(0, 0, (void *)udp, sizeof(struct udphdr) + REPLY_DHCP_LEN, 0);
+    __u32 at = l3 + sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct bootp);
+    if (bpf_xdp_store_bytes(ctx, at, ob, opts_len)) {
+        count(CNT_DROP);
+        return XDP_DROP;  // the resize made room for exactly this; never half a reply
+    }
+    // The UDP checksum: headers and fixed fields from the packet, options from the scratch
+    // copy (both even-sized, so the partial sums add up).
+    __u64 sum = bpf_csum_diff(0, 0, (void *)udp, sizeof(struct udphdr) + sizeof(struct bootp),
+                              0);
+    sum = bpf_csum_diff(0, 0, (__be32 *)ob, opts_len, sum);
     sum += (sid & 0xffff) + (sid >> 16) + (dst_ip & 0xffff) + (dst_ip >> 16);
-    sum += bpf_htons(IPPROTO_UDP) + bpf_htons(sizeof(struct udphdr) + REPLY_DHCP_LEN);
+    sum += bpf_htons(IPPROTO_UDP) + bpf_htons(sizeof(struct udphdr) + dhcp_len);
     __u16 csum = fold(sum);
     udp->check = csum ? csum : 0xffff;
 

@@ -50,13 +50,15 @@ def bpffs() -> Path:
 
 
 @pytest.fixture(scope="session")
-def _netlab_leftovers() -> None:
+def _netlab_leftovers() -> Iterator[None]:
     _require_root()
-    from bng_operator.testing.netlab import remove_leftovers
+    from bng_operator.testing.netlab import remove_leftovers, unmount_bpffs
 
     removed = remove_leftovers()
     if removed:
         print(f"removed {len(removed)} namespaces left by crashed runs: {removed}")
+    yield
+    unmount_bpffs()  # the labs' pin filesystem, if no other run still uses it
 
 
 @pytest.fixture

@@ -10,12 +10,13 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bng_operator import netlink
 from bng_operator.agent import http
 from bng_operator.agent.config import ConfigError, NodeConfig
 from bng_operator.agent.dhcp.codec import Malformed, decode, encode
-from bng_operator.agent.dhcp.leases import LeaseStore
+from bng_operator.agent.dhcp.leases import Lease, LeaseStore
 from bng_operator.agent.dhcp.server import Context, DhcpServer
 from bng_operator.agent.dhcp.transport import (
     BROADCAST_IP,
@@ -25,6 +26,9 @@ from bng_operator.agent.dhcp.transport import (
     reply_destination,
 )
 from bng_operator.agent.sources import Source, load_node_config
+
+if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when the fast path is on
+    from bng_operator.agent.dataplane.cache import SubscriberCache
 from bng_operator.metrics import AgentMetrics
 
 log = logging.getLogger("bng.agent")
@@ -37,6 +41,23 @@ class AgentSettings:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9641
     tick: float = 1.0  # how often leases, offers and declines are expired
+    fast_path: bool = True  # the XDP program on the access interfaces
+    bpf_pin_root: Path = Path("/sys/fs/bpf/bng")
+    xdp_mode: netlink.XDPMode = "native"
+    sync_interval: float = 0.5  # how often fast-path renewals reach the lease store (<= 1 s)
+    expiry_grace: float = 2.0  # leases end this late, for renewals still on their way up
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A reply waiting for the lease store's commit."""
+
+    iface: AccessInterface
+    wire: bytes
+    mtype: str
+    kind: str
+    t0: float
+    lease: Lease | None  # bound by this reply: into the fast path once it is on disk
 
 
 @dataclass
@@ -48,9 +69,10 @@ class Agent:
     store: LeaseStore | None = None
     interfaces: dict[str, AccessInterface] = field(default_factory=dict)
     config: NodeConfig | None = None
+    cache: SubscriberCache | None = None
     _problem: str = "starting"
-    _after_commit: dict[asyncio.Future[None], list[tuple[AccessInterface, bytes, str, str, float]]] \
-        = field(default_factory=dict)
+    _after_commit: dict[asyncio.Future[None], list[_Pending]] = field(default_factory=dict)
+    _attached: set[str] = field(default_factory=set)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -67,8 +89,14 @@ class Agent:
             log.warning("stored lease of %s on %s has no pool on this node any more; it is "
                         "served again only if the client asks anew", orphan.identity,
                         IPv4Address(orphan.address))
+        if self.settings.fast_path:
+            self._start_fast_path()
         self.server.expire()
         await self.store.commit()
+        if self.cache is not None:
+            n = self.cache.warm(self.server.by_address.values())
+            log.info("fast path: %d subscribers in the maps (generation %s%s)", n,
+                     self.cache.fp.generation, ", adopted" if self.cache.fp.adopted_maps else "")
         log.info("node %s: %d leases restored from %s, %d pools, %d classes, source %s",
                  self.config.node_name, len(self.server.by_address), path,
                  len(self.config.pools), len(self.config.classes), self.source.describe())
@@ -76,19 +104,26 @@ class Agent:
                                 self.metrics.registry, self.ready)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        ticker = asyncio.create_task(self._tick(stop))
+        tasks = [asyncio.create_task(self._tick(stop))]
+        if self.cache is not None:
+            tasks.append(asyncio.create_task(self._sync_fast_path(stop)))
         try:
             await stop.wait()
         finally:
-            ticker.cancel()
+            for t in tasks:
+                t.cancel()
             site.close()
             for iface in self.interfaces.values():
                 loop.remove_reader(iface.fileno())
                 iface.close()
             self.interfaces.clear()
+            if self.cache is not None:
+                self._persist_renewals()
             with contextlib.suppress(Exception):
                 await self.store.commit()
             self.store.close()
+            if self.cache is not None:  # the program and its maps stay: DHCP goes on
+                self.cache.fp.close()
 
     def ready(self) -> tuple[bool, str]:
         return (self._problem == "", self._problem or "ready")
@@ -101,9 +136,16 @@ class Agent:
             self.metrics.config_loaded.set(0)
             log.error("reload failed, still serving the previous configuration: %s", e)
             return
-        assert self.server is not None
+        assert self.server is not None and self.config is not None
+        if config.max_leases != self.config.max_leases and self.cache is not None:
+            log.warning("maxLeases changed to %d: the fast path's maps keep their size until the "
+                        "agent restarts", config.max_leases)
         self.server.reconfigure(config)
         self.config = config
+        if self.cache is not None:
+            dropped = self.cache.reconfigure(config, list(self.server.by_address.values()))
+            log.info("fast path: options updated, %d entries dropped to be classified anew",
+                     dropped)
         self.metrics.config_loaded.set(1)
         log.info("configuration reloaded: %d pools, %d classes", len(config.pools),
                  len(config.classes))
@@ -135,6 +177,8 @@ class Agent:
             loop.add_reader(iface.fileno(), self._on_readable, iface)
             log.info("serving DHCP on %s (%s)", name,
                      ", ".join(str(a) for a in iface.addresses) or "no IPv4 address")
+        if self.cache is not None:
+            await loop.run_in_executor(None, self._attach_fast_path)
         problem = f"access interfaces missing: {', '.join(missing)}" if missing else ""
         if problem and problem != self._problem:
             log.error("%s; retrying every %ss", problem, self.settings.tick)
@@ -142,8 +186,83 @@ class Agent:
 
     def _expire(self) -> None:
         assert self.server is not None and self.store is not None
-        if self.server.expire():
+        if self.cache is not None:
+            self._persist_renewals()  # first: a lease the kernel just renewed must not end
+        if self.server.expire(self.settings.expiry_grace if self.cache else 0.0):
             self._commit_quietly()
+
+    # --- the fast path -----------------------------------------------------------------------
+
+    def _start_fast_path(self) -> None:
+        """Load or adopt the XDP program and its maps; take in the renewals it answered while
+        no agent ran. Without it the agent still serves, from the slow path alone."""
+        from bng_operator.agent.dataplane.cache import SubscriberCache
+        from bng_operator.agent.dataplane.fastpath import FastPath
+        from bng_operator.agent.dataplane.loader import DataplaneError
+
+        assert self.config is not None and self.server is not None
+        try:
+            fp = FastPath(self.config.max_leases, self.settings.bpf_pin_root)
+        except DataplaneError as e:
+            log.error("fast path unavailable, serving from the slow path only: %s", e)
+            self.metrics.fast_errors.labels("load").inc()
+            return
+        self.cache = SubscriberCache(fp, self.config,
+                                     lambda op: self.metrics.fast_errors.labels(op).inc())
+        if fp.adopted_maps:
+            moved = sum(1 for a, t in fp.expiries().items() if self.server.extend(a, t))
+            log.info("fast path: adopted generation %s; %d lease ends moved by renewals it "
+                     "answered", fp.generation, moved)
+        self._persist_renewals()
+        self.server.on_unbind = self.cache.unbound
+        self.metrics.kernel_counters(fp.counters())
+        self.metrics.watch_maps(self.cache.counts)
+
+    def _attach_fast_path(self) -> None:
+        """Attach to every open access interface (worker thread: it talks netlink)."""
+        assert self.cache is not None
+        fp = self.cache.fp
+        for name, iface in self.interfaces.items():
+            try:
+                fp.put_interface(iface.index, iface.mac)
+                if name in self._attached and fp.is_attached(name):
+                    continue
+                how = fp.attach(name, None, self.settings.xdp_mode)
+            except Exception as e:
+                self._attached.discard(name)
+                self.metrics.program_attached.labels("xdp_dhcp", name).set(0)
+                log.error("fast path: attaching to %s failed: %s; the slow path serves it",
+                          name, e)
+                continue
+            if name in self._attached:
+                log.warning("fast path: the program on %s had been replaced or removed; "
+                            "attached it again", name)
+            self._attached.add(name)
+            self.metrics.program_attached.labels("xdp_dhcp", name).set(1)
+            log.info("fast path on %s: program %s (%s mode, generation %s)", name, how,
+                     self.settings.xdp_mode, fp.generation)
+        if self._attached and self._attached == set(self.config.access_interfaces if
+                                                    self.config else ()):
+            for gen in fp.remove_other_generations():
+                log.info("fast path: removed generation %s, no longer attached", gen)
+
+    async def _sync_fast_path(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                self._persist_renewals()
+            except Exception:  # the syncer must outlive any one bad round
+                log.exception("fast path sync failed; retrying")
+            await asyncio.sleep(self.settings.sync_interval)
+
+    def _persist_renewals(self) -> None:
+        """Renewals the kernel answered: their new lease ends go to the store (one commit)."""
+        assert self.cache is not None and self.server is not None
+        fp = self.cache.fp
+        n = sum(1 for a, t in fp.refreshes() if self.server.extend(a, t))
+        if n:
+            self.metrics.fast_refreshes.inc(n)
+            self._commit_quietly()
+        self.metrics.kernel_counters(fp.counters())
 
     def _commit_quietly(self) -> None:
         assert self.store is not None
@@ -207,17 +326,21 @@ class Agent:
         if sends is None:
             sends = self._after_commit[fut] = []
             fut.add_done_callback(self._send_committed)
-        sends.append((iface, wire, mtype, out.kind, t0))
+        lease = self.server.by_address.get(int(out.reply.yiaddr)) if out.kind == "ack" else None
+        sends.append(_Pending(iface, wire, mtype, out.kind, t0, lease))
 
     def _send_committed(self, fut: asyncio.Future[None]) -> None:
         """The replies waiting for this commit: sent if it reached the disk, else dropped."""
         self._log_commit_error(fut)
         ok = not fut.cancelled() and fut.exception() is None
-        for iface, wire, mtype, kind, t0 in self._after_commit.pop(fut, []):
-            if ok:
-                self._send(iface, wire, mtype, kind, t0)
-            else:  # no ACK for a lease that is not on disk
-                self.metrics.request(mtype, "slow", "store_error")
+        for p in self._after_commit.pop(fut, []):
+            if not ok:  # no ACK for a lease that is not on disk
+                self.metrics.request(p.mtype, "slow", "store_error")
+                continue
+            if p.lease is not None and self.cache is not None and \
+                    self.server is not None and self.server.by_address.get(p.lease.address) is p.lease:
+                self.cache.bound(p.lease)  # still bound: not released while on its way
+            self._send(p.iface, p.wire, p.mtype, p.kind, p.t0)
 
     def _send(self, iface: AccessInterface, wire: bytes, mtype: str, kind: str,
               t0: float) -> None:

@@ -51,6 +51,41 @@ def dhclient(ns: str, iface: str, workdir: Path, timeout: float = 20,
                        opt("domain-name"))
 
 
+def dhclient_renewing(ns: str, iface: str, workdir: Path, every: int = 2,
+                      ) -> subprocess.Popen[bytes]:
+    """dhclient as a daemon that renews every ``every`` seconds (its config overrides T1):
+    RENEWING requests, unicast to the server, as a real CPE sends them. The caller stops it;
+    ``lease_history`` reads what it was given."""
+    conf = workdir / f"dhclient-{ns}.conf"
+    conf.write_text(f"supersede dhcp-renewal-time {every};\n")
+    leases, pid = workdir / f"dhclient-{ns}.leases", workdir / f"dhclient-{ns}.pid"
+    log = open(workdir / f"dhclient-{ns}.log", "ab")  # noqa: SIM115 - owned by the process
+    return subprocess.Popen(_ns(ns, "dhclient", "-d", "-v", "-cf", str(conf), "-lf", str(leases),
+                                "-pf", str(pid), iface), stdout=log, stderr=subprocess.STDOUT)
+
+
+def dhclient_acks(ns: str, workdir: Path) -> list[str]:
+    """The DHCPACKs a ``dhclient_renewing`` client logged: "<address> from <server>"."""
+    path = workdir / f"dhclient-{ns}.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return re.findall(r"^DHCPACK of (\S+ from \S+)", text, re.M)
+
+
+def lease_history(ns: str, workdir: Path) -> list[dict[str, str]]:
+    """The lease blocks in dhclient's lease file, oldest first, as {option: value}. dhclient
+    rewrites the file as it goes, so the last block is the current lease."""
+    path = workdir / f"dhclient-{ns}.leases"
+    text = path.read_text() if path.exists() else ""
+    out = []
+    for block in text.split("lease {")[1:]:
+        fields = dict(re.findall(r"option ([\w-]+) ([^;]+);", block))
+        address = re.search(r"fixed-address ([\d.]+);", block)
+        if address:
+            fields["fixed-address"] = address.group(1)
+        out.append({k: v.strip('"') for k, v in fields.items()})
+    return out
+
+
 def dhclient_release(ns: str, iface: str, workdir: Path) -> None:
     leases, pid = workdir / f"dhclient-{ns}.leases", workdir / f"dhclient-{ns}.pid"
     subprocess.run(_ns(ns, "dhclient", "-r", "-lf", str(leases), "-pf", str(pid), iface),

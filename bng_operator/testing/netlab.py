@@ -35,6 +35,30 @@ def kill_processes(ns: str) -> None:
 
 
 ETC_NETNS = Path("/etc/netns")
+# `ip netns exec` mounts a fresh /sys, which hides /sys/fs/bpf; a bpffs mounted elsewhere
+# before the namespaces are entered is seen from inside them.
+BPF_PINS = Path("/run/bng-test/bpffs")
+
+
+def mount_bpffs() -> Path:
+    """The bpffs that labs pin under, mounted if it is not."""
+    with open("/proc/mounts") as f:
+        if any(line.split()[1] == str(BPF_PINS) for line in f):
+            return BPF_PINS
+    BPF_PINS.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(BPF_PINS)], check=True)
+    return BPF_PINS
+
+
+def unmount_bpffs() -> None:
+    """Unmount the labs' bpffs once no lab pins anything in it."""
+    with open("/proc/mounts") as f:
+        mounted = any(line.split()[1] == str(BPF_PINS) for line in f)
+    if mounted and not any(BPF_PINS.iterdir()):
+        subprocess.run(["umount", str(BPF_PINS)], check=False)
+        with contextlib.suppress(OSError):
+            BPF_PINS.rmdir()
+            BPF_PINS.parent.rmdir()
 
 
 def remove_netns(ns: str) -> None:
@@ -53,6 +77,11 @@ def remove_leftovers(prefix: str = PREFIX, only_dead: bool = True) -> list[str]:
         if m and not (only_dead and _alive(int(m.group(1)))):
             remove_netns(name)
             removed.append(name)
+    if BPF_PINS.is_dir():  # fast-path pins of labs whose process is gone
+        for d in BPF_PINS.iterdir():
+            m = pattern.match(d.name + "-")
+            if m and not (only_dead and _alive(int(m.group(1)))):
+                shutil.rmtree(d, ignore_errors=True)
     if ETC_NETNS.is_dir():  # per-namespace /etc files whose namespace is gone
         live = set(netlink.list_netns())
         for d in ETC_NETNS.iterdir():
@@ -112,9 +141,15 @@ class NetLab:
         """Start a command inside ``ns``; the caller stops it."""
         return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)  # type: ignore[call-overload, no-any-return]
 
+    @property
+    def bpf_dir(self) -> Path:
+        """Where an agent of this lab pins its fast path (removed with the lab)."""
+        return mount_bpffs() / self.tag
+
     def close(self) -> None:
         for ns in reversed(self.namespaces):
             remove_netns(ns)
         self.namespaces.clear()
+        shutil.rmtree(self.bpf_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # only if empty: other labs may still use it
             ETC_NETNS.rmdir()

@@ -76,6 +76,10 @@ class Site:
             lab.link(self.switch, "prelay", self.relay, "eth0", addr_b=RELAY_ADDRESS)
             ports.append("prelay")
         lab.bridge(self.switch, "br0", ports)
+        # veth drops native XDP_TX frames unless the peer runs an XDP program of its own.
+        from bng_operator.agent.dataplane.loader import attach_xdp_pass
+
+        attach_xdp_pass("up0", self.switch)
         if option82:
             self._access_node(option82)
         return self
@@ -104,7 +108,8 @@ class Site:
     def start_agent(self, *extra: str, timeout: float = 20) -> None:
         cmd = [sys.executable, "-m", "bng_operator", "agent", "--node", self.node,
                "--state-dir", str(self.state_dir), "--log-level", "debug",
-               "--metrics-port", str(self.metrics_port), *extra]
+               "--metrics-port", str(self.metrics_port), "--bpf-dir", str(self.lab.bpf_dir),
+               *extra]
         for c in self.config:
             cmd += ["--config", str(c)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process

@@ -7,8 +7,8 @@
 #define DHCP_CLIENT_PORT 68
 #define BOOTP_FIXED 236            // BOOTP fields before the magic cookie
 #define DHCP_MAGIC 0x63825363
-#define REPLY_OPTIONS_LEN 176      // fixed options area of a fast-path reply
-#define REPLY_DHCP_LEN (BOOTP_FIXED + 4 + REPLY_OPTIONS_LEN)   // 416: >= 300 (RFC 1542)
+#define REPLY_OPTIONS_LEN 176      // room for a fast-path reply's options (at most 164 used)
+#define MIN_REPLY_DHCP_LEN 300     // RFC 1542: shorter BOOTP messages may be dropped
 #define MAX_RELAY_AGENT_LEN 62     // longest option 82 the fast path echoes (value bytes)
 #define MAX_CLIENT_ID_LEN 32       // longest option 61 the fast path compares
 #define MAX_DNS 4                  // option 6 servers in a fast-path reply
@@ -30,6 +30,7 @@ enum fastpath_counter {
     CNT_PASS_LAYOUT,
     CNT_PASS_NO_INTERFACE,
     CNT_PASS_NO_SUBNET,
+    CNT_PASS_NO_ROOM,              // the frame's buffer could not grow to the reply
     CNT_DROP,
     CNT_REFRESH_LOST,              // an ACK whose new expiry could not be queued to userspace
     CNT_MAX,

@@ -33,6 +33,7 @@ from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
     BPFObject,
     DataplaneError,
+    bpf_mount_of,
     pin_fd,
     pinned_fd,
     program_fd_by_id,
@@ -44,12 +45,12 @@ from bng_operator.netlink import XDPMode
 SOURCE = Path(BPF_DIR) / "xdp_dhcp.c"
 PROGRAM = "xdp_dhcp"
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/bng")
-REPLY_DHCP_LEN = 416
+MIN_REPLY_DHCP_LEN = 300
 MAX_SUBNETS = 1024
 # enum fastpath_counter, in order.
 COUNTERS = ("offer", "ack", "pass_not_dhcp", "pass_malformed", "pass_miss", "pass_expired",
             "pass_wrong_address", "pass_changed", "pass_other_type", "pass_layout",
-            "pass_no_interface", "pass_no_subnet", "drop", "refresh_lost")
+            "pass_no_interface", "pass_no_subnet", "pass_no_room", "drop", "refresh_lost")
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 Attached = Literal["adopted", "attached", "replaced"]
 
@@ -125,6 +126,9 @@ class FastPath:
         self.pin_dir: Path | None = None
         self.adopted_maps = False
         if pin_root is not None:
+            if bpf_mount_of(pin_root) is None:
+                raise DataplaneError(f"{pin_root} is not on a bpf filesystem; mount one: "
+                                     f"mount -t bpf bpf {DEFAULT_PIN_ROOT.parent}")
             self.pin_dir = pin_root / self.generation
             self.adopted_maps = (self.pin_dir / "subscribers").exists()
             self.pin_dir.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,19 @@ class DataplaneError(RuntimeError):
     """The kernel refused something; the message says what and what to do."""
 
 
-def bpffs_mounted(path: Path = BPFFS) -> bool:
+def bpf_mount_of(path: Path) -> Path | None:
+    """The bpf filesystem ``path`` is on (it need not exist yet), or None if it is on none."""
     with open("/proc/mounts") as f:
-        return any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in f)
+        mounts = {Path(p[1]): p[2] for p in (line.split() for line in f)}
+    path = path.absolute()
+    for candidate in (path, *path.parents):
+        if candidate in mounts:
+            return candidate if mounts[candidate] == "bpf" else None
+    return None
+
+
+def bpffs_mounted(path: Path = BPFFS) -> bool:
+    return bpf_mount_of(path) == path
 
 
 def pinned_fd(path: Path) -> int | None:
@@ -48,8 +58,8 @@ def pinned_fd(path: Path) -> int | None:
 
 
 def pin_fd(fd: int, path: Path) -> None:
-    if not bpffs_mounted():
-        raise DataplaneError(f"{BPFFS} is not a bpf filesystem: mount -t bpf bpf {BPFFS}")
+    if bpf_mount_of(path) is None:
+        raise DataplaneError(f"{path} is not on a bpf filesystem: mount -t bpf bpf {BPFFS}")
     path.parent.mkdir(parents=True, exist_ok=True)
     rc = libbcc.lib.bpf_obj_pin(fd, str(path).encode())
     if rc != 0:  # libbpf returns -errno
@@ -149,3 +159,14 @@ class BPFObject:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def attach_xdp_pass(ifname: str, ns: str | None = None) -> None:
+    """Attach bpf/xdp_pass.c: the veth peer of an XDP_TX interface needs a program to take
+    those frames (see the file)."""
+    obj = BPFObject(BPF_DIR / "xdp_pass.c")
+    try:
+        netlink.attach_xdp(ifname, obj.load_xdp("xdp_pass"), ns, "native")
+    finally:
+        obj.close(keep=True)  # attached programs outlive the fd; the link owns it now
+

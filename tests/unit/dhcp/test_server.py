@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -365,3 +366,56 @@ def test_class_match_fields(match: dict[str, object], msg_kw: dict[str, object],
     out = s.handle(request(D, mac, **msg_kw), ctx)  # type: ignore[arg-type]
     in_business = out.reply is not None and out.reply.yiaddr in IPv4Network("198.51.100.0/24")
     assert in_business == hit
+
+
+def test_a_lease_records_the_request_the_fast_path_must_see_again() -> None:
+    s, store, _ = server()
+    ctx = Context("access0", CTX.server_addresses, (100,))
+    kw = {"remote": "res-7", "giaddr": "100.64.0.2"}
+    offer = s.handle(request(D, **kw), ctx).reply  # type: ignore[arg-type]
+    assert offer is not None
+    s.handle(request(R, requested=ip(offer), **kw), ctx)  # type: ignore[arg-type]
+    lease = store.leases[int(offer.yiaddr)]
+    assert (lease.vlan, IPv4Address(lease.giaddr), IPv4Address(lease.server_id)) == \
+        (100, IPv4Address("100.64.0.2"), IPv4Address("100.64.0.1"))
+    assert lease.relay_agent == relay82(None, "res-7") and lease.lease_seconds == 4 * 3600
+
+
+def test_renewals_answered_elsewhere_extend_leases_and_expiry_waits_for_them() -> None:
+    s, store, clock = server()
+    ack = dora(s, **RES)
+    addr = int(ack.yiaddr)
+    ends = store.leases[addr].expires
+    unbound: list[int] = []
+    s.on_unbind = lambda lease: unbound.append(lease.address)
+    assert s.extend(addr, ends - 10) is None  # never backwards
+    assert s.extend(addr, ends + 100) is not None and store.leases[addr].expires == ends + 100
+    clock.t = ends + 50  # the old end has passed; the extended one has not
+    assert s.expire() == [] and unbound == []
+    clock.t = ends + 101
+    assert s.expire(grace=2.0) == []  # within the grace a late renewal may still arrive
+    clock.t = ends + 103
+    assert [lease.address for lease in s.expire(grace=2.0)] == [addr] and unbound == [addr]
+
+
+def test_a_store_written_by_an_older_agent_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    from bng_operator.agent.dhcp.leases import LeaseStore
+
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.execute("CREATE TABLE leases (address INTEGER PRIMARY KEY, identity TEXT NOT NULL UNIQUE,"
+               " mac TEXT NOT NULL, client_id TEXT, circuit_id TEXT, remote_id TEXT, pool TEXT "
+               "NOT NULL, class TEXT NOT NULL, expires REAL NOT NULL, hostname TEXT, bound_at "
+               "REAL NOT NULL, state TEXT NOT NULL)")
+    db.execute("INSERT INTO leases VALUES (1684275220, 'mac:02:00:00:00:00:01', "
+               "'02:00:00:00:00:01', NULL, NULL, NULL, 'residential', 'default', 2e9, NULL, "
+               "1e9, 'bound')")
+    db.commit()
+    db.close()
+    store = LeaseStore(tmp_path / "old.sqlite")
+    (lease,), _ = store.load()
+    store.close()
+    assert lease.identity == "mac:02:00:00:00:00:01"
+    assert (lease.vlan, lease.giaddr, lease.server_id, lease.relay_agent, lease.lease_seconds) \
+        == (0, 0, 0, None, 0)

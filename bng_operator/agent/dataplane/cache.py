@@ -1,0 +1,119 @@
+"""The fast path's maps kept as a cache of the slow path's bound leases.
+
+The slow path owns every decision; this writes its results into the maps: an entry after a
+committed ACK, removal when a lease ends, subnet options and invalidation on reconfiguration,
+and a full warm from the lease store at start. A map error costs the fast path an entry, never
+the slow path a reply: it is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from bng_operator.agent.config import NodeConfig
+from bng_operator.agent.dataplane.entries import entry_for, stale, subnet_options
+from bng_operator.agent.dataplane.fastpath import FastPath
+from bng_operator.agent.dhcp.leases import Lease
+
+log = logging.getLogger("bng.fastpath")
+
+Key = tuple[bool, int, bytes]
+
+
+class SubscriberCache:
+    def __init__(self, fp: FastPath, config: NodeConfig,
+                 on_error: Callable[[str], None] = lambda op: None) -> None:
+        self.fp = fp
+        self.config = config
+        self.on_error = on_error
+        self.keys: dict[int, Key] = {}  # lease address -> its entry's key
+        self.subnets: set[int] = set()
+        self.unservable: set[str] = set()  # pools whose options the fast path cannot carry
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    def warm(self, leases: Iterable[Lease]) -> int:
+        """Make the maps hold exactly the bound leases. Returns the number of entries."""
+        self._write_subnets()
+        entries = {}
+        for lease in leases:
+            e = entry_for(lease, self.config)
+            if e is not None:
+                entries[lease.address] = e
+        wanted = {e.key for e in entries.values()}
+        existing = self.fp.keys() if self.fp.adopted_maps else set()
+        for key in existing - wanted:
+            self.fp.delete(key)
+        self.fp.put_many(list(entries.values()))
+        self.keys = {a: e.key for a, e in entries.items()}
+        return len(entries)
+
+    def _write_subnets(self) -> None:
+        wanted: set[int] = set()
+        for pool in self.config.pools.values():
+            for sc in pool.subnets:
+                so = subnet_options(sc)
+                if so is None:
+                    if pool.name not in self.unservable:
+                        log.warning("pool %s: its options do not fit the fast path's reply "
+                                    "(at most 4 DNS servers and a 32-byte domain); its "
+                                    "subscribers are answered by the slow path", pool.name)
+                    self.unservable.add(pool.name)
+                    continue
+                self.fp.put_subnet(so)
+                wanted.add(so.network)
+        for network in (self.fp.subnet_keys() if self.fp.adopted_maps else self.subnets) - wanted:
+            self.fp.delete_subnet(network)
+        self.subnets = wanted
+
+    # --- the packet path's results -----------------------------------------------------------------
+
+    def bound(self, lease: Lease) -> None:
+        """A committed ACK: the fast path answers this client's next request."""
+        e = entry_for(lease, self.config)
+        old = self.keys.get(lease.address)
+        try:
+            if old is not None and (e is None or old != e.key):
+                self.fp.delete(old)
+                del self.keys[lease.address]
+            if e is not None:
+                self.fp.put(e)
+                self.keys[lease.address] = e.key
+        except Exception as err:
+            self._failed("put", lease, err)
+
+    def unbound(self, lease: Lease) -> None:
+        """Released, declined, expired or moved: the slow path answers from now on."""
+        key = self.keys.pop(lease.address, None)
+        if key is None:
+            return
+        try:
+            self.fp.delete(key)
+        except Exception as err:
+            self._failed("delete", lease, err)
+
+    def _failed(self, op: str, lease: Lease, err: Exception) -> None:
+        self.on_error(op)
+        log.error("fast path: %s of the entry of %s failed: %s; the slow path answers it",
+                  op, lease.identity, err)
+
+    # --- configuration -------------------------------------------------------------------------
+
+    def reconfigure(self, config: NodeConfig, leases: Iterable[Lease]) -> int:
+        """New options reach the subnet map at once; an entry whose answer may change
+        otherwise is dropped, so its next request is classified anew. Returns how many."""
+        old, self.config = self.config, config
+        self._write_subnets()
+        dropped = 0
+        for lease in leases:
+            if lease.address in self.keys and (stale(lease, old, config)
+                                               or entry_for(lease, config) is None):
+                self.unbound(lease)
+                dropped += 1
+        return dropped
+
+    def counts(self) -> dict[str, int]:
+        circuits = sum(1 for k in self.keys.values() if k[0])
+        return {"subscribers": len(self.keys) - circuits, "circuits": circuits,
+                "subnet_options": len(self.subnets)}

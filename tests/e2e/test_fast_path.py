@@ -1,0 +1,149 @@
+"""The XDP fast path with real dhclient subscribers: renewals answered in the kernel, across
+an agent killed with -9, a restart, and a change of DNS servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bng_operator import netlink
+from bng_operator.testing import clients
+from bng_operator.testing.site import Site
+
+RENEW_EVERY = 2  # seconds; dhclient's config overrides T1
+SUBSCRIBERS = 2
+FAST_ACKS = 'bng_dhcp_requests_total{path="fast",result="ack",type="request"}'
+
+
+def _slow_requests(site: Site) -> float:
+    return sum(v for k, v in site.metrics().items()
+               if k.startswith("bng_dhcp_requests_total{") and 'path="slow"' in k
+               and 'type="request"' in k)
+
+
+def _wait(what: str, pred: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _history(site: Site, tmp_path: Path) -> list[list[dict[str, str]]]:
+    return [clients.lease_history(ns, tmp_path) for ns in site.subscribers]
+
+
+def _acks(site: Site, tmp_path: Path) -> list[list[str]]:
+    return [clients.dhclient_acks(ns, tmp_path) for ns in site.subscribers]
+
+
+@pytest.fixture
+def renewing(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[Site]:
+    """A site whose subscribers run dhclient renewing every RENEW_EVERY seconds."""
+    site = make_site(subscribers=SUBSCRIBERS)
+    site.start_agent()
+    procs = [clients.dhclient_renewing(ns, "eth0", tmp_path, RENEW_EVERY)
+             for ns in site.subscribers]
+    try:
+        _wait("every client bound", lambda: all(_history(site, tmp_path)))
+        yield site
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_dhclient_renewals_are_answered_by_xdp(renewing: Site, tmp_path: Path) -> None:
+    site = renewing
+    _wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
+    slow = _slow_requests(site)
+    fast = site.metrics()[FAST_ACKS]
+    before = [len(a) for a in _acks(site, tmp_path)]
+    _wait("two more renewals per client",
+          lambda: site.metrics().get(FAST_ACKS, 0) >= fast + 2 * SUBSCRIBERS)
+    m = site.metrics()
+    assert _slow_requests(site) == slow  # the slow path saw none of them
+    for n, acks in zip(before, _acks(site, tmp_path), strict=True):
+        assert len(acks) >= n + 2  # the clients got them
+        assert len(set(acks)) == 1  # the same address from the same server every time
+    for h in _history(site, tmp_path):
+        assert h[-1]["dhcp-server-identifier"] == "100.64.0.1"
+        assert h[-1]["domain-name-servers"] == "192.0.2.53,192.0.2.54"
+    assert m['bng_ebpf_map_entries{map="subscribers"}'] == SUBSCRIBERS
+    assert m[f'bng_ebpf_program_attached{{interface="{site.access}",program="xdp_dhcp"}}'] == 1
+    assert m["bng_fastpath_renewals_persisted_total"] >= 2 * SUBSCRIBERS
+    assert 0 < m["bng_fastpath_hit_ratio"] <= 1
+
+
+def _stored_expiries(site: Site) -> dict[str, float]:
+    db = sqlite3.connect(site.state_dir / f"leases-{site.node}.sqlite")
+    try:
+        return {mac: exp for mac, exp in db.execute(
+            "SELECT mac, expires FROM leases WHERE state = 'bound'")}
+    finally:
+        db.close()
+
+
+def test_kill_9_keeps_renewals_answered_and_a_restart_loses_nothing(renewing: Site,
+                                                                    tmp_path: Path) -> None:
+    site = renewing
+    _wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
+    program = netlink.xdp_program_id(site.access, site.bng)
+    assert program is not None
+    site.stop_agent(signal.SIGKILL)
+    killed_at = time.time()
+    counts = [len(a) for a in _acks(site, tmp_path)]
+    _wait("renewals answered with no agent running",
+          lambda: all(len(a) >= n + 2 for n, a in zip(counts, _acks(site, tmp_path),
+                                                      strict=True)), timeout=20)
+    assert netlink.xdp_program_id(site.access, site.bng) == program
+
+    site.start_agent()
+    assert netlink.xdp_program_id(site.access, site.bng) == program  # adopted, not reloaded
+    assert any("adopted" in str(e.get("msg")) for e in site.log_events())
+    m = site.metrics()
+    assert m["bng_leases_active"] == SUBSCRIBERS
+    assert m['bng_ebpf_map_entries{map="subscribers"}'] == SUBSCRIBERS
+    slow = _slow_requests(site)
+    fast = m.get(FAST_ACKS, 0)
+    _wait("renewals after the restart", lambda: site.metrics().get(FAST_ACKS, 0) >= fast + SUBSCRIBERS)
+    assert _slow_requests(site) == slow
+    # The renewals answered while no agent ran moved the stored lease ends: they were taken
+    # from the pinned maps at start, not lost.
+    lease_time = 4 * 3600
+    stored = _stored_expiries(site)
+    assert len(stored) == SUBSCRIBERS
+    assert all(exp >= killed_at + lease_time for exp in stored.values()), stored
+
+
+def test_a_dns_change_reaches_the_next_fast_reply(renewing: Site, tmp_path: Path) -> None:
+    site = renewing
+    _wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
+    pool = site.config[0] / "ippool-residential.yaml"
+    pool.write_text(pool.read_text().replace("192.0.2.54", "192.0.2.99"))
+    slow = _slow_requests(site)
+    assert site.agent is not None
+    os.kill(site.agent.pid, signal.SIGHUP)
+    _wait("the new DNS servers in every client's lease",
+          lambda: all(h[-1].get("domain-name-servers") == "192.0.2.53,192.0.2.99"
+                      for h in _history(site, tmp_path)), timeout=20)
+    assert _slow_requests(site) == slow  # the fast path carried the change
+
+
+def test_the_agent_leaves_no_fast_path_behind_when_removed(renewing: Site) -> None:
+    """Uninstall: `bng fastpath-remove` detaches the program and unpins its maps."""
+    site = renewing
+    site.stop_agent()
+    assert netlink.xdp_program_id(site.access, site.bng) is not None  # stays after exit
+    site.lab.run(site.bng, sys.executable, "-m", "bng_operator", "fastpath-remove", "--interface",
+                 site.access, "--bpf-dir", str(site.lab.bpf_dir))
+    assert netlink.xdp_program_id(site.access, site.bng) is None
+    assert not site.lab.bpf_dir.exists()

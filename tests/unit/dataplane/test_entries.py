@@ -1,0 +1,104 @@
+"""What the fast path may answer for a lease (pure functions: no BPF, no root)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import IPv4Address
+
+import pytest
+
+from bng_operator.agent.config import NodeConfig
+from bng_operator.agent.dataplane.entries import entry_for, stale, subnet_options
+from bng_operator.agent.dhcp.leases import Lease
+from bng_operator.api import IPPool, SubscriberClass
+from tests.dhcp_env import sample_config
+
+MAC = "02:00:00:00:00:01"
+O82 = b"\x01\x04olt1\x02\x07res-100"
+
+
+def _lease(**kw: object) -> Lease:
+    fields: dict[str, object] = {
+        "address": int(IPv4Address("100.64.0.20")), "identity": f"mac:{MAC}", "mac": MAC,
+        "client_id": None, "circuit_id": None, "remote_id": None, "pool": "residential",
+        "subscriber_class": "residential", "expires": 2e9, "hostname": None, "bound_at": 1e9,
+        "server_id": int(IPv4Address("100.64.0.1")), "lease_seconds": 3600}
+    fields.update(kw)
+    return Lease(**fields)  # type: ignore[arg-type]
+
+
+CONFIG = sample_config()
+
+
+@pytest.mark.parametrize(("lease", "by_circuit", "relay", "client_id"), [
+    (_lease(), False, b"", b""),
+    (_lease(client_id="0102"), False, b"", b"\x01\x02"),
+    (_lease(relay_agent=O82), False, bytes([82, len(O82)]) + O82, b""),
+    (_lease(identity="remote:res-100", relay_agent=O82), True, bytes([82, len(O82)]) + O82, b""),
+    (_lease(identity="circuit:olt1", relay_agent=O82, client_id="ab" * 40), True,
+     bytes([82, len(O82)]) + O82, bytes.fromhex("ab" * 40)),
+], ids=["mac", "client-id", "mac-with-82", "remote-id", "circuit-id-long-client-id"])
+def test_entries_are_keyed_by_what_identifies_the_subscriber(
+        lease: Lease, by_circuit: bool, relay: bytes, client_id: bytes) -> None:
+    e = entry_for(lease, CONFIG)
+    assert e is not None
+    assert (e.by_circuit, e.relay, e.client_id) == (by_circuit, relay, client_id)
+    assert e.key == (by_circuit, 0, relay if by_circuit else bytes.fromhex(MAC.replace(":", "")))
+    assert e.subnet == int(IPv4Address("100.64.0.0")) and e.lease_seconds == 3600
+
+
+@pytest.mark.parametrize("lease", [
+    _lease(state="released"),
+    _lease(server_id=0),  # stored by an agent that did not record the request
+    _lease(lease_seconds=0),
+    _lease(pool="gone"),
+    _lease(address=int(IPv4Address("10.0.0.1"))),  # outside the pool's subnets
+    _lease(relay_agent=b"x" * 63),  # longer than the program echoes
+    _lease(client_id="ab" * 33),  # longer than the program compares
+], ids=["not-bound", "no-server-id", "no-lease-time", "no-pool", "no-subnet", "long-82",
+        "long-client-id"])
+def test_leases_the_fast_path_cannot_answer_get_no_entry(lease: Lease) -> None:
+    assert entry_for(lease, CONFIG) is None
+
+
+def test_subnet_options_carry_what_the_slow_path_sends() -> None:
+    sc = CONFIG.pools["residential"].subnets[0]
+    so = subnet_options(sc)
+    assert so is not None
+    assert so.mask == IPv4Address("255.255.240.0").packed
+    assert so.router == IPv4Address("100.64.0.1").packed
+    assert so.broadcast == IPv4Address("100.64.15.255").packed
+    assert so.dns == (IPv4Address("192.0.2.53").packed, IPv4Address("192.0.2.54").packed)
+    assert so.domain == b"home.example.net"
+    long_domain = replace(sc, options={**sc.options, 15: b"x" * 33})
+    assert subnet_options(long_domain) is None
+
+
+def _edit(kind: type, name: str, **spec: object):  # type: ignore[no-untyped-def]
+    def edit(objs):  # type: ignore[no-untyped-def]
+        out = []
+        for o in objs:
+            if isinstance(o, kind) and o.name == name:
+                o = o.model_copy(update={"spec": o.spec.model_copy(update=spec)})
+            out.append(o)
+        return out
+    return edit
+
+
+def _config(edit) -> NodeConfig:  # type: ignore[no-untyped-def]
+    return sample_config(edit)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("edit", "is_stale"), [
+    (None, False),
+    (_edit(IPPool, "residential", dns=["192.0.2.99"]), False),  # the subnet map carries it
+    (_edit(IPPool, "residential", domain_name="new.example.net"), False),
+    (_edit(IPPool, "residential", lease_time="2h"), True),
+    (_edit(SubscriberClass, "residential", lease_time="1h"), True),
+    (_edit(SubscriberClass, "residential", priority=5), True),  # may classify anew
+    (_edit(SubscriberClass, "business", lease_time="1h"), False),  # another class
+    (_edit(IPPool, "business", lease_time="2h"), False),  # another pool
+], ids=["same", "dns", "domain", "pool-lease-time", "class-lease-time", "class-order",
+        "other-class", "other-pool"])
+def test_a_config_change_invalidates_only_entries_whose_answer_may_change(edit, is_stale) -> None:  # type: ignore[no-untyped-def]
+    assert stale(_lease(), CONFIG, _config(edit)) is is_stale
