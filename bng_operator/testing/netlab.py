@@ -54,7 +54,7 @@ def unmount_bpffs() -> None:
     """Unmount the labs' bpffs once no lab pins anything in it."""
     with open("/proc/mounts") as f:
         mounted = any(line.split()[1] == str(BPF_PINS) for line in f)
-    if mounted and not any(BPF_PINS.iterdir()):
+    if mounted and not any(p for p in BPF_PINS.iterdir() if not p.name.endswith(".debug")):
         subprocess.run(["umount", str(BPF_PINS)], check=False)
         with contextlib.suppress(OSError):
             BPF_PINS.rmdir()

@@ -115,7 +115,8 @@ def generation(cflags: dict[str, int | str]) -> str:
 
 class FastPath:
     def __init__(self, max_subscribers: int = MAX_LEASES_PER_NODE,
-                 pin_root: Path | None = None) -> None:
+                 pin_root: Path | None = None, source: Path = SOURCE) -> None:
+        """``source`` is the program's C file, or a file that includes it (the benchmark)."""
         if not 1 <= max_subscribers <= MAX_LEASES_PER_NODE:
             raise DataplaneError(f"fast-path maps of {max_subscribers} subscribers: the design "
                                  f"limit is 1..{MAX_LEASES_PER_NODE} leases per node")
@@ -133,7 +134,7 @@ class FastPath:
             self.adopted_maps = (self.pin_dir / "subscribers").exists()
             self.pin_dir.mkdir(parents=True, exist_ok=True)
             cflags |= {"PIN_DIR": f'"{self.pin_dir}"', "PIN_ROOT": f'"{pin_root}"'}
-        self.obj = BPFObject(SOURCE, cflags=cflags)
+        self.obj = BPFObject(source, cflags=cflags)
         self.subscribers = self.obj.map("subscribers")
         self.circuits = self.obj.map("circuits")
         self.subnets = self.obj.map("subnet_options")
@@ -297,15 +298,16 @@ class FastPath:
 
     # --- running ---------------------------------------------------------------------------
 
-    def run(self, frame: bytes, repeat: int = 1) -> RunResult:
-        """BPF_PROG_TEST_RUN on one frame. The kernel reuses the buffer between repeats, so
-        with ``repeat`` > 1 only the first run sees ``frame`` as given."""
+    def run(self, frame: bytes, repeat: int = 1, fd: int | None = None) -> RunResult:
+        """BPF_PROG_TEST_RUN on one frame (of this program, or of ``fd``). The kernel reuses
+        the buffer between repeats, so with ``repeat`` > 1 only the first run sees ``frame``
+        as given."""
         buf_in = ctypes.create_string_buffer(frame, len(frame))
         out = ctypes.create_string_buffer(4096)
         opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(buf_in),
                             data_out=ctypes.addressof(out), data_size_in=len(frame),
                             data_size_out=len(out), repeat=repeat)
-        rc = _test_run(self.fd, ctypes.byref(opts))
+        rc = _test_run(self.fd if fd is None else fd, ctypes.byref(opts))
         if rc != 0:
             raise OSError(-rc, f"BPF_PROG_TEST_RUN failed: {rc}")
         return RunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)
