@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bng_operator import __version__
+from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
 from bng_operator.api.common import DEFAULT_NAMESPACE
 
 
@@ -118,7 +119,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--log-format", default="json", choices=["json", "text"])
     a.add_argument("--no-fast-path", action="store_true",
                    help="serve DHCP from userspace only, with no XDP program")
-    a.add_argument("--bpf-dir", type=Path, default=Path("/sys/fs/bpf/bng"),
+    a.add_argument("--bpf-dir", type=Path, default=DEFAULT_PIN_ROOT,
                    help="where the fast path's program and maps are pinned (default: %(default)s)")
     a.add_argument("--xdp-mode", default="native", choices=["native", "generic"],
                    help="XDP in the driver (native) or after the stack allocates an skb")
@@ -130,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
                     "go on across restarts and upgrades. This takes it away for good.")
     r.add_argument("--interface", action="append", default=[], metavar="IFNAME",
                    help="access interface to detach from (repeatable)")
-    r.add_argument("--bpf-dir", type=Path, default=Path("/sys/fs/bpf/bng"))
+    r.add_argument("--bpf-dir", type=Path, default=DEFAULT_PIN_ROOT)
     r.add_argument("--xdp-mode", default="native", choices=["native", "generic"])
     r.set_defaults(func=_cmd_fastpath_remove)
 

@@ -59,12 +59,12 @@ class AgentMetrics:
         self._durations: dict[str, Any] = {}
         self._drops: dict[str, Any] = {}
 
-    def request(self, mtype: str, path: str, result: str) -> None:
+    def request(self, mtype: str, path: str, result: str, n: int = 1) -> None:
         key = (mtype, path, result)
         c = self._requests.get(key)
         if c is None:
             c = self._requests[key] = self.requests.labels(mtype, path, result)
-        c.inc()
+        c.inc(n)
 
     def duration_of(self, mtype: str, seconds: float) -> None:
         h = self._durations.get(mtype)
@@ -81,17 +81,16 @@ class AgentMetrics:
         """Fold the XDP program's cumulative counters in (a smaller value: a new program).
         The first reading is the base: what an adopted program counted before this agent
         started was reported by the agent before."""
-        first = not self._kernel
-        delta = {k: v - self._kernel.get(k, 0) if v >= self._kernel.get(k, 0) else v
-                 for k, v in now.items()}
-        self._kernel = dict(now)
-        for name, n in delta.items():
-            if not n or first:
+        before, self._kernel = self._kernel, dict(now)
+        for name, v in now.items() if before else ():
+            was = before.get(name, 0)
+            n = v - was if v >= was else v
+            if not n:
                 continue
             if name == "offer":
-                self.requests.labels("discover", "fast", "offer").inc(n)
+                self.request("discover", "fast", "offer", n)
             elif name == "ack":
-                self.requests.labels("request", "fast", "ack").inc(n)
+                self.request("request", "fast", "ack", n)
             elif name == "drop":
                 self.fast_drops.inc(n)
             elif name == "refresh_lost":

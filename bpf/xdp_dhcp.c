@@ -146,7 +146,6 @@ static __always_inline int handle(struct xdp_md *ctx)
     n += 1;
     if (bpf_xdp_load_bytes(ctx, at, st->opts, n))
         return pass(CNT_PASS_MALFORMED);
-    st->opts_len = n;
     // Running out of copied bytes means a malformed list, unless the copy was cut short.
     int short_reason = avail > OPTIONS_COPY ? CNT_PASS_LAYOUT : CNT_PASS_MALFORMED;
 
@@ -240,7 +239,6 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     struct iphdr *ip = data + l3;
     struct udphdr *udp = (void *)(ip + 1);
     struct bootp *b = (void *)(udp + 1);
-    __u8 *opts = (void *)(b + 1);
     if ((void *)(b + 1) > end || (void *)(eth + 1) > end)
         return pass(CNT_PASS_MALFORMED);
     __u16 vlan = st->vlan;
@@ -250,10 +248,6 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     __u8 relay[MAX_RELAY_AGENT_LEN + 2] __attribute__((aligned(8))) = {};
     if (len82)
         copy_prefix(relay, st->opts + (st->off82 & (OPTIONS_COPY - 1)), 8, len82 + 2);
-    __u8 cid[MAX_CLIENT_ID_LEN] __attribute__((aligned(8))) = {};
-    if (len61 && len61 <= MAX_CLIENT_ID_LEN)
-        copy_prefix(cid, st->opts + ((st->off61 + 2) & (OPTIONS_COPY - 1)), 4, len61);
-
     struct subscriber_lease *lease = NULL;
     if (len82) {
         struct circuit_key ck = {};
@@ -270,8 +264,12 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
             return pass(CNT_PASS_MISS);
         // Keyed by the CPE: its client id and the line it is on must be as when granted.
         if (len61 != lease->client_id_len || len61 > MAX_CLIENT_ID_LEN ||
-            !same(cid, lease->client_id, MAX_CLIENT_ID_LEN / 8) ||
             !same(relay, lease->relay, sizeof(relay) / 8))
+            return pass(CNT_PASS_CHANGED);
+        __u8 cid[MAX_CLIENT_ID_LEN] __attribute__((aligned(8))) = {};
+        if (len61)
+            copy_prefix(cid, st->opts + ((st->off61 + 2) & (OPTIONS_COPY - 1)), 4, len61);
+        if (!same(cid, lease->client_id, MAX_CLIENT_ID_LEN / 8))
             return pass(CNT_PASS_CHANGED);
     }
     if (b->giaddr && b->giaddr != lease->giaddr)

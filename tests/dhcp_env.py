@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -34,6 +35,19 @@ class MemoryStore:
 
     def delete_decline(self, address: int) -> None:
         self.declines.pop(address, None)
+
+
+def bound_lease(**kw: object) -> Lease:
+    """A bound lease of 02:00:00:00:00:01 on 100.64.0.20 (residential), as the slow path
+    records it after an ACK from 100.64.0.1; ``kw`` overrides fields."""
+    fields: dict[str, object] = {
+        "address": int(IPv4Address("100.64.0.20")), "identity": "mac:02:00:00:00:00:01",
+        "mac": "02:00:00:00:00:01", "client_id": None, "circuit_id": None, "remote_id": None,
+        "pool": "residential", "subscriber_class": "residential",
+        "expires": time.time() + 3600, "hostname": None, "bound_at": time.time(),
+        "server_id": int(IPv4Address("100.64.0.1")), "lease_seconds": 3600}
+    fields.update(kw)
+    return Lease(**fields)  # type: ignore[arg-type]
 
 
 class Clock:

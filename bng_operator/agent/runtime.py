@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from bng_operator import netlink
 from bng_operator.agent import http
 from bng_operator.agent.config import ConfigError, NodeConfig
+from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
 from bng_operator.agent.dhcp.codec import Malformed, decode, encode
 from bng_operator.agent.dhcp.leases import Lease, LeaseStore
 from bng_operator.agent.dhcp.server import Context, DhcpServer
@@ -42,7 +43,7 @@ class AgentSettings:
     metrics_port: int = 9641
     tick: float = 1.0  # how often leases, offers and declines are expired
     fast_path: bool = True  # the XDP program on the access interfaces
-    bpf_pin_root: Path = Path("/sys/fs/bpf/bng")
+    bpf_pin_root: Path = DEFAULT_PIN_ROOT
     xdp_mode: netlink.XDPMode = "native"
     sync_interval: float = 0.5  # how often fast-path renewals reach the lease store (<= 1 s)
     expiry_grace: float = 2.0  # leases end this late, for renewals still on their way up
@@ -215,18 +216,18 @@ class Agent:
                      "answered", fp.generation, moved)
         self._persist_renewals()
         self.server.on_unbind = self.cache.unbound
-        self.metrics.kernel_counters(fp.counters())
+        self.metrics.kernel_counters(fp.counters())  # the base for later readings
         self.metrics.watch_maps(self.cache.counts)
 
     def _attach_fast_path(self) -> None:
         """Attach to every open access interface (worker thread: it talks netlink)."""
-        assert self.cache is not None
+        assert self.cache is not None and self.config is not None
         fp = self.cache.fp
         for name, iface in self.interfaces.items():
             try:
-                fp.put_interface(iface.index, iface.mac)
                 if name in self._attached and fp.is_attached(name):
                     continue
+                fp.put_interface(iface.index, iface.mac)
                 how = fp.attach(name, None, self.settings.xdp_mode)
             except Exception as e:
                 self._attached.discard(name)
@@ -241,8 +242,7 @@ class Agent:
             self.metrics.program_attached.labels("xdp_dhcp", name).set(1)
             log.info("fast path on %s: program %s (%s mode, generation %s)", name, how,
                      self.settings.xdp_mode, fp.generation)
-        if self._attached and self._attached == set(self.config.access_interfaces if
-                                                    self.config else ()):
+        if self._attached == set(self.config.access_interfaces):
             for gen in fp.remove_other_generations():
                 log.info("fast path: removed generation %s, no longer attached", gen)
 
@@ -250,6 +250,8 @@ class Agent:
         while not stop.is_set():
             try:
                 self._persist_renewals()
+                assert self.cache is not None
+                self.metrics.kernel_counters(self.cache.fp.counters())
             except Exception:  # the syncer must outlive any one bad round
                 log.exception("fast path sync failed; retrying")
             await asyncio.sleep(self.settings.sync_interval)
@@ -257,12 +259,10 @@ class Agent:
     def _persist_renewals(self) -> None:
         """Renewals the kernel answered: their new lease ends go to the store (one commit)."""
         assert self.cache is not None and self.server is not None
-        fp = self.cache.fp
-        n = sum(1 for a, t in fp.refreshes() if self.server.extend(a, t))
+        n = sum(1 for a, t in self.cache.fp.refreshes() if self.server.extend(a, t))
         if n:
             self.metrics.fast_refreshes.inc(n)
             self._commit_quietly()
-        self.metrics.kernel_counters(fp.counters())
 
     def _commit_quietly(self) -> None:
         assert self.store is not None
@@ -326,7 +326,8 @@ class Agent:
         if sends is None:
             sends = self._after_commit[fut] = []
             fut.add_done_callback(self._send_committed)
-        lease = self.server.by_address.get(int(out.reply.yiaddr)) if out.kind == "ack" else None
+        lease = self.server.by_address.get(int(out.reply.yiaddr)) \
+            if out.kind == "ack" and self.cache is not None else None
         sends.append(_Pending(iface, wire, mtype, out.kind, t0, lease))
 
     def _send_committed(self, fut: asyncio.Future[None]) -> None:

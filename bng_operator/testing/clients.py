@@ -34,21 +34,15 @@ def dhclient(ns: str, iface: str, workdir: Path, timeout: float = 20,
     leases, pid = workdir / f"dhclient-{ns}.leases", workdir / f"dhclient-{ns}.pid"
     r = subprocess.run(_ns(ns, "dhclient", "-1", "-v", "-lf", str(leases), "-pf", str(pid),
                            *extra, iface), capture_output=True, text=True, timeout=timeout + 10)
-    if r.returncode != 0 or not leases.exists():
+    history = lease_history(ns, workdir)
+    if r.returncode != 0 or not history:
         raise ClientFailed(f"dhclient in {ns} got no lease:\n{r.stderr[-2000:]}")
-    block = leases.read_text().rsplit("lease {", 1)[-1]
-
-    def opt(name: str) -> str | None:
-        m = re.search(rf"option {name} ([^;]+);", block)
-        return m.group(1).strip('"') if m else None
-
-    address = re.search(r"fixed-address ([\d.]+);", block)
-    assert address, block
-    return ClientLease(address.group(1), opt("subnet-mask") or "",
-                       tuple((opt("routers") or "").split(",")),
-                       tuple((opt("domain-name-servers") or "").split(",")),
-                       int(opt("dhcp-lease-time") or 0), opt("dhcp-server-identifier") or "",
-                       opt("domain-name"))
+    last = history[-1]
+    return ClientLease(last["fixed-address"], last.get("subnet-mask", ""),
+                       tuple(last.get("routers", "").split(",")),
+                       tuple(last.get("domain-name-servers", "").split(",")),
+                       int(last.get("dhcp-lease-time", 0)),
+                       last.get("dhcp-server-identifier", ""), last.get("domain-name"))
 
 
 def dhclient_renewing(ns: str, iface: str, workdir: Path, every: int = 2,

@@ -40,11 +40,15 @@ ETC_NETNS = Path("/etc/netns")
 BPF_PINS = Path("/run/bng-test/bpffs")
 
 
+def _pins_mounted() -> bool:
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == str(BPF_PINS) for line in f)
+
+
 def mount_bpffs() -> Path:
     """The bpffs that labs pin under, mounted if it is not."""
-    with open("/proc/mounts") as f:
-        if any(line.split()[1] == str(BPF_PINS) for line in f):
-            return BPF_PINS
+    if _pins_mounted():
+        return BPF_PINS
     BPF_PINS.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "bpf", "bpf", str(BPF_PINS)], check=True)
     return BPF_PINS
@@ -52,9 +56,7 @@ def mount_bpffs() -> Path:
 
 def unmount_bpffs() -> None:
     """Unmount the labs' bpffs once no lab pins anything in it."""
-    with open("/proc/mounts") as f:
-        mounted = any(line.split()[1] == str(BPF_PINS) for line in f)
-    if mounted and not any(p for p in BPF_PINS.iterdir() if not p.name.endswith(".debug")):
+    if _pins_mounted() and not any(p for p in BPF_PINS.iterdir() if not p.name.endswith(".debug")):
         subprocess.run(["umount", str(BPF_PINS)], check=False)
         with contextlib.suppress(OSError):
             BPF_PINS.rmdir()

@@ -89,7 +89,6 @@ struct lease_refresh {
 // memory with masked offsets instead of re-checking the packet end at every step.
 struct parse_state {
     __u32 l3;                      // offset of the IPv4 header
-    __u32 opts_len;                // option bytes copied to opts
     __u32 off82, len82;            // option 82, relative to the options start
     __u32 off61, len61;            // option 61
     __u32 requested, server_id;    // options 50 and 54

@@ -29,7 +29,7 @@ from bng_operator.agent.dhcp.transport import (
 )
 from bng_operator.api import SubscriberClass
 from bng_operator.api.documents import parse
-from tests.dhcp_env import server
+from tests.dhcp_env import bound_lease, server
 from tests.dhcp_messages import relay82, request
 
 HEADER = Path(fastpath.SOURCE).parent / "lib" / "dhcp.h"
@@ -217,18 +217,6 @@ def _counted(fp: FastPath, frame: bytes, reason: str) -> None:
     assert fp.counters()[reason] == before + 1
 
 
-def _lease_of(address: str, **kw: object):  # type: ignore[no-untyped-def]
-    from bng_operator.agent.dhcp.leases import Lease
-
-    fields: dict[str, object] = {
-        "address": int(IPv4Address(address)), "identity": f"mac:{CLIENT}", "mac": CLIENT,
-        "client_id": None, "circuit_id": None, "remote_id": None, "pool": "residential",
-        "subscriber_class": "everyone", "expires": time.time() + 3600, "hostname": None,
-        "bound_at": time.time(), "server_id": int(SERVER_ID), "lease_seconds": 3600}
-    fields.update(kw)
-    return Lease(**fields)  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize(("case", "reason"), [
     ("miss", "pass_miss"), ("expired", "pass_expired"), ("wrong-address", "pass_wrong_address"),
     ("other-server", "pass_wrong_address"), ("release", "pass_other_type"),
@@ -243,8 +231,8 @@ def test_everything_else_goes_to_the_slow_path(fp: FastPath, case: str, reason: 
     sub = replace(subnet_options(s.config.pools["residential"].subnets[0]),  # type: ignore[type-var]
                   network=int(IPv4Address("100.64.0.0")))
     fp.put_subnet(sub)
-    lease = _lease_of("100.64.0.20", expires=time.time() - 1 if case == "expired"
-                      else time.time() + 3600, giaddr=int(RELAY))
+    lease = bound_lease(expires=time.time() - 1 if case == "expired" else time.time() + 3600,
+                        giaddr=int(RELAY))
     entry = entry_for(lease, s.config)
     assert entry is not None
     if case == "no-subnet":
@@ -284,7 +272,7 @@ def test_everything_else_goes_to_the_slow_path(fp: FastPath, case: str, reason: 
 @pytest.fixture(scope="module")
 def valid_frame(fp: FastPath) -> bytes:
     s, _, _ = server(_with_class("mac"))
-    lease = _lease_of("100.64.0.20", relay_agent=relay82("c", "r"))
+    lease = bound_lease(relay_agent=relay82("c", "r"))
     _install(fp, s, lease)
     msg = request(MessageType.DISCOVER, CLIENT, prl=bytes([1, 3, 6]),
                   extra={Opt.RELAY_AGENT: relay82("c", "r")})

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from bcc import libbcc
 
 from bng_operator import netlink
+from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
 from bng_operator.agent.dataplane.entries import FastEntry, SubnetOptions
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
@@ -44,7 +45,6 @@ from bng_operator.netlink import XDPMode
 
 SOURCE = Path(BPF_DIR) / "xdp_dhcp.c"
 PROGRAM = "xdp_dhcp"
-DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/bng")
 MIN_REPLY_DHCP_LEN = 300
 MAX_SUBNETS = 1024
 # enum fastpath_counter, in order.
@@ -95,6 +95,11 @@ def _u32(raw: bytes | int) -> int:
     return int.from_bytes(b, "little")
 
 
+def _host(u32: int) -> int:
+    """The inverse of _u32: a u32 read from a map as a host-order address."""
+    return int.from_bytes(int(u32).to_bytes(4, "little"), "big")
+
+
 def boot_ns(wall: float) -> int:
     """A wall-clock time as CLOCK_BOOTTIME nanoseconds, the clock the program reads."""
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) + int((wall - time.time()) * 1e9)
@@ -104,10 +109,10 @@ def wall_time(boot: int) -> float:
     return time.time() + (boot - time.clock_gettime_ns(time.CLOCK_BOOTTIME)) / 1e9
 
 
-def generation(cflags: dict[str, int | str]) -> str:
+def generation(source: Path, cflags: dict[str, int | str]) -> str:
     """A name for this build of the program: its sources and flags, hashed."""
     h = hashlib.sha256()
-    for path in sorted([SOURCE, *(Path(BPF_DIR) / "lib").glob("*.h")]):
+    for path in sorted([source, *(Path(BPF_DIR) / "lib").glob("*.h")]):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     h.update(repr(sorted(cflags.items())).encode())
     return h.hexdigest()[:12]
@@ -122,7 +127,7 @@ class FastPath:
                                  f"limit is 1..{MAX_LEASES_PER_NODE} leases per node")
         cflags: dict[str, int | str] = {"MAX_SUBSCRIBERS": max_subscribers,
                                         "MAX_SUBNETS": MAX_SUBNETS}
-        self.generation = generation(cflags)
+        self.generation = generation(source, cflags)
         self.pin_root = pin_root
         self.pin_dir: Path | None = None
         self.adopted_maps = False
@@ -141,7 +146,8 @@ class FastPath:
         self.interfaces = self.obj.map("interfaces")
         self.counters_map = self.obj.map("counters")
         self._refreshes: list[tuple[int, int]] = []
-        self.obj.map("refreshes").open_ring_buffer(self._on_refresh)
+        self._ring = self.obj.map("refreshes")
+        self._ring.open_ring_buffer(self._on_refresh)
         self._fd: int | None = None
         self._own_fd = False
 
@@ -209,7 +215,7 @@ class FastPath:
         self.subnets[self.subnets.Key(_u32(so.network))] = leaf
 
     def subnet_keys(self) -> set[int]:
-        return {int.from_bytes(int(k.value).to_bytes(4, "little"), "big") for k in self.subnets}
+        return {_host(k.value) for k in self.subnets}
 
     def delete_subnet(self, network: int) -> None:
         with contextlib.suppress(KeyError):
@@ -272,17 +278,15 @@ class FastPath:
         out = {}
         for table in (self.subscribers, self.circuits):
             for _, leaf in table.items():
-                addr = int.from_bytes(int(leaf.address).to_bytes(4, "little"), "big")
-                out[addr] = wall_time(int(leaf.expires_ns))
+                out[_host(leaf.address)] = wall_time(int(leaf.expires_ns))
         return out
 
     def expiry_ns(self, key: tuple[bool, int, bytes]) -> int:
         return int(self._table(key[0])[self._key(*key)].expires_ns)
 
     def _on_refresh(self, _ctx: Any, data: Any, _size: int) -> None:
-        ev = self.obj.map("refreshes").event(data)
-        self._refreshes.append((int.from_bytes(int(ev.address).to_bytes(4, "little"), "big"),
-                                int(ev.expires_ns)))
+        ev = self._ring.event(data)
+        self._refreshes.append((_host(ev.address), int(ev.expires_ns)))
 
     def refreshes(self) -> list[tuple[int, float]]:
         """(address, new expiry as unix time) of every ACK the program sent since last time."""

@@ -14,7 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-SCHEMA = """
+# Columns added after the first release: in the schema, and added to older stores at open.
+# They hold the request the lease was granted on, which the fast path must see again.
+_ADDED_COLUMNS = {"vlan": "INTEGER NOT NULL DEFAULT 0", "giaddr": "INTEGER NOT NULL DEFAULT 0",
+                  "server_id": "INTEGER NOT NULL DEFAULT 0", "relay_agent": "BLOB",
+                  "lease_seconds": "INTEGER NOT NULL DEFAULT 0"}
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS leases (
     address    INTEGER PRIMARY KEY,
     identity   TEXT NOT NULL UNIQUE,
@@ -29,12 +35,7 @@ CREATE TABLE IF NOT EXISTS leases (
     bound_at   REAL NOT NULL,
     state      TEXT NOT NULL,     -- bound | released | expired (kept: the address stays
                                   -- this client's "previous" one until someone else takes it)
-    -- the request the lease was granted on, which the fast path must see again to answer
-    vlan          INTEGER NOT NULL DEFAULT 0,
-    giaddr        INTEGER NOT NULL DEFAULT 0,
-    server_id     INTEGER NOT NULL DEFAULT 0,
-    relay_agent   BLOB,
-    lease_seconds INTEGER NOT NULL DEFAULT 0
+    {", ".join(f"{name} {decl}" for name, decl in _ADDED_COLUMNS.items())}
 );
 CREATE TABLE IF NOT EXISTS declined (
     address INTEGER PRIMARY KEY,
@@ -81,9 +82,6 @@ def _row(lease: Lease) -> tuple[object, ...]:
             lease.relay_agent, lease.lease_seconds)
 
 
-_ADDED_COLUMNS = {"vlan": "INTEGER NOT NULL DEFAULT 0", "giaddr": "INTEGER NOT NULL DEFAULT 0",
-                  "server_id": "INTEGER NOT NULL DEFAULT 0", "relay_agent": "BLOB",
-                  "lease_seconds": "INTEGER NOT NULL DEFAULT 0"}
 _LEASE_COLS = ", ".join(f.name if f.name != "subscriber_class" else "class" for f in fields(Lease))
 _UPSERT = (f"INSERT OR REPLACE INTO leases ({_LEASE_COLS}) "
            f"VALUES ({', '.join('?' * len(fields(Lease)))})")

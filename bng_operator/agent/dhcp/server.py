@@ -354,8 +354,10 @@ class DhcpServer:
             mine = self._claim(c, msg, addr, now)
         if not mine:
             return self._reply(MessageType.NAK, msg, ctx, c, 0)
-        self._lease(c, msg, ctx, addr, now)
-        return self._reply(MessageType.ACK, msg, ctx, c, addr)
+        # The reply's server id is recorded with the lease (the fast path answers with it).
+        sid = self._server_id(ctx, c.pool.subnet_config(addr), int(msg.giaddr) != 0)
+        self._lease(c, msg, ctx, addr, now, sid)
+        return self._reply(MessageType.ACK, msg, ctx, c, addr, server_id=sid)
 
     def _claim(self, c: Classified, msg: Message, addr: int, now: float) -> bool:
         """INIT-REBOOT / RENEWING / REBINDING for an address we hold no record of it having.
@@ -370,7 +372,8 @@ class DhcpServer:
         self._drop_previous_owner(addr)
         return True
 
-    def _lease(self, c: Classified, msg: Message, ctx: Context, addr: int, now: float) -> None:
+    def _lease(self, c: Classified, msg: Message, ctx: Context, addr: int, now: float,
+               server_id: IPv4Address) -> None:
         old = self.by_identity.get(c.identity)
         if old and old.address != addr:
             self._unbind(old)
@@ -385,7 +388,7 @@ class DhcpServer:
             subscriber_class=c.cls.name if c.cls else "", expires=now + seconds,
             hostname=msg.hostname, bound_at=old.bound_at if old and old.address == addr else now,
             state="bound", vlan=ctx.vlans[0] if ctx.vlans else 0, giaddr=int(msg.giaddr),
-            server_id=int(self._server_id(ctx, c.pool.subnet_config(addr), int(msg.giaddr) != 0)),
+            server_id=int(server_id),
             relay_agent=msg.relay_agent, lease_seconds=seconds)
         changed = old is None or old.address != addr
         self._bind(lease)
@@ -518,10 +521,11 @@ class DhcpServer:
     # --- replies ---------------------------------------------------------------------------------
 
     def _reply(self, kind: MessageType, req: Message, ctx: Context, c: Classified, addr: int,
-               inform: bool = False) -> Outcome:
+               inform: bool = False, server_id: IPv4Address | None = None) -> Outcome:
         sc = (c.pool.subnet_config(addr) if addr else c.subnet) or \
             c.pool.subnet_config(req.ciaddr)
-        server_id = self._server_id(ctx, sc, int(req.giaddr) != 0)
+        if server_id is None:
+            server_id = self._server_id(ctx, sc, int(req.giaddr) != 0)
         o: dict[int, bytes] = {Opt.MESSAGE_TYPE: _TYPE_BYTES[kind], Opt.SERVER_ID: server_id.packed}
         order: list[int] = [Opt.MESSAGE_TYPE, Opt.SERVER_ID]
         if kind != MessageType.NAK and sc is not None:

@@ -11,31 +11,21 @@ from bng_operator.agent.config import NodeConfig
 from bng_operator.agent.dataplane.entries import entry_for, stale, subnet_options
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.api import IPPool, SubscriberClass
-from tests.dhcp_env import sample_config
+from tests.dhcp_env import bound_lease, sample_config
 
 MAC = "02:00:00:00:00:01"
 O82 = b"\x01\x04olt1\x02\x07res-100"
-
-
-def _lease(**kw: object) -> Lease:
-    fields: dict[str, object] = {
-        "address": int(IPv4Address("100.64.0.20")), "identity": f"mac:{MAC}", "mac": MAC,
-        "client_id": None, "circuit_id": None, "remote_id": None, "pool": "residential",
-        "subscriber_class": "residential", "expires": 2e9, "hostname": None, "bound_at": 1e9,
-        "server_id": int(IPv4Address("100.64.0.1")), "lease_seconds": 3600}
-    fields.update(kw)
-    return Lease(**fields)  # type: ignore[arg-type]
 
 
 CONFIG = sample_config()
 
 
 @pytest.mark.parametrize(("lease", "by_circuit", "relay", "client_id"), [
-    (_lease(), False, b"", b""),
-    (_lease(client_id="0102"), False, b"", b"\x01\x02"),
-    (_lease(relay_agent=O82), False, bytes([82, len(O82)]) + O82, b""),
-    (_lease(identity="remote:res-100", relay_agent=O82), True, bytes([82, len(O82)]) + O82, b""),
-    (_lease(identity="circuit:olt1", relay_agent=O82, client_id="ab" * 40), True,
+    (bound_lease(), False, b"", b""),
+    (bound_lease(client_id="0102"), False, b"", b"\x01\x02"),
+    (bound_lease(relay_agent=O82), False, bytes([82, len(O82)]) + O82, b""),
+    (bound_lease(identity="remote:res-100", relay_agent=O82), True, bytes([82, len(O82)]) + O82, b""),
+    (bound_lease(identity="circuit:olt1", relay_agent=O82, client_id="ab" * 40), True,
      bytes([82, len(O82)]) + O82, bytes.fromhex("ab" * 40)),
 ], ids=["mac", "client-id", "mac-with-82", "remote-id", "circuit-id-long-client-id"])
 def test_entries_are_keyed_by_what_identifies_the_subscriber(
@@ -48,13 +38,13 @@ def test_entries_are_keyed_by_what_identifies_the_subscriber(
 
 
 @pytest.mark.parametrize("lease", [
-    _lease(state="released"),
-    _lease(server_id=0),  # stored by an agent that did not record the request
-    _lease(lease_seconds=0),
-    _lease(pool="gone"),
-    _lease(address=int(IPv4Address("10.0.0.1"))),  # outside the pool's subnets
-    _lease(relay_agent=b"x" * 63),  # longer than the program echoes
-    _lease(client_id="ab" * 33),  # longer than the program compares
+    bound_lease(state="released"),
+    bound_lease(server_id=0),  # stored by an agent that did not record the request
+    bound_lease(lease_seconds=0),
+    bound_lease(pool="gone"),
+    bound_lease(address=int(IPv4Address("10.0.0.1"))),  # outside the pool's subnets
+    bound_lease(relay_agent=b"x" * 63),  # longer than the program echoes
+    bound_lease(client_id="ab" * 33),  # longer than the program compares
 ], ids=["not-bound", "no-server-id", "no-lease-time", "no-pool", "no-subnet", "long-82",
         "long-client-id"])
 def test_leases_the_fast_path_cannot_answer_get_no_entry(lease: Lease) -> None:
@@ -101,4 +91,4 @@ def _config(edit) -> NodeConfig:  # type: ignore[no-untyped-def]
 ], ids=["same", "dns", "domain", "pool-lease-time", "class-lease-time", "class-order",
         "other-class", "other-pool"])
 def test_a_config_change_invalidates_only_entries_whose_answer_may_change(edit, is_stale) -> None:  # type: ignore[no-untyped-def]
-    assert stale(_lease(), CONFIG, _config(edit)) is is_stale
+    assert stale(bound_lease(), CONFIG, _config(edit)) is is_stale
