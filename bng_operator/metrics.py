@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 
@@ -54,10 +54,18 @@ class AgentMetrics:
             "bng_ebpf_program_attached", "1 when the program is attached to the interface.",
             ["program", "interface"], registry=r)
         self._kernel: dict[str, int] = {}
+        # Run before each scrape: readings that must be current when scraped, into counters.
+        self.before_scrape: list[Callable[[], None]] = []
         # labels() costs a lock and a dict lookup per call; the packet path keeps children.
         self._requests: dict[tuple[str, str, str], Any] = {}
         self._durations: dict[str, Any] = {}
         self._drops: dict[str, Any] = {}
+
+    def render(self) -> bytes:
+        """The exposition text of a scrape."""
+        for refresh in self.before_scrape:
+            refresh()
+        return bytes(generate_latest(self.registry))
 
     def request(self, mtype: str, path: str, result: str, n: int = 1) -> None:
         key = (mtype, path, result)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 
-async def serve(host: str, port: int, registry: CollectorRegistry,
+async def serve(host: str, port: int, metrics: Callable[[], bytes],
                 ready: Callable[[], tuple[bool, str]]) -> asyncio.Server:
+    """``metrics`` renders the exposition text when /metrics is scraped."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
@@ -17,7 +18,7 @@ async def serve(host: str, port: int, registry: CollectorRegistry,
                 pass
             path = line.split(b" ")[1].decode() if line.count(b" ") >= 2 else "/"
             if path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(registry)
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, metrics()
             elif path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":

@@ -102,7 +102,7 @@ class Agent:
                  self.config.node_name, len(self.server.by_address), path,
                  len(self.config.pools), len(self.config.classes), self.source.describe())
         site = await http.serve(self.settings.metrics_host, self.settings.metrics_port,
-                                self.metrics.registry, self.ready)
+                                self.metrics.render, self.ready)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         tasks = [asyncio.create_task(self._tick(stop))]
@@ -217,6 +217,7 @@ class Agent:
         self._persist_renewals()
         self.server.on_unbind = self.cache.unbound
         self.metrics.kernel_counters(fp.counters())  # the base for later readings
+        self.metrics.before_scrape.append(lambda: self.metrics.kernel_counters(fp.counters()))
         self.metrics.watch_maps(self.cache.counts)
 
     def _attach_fast_path(self) -> None:
@@ -250,8 +251,6 @@ class Agent:
         while not stop.is_set():
             try:
                 self._persist_renewals()
-                assert self.cache is not None
-                self.metrics.kernel_counters(self.cache.fp.counters())
             except Exception:  # the syncer must outlive any one bad round
                 log.exception("fast path sync failed; retrying")
             await asyncio.sleep(self.settings.sync_interval)

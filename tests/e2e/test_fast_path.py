@@ -67,8 +67,14 @@ def test_dhclient_renewals_are_answered_by_xdp(renewing: Site, tmp_path: Path) -
     slow = _slow_requests(site)
     fast = site.metrics()[FAST_ACKS]
     before = [len(a) for a in _acks(site, tmp_path)]
-    _wait("two more renewals per client",
-          lambda: site.metrics().get(FAST_ACKS, 0) >= fast + 2 * SUBSCRIBERS)
+
+    def renewed() -> bool:  # in the kernel's counters, the clients' logs and the store
+        m = site.metrics()
+        return m.get(FAST_ACKS, 0) >= fast + 2 * SUBSCRIBERS and \
+            m["bng_fastpath_renewals_persisted_total"] >= 2 * SUBSCRIBERS and \
+            all(len(a) >= n + 2 for n, a in zip(before, _acks(site, tmp_path), strict=True))
+
+    _wait("two more renewals per client", renewed)
     m = site.metrics()
     assert _slow_requests(site) == slow  # the slow path saw none of them
     for n, acks in zip(before, _acks(site, tmp_path), strict=True):
