@@ -140,6 +140,9 @@ class ObjectMeta(BaseModel):
     generation: int | None = None
     uid: str | None = None
     resource_version: str | None = Field(default=None, alias="resourceVersion")
+    creation_timestamp: datetime | None = Field(default=None, alias="creationTimestamp")
+    deletion_timestamp: datetime | None = Field(default=None, alias="deletionTimestamp")
+    finalizers: list[str] | None = None
 
 
 class Condition(Model):
@@ -166,3 +169,15 @@ ObjectName = Annotated[
           pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
           description="Name of another bng object."),
 ]
+
+
+def with_condition(conditions: list[Condition], type: str, status: bool, reason: str,
+                   message: str, generation: int | None, now: datetime) -> list[Condition]:
+    """``conditions`` with one condition set. The transition time moves only when the status
+    does, so setting the same condition twice gives an equal list (and no apiserver write)."""
+    value: Literal["True", "False"] = "True" if status else "False"
+    old = next((c for c in conditions if c.type == type), None)
+    since = old.last_transition_time if old is not None and old.status == value else now
+    new = Condition(type=type, status=value, reason=reason, message=message,
+                    last_transition_time=since, observed_generation=generation)
+    return [new if c.type == type else c for c in conditions] if old else [*conditions, new]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import datetime
 from typing import ClassVar
 
 from pydantic import Field
@@ -130,15 +131,32 @@ class IPPoolSpec(Model):
 
 
 class BlockAssignment(Model):
+    """One block of the pool and the node that allocates from it (Calico-style affinity)."""
+
     cidr: str = Field(max_length=18)
-    node: str
+    node: str = Field(max_length=253)
+    leases: int = Field(default=0, ge=0, description="Leases in the block, as the node last "
+                                                      "reported them.")
+    release_after: datetime | None = Field(
+        default=None, description="The node has left: the block returns to the pool at this "
+                                  "time, when every lease it may still hold has ended.")
+
+
+class NodeBlocks(Model):
+    node: str = Field(max_length=253)
+    blocks: int = Field(ge=0)
+    leases: int = Field(ge=0)
 
 
 class IPPoolStatus(Model):
     blocks: list[BlockAssignment] = Field(default_factory=list, max_length=4096)
+    nodes: list[NodeBlocks] = Field(default_factory=list, max_length=4096,
+                                    description="Blocks and leases per node.")
+    size: int = Field(default=0, ge=0, description="Addresses that can be handed out.")
     allocated: int = Field(default=0, ge=0)
     free: int = Field(default=0, ge=0)
     utilization: int = Field(default=0, ge=0, le=100, description="Allocated / size, percent.")
+    observed_generation: int | None = None
     conditions: Conditions
 
 

@@ -1,21 +1,85 @@
-"""Rendering policy objects into the spec of one BNGNode: a pure function, no cluster.
+"""Rendering policy objects into the spec of one BNGNode: pure functions, no cluster.
 
-This is the standalone form, where one node owns every pool whole. The operator adds
-per-node address blocks on top of it.
+``render_spec`` is the operator's: one node, the pools it serves with the blocks it holds,
+and the classes and policies they need. ``render_node`` is the standalone form, where one
+node owns every pool whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from bng_operator.api import BNGNode, IPPool, NATPool, QoSPolicy, Resource, SubscriberClass
 from bng_operator.api.bngnode import (
+    MAX_LEASES_PER_NODE,
     BNGNodeSpec,
+    Interfaces,
     NodeClass,
     NodeNATPool,
     NodePool,
     NodeQoSPolicy,
 )
+
+# Per-node overrides of the operator's interface defaults, comma-separated.
+ACCESS_ANNOTATION = "bng.dev/access-interfaces"
+UPLINK_ANNOTATION = "bng.dev/uplink-interface"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """The part of a Kubernetes Node the operator reads."""
+
+    name: str
+    uid: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeDefaults:
+    access: tuple[str, ...] = ("eth1",)
+    uplink: str | None = None
+    max_leases: int = MAX_LEASES_PER_NODE
+
+
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def render_spec(node: NodeInfo, pools: Sequence[IPPool], classes: Sequence[SubscriberClass],
+                qos: Sequence[QoSPolicy], nat: Sequence[NATPool],
+                blocks: Mapping[str, Sequence[str]], defaults: NodeDefaults) -> BNGNodeSpec:
+    """The BNGNode spec of ``node``. ``pools`` and ``classes`` are the valid ones; ``blocks``
+    maps a pool to the cidrs this node holds in it. A pool the node holds no block of is left
+    out (with the classes that use it): an empty block list would mean "the whole pool"."""
+    access = [i.strip() for i in node.annotations.get(ACCESS_ANNOTATION, "").split(",") if i.strip()]
+    served = {p.name: p for p in pools if blocks.get(p.name)}
+    cls = sorted((c for c in classes if c.spec.pool in served), key=lambda c: c.name)
+    used_qos = {c.spec.qos_policy for c in cls}
+    used_nat = {c.spec.nat_pool for c in cls}
+    return BNGNodeSpec(
+        node_name=node.name,
+        interfaces=Interfaces(access=access or list(defaults.access),
+                              uplink=node.annotations.get(UPLINK_ANNOTATION, defaults.uplink)),
+        max_leases=defaults.max_leases,
+        pools=[NodePool(name=n, spec=p.spec, blocks=sorted(blocks[n], key=_cidr_key))
+               for n, p in sorted(served.items())],
+        classes=[NodeClass(name=c.name, spec=c.spec) for c in cls],
+        qos_policies=[NodeQoSPolicy(name=q.name, spec=q.spec) for q in sorted(qos, key=_name)
+                      if q.name in used_qos],
+        nat_pools=[NodeNATPool(name=n.name, spec=n.spec) for n in sorted(nat, key=_name)
+                   if n.name in used_nat],
+    )
+
+
+def _name(r: Resource) -> str:
+    return r.name
+
+
+def _cidr_key(cidr: str) -> tuple[int, ...]:
+    addr, _, prefix = cidr.partition("/")
+    return (*(int(x) for x in addr.split(".")), int(prefix or 32))
 
 
 class RenderError(ValueError):
@@ -42,7 +106,7 @@ def render_node(node: BNGNode, objects: Iterable[Resource]) -> BNGNodeSpec:
             raise RenderError(f"SubscriberClass {c.name} refers to {', '.join(missing)}, "
                               "which does not exist")
     selected = {name: p for name, p in pools.items()
-                if all(node.metadata.labels.get(k) == v for k, v in p.spec.node_selector.items())}
+                if selects(p.spec.node_selector, node.metadata.labels)}
     return node.spec.model_copy(update={
         "pools": [NodePool(name=n, spec=p.spec) for n, p in sorted(selected.items())],
         "classes": [NodeClass(name=c.name, spec=c.spec) for c in classes

@@ -12,12 +12,13 @@ from bng_operator.api.crd import crd_file_name, crds, render_yaml
 from bng_operator.cli import main
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+THIRD_PARTY = {"kopf-peering.yaml"}  # kopf's own CRD, copied, not generated
 
 
 def test_crd_files_match_the_models() -> None:
     """Fails when someone edits a model without `bng crds --write crds/` (or edits the YAML)."""
     expected = {crd_file_name(c): render_yaml(c) for c in crds()}
-    on_disk = {p.name: p.read_text() for p in CRD_DIR.glob("*.yaml")}
+    on_disk = {p.name: p.read_text() for p in CRD_DIR.glob("*.yaml") if p.name not in THIRD_PARTY}
     assert sorted(on_disk) == sorted(expected)
     for name, text in expected.items():
         assert on_disk[name] == text, f"crds/{name} is stale: run `bng crds --write crds/`"

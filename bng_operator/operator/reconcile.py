@@ -1,0 +1,185 @@
+"""One round of the operator: every input object in, every output object's desired state out.
+
+A pure function of the cluster's state, so the whole of the operator's judgement is tested
+with tables of cases and no cluster. The kopf layer only gathers the state and writes the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bng_operator.api import BNGNode, IPPool, NATPool, QoSPolicy, SubscriberClass
+from bng_operator.api.bngnode import BNGNodeSpec
+from bng_operator.api.common import Condition, parse_duration, with_condition
+from bng_operator.api.ippool import IPPoolStatus, NodeBlocks
+from bng_operator.api.subscriberclass import SubscriberClassStatus
+from bng_operator.operator.blocks import plan_blocks, pool_size
+from bng_operator.operator.render import NodeDefaults, NodeInfo, render_spec, selects
+from bng_operator.operator.validation import Finding, dangling_references, overlapping_pools
+
+# Set on an IPPool to let it go although nodes still report leases in it.
+FORCE_DELETE_ANNOTATION = "bng.dev/force-delete"
+FINALIZER = "bng.dev/leases"
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_label: tuple[str, str | None] = ("bng.dev/node", "true")
+    defaults: NodeDefaults = field(default_factory=NodeDefaults)
+    block_threshold: float = 0.8  # a node's blocks this full: it gets another
+
+
+def parse_label(text: str) -> tuple[str, str | None]:
+    """``key=value``, or ``key`` alone for "has the label"."""
+    key, eq, value = text.partition("=")
+    if not key:
+        raise ValueError(f"not a label selector: {text!r} (write key=value or key)")
+    return key, value if eq else None
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    nodes: Sequence[NodeInfo] = ()
+    pools: Sequence[IPPool] = ()
+    classes: Sequence[SubscriberClass] = ()
+    qos: Sequence[QoSPolicy] = ()
+    nat: Sequence[NATPool] = ()
+    bngnodes: Sequence[BNGNode] = ()  # as they are now, status included
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    name: str
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    specs: dict[str, BNGNodeSpec]  # the BNGNodes that should exist
+    pool_status: dict[str, IPPoolStatus]
+    class_status: dict[str, SubscriberClassStatus]
+    releasable: frozenset[str]  # deleted IPPools whose finalizer can go
+    events: tuple[Event, ...]
+
+
+def bng_nodes(nodes: Sequence[NodeInfo], label: tuple[str, str | None]) -> list[NodeInfo]:
+    key, value = label
+    return sorted((n for n in nodes if key in n.labels and (value is None or n.labels[key] == value)),
+                  key=lambda n: n.name)
+
+
+def _drain_seconds(pool: IPPool, classes: Sequence[SubscriberClass]) -> int:
+    times = [parse_duration(pool.spec.lease_time)]
+    times += [parse_duration(c.spec.lease_time) for c in classes
+              if c.spec.pool == pool.name and c.spec.lease_time]
+    return max(times)
+
+
+def _events(kind: str, name: str, old: Sequence[Condition], new: Sequence[Condition],
+            bad: dict[str, bool]) -> list[Event]:
+    """An Event for each condition that changed status or reason: transitions, not repeats."""
+    before = {c.type: (c.status, c.reason) for c in old}
+    out = []
+    for c in new:
+        if before.get(c.type) != (c.status, c.reason) and (c.type in bad):
+            warn = (c.status == "True") == bad[c.type]
+            if warn or c.type in before:
+                out.append(Event(kind, name, "Warning" if warn else "Normal", c.reason, c.message))
+    return out
+
+
+def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
+    nodes = bng_nodes(state.nodes, settings.node_label)
+    findings: list[Finding] = overlapping_pools(state.pools)
+    refused = {f.name for f in findings}
+    live = [p for p in state.pools if p.metadata.deletion_timestamp is None]
+    class_findings = dangling_references(state.classes, live, state.qos, state.nat,
+                                         refused | {p.name for p in state.pools if p not in live})
+    bad_classes = {f.name: f for f in class_findings}
+    valid_classes = [c for c in state.classes if c.name not in bad_classes]
+    reported = {n.name: n.status for n in state.bngnodes if n.status is not None}
+    node_names = {n.name for n in nodes}
+
+    events: list[Event] = []
+    pool_status: dict[str, IPPoolStatus] = {}
+    blocks: dict[str, dict[str, list[str]]] = {}  # node -> pool -> cidrs
+    releasable = set()
+    for p in sorted(state.pools, key=lambda p: p.name):
+        old = p.status or IPPoolStatus()
+        serving = [] if p.name in refused or p not in live else \
+            [n.name for n in nodes if selects(p.spec.node_selector, n.labels)]
+        usage = {b.cidr: b.leases for name, st in reported.items() if name in node_names
+                 for b in st.blocks if b.pool == p.name}
+        bp = plan_blocks(p.spec, serving, old.blocks, usage, settings.block_threshold, now,
+                         _drain_seconds(p, state.classes))
+        for a in bp.assignments:
+            if a.release_after is None:
+                blocks.setdefault(a.node, {}).setdefault(p.name, []).append(a.cidr)
+        # leases the nodes hold in this pool, blocks or not (a deleted pool's leases run out)
+        held = sum(b.leases for st in reported.values() for b in st.blocks if b.pool == p.name)
+        allocated = max(held, sum(a.leases for a in bp.assignments))
+        size = pool_size(p.spec)
+        gen = p.metadata.generation
+        conds = list(old.conditions)
+        if p.name in refused:
+            f = next(f for f in findings if f.name == p.name)
+            conds = with_condition(conds, "Ready", False, f.reason, f.message, gen, now)
+        elif p not in live:
+            force = p.metadata.annotations.get(FORCE_DELETE_ANNOTATION) == "true"
+            if allocated == 0 or force:
+                releasable.add(p.name)
+            conds = with_condition(
+                conds, "Ready", False, "Deleting",
+                f"{allocated} leases still held on nodes; the pool is deleted when they end "
+                f"(or at once with the annotation {FORCE_DELETE_ANNOTATION}=true)", gen, now)
+        elif bp.starved:
+            conds = with_condition(
+                conds, "Ready", False, "TooSmall",
+                f"no free block of /{p.spec.block_size} for node(s) {', '.join(bp.starved)}: "
+                f"the pool has too few blocks for the {len(serving)} nodes it selects", gen, now)
+        elif not serving:
+            conds = with_condition(conds, "Ready", False, "NoNodes",
+                                   "no bng node matches the pool's nodeSelector", gen, now)
+        else:
+            conds = with_condition(conds, "Ready", True, "Serving",
+                                   f"served by {len(serving)} node(s)", gen, now)
+        exhausted = bool(bp.starved or bp.wanting_more) or (size > 0 and allocated >= size)
+        who = ", ".join(bp.starved + bp.wanting_more)
+        conds = with_condition(
+            conds, "Exhausted", exhausted, "NoFreeBlock" if exhausted else "BlocksAvailable",
+            f"node(s) {who} need another block and none is free" if who else
+            ("every address is leased" if exhausted else "free blocks remain"), gen, now)
+        per_node: dict[str, list[int]] = {}
+        for a in bp.assignments:
+            n = per_node.setdefault(a.node, [0, 0])
+            n[0] += 1
+            n[1] += a.leases
+        pool_status[p.name] = IPPoolStatus(
+            blocks=list(bp.assignments),
+            nodes=[NodeBlocks(node=k, blocks=v[0], leases=v[1]) for k, v in sorted(per_node.items())],
+            size=size, allocated=allocated, free=max(0, size - allocated),
+            utilization=min(100, allocated * 100 // size) if size else 100,
+            observed_generation=gen, conditions=conds)
+        events += _events("IPPool", p.name, old.conditions, conds,
+                          {"Ready": False, "Exhausted": True})
+
+    class_status = {}
+    for c in sorted(state.classes, key=lambda c: c.name):
+        old_c = c.status or SubscriberClassStatus()
+        bad = bad_classes.get(c.name)
+        conds = with_condition(list(old_c.conditions), "Ready", bad is None,
+                               bad.reason if bad else "Resolved",
+                               bad.message if bad else "every reference resolves",
+                               c.metadata.generation, now)
+        class_status[c.name] = old_c.model_copy(update={"conditions": conds})
+        events += _events("SubscriberClass", c.name, old_c.conditions, conds, {"Ready": False})
+
+    served = [p for p in live if p.name not in refused]
+    specs = {n.name: render_spec(n, served, valid_classes, state.qos, state.nat,
+                                 blocks.get(n.name, {}), settings.defaults) for n in nodes}
+    return Plan(specs, pool_status, class_status, frozenset(releasable), tuple(events))

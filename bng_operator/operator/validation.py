@@ -1,0 +1,62 @@
+"""Checks across objects that no single CRD schema can make: pure functions, no cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bng_operator.api import IPPool, NATPool, QoSPolicy, SubscriberClass
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Why one object cannot be served as written. ``reason`` is a CamelCase word."""
+
+    kind: str
+    name: str
+    reason: str
+    message: str
+
+
+def _age_order(p: IPPool) -> tuple[datetime, str]:
+    return (p.metadata.creation_timestamp or _EPOCH, p.name)
+
+
+def overlapping_pools(pools: Sequence[IPPool]) -> list[Finding]:
+    """A pool whose subnets overlap an older pool's is refused; the older one keeps serving,
+    so creating a bad pool never takes addresses away from working subscribers."""
+    out: list[Finding] = []
+    accepted: list[IPPool] = []
+    for p in sorted(pools, key=_age_order):
+        clash = next(((q, a, b) for q in accepted for a in p.spec.subnets for b in q.spec.subnets
+                      if a.network.overlaps(b.network)), None)
+        if clash is None:
+            accepted.append(p)
+            continue
+        q, a, b = clash
+        out.append(Finding("IPPool", p.name, "Overlaps",
+                           f"subnet {a.cidr} overlaps subnet {b.cidr} of IPPool {q.name}, which "
+                           "is older; this pool is not served until the overlap is removed"))
+    return out
+
+
+def dangling_references(classes: Sequence[SubscriberClass], pools: Sequence[IPPool],
+                        qos: Sequence[QoSPolicy], nat: Sequence[NATPool],
+                        refused_pools: set[str]) -> list[Finding]:
+    """Classes that name a pool, QoS policy or NAT pool that does not exist (or is refused)."""
+    known = {"IPPool": {p.name for p in pools} - refused_pools,
+             "QoSPolicy": {q.name for q in qos}, "NATPool": {n.name for n in nat}}
+    out = []
+    for c in classes:
+        refs = (("IPPool", c.spec.pool), ("QoSPolicy", c.spec.qos_policy),
+                ("NATPool", c.spec.nat_pool))
+        missing = [f"{kind} {name}" for kind, name in refs
+                   if name is not None and name not in known[kind]]
+        if missing:
+            out.append(Finding("SubscriberClass", c.name, "MissingReference",
+                               f"refers to {', '.join(missing)}, which does not exist or is not "
+                               "served; subscribers of this class are not served"))
+    return out
