@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bng_operator import __version__
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
+from bng_operator.api.bngnode import MAX_LEASES_PER_NODE
 from bng_operator.api.common import DEFAULT_NAMESPACE
 
 
@@ -48,17 +49,58 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     import asyncio
 
     from bng_operator import logs
+    from bng_operator.agent.kube import ReportSettings
     from bng_operator.agent.runtime import AgentSettings, run_agent
     from bng_operator.agent.sources import FileSource, KubeSource, Source
+    from bng_operator.api.common import parse_duration
 
     logs.setup(args.log_level, args.log_format)
-    source: Source = FileSource(args.config) if args.config else KubeSource(args.kubeconfig,
-                                                                            args.namespace)
+    try:
+        report = ReportSettings(rate=args.subscriber_write_rate,
+                                ttl=parse_duration(args.subscriber_ttl),
+                                accounting_interval=parse_duration(args.accounting_interval))
+    except ValueError as e:
+        print(f"bng agent: {e}", file=sys.stderr)
+        return 2
+    if report.rate <= 0:
+        print("bng agent: --subscriber-write-rate must be positive", file=sys.stderr)
+        return 2
+    source: Source
+    if args.config:
+        source = FileSource(args.config)
+    else:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        source = KubeSource(args.node, args.kubeconfig, args.namespace,
+                            cache=args.state_dir / f"objects-{args.node}.json")
     settings = AgentSettings(node=args.node, state_dir=args.state_dir,
                              metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                              fast_path=not args.no_fast_path, bpf_pin_root=args.bpf_dir,
-                             xdp_mode=args.xdp_mode)
+                             xdp_mode=args.xdp_mode, namespace=args.namespace, report=report)
     return asyncio.run(run_agent(settings, source))
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from bng_operator import logs
+    from bng_operator.operator.main import OperatorSettings, run
+    from bng_operator.operator.reconcile import Settings, parse_label
+    from bng_operator.operator.render import NodeDefaults
+
+    logs.setup(args.log_level, args.log_format)
+    try:
+        label = parse_label(args.node_label)
+    except ValueError as e:
+        print(f"bng operator: --node-label: {e}", file=sys.stderr)
+        return 2
+    if not 0 < args.block_threshold <= 1:
+        print("bng operator: --block-threshold must be in (0, 1]", file=sys.stderr)
+        return 2
+    defaults = NodeDefaults(access=tuple(args.access_interface or ["eth1"]),
+                            uplink=args.uplink_interface, max_leases=args.max_leases)
+    return run(OperatorSettings(
+        reconcile=Settings(node_label=label, defaults=defaults,
+                           block_threshold=args.block_threshold),
+        kubeconfig=args.kubeconfig, peering=args.peering, priority=args.priority,
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port))
 
 
 def _cmd_fastpath_remove(args: argparse.Namespace) -> int:
@@ -123,7 +165,41 @@ def parser() -> argparse.ArgumentParser:
                    help="where the fast path's program and maps are pinned (default: %(default)s)")
     a.add_argument("--xdp-mode", default="native", choices=["native", "generic"],
                    help="XDP in the driver (native) or after the stack allocates an skb")
+    k = a.add_argument_group("Kubernetes mode: Subscriber objects")
+    k.add_argument("--subscriber-write-rate", type=float, default=20.0, metavar="PER_SECOND",
+                   help="at most this many apiserver writes per second (default: %(default)s)")
+    k.add_argument("--subscriber-ttl", default="24h", metavar="DURATION",
+                   help="delete released/expired Subscribers after this (default: %(default)s)")
+    k.add_argument("--accounting-interval", default="5m", metavar="DURATION",
+                   help="refresh bound Subscribers' lease end this often (default: %(default)s)")
     a.set_defaults(func=_cmd_agent)
+
+    o = sub.add_parser(
+        "operator", help="run the operator (policy -> per-node BNGNode, address blocks)",
+        description="Watch IPPool, SubscriberClass, QoSPolicy, NATPool and the labelled Nodes; "
+                    "write one BNGNode per node with its address blocks, and the pools' "
+                    "status. Replicas elect one active instance through kopf peering.")
+    o.add_argument("--kubeconfig", help="outside a cluster (default: in-cluster)")
+    o.add_argument("--node-label", default="bng.dev/node=true",
+                   help="Nodes that run bng: key=value or key (default: %(default)s)")
+    o.add_argument("--access-interface", action="append", metavar="IFNAME",
+                   help="access interface of every node (repeatable; default eth1); a node's "
+                        "annotation bng.dev/access-interfaces overrides it")
+    o.add_argument("--uplink-interface", metavar="IFNAME",
+                   help="uplink of every node; annotation bng.dev/uplink-interface overrides it")
+    o.add_argument("--max-leases", type=int, default=MAX_LEASES_PER_NODE,
+                   help="per node: sizes lease store and maps (default: %(default)s)")
+    o.add_argument("--block-threshold", type=float, default=0.8,
+                   help="a node whose blocks are this full gets another (default: %(default)s)")
+    o.add_argument("--peering", default="bng", help="ClusterKopfPeering name (default: bng)")
+    o.add_argument("--priority", type=int,
+                   help="peering priority (default: random, so one replica is active)")
+    o.add_argument("--namespace", default=DEFAULT_NAMESPACE, help=argparse.SUPPRESS)
+    o.add_argument("--metrics-host", default="0.0.0.0")
+    o.add_argument("--metrics-port", type=int, default=9642)
+    o.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    o.add_argument("--log-format", default="json", choices=["json", "text"])
+    o.set_defaults(func=_cmd_operator)
 
     r = sub.add_parser(
         "fastpath-remove", help="detach the XDP fast path and unpin its maps (uninstall)",

@@ -53,6 +53,17 @@ class AgentMetrics:
         self.program_attached = Gauge(
             "bng_ebpf_program_attached", "1 when the program is attached to the interface.",
             ["program", "interface"], registry=r)
+        # Kubernetes mode: what the agent writes to the apiserver.
+        self.kube_writes = Counter(
+            "bng_kube_writes_total", "Apiserver writes, by kind and verb.", ["kind", "verb"],
+            registry=r)
+        self.kube_pending = Gauge(
+            "bng_kube_pending_updates", "Subscriber updates waiting to be written.", registry=r)
+        self.kube_dropped = Counter(
+            "bng_kube_dropped_updates_total",
+            "Updates dropped from a full queue (a resync follows).", registry=r)
+        self.kube_reachable = Gauge(
+            "bng_kube_reachable", "1 when the last apiserver request succeeded.", registry=r)
         self._kernel: dict[str, int] = {}
         # Run before each scrape: readings that must be current when scraped, into counters.
         self.before_scrape: list[Callable[[], None]] = []

@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bng_operator import netlink
-from bng_operator.agent import http
+from bng_operator import http, netlink
 from bng_operator.agent.config import ConfigError, NodeConfig
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
 from bng_operator.agent.dhcp.codec import Malformed, decode, encode
@@ -26,7 +27,12 @@ from bng_operator.agent.dhcp.transport import (
     parse_frame,
     reply_destination,
 )
-from bng_operator.agent.sources import Source, load_node_config
+from bng_operator.agent.kube import KubeReporter, ReportSettings
+from bng_operator.agent.sources import KubeSource, Source, load_node_config
+from bng_operator.agent.status import node_status
+from bng_operator.agent.subscribers import object_name
+from bng_operator.api.bngnode import BNGNodeStatus, MapFill, ProgramStatus
+from bng_operator.api.common import DEFAULT_NAMESPACE, Condition
 
 if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when the fast path is on
     from bng_operator.agent.dataplane.cache import SubscriberCache
@@ -47,6 +53,9 @@ class AgentSettings:
     xdp_mode: netlink.XDPMode = "native"
     sync_interval: float = 0.5  # how often fast-path renewals reach the lease store (<= 1 s)
     expiry_grace: float = 2.0  # leases end this late, for renewals still on their way up
+    namespace: str = DEFAULT_NAMESPACE  # of Subscriber objects (Kubernetes mode)
+    report: ReportSettings = field(default_factory=ReportSettings)
+    status_interval: float = 1.0  # BNGNode status: at most one write this often, if changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +83,22 @@ class Agent:
     _problem: str = "starting"
     _after_commit: dict[asyncio.Future[None], list[_Pending]] = field(default_factory=dict)
     _attached: set[str] = field(default_factory=set)
+    reporter: KubeReporter | None = None
+    _orphans: dict[int, Lease] = field(default_factory=dict)  # pool gone; counted until they end
+    _status_dirty: bool = True
+    _last_sync: datetime | None = None
+    _conditions: list[Condition] = field(default_factory=list)
+    _degraded: str = ""
+    _reload_error: str = ""
+    _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.config = load_node_config(self.source, self.settings.node)
+        loop = asyncio.get_running_loop()
+        self.config = await loop.run_in_executor(None, load_node_config, self.source,
+                                                 self.settings.node)
+        self._last_sync = datetime.now(UTC)
         self.metrics.config_loaded.set(1)
         path = self.settings.state_dir / f"leases-{self.settings.node}.sqlite"
         self.store = LeaseStore(path)
@@ -87,6 +107,7 @@ class Agent:
         self.metrics.watch_leases(server.pool_usage, lambda: len(server.by_address))
         leases, declines = self.store.load()
         for orphan in self.server.load(leases, declines):
+            self._orphans[orphan.address] = orphan
             log.warning("stored lease of %s on %s has no pool on this node any more; it is "
                         "served again only if the client asks anew", orphan.identity,
                         IPv4Address(orphan.address))
@@ -103,16 +124,21 @@ class Agent:
                  len(self.config.pools), len(self.config.classes), self.source.describe())
         site = await http.serve(self.settings.metrics_host, self.settings.metrics_port,
                                 self.metrics.render, self.ready)
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        tasks = [asyncio.create_task(self._tick(stop))]
+        loop.add_signal_handler(signal.SIGHUP, self._reload_wanted.set)
+        tasks = [asyncio.create_task(self._tick(stop)), asyncio.create_task(self._reloader(stop))]
         if self.cache is not None:
             tasks.append(asyncio.create_task(self._sync_fast_path(stop)))
+        watch_stop = threading.Event()
+        if isinstance(self.source, KubeSource):
+            self._start_reporting(self.source, watch_stop, tasks, stop)
         try:
             await stop.wait()
         finally:
+            watch_stop.set()
             for t in tasks:
                 t.cancel()
+            if self.reporter is not None:
+                await loop.run_in_executor(None, self.reporter.stop)
             site.close()
             for iface in self.interfaces.values():
                 loop.remove_reader(iface.fileno())
@@ -129,20 +155,44 @@ class Agent:
     def ready(self) -> tuple[bool, str]:
         return (self._problem == "", self._problem or "ready")
 
+    async def _reloader(self, stop: asyncio.Event) -> None:
+        """Reloads, one at a time; a burst of changes (or SIGHUPs) costs one reload."""
+        while not stop.is_set():
+            await self._reload_wanted.wait()
+            await asyncio.sleep(0.05)
+            self._reload_wanted.clear()
+            try:
+                await self.reload()
+            except Exception:  # a bad reload must not end the reloader
+                log.exception("reload failed")
+
     async def reload(self) -> None:
         """Re-read the configuration and apply it without dropping a lease."""
+        loop = asyncio.get_running_loop()
         try:
-            config = load_node_config(self.source, self.settings.node)
+            config = await loop.run_in_executor(None, load_node_config, self.source,
+                                                self.settings.node)
         except (ConfigError, OSError) as e:
             self.metrics.config_loaded.set(0)
+            self._reload_error = f"configuration not applied: {e}"
+            self._status_dirty = True
             log.error("reload failed, still serving the previous configuration: %s", e)
             return
         assert self.server is not None and self.config is not None
+        if config == self.config:
+            self._last_sync = datetime.now(UTC)
+            self._reload_error = ""
+            self.metrics.config_loaded.set(1)
+            return
         if config.max_leases != self.config.max_leases and self.cache is not None:
             log.warning("maxLeases changed to %d: the fast path's maps keep their size until the "
                         "agent restarts", config.max_leases)
-        self.server.reconfigure(config)
+        for orphan in self.server.reconfigure(config):
+            self._orphans[orphan.address] = orphan
         self.config = config
+        self._reload_error = ""
+        self._last_sync = datetime.now(UTC)
+        self._status_dirty = True
         if self.cache is not None:
             dropped = self.cache.reconfigure(config, list(self.server.by_address.values()))
             log.info("fast path: options updated, %d entries dropped to be classified anew",
@@ -191,6 +241,92 @@ class Agent:
             self._persist_renewals()  # first: a lease the kernel just renewed must not end
         if self.server.expire(self.settings.expiry_grace if self.cache else 0.0):
             self._commit_quietly()
+        now = time.time()
+        for addr, lease in list(self._orphans.items()):
+            if lease.expires <= now or addr in self.server.by_address:
+                del self._orphans[addr]
+                self._status_dirty = True
+
+    # --- Kubernetes mode: BNGNode status and Subscriber objects ------------------------------
+
+    def _start_reporting(self, source: KubeSource, watch_stop: threading.Event,
+                         tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> None:
+        assert self.server is not None
+        loop = asyncio.get_running_loop()
+        reporter = self.reporter = KubeReporter(source.api, self.settings.node,
+                                                self.settings.namespace, self.settings.report,
+                                                self.metrics)
+        self.server.on_event = self._subscriber_event
+        reporter.start()
+
+        def changed() -> None:  # from a watch thread
+            loop.call_soon_threadsafe(self._reload_wanted.set)
+
+        source.watch(changed, watch_stop)
+        if source.from_cache:  # started without the apiserver: read it again when it is back
+            self._reload_wanted.set()
+        tasks.append(asyncio.create_task(self._report(stop)))
+
+    def _subscriber_name(self, lease: Lease) -> str:
+        assert self.config is not None
+        r = self.config.reservation_by_key.get(lease.identity)
+        return r.name if r is not None else object_name(lease.identity)
+
+    def _subscriber_event(self, event: str, lease: Lease) -> None:
+        self._status_dirty = True
+        if self.reporter is not None:
+            self.reporter.subscriber(self._subscriber_name(lease), event, lease)  # type: ignore[arg-type]
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        """BNGNode status when it changed; every bound subscriber at the accounting interval
+        (their lease ends moved by renewals); everything again after updates were lost."""
+        assert self.reporter is not None and self.server is not None
+        next_accounting = time.monotonic() + self.settings.report.accounting_interval
+        seen: tuple[object, ...] = ()
+        while not stop.is_set():
+            try:
+                now_seen = (self._problem, frozenset(self._attached), self._reload_error,
+                            self.cache is not None)
+                if now_seen != seen:
+                    seen, self._status_dirty = now_seen, True
+                if self.reporter.need_resync and self.reporter.reachable:
+                    self.reporter.need_resync = False
+                    for lease in list(self.server.by_address.values()):
+                        self._subscriber_event("allocate", lease)
+                refresh = time.monotonic() >= next_accounting
+                if refresh:
+                    next_accounting = time.monotonic() + self.settings.report.accounting_interval
+                    for lease in list(self.server.by_address.values()):
+                        self.reporter.subscriber(self._subscriber_name(lease), "allocate", lease,
+                                                 refresh=True)
+                if self._status_dirty:
+                    self._status_dirty = False
+                    self.reporter.node_status(self._node_status())
+            except Exception:  # the reporter must outlive any one bad round
+                log.exception("status report failed; retrying")
+            await asyncio.sleep(self.settings.status_interval)
+
+    def _node_status(self) -> BNGNodeStatus:
+        assert self.config is not None and self.server is not None
+        programs = [ProgramStatus(hook="xdp", interface=name, name="xdp_dhcp",
+                                  attached=name in self._attached)
+                    for name in self.config.access_interfaces] if self.settings.fast_path else []
+        maps = [MapFill(name=k, entries=v, capacity=self.config.max_leases)
+                for k, v in sorted(self.cache.counts().items())] if self.cache else []
+        problem = self._problem
+        degraded = self._reload_error
+        if self.settings.fast_path:
+            missing = [n for n in self.config.access_interfaces if n not in self._attached]
+            if self.cache is None:
+                degraded = degraded or "fast path unavailable: the slow path serves every request"
+            elif missing:
+                degraded = degraded or f"fast path not attached on {', '.join(missing)}"
+        generation = getattr(self.source, "generation", None)
+        leases = [*self.server.by_address.values(), *self._orphans.values()]
+        st = node_status(self.config, leases, programs, maps, problem, degraded, generation,
+                         self._last_sync, self._conditions, datetime.now(UTC))
+        self._conditions = list(st.conditions)
+        return st
 
     # --- the fast path -----------------------------------------------------------------------
 

@@ -5,7 +5,10 @@ Both return the same objects, and ``load_node_config`` turns them into the same 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,39 +53,154 @@ class FileSource:
         return "file " + ", ".join(str(p) for p in self.paths)
 
 
+log = logging.getLogger("bng.agent.source")
+TIMEOUT = 5.0
+POLICY_KINDS = (IPPool, SubscriberClass, QoSPolicy, NATPool)
+
+
+def _reservation(item: dict[str, Any]) -> Any:
+    spec = item.get("spec") or {}
+    return spec if spec.get("address") else None
+
+
 class KubeSource:
-    """Kubernetes mode: the node's BNGNode and the policy objects, read from the apiserver."""
+    """Kubernetes mode: the node's BNGNode, the reservations (Subscribers with an address)
+    and, for a BNGNode that does not embed its policy, the policy objects.
 
-    KINDS = (BNGNode, IPPool, SubscriberClass, QoSPolicy, NATPool, Subscriber)
+    The last objects read are kept in ``cache``: an agent that starts while the apiserver
+    is unreachable serves from them. ``watch`` calls back when anything the node's
+    configuration is made of changes, and only then (not on status writes)."""
 
-    def __init__(self, kubeconfig: str | None = None, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(self, node: str, kubeconfig: str | None = None,
+                 namespace: str = DEFAULT_NAMESPACE, cache: Path | None = None) -> None:
         from kubernetes import client, config
 
         if kubeconfig:
-            api = config.new_client_from_config(config_file=kubeconfig)
+            self.api = config.new_client_from_config(config_file=kubeconfig)
         else:
             config.load_incluster_config()
-            api = client.ApiClient()
-        self.custom = client.CustomObjectsApi(api)
-        self.namespace = namespace
-        self.kubeconfig = kubeconfig
+            self.api = client.ApiClient()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.node, self.namespace, self.kubeconfig, self.cache = node, namespace, kubeconfig, cache
+        self.generation: int | None = None  # of the BNGNode last read
+        self.embedded = True  # the BNGNode carries its policy (written by the operator)
+        self.from_cache = False
+
+    def _list(self, plural: str, namespaced: bool = False) -> list[dict[str, Any]]:
+        if namespaced:
+            return list(self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, plural, _request_timeout=TIMEOUT)["items"])
+        return list(self.custom.list_cluster_custom_object(
+            GROUP, VERSION, plural, _request_timeout=TIMEOUT)["items"])
+
+    def _read(self) -> list[dict[str, Any]]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            node = self.custom.get_cluster_custom_object(GROUP, VERSION, "bngnodes", self.node,
+                                                         _request_timeout=TIMEOUT)
+            items = [node]
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            items = []  # load_node_config says which BNGNode is missing
+        spec = items[0].get("spec", {}) if items else {}
+        self.embedded = bool(spec.get("pools") or spec.get("classes"))
+        if items and not self.embedded:
+            for cls in POLICY_KINDS:
+                items += self._list(cls.info.plural)
+        items += [i for i in self._list("subscribers", namespaced=True) if _reservation(i)]
+        for item in items:
+            item.pop("status", None)  # the agent reads specs; status is ours to write
+            item.setdefault("kind", "Subscriber")
+        return items
 
     def objects(self) -> list[Resource]:
+        from bng_operator.api import BY_KIND
+
+        try:
+            items = self._read()
+            self.from_cache = False
+            if self.cache is not None and items:
+                tmp = self.cache.with_suffix(".tmp")
+                tmp.write_text(json.dumps(items))
+                tmp.replace(self.cache)
+        except Exception as e:
+            if self.cache is None or not self.cache.exists():
+                raise ConfigError(f"apiserver unreachable and no cached configuration: {e}") from e
+            log.warning("apiserver unreachable (%s); serving the configuration cached in %s",
+                        str(e).splitlines()[0][:200], self.cache)
+            items = json.loads(self.cache.read_text())
+            self.from_cache = True
         out: list[Resource] = []
-        for cls in self.KINDS:
-            p = cls.info.plural
-            if cls.info.scope == "Namespaced":
-                items: list[dict[str, Any]] = self.custom.list_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, p)["items"]
-            else:
-                items = self.custom.list_cluster_custom_object(GROUP, VERSION, p)["items"]
-            for item in items:
-                item.pop("status", None)  # the agent reads specs; status is ours to write
-                out.append(cls.model_validate(item))
+        for item in items:
+            cls = BY_KIND[item["kind"]]
+            obj = cls.model_validate(item)
+            if isinstance(obj, BNGNode):
+                self.generation = obj.metadata.generation
+            out.append(obj)
         return out
 
     def describe(self) -> str:
         return f"apiserver ({self.kubeconfig or 'in-cluster'})"
+
+    def watch(self, changed: Callable[[], None], stop: threading.Event) -> list[threading.Thread]:
+        """Threads that call ``changed`` when the configuration may differ: the BNGNode's
+        spec, a reservation, or (for a BNGNode without embedded policy) a policy object.
+        After a lost watch they call it too, since changes may have been missed."""
+        watches: list[tuple[str, bool, dict[str, Any]]] = [
+            ("bngnodes", False, {"field_selector": f"metadata.name={self.node}"}),
+            ("subscribers", True, {})]
+        watches += [(cls.info.plural, False, {}) for cls in POLICY_KINDS]
+        threads = []
+        for plural, namespaced, kw in watches:
+            t = threading.Thread(target=self._watch, args=(plural, namespaced, kw, changed, stop),
+                                 name=f"bng-watch-{plural}", daemon=True)
+            t.start()
+            threads.append(t)
+        return threads
+
+    def _watch(self, plural: str, namespaced: bool, kw: dict[str, Any],
+               changed: Callable[[], None], stop: threading.Event) -> None:
+        from kubernetes import watch
+
+        seen: dict[str, Any] = {}  # name -> what of it the configuration depends on
+        policy = plural not in ("bngnodes", "subscribers")
+
+        def relevant(obj: dict[str, Any]) -> Any:
+            if plural == "subscribers":
+                return _reservation(obj)
+            return obj.get("spec") if not policy or not self.embedded else None
+
+        args: tuple[Any, ...] = (GROUP, VERSION, self.namespace, plural) if namespaced else \
+            (GROUP, VERSION, plural)
+        fn = self.custom.list_namespaced_custom_object if namespaced else \
+            self.custom.list_cluster_custom_object
+        first = True
+        while not stop.is_set():
+            try:
+                listed = fn(*args, _request_timeout=TIMEOUT, **kw)
+                now = {i["metadata"]["name"]: relevant(i) for i in listed["items"]}
+                if not first and {k: v for k, v in now.items() if v} != \
+                        {k: v for k, v in seen.items() if v}:
+                    changed()
+                seen, first = now, False
+                rv = listed["metadata"]["resourceVersion"]
+                for ev in watch.Watch().stream(fn, *args, resource_version=rv,
+                                               timeout_seconds=60, _request_timeout=90, **kw):
+                    if stop.is_set():
+                        return
+                    obj = ev["object"]
+                    name = obj.get("metadata", {}).get("name")
+                    new = None if ev["type"] == "DELETED" else relevant(obj)
+                    if ev["type"] == "ERROR":
+                        break
+                    if seen.get(name) != new:
+                        seen[name] = new
+                        changed()
+            except Exception as e:  # apiserver gone: retry; the re-list catches up
+                log.debug("watch of %s lost: %s", plural, e)
+                stop.wait(2.0)
 
 
 def load_node_config(source: Source, node: str) -> NodeConfig:

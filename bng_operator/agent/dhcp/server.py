@@ -164,6 +164,9 @@ class DhcpServer:
         # Told of every lease that stops being bound (released, declined, expired, moved),
         # so a cache of bound leases (the fast path's maps) can forget it.
         self.on_unbind: Callable[[Lease], None] | None = None
+        # Told of every change of a subscriber's state (allocate, release, expire, decline),
+        # never of a plain renewal: what the apiserver hears of.
+        self.on_event: Callable[[str, Lease], None] | None = None
         self._build_pools(config)
 
     def _build_pools(self, config: NodeConfig) -> None:
@@ -390,7 +393,8 @@ class DhcpServer:
             state="bound", vlan=ctx.vlans[0] if ctx.vlans else 0, giaddr=int(msg.giaddr),
             server_id=int(server_id),
             relay_agent=msg.relay_agent, lease_seconds=seconds)
-        changed = old is None or old.address != addr
+        changed = old is None or old.address != addr or \
+            old.subscriber_class != lease.subscriber_class
         self._bind(lease)
         self.store.put(lease)
         if changed:
@@ -570,6 +574,8 @@ class DhcpServer:
     # --- reporting -------------------------------------------------------------------------------
 
     def _audit(self, event: str, lease: Lease) -> None:
+        if self.on_event is not None:
+            self.on_event(event, lease)
         audit.info(event, extra={"audit": {
             "event": event, "identity": lease.identity, "mac": lease.mac,
             "address": str(IPv4Address(lease.address)), "pool": lease.pool,

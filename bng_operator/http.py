@@ -1,4 +1,4 @@
-"""The agent's HTTP endpoint: /metrics, /healthz, /readyz. Tiny, asyncio, no framework."""
+"""The HTTP endpoint of agent and operator: /metrics, /healthz, /readyz. Tiny, asyncio."""
 
 from __future__ import annotations
 

@@ -1,0 +1,177 @@
+"""``bng operator``: the kopf program. Handlers are thin: any change to an input schedules one
+reconcile round (``reconcile.plan``, pure); ``kube.ClusterIO`` reads the state and writes the
+plan. Rounds are level-triggered and coalesced, so a burst of changes costs one round."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from bng_operator import http
+from bng_operator.api import GROUP, RESOURCES, VERSION, Subscriber
+from bng_operator.operator.kube import ClusterIO
+from bng_operator.operator.reconcile import FINALIZER, Settings, plan
+
+log = logging.getLogger("bng.operator")
+
+
+@dataclass
+class OperatorSettings:
+    reconcile: Settings
+    kubeconfig: str | None = None
+    peering: str = "bng"
+    priority: int | None = None  # None: random, so that one replica of many is active
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9642
+    debounce: float = 0.05
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.rounds = Counter("bng_operator_reconcile_rounds_total", "Reconcile rounds",
+                              ["result"], registry=self.registry)
+        self.writes = Counter("bng_operator_writes_total", "Apiserver writes by kind and verb",
+                              ["kind", "verb"], registry=self.registry)
+        self.duration = Histogram("bng_operator_reconcile_seconds", "Duration of one round",
+                                  registry=self.registry)
+
+
+class Reconciler:
+    """Runs rounds one at a time whenever ``poke`` was called since the last one started."""
+
+    def __init__(self, settings: OperatorSettings, io: ClusterIO, metrics: Metrics) -> None:
+        self.settings, self.io, self.metrics = settings, io, metrics
+        self.dirty = asyncio.Event()
+        self.releasable: frozenset[str] = frozenset()
+        self.rounds = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def poke(self) -> None:
+        self.dirty.set()
+
+    async def run(self) -> None:
+        loop = self.loop = asyncio.get_running_loop()
+        while True:
+            await self.dirty.wait()
+            await asyncio.sleep(self.settings.debounce)  # coalesce a burst of events
+            self.dirty.clear()
+            t0 = time.perf_counter()
+            try:
+                await loop.run_in_executor(None, self._round)
+            except Exception as e:
+                self.metrics.rounds.labels("error").inc()
+                log.error("reconcile failed, retrying in 2 s: %s", e)
+                loop.call_later(2, self.poke)
+                continue
+            self.metrics.rounds.labels("ok").inc()
+            self.metrics.duration.observe(time.perf_counter() - t0)
+
+    def _round(self) -> None:
+        now = datetime.now(UTC)
+        state = self.io.state()
+        p = plan(state, self.settings.reconcile, now)
+        writes = self.io.apply(p, state)
+        self.releasable = p.releasable
+        self.rounds += 1
+        for (kind, verb), n in writes.counts.items():
+            self.metrics.writes.labels(kind, verb).inc(n)
+        if writes.counts:
+            log.info("reconciled: %s", ", ".join(f"{v} {k} x{n}" for (k, v), n in
+                                                 sorted(writes.counts.items())))
+        # Come back when a departed node's block is due to return to its pool.
+        due = [b.release_after for st in p.pool_status.values() for b in st.blocks
+               if b.release_after is not None]
+        if due and self.loop is not None:
+            delay = max(1.0, (min(due) - now).total_seconds() + 1)
+            self.loop.call_soon_threadsafe(self.loop.call_later, delay, self.poke)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metrics: Metrics,
+             state: dict[str, Any]) -> None:
+    """The handlers: each only pokes the reconciler; deletion of an IPPool waits for it."""
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        rec = Reconciler(OPERATOR, ClusterIO(_client(OPERATOR.kubeconfig)), metrics)
+        state["reconciler"] = rec
+        state["task"] = asyncio.create_task(rec.run())
+        state["http"] = await http.serve(OPERATOR.metrics_host, OPERATOR.metrics_port,
+                                         lambda: generate_latest(metrics.registry),
+                                         lambda: (True, "ready"))
+        log.info("operator starting: peering %s, priority %s, nodes labelled %s",
+                 OPERATOR.peering, OPERATOR.priority, _label(OPERATOR))
+
+    OPERATOR = settings
+
+    def poke(**_: Any) -> None:
+        rec = state.get("reconciler")
+        if rec is not None:
+            rec.poke()
+
+    kopf.on.event("", "v1", "nodes", registry=registry)(poke)
+    for cls in RESOURCES:
+        if cls is not Subscriber:
+            kopf.on.event(GROUP, VERSION, cls.info.plural, registry=registry)(poke)
+
+    @kopf.on.delete(GROUP, VERSION, "ippools", registry=registry)
+    async def pool_deleted(name: str, **_: Any) -> None:
+        rec: Reconciler = state["reconciler"]
+        rounds = rec.rounds
+        rec.poke()
+        for _i in range(100):  # a fresh round sees the deletion timestamp
+            if rec.rounds > rounds:
+                break
+            await asyncio.sleep(0.1)
+        if name not in rec.releasable:
+            raise kopf.TemporaryError(f"IPPool {name} still has leases on nodes; waiting for "
+                                      "them to end (see its Ready condition)", delay=10)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        if "task" in state:
+            state["task"].cancel()
+        if "http" in state:
+            state["http"].close()
+
+
+def _label(s: OperatorSettings) -> str:
+    k, v = s.reconcile.node_label
+    return f"{k}={v}" if v is not None else k
+
+
+def _client(kubeconfig: str | None) -> Any:
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    config.load_incluster_config()
+    return client.ApiClient()
+
+
+def run(settings: OperatorSettings) -> int:
+    if settings.kubeconfig:  # kopf's own login reads it from here
+        os.environ["KUBECONFIG"] = settings.kubeconfig
+    if settings.priority is None:
+        # kopf freezes every replica when two share a priority; a random one makes exactly
+        # one replica (the highest) active, and another takes over when it is gone.
+        settings.priority = random.randint(1, 1_000_000)
+    registry = kopf.OperatorRegistry()
+    register(registry, settings, Metrics(), {})
+    asyncio.run(kopf.operator(registry=registry, clusterwide=True,
+                              peering_name=settings.peering, priority=settings.priority))
+    return 0
