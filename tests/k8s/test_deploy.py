@@ -1,0 +1,354 @@
+"""The deployment artefacts: the Helm chart and the kustomize base, on a real kube-apiserver.
+
+The chart is linted and rendered with the helm built by `make setup`, and every render is
+applied with ``--dry-run=server`` (admission, schemas, strict field validation) against the
+test apiserver. The agent's security properties and the RBAC are checked on the rendered
+objects, and the kustomize base must equal the chart's default render.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, Cluster
+
+CHART = REPO / "charts" / "bng"
+BASE = REPO / "config" / "base"
+NS = "bng-system"
+HELM_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
+
+Obj = dict[str, Any]
+Helm = Callable[..., str]
+
+
+def helm_binary() -> Path:
+    """The helm that hack/helm/build.sh builds; a missing one fails the test (never skips)."""
+    version = (REPO / "hack" / "helm" / "VERSION").read_text().strip()
+    cache = Path(os.environ.get("BNG_CACHE", Path.home() / ".cache" / "bng"))
+    helm = cache / f"helm-{version}" / "helm"
+    if not os.access(helm, os.X_OK):
+        pytest.fail(f"helm not found at {helm}. Build it with `make setup` (or `hack/helm/build.sh`); "
+                    "it needs Go and the Go module proxy.", pytrace=False)
+    return helm
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """Runs helm with its config and cache in a temporary directory; returns stdout."""
+    binary, home = helm_binary(), tmp_path_factory.mktemp("helm")
+    env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"),
+           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
+
+    def run(*args: str) -> str:
+        r = subprocess.run([str(binary), *args], capture_output=True, text=True, env=env,
+                           timeout=60)
+        assert r.returncode == 0, f"helm {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    return run
+
+
+def objects(text: str) -> list[Obj]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def render(helm: Helm, *sets: str) -> list[Obj]:
+    args = [a for s in sets for a in ("--set", s)]
+    return objects(helm("template", "bng", str(CHART), "--namespace", NS, *args))
+
+
+def one(objs: list[Obj], kind: str, name: str) -> Obj:
+    found = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+    return found[0]
+
+
+def dry_run(k8s: Cluster, objs: list[Obj]) -> str:
+    """``kubectl apply --dry-run=server`` of ``objs`` after a Namespace bng-system."""
+    ns: Obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
+    # The namespaced objects need their namespace to exist, dry run or not. It is created for
+    # real and left in place: without kube-controller-manager a deleted namespace would stay
+    # Terminating and break other k8s-tier tests that use bng-system (config/samples).
+    k8s.kubectl("apply", "-f", "-", input=yaml.safe_dump(ns))
+    out = k8s.kubectl("apply", "--dry-run=server", "-f", "-",
+                      input=yaml.safe_dump_all([ns, *objs])).stdout
+    assert out.count("(server dry run)") == len(objs) + 1, out
+    return out
+
+
+def rules_of(objs: list[Obj]) -> dict[str, set[tuple[str, str, str]]]:
+    """Every Role / ClusterRole as {kind/name: {(apiGroup, resource, verb)}}."""
+    out: dict[str, set[tuple[str, str, str]]] = {}
+    for o in objs:
+        if o["kind"] in ("Role", "ClusterRole"):
+            out[f"{o['kind']}/{o['metadata']['name']}"] = {
+                (g, r, v) for rule in o["rules"] for g in rule.get("apiGroups", [])
+                for r in rule.get("resources", []) for v in rule["verbs"]}
+    return out
+
+
+def grants(*spec: tuple[str, str, str]) -> set[tuple[str, str, str]]:
+    """("group", "res1 res2", "verb1 verb2") -> every (group, resource, verb)."""
+    return {(g, r, v) for g, rs, vs in spec for r in rs.split() for v in vs.split()}
+
+
+POLICY = "ippools subscriberclasses qospolicies natpools"
+EXPECTED_RBAC = {
+    "ClusterRole/bng-operator": grants(
+        ("", "nodes", "get list watch"),
+        ("bng.dev", POLICY, "get list watch"),
+        ("bng.dev", "ippools", "patch"),  # kopf's finalizer: the IPPool deletion handler
+        ("bng.dev", "ippools/status subscriberclasses/status", "get patch update"),
+        ("bng.dev", "bngnodes", "get list watch create update patch delete"),
+        ("kopf.dev", "clusterkopfpeerings", "get list watch patch"),
+        # Events in two namespaces: default (the operator's own) and the pod's (kopf's).
+        ("", "events", "create patch"), ("events.k8s.io", "events", "create patch"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list watch"),
+    ),
+    "ClusterRole/bng-agent": grants(
+        ("bng.dev", "bngnodes", "get list watch"),
+        ("bng.dev", "bngnodes/status", "get patch update"),
+        ("bng.dev", POLICY, "get list watch"),
+    ),
+    "Role/bng-agent": grants(
+        ("bng.dev", "subscribers", "get list watch create update patch delete"),
+        ("bng.dev", "subscribers/status", "get patch update"),
+        ("", "events", "create patch"), ("events.k8s.io", "events", "create patch"),
+    ),
+}
+
+
+def assert_least_privilege(objs: list[Obj]) -> None:
+    roles = [o for o in objs if o["kind"] in ("Role", "ClusterRole")]
+    assert roles, "no Role or ClusterRole rendered"
+    for role in roles:
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(field, []), f"wildcard {field} in {role['metadata']}"
+            assert "nonResourceURLs" not in rule, role
+    assert rules_of(objs) == EXPECTED_RBAC
+
+
+# --- the chart -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sets", [(), ("serviceMonitor.enabled=true",)], ids=["default", "monitor"])
+def test_helm_lint_passes(helm: Helm, sets: tuple[str, ...]) -> None:
+    out = helm("lint", "--strict", str(CHART), *[a for s in sets for a in ("--set", s)])
+    assert "0 chart(s) failed" in out, out
+
+
+def test_default_render_applies_on_the_apiserver(helm: Helm, k8s: Cluster) -> None:
+    objs = render(helm)
+    kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objs)
+    assert kinds == sorted([
+        "ServiceAccount/bng-operator", "ClusterRole/bng-operator", "ClusterRoleBinding/bng-operator",
+        "Deployment/bng-operator",
+        "ServiceAccount/bng-agent", "ClusterRole/bng-agent", "ClusterRoleBinding/bng-agent",
+        "Role/bng-agent", "RoleBinding/bng-agent", "DaemonSet/bng-agent",
+        "ClusterKopfPeering/bng"])
+    assert not any(o["kind"] in ("ServiceMonitor", "Service") for o in objs)
+    out = dry_run(k8s, objs)
+    assert "daemonset.apps/bng-agent created (server dry run)" in out, out
+    assert "clusterkopfpeering.kopf.dev/bng created (server dry run)" in out, out
+
+
+# A cut-down ServiceMonitor CRD: the fields the chart uses, typed as in the Prometheus
+# operator's CRD, so that a server dry run rejects a misspelt or mistyped field.
+SERVICEMONITOR_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors,
+          singular: servicemonitor}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          required: [spec]
+          properties:
+            spec:
+              type: object
+              required: [selector]
+              properties:
+                selector:
+                  type: object
+                  properties:
+                    matchLabels: {type: object, additionalProperties: {type: string}}
+                namespaceSelector:
+                  type: object
+                  properties:
+                    any: {type: boolean}
+                    matchNames: {type: array, items: {type: string}}
+                endpoints:
+                  type: array
+                  items:
+                    type: object
+                    properties:
+                      port: {type: string}
+                      path: {type: string}
+                      interval:
+                        type: string
+                        pattern: 'DURATION'
+""".replace("DURATION", "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?"
+                         "(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+
+
+@pytest.fixture
+def servicemonitor_crd(k8s: Cluster) -> Iterator[None]:
+    k8s.kubectl("apply", "-f", "-", input=SERVICEMONITOR_CRD)
+    try:
+        k8s.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/servicemonitors.monitoring.coreos.com")
+        yield
+    finally:
+        k8s.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com", "--wait=true",
+                    "--timeout=60s")
+
+
+def test_servicemonitor_render_applies_with_its_crd(helm: Helm, k8s: Cluster,
+                                                    servicemonitor_crd: None) -> None:
+    objs = render(helm, "serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom")
+    for c, port in (("agent", 9641), ("operator", 9642)):
+        svc = one(objs, "Service", f"bng-{c}-metrics")
+        assert svc["spec"]["clusterIP"] == "None"
+        assert svc["spec"]["selector"]["app.kubernetes.io/component"] == c
+        assert svc["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics",
+                                         "protocol": "TCP"}]
+        sm = one(objs, "ServiceMonitor", f"bng-{c}")
+        assert sm["metadata"]["labels"]["release"] == "prom"
+        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+        assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    out = dry_run(k8s, objs)
+    assert "servicemonitor.monitoring.coreos.com/bng-agent created (server dry run)" in out, out
+
+
+def test_agent_daemonset_is_unprivileged_with_only_its_capabilities(helm: Helm) -> None:
+    ds = one(render(helm), "DaemonSet", "bng-agent")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["nodeSelector"] == {"bng.dev/node": "true"}
+    assert pod["serviceAccountName"] == "bng-agent"
+    assert "hostPID" not in pod and "hostIPC" not in pod
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc.get("privileged", False) is False
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sorted(sc["capabilities"]["add"]) == sorted(
+        ["BPF", "NET_ADMIN", "SYS_RESOURCE", "PERFMON", "NET_RAW", "NET_BIND_SERVICE"])
+    assert "SYS_ADMIN" not in sc["capabilities"]["add"]
+
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    host = {v["hostPath"]["path"]: name for name, v in vols.items() if "hostPath" in v}
+    assert set(host) == {"/sys/fs/bpf", "/lib/modules", "/usr/src", "/var/lib/bng"}
+    assert mounts[host["/sys/fs/bpf"]]["mountPath"] == "/sys/fs/bpf"
+    # Bidirectional needs a privileged container; the pins need no propagation back.
+    assert mounts[host["/sys/fs/bpf"]].get("mountPropagation") in (None, "HostToContainer")
+    for path in ("/lib/modules", "/usr/src"):
+        assert mounts[host[path]]["readOnly"] is True, path
+        assert mounts[host[path]]["mountPath"] == path
+    assert vols[host["/var/lib/bng"]]["hostPath"]["type"] == "DirectoryOrCreate"
+
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert [*c["command"], *c["args"]] == [
+        "bng", "agent", "--node", "$(NODE_NAME)", "--namespace", NS, "--state-dir", "/var/lib/bng",
+        "--bpf-dir", "/sys/fs/bpf/bng", "--metrics-port", "9641", "--xdp-mode", "native",
+        "--subscriber-write-rate", "20", "--subscriber-ttl", "24h", "--accounting-interval", "5m"]
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9641, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
+def test_operator_deployment_args_follow_the_values(helm: Helm) -> None:
+    dep = one(render(helm), "Deployment", "bng-operator")
+    assert dep["spec"]["replicas"] == 1
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "ghcr.io/bng-dev/bng:0.1.0"
+    assert [*c["command"], *c["args"]] == [
+        "bng", "operator", "--peering", "bng", "--namespace", NS, "--node-label", "bng.dev/node=true",
+        "--access-interface", "eth1", "--uplink-interface", "eth0", "--block-threshold", "0.8",
+        "--metrics-port", "9642"]
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+    objs = render(helm, "operator.replicas=3", "interfaces.access={eth2,eth3}",
+                  "interfaces.uplink=bond0", "nodeLabel=edge.example/bng=yes",
+                  "operator.blockThreshold=0.5", "agent.xdpMode=generic", "image.tag=dev")
+    dep = one(objs, "Deployment", "bng-operator")
+    assert dep["spec"]["replicas"] == 3
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--node-label") + 1] == "edge.example/bng=yes"
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--access-interface"] == ["eth2", "eth3"]
+    assert args[args.index("--uplink-interface") + 1] == "bond0"
+    assert args[args.index("--block-threshold") + 1] == "0.5"
+    ds = one(objs, "DaemonSet", "bng-agent")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"edge.example/bng": "yes"}
+    assert pod["containers"][0]["image"] == "ghcr.io/bng-dev/bng:dev"
+    assert "generic" in pod["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("sets", [(), ("serviceMonitor.enabled=true",)], ids=["default", "monitor"])
+def test_rbac_is_least_privilege(helm: Helm, sets: tuple[str, ...]) -> None:
+    objs = render(helm, *sets)
+    assert_least_privilege(objs)
+    bindings = [o for o in objs if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert len(bindings) == 3
+    for b in bindings:
+        assert b["roleRef"]["name"] == b["metadata"]["name"]
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": b["metadata"]["name"],
+                                  "namespace": NS}]
+
+
+# --- the kustomize base ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kustomized(k8s: Cluster) -> list[Obj]:
+    out = k8s.kubectl("kustomize", "--load-restrictor", "LoadRestrictionsNone", str(BASE)).stdout
+    return objects(out)
+
+
+def test_kustomize_base_applies_on_the_apiserver(k8s: Cluster, kustomized: list[Obj]) -> None:
+    crds = {o["metadata"]["name"] for o in kustomized if o["kind"] == "CustomResourceDefinition"}
+    assert crds == {objects(p.read_text())[0]["metadata"]["name"]
+                    for p in (REPO / "crds").glob("*.yaml")}
+    ns = one(kustomized, "Namespace", NS)
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    out = dry_run(k8s, [o for o in kustomized if o["kind"] != "Namespace"])
+    assert "deployment.apps/bng-operator" in out, out
+    assert_least_privilege(kustomized)
+
+
+def test_kustomize_base_equals_the_chart_defaults(helm: Helm, kustomized: list[Obj]) -> None:
+    def key(o: Obj) -> str:
+        return f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}"
+
+    chart = {key(o): o for o in render(helm)}
+    for o in chart.values():
+        for label in HELM_LABELS:
+            o["metadata"].get("labels", {}).pop(label, None)
+    base = {key(o): o for o in kustomized if o["kind"] not in ("CustomResourceDefinition",
+                                                                "Namespace")}
+    assert sorted(base) == sorted(chart)
+    for k, o in chart.items():
+        assert base[k] == o, f"config/base differs from the chart's default render in {k}"
