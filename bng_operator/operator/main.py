@@ -118,6 +118,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
 
     OPERATOR = settings
 
+    @kopf.on.login(registry=registry)
+    def login(**kw: Any) -> Any:
+        if OPERATOR.kubeconfig:
+            return kopf.login_with_kubeconfig(**kw)  # reads $KUBECONFIG, set by run()
+        return kopf.login_with_service_account(**kw)
+
     def poke(**_: Any) -> None:
         rec = state.get("reconciler")
         if rec is not None:

@@ -25,6 +25,18 @@ VERSION_FILE = REPO / "hack" / "kube" / "VERSION"
 TOKEN = "bng-test-admin-token"
 
 
+# Writes to bng objects are logged (Metadata level), so tests can count them.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete]
+  resources: [{group: bng.dev}]
+- level: None
+"""
+
+
 class ControlPlaneMissing(RuntimeError):
     """The binaries are not built: the message says how to get them."""
 
@@ -60,6 +72,8 @@ class ControlPlane:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bng-k8s-")))
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     url: str = ""
+    port: int = 0
+    _apiserver_argv: list[str] = field(default_factory=list)
 
     @property
     def kubeconfig(self) -> Path:
@@ -70,6 +84,7 @@ class ControlPlane:
         etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
         self._keys()
         (self.workdir / "tokens.csv").write_text(f"{TOKEN},bng-admin,1,system:masters\n")
+        (self.workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         self._spawn("etcd", [
             str(etcd), "--data-dir", str(self.workdir / "etcd"),
             "--listen-client-urls", f"http://127.0.0.1:{etcd_client}",
@@ -80,7 +95,7 @@ class ControlPlane:
             "--unsafe-no-fsync",  # test data: durability buys nothing, fsync costs seconds
             "--log-level", "warn",
         ])
-        self._spawn("kube-apiserver", [
+        self._apiserver_argv = [
             str(apiserver),
             "--etcd-servers", f"http://127.0.0.1:{etcd_client}",
             "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
@@ -94,12 +109,48 @@ class ControlPlane:
             "--service-cluster-ip-range", "10.96.0.0/16",
             "--disable-admission-plugins", "ServiceAccount",
             "--enable-priority-and-fairness=false",
+            "--audit-policy-file", str(self.workdir / "audit-policy.yaml"),
+            "--audit-log-path", str(self.audit_log), "--audit-log-mode", "blocking",
             "--v", "1",
-        ])
+        ]
+        self._spawn("kube-apiserver", self._apiserver_argv)
+        self.port = api_port
         self.url = f"https://127.0.0.1:{api_port}"
         self._write_kubeconfig()
         self._wait_ready(timeout)
         return self
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def writes(self, group: str = "bng.dev") -> list[dict[str, object]]:
+        """Every write (create, update, patch, delete) to ``group`` the apiserver has served,
+        from its audit log, oldest first."""
+        import json
+
+        if not self.audit_log.exists():
+            return []
+        out = []
+        for line in self.audit_log.read_text().splitlines():
+            e = json.loads(line)
+            ref = e.get("objectRef") or {}
+            if e.get("stage") == "ResponseComplete" and ref.get("apiGroup") == group and \
+                    e.get("verb") in ("create", "update", "patch", "delete"):
+                out.append(e)
+        return out
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver only (etcd keeps the data); ``start_apiserver`` brings it back
+        on the same port, with the same certificates."""
+        p = self.procs[1]
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+    def start_apiserver(self, timeout: float = 90.0) -> None:
+        self._spawn("kube-apiserver", self._apiserver_argv)
+        self.procs[1] = self.procs.pop()
+        self._wait_ready(timeout)
 
     def stop(self) -> None:
         for p in reversed(self.procs):

@@ -1,7 +1,7 @@
 """A raw-socket DHCP prober, run inside a subscriber namespace by tests and benches.
 
     python -m bng_operator.testing.probe discover eth0 --mac 02:00:00:00:00:09 [--opt 82=HEX]
-    python -m bng_operator.testing.probe raw eth0 HEXFRAME [HEXFRAME ...]
+    python -m bng_operator.testing.probe raw eth0 HEXFRAME [HEXFRAME ...] [--repeat N]
 
 ``discover`` prints the OFFER as JSON (or {"timeout": true}); ``raw`` sends frames as given.
 """
@@ -77,6 +77,8 @@ def main() -> int:
     r = sub.add_parser("raw")
     r.add_argument("iface")
     r.add_argument("frames", nargs="+")
+    r.add_argument("--repeat", type=int, default=1, help="send the frames this many times")
+    r.add_argument("--interval", type=float, default=0.0, help="seconds between frames")
     a = p.parse_args()
     if a.cmd == "discover":
         opts = {int(k): bytes.fromhex(v) for k, v in (o.split("=", 1) for o in a.opt)}
@@ -84,12 +86,16 @@ def main() -> int:
     else:
         s = _socket(a.iface)
         failed = 0
-        for f in a.frames:
-            try:
-                s.send(bytes.fromhex(f))
-            except OSError as e:
-                failed += 1
-                print(f"frame of {len(f) // 2} bytes not sent: {e}", file=sys.stderr)
+        frames = [bytes.fromhex(f) for f in a.frames]
+        for _ in range(a.repeat):
+            for f in frames:
+                try:
+                    s.send(f)
+                except OSError as e:
+                    failed += 1
+                    print(f"frame of {len(f)} bytes not sent: {e}", file=sys.stderr)
+                if a.interval:
+                    time.sleep(a.interval)
         return 1 if failed else 0
     return 0
 

@@ -1,0 +1,149 @@
+"""bng on a real control plane: the operator plus one agent per node, each node a network
+namespace of its own with an access switch and subscribers behind it (see ``site.Site``).
+
+Used by the e2e tests and ``bench/operator.py``. Nodes are Kubernetes Node objects made by
+hand (there is no kubelet); their agents reach the loopback apiserver through a
+``KubeProxy`` inside their namespace.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bng_operator.testing.controlplane import REPO, ControlPlane, free_port
+from bng_operator.testing.kubeproxy import KubeProxy
+from bng_operator.testing.netlab import NetLab
+from bng_operator.testing.site import Site
+
+SAMPLES = REPO / "config" / "samples"
+PEERING = "apiVersion: kopf.dev/v1\nkind: ClusterKopfPeering\nmetadata: {name: bng}\n"
+
+
+def kubectl_binary() -> str:
+    found = shutil.which("kubectl", path=f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}")
+    if not found:
+        raise RuntimeError("kubectl not found: run `make setup`")
+    return found
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
+    """``check()``'s first truthy value, or TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout}s")
+        time.sleep(every)
+
+
+@dataclass
+class K8sSite:
+    cp: ControlPlane
+    workdir: Path
+    nodes: dict[str, Site] = field(default_factory=dict)
+    labs: list[NetLab] = field(default_factory=list)
+    proxies: list[KubeProxy] = field(default_factory=list)
+    operator: subprocess.Popen[bytes] | None = None
+    operator_port: int = 0
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.cp.kubeconfig
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                ) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([kubectl_binary(), "--kubeconfig", str(self.kubeconfig), *args],
+                           capture_output=True, text=True, input=input, timeout=60)
+        if check and r.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{r.stderr}")
+        return r
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def prepare(self) -> K8sSite:
+        """The peering object and the samples' namespace (bng's CRDs are applied already)."""
+        self.kubectl("apply", "-f", "-", input=PEERING)
+        self.kubectl("apply", "-f", str(SAMPLES / "00-namespace.yaml"))
+        return self
+
+    def apply_samples(self) -> None:
+        """config/samples/, as a user applies it."""
+        self.kubectl("apply", "-f", str(SAMPLES))
+
+    def add_node(self, name: str, subscribers: int,
+                 option82: dict[int, tuple[str, str]] | None = None) -> Site:
+        """A Node object labelled for bng, and its network namespace with ``subscribers``."""
+        lab = NetLab()
+        self.labs.append(lab)
+        work = self.workdir / name
+        work.mkdir(parents=True, exist_ok=True)
+        site = Site(lab, work, [], node=name).build(subscribers, option82=option82)
+        self.proxies.append(KubeProxy(site.bng, self.cp.port).start())
+        self.kubectl("apply", "-f", "-", input=f"""apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+  labels: {{bng.dev/node: "true"}}
+  annotations: {{bng.dev/access-interfaces: {site.access}}}
+""")
+        self.nodes[name] = site
+        return site
+
+    def start_operator(self, *extra: str) -> None:
+        self.operator_port = free_port()
+        log = open(self.workdir / "operator.log", "ab")  # noqa: SIM115 - owned by the process
+        self.operator = subprocess.Popen(
+            [sys.executable, "-m", "bng_operator", "operator", "--kubeconfig",
+             str(self.kubeconfig), "--metrics-port", str(self.operator_port), "--log-format",
+             "text", *extra], stdout=log, stderr=subprocess.STDOUT)
+
+    def stop_operator(self, kill: bool = False) -> None:
+        if self.operator is None:
+            return
+        if self.operator.poll() is None:
+            (self.operator.kill if kill else self.operator.terminate)()
+            try:
+                self.operator.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+                self.operator.wait()
+        self.operator = None
+
+    def operator_log(self) -> str:
+        p = self.workdir / "operator.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def bngnode_ready(self, name: str) -> bool:
+        r = self.kubectl("get", "bngnode", name, "-o", "json", check=False)
+        return r.returncode == 0 and bool(json.loads(r.stdout)["spec"].get("pools"))
+
+    def start_agents(self, *extra: str) -> None:
+        for name, site in self.nodes.items():
+            wait_for(f"BNGNode {name} rendered by the operator",
+                     functools.partial(self.bngnode_ready, name), 30, 0.2)
+            site.start_agent("--kubeconfig", str(self.kubeconfig), *extra, timeout=60)
+
+    def subscribers(self) -> list[dict[str, Any]]:
+        return list(self.get("subscribers", "-n", "bng-system")["items"])
+
+    def close(self) -> None:
+        self.stop_operator()
+        for site in self.nodes.values():
+            site.stop_agent()
+        for p in self.proxies:
+            p.close()
+        for lab in self.labs:
+            lab.close()
