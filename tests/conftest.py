@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,10 +80,11 @@ def netlab(_netlab_leftovers: None) -> Iterator[object]:
 class Cluster:
     """A running test control plane: kubeconfig, a Python client, and kubectl."""
 
-    def __init__(self, kubeconfig: Path) -> None:
+    def __init__(self, kubeconfig: Path, cp: Any = None) -> None:
         from kubernetes import client, config
 
         self.kubeconfig = kubeconfig
+        self.cp = cp  # the ControlPlane: its audit log, stop/start
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
@@ -109,7 +111,7 @@ def k8s() -> Iterator[Cluster]:
     except ControlPlaneMissing as e:
         pytest.fail(str(e), pytrace=False)
     try:
-        cluster = Cluster(cp.kubeconfig)
+        cluster = Cluster(cp.kubeconfig, cp)
         cluster.kubectl("apply", "-f", str(REPO / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         yield cluster

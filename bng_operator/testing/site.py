@@ -150,6 +150,10 @@ class Site:
         self.agent = None
         return code
 
+    def access_mac(self) -> str:
+        """The agent's access interface's MAC, as "02:..."."""
+        return netlink.interface_info(self.access, self.bng or None)[1]
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -1,0 +1,197 @@
+"""The whole system on a real apiserver: operator plus two agents, each node a network
+namespace with real dhclient subscribers behind an access node that inserts option 82.
+
+The tests run in order on one site (module scope): leases and Subscriber objects, address
+uniqueness across nodes, a pool edit reaching both nodes, writes during fast-path renewals,
+and DHCP with the operator killed.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bng_operator.agent.dhcp.codec import MessageType, Opt, encode
+from bng_operator.agent.dhcp.transport import build_frame
+from bng_operator.testing import clients
+from bng_operator.testing.k8s_site import K8sSite, wait_for
+from bng_operator.testing.site import subscriber_mac
+from tests.conftest import Cluster
+from tests.dhcp_messages import request
+
+RENEW_EVERY = 2
+# node -> subscriber index -> (circuit-id, remote-id) the access node inserts
+OPTION82 = {
+    "edge-a": {0: ("olt-a-1", "res-1"), 1: ("olt-a-2", "res-2"), 2: ("biz-olt1-1/1/7", "")},
+    "edge-b": {0: ("olt-b-1", "res-11"), 1: ("olt-b-2", "res-12"), 2: ("olt-b-3", "res-13")},
+}
+
+
+@pytest.fixture(scope="module")
+def site(k8s: Cluster, tmp_path_factory: pytest.TempPathFactory, bpffs: Path,
+         _netlab_leftovers: None) -> Iterator[K8sSite]:
+    s = K8sSite(k8s.cp, tmp_path_factory.mktemp("operator")).prepare()
+    procs: list[Any] = []
+    try:
+        for name, o82 in OPTION82.items():
+            s.add_node(name, subscribers=3, option82=o82)
+        s.apply_samples()
+        s.start_operator()
+        s.start_agents()
+        for site in s.nodes.values():  # two renewing subscribers per node; the third waits
+            procs += [clients.dhclient_renewing(ns, "eth0", site.workdir, RENEW_EVERY)
+                      for ns in site.subscribers[:2]]
+        yield s
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        s.close()
+        for kind in ("bngnodes", "nodes", "subscribers"):
+            s.kubectl("delete", kind, "--all", "-A", "--wait=false", check=False)
+
+
+def lease_of(site: K8sSite, node: str, i: int) -> dict[str, str] | None:
+    n = site.nodes[node]
+    h = clients.lease_history(n.subscribers[i], n.workdir)
+    return h[-1] if h else None
+
+
+def subscriber_rows(site: K8sSite) -> dict[str, tuple[str, str, str]]:
+    """address -> (node, state, name), from `kubectl get subscribers` itself."""
+    out = site.kubectl("get", "subscribers", "-n", "bng-system", "-o", "wide").stdout.splitlines()
+    if not out:
+        return {}
+    # a fixed-width table: each column starts where its header does; empty cells are blank
+    starts = [m.start() for m in re.finditer(r"\S+", out[0])]
+    names = out[0].split()
+    rows = {}
+    for line in out[1:]:
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        row = dict(zip(names, cells, strict=True))
+        if row["ADDRESS"] not in ("", "<none>"):
+            rows[row["ADDRESS"]] = (row["NODE"], row["STATE"], row["NAME"])
+    return rows
+
+
+def test_subscribers_show_their_node_and_address_within_5s(site: K8sSite) -> None:
+    for node in OPTION82:
+        for i in range(2):
+            lease = wait_for(f"{node} subscriber {i} bound", lambda n=node, i=i: lease_of(site, n, i),
+                             30)
+            bound = time.monotonic()
+            addr = lease["fixed-address"]
+            wait_for(f"Subscriber for {addr} on {node}",
+                     lambda a=addr, n=node: subscriber_rows(site).get(a, ("",))[0] == n, 5)
+            assert time.monotonic() - bound < 5
+    header = site.kubectl("get", "subscribers", "-n", "bng-system", "-o", "wide").stdout
+    for column in ("MAC", "ADDRESS", "NODE", "CLASS", "STATE", "EXPIRES", "AGE", "CIRCUIT-ID",
+                   "REMOTE-ID"):
+        assert column in header.splitlines()[0]
+
+
+def test_no_address_is_handed_out_twice_across_nodes(site: K8sSite) -> None:
+    # the third subscriber of each node binds now, while the others hold theirs
+    for node in site.nodes.values():
+        clients.dhclient(node.subscribers[2], "eth0", node.workdir)
+    pools = {p["metadata"]["name"]: p for p in site.get("ippools")["items"]}
+    blocks = {(b["node"], IPv4Network(b["cidr"])) for p in pools.values()
+              for b in p["status"]["blocks"]}
+    seen: dict[str, str] = {}
+    for name in OPTION82:
+        for i in range(3):
+            lease = lease_of(site, name, i)
+            assert lease is not None
+            addr = lease["fixed-address"]
+            assert addr not in seen, f"{addr} given to {seen.get(addr)} and {name}/{i}"
+            seen[addr] = f"{name}/{i}"
+            # from a block this node holds (or the reservation, which is the user's)
+            assert addr == "198.51.100.10" or any(
+                n == name and IPv4Address(addr) in net for n, net in blocks), (addr, name, blocks)
+    assert lease_of(site, "edge-a", 2)["fixed-address"] == "198.51.100.10"  # reservation
+    nodes = {b[0] for b in blocks}
+    assert nodes == set(OPTION82)
+    cidrs = [str(b[1]) for b in blocks]
+    assert len(cidrs) == len(set(cidrs))  # a block never belongs to two nodes
+    rows = subscriber_rows(site)
+    assert rows["198.51.100.10"][2] == "acme-hq"  # the reservation object reports it
+    assert len(rows) == 6
+
+
+def test_pool_dns_edit_reaches_both_nodes_next_reply(site: K8sSite) -> None:
+    site.kubectl("patch", "ippool", "residential", "--type", "merge",
+                 "-p", '{"spec": {"dns": ["192.0.2.99", "192.0.2.98"]}}')
+    for node in OPTION82:
+        for i in range(2):
+            wait_for(f"{node}/{i} told the new DNS servers",
+                     lambda n=node, i=i: (lease_of(site, n, i) or {}).get(
+                         "domain-name-servers") == "192.0.2.99,192.0.2.98", 20, 0.3)
+
+
+def _renewal(site: K8sSite, node: str, i: int, n: int) -> list[str]:
+    """``n`` RENEWING requests as the subscriber's dhclient sends them (unicast to the
+    server, ciaddr set, padded to 300 bytes), as hex frames."""
+    s = site.nodes[node]
+    lease = lease_of(site, node, i)
+    assert lease is not None
+    addr, server = lease["fixed-address"], lease["dhcp-server-identifier"]
+    mac = subscriber_mac(i)
+    out = []
+    for xid in range(n):
+        payload = encode(request(MessageType.REQUEST, mac, xid=0x5000 + xid, ciaddr=addr),
+                         [Opt.MESSAGE_TYPE])
+        payload += bytes(max(0, 300 - len(payload)))
+        out.append(build_frame(bytes.fromhex(s.access_mac().replace(":", "")),
+                               bytes.fromhex(mac.replace(":", "")), b"", IPv4Address(addr),
+                               IPv4Address(server), 67, payload, src_port=68).hex())
+    return out
+
+
+def _fast_acks(m: dict[str, float]) -> float:
+    return sum(v for k, v in m.items() if k.startswith("bng_dhcp_requests_total{")
+               and 'path="fast"' in k and 'type="request"' in k)
+
+
+def _slow_requests(m: dict[str, float]) -> float:
+    return sum(v for k, v in m.items() if k.startswith("bng_dhcp_requests_total{")
+               and 'path="slow"' in k and 'type="request"' in k)
+
+
+def test_1000_fast_path_renewals_make_no_apiserver_writes(site: K8sSite) -> None:
+    node = site.nodes["edge-b"]
+    frames = _renewal(site, "edge-b", 0, 10)
+    before_m = node.metrics()
+    before = len(site.cp.writes())
+    assert before > 0, "the audit log records no writes at all: it would prove nothing"
+    sent = node.lab.run(node.subscribers[0], sys.executable, "-m", "bng_operator.testing.probe",
+                        "raw", "eth0", *frames, "--repeat", "100", "--interval", "0.001",
+                        timeout=60, check=False)
+    assert sent.returncode == 0, sent.stderr
+    wait_for("1000 renewals answered by XDP",
+             lambda: _fast_acks(node.metrics()) - _fast_acks(before_m) >= 1000, 20, 0.2)
+    time.sleep(3)  # longer than the status interval: a write caused by them would show
+    after_m = node.metrics()
+    writes = site.cp.writes()[before:]
+    assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
+    assert _slow_requests(after_m) - _slow_requests(before_m) < 10  # dhclients' own, at most
+
+
+def test_dhcp_goes_on_with_the_operator_killed(site: K8sSite) -> None:
+    site.stop_operator(kill=True)
+    node = site.nodes["edge-a"]
+    ns = node.subscribers[0]
+    acks = len(clients.dhclient_acks(ns, node.workdir))
+    wait_for("two more renewals", lambda: len(clients.dhclient_acks(ns, node.workdir)) >= acks + 2,
+             3 * RENEW_EVERY + 5, 0.3)
+    clients.dhclient_release(node.subscribers[2], "eth0", node.workdir)
+    fresh = clients.dhclient(node.subscribers[2], "eth0", node.workdir)
+    assert fresh.address == "198.51.100.10"
+    wait_for("Subscriber acme-hq bound again",
+             lambda: subscriber_rows(site).get("198.51.100.10", ("", ""))[1] == "Bound", 10)
