@@ -143,3 +143,25 @@ def dhcpcd(ns: str, iface: str, workdir: Path, timeout: int = 20) -> ClientLease
                        tuple(env.get("new_domain_name_servers", "").split()),
                        int(env.get("new_dhcp_lease_time", 0)),
                        env.get("new_dhcp_server_identifier", ""), env.get("new_domain_name"))
+
+
+def renewal_frames(lease: dict[str, str], mac: str, server_mac: str, n: int) -> list[str]:
+    """``n`` RENEWING requests as dhclient sends them for ``lease`` (a ``lease_history``
+    entry): unicast to the server, ciaddr set, padded to 300 bytes. Hex frames, for
+    ``probe raw``."""
+    from ipaddress import IPv4Address
+
+    from bng_operator.agent.dhcp.codec import BOOTREQUEST, Message, MessageType, Opt, encode
+    from bng_operator.agent.dhcp.transport import build_frame
+
+    addr, server = IPv4Address(lease["fixed-address"]), IPv4Address(lease["dhcp-server-identifier"])
+    chaddr = bytes.fromhex(mac.replace(":", ""))
+    out = []
+    for xid in range(n):
+        msg = Message(op=BOOTREQUEST, xid=0x5000 + xid, chaddr=chaddr + bytes(10), ciaddr=addr,
+                      options={Opt.MESSAGE_TYPE: bytes([MessageType.REQUEST])})
+        payload = encode(msg, [Opt.MESSAGE_TYPE])
+        payload += bytes(max(0, 300 - len(payload)))
+        out.append(build_frame(bytes.fromhex(server_mac.replace(":", "")), chaddr, b"", addr,
+                               server, 67, payload, src_port=68).hex())
+    return out

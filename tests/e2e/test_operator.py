@@ -18,13 +18,10 @@ from typing import Any
 
 import pytest
 
-from bng_operator.agent.dhcp.codec import MessageType, Opt, encode
-from bng_operator.agent.dhcp.transport import build_frame
 from bng_operator.testing import clients
 from bng_operator.testing.k8s_site import K8sSite, wait_for
 from bng_operator.testing.site import subscriber_mac
 from tests.conftest import Cluster
-from tests.dhcp_messages import request
 
 RENEW_EVERY = 2
 # node -> subscriber index -> (circuit-id, remote-id) the access node inserts
@@ -135,25 +132,6 @@ def test_pool_dns_edit_reaches_both_nodes_next_reply(site: K8sSite) -> None:
                          "domain-name-servers") == "192.0.2.99,192.0.2.98", 20, 0.3)
 
 
-def _renewal(site: K8sSite, node: str, i: int, n: int) -> list[str]:
-    """``n`` RENEWING requests as the subscriber's dhclient sends them (unicast to the
-    server, ciaddr set, padded to 300 bytes), as hex frames."""
-    s = site.nodes[node]
-    lease = lease_of(site, node, i)
-    assert lease is not None
-    addr, server = lease["fixed-address"], lease["dhcp-server-identifier"]
-    mac = subscriber_mac(i)
-    out = []
-    for xid in range(n):
-        payload = encode(request(MessageType.REQUEST, mac, xid=0x5000 + xid, ciaddr=addr),
-                         [Opt.MESSAGE_TYPE])
-        payload += bytes(max(0, 300 - len(payload)))
-        out.append(build_frame(bytes.fromhex(s.access_mac().replace(":", "")),
-                               bytes.fromhex(mac.replace(":", "")), b"", IPv4Address(addr),
-                               IPv4Address(server), 67, payload, src_port=68).hex())
-    return out
-
-
 def _fast_acks(m: dict[str, float]) -> float:
     return sum(v for k, v in m.items() if k.startswith("bng_dhcp_requests_total{")
                and 'path="fast"' in k and 'type="request"' in k)
@@ -166,7 +144,9 @@ def _slow_requests(m: dict[str, float]) -> float:
 
 def test_1000_fast_path_renewals_make_no_apiserver_writes(site: K8sSite) -> None:
     node = site.nodes["edge-b"]
-    frames = _renewal(site, "edge-b", 0, 10)
+    lease = lease_of(site, "edge-b", 0)
+    assert lease is not None
+    frames = clients.renewal_frames(lease, subscriber_mac(0), node.access_mac(), 10)
     before_m = node.metrics()
     before = len(site.cp.writes())
     assert before > 0, "the audit log records no writes at all: it would prove nothing"

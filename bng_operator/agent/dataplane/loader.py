@@ -57,6 +57,33 @@ def pinned_fd(path: Path) -> int | None:
     return fd if fd >= 0 else None
 
 
+def pinned_map_items(path: Path) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of the map pinned at ``path``, raw: for tools and benchmarks that
+    look at a running agent's maps from outside it. Empty if nothing is pinned there."""
+    fd = pinned_fd(path)
+    if fd is None:
+        return []
+    try:
+        info = ctypes.create_string_buffer(256)  # struct bpf_map_info; only its head is read
+        size = ctypes.c_uint32(len(info))
+        if libbcc.lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) != 0:
+            raise DataplaneError(f"reading the map info of {path} failed")
+        key_size, value_size = int.from_bytes(info.raw[8:12], "little"), \
+            int.from_bytes(info.raw[12:16], "little")
+        key, nxt = ctypes.create_string_buffer(key_size), ctypes.create_string_buffer(key_size)
+        value = ctypes.create_string_buffer(value_size)
+        out: list[tuple[bytes, bytes]] = []
+        first = True
+        while libbcc.lib.bpf_get_next_key(fd, None if first else key, nxt) == 0:
+            first = False
+            ctypes.memmove(key, nxt, key_size)
+            if libbcc.lib.bpf_lookup_elem(fd, key, value) == 0:
+                out.append((key.raw, value.raw))
+        return out
+    finally:
+        os.close(fd)
+
+
 def pin_fd(fd: int, path: Path) -> None:
     if bpf_mount_of(path) is None:
         raise DataplaneError(f"{path} is not on a bpf filesystem: mount -t bpf bpf {BPFFS}")
