@@ -170,6 +170,7 @@ def _client(kubeconfig: str | None) -> Any:
 
 
 def run(settings: OperatorSettings) -> int:
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per event otherwise
     if settings.kubeconfig:  # kopf's own login reads it from here
         os.environ["KUBECONFIG"] = settings.kubeconfig
     if settings.priority is None:

@@ -131,7 +131,11 @@ def dhcpcd(ns: str, iface: str, workdir: Path, timeout: int = 20) -> ClientLease
     script.chmod(0o755)
     # dhcpcd keeps a DUID and leases in /var/lib/dhcpcd and its sockets in /run/dhcpcd, paths
     # fixed at build time: give it private, empty ones (ip netns exec is its own mount ns).
-    run = (f"mount -t tmpfs bng /var/lib/dhcpcd && mount -t tmpfs bng /run/dhcpcd && "
+    # /run/dhcpcd may not exist on a fresh host (/run is a tmpfs), and making it would touch
+    # the host: a private tmpfs over /run holds it instead (the netns is entered already).
+    run = ("mount -t tmpfs bng /var/lib/dhcpcd && { [ -d /run/dhcpcd ] || "
+           "{ mount -t tmpfs bng /run && mkdir /run/dhcpcd; }; } && "
+           "mount -t tmpfs bng /run/dhcpcd && "
            f"exec dhcpcd -4 -1 -B -t {timeout} -c {script} --noipv4ll {iface}")
     r = subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", run],
                        capture_output=True, text=True, timeout=timeout + 10)

@@ -1,0 +1,107 @@
+"""The operator against the real apiserver, no network: BNGNodes follow the labelled Nodes,
+refused pools get a condition and an Event, and a pool with leases is held by its finalizer
+until the nodes drain it or the force annotation lets it go."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bng_operator.testing.k8s_site import K8sSite, wait_for
+from tests.conftest import Cluster
+
+
+@pytest.fixture
+def site(k8s: Cluster, tmp_path: Path) -> Iterator[K8sSite]:
+    s = K8sSite(k8s.cp, tmp_path).prepare()
+    for n in ("op-a", "op-b"):
+        s.kubectl("apply", "-f", "-", input=f"apiVersion: v1\nkind: Node\nmetadata:\n  name: {n}\n"
+                  "  labels: {bng.dev/node: 'true'}\n")
+    s.kubectl("apply", "-f", "-", input=POOL)
+    s.start_operator("--access-interface", "eth9")
+    yield s
+    s.stop_operator()
+    for kind, name in (("ippool", "op-pool"), ("ippool", "op-pool-2"), ("node", "op-a"),
+                       ("node", "op-b"), ("bngnode", "op-a"), ("bngnode", "op-b")):
+        s.kubectl("patch", kind, name, "--type", "merge", "-p", '{"metadata":{"finalizers":null}}',
+                  check=False)
+        s.kubectl("delete", kind, name, "--ignore-not-found", "--wait=false", check=False)
+
+
+POOL = """apiVersion: bng.dev/v1alpha1
+kind: IPPool
+metadata: {name: op-pool}
+spec:
+  subnets: [{cidr: 10.77.0.0/22, gateway: 10.77.0.1}]
+  blockSize: 24
+"""
+
+
+def get(s: K8sSite, *args: str) -> Any:
+    r = s.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def condition(obj: Any, type: str) -> tuple[str, str] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions", []):
+        if c["type"] == type:
+            return c["status"], c["reason"]
+    return None
+
+
+def test_bngnodes_follow_the_labelled_nodes(site: K8sSite) -> None:
+    node = wait_for("BNGNode op-a", lambda: get(site, "bngnode", "op-a"), 20, 0.2)
+    assert node["spec"]["interfaces"]["access"] == ["eth9"]
+    assert node["metadata"]["ownerReferences"][0]["kind"] == "Node"
+    blocks = [b for p in node["spec"]["pools"] for b in p["blocks"]]
+    other = wait_for("BNGNode op-b", lambda: get(site, "bngnode", "op-b"), 20, 0.2)
+    assert blocks and not set(blocks) & {b for p in other["spec"]["pools"] for b in p["blocks"]}
+    assert "op-pool" in [p["name"] for p in node["spec"]["pools"]]
+    rv = node["metadata"]["resourceVersion"]
+    site.kubectl("label", "node", "op-b", "bng.dev/node-")
+    wait_for("stale BNGNode deleted", lambda: get(site, "bngnode", "op-b") is None, 20, 0.2)
+    assert get(site, "bngnode", "op-a")["metadata"]["resourceVersion"] == rv  # no no-op write
+    pool = get(site, "ippool", "op-pool")
+    assert condition(pool, "Ready") == ("True", "Serving")
+    assert pool["status"]["observedGeneration"] == pool["metadata"]["generation"]
+    # op-b left holding no leases: its block went back to the pool
+    assert {b["node"] for b in pool["status"]["blocks"]} == {"op-a"}
+
+
+def test_an_overlapping_pool_is_refused_with_a_condition_and_an_event(site: K8sSite) -> None:
+    site.kubectl("apply", "-f", "-", input=POOL.replace("op-pool", "op-pool-2").replace(
+        "10.77.0.0/22", "10.77.2.0/23").replace("10.77.0.1", "10.77.2.1"))
+    wait_for("Overlaps condition", lambda: condition(get(site, "ippool", "op-pool-2"), "Ready")
+             == ("False", "Overlaps"), 20, 0.2)
+    events = wait_for("Warning event", lambda: [
+        e for e in get(site, "events", "-n", "default")["items"]
+        if e["involvedObject"]["name"] == "op-pool-2" and e["reason"] == "Overlaps"], 10, 0.2)
+    assert events[0]["type"] == "Warning"
+    assert "10.77.0.0/22" in events[0]["message"]
+
+
+def test_a_pool_with_leases_is_held_until_forced(site: K8sSite) -> None:
+    wait_for("BNGNode op-a", lambda: get(site, "bngnode", "op-a"), 20, 0.2)
+    pools = get(site, "bngnode", "op-a")["spec"]["pools"]
+    block = next(p for p in pools if p["name"] == "op-pool")["blocks"][0]
+    # what op-a's agent would report: 3 leases in its block
+    site.kubectl("patch", "bngnode", "op-a", "--subresource", "status", "--type", "merge", "-p",
+                 json.dumps({"status": {"blocks": [{"pool": "op-pool", "cidr": block,
+                                                    "leases": 3, "size": 254}]}}))
+    wait_for("leases counted", lambda: (get(site, "ippool", "op-pool")["status"]
+                                        .get("allocated") == 3), 20, 0.2)
+    site.kubectl("delete", "ippool", "op-pool", "--wait=false")
+    wait_for("Deleting condition", lambda: condition(get(site, "ippool", "op-pool"), "Ready")
+             == ("False", "Deleting"), 20, 0.2)
+    pool = get(site, "ippool", "op-pool")
+    assert "3 leases still held" in next(c["message"] for c in pool["status"]["conditions"]
+                                         if c["type"] == "Ready")
+    assert "bng.dev/leases" in pool["metadata"]["finalizers"]
+    served = [p["name"] for p in get(site, "bngnode", "op-a")["spec"].get("pools", [])]
+    assert "op-pool" not in served  # no longer served: no new leases, clients move
+    site.kubectl("annotate", "ippool", "op-pool", "bng.dev/force-delete=true")
+    wait_for("pool gone", lambda: get(site, "ippool", "op-pool") is None, 30, 0.3)
