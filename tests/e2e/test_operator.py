@@ -122,6 +122,27 @@ def test_no_address_is_handed_out_twice_across_nodes(site: K8sSite) -> None:
     assert len(rows) == 6
 
 
+def test_each_agent_reports_its_bngnode_status(site: K8sSite) -> None:
+    for name in OPTION82:
+        def reported(name: str = name) -> Any:
+            n = site.get("bngnode", name)
+            st = n.get("status") or {}
+            return n if sum(b["leases"] for b in st.get("blocks", [])) == 3 else None
+
+        node = wait_for(f"{name} reports its 3 leases", reported, 10, 0.3)
+        st = node["status"]
+        conds = {c["type"]: c for c in st["conditions"]}
+        assert conds["Ready"]["status"] == "True" and conds["Degraded"]["status"] == "False"
+        assert conds["Ready"]["observedGeneration"] == node["metadata"]["generation"]
+        assert st["observedGeneration"] == node["metadata"]["generation"]
+        assert st["programs"] == [{"hook": "xdp", "interface": site.nodes[name].access,
+                                   "name": "xdp_dhcp", "attached": True}]
+        assert st["leasesActive"] == 3 and st["lastSync"]
+        assert {m["name"] for m in st["maps"]} >= {"subscribers", "circuits", "subnet_options"}
+        held = {c for p in node["spec"]["pools"] for c in p["blocks"]}
+        assert {b["cidr"] for b in st["blocks"]} == held
+
+
 def test_pool_dns_edit_reaches_both_nodes_next_reply(site: K8sSite) -> None:
     site.kubectl("patch", "ippool", "residential", "--type", "merge",
                  "-p", '{"spec": {"dns": ["192.0.2.99", "192.0.2.98"]}}')
