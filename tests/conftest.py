@@ -10,7 +10,6 @@ A tier whose prerequisites are missing fails with instructions; it never skips s
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,7 +90,9 @@ class Cluster:
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 ) -> subprocess.CompletedProcess[str]:
-        kubectl = shutil.which("kubectl", path=f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}")
+        from bng_operator.testing.k8s_site import kubectl_binary
+
+        kubectl = kubectl_binary()
         if not kubectl:
             pytest.fail("kubectl not found: run `make setup`", pytrace=False)
         r = subprocess.run([kubectl, "--kubeconfig", str(self.kubeconfig), *args],

@@ -18,13 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bng_operator.agent.dhcp.leases import Lease
-from bng_operator.agent.subscribers import (
-    NODE_LABEL,
-    Event,
-    expired_past_ttl,
-    new_object,
-    status,
-)
+from bng_operator.agent.subscribers import Event, expired_past_ttl, new_object, status
 from bng_operator.api import GROUP, VERSION
 from bng_operator.api.bngnode import BNGNodeStatus
 from bng_operator.metrics import AgentMetrics
@@ -47,11 +41,18 @@ class _Update:
     lease: Lease  # a copy, as it was when the update was made
     event: Event
     status: dict[str, Any]
-    refresh: bool  # write even if only the lease end moved (the accounting interval)
+    refresh: bool  # the accounting interval: write if the lease end moved, too
 
 
 def _summary(st: dict[str, Any]) -> tuple[Any, ...]:
     return (st.get("state"), st.get("address"), st.get("node"), st.get("class"))
+
+
+def _unchanged(known: tuple[tuple[Any, ...], Any] | None, u: _Update) -> bool:
+    """Whether the apiserver already says what ``u`` would: the state (and, for an
+    accounting refresh, the lease end) it has is the update's."""
+    return known is not None and known[0] == _summary(u.status) and \
+        (not u.refresh or known[1] == u.status.get("leaseExpiry"))
 
 
 def _unreachable(e: Exception) -> bool:
@@ -73,9 +74,9 @@ class KubeReporter:
         self._node_status: dict[str, Any] | None = None
         self._written_status: dict[str, Any] | None = None
         self._known: set[str] = set()
-        # name -> (state, address, node, class) as the apiserver has it: an update that
-        # would change none of these waits for the accounting interval instead
-        self._existing: dict[str, tuple[Any, ...]] = {}
+        # name -> ((state, address, node, class), lease end) as the apiserver has it: an
+        # update that would change none of these is not written
+        self._existing: dict[str, tuple[tuple[Any, ...], Any]] = {}
         self._tokens = settings.rate
         self._last_refill = time.monotonic()
         self._next_cleanup = 0.0
@@ -190,7 +191,7 @@ class KubeReporter:
         from kubernetes.client.exceptions import ApiException
 
         ended = u.event != "allocate"
-        if self._existing.get(name) == _summary(u.status) and not u.refresh:
+        if _unchanged(self._existing.get(name), u):
             return
         if name not in self._known:
             if ended:
@@ -215,7 +216,7 @@ class KubeReporter:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, self.namespace, "subscribers", name, body, _request_timeout=TIMEOUT)
             self.metrics.kube_writes.labels("Subscriber", "status").inc()
-            self._existing[name] = _summary(u.status)
+            self._existing[name] = (_summary(u.status), u.status.get("leaseExpiry"))
         except ApiException as e:
             if e.status == 404:
                 self._known.discard(name)  # deleted by someone: made again on its next bind
@@ -227,7 +228,8 @@ class KubeReporter:
         items = self.custom.list_namespaced_custom_object(
             GROUP, VERSION, self.namespace, "subscribers", _request_timeout=TIMEOUT)["items"]
         self._known = {i["metadata"]["name"] for i in items}
-        self._existing = {i["metadata"]["name"]: _summary(i.get("status") or {}) for i in items}
+        self._existing = {i["metadata"]["name"]: (_summary(st := i.get("status") or {}),
+                                                  st.get("leaseExpiry")) for i in items}
         now = time.time()
         for obj in items:
             if expired_past_ttl(obj, self.node, self.settings.ttl, now):
@@ -242,5 +244,3 @@ class KubeReporter:
                 self.metrics.kube_writes.labels("Subscriber", "delete").inc()
                 log.info("deleted Subscriber %s: gone for longer than the TTL", name)
 
-
-__all__ = ["NODE_LABEL", "KubeReporter", "ReportSettings"]

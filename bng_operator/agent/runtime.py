@@ -88,7 +88,6 @@ class Agent:
     _status_dirty: bool = True
     _last_sync: datetime | None = None
     _conditions: list[Condition] = field(default_factory=list)
-    _degraded: str = ""
     _reload_error: str = ""
     _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -174,8 +173,7 @@ class Agent:
                                                 self.settings.node)
         except (ConfigError, OSError) as e:
             self.metrics.config_loaded.set(0)
-            self._reload_error = f"configuration not applied: {e}"
-            self._status_dirty = True
+            self._reload_error = f"configuration not applied: {e}"  # seen by _report
             log.error("reload failed, still serving the previous configuration: %s", e)
             return
         assert self.server is not None and self.config is not None

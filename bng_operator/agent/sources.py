@@ -26,6 +26,7 @@ from bng_operator.api import (
 )
 from bng_operator.api.common import DEFAULT_NAMESPACE
 from bng_operator.api.documents import load, yaml_files
+from bng_operator.kubeclient import api_client
 from bng_operator.operator.render import RenderError, render_node
 
 
@@ -73,13 +74,9 @@ class KubeSource:
 
     def __init__(self, node: str, kubeconfig: str | None = None,
                  namespace: str = DEFAULT_NAMESPACE, cache: Path | None = None) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        if kubeconfig:
-            self.api = config.new_client_from_config(config_file=kubeconfig)
-        else:
-            config.load_incluster_config()
-            self.api = client.ApiClient()
+        self.api = api_client(kubeconfig)
         self.custom = client.CustomObjectsApi(self.api)
         self.node, self.namespace, self.kubeconfig, self.cache = node, namespace, kubeconfig, cache
         self.generation: int | None = None  # of the BNGNode last read
@@ -144,33 +141,27 @@ class KubeSource:
     def describe(self) -> str:
         return f"apiserver ({self.kubeconfig or 'in-cluster'})"
 
-    def watch(self, changed: Callable[[], None], stop: threading.Event) -> list[threading.Thread]:
+    def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
         """Threads that call ``changed`` when the configuration may differ: the BNGNode's
-        spec, a reservation, or (for a BNGNode without embedded policy) a policy object.
-        After a lost watch they call it too, since changes may have been missed."""
+        spec, a reservation, or (for a BNGNode without embedded policy, as read last) a
+        policy object. After a lost watch they call it too: changes may have been missed."""
         watches: list[tuple[str, bool, dict[str, Any]]] = [
             ("bngnodes", False, {"field_selector": f"metadata.name={self.node}"}),
             ("subscribers", True, {})]
-        watches += [(cls.info.plural, False, {}) for cls in POLICY_KINDS]
-        threads = []
+        if not self.embedded:
+            watches += [(cls.info.plural, False, {}) for cls in POLICY_KINDS]
         for plural, namespaced, kw in watches:
-            t = threading.Thread(target=self._watch, args=(plural, namespaced, kw, changed, stop),
-                                 name=f"bng-watch-{plural}", daemon=True)
-            t.start()
-            threads.append(t)
-        return threads
+            threading.Thread(target=self._watch, args=(plural, namespaced, kw, changed, stop),
+                             name=f"bng-watch-{plural}", daemon=True).start()
 
     def _watch(self, plural: str, namespaced: bool, kw: dict[str, Any],
                changed: Callable[[], None], stop: threading.Event) -> None:
         from kubernetes import watch
 
-        seen: dict[str, Any] = {}  # name -> what of it the configuration depends on
-        policy = plural not in ("bngnodes", "subscribers")
+        seen: dict[str, Any] = {}  # name -> what of it the configuration depends on (if any)
 
         def relevant(obj: dict[str, Any]) -> Any:
-            if plural == "subscribers":
-                return _reservation(obj)
-            return obj.get("spec") if not policy or not self.embedded else None
+            return _reservation(obj) if plural == "subscribers" else obj.get("spec")
 
         args: tuple[Any, ...] = (GROUP, VERSION, self.namespace, plural) if namespaced else \
             (GROUP, VERSION, plural)
@@ -180,9 +171,8 @@ class KubeSource:
         while not stop.is_set():
             try:
                 listed = fn(*args, _request_timeout=TIMEOUT, **kw)
-                now = {i["metadata"]["name"]: relevant(i) for i in listed["items"]}
-                if not first and {k: v for k, v in now.items() if v} != \
-                        {k: v for k, v in seen.items() if v}:
+                now = {i["metadata"]["name"]: v for i in listed["items"] if (v := relevant(i))}
+                if not first and now != seen:
                     changed()
                 seen, first = now, False
                 rv = listed["metadata"]["resourceVersion"]
@@ -190,13 +180,16 @@ class KubeSource:
                                                timeout_seconds=60, _request_timeout=90, **kw):
                     if stop.is_set():
                         return
+                    if ev["type"] == "ERROR":
+                        break
                     obj = ev["object"]
                     name = obj.get("metadata", {}).get("name")
                     new = None if ev["type"] == "DELETED" else relevant(obj)
-                    if ev["type"] == "ERROR":
-                        break
                     if seen.get(name) != new:
-                        seen[name] = new
+                        if new is None:
+                            del seen[name]
+                        else:
+                            seen[name] = new
                         changed()
             except Exception as e:  # apiserver gone: retry; the re-list catches up
                 log.debug("watch of %s lost: %s", plural, e)

@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.api import API_VERSION
+from bng_operator.api.common import MANAGED_BY
 
 NODE_LABEL = "bng.dev/node"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "bng-agent"}
+AGENT = "bng-agent"  # our MANAGED_BY value
 Event = Literal["allocate", "release", "expire", "decline"]
 STATE = {"allocate": "Bound", "release": "Released", "expire": "Expired", "decline": "Declined"}
 
@@ -54,7 +55,7 @@ def new_object(name: str, lease: Lease, node: str, namespace: str) -> dict[str, 
                 "remoteId": lease.remote_id}
     return {"apiVersion": API_VERSION, "kind": "Subscriber",
             "metadata": {"name": name, "namespace": namespace,
-                         "labels": {NODE_LABEL: node, **MANAGED_BY}},
+                         "labels": {NODE_LABEL: node, MANAGED_BY: AGENT}},
             "spec": {"identity": {k: v for k, v in identity.items() if v}}}
 
 
@@ -62,7 +63,7 @@ def expired_past_ttl(obj: dict[str, Any], node: str, ttl: float, now: float) -> 
     """An object this agent made whose subscriber left more than ``ttl`` seconds ago."""
     meta, st = obj.get("metadata", {}), obj.get("status") or {}
     labels = meta.get("labels") or {}
-    if labels.get(NODE_LABEL) != node or labels.get("app.kubernetes.io/managed-by") != "bng-agent":
+    if labels.get(NODE_LABEL) != node or labels.get(MANAGED_BY) != AGENT:
         return False
     if st.get("state") not in ("Released", "Expired", "Declined") or st.get("node") != node:
         return False

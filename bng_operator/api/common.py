@@ -24,6 +24,8 @@ GROUP = "bng.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 DEFAULT_NAMESPACE = "bng-system"
+# The label saying which bng component made (and may delete) an object.
+MANAGED_BY = "app.kubernetes.io/managed-by"
 
 
 class Model(BaseModel):

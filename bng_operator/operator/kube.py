@@ -4,29 +4,24 @@ write only what differs, so a round with nothing new makes no apiserver writes."
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from bng_operator.api import GROUP, VERSION, BNGNode, IPPool, NATPool, QoSPolicy, SubscriberClass
+from bng_operator.api.common import MANAGED_BY
 from bng_operator.api.resource import Resource
 from bng_operator.operator.reconcile import ClusterState, Event, Plan
 from bng_operator.operator.render import NodeInfo
 
 log = logging.getLogger("bng.operator")
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "bng-operator"}
+OPERATOR = "bng-operator"  # our MANAGED_BY value
 EVENTS_NAMESPACE = "default"  # where Events about cluster-scoped objects go, as kubectl expects
 
 
-@dataclass
-class Writes:
-    """What one round wrote, by kind and verb (for metrics and tests)."""
-
-    counts: dict[tuple[str, str], int] = field(default_factory=dict)
-
-    def add(self, kind: str, verb: str) -> None:
-        self.counts[(kind, verb)] = self.counts.get((kind, verb), 0) + 1
+# What one round wrote, by (kind, verb): for metrics and the log.
+Writes = Counter[tuple[str, str]]
 
 
 class ClusterIO:
@@ -55,28 +50,27 @@ class ClusterIO:
                             nat=self._list(NATPool), bngnodes=self._list(BNGNode))
 
     def apply(self, plan: Plan, state: ClusterState) -> Writes:
-        w = Writes()
+        w: Writes = Counter()
         uids = {n.name: n.uid for n in state.nodes}
         existing = {n.name: n for n in state.bngnodes}
         for name, spec in sorted(plan.specs.items()):
             body: dict[str, Any] = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BNGNode",
-                    "metadata": {"name": name, "labels": MANAGED_BY,
+                    "metadata": {"name": name, "labels": {MANAGED_BY: OPERATOR},
                                  "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
                                                       "name": name, "uid": uids[name]}]},
                     "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
             old = existing.get(name)
             if old is None:
                 self.custom.create_cluster_custom_object(GROUP, VERSION, "bngnodes", body)
-                w.add("BNGNode", "create")
+                w[("BNGNode", "create")] += 1
             elif old.spec != spec:
                 body["metadata"]["resourceVersion"] = old.metadata.resource_version
                 self.custom.replace_cluster_custom_object(GROUP, VERSION, "bngnodes", name, body)
-                w.add("BNGNode", "update")
+                w[("BNGNode", "update")] += 1
         for name, old in existing.items():
-            managed = old.metadata.labels.get("app.kubernetes.io/managed-by") == "bng-operator"
-            if managed and name not in plan.specs:
+            if old.metadata.labels.get(MANAGED_BY) == OPERATOR and name not in plan.specs:
                 self.custom.delete_cluster_custom_object(GROUP, VERSION, "bngnodes", name)
-                w.add("BNGNode", "delete")
+                w[("BNGNode", "delete")] += 1
         for kind, plural, objs, statuses in (
                 ("IPPool", "ippools", state.pools, plan.pool_status),
                 ("SubscriberClass", "subscriberclasses", state.classes, plan.class_status)):
@@ -87,10 +81,10 @@ class ClusterIO:
                 self.custom.patch_cluster_custom_object_status(
                     GROUP, VERSION, plural, o.name,
                     {"status": new.model_dump(mode="json", by_alias=True, exclude_none=True)})
-                w.add(kind, "status")
+                w[(kind, "status")] += 1
         for e in plan.events:
             self._event(e, state)
-            w.add("Event", "create")
+            w[("Event", "create")] += 1
         return w
 
     def _event(self, e: Event, state: ClusterState) -> None:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from bng_operator import http
 from bng_operator.api import GROUP, RESOURCES, VERSION, Subscriber
+from bng_operator.kubeclient import api_client
 from bng_operator.operator.kube import ClusterIO
 from bng_operator.operator.reconcile import FINALIZER, Settings, plan
 
@@ -85,11 +86,11 @@ class Reconciler:
         writes = self.io.apply(p, state)
         self.releasable = p.releasable
         self.rounds += 1
-        for (kind, verb), n in writes.counts.items():
+        for (kind, verb), n in writes.items():
             self.metrics.writes.labels(kind, verb).inc(n)
-        if writes.counts:
+        if writes:
             log.info("reconciled: %s", ", ".join(f"{v} {k} x{n}" for (k, v), n in
-                                                 sorted(writes.counts.items())))
+                                                 sorted(writes.items())))
         # Come back when a departed node's block is due to return to its pool.
         due = [b.release_after for st in p.pool_status.values() for b in st.blocks
                if b.release_after is not None]
@@ -98,7 +99,7 @@ class Reconciler:
             self.loop.call_soon_threadsafe(self.loop.call_later, delay, self.poke)
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metrics: Metrics,
+def register(registry: kopf.OperatorRegistry, ours: OperatorSettings, metrics: Metrics,
              state: dict[str, Any]) -> None:
     """The handlers: each only pokes the reconciler; deletion of an IPPool waits for it."""
 
@@ -107,20 +108,18 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
         settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
-        rec = Reconciler(OPERATOR, ClusterIO(_client(OPERATOR.kubeconfig)), metrics)
+        rec = Reconciler(ours, ClusterIO(api_client(ours.kubeconfig)), metrics)
         state["reconciler"] = rec
         state["task"] = asyncio.create_task(rec.run())
-        state["http"] = await http.serve(OPERATOR.metrics_host, OPERATOR.metrics_port,
+        state["http"] = await http.serve(ours.metrics_host, ours.metrics_port,
                                          lambda: generate_latest(metrics.registry),
                                          lambda: (True, "ready"))
         log.info("operator starting: peering %s, priority %s, nodes labelled %s",
-                 OPERATOR.peering, OPERATOR.priority, _label(OPERATOR))
-
-    OPERATOR = settings
+                 ours.peering, ours.priority, _label(ours))
 
     @kopf.on.login(registry=registry)
     def login(**kw: Any) -> Any:
-        if OPERATOR.kubeconfig:
+        if ours.kubeconfig:
             return kopf.login_with_kubeconfig(**kw)  # reads $KUBECONFIG, set by run()
         return kopf.login_with_service_account(**kw)
 
@@ -158,15 +157,6 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
 def _label(s: OperatorSettings) -> str:
     k, v = s.reconcile.node_label
     return f"{k}={v}" if v is not None else k
-
-
-def _client(kubeconfig: str | None) -> Any:
-    from kubernetes import client, config
-
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    config.load_incluster_config()
-    return client.ApiClient()
 
 
 def run(settings: OperatorSettings) -> int:

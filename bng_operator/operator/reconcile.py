@@ -97,9 +97,10 @@ def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
     nodes = bng_nodes(state.nodes, settings.node_label)
     findings: list[Finding] = overlapping_pools(state.pools)
     refused = {f.name for f in findings}
-    live = [p for p in state.pools if p.metadata.deletion_timestamp is None]
+    deleting = {p.name for p in state.pools if p.metadata.deletion_timestamp is not None}
+    live = [p for p in state.pools if p.name not in deleting]
     class_findings = dangling_references(state.classes, live, state.qos, state.nat,
-                                         refused | {p.name for p in state.pools if p not in live})
+                                         refused | deleting)
     bad_classes = {f.name: f for f in class_findings}
     valid_classes = [c for c in state.classes if c.name not in bad_classes]
     reported = {n.name: n.status for n in state.bngnodes if n.status is not None}
@@ -111,7 +112,7 @@ def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
     releasable = set()
     for p in sorted(state.pools, key=lambda p: p.name):
         old = p.status or IPPoolStatus()
-        serving = [] if p.name in refused or p not in live else \
+        serving = [] if p.name in refused | deleting else \
             [n.name for n in nodes if selects(p.spec.node_selector, n.labels)]
         usage = {b.cidr: b.leases for name, st in reported.items() if name in node_names
                  for b in st.blocks if b.pool == p.name}
@@ -129,7 +130,7 @@ def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
         if p.name in refused:
             f = next(f for f in findings if f.name == p.name)
             conds = with_condition(conds, "Ready", False, f.reason, f.message, gen, now)
-        elif p not in live:
+        elif p.name in deleting:
             force = p.metadata.annotations.get(FORCE_DELETE_ANNOTATION) == "true"
             if allocated == 0 or force:
                 releasable.add(p.name)

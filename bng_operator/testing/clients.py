@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,16 @@ def dhcpcd(ns: str, iface: str, workdir: Path, timeout: int = 20) -> ClientLease
                        tuple(env.get("new_domain_name_servers", "").split()),
                        int(env.get("new_dhcp_lease_time", 0)),
                        env.get("new_dhcp_server_identifier", ""), env.get("new_domain_name"))
+
+
+def send_frames(ns: str, iface: str, frames: list[str], repeat: int = 1,
+                interval: float = 0.0) -> None:
+    """Send hex ``frames`` out of ``iface`` in ``ns``, ``repeat`` times (``probe raw``)."""
+    r = subprocess.run(_ns(ns, sys.executable, "-m", "bng_operator.testing.probe", "raw", iface,
+                           *frames, "--repeat", str(repeat), "--interval", str(interval)),
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise ClientFailed(f"probe in {ns} could not send: {r.stderr[-2000:]}")
 
 
 def renewal_frames(lease: dict[str, str], mac: str, server_mac: str, n: int) -> list[str]:

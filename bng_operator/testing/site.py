@@ -28,6 +28,13 @@ RELAY_ADDRESS = "198.51.100.2/24"
 METRICS_PORT = 9641
 
 
+def requests(metrics: dict[str, float], path: str) -> float:
+    """REQUESTs an agent answered on ``path`` ("fast" or "slow"), whatever the result, from
+    its ``Site.metrics()``."""
+    return sum(v for k, v in metrics.items() if k.startswith("bng_dhcp_requests_total{")
+               and f'path="{path}"' in k and 'type="request"' in k)
+
+
 def subscriber_mac(i: int) -> str:
     return f"02:00:00:00:{i >> 8 & 0xFF:02x}:{i & 0xFF:02x}"
 
