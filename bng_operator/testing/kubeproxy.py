@@ -9,20 +9,11 @@ connection to the real one. The same kubeconfig then works in every namespace.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import socket
 import threading
 from dataclasses import dataclass, field
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+from bng_operator.testing.netlab import in_netns
 
 
 def listen_in(netns: str, port: int) -> socket.socket:
@@ -31,16 +22,12 @@ def listen_in(netns: str, port: int) -> socket.socket:
 
     def work() -> None:  # setns changes only this thread's namespace; the thread then ends
         try:
-            with open("/proc/thread-self/ns/net") as own, open(f"/run/netns/{netns}") as target:
-                _setns(target.fileno())
-                try:
-                    s = socket.socket()
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind(("127.0.0.1", port))
-                    s.listen(64)
-                    out.append(s)
-                finally:
-                    _setns(own.fileno())
+            with in_netns(netns):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
+                s.listen(64)
+                out.append(s)
         except BaseException as e:  # handed to the caller's thread
             out.append(e)
 

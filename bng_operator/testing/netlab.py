@@ -7,12 +7,14 @@ crashed run's leftovers (pid gone) from a run still going, and remove only those
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import re
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,26 @@ from bng_operator import netlink
 
 PREFIX = "bngt"
 _seq = itertools.count()
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def in_netns(netns: str) -> Iterator[None]:
+    """Run the block with the calling thread in ``netns`` (setns is per thread), then move
+    it back. For sockets opened there, or an ifindex that only means something there."""
+    with open("/proc/thread-self/ns/net") as own, open(f"/run/netns/{netns}") as target:
+        _setns(target.fileno())
+        try:
+            yield
+        finally:
+            _setns(own.fileno())
 
 
 def _alive(pid: int) -> bool:

@@ -15,17 +15,13 @@ tests/bpf/test_fastpath.py checks they agree.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-from bcc import libbcc
 
 from bng_operator import netlink
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
@@ -34,11 +30,13 @@ from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
     BPFObject,
     DataplaneError,
+    RunResult,
     bpf_mount_of,
     pin_fd,
     pinned_fd,
     program_fd_by_id,
     program_id,
+    test_run,
 )
 from bng_operator.api.bngnode import MAX_LEASES_PER_NODE
 from bng_operator.netlink import XDPMode
@@ -53,39 +51,6 @@ COUNTERS = ("offer", "ack", "pass_not_dhcp", "pass_malformed", "pass_miss", "pas
             "pass_no_interface", "pass_no_subnet", "pass_no_room", "drop", "refresh_lost")
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 Attached = Literal["adopted", "attached", "replaced"]
-
-
-class _TestRunOpts(ctypes.Structure):
-    """struct bpf_test_run_opts (libbpf); ``sz`` lets libbpf accept an older layout."""
-
-    _fields_ = [
-        ("sz", ctypes.c_size_t),
-        ("data_in", ctypes.c_void_p),
-        ("data_out", ctypes.c_void_p),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_void_p),
-        ("ctx_out", ctypes.c_void_p),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("repeat", ctypes.c_int),
-        ("duration", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-    ]
-
-
-_test_run = libbcc.lib.bpf_prog_test_run_opts
-_test_run.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
-
-
-@dataclass(frozen=True)
-class RunResult:
-    action: int
-    frame: bytes
-    ns_per_run: int
 
 
 def _u32(raw: bytes | int) -> int:
@@ -306,15 +271,7 @@ class FastPath:
         """BPF_PROG_TEST_RUN on one frame (of this program, or of ``fd``). The kernel reuses
         the buffer between repeats, so with ``repeat`` > 1 only the first run sees ``frame``
         as given."""
-        buf_in = ctypes.create_string_buffer(frame, len(frame))
-        out = ctypes.create_string_buffer(4096)
-        opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(buf_in),
-                            data_out=ctypes.addressof(out), data_size_in=len(frame),
-                            data_size_out=len(out), repeat=repeat)
-        rc = _test_run(self.fd if fd is None else fd, ctypes.byref(opts))
-        if rc != 0:
-            raise OSError(-rc, f"BPF_PROG_TEST_RUN failed: {rc}")
-        return RunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)
+        return test_run(self.fd if fd is None else fd, frame, repeat)
 
     def close(self) -> None:
         """Free this process's handles. Pinned maps and the attached program stay."""

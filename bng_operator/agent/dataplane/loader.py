@@ -30,6 +30,78 @@ BPFFS = Path("/sys/fs/bpf")
 BPF_DIR = Path(os.environ.get("BNG_BPF_DIR", Path(__file__).resolve().parents[3] / "bpf"))
 
 
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+
+class _TestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (libbpf); ``sz`` lets libbpf accept an older layout."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _XdpMd(ctypes.Structure):
+    """struct xdp_md, the context BPF_PROG_RUN takes for an XDP program."""
+
+    _fields_ = [(name, ctypes.c_uint32) for name in (
+        "data", "data_end", "data_meta", "ingress_ifindex", "rx_queue_index", "egress_ifindex")]
+
+
+_test_run = libbcc.lib.bpf_prog_test_run_opts
+_test_run.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    action: int
+    frame: bytes
+    ns_per_run: int
+
+
+def test_run(fd: int, frame: bytes, repeat: int = 1) -> RunResult:
+    """BPF_PROG_RUN of the XDP program ``fd`` on ``frame``, ``repeat`` times, as if received
+    on lo. The kernel reuses the buffer between repeats."""
+    buf_in = ctypes.create_string_buffer(frame, len(frame))
+    out = ctypes.create_string_buffer(4096)
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(buf_in),
+                        data_out=ctypes.addressof(out), data_size_in=len(frame),
+                        data_size_out=len(out), repeat=repeat)
+    rc = _test_run(fd, ctypes.byref(opts))
+    if rc != 0:
+        raise OSError(-rc, f"BPF_PROG_RUN failed: {rc}")
+    return RunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)
+
+
+def send_live(fd: int, frame: bytes, repeat: int, ifindex: int, batch_size: int = 0) -> None:
+    """BPF_PROG_RUN in live-frame mode: run the XDP program ``fd`` ``repeat`` times on copies
+    of ``frame`` as if received on ``ifindex`` (of the calling thread's network namespace),
+    and carry out what it returns: XDP_TX sends the frame out of that interface."""
+    buf_in = ctypes.create_string_buffer(frame, len(frame))
+    ctx = _XdpMd(data=0, data_end=len(frame), ingress_ifindex=ifindex)
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(buf_in),
+                        data_size_in=len(frame), ctx_in=ctypes.addressof(ctx),
+                        ctx_size_in=ctypes.sizeof(ctx), repeat=repeat,
+                        flags=BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=batch_size)
+    rc = _test_run(fd, ctypes.byref(opts))
+    if rc != 0:
+        raise OSError(-rc, f"BPF_PROG_RUN (live frames) failed: {rc}")
+
+
 class DataplaneError(RuntimeError):
     """The kernel refused something; the message says what and what to do."""
 
