@@ -12,6 +12,10 @@
 
 #include "lib/maps.h"
 
+#ifndef offsetof
+#define offsetof(t, m) __builtin_offsetof(t, m)
+#endif
+
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
 
@@ -330,6 +334,7 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
         pos += 2 + len82;
     }
     ob[pos] = 255;
+    st->reply_end = pos;
     // At least 300 bytes of DHCP (RFC 1542), and a multiple of 4 for bpf_csum_diff.
     __u32 opts_len = (pos + 1 + 3) & ~3U;
     if (opts_len < MIN_REPLY_DHCP_LEN - BOOTP_FIXED - 4)
@@ -378,7 +383,8 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     if (msg_type == 3) {
         // The ACK renews the lease; userspace persists the new expiry from the ring.
         __u64 expires = now + (__u64)lease_s * 1000000000ULL;
-        __sync_lock_test_and_set(&lease->expires_ns, expires);
+        // One aligned 8-byte store: a reader sees the old or the new expiry, never a mix.
+        *(volatile __u64 *)&lease->expires_ns = expires;
         struct lease_refresh ev = {.address = address, .expires_ns = expires};
         if (refreshes.ringbuf_output(&ev, sizeof(ev), 0))
             count(CNT_REFRESH_LOST);
@@ -411,7 +417,12 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     ip->check = 0;
     ip->saddr = sid;
     ip->daddr = dst_ip;
-    ip->check = fold(bpf_csum_diff(0, 0, (void *)ip, sizeof(struct iphdr), 0));
+    // The header's checksum from the values just written (id, frag_off and the checksum
+    // field are zero), in the header's own byte order: no helper call.
+    __u32 tot = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + dhcp_len);
+    __u64 ipsum = (__u64)bpf_htons(0x4500) + tot + bpf_htons(64 << 8 | IPPROTO_UDP) +
+                  (sid & 0xffff) + (sid >> 16) + (dst_ip & 0xffff) + (dst_ip >> 16);
+    ip->check = fold(ipsum);
 
     udp->source = bpf_htons(DHCP_SERVER_PORT);
     udp->dest = dport;
@@ -432,11 +443,18 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
         count(CNT_DROP);
         return XDP_DROP;  // the resize made room for exactly this; never half a reply
     }
-    // The UDP checksum: headers and fixed fields from the packet, options from the scratch
-    // copy (both even-sized, so the partial sums add up).
-    __u64 sum = bpf_csum_diff(0, 0, (void *)udp, sizeof(struct udphdr) + sizeof(struct bootp),
-                              0);
-    sum = bpf_csum_diff(0, 0, (__be32 *)ob, opts_len, sum);
+    // The UDP checksum over the bytes that are not zero: the UDP header and the fixed
+    // fields up to chaddr from the packet, the magic cookie, and the options up to END
+    // from the scratch copy (sname, file and the padding add nothing). Every part is a
+    // multiple of 4 bytes, so the partial sums add up.
+    __u64 sum = bpf_csum_diff(0, 0, (void *)udp,
+                              sizeof(struct udphdr) + offsetof(struct bootp, sname), 0);
+    sum += bpf_htons(DHCP_MAGIC >> 16) + bpf_htons(DHCP_MAGIC & 0xffff);
+    // END included, zero-padded to 4: at most opts_len (END is at most at 164, so the
+    // mask only rounds down to a multiple of 4, on the register the verifier checks).
+    __u32 sum_len = st->reply_end + 4;
+    asm volatile("%0 &= 0xfc" : "+r"(sum_len));
+    sum = bpf_csum_diff(0, 0, (__be32 *)ob, sum_len, sum);
     sum += (sid & 0xffff) + (sid >> 16) + (dst_ip & 0xffff) + (dst_ip >> 16);
     sum += bpf_htons(IPPROTO_UDP) + bpf_htons(sizeof(struct udphdr) + dhcp_len);
     __u16 csum = fold(sum);

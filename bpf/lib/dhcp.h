@@ -95,6 +95,8 @@ struct parse_state {
     __u16 vlan;
     __u8 msg_type;
     __u8 seen;                     // options already met (a repeated one: slow path)
+    __u32 reply_end;               // END's offset in reply: read back untracked, so the
+                                   // verifier need not tell apart every options layout
     __u8 reply[REPLY_OPTIONS_LEN]; // the reply's options, assembled (the stack is too small)
     __u8 opts[OPTIONS_COPY + 64];  // +64: a masked offset plus a value never runs past
 };
