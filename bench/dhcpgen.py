@@ -110,6 +110,8 @@ class Generator:
                  into_stack: tuple[str, str] | None = None) -> None:
         self.ns, self.ifname, self.clients = switch_ns, ifname, clients
         self.send_ns, send_if = into_stack or (switch_ns, ifname)
+        # The CPU it sends from, busy for the whole trial: keep the server off it.
+        self.cpu = min(os.sched_getaffinity(0))
         self.frame = request_template(server_mac, relay_mac, IPv4Address(relay),
                                       IPv4Address(server_id))
         self.obj = BPFObject(SOURCE, cflags={"MAX_CLIENTS": max(clients, 1),
@@ -173,7 +175,7 @@ class Generator:
         pace.clear()
         # One CPU: the pacing state and the sequence of clients are per CPU.
         affinity = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {min(affinity)})
+        os.sched_setaffinity(0, {self.cpu})
         try:
             with in_netns(self.send_ns):  # where the ifindex is
                 while time.monotonic_ns() < leaf.until_ns:
