@@ -101,8 +101,8 @@ class Generator:
     Requests leave the switch side (``ifname`` in ``switch_ns``) towards the server, as a
     NIC would deliver them to an XDP program there. With ``into_stack`` = (namespace,
     interface) they are instead handed to that interface's network stack directly, in the
-    sending call: a server behind sockets (Kea) gets them at once, where frames through
-    the veth arrive in bursts tens of milliseconds apart that overflow its socket buffer.
+    sending call (XDP_PASS): the shortest path to a server behind sockets (Kea), without
+    the veth hop that bng's XDP program needs.
     """
 
     def __init__(self, switch_ns: str, ifname: str, clients: int, server_id: str,
