@@ -250,10 +250,6 @@ def kernel_search(site: Site, servers: Servers, which: str, seconds: float) -> \
     access_mac = bytes.fromhex(site.access_mac().replace(":", ""))
     relay_mac = bytes.fromhex(
         netlink.interface_info("eth0", site.subscribers[0])[1].replace(":", ""))
-    if which == "bng":  # perfdhcp's trials left the program attached in generic mode
-        from bng_operator.agent.dataplane.fastpath import remove
-
-        remove(site.lab.bpf_dir, [(site.access, site.bng)], mode="generic")
     rmem = Path("/proc/sys/net/core/rmem_default")  # global: not per namespace
     rmem_before = rmem.read_text()
     if which == "kea":

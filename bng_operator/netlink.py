@@ -28,6 +28,8 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_REPLACE = 1 << 4
 _MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+# IFLA_XDP_ATTACHED as pyroute2 names it (XDP_ATTACHED_DRV, XDP_ATTACHED_SKB)
+_ATTACHED_MODES: dict[str, XDPMode] = {"xdp": "native", "xdpgeneric": "generic"}
 
 
 class InterfaceMissing(LookupError):
@@ -136,13 +138,21 @@ def detach_xdp(ifname: str, ns: str | None = None, mode: XDPMode = "native") -> 
                      xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", _MODE_FLAGS[mode])]})
 
 
-def xdp_program_id(ifname: str, ns: str | None = None) -> int | None:
-    """The id of the XDP program attached to ``ifname``, or None."""
+def xdp_program(ifname: str, ns: str | None = None) -> tuple[int, XDPMode] | None:
+    """The id of the XDP program attached to ``ifname`` and its mode, or None."""
     with route(ns) as ipr:
         links = ipr.get_links(_index(ipr, ifname, ns))
     xdp = links[0].get_attr("IFLA_XDP") if links else None
-    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
-    return int(prog_id) if prog_id else None
+    if xdp is None or not xdp.get_attr("IFLA_XDP_PROG_ID"):
+        return None
+    mode = _ATTACHED_MODES.get(xdp.get_attr("IFLA_XDP_ATTACHED"), "native")
+    return int(xdp.get_attr("IFLA_XDP_PROG_ID")), mode
+
+
+def xdp_program_id(ifname: str, ns: str | None = None) -> int | None:
+    """The id of the XDP program attached to ``ifname``, or None."""
+    prog = xdp_program(ifname, ns)
+    return prog[0] if prog else None
 
 
 def _index(ipr: Any, ifname: str, ns: str | None) -> int:

@@ -15,9 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bng_operator import netlink
 from bng_operator.agent.dataplane import entries, fastpath
 from bng_operator.agent.dataplane.entries import FastEntry, entry_for, subnet_options
 from bng_operator.agent.dataplane.fastpath import XDP_PASS, XDP_TX, FastPath
+from bng_operator.agent.dataplane.loader import program_id
 from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, Message, MessageType, Opt, encode
 from bng_operator.agent.dhcp.server import Context
 from bng_operator.agent.dhcp.transport import (
@@ -29,6 +31,7 @@ from bng_operator.agent.dhcp.transport import (
 )
 from bng_operator.api import SubscriberClass
 from bng_operator.api.documents import parse
+from bng_operator.testing.netlab import NetLab
 from tests.dhcp_env import bound_lease, server
 from tests.dhcp_messages import relay82, request
 
@@ -300,3 +303,19 @@ def test_corrupted_options_never_crash_and_never_misreply(fp: FastPath, valid_fr
         assert f.payload[0] == 2 and len(f.payload) >= fastpath.MIN_REPLY_DHCP_LEN
     else:
         assert r.action in (XDP_PASS, 1)
+
+
+def test_a_restart_in_another_xdp_mode_moves_the_program(fp: FastPath, netlab: NetLab) -> None:
+    """An agent restarted with another --xdp-mode must run in that mode, not adopt the
+    program where it was: the kernel runs one mode at a time."""
+    node, peer = netlab.namespace("bng"), netlab.namespace("sw")
+    netlab.link(node, "access0", peer, "up0")
+    try:
+        assert fp.attach("access0", node, "generic") == "attached"
+        assert netlink.xdp_program("access0", node) == (program_id(fp.fd), "generic")
+        assert fp.attach("access0", node, "generic") == "adopted"
+        fp.attach("access0", node, "native")
+        assert netlink.xdp_program("access0", node) == (program_id(fp.fd), "native")
+    finally:
+        netlink.detach_xdp("access0", node, "native")
+        netlink.detach_xdp("access0", node, "generic")

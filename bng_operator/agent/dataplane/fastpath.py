@@ -133,10 +133,16 @@ class FastPath:
         return self._fd
 
     def attach(self, ifname: str, ns: str | None = None, mode: XDPMode = "native") -> Attached:
-        """Make this program the one on ``ifname``: kept if it already is (an agent restart),
-        else swapped in atomically over whatever program is there."""
+        """Make this program the one on ``ifname`` in ``mode``: kept if it already is (an
+        agent restart), else swapped in atomically over whatever program is there. A program
+        attached in the other mode is detached first (the kernel runs only one mode at a
+        time), so the interface is briefly without a fast path when the mode changes."""
         mine = program_id(self.fd)
-        current = netlink.xdp_program_id(ifname, ns)
+        attached = netlink.xdp_program(ifname, ns)
+        if attached is not None and attached[1] != mode:
+            netlink.detach_xdp(ifname, ns, attached[1])
+            attached = None
+        current = attached[0] if attached else None
         if current == mine:
             return "adopted"
         old = program_fd_by_id(current) if current else None
