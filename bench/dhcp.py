@@ -39,8 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -53,6 +55,7 @@ from bng_operator.testing.site import Site  # noqa: E402
 sys.path.insert(0, str(REPO / "bench"))
 import dhcpgen  # noqa: E402
 
+T = TypeVar("T")
 MAX_DROPS = 2.5  # percent
 KNOWN_CLIENTS = 500
 KNOWN_CLIENTS_KERNEL = 4096
@@ -117,13 +120,6 @@ class Servers:
     def __init__(self, site: Site, workdir: Path) -> None:
         self.site, self.workdir = site, workdir
         self.kea: subprocess.Popen[bytes] | None = None
-        self.known_before: dict[str, float] = {}
-        self.known_after: dict[str, float] = {}
-
-    def known_replies(self) -> dict[str, float]:
-        """Replies of the last timed run by path (fast = answered by XDP)."""
-        d = {k: v - self.known_before.get(k, 0) for k, v in self.known_after.items()}
-        return {p: sum(v for k, v in d.items() if f'path="{p}"' in k) for p in ("fast", "slow")}
 
     def fast_counters(self, which: str) -> dict[str, float]:
         """bng's requests by path and result, and the fast path's passes."""
@@ -169,6 +165,40 @@ def _perfdhcp(site: Site, rate: int, seconds: int, clients: list[str]) -> \
                         check=False, timeout=seconds + 60)
 
 
+def replies_by_path(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """bng's replies between two fast_counters() readings, by path (fast: by XDP)."""
+    d = {k: v - before.get(k, 0) for k, v in after.items()}
+    return {p: sum(v for k, v in d.items() if f'path="{p}"' in k) for p in ("fast", "slow")}
+
+
+def step_search(run: Callable[[int], T], ok: Callable[[T], bool], top: int,
+                stop: Callable[[], bool] = lambda: False) -> T | None:
+    """Double the rate from 1000 until a trial is not ``ok`` (or ``stop()`` says there is
+    no point going on), then bisect three times between the last good and the failed rate.
+    Returns the best good trial."""
+    best: T | None = None
+    good, rate, fail = 0, 1000, None
+    while rate <= top:
+        t = run(rate)
+        if not ok(t):
+            fail = rate
+            break
+        best, good, rate = t, rate, rate * 2
+        if stop():
+            return best
+    hi = fail or rate
+    for _ in range(3):
+        if hi - good <= max(250, good // 10):
+            break
+        mid = (good + hi) // 2
+        t = run(mid)
+        if ok(t):
+            best, good = t, mid
+        else:
+            hi = mid
+    return best
+
+
 def trial(site: Site, servers: Servers, which: str, rate: int, seconds: int,
           macs: Path | None) -> Trial:
     servers.start(which)
@@ -177,12 +207,11 @@ def trial(site: Site, servers: Servers, which: str, rate: int, seconds: int,
         if macs is not None:  # bind every MAC first (drawn at random: ~7x covers them all)
             clients = ["-M", str(macs)]
             _perfdhcp(site, 1000, KNOWN_CLIENTS * 7 // 1000 + 1, clients)
-            servers.known_before = servers.fast_counters(which)
+        before = servers.fast_counters(which)
         r = _perfdhcp(site, rate, seconds, clients)
         by_path = {}
         if macs is not None and which == "bng":
-            servers.known_after = servers.fast_counters(which)
-            by_path = servers.known_replies()
+            by_path = replies_by_path(before, servers.fast_counters(which))
         try:
             return Trial(rate, perfdhcp.parse(r.stdout), by_path)
         except ValueError as e:
@@ -210,34 +239,15 @@ def search(site: Site, servers: Servers, which: str, seconds: int, log: bool,
         trials.append(t)
         if log:
             fast = ""
-            if macs is not None and which == "bng":
+            if t.by_path:
                 fast = " (replies by path: " + ", ".join(
-                    f"{p} {n:.0f}" for p, n in servers.known_replies().items()) + ")"
+                    f"{p} {n:.0f}" for p, n in t.by_path.items()) + ")"
             print(f"  {which:4} {rate:6}/s -> {t.report.rate:8.0f}/s done, drops {t.drops:5.2f}% "
                   f"{'ok' if t.ok else 'too many'}{fast}", file=sys.stderr)
         return t
 
-    best: Trial | None = None
-    rate, fail = 1000, None
-    while rate <= 64000:
-        t = run(rate)
-        if not t.ok:
-            fail = rate
-            break
-        best, rate = t, rate * 2
-        if generator_limited(trials):  # perfdhcp cannot send faster: nothing to bisect
-            return best, trials
-    lo = best.rate if best else 0
-    hi = fail or rate
-    for _ in range(3):
-        if hi - lo <= max(250, lo // 10):
-            break
-        mid = (lo + hi) // 2
-        t = run(mid)
-        if t.ok:
-            best, lo = t, mid
-        else:
-            hi = mid
+    # perfdhcp cannot send faster: nothing to bisect
+    best = step_search(run, lambda t: t.ok, 64000, stop=lambda: generator_limited(trials))
     return best, trials
 
 
@@ -285,27 +295,13 @@ def kernel_search(site: Site, servers: Servers, which: str, seconds: float) -> \
                 time.sleep(2)  # the server's backlog drains before the next trial
             return r
 
-        best = None
-        if (r := run(None)).drops <= MAX_DROPS:
-            best = r
-        else:
-            rate, fail = 1000, None
-            while rate <= 1_000_000:
-                if (r := run(rate)).drops > MAX_DROPS:
-                    fail = rate
-                    break
-                best, rate = r, rate * 2
-            lo, hi = (best.rate or 0) if best else 0, fail or rate
-            for _ in range(3):
-                if hi - lo <= max(250, lo // 10):
-                    break
-                mid = (lo + hi) // 2
-                if (r := run(mid)).drops <= MAX_DROPS:
-                    best, lo = r, mid
-                else:
-                    hi = mid
-        servers.known_before, servers.known_after = before, servers.fast_counters(which)
-        return best, trials, servers.known_replies() if which == "bng" else {}
+        def ok(r: dhcpgen.Result) -> bool:
+            return r.drops <= MAX_DROPS
+
+        unpaced = run(None)
+        best = unpaced if ok(unpaced) else step_search(run, ok, 1_000_000)
+        by_path = replies_by_path(before, servers.fast_counters(which)) if which == "bng" else {}
+        return best, trials, by_path
     finally:
         gen.close()
         servers.stop(which)

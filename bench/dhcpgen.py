@@ -30,7 +30,6 @@ SOURCE = Path(__file__).resolve().parent / "dhcp_gen.c"
 MODE_DORA, MODE_DISCOVER, MODE_REQUEST = 0, 1, 2
 XDP_PASS, XDP_TX = 2, 3
 COUNTERS = ("sent_discover", "sent_request", "offer", "ack", "nak", "wrong_address", "other")
-HIST_BUCKETS = 128
 REPEAT = 1 << 20  # repetitions of the generator per BPF_PROG_RUN call (see dhcp_gen.c)
 DRAIN_S = 0.5  # replies later than this after the last request count as drops
 
@@ -147,6 +146,9 @@ class Generator:
         t = self.obj.map(name)
         return [int(sum(t[t.Key(i)])) for i in range(n)]
 
+    def _histogram(self, name: str) -> list[int]:
+        return self._sum(name, len(self.obj.map(name)))  # HIST_BUCKETS in dhcp_gen.c
+
     def reset(self) -> None:
         for name in ("counters", "delay_offer", "delay_ack"):
             self.obj.map(name).clear()
@@ -155,7 +157,7 @@ class Generator:
         return dict(zip(COUNTERS, self._sum("counters", len(COUNTERS)), strict=True))
 
     def _clients(self) -> list[Any]:
-        return [leaf for _, leaf in self.obj.map("clients").items()][: self.clients]
+        return [leaf for _, leaf in self.obj.map("clients").items()]
 
     def forget(self) -> None:
         """Forget the addresses learned (another server's clients are new to it)."""
@@ -217,8 +219,8 @@ class Generator:
         self._mode(MODE_DORA)
         elapsed = self._send(rate * 2 if rate else None, seconds)
         time.sleep(DRAIN_S)
-        return Result(rate, elapsed, self.counts(), self._sum("delay_offer", HIST_BUCKETS),
-                      self._sum("delay_ack", HIST_BUCKETS))
+        return Result(rate, elapsed, self.counts(), self._histogram("delay_offer"),
+                      self._histogram("delay_ack"))
 
 
 def summary(r: Result) -> dict[str, Any]:

@@ -409,24 +409,25 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     ip->version = 4;
     ip->ihl = 5;
     ip->tos = 0;
-    ip->tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + dhcp_len);
+    __be16 tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + dhcp_len);
+    __be16 udp_len = bpf_htons(sizeof(struct udphdr) + dhcp_len);
+    // Both addresses, as 16-bit words in wire order: in the IP and the UDP checksum.
+    __u64 addr_sum = (sid & 0xffff) + (sid >> 16) + (dst_ip & 0xffff) + (dst_ip >> 16);
+    ip->tot_len = tot_len;
     ip->id = 0;
     ip->frag_off = 0;
     ip->ttl = 64;
     ip->protocol = IPPROTO_UDP;
-    ip->check = 0;
     ip->saddr = sid;
     ip->daddr = dst_ip;
-    // The header's checksum from the values just written (id, frag_off and the checksum
-    // field are zero), in the header's own byte order: no helper call.
-    __u32 tot = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + dhcp_len);
-    __u64 ipsum = (__u64)bpf_htons(0x4500) + tot + bpf_htons(64 << 8 | IPPROTO_UDP) +
-                  (sid & 0xffff) + (sid >> 16) + (dst_ip & 0xffff) + (dst_ip >> 16);
-    ip->check = fold(ipsum);
+    // The header's checksum from the values just written (id and frag_off are zero), in
+    // the header's own byte order: no helper call.
+    ip->check = fold((__u64)bpf_htons(0x4500) + tot_len + bpf_htons(64 << 8 | IPPROTO_UDP) +
+                     addr_sum);
 
     udp->source = bpf_htons(DHCP_SERVER_PORT);
     udp->dest = dport;
-    udp->len = bpf_htons(sizeof(struct udphdr) + dhcp_len);
+    udp->len = udp_len;
     udp->check = 0;
 
     // In place: xid, flags, giaddr, chaddr and the magic cookie are already the request's.
@@ -455,8 +456,7 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     __u32 sum_len = st->reply_end + 4;
     asm volatile("%0 &= 0xfc" : "+r"(sum_len));
     sum = bpf_csum_diff(0, 0, (__be32 *)ob, sum_len, sum);
-    sum += (sid & 0xffff) + (sid >> 16) + (dst_ip & 0xffff) + (dst_ip >> 16);
-    sum += bpf_htons(IPPROTO_UDP) + bpf_htons(sizeof(struct udphdr) + dhcp_len);
+    sum += addr_sum + bpf_htons(IPPROTO_UDP) + udp_len;
     __u16 csum = fold(sum);
     udp->check = csum ? csum : 0xffff;
 

@@ -87,7 +87,7 @@ def test_run(fd: int, frame: bytes, repeat: int = 1) -> RunResult:
     return RunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)
 
 
-def send_live(fd: int, frame: bytes, repeat: int, ifindex: int, batch_size: int = 0) -> None:
+def send_live(fd: int, frame: bytes, repeat: int, ifindex: int) -> None:
     """BPF_PROG_RUN in live-frame mode: run the XDP program ``fd`` ``repeat`` times on copies
     of ``frame`` as if received on ``ifindex`` (of the calling thread's network namespace),
     and carry out what it returns: XDP_TX sends the frame out of that interface."""
@@ -96,7 +96,7 @@ def send_live(fd: int, frame: bytes, repeat: int, ifindex: int, batch_size: int 
     opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(buf_in),
                         data_size_in=len(frame), ctx_in=ctypes.addressof(ctx),
                         ctx_size_in=ctypes.sizeof(ctx), repeat=repeat,
-                        flags=BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=batch_size)
+                        flags=BPF_F_TEST_XDP_LIVE_FRAMES)
     rc = _test_run(fd, ctypes.byref(opts))
     if rc != 0:
         raise OSError(-rc, f"BPF_PROG_RUN (live frames) failed: {rc}")
