@@ -213,11 +213,13 @@ class Generator:
         self.reset()
         self._mode(MODE_DORA)
 
-    def run(self, rate: int | None, seconds: float) -> Result:
-        """DORA for known clients at ``rate`` exchanges/s (None: as fast as it can)."""
+    def run(self, rate: int | None, seconds: float, exchanges: int | None = None) -> Result:
+        """DORA for known clients at ``rate`` exchanges/s (None: as fast as it can), for
+        ``seconds`` or until ``exchanges`` DORAs are sent, whichever comes first."""
         self.reset()
         self._mode(MODE_DORA)
-        elapsed = self._send(rate * 2 if rate else None, seconds)
+        elapsed = self._send(rate * 2 if rate else None, seconds,
+                             limit=2 * exchanges if exchanges is not None else None)
         time.sleep(DRAIN_S)
         return Result(rate, elapsed, self.counts(), self._histogram("delay_offer"),
                       self._histogram("delay_ack"))

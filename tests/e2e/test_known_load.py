@@ -16,7 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from dhcpgen import Generator
 
 CLIENTS = 128
-RATE = 5000  # exchanges/s: far below what either side can do; this is about correctness
+# A count, not a duration: how many frames a slow machine gets out in a second is for the
+# benchmark to say. The pace stays far below what either side can do.
+EXCHANGES = 5000
+RATE = 5000  # exchanges/s
 
 
 def _mac(ifname: str, ns: str) -> bytes:
@@ -32,12 +35,12 @@ def test_known_clients_under_load_are_all_answered_by_xdp(
     try:
         gen.preload(rate=1000)  # the slow path binds them; raises if one is left out
         before = site.metrics()
-        result = gen.run(RATE, 1.0)
+        result = gen.run(RATE, 60.0, exchanges=EXCHANGES)
         after = site.metrics()
     finally:
         gen.close()
     c = result.counts
-    assert c["sent_request"] >= RATE // 2, c
+    assert c["sent_discover"] == c["sent_request"] == EXCHANGES, c
     assert c["wrong_address"] == 0 and c["nak"] == 0 and c["other"] == 0, c
     assert c["offer"] == c["sent_discover"] and c["ack"] == c["sent_request"], c
     assert requests(after, "fast") - requests(before, "fast") == c["sent_request"]
