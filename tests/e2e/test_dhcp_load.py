@@ -32,7 +32,7 @@ def test_perfdhcp_as_a_relay_gets_the_pool_of_its_giaddr(make_site: Callable[...
     site = make_site(subscribers=0, relay=True, extra=RELAYED_CLASS)
     site.start_agent()
     r = site.lab.run(site.relay, "perfdhcp", "-4", "-l", "198.51.100.2", "-r", "200", "-R", "100",
-                     "-p", "3", "198.51.100.1", check=False, timeout=60)
+                     "-p", "3", "-W", "2000000", "198.51.100.1", check=False, timeout=60)
     report = perfdhcp.parse(r.stdout)
     assert report.discover.received >= 500 and report.discover.drops_ratio == 0, r.stdout
     assert report.request.drops_ratio == 0
