@@ -254,10 +254,10 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
         copy_prefix(relay, st->opts + (st->off82 & (OPTIONS_COPY - 1)), 8, len82 + 2);
     struct subscriber_lease *lease = NULL;
     if (len82) {
-        struct circuit_key ck = {};
-        ck.vlan = vlan;
-        __builtin_memcpy(ck.relay, relay, sizeof(relay));
+        struct circuit_key ck = {.hash = circuit_hash(relay), .vlan = vlan};
         lease = circuits.lookup(&ck);
+        if (lease && !same(relay, lease->relay, sizeof(relay) / 8))
+            lease = NULL;  // another line with the same hash: not this one's lease
     }
     if (!lease) {
         struct subscriber_key key = {};

@@ -42,12 +42,30 @@ struct subscriber_key {
     __u16 vlan;                    // outer VLAN id, 0 when untagged
 };
 
-// Subscribers identified by their line: the access node's option 82, byte for byte.
+// Subscribers identified by their line: the access node's option 82, hashed. The lease
+// holds the option's bytes and the fast path compares them in full, so two lines whose
+// hashes collide go to the slow path, never to each other's lease. A short key is what
+// makes the lookup cheap: the kernel hashes and compares 16 bytes instead of 68.
 struct circuit_key {
+    __u64 hash;                    // circuit_hash() of the relay bytes below
     __u16 vlan;
-    __u16 pad;
-    __u8 relay[MAX_RELAY_AGENT_LEN + 2];   // code 82, length, value; zero-padded
+    __u16 pad[3];
 };
+
+// The circuit key's hash: option 82 as it came (code, length, value), zero-padded to
+// MAX_RELAY_AGENT_LEN + 2 bytes and read as little-endian 64-bit words. Mirrored by
+// circuit_hash() in bng_operator/agent/dataplane/fastpath.py.
+#define CIRCUIT_HASH_MUL 0x9E3779B97F4A7C15ULL
+static __always_inline __u64 circuit_hash(const __u8 *relay)
+{
+    __u64 h = 0;
+#pragma unroll
+    for (int w = 0; w < (MAX_RELAY_AGENT_LEN + 2) / 8; w++) {
+        h = (h ^ *(const __u64 *)(relay + w * 8)) * CIRCUIT_HASH_MUL;
+        h ^= h >> 32;
+    }
+    return h;
+}
 
 // One lease the fast path may answer, with the request it was granted on: a request that
 // differs (client id, option 82, relay) goes to the slow path, which may classify it anew.
@@ -61,7 +79,8 @@ struct subscriber_lease {
     __u8 client_id_len;            // option 61 length in that request, 0 if it had none
     __u8 pad[3];
     __u8 client_id[MAX_CLIENT_ID_LEN];
-    __u8 relay[MAX_RELAY_AGENT_LEN + 2];   // its option 82 (code, length, value), or zeros
+    __u8 relay[MAX_RELAY_AGENT_LEN + 2];   // its option 82 (code, length, value), or zeros;
+                                           // for a circuit entry, the bytes its key hashes
 };
 
 // The reply options of one subnet.

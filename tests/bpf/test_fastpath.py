@@ -64,6 +64,8 @@ def test_constants_agree_with_the_c_header() -> None:
              for n in body.split(",") if n.strip()]
     assert names == [*fastpath.COUNTERS, "max"]
     assert int(defines["BOOTP_FIXED"]) == HEADER_LEN
+    assert int(defines["CIRCUIT_HASH_MUL"].strip().removesuffix("ULL"), 16) == \
+        entries.CIRCUIT_HASH_MUL
     maps = (HEADER.parent / "maps.h").read_text()
     assert f"#define MAX_SUBNETS {fastpath.MAX_SUBNETS}" in maps
 
@@ -270,6 +272,30 @@ def test_everything_else_goes_to_the_slow_path(fp: FastPath, case: str, reason: 
     frame = build_frame(BROADCAST_MAC, bytes.fromhex(mac.replace(":", "")), b"", IPv4Address(0),
                         BROADCAST_IP, dport, payload, 68)
     _counted(fp, frame, reason)
+
+
+def test_a_circuit_key_is_checked_against_the_lease_bytes(fp: FastPath) -> None:
+    """The circuit map is keyed by a hash of option 82: a lease stored under a request's
+    key but granted on other option 82 bytes (a hash collision) is not that request's."""
+    s, _, _ = server(_with_class("circuit-id"))
+    fp.put_subnet(replace(subnet_options(s.config.pools["residential"].subnets[0]),  # type: ignore[type-var]
+                          network=int(IPv4Address("100.64.0.0"))))
+    mac, value = "02:00:00:00:00:77", relay82("olt7 xpon 0/7/7:7", "res-7")
+    lease = bound_lease(mac=mac, identity="circuit:olt7 xpon 0/7/7:7", relay_agent=value,
+                        giaddr=int(RELAY), address=int(IPv4Address("100.64.0.77")))
+    entry = entry_for(lease, s.config)
+    assert entry is not None and entry.by_circuit
+    frame = _frame(request(MessageType.REQUEST, mac, requested="100.64.0.77", giaddr=str(RELAY),
+                           extra={Opt.RELAY_AGENT: value}), b"", True)
+    try:
+        fp.put(entry)
+        assert fp.run(frame).action == XDP_TX  # C and Python hash alike
+        elsewhere = relay82("olt8", "r")
+        other = replace(entry, relay=bytes([82, len(elsewhere)]) + elsewhere)
+        fp.circuits[fp._key(*entry.key)] = fp._leaf(other)
+        _counted(fp, frame, "pass_miss")
+    finally:
+        fp.delete(entry.key)
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,21 @@ MAX_RELAY_AGENT_LEN = 62
 MAX_CLIENT_ID_LEN = 32
 MAX_DNS = 4
 MAX_DOMAIN_LEN = 32
+CIRCUIT_HASH_MUL = 0x9E3779B97F4A7C15
 _OPT_RELAY_AGENT = 82
 _LINE_IDENTITIES = ("circuit:", "remote:")
+_U64 = (1 << 64) - 1
+
+
+def circuit_hash(relay: bytes) -> int:
+    """The circuit key's hash of option 82 as on the wire (code, length, value), as
+    circuit_hash() in bpf/lib/dhcp.h computes it: zero-padded, in little-endian words."""
+    padded = relay.ljust(MAX_RELAY_AGENT_LEN + 2, b"\0")
+    h = 0
+    for i in range(0, len(padded), 8):
+        h = ((h ^ int.from_bytes(padded[i:i + 8], "little")) * CIRCUIT_HASH_MUL) & _U64
+        h ^= h >> 32
+    return h
 
 
 @dataclass(frozen=True)

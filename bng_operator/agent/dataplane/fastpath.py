@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from bng_operator import netlink
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
-from bng_operator.agent.dataplane.entries import FastEntry, SubnetOptions
+from bng_operator.agent.dataplane.entries import FastEntry, SubnetOptions, circuit_hash
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
     BPFObject,
@@ -199,7 +199,7 @@ class FastPath:
         k = self._table(by_circuit).Key()
         k.vlan = vlan
         if by_circuit:
-            k.relay[: len(ident)] = list(ident)
+            k.hash = circuit_hash(ident)
         else:
             k.mac[:] = list(ident)
         return k
@@ -211,10 +211,10 @@ class FastPath:
         leaf.subnet = _u32(e.subnet)
         leaf.expires_ns = boot_ns(e.expires)
         leaf.lease_seconds = e.lease_seconds
+        leaf.relay[: len(e.relay)] = list(e.relay)
         if not e.by_circuit:
             leaf.client_id_len = len(e.client_id)
             leaf.client_id[: len(e.client_id)] = list(e.client_id)
-            leaf.relay[: len(e.relay)] = list(e.relay)
         return leaf
 
     def put(self, e: FastEntry) -> None:
@@ -239,8 +239,8 @@ class FastPath:
         out: set[tuple[bool, int, bytes]] = set()
         for k in self.subscribers:
             out.add((False, int(k.vlan), bytes(k.mac)))
-        for k in self.circuits:
-            raw = bytes(k.relay)
+        for k, leaf in self.circuits.items():  # the key is a hash: the lease has the bytes
+            raw = bytes(leaf.relay)
             out.add((True, int(k.vlan), raw[: 2 + raw[1]] if raw[0] else b""))
         return out
 

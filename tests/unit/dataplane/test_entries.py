@@ -8,7 +8,13 @@ from ipaddress import IPv4Address
 import pytest
 
 from bng_operator.agent.config import NodeConfig
-from bng_operator.agent.dataplane.entries import entry_for, stale, subnet_options
+from bng_operator.agent.dataplane.entries import (
+    MAX_RELAY_AGENT_LEN,
+    circuit_hash,
+    entry_for,
+    stale,
+    subnet_options,
+)
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.api import IPPool, SubscriberClass
 from tests.dhcp_env import bound_lease, sample_config
@@ -92,3 +98,34 @@ def _config(edit) -> NodeConfig:  # type: ignore[no-untyped-def]
         "other-class", "other-pool"])
 def test_a_config_change_invalidates_only_entries_whose_answer_may_change(edit, is_stale) -> None:  # type: ignore[no-untyped-def]
     assert stale(bound_lease(), CONFIG, _config(edit)) is is_stale
+
+
+WIRE = bytes([82, len(O82)]) + O82
+
+
+@pytest.mark.parametrize(("a", "b", "equal"), [
+    (WIRE, WIRE + b"\0" * 10, True),  # zero-padded to the key's width either way
+    (WIRE, WIRE[:-1] + b"1", False),
+    (WIRE, b"", False),
+    (b"\x52\x01a", b"\x52\x01b", False),
+    (bytes(64), b"", True),
+], ids=["padding", "last-byte", "empty", "one-byte", "zeros"])
+def test_circuit_hash_cases(a: bytes, b: bytes, equal: bool) -> None:
+    assert (circuit_hash(a) == circuit_hash(b)) == equal
+    assert 0 <= circuit_hash(a) < 2**64
+
+
+def test_option_82s_that_differ_in_one_word_never_share_a_circuit_hash() -> None:
+    """Each word's step is a bijection of the running hash, so a change confined to one
+    8-byte word always changes the hash: lines whose ids differ in a few adjacent bytes
+    (port numbers) never collide."""
+    base = bytes(range(MAX_RELAY_AGENT_LEN + 2))
+    seen = {circuit_hash(base)}
+    for pos in range(len(base)):
+        for v in (0, 1, 0x80, 0xFF):
+            if base[pos] != v:
+                changed = base[:pos] + bytes([v]) + base[pos + 1:]
+                h = circuit_hash(changed)
+                assert h != circuit_hash(base)
+                seen.add(h)
+    assert len(seen) == 1 + sum(4 - (b in (0, 1, 0x80, 0xFF)) for b in base)
