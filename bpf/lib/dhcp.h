@@ -72,7 +72,7 @@ static __always_inline __u64 circuit_hash(const __u8 *relay)
 struct subscriber_lease {
     __u32 address;                 // network byte order, as every address here
     __u32 server_id;
-    __u64 expires_ns;              // CLOCK_BOOTTIME; refreshed by the fast path on ACK
+    __u64 expires_ns;              // CLOCK_MONOTONIC; refreshed by the fast path on ACK
     __u32 lease_seconds;
     __u32 subnet;                  // network address: the key into subnet_options
     __u32 giaddr;                  // the relay it came through, 0 if direct

@@ -65,13 +65,15 @@ def _host(u32: int) -> int:
     return int.from_bytes(int(u32).to_bytes(4, "little"), "big")
 
 
-def boot_ns(wall: float) -> int:
-    """A wall-clock time as CLOCK_BOOTTIME nanoseconds, the clock the program reads."""
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) + int((wall - time.time()) * 1e9)
+def kernel_ns(wall: float) -> int:
+    """A wall-clock time as CLOCK_MONOTONIC nanoseconds, the clock the program reads (in its
+    coarse form, which lags by at most a tick). Monotonic time stops while a machine is
+    suspended; a BNG node is not, and a reboot empties the maps anyway."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) + int((wall - time.time()) * 1e9)
 
 
-def wall_time(boot: int) -> float:
-    return time.time() + (boot - time.clock_gettime_ns(time.CLOCK_BOOTTIME)) / 1e9
+def wall_time(mono: int) -> float:
+    return time.time() + (mono - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
 
 
 def generation(source: Path, cflags: dict[str, int | str]) -> str:
@@ -209,7 +211,7 @@ class FastPath:
         leaf.address, leaf.server_id, leaf.giaddr = (_u32(e.address), _u32(e.server_id),
                                                      _u32(e.giaddr))
         leaf.subnet = _u32(e.subnet)
-        leaf.expires_ns = boot_ns(e.expires)
+        leaf.expires_ns = kernel_ns(e.expires)
         leaf.lease_seconds = e.lease_seconds
         leaf.relay[: len(e.relay)] = list(e.relay)
         if not e.by_circuit:
