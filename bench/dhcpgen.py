@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bng_operator import netlink
+from bng_operator.agent.dataplane.fastpath import XDP_PASS, XDP_TX
 from bng_operator.agent.dataplane.loader import BPFObject, attach_xdp_pass, send_live
 from bng_operator.agent.dhcp.transport import build_frame
 from bng_operator.testing.netlab import in_netns
 
 SOURCE = Path(__file__).resolve().parent / "dhcp_gen.c"
 MODE_DORA, MODE_DISCOVER, MODE_REQUEST = 0, 1, 2
-XDP_PASS, XDP_TX = 2, 3
 COUNTERS = ("sent_discover", "sent_request", "offer", "ack", "nak", "wrong_address", "other")
 REPEAT = 1 << 20  # repetitions of the generator per BPF_PROG_RUN call (see dhcp_gen.c)
 DRAIN_S = 0.5  # replies later than this after the last request count as drops
@@ -124,22 +124,20 @@ class Generator:
         # The counter takes the place of the pass-through program the site keeps there.
         netlink.detach_xdp(ifname, switch_ns)
         self.obj.attach_xdp(ifname, "count", switch_ns)
-        cfg = self.obj.map("config")
-        leaf = cfg.Leaf()
-        leaf.clients = clients
-        leaf.mode = MODE_DORA
-        leaf.server_id = int.from_bytes(IPv4Address(server_id).packed, "little")
-        leaf.action = XDP_PASS if into_stack else XDP_TX
-        cfg[cfg.Key(0)] = leaf
+        self._configure(clients=clients, mode=MODE_DORA,
+                        server_id=int.from_bytes(IPv4Address(server_id).packed, "little"),
+                        action=XDP_PASS if into_stack else XDP_TX)
 
     def close(self) -> None:
         self.obj.close()  # detaches the counter
         attach_xdp_pass(self.ifname, self.ns)
 
-    def _mode(self, mode: int) -> None:
+    def _configure(self, **fields: int) -> None:
+        """Set fields of the generator's struct gen_config, keeping the others."""
         cfg = self.obj.map("config")
         leaf = cfg[cfg.Key(0)]
-        leaf.mode = mode
+        for name, value in fields.items():
+            setattr(leaf, name, value)
         cfg[cfg.Key(0)] = leaf
 
     def _sum(self, name: str, n: int) -> list[int]:
@@ -166,13 +164,10 @@ class Generator:
     def _send(self, rate: int | None, seconds: float, limit: int | None = None) -> float:
         """Send for ``seconds`` at ``rate`` frames/s, or unpaced; at most ``limit`` frames.
         Returns the seconds it sent for."""
-        cfg = self.obj.map("config")
-        leaf = cfg[cfg.Key(0)]
-        leaf.interval_ns = int(1e9 / rate) if rate else 0
-        leaf.limit = limit if limit is not None else 2**63
         start = time.monotonic_ns()
-        leaf.until_ns = start + int(seconds * 1e9)
-        cfg[cfg.Key(0)] = leaf
+        until = start + int(seconds * 1e9)
+        self._configure(interval_ns=int(1e9 / rate) if rate else 0,
+                        limit=limit if limit is not None else 2**63, until_ns=until)
         pace = self.obj.map("pace")
         pace.clear()
         # One CPU: the pacing state and the sequence of clients are per CPU.
@@ -180,13 +175,13 @@ class Generator:
         os.sched_setaffinity(0, {self.cpu})
         try:
             with in_netns(self.send_ns):  # where the ifindex is
-                while time.monotonic_ns() < leaf.until_ns:
+                while time.monotonic_ns() < until:
                     send_live(self.gen_fd, self.frame, REPEAT, self.ifindex)
                     if limit is not None and self._sent() >= limit:
                         break
         finally:
             os.sched_setaffinity(0, affinity)
-        return min(time.monotonic_ns(), int(leaf.until_ns)) / 1e9 - start / 1e9
+        return (min(time.monotonic_ns(), until) - start) / 1e9
 
     def _sent(self) -> int:
         """Frames sent by the current _send."""
@@ -200,7 +195,7 @@ class Generator:
         is after ``passes``."""
         self.forget()
         for mode, field in ((MODE_DISCOVER, "address"), (MODE_REQUEST, "acked")):
-            self._mode(mode)
+            self._configure(mode=mode)
             for _ in range(passes):
                 self._send(rate, 60, limit=self.clients)
                 time.sleep(DRAIN_S)
@@ -211,13 +206,13 @@ class Generator:
                 raise RuntimeError(f"preload: {left} of {self.clients} clients without their "
                                    f"reply after {passes} passes: {self.counts()}")
         self.reset()
-        self._mode(MODE_DORA)
+        self._configure(mode=MODE_DORA)
 
     def run(self, rate: int | None, seconds: float, exchanges: int | None = None) -> Result:
         """DORA for known clients at ``rate`` exchanges/s (None: as fast as it can), for
         ``seconds`` or until ``exchanges`` DORAs are sent, whichever comes first."""
         self.reset()
-        self._mode(MODE_DORA)
+        self._configure(mode=MODE_DORA)
         elapsed = self._send(rate * 2 if rate else None, seconds,
                              limit=2 * exchanges if exchanges is not None else None)
         time.sleep(DRAIN_S)

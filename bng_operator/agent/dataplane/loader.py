@@ -73,33 +73,33 @@ class RunResult:
     ns_per_run: int
 
 
+def _prog_run(fd: int, frame: bytes, **opts: Any) -> _TestRunOpts:
+    """BPF_PROG_RUN of ``fd`` on ``frame`` with the other fields of bpf_test_run_opts."""
+    buf_in = ctypes.create_string_buffer(frame, len(frame))
+    o = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(buf_in),
+                     data_size_in=len(frame), **opts)
+    rc = _test_run(fd, ctypes.byref(o))
+    if rc != 0:
+        raise OSError(-rc, f"BPF_PROG_RUN failed: {rc}")
+    return o
+
+
 def test_run(fd: int, frame: bytes, repeat: int = 1) -> RunResult:
     """BPF_PROG_RUN of the XDP program ``fd`` on ``frame``, ``repeat`` times, as if received
     on lo. The kernel reuses the buffer between repeats."""
-    buf_in = ctypes.create_string_buffer(frame, len(frame))
     out = ctypes.create_string_buffer(4096)
-    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(buf_in),
-                        data_out=ctypes.addressof(out), data_size_in=len(frame),
-                        data_size_out=len(out), repeat=repeat)
-    rc = _test_run(fd, ctypes.byref(opts))
-    if rc != 0:
-        raise OSError(-rc, f"BPF_PROG_RUN failed: {rc}")
-    return RunResult(opts.retval, out.raw[: opts.data_size_out], opts.duration)
+    o = _prog_run(fd, frame, data_out=ctypes.addressof(out), data_size_out=len(out),
+                  repeat=repeat)
+    return RunResult(o.retval, out.raw[: o.data_size_out], o.duration)
 
 
 def send_live(fd: int, frame: bytes, repeat: int, ifindex: int) -> None:
     """BPF_PROG_RUN in live-frame mode: run the XDP program ``fd`` ``repeat`` times on copies
     of ``frame`` as if received on ``ifindex`` (of the calling thread's network namespace),
     and carry out what it returns: XDP_TX sends the frame out of that interface."""
-    buf_in = ctypes.create_string_buffer(frame, len(frame))
     ctx = _XdpMd(data=0, data_end=len(frame), ingress_ifindex=ifindex)
-    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(buf_in),
-                        data_size_in=len(frame), ctx_in=ctypes.addressof(ctx),
-                        ctx_size_in=ctypes.sizeof(ctx), repeat=repeat,
-                        flags=BPF_F_TEST_XDP_LIVE_FRAMES)
-    rc = _test_run(fd, ctypes.byref(opts))
-    if rc != 0:
-        raise OSError(-rc, f"BPF_PROG_RUN (live frames) failed: {rc}")
+    _prog_run(fd, frame, ctx_in=ctypes.addressof(ctx), ctx_size_in=ctypes.sizeof(ctx),
+              repeat=repeat, flags=BPF_F_TEST_XDP_LIVE_FRAMES)
 
 
 class DataplaneError(RuntimeError):
