@@ -9,12 +9,15 @@
 #define DHCP_MAGIC 0x63825363
 #define REPLY_OPTIONS_LEN 176      // room for a fast-path reply's options (at most 164 used)
 #define MIN_REPLY_DHCP_LEN 300     // RFC 1542: shorter BOOTP messages may be dropped
+#define MIN_REPLY_OPTIONS_LEN 64   // MIN_REPLY_DHCP_LEN - BOOTP_FIXED - 4, in 8-byte words
 #define MAX_RELAY_AGENT_LEN 62     // longest option 82 the fast path echoes (value bytes)
 #define MAX_CLIENT_ID_LEN 32       // longest option 61 the fast path compares
 #define MAX_DNS 4                  // option 6 servers in a fast-path reply
 #define MAX_DOMAIN_LEN 32          // option 15 in a fast-path reply
 #define OPTIONS_COPY 512           // request option bytes walked; longer lists: slow path
 #define OPTION_WALK_MAX 24         // options looked at before giving up (-> slow path)
+#define INTERFACE_SLOTS 256        // the interfaces array: an interface sits in one of the
+#define INTERFACE_PROBES 4         //   INTERFACE_PROBES slots from ifindex % INTERFACE_SLOTS
 
 // Why a frame went to the slow path (index into the counters map).
 enum fastpath_counter {
@@ -74,17 +77,21 @@ struct subscriber_lease {
     __u32 server_id;
     __u64 expires_ns;              // CLOCK_MONOTONIC; refreshed by the fast path on ACK
     __u32 lease_seconds;
-    __u32 subnet;                  // network address: the key into subnet_options
+    __u32 subnet;                  // network address of its subnet
     __u32 giaddr;                  // the relay it came through, 0 if direct
     __u8 client_id_len;            // option 61 length in that request, 0 if it had none
-    __u8 pad[3];
+    __u8 pad;
+    __u16 subnet_slot;             // its subnet's index in subnet_options
     __u8 client_id[MAX_CLIENT_ID_LEN];
     __u8 relay[MAX_RELAY_AGENT_LEN + 2];   // its option 82 (code, length, value), or zeros;
                                            // for a circuit entry, the bytes its key hashes
 };
 
-// The reply options of one subnet.
+// The reply options of one subnet, in an array (an inlined lookup, no hash): the lease
+// names the slot, and the slot names its subnet, so a slot reused for another subnet
+// sends the lease to the slow path, never another subnet's options.
 struct subnet_options {
+    __u32 network;                 // 0: a free slot
     __u32 subnet_mask;
     __u32 router;
     __u32 broadcast;
@@ -114,13 +121,13 @@ struct parse_state {
     __u16 vlan;
     __u8 msg_type;
     __u8 seen;                     // options already met (a repeated one: slow path)
-    __u32 reply_end;               // END's offset in reply: read back untracked, so the
-                                   // verifier need not tell apart every options layout
     __u8 reply[REPLY_OPTIONS_LEN]; // the reply's options, assembled (the stack is too small)
     __u8 opts[OPTIONS_COPY + 64];  // +64: a masked offset plus a value never runs past
 };
 
+// An access interface, in an array indexed from its ifindex (see INTERFACE_SLOTS).
 struct interface_config {
+    __u32 ifindex;                 // 0: a free slot
     __u8 mac[6];
     __u16 pad;
 };

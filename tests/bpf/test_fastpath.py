@@ -19,7 +19,7 @@ from bng_operator import netlink
 from bng_operator.agent.dataplane import entries, fastpath
 from bng_operator.agent.dataplane.entries import FastEntry, entry_for, subnet_options
 from bng_operator.agent.dataplane.fastpath import XDP_PASS, XDP_TX, FastPath
-from bng_operator.agent.dataplane.loader import program_id
+from bng_operator.agent.dataplane.loader import DataplaneError, program_id
 from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, Message, MessageType, Opt, encode
 from bng_operator.agent.dhcp.server import Context
 from bng_operator.agent.dhcp.transport import (
@@ -55,6 +55,8 @@ def test_constants_agree_with_the_c_header() -> None:
     h = HEADER.read_text()
     defines = {m[0]: m[1] for m in re.findall(r"#define (\w+) ([^/\n]+)", h)}
     assert int(defines["MIN_REPLY_DHCP_LEN"]) == fastpath.MIN_REPLY_DHCP_LEN
+    for name in ("INTERFACE_SLOTS", "INTERFACE_PROBES"):
+        assert int(defines[name]) == getattr(fastpath, name), name
     for name in ("MAX_RELAY_AGENT_LEN", "MAX_CLIENT_ID_LEN", "MAX_DNS", "MAX_DOMAIN_LEN"):
         assert int(defines[name]) == getattr(entries, name), name
     enum = re.search(r"enum fastpath_counter \{(.*?)\};", h, re.S)
@@ -127,7 +129,8 @@ def _slow_and_fast(fp: FastPath, kind: str, tags: bytes, o82: bytes | None, rela
     vlans = tuple(struct.unpack_from("!H", tags, i + 2)[0] & 0xFFF for i in range(0, len(tags), 4))
     ctx = Context("access0", (SERVER_ID,), vlans)
     kw: dict[str, object] = {"prl": bytes([1, 3, 6]), "giaddr": str(RELAY) if relayed else "0.0.0.0",
-                             "hostname": "cpe"}
+                             "hostname": "cpe",
+                             "xid": 0xFEDCBA98}  # large words: the checksum's carries matter
     if identity == "client-id":
         kw["client_id"] = CLIENT_ID
     if o82 is not None:
@@ -213,6 +216,54 @@ def test_ack_refreshes_the_expiry_and_tells_userspace(fp: FastPath) -> None:
     assert after > before
     (_, expires), = fp.refreshes()
     assert abs(expires - fastpath.wall_time(after)) < 0.01
+
+
+def test_an_interface_is_found_in_any_of_its_probe_slots(bpffs: Path) -> None:
+    """The interfaces array: lo's first slots taken by interfaces whose ifindex is the same
+    modulo INTERFACE_SLOTS, its MAC is found in the next free one, and when all of an
+    interface's slots are taken the agent is told, not the program misled."""
+    f = FastPath(max_subscribers=16)
+    try:
+        others = [1 + fastpath.INTERFACE_SLOTS * k for k in (1, 2)]
+        for ifindex in others:
+            f.put_interface(ifindex, bytes.fromhex("020000000bad"))
+        f.put_interface(1, SERVER_MAC)
+        f.put_interface(1, SERVER_MAC)  # again: the same slot, not another
+        _, _, _, frame_out = _slow_and_fast(f, "discover", b"", None, False)
+        assert parse_frame(frame_out).src_mac == SERVER_MAC
+        f.put_interface(1 + fastpath.INTERFACE_SLOTS * 3, SERVER_MAC)  # the last probe slot
+        with pytest.raises(DataplaneError, match="slots are taken"):
+            f.put_interface(1 + fastpath.INTERFACE_SLOTS * 4, SERVER_MAC)
+    finally:
+        f.close()
+
+
+def test_a_reused_subnet_slot_is_not_the_old_leases(fp: FastPath) -> None:
+    """subnet_options is an array the lease indexes: once its subnet is gone and the slot
+    holds another subnet, the lease's requests go to the slow path, not out with the other
+    subnet's options."""
+    s, _, _ = server(_with_class("mac"))
+    so = replace(subnet_options(s.config.pools["residential"].subnets[0]),  # type: ignore[type-var]
+                 network=int(IPv4Address("100.64.0.0")))
+    elsewhere = int(IPv4Address("10.99.0.0"))
+    fp.put_subnet(so)
+    lease = bound_lease(expires=time.time() + 3600, giaddr=int(RELAY))
+    entry = entry_for(lease, s.config)
+    assert entry is not None
+    msg = request(MessageType.REQUEST, CLIENT, requested="100.64.0.20", giaddr=str(RELAY))
+    frame = _frame(msg, b"", True)
+    try:
+        fp.put(entry)
+        assert fp.run(frame).action == XDP_TX
+        slot = fp._slots[so.network]
+        fp.delete_subnet(so.network)
+        fp.put_subnet(replace(so, network=elsewhere))
+        assert fp._slots[elsewhere] == slot  # the freed slot, reused
+        _counted(fp, frame, "pass_no_subnet")
+    finally:
+        fp.delete_subnet(elsewhere)
+        fp.put_subnet(so)
+        fp.delete(entry.key)
 
 
 def _counted(fp: FastPath, frame: bytes, reason: str) -> None:

@@ -45,6 +45,8 @@ SOURCE = Path(BPF_DIR) / "xdp_dhcp.c"
 PROGRAM = "xdp_dhcp"
 MIN_REPLY_DHCP_LEN = 300
 MAX_SUBNETS = 1024
+INTERFACE_SLOTS, INTERFACE_PROBES = 256, 4
+NO_SLOT = 0xFFFF  # a lease whose subnet has no slot: the program's lookup finds nothing
 # enum fastpath_counter, in order.
 COUNTERS = ("offer", "ack", "pass_not_dhcp", "pass_malformed", "pass_miss", "pass_expired",
             "pass_wrong_address", "pass_changed", "pass_other_type", "pass_layout",
@@ -111,6 +113,10 @@ class FastPath:
         self.circuits = self.obj.map("circuits")
         self.subnets = self.obj.map("subnet_options")
         self.interfaces = self.obj.map("interfaces")
+        # network -> its slot in the subnet_options array, as the maps hold it (adopted maps
+        # keep their slots, so entries already in them stay right)
+        self._slots = {_host(leaf.network): int(k.value) for k, leaf in self.subnets.items()
+                       if leaf.network}
         self.counters_map = self.obj.map("counters")
         self._refreshes: list[tuple[int, int]] = []
         self._ring = self.obj.map("refreshes")
@@ -172,12 +178,29 @@ class FastPath:
     # --- maps --------------------------------------------------------------------------------
 
     def put_interface(self, ifindex: int, mac: bytes) -> None:
+        """Give the program this interface's MAC, in the first of its probe slots that is
+        free or already its own."""
+        slots = [(ifindex + i) % INTERFACE_SLOTS for i in range(INTERFACE_PROBES)]
+        held = {s: int(self.interfaces[self.interfaces.Key(s)].ifindex) for s in slots}
+        slot = next((s for s in slots if held[s] == ifindex), None) or \
+            next((s for s in slots if held[s] == 0), None)
+        if slot is None:
+            raise DataplaneError(f"interface {ifindex}: its {INTERFACE_PROBES} fast-path slots "
+                                 f"are taken by interfaces {sorted(held.values())}")
         leaf = self.interfaces.Leaf()
+        leaf.ifindex = ifindex
         leaf.mac[:] = list(mac)
-        self.interfaces[self.interfaces.Key(ifindex)] = leaf
+        self.interfaces[self.interfaces.Key(slot)] = leaf
 
     def put_subnet(self, so: SubnetOptions) -> None:
+        slot = self._slots.get(so.network)
+        if slot is None:
+            free = sorted(set(range(MAX_SUBNETS)) - set(self._slots.values()))
+            if not free:
+                raise DataplaneError(f"more than {MAX_SUBNETS} subnets for the fast path")
+            slot = self._slots[so.network] = free[0]
         leaf = self.subnets.Leaf()
+        leaf.network = _u32(so.network)
         leaf.subnet_mask, leaf.router, leaf.broadcast = (_u32(so.mask), _u32(so.router),
                                                          _u32(so.broadcast))
         for i, d in enumerate(so.dns):
@@ -185,14 +208,15 @@ class FastPath:
         leaf.dns_count = len(so.dns)
         leaf.domain_len = len(so.domain)
         leaf.domain[: len(so.domain)] = list(so.domain)
-        self.subnets[self.subnets.Key(_u32(so.network))] = leaf
+        self.subnets[self.subnets.Key(slot)] = leaf
 
     def subnet_keys(self) -> set[int]:
-        return {_host(k.value) for k in self.subnets}
+        return set(self._slots)
 
     def delete_subnet(self, network: int) -> None:
-        with contextlib.suppress(KeyError):
-            del self.subnets[self.subnets.Key(_u32(network))]
+        slot = self._slots.pop(network, None)
+        if slot is not None:
+            self.subnets[self.subnets.Key(slot)] = self.subnets.Leaf()
 
     def _table(self, by_circuit: bool) -> Any:
         return self.circuits if by_circuit else self.subscribers
@@ -211,6 +235,7 @@ class FastPath:
         leaf.address, leaf.server_id, leaf.giaddr = (_u32(e.address), _u32(e.server_id),
                                                      _u32(e.giaddr))
         leaf.subnet = _u32(e.subnet)
+        leaf.subnet_slot = self._slots.get(e.subnet, NO_SLOT)
         leaf.expires_ns = kernel_ns(e.expires)
         leaf.lease_seconds = e.lease_seconds
         leaf.relay[: len(e.relay)] = list(e.relay)
