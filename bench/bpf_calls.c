@@ -41,6 +41,7 @@ CALL(hash_lookup_16)
     return v ? s + *v : s;
 }
 CALL(ktime_get_coarse_ns) { return s + bpf_ktime_get_coarse_ns(); }
+CALL(jiffies64) { return s + bpf_jiffies64(); }  // inlined by the verifier
 CALL(csum_diff_64) { return s + bpf_csum_diff(0, 0, (__be32 *)scr->bytes, 64, 0); }
 CALL(xdp_load_bytes_64) { return s + bpf_xdp_load_bytes(ctx, 0, scr->bytes, 64); }
 CALL(ringbuf_output_16)
@@ -71,6 +72,7 @@ BENCH(p_array_lookup, array_lookup, CALLS)
 BENCH(p_hash_lookup_4, hash_lookup_4, CALLS)
 BENCH(p_hash_lookup_16, hash_lookup_16, CALLS)
 BENCH(p_ktime_get_coarse_ns, ktime_get_coarse_ns, CALLS)
+BENCH(p_jiffies64, jiffies64, CALLS)
 BENCH(p_csum_diff_64, csum_diff_64, CALLS)
 BENCH(p_xdp_load_bytes_64, xdp_load_bytes_64, CALLS)
 BENCH(p_ringbuf_output_16, ringbuf_output_16, 1)

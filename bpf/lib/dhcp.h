@@ -75,7 +75,8 @@ static __always_inline __u64 circuit_hash(const __u8 *relay)
 struct subscriber_lease {
     __u32 address;                 // network byte order, as every address here
     __u32 server_id;
-    __u64 expires_ns;              // CLOCK_MONOTONIC; refreshed by the fast path on ACK
+    __u64 expires;                 // in jiffies (bpf_jiffies64); refreshed by the fast path on ACK
+    __u64 lease_jiffies;           // lease_seconds in jiffies: the agent knows the kernel's HZ
     __u32 lease_seconds;
     __u32 subnet;                  // network address of its subnet
     __u32 giaddr;                  // the relay it came through, 0 if direct
@@ -103,11 +104,22 @@ struct subnet_options {
 };
 
 // Sent to userspace on every fast-path ACK, to persist the new expiry. BCC builds the
-// Python event type from this declaration, and it knows u32/u64, not __u32/__u64.
+// Python event type from this declaration, and it knows u32/u64, not __u32/__u64. The ring
+// outlasts program generations, so an event says which clock its expiry is on.
+enum refresh_clock {
+    REFRESH_CLOCK_MONOTONIC_NS = 0,  // programs before the jiffies clock (their pad was 0)
+    REFRESH_CLOCK_JIFFIES = 1,
+};
 struct lease_refresh {
     u32 address;
-    u32 pad;
-    u64 expires_ns;
+    u32 clock;                     // enum refresh_clock
+    u64 expires;
+};
+
+// bpf_jiffies64() and CLOCK_MONOTONIC read at one instant, for the agent to convert expiries.
+struct clock_sample {
+    __u64 jiffies;
+    __u64 monotonic_ns;
 };
 
 // What the option walk found, in a per-CPU map: every walk path reaches the reply-building

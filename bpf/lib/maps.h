@@ -33,6 +33,7 @@ BNG_TABLE("array", __u32, struct subnet_options, subnet_options, MAX_SUBNETS);
 BNG_TABLE("array", __u32, struct interface_config, interfaces, INTERFACE_SLOTS);
 BNG_TABLE("percpu_array", int, __u64, counters, CNT_MAX);
 BPF_PERCPU_ARRAY(parse_scratch, struct parse_state, 1);
+BPF_ARRAY(clock_sample, struct clock_sample, 1);
 
 // BPF_RINGBUF_OUTPUT, with a section that can carry a pin path.
 struct refreshes_table_t {

@@ -57,6 +57,10 @@ def test_constants_agree_with_the_c_header() -> None:
     assert int(defines["MIN_REPLY_DHCP_LEN"]) == fastpath.MIN_REPLY_DHCP_LEN
     for name in ("INTERFACE_SLOTS", "INTERFACE_PROBES"):
         assert int(defines[name]) == getattr(fastpath, name), name
+    clocks = re.search(r"enum refresh_clock \{(.*?)\};", h, re.S)
+    assert clocks is not None
+    for name, value in re.findall(r"(REFRESH_CLOCK_\w+) = (\d+)", clocks.group(1)):
+        assert getattr(fastpath, name) == int(value), name
     for name in ("MAX_RELAY_AGENT_LEN", "MAX_CLIENT_ID_LEN", "MAX_DNS", "MAX_DOMAIN_LEN"):
         assert int(defines[name]) == getattr(entries, name), name
     enum = re.search(r"enum fastpath_counter \{(.*?)\};", h, re.S)
@@ -208,14 +212,44 @@ def test_ack_refreshes_the_expiry_and_tells_userspace(fp: FastPath) -> None:
     fp.refreshes()
     _slow_and_fast(fp, "discover", b"", None, False)
     key = (False, 0, bytes.fromhex(CLIENT.replace(":", "")))
-    before = fp.expiry_ns(key)
+    before = fp.expiry(key)
     assert fp.refreshes() == []  # an OFFER renews nothing
-    time.sleep(0.05)  # longer than a tick: the program reads the coarse clock
+    time.sleep(0.05)  # longer than a tick: the program reads jiffies
     _slow_and_fast(fp, "renewing", b"", None, False)
-    after = fp.expiry_ns(key)
+    after = fp.expiry(key)
     assert after > before
     (_, expires), = fp.refreshes()
-    assert abs(expires - fastpath.wall_time(after)) < 0.01
+    assert abs(expires - fp.clock.wall(after)) < 0.01
+    # The lease time from now, within a tick or two of the sample and of the program's clock.
+    lease_s = int(fp.subscribers[fp._key(*key)].lease_seconds)
+    assert abs(expires - (time.time() + lease_s)) < 3 / fp.clock.hz + 0.05
+
+
+def test_the_program_clock_converts_both_ways(fp: FastPath) -> None:
+    """Expiries are jiffies; the agent converts them with the kernel's HZ, which it measures
+    (the headers BCC compiles with may be another kernel's)."""
+    c = fp.clock
+    config = Path("/proc/config.gz")
+    if config.exists():
+        import gzip
+        hz = re.search(rb"^CONFIG_HZ=(\d+)$", gzip.decompress(config.read_bytes()), re.M)
+        assert hz is not None and c.hz == int(hz.group(1))
+    assert c.hz in fastpath.KERNEL_HZ_CHOICES
+    now = time.time()
+    assert abs(c.at(now + 100) - c.at(now) - 100 * c.hz) <= 1
+    assert abs(c.wall(c.at(now + 42)) - (now + 42)) <= 1 / c.hz
+    assert c.ticks(3600) == 3600 * c.hz
+
+
+def test_ring_events_of_an_older_program_are_monotonic_ns(fp: FastPath) -> None:
+    """The ring outlasts program generations: an event queued by a program from before the
+    jiffies clock carries CLOCK_MONOTONIC nanoseconds, and is read as such."""
+    mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 60 * 10**9
+    fp.refreshes()
+    fp._refreshes.append((int(IPv4Address("100.64.0.9")), fastpath.REFRESH_CLOCK_MONOTONIC_NS,
+                          mono))
+    (_, wall), = fp.refreshes()
+    assert abs(wall - (time.time() + 60)) < 0.01
 
 
 def test_an_interface_is_found_in_any_of_its_probe_slots(bpffs: Path) -> None:

@@ -19,7 +19,8 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +53,7 @@ COUNTERS = ("offer", "ack", "pass_not_dhcp", "pass_malformed", "pass_miss", "pas
             "pass_wrong_address", "pass_changed", "pass_other_type", "pass_layout",
             "pass_no_interface", "pass_no_subnet", "pass_no_room", "drop", "refresh_lost")
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
+REFRESH_CLOCK_MONOTONIC_NS, REFRESH_CLOCK_JIFFIES = 0, 1  # enum refresh_clock
 Attached = Literal["adopted", "attached", "replaced"]
 
 
@@ -67,15 +69,57 @@ def _host(u32: int) -> int:
     return int.from_bytes(int(u32).to_bytes(4, "little"), "big")
 
 
-def kernel_ns(wall: float) -> int:
-    """A wall-clock time as CLOCK_MONOTONIC nanoseconds, the clock the program reads (in its
-    coarse form, which lags by at most a tick). Monotonic time stops while a machine is
-    suspended; a BNG node is not, and a reboot empties the maps anyway."""
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) + int((wall - time.time()) * 1e9)
-
-
 def wall_time(mono: int) -> float:
+    """CLOCK_MONOTONIC nanoseconds as wall-clock time (the expiries of ring events queued by
+    programs before the jiffies clock)."""
     return time.time() + (mono - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+
+
+KERNEL_HZ_CHOICES = (100, 250, 300, 1000)  # CONFIG_HZ's choices
+_hz: int | None = None  # the running kernel's, once measured: it does not change
+
+
+@dataclass(frozen=True)
+class KernelClock:
+    """The program's clock, jiffies (bpf_jiffies64), against CLOCK_MONOTONIC, both read in
+    the kernel at one instant. Jiffies count the monotonic clock's ticks, so one sample
+    converts for as long as the machine runs, within a tick. Monotonic time stops while a
+    machine is suspended; a BNG node is not, and a reboot empties the maps anyway."""
+
+    hz: int
+    jiffies: int
+    monotonic_ns: int
+
+    def at(self, wall: float) -> int:
+        """A wall-clock time in jiffies."""
+        mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + (wall - time.time()) * 1e9
+        return self.jiffies + round((mono - self.monotonic_ns) * self.hz / 1e9)
+
+    def wall(self, jiffies: int) -> float:
+        """Jiffies in wall-clock time."""
+        mono = self.monotonic_ns + (jiffies - self.jiffies) * 1e9 / self.hz
+        return time.time() + (mono - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+
+    def ticks(self, seconds: int) -> int:
+        return seconds * self.hz
+
+
+def kernel_hz(sample: Callable[[], tuple[int, int]]) -> int:
+    """The running kernel's HZ, from two (jiffies, monotonic ns) samples 0.1 s apart: the
+    kernel headers BCC compiles with may be another build's, so their CONFIG_HZ is no
+    answer."""
+    global _hz
+    if _hz is None:
+        j0, m0 = sample()
+        time.sleep(0.1)
+        j1, m1 = sample()
+        rate = (j1 - j0) * 1e9 / (m1 - m0)
+        best = min(KERNEL_HZ_CHOICES, key=lambda hz: abs(rate - hz))
+        if abs(rate - best) > 0.2 * best:
+            raise DataplaneError(f"jiffies advance {rate:.0f} times a second, which is no "
+                                 f"CONFIG_HZ ({', '.join(map(str, KERNEL_HZ_CHOICES))})")
+        _hz = best
+    return _hz
 
 
 def generation(source: Path, cflags: dict[str, int | str]) -> str:
@@ -118,11 +162,19 @@ class FastPath:
         self._slots = {_host(leaf.network): int(k.value) for k, leaf in self.subnets.items()
                        if leaf.network}
         self.counters_map = self.obj.map("counters")
-        self._refreshes: list[tuple[int, int]] = []
+        self._clock_map = self.obj.map("clock_sample")
+        self._clock_fd = self.obj.load_xdp("clock_now")
+        self.clock = KernelClock(kernel_hz(self._sample_clock), *self._sample_clock())
+        self._refreshes: list[tuple[int, int, int]] = []
         self._ring = self.obj.map("refreshes")
         self._ring.open_ring_buffer(self._on_refresh)
         self._fd: int | None = None
         self._own_fd = False
+
+    def _sample_clock(self) -> tuple[int, int]:
+        test_run(self._clock_fd, bytes(64))
+        c = self._clock_map[self._clock_map.Key(0)]
+        return int(c.jiffies), int(c.monotonic_ns)
 
     # --- the program -------------------------------------------------------------------------
 
@@ -236,8 +288,9 @@ class FastPath:
                                                      _u32(e.giaddr))
         leaf.subnet = _u32(e.subnet)
         leaf.subnet_slot = self._slots.get(e.subnet, NO_SLOT)
-        leaf.expires_ns = kernel_ns(e.expires)
+        leaf.expires = self.clock.at(e.expires)
         leaf.lease_seconds = e.lease_seconds
+        leaf.lease_jiffies = self.clock.ticks(e.lease_seconds)
         leaf.relay[: len(e.relay)] = list(e.relay)
         if not e.by_circuit:
             leaf.client_id_len = len(e.client_id)
@@ -276,20 +329,22 @@ class FastPath:
         out = {}
         for table in (self.subscribers, self.circuits):
             for _, leaf in table.items():
-                out[_host(leaf.address)] = wall_time(int(leaf.expires_ns))
+                out[_host(leaf.address)] = self.clock.wall(int(leaf.expires))
         return out
 
-    def expiry_ns(self, key: tuple[bool, int, bytes]) -> int:
-        return int(self._table(key[0])[self._key(*key)].expires_ns)
+    def expiry(self, key: tuple[bool, int, bytes]) -> int:
+        """An entry's expiry as the program keeps it, in jiffies."""
+        return int(self._table(key[0])[self._key(*key)].expires)
 
     def _on_refresh(self, _ctx: Any, data: Any, _size: int) -> None:
         ev = self._ring.event(data)
-        self._refreshes.append((_host(ev.address), int(ev.expires_ns)))
+        self._refreshes.append((_host(ev.address), int(ev.clock), int(ev.expires)))
 
     def refreshes(self) -> list[tuple[int, float]]:
         """(address, new expiry as unix time) of every ACK the program sent since last time."""
         self.obj.bpf.ring_buffer_consume()
-        out = [(a, wall_time(ns)) for a, ns in self._refreshes]
+        out = [(a, self.clock.wall(t) if clock == REFRESH_CLOCK_JIFFIES else wall_time(t))
+               for a, clock, t in self._refreshes]
         self._refreshes.clear()
         return out
 
