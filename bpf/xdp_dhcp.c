@@ -393,10 +393,19 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
         __u64 expires = now + lease->lease_jiffies;
         // One aligned 8-byte store: a reader sees the old or the new expiry, never a mix.
         *(volatile __u64 *)&lease->expires = expires;
-        struct lease_refresh ev = {.address = address, .clock = REFRESH_CLOCK_JIFFIES,
-                                   .expires = expires};
-        if (refreshes.ringbuf_output(&ev, sizeof(ev), 0))
+        __u32 cpu = bpf_get_smp_processor_id();  // inlined, as is the array lookup
+        struct refresh_log *log = refresh_log.lookup(&cpu);
+        if (log) {
+            __u64 head = log->head;
+            struct lease_refresh *ev = &log->ev[head & (REFRESH_LOG_LEN - 1)];
+            ev->address = address;
+            ev->clock = REFRESH_CLOCK_JIFFIES;
+            ev->expires = expires;
+            asm volatile("" ::: "memory");  // the entry before the head that publishes it
+            *(volatile __u64 *)&log->head = head + 1;
+        } else {
             count(CNT_REFRESH_LOST);
+        }
     }
     data = (void *)(long)ctx->data;
     end = (void *)(long)ctx->data_end;

@@ -33,9 +33,22 @@ BNG_TABLE("array", __u32, struct subnet_options, subnet_options, MAX_SUBNETS);
 BNG_TABLE("array", __u32, struct interface_config, interfaces, INTERFACE_SLOTS);
 BNG_TABLE("percpu_array", int, __u64, counters, CNT_MAX);
 BPF_PERCPU_ARRAY(parse_scratch, struct parse_state, 1);
+
+// The refresh log, like the ring before it, outlasts program generations: its layout is
+// fixed (a change needs a new name). Indexed by CPU, mmapped by the agent.
+#ifndef MAX_CPUS
+#define MAX_CPUS 64
+#endif
+#ifdef PIN_DIR
+BPF_TABLE_PINNED("array", u32, struct refresh_log, refresh_log, MAX_CPUS,
+                 PIN_ROOT "/refresh_log", BPF_F_MMAPABLE);
+#else
+BPF_F_TABLE("array", u32, struct refresh_log, refresh_log, MAX_CPUS, BPF_F_MMAPABLE);
+#endif
 BPF_ARRAY(clock_sample, struct clock_sample, 1);
 
-// BPF_RINGBUF_OUTPUT, with a section that can carry a pin path.
+// The ring of refreshes that programs before the refresh log wrote: still drained after an
+// upgrade from one. BPF_RINGBUF_OUTPUT, with a section that can carry a pin path.
 struct refreshes_table_t {
     int key;
     u32 leaf;

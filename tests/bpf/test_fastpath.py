@@ -241,6 +241,31 @@ def test_the_program_clock_converts_both_ways(fp: FastPath) -> None:
     assert c.ticks(3600) == 3600 * c.hz
 
 
+def test_the_refresh_log_loses_only_what_was_overwritten(fp: FastPath) -> None:
+    """The log is read where the program writes it (the map, mmapped): written past the
+    reader by more than its length, the oldest entries are gone and counted lost, the
+    rest arrive, and the reader's place is kept in the map for the next agent."""
+    log = fp._log
+    fp.refreshes()
+    lost = fp.counters()["refresh_lost"]
+    base = 0  # CPU 0's element; the program on it is not running now
+    head, tail = struct.unpack_from("<QQ", log._mm, base)
+    assert head == tail  # all read
+    extra = 5
+    n = fastpath.REFRESH_LOG_LEN + extra
+    for i in range(head, head + n):  # what the program does, 5 entries more than fit
+        struct.pack_into("<IIQ", log._mm, base + 16 + (i % fastpath.REFRESH_LOG_LEN) * 16,
+                         fastpath._u32(i & 0xFFFFFF), fastpath.REFRESH_CLOCK_JIFFIES,
+                         fp.clock.at(time.time() + 60))
+    struct.pack_into("<Q", log._mm, base, head + n)
+    got = fp.refreshes()
+    assert [a for a, _ in got] == [i & 0xFFFFFF for i in range(head + extra, head + n)]
+    assert all(abs(t - (time.time() + 60)) < 0.1 for _, t in got)
+    assert fp.counters()["refresh_lost"] == lost + extra
+    assert struct.unpack_from("<QQ", log._mm, base) == (head + n, head + n)
+    assert fp.refreshes() == []
+
+
 def test_ring_events_of_an_older_program_are_monotonic_ns(fp: FastPath) -> None:
     """The ring outlasts program generations: an event queued by a program from before the
     jiffies clock carries CLOCK_MONOTONIC nanoseconds, and is read as such."""

@@ -15,9 +15,12 @@ tests/bpf/test_fastpath.py checks they agree.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
+import mmap
 import os
 import shutil
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -73,6 +76,53 @@ def wall_time(mono: int) -> float:
     """CLOCK_MONOTONIC nanoseconds as wall-clock time (the expiries of ring events queued by
     programs before the jiffies clock)."""
     return time.time() + (mono - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+
+
+REFRESH_LOG_LEN = 16384  # entries a CPU (struct refresh_log)
+_LOG_HEADS = struct.Struct("<QQ")  # head, tail
+_LOG_ENTRY = struct.Struct("<IIQ")  # struct lease_refresh
+
+
+def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:
+    """How many CPU ids the kernel may use ("0-3", "0,2-5"): the refresh log's size."""
+    last = max(int(part.split("-")[-1]) for part in path.read_text().strip().split(","))
+    return last + 1
+
+
+class RefreshLog:
+    """The program's refresh log (struct refresh_log, one element a CPU), read through an
+    mmap of the map: the program writes an entry and then moves head; the agent reads the
+    entries up to head and stores how far it got in tail, in the map, so a restarted agent
+    goes on from there."""
+
+    def __init__(self, table: Any, cpus: int) -> None:
+        self.cpus = cpus
+        self.stride = (ctypes.sizeof(table.Leaf) + 7) & ~7
+        size = -(-self.stride * cpus // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._mm = mmap.mmap(table.get_fd(), size, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+        self.lost = 0  # entries overwritten before they were read, since this agent started
+
+    def drain(self) -> list[tuple[int, int, int]]:
+        """(address as the map holds it, clock, expiry) of every entry not read before."""
+        out = []
+        for cpu in range(self.cpus):
+            base = cpu * self.stride
+            head, tail = _LOG_HEADS.unpack_from(self._mm, base)
+            start = max(min(tail, head), head - REFRESH_LOG_LEN)
+            rows = [_LOG_ENTRY.unpack_from(self._mm, base + _LOG_HEADS.size +
+                                           (i & (REFRESH_LOG_LEN - 1)) * _LOG_ENTRY.size)
+                    for i in range(start, head)]
+            # Entries the program overwrote while they were read are not to be trusted.
+            again = _LOG_HEADS.unpack_from(self._mm, base)[0]
+            first = max(start, again - REFRESH_LOG_LEN)
+            out.extend(rows[first - start:])
+            self.lost += first - min(tail, head)
+            struct.pack_into("<Q", self._mm, base + 8, head)
+        return out
+
+    def close(self) -> None:
+        self._mm.close()
 
 
 KERNEL_HZ_CHOICES = (100, 250, 300, 1000)  # CONFIG_HZ's choices
@@ -138,8 +188,9 @@ class FastPath:
         if not 1 <= max_subscribers <= MAX_LEASES_PER_NODE:
             raise DataplaneError(f"fast-path maps of {max_subscribers} subscribers: the design "
                                  f"limit is 1..{MAX_LEASES_PER_NODE} leases per node")
+        cpus = possible_cpus()
         cflags: dict[str, int | str] = {"MAX_SUBSCRIBERS": max_subscribers,
-                                        "MAX_SUBNETS": MAX_SUBNETS}
+                                        "MAX_SUBNETS": MAX_SUBNETS, "MAX_CPUS": cpus}
         self.generation = generation(source, cflags)
         self.pin_root = pin_root
         self.pin_dir: Path | None = None
@@ -168,6 +219,7 @@ class FastPath:
         self._refreshes: list[tuple[int, int, int]] = []
         self._ring = self.obj.map("refreshes")
         self._ring.open_ring_buffer(self._on_refresh)
+        self._log = RefreshLog(self.obj.map("refresh_log"), cpus)
         self._fd: int | None = None
         self._own_fd = False
 
@@ -337,12 +389,15 @@ class FastPath:
         return int(self._table(key[0])[self._key(*key)].expires)
 
     def _on_refresh(self, _ctx: Any, data: Any, _size: int) -> None:
-        ev = self._ring.event(data)
-        self._refreshes.append((_host(ev.address), int(ev.clock), int(ev.expires)))
+        # struct lease_refresh, read by hand: the program no longer writes the ring, so BCC
+        # has no event type for it
+        a, clock, t = _LOG_ENTRY.unpack(ctypes.string_at(data, _LOG_ENTRY.size))
+        self._refreshes.append((_host(a), clock, t))
 
     def refreshes(self) -> list[tuple[int, float]]:
         """(address, new expiry as unix time) of every ACK the program sent since last time."""
-        self.obj.bpf.ring_buffer_consume()
+        self.obj.bpf.ring_buffer_consume()  # what programs before the log queued
+        self._refreshes.extend((_host(a), clock, t) for a, clock, t in self._log.drain())
         out = [(a, self.clock.wall(t) if clock == REFRESH_CLOCK_JIFFIES else wall_time(t))
                for a, clock, t in self._refreshes]
         self._refreshes.clear()
@@ -350,8 +405,10 @@ class FastPath:
 
     def counters(self) -> dict[str, int]:
         """Per-CPU counters summed over CPUs."""
-        return {name: int(sum(self.counters_map[self.counters_map.Key(i)]))
-                for i, name in enumerate(COUNTERS)}
+        out = {name: int(sum(self.counters_map[self.counters_map.Key(i)]))
+               for i, name in enumerate(COUNTERS)}
+        out["refresh_lost"] += self._log.lost  # overwritten in the log before it was read
+        return out
 
     # --- running ---------------------------------------------------------------------------
 
@@ -366,6 +423,7 @@ class FastPath:
         if self._own_fd and self._fd is not None:
             os.close(self._fd)
         self._fd = None
+        self._log.close()
         self.obj.close(keep=True)
 
 
