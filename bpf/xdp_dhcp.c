@@ -389,7 +389,7 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     if (bpf_xdp_adjust_tail(ctx, delta))
         return pass(CNT_PASS_NO_ROOM);
     if (msg_type == 3) {
-        // The ACK renews the lease; userspace persists the new expiry from the ring.
+        // The ACK renews the lease; the agent persists the new expiry from the log.
         __u64 expires = now + lease->lease_jiffies;
         // One aligned 8-byte store: a reader sees the old or the new expiry, never a mix.
         *(volatile __u64 *)&lease->expires = expires;

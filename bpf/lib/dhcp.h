@@ -103,9 +103,9 @@ struct subnet_options {
     __u8 domain[MAX_DOMAIN_LEN];
 };
 
-// Sent to userspace on every fast-path ACK, to persist the new expiry. BCC builds the
-// Python event type from this declaration, and it knows u32/u64, not __u32/__u64. The ring
-// outlasts program generations, so an event says which clock its expiry is on.
+// Logged for the agent on every fast-path ACK, to persist the new expiry (BCC knows u32/u64
+// in map types, not __u32/__u64). The log, like the ring before it, outlasts program
+// generations, so an entry says which clock its expiry is on.
 enum refresh_clock {
     REFRESH_CLOCK_MONOTONIC_NS = 0,  // programs before the jiffies clock (their pad was 0)
     REFRESH_CLOCK_JIFFIES = 1,

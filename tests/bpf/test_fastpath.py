@@ -55,7 +55,7 @@ def test_constants_agree_with_the_c_header() -> None:
     h = HEADER.read_text()
     defines = {m[0]: m[1] for m in re.findall(r"#define (\w+) ([^/\n]+)", h)}
     assert int(defines["MIN_REPLY_DHCP_LEN"]) == fastpath.MIN_REPLY_DHCP_LEN
-    for name in ("INTERFACE_SLOTS", "INTERFACE_PROBES"):
+    for name in ("INTERFACE_SLOTS", "INTERFACE_PROBES", "REFRESH_LOG_LEN"):
         assert int(defines[name]) == getattr(fastpath, name), name
     clocks = re.search(r"enum refresh_clock \{(.*?)\};", h, re.S)
     assert clocks is not None
@@ -245,24 +245,24 @@ def test_the_refresh_log_loses_only_what_was_overwritten(fp: FastPath) -> None:
     """The log is read where the program writes it (the map, mmapped): written past the
     reader by more than its length, the oldest entries are gone and counted lost, the
     rest arrive, and the reader's place is kept in the map for the next agent."""
-    log = fp._log
     fp.refreshes()
     lost = fp.counters()["refresh_lost"]
-    base = 0  # CPU 0's element; the program on it is not running now
-    head, tail = struct.unpack_from("<QQ", log._mm, base)
-    assert head == tail  # all read
+    log = fp._log.per_cpu[0]  # CPU 0's element; the program on it is not running now
+    head = int(log.head)
+    assert int(log.tail) == head  # all read
     extra = 5
     n = fastpath.REFRESH_LOG_LEN + extra
+    expires = fp.clock.at(time.time() + 60)
     for i in range(head, head + n):  # what the program does, 5 entries more than fit
-        struct.pack_into("<IIQ", log._mm, base + 16 + (i % fastpath.REFRESH_LOG_LEN) * 16,
-                         fastpath._u32(i & 0xFFFFFF), fastpath.REFRESH_CLOCK_JIFFIES,
-                         fp.clock.at(time.time() + 60))
-    struct.pack_into("<Q", log._mm, base, head + n)
+        e = log.ev[i % fastpath.REFRESH_LOG_LEN]
+        e.address, e.clock, e.expires = (fastpath._u32(i & 0xFFFFFF),
+                                         fastpath.REFRESH_CLOCK_JIFFIES, expires)
+    log.head = head + n
     got = fp.refreshes()
     assert [a for a, _ in got] == [i & 0xFFFFFF for i in range(head + extra, head + n)]
     assert all(abs(t - (time.time() + 60)) < 0.1 for _, t in got)
     assert fp.counters()["refresh_lost"] == lost + extra
-    assert struct.unpack_from("<QQ", log._mm, base) == (head + n, head + n)
+    assert (int(log.head), int(log.tail)) == (head + n, head + n)
     assert fp.refreshes() == []
 
 

@@ -20,7 +20,6 @@ import hashlib
 import mmap
 import os
 import shutil
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -79,8 +78,6 @@ def wall_time(mono: int) -> float:
 
 
 REFRESH_LOG_LEN = 16384  # entries a CPU (struct refresh_log)
-_LOG_HEADS = struct.Struct("<QQ")  # head, tail
-_LOG_ENTRY = struct.Struct("<IIQ")  # struct lease_refresh
 
 
 def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:
@@ -91,37 +88,35 @@ def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:
 
 class RefreshLog:
     """The program's refresh log (struct refresh_log, one element a CPU), read through an
-    mmap of the map: the program writes an entry and then moves head; the agent reads the
-    entries up to head and stores how far it got in tail, in the map, so a restarted agent
-    goes on from there."""
+    mmap of the map, with BCC's Leaf type laid over it: the program writes an entry and
+    then moves head; the agent reads the entries up to head and stores how far it got in
+    tail, in the map, so a restarted agent goes on from there."""
 
     def __init__(self, table: Any, cpus: int) -> None:
-        self.cpus = cpus
-        self.stride = (ctypes.sizeof(table.Leaf) + 7) & ~7
-        size = -(-self.stride * cpus // mmap.PAGESIZE) * mmap.PAGESIZE
+        size = -(-ctypes.sizeof(table.Leaf) * cpus // mmap.PAGESIZE) * mmap.PAGESIZE
         self._mm = mmap.mmap(table.get_fd(), size, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE)
+        self.per_cpu = (table.Leaf * cpus).from_buffer(self._mm)
+        self.Entry = dict(table.Leaf._fields_)["ev"]._type_  # struct lease_refresh
         self.lost = 0  # entries overwritten before they were read, since this agent started
 
     def drain(self) -> list[tuple[int, int, int]]:
         """(address as the map holds it, clock, expiry) of every entry not read before."""
         out = []
-        for cpu in range(self.cpus):
-            base = cpu * self.stride
-            head, tail = _LOG_HEADS.unpack_from(self._mm, base)
+        for log in self.per_cpu:
+            head, tail = int(log.head), int(log.tail)
             start = max(min(tail, head), head - REFRESH_LOG_LEN)
-            rows = [_LOG_ENTRY.unpack_from(self._mm, base + _LOG_HEADS.size +
-                                           (i & (REFRESH_LOG_LEN - 1)) * _LOG_ENTRY.size)
-                    for i in range(start, head)]
+            rows = [(int(e.address), int(e.clock), int(e.expires))
+                    for e in (log.ev[i & (REFRESH_LOG_LEN - 1)] for i in range(start, head))]
             # Entries the program overwrote while they were read are not to be trusted.
-            again = _LOG_HEADS.unpack_from(self._mm, base)[0]
-            first = max(start, again - REFRESH_LOG_LEN)
+            first = max(start, int(log.head) - REFRESH_LOG_LEN)
             out.extend(rows[first - start:])
             self.lost += first - min(tail, head)
-            struct.pack_into("<Q", self._mm, base + 8, head)
+            log.tail = head
         return out
 
     def close(self) -> None:
+        del self.per_cpu  # the ctypes view holds the mmap's buffer
         self._mm.close()
 
 
@@ -389,10 +384,10 @@ class FastPath:
         return int(self._table(key[0])[self._key(*key)].expires)
 
     def _on_refresh(self, _ctx: Any, data: Any, _size: int) -> None:
-        # struct lease_refresh, read by hand: the program no longer writes the ring, so BCC
-        # has no event type for it
-        a, clock, t = _LOG_ENTRY.unpack(ctypes.string_at(data, _LOG_ENTRY.size))
-        self._refreshes.append((_host(a), clock, t))
+        # struct lease_refresh, as in the log: the program no longer writes the ring, so BCC
+        # has no event type of its own for it
+        ev = ctypes.cast(data, ctypes.POINTER(self._log.Entry)).contents
+        self._refreshes.append((_host(ev.address), int(ev.clock), int(ev.expires)))
 
     def refreshes(self) -> list[tuple[int, float]]:
         """(address, new expiry as unix time) of every ACK the program sent since last time."""
