@@ -393,11 +393,12 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
         __u64 expires = now + lease->lease_jiffies;
         // One aligned 8-byte store: a reader sees the old or the new expiry, never a mix.
         *(volatile __u64 *)&lease->expires = expires;
-        __u32 cpu = bpf_get_smp_processor_id();  // inlined, as is the array lookup
-        struct refresh_log *log = refresh_log.lookup(&cpu);
-        if (log) {
-            __u64 head = log->head;
-            struct lease_refresh *ev = &log->ev[head & (REFRESH_LOG_LEN - 1)];
+        __u32 cpu = bpf_get_smp_processor_id();  // inlined, as are the array lookups
+        struct refresh_log_head *log = refresh_heads.lookup(&cpu);
+        __u64 head = log ? log->head : 0;
+        __u32 slot = cpu * REFRESH_LOG_LEN + (head & (REFRESH_LOG_LEN - 1));
+        struct lease_refresh *ev = refresh_log.lookup(&slot);
+        if (log && ev) {
             ev->address = address;
             ev->clock = REFRESH_CLOCK_JIFFIES;
             ev->expires = expires;

@@ -116,15 +116,15 @@ struct lease_refresh {
     u64 expires;
 };
 
-// The refreshes of one CPU, in the refresh_log array (one element per possible CPU): the
-// program writes the next entry, then moves head; the agent reads the map mmapped, and
-// keeps where it got to in tail. No helper call (a ring buffer output costs ~35 ns here).
-// An entry overwritten before the agent read it is counted lost by the agent.
-#define REFRESH_LOG_LEN 16384      // a power of two: ~30 s of a storm of 500 ACK/s a CPU
-struct refresh_log {
+// The refresh log: each CPU has REFRESH_LOG_LEN entries of the refresh_log array (from
+// cpu * REFRESH_LOG_LEN) and its element of refresh_heads. The program writes the next
+// entry, then moves head; the agent reads both maps mmapped, and keeps where it got to in
+// tail. No helper call (a ring buffer output costs ~35 ns here). An entry overwritten
+// before the agent read it is counted lost by the agent.
+#define REFRESH_LOG_LEN 16384      // a power of two: 30 s of a storm of 500 ACK/s a CPU
+struct refresh_log_head {
     __u64 head;                    // refreshes this CPU has logged, ever
     __u64 tail;                    // the agent's: how many of them it has read
-    struct lease_refresh ev[REFRESH_LOG_LEN];
 };
 
 // bpf_jiffies64() and CLOCK_MONOTONIC read at one instant, for the agent to convert expiries.

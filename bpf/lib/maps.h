@@ -35,15 +35,19 @@ BNG_TABLE("percpu_array", int, __u64, counters, CNT_MAX);
 BPF_PERCPU_ARRAY(parse_scratch, struct parse_state, 1);
 
 // The refresh log, like the ring before it, outlasts program generations: its layout is
-// fixed (a change needs a new name). Indexed by CPU, mmapped by the agent.
+// fixed (a change needs new names). Indexed by CPU, mmapped by the agent.
 #ifndef MAX_CPUS
 #define MAX_CPUS 64
 #endif
 #ifdef PIN_DIR
-BPF_TABLE_PINNED("array", u32, struct refresh_log, refresh_log, MAX_CPUS,
+BPF_TABLE_PINNED("array", u32, struct refresh_log_head, refresh_heads, MAX_CPUS,
+                 PIN_ROOT "/refresh_heads", BPF_F_MMAPABLE);
+BPF_TABLE_PINNED("array", u32, struct lease_refresh, refresh_log, MAX_CPUS * REFRESH_LOG_LEN,
                  PIN_ROOT "/refresh_log", BPF_F_MMAPABLE);
 #else
-BPF_F_TABLE("array", u32, struct refresh_log, refresh_log, MAX_CPUS, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", u32, struct refresh_log_head, refresh_heads, MAX_CPUS, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", u32, struct lease_refresh, refresh_log, MAX_CPUS * REFRESH_LOG_LEN,
+            BPF_F_MMAPABLE);
 #endif
 BPF_ARRAY(clock_sample, struct clock_sample, 1);
 

@@ -247,14 +247,14 @@ def test_the_refresh_log_loses_only_what_was_overwritten(fp: FastPath) -> None:
     rest arrive, and the reader's place is kept in the map for the next agent."""
     fp.refreshes()
     lost = fp.counters()["refresh_lost"]
-    log = fp._log.per_cpu[0]  # CPU 0's element; the program on it is not running now
+    log = fp._log.heads[0]  # CPU 0's; the program on it is not running now
     head = int(log.head)
     assert int(log.tail) == head  # all read
     extra = 5
     n = fastpath.REFRESH_LOG_LEN + extra
     expires = fp.clock.at(time.time() + 60)
     for i in range(head, head + n):  # what the program does, 5 entries more than fit
-        e = log.ev[i % fastpath.REFRESH_LOG_LEN]
+        e = fp._log.entries[i % fastpath.REFRESH_LOG_LEN]
         e.address, e.clock, e.expires = (fastpath._u32(i & 0xFFFFFF),
                                          fastpath.REFRESH_CLOCK_JIFFIES, expires)
     log.head = head + n

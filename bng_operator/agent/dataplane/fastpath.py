@@ -86,28 +86,36 @@ def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:
     return last + 1
 
 
-class RefreshLog:
-    """The program's refresh log (struct refresh_log, one element a CPU), read through an
-    mmap of the map, with BCC's Leaf type laid over it: the program writes an entry and
-    then moves head; the agent reads the entries up to head and stores how far it got in
-    tail, in the map, so a restarted agent goes on from there."""
+def _mmap_array(table: Any, n: int) -> tuple[mmap.mmap, Any]:
+    """An mmapped BPF array of ``n`` elements, as a ctypes array of BCC's Leaf type (reads
+    and writes are live)."""
+    size = -(-ctypes.sizeof(table.Leaf) * n // mmap.PAGESIZE) * mmap.PAGESIZE
+    mm = mmap.mmap(table.get_fd(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    return mm, (table.Leaf * n).from_buffer(mm)
 
-    def __init__(self, table: Any, cpus: int) -> None:
-        size = -(-ctypes.sizeof(table.Leaf) * cpus // mmap.PAGESIZE) * mmap.PAGESIZE
-        self._mm = mmap.mmap(table.get_fd(), size, mmap.MAP_SHARED,
-                             mmap.PROT_READ | mmap.PROT_WRITE)
-        self.per_cpu = (table.Leaf * cpus).from_buffer(self._mm)
-        self.Entry = dict(table.Leaf._fields_)["ev"]._type_  # struct lease_refresh
+
+class RefreshLog:
+    """The program's refresh log (refresh_heads, refresh_log), read through mmaps of the
+    maps: the program writes an entry and then moves its CPU's head; the agent reads the
+    entries up to head and stores how far it got in tail, in the map, so a restarted agent
+    goes on from there."""
+
+    def __init__(self, heads: Any, entries: Any, cpus: int) -> None:
+        self._mm_heads, self.heads = _mmap_array(heads, cpus)
+        self._mm_entries, self.entries = _mmap_array(entries, cpus * REFRESH_LOG_LEN)
+        self.Entry = entries.Leaf  # struct lease_refresh
         self.lost = 0  # entries overwritten before they were read, since this agent started
 
     def drain(self) -> list[tuple[int, int, int]]:
         """(address as the map holds it, clock, expiry) of every entry not read before."""
         out = []
-        for log in self.per_cpu:
+        for cpu, log in enumerate(self.heads):
             head, tail = int(log.head), int(log.tail)
             start = max(min(tail, head), head - REFRESH_LOG_LEN)
+            base = cpu * REFRESH_LOG_LEN
             rows = [(int(e.address), int(e.clock), int(e.expires))
-                    for e in (log.ev[i & (REFRESH_LOG_LEN - 1)] for i in range(start, head))]
+                    for e in (self.entries[base + (i & (REFRESH_LOG_LEN - 1))]
+                              for i in range(start, head))]
             # Entries the program overwrote while they were read are not to be trusted.
             first = max(start, int(log.head) - REFRESH_LOG_LEN)
             out.extend(rows[first - start:])
@@ -116,8 +124,9 @@ class RefreshLog:
         return out
 
     def close(self) -> None:
-        del self.per_cpu  # the ctypes view holds the mmap's buffer
-        self._mm.close()
+        del self.heads, self.entries  # the ctypes views hold the mmaps' buffers
+        self._mm_heads.close()
+        self._mm_entries.close()
 
 
 KERNEL_HZ_CHOICES = (100, 250, 300, 1000)  # CONFIG_HZ's choices
@@ -214,7 +223,7 @@ class FastPath:
         self._refreshes: list[tuple[int, int, int]] = []
         self._ring = self.obj.map("refreshes")
         self._ring.open_ring_buffer(self._on_refresh)
-        self._log = RefreshLog(self.obj.map("refresh_log"), cpus)
+        self._log = RefreshLog(self.obj.map("refresh_heads"), self.obj.map("refresh_log"), cpus)
         self._fd: int | None = None
         self._own_fd = False
 
