@@ -12,10 +12,6 @@
 
 #include "lib/maps.h"
 
-#ifndef offsetof
-#define offsetof(t, m) __builtin_offsetof(t, m)
-#endif
-
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
 

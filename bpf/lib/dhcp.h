@@ -9,7 +9,8 @@
 #define DHCP_MAGIC 0x63825363
 #define REPLY_OPTIONS_LEN 176      // room for a fast-path reply's options (at most 164 used)
 #define MIN_REPLY_DHCP_LEN 300     // RFC 1542: shorter BOOTP messages may be dropped
-#define MIN_REPLY_OPTIONS_LEN 64   // MIN_REPLY_DHCP_LEN - BOOTP_FIXED - 4, in 8-byte words
+// The options of the shortest reply, in whole 8-byte words (the program copies words).
+#define MIN_REPLY_OPTIONS_LEN ((MIN_REPLY_DHCP_LEN - BOOTP_FIXED - 4 + 7) & ~7)
 #define MAX_RELAY_AGENT_LEN 62     // longest option 82 the fast path echoes (value bytes)
 #define MAX_CLIENT_ID_LEN 32       // longest option 61 the fast path compares
 #define MAX_DNS 4                  // option 6 servers in a fast-path reply

@@ -103,7 +103,7 @@ class RefreshLog:
     def __init__(self, heads: Any, entries: Any, cpus: int) -> None:
         self._mm_heads, self.heads = _mmap_array(heads, cpus)
         self._mm_entries, self.entries = _mmap_array(entries, cpus * REFRESH_LOG_LEN)
-        self.Entry = entries.Leaf  # struct lease_refresh
+        self.entry_type = entries.Leaf  # struct lease_refresh
         self.lost = 0  # entries overwritten before they were read, since this agent started
 
     def drain(self) -> list[tuple[int, int, int]]:
@@ -151,8 +151,7 @@ class KernelClock:
 
     def wall(self, jiffies: int) -> float:
         """Jiffies in wall-clock time."""
-        mono = self.monotonic_ns + (jiffies - self.jiffies) * 1e9 / self.hz
-        return time.time() + (mono - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+        return wall_time(self.monotonic_ns + round((jiffies - self.jiffies) * 1e9 / self.hz))
 
     def ticks(self, seconds: int) -> int:
         return seconds * self.hz
@@ -303,10 +302,11 @@ class FastPath:
     def put_subnet(self, so: SubnetOptions) -> None:
         slot = self._slots.get(so.network)
         if slot is None:
-            free = sorted(set(range(MAX_SUBNETS)) - set(self._slots.values()))
-            if not free:
+            used = set(self._slots.values())
+            slot = next((s for s in range(MAX_SUBNETS) if s not in used), None)
+            if slot is None:
                 raise DataplaneError(f"more than {MAX_SUBNETS} subnets for the fast path")
-            slot = self._slots[so.network] = free[0]
+            self._slots[so.network] = slot
         leaf = self.subnets.Leaf()
         leaf.network = _u32(so.network)
         leaf.subnet_mask, leaf.router, leaf.broadcast = (_u32(so.mask), _u32(so.router),
@@ -395,7 +395,7 @@ class FastPath:
     def _on_refresh(self, _ctx: Any, data: Any, _size: int) -> None:
         # struct lease_refresh, as in the log: the program no longer writes the ring, so BCC
         # has no event type of its own for it
-        ev = ctypes.cast(data, ctypes.POINTER(self._log.Entry)).contents
+        ev = ctypes.cast(data, ctypes.POINTER(self._log.entry_type)).contents
         self._refreshes.append((_host(ev.address), int(ev.clock), int(ev.expires)))
 
     def refreshes(self) -> list[tuple[int, float]]:
