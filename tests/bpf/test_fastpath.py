@@ -297,6 +297,21 @@ def test_an_interface_is_found_in_any_of_its_probe_slots(bpffs: Path) -> None:
         f.close()
 
 
+def test_an_interface_in_slot_zero_keeps_it(fp: FastPath) -> None:
+    """Slot 0 is a slot like the others: an interface put there again stays there."""
+    ifindex = fastpath.INTERFACE_SLOTS  # its first probe slot is 0
+    try:
+        fp.put_interface(ifindex, SERVER_MAC)
+        fp.put_interface(ifindex, SERVER_MAC)
+        held = [int(fp.interfaces[fp.interfaces.Key(s)].ifindex)
+                for s in range(fastpath.INTERFACE_PROBES)]
+        assert held.count(ifindex) == 1 and held[0] == ifindex
+    finally:
+        for s in range(fastpath.INTERFACE_PROBES):
+            if int(fp.interfaces[fp.interfaces.Key(s)].ifindex) == ifindex:
+                fp.interfaces[fp.interfaces.Key(s)] = fp.interfaces.Leaf()
+
+
 def test_a_reused_subnet_slot_is_not_the_old_leases(fp: FastPath) -> None:
     """subnet_options is an array the lease indexes: once its subnet is gone and the slot
     holds another subnet, the lease's requests go to the slow path, not out with the other

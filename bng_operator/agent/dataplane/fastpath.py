@@ -289,8 +289,8 @@ class FastPath:
         free or already its own."""
         slots = [(ifindex + i) % INTERFACE_SLOTS for i in range(INTERFACE_PROBES)]
         held = {s: int(self.interfaces[self.interfaces.Key(s)].ifindex) for s in slots}
-        slot = next((s for s in slots if held[s] == ifindex), None) or \
-            next((s for s in slots if held[s] == 0), None)
+        slot = next((s for s in slots if held[s] == ifindex),
+                    next((s for s in slots if held[s] == 0), None))
         if slot is None:
             raise DataplaneError(f"interface {ifindex}: its {INTERFACE_PROBES} fast-path slots "
                                  f"are taken by interfaces {sorted(held.values())}")
