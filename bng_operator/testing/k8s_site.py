@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from bng_operator.testing.netlab import NetLab
 from bng_operator.testing.site import Site
 
 SAMPLES = REPO / "config" / "samples"
-PEERING = "apiVersion: kopf.dev/v1\nkind: ClusterKopfPeering\nmetadata: {name: bng}\n"
+PEERING = "apiVersion: kopf.dev/v1\nkind: ClusterKopfPeering\nmetadata: {{name: {name}}}\n"
 
 
 def kubectl_binary() -> str | None:
@@ -55,6 +56,9 @@ class K8sSite:
     proxies: list[KubeProxy] = field(default_factory=list)
     operator: subprocess.Popen[bytes] | None = None
     operator_port: int = 0
+    # A peering of its own: an operator another site killed with -9 stays in its peering for
+    # kopf's 60 s lifetime, and one with a higher priority there would freeze this site's.
+    peering: str = field(default_factory=lambda: f"bng-test-{secrets.token_hex(4)}")
 
     @property
     def kubeconfig(self) -> Path:
@@ -76,7 +80,7 @@ class K8sSite:
 
     def prepare(self) -> K8sSite:
         """The peering object and the samples' namespace (bng's CRDs are applied already)."""
-        self.kubectl("apply", "-f", "-", input=PEERING)
+        self.kubectl("apply", "-f", "-", input=PEERING.format(name=self.peering))
         self.kubectl("apply", "-f", str(SAMPLES / "00-namespace.yaml"))
         return self
 
@@ -109,7 +113,7 @@ metadata:
         self.operator = subprocess.Popen(
             [sys.executable, "-m", "bng_operator", "operator", "--kubeconfig",
              str(self.kubeconfig), "--metrics-port", str(self.operator_port), "--log-format",
-             "text", *extra], stdout=log, stderr=subprocess.STDOUT)
+             "text", "--peering", self.peering, *extra], stdout=log, stderr=subprocess.STDOUT)
 
     def stop_operator(self, kill: bool = False) -> None:
         if self.operator is None:
@@ -144,3 +148,5 @@ metadata:
             p.close()
         for lab in self.labs:
             lab.close()
+        self.kubectl("delete", "clusterkopfpeering", self.peering, "--ignore-not-found",
+                     "--wait=false", check=False)

@@ -24,7 +24,7 @@ def site(k8s: Cluster, tmp_path: Path) -> Iterator[K8sSite]:
     s.kubectl("apply", "-f", "-", input=POOL)
     s.start_operator("--access-interface", "eth9")
     yield s
-    s.stop_operator()
+    s.close()
     for kind, name in (("ippool", "op-pool"), ("ippool", "op-pool-2"), ("node", "op-a"),
                        ("node", "op-b"), ("bngnode", "op-a"), ("bngnode", "op-b")):
         s.kubectl("patch", kind, name, "--type", "merge", "-p", '{"metadata":{"finalizers":null}}',
