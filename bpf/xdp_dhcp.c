@@ -61,12 +61,36 @@ static __always_inline void zero(__u8 *p, const int n)
         *(__u64 *)(p + i * 8) = 0;
 }
 
-static __always_inline void put32(__u8 *p, __u32 host)
+// Word access at any byte offset, one instruction each: the verifier allows unaligned
+// access to packet and map memory (no strict alignment on x86 or arm64), where
+// __builtin_memcpy would assume alignment 1 and move every word a byte at a time.
+static __always_inline __u64 load64(const void *p)
 {
-    p[0] = host >> 24;
-    p[1] = host >> 16;
-    p[2] = host >> 8;
-    p[3] = host;
+    return *(const __u64 *)p;
+}
+
+static __always_inline __u32 load32(const void *p)
+{
+    return *(const __u32 *)p;
+}
+
+static __always_inline void store64(void *p, __u64 v)
+{
+    *(__u64 *)p = v;
+}
+
+// An option with a 4-byte value (code, 4, value) in two stores; memory is little-endian.
+static __always_inline void put_option4(__u8 *p, __u8 code, __be32 value)
+{
+    *(__u16 *)p = code | 4 << 8;
+    *(__u32 *)(p + 2) = value;
+}
+
+// A MAC address: 6 bytes as a 4- and a 2-byte word.
+static __always_inline void copy_mac(void *dst, const void *src)
+{
+    *(__u32 *)dst = *(const __u32 *)src;
+    *(__u16 *)(dst + 4) = *(const __u16 *)(src + 4);
 }
 
 static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st);
@@ -177,9 +201,9 @@ static __always_inline int handle(struct xdp_md *ctx)
         if (code == 53 && len == 1) {
             st->msg_type = st->opts[v];
         } else if (code == 50 && len == 4) {
-            __builtin_memcpy(&st->requested, st->opts + v, 4);
+            st->requested = load32(st->opts + v);
         } else if (code == 54 && len == 4) {
-            __builtin_memcpy(&st->server_id, st->opts + v, 4);
+            st->server_id = load32(st->opts + v);
         } else if (code == 61) {
             st->off61 = off;
             st->len61 = len;
@@ -202,14 +226,14 @@ walked:
 // bytes and zeroing the rest (byte order in memory is the wire's, little-endian words).
 static __always_inline void copy_prefix(__u8 *dst, const __u8 *src, const int words, __u32 keep)
 {
-    __builtin_memcpy(dst, src, words * 8);
 #pragma unroll
     for (int w = 0; w < words; w++) {
-        __u64 *p = (__u64 *)(dst + w * 8);
+        __u64 x = load64(src + w * 8);
         if (keep <= w * 8)
-            *p = 0;
+            x = 0;
         else if (keep < w * 8 + 8)
-            *p &= (1ULL << ((keep - w * 8) * 8)) - 1;
+            x &= (1ULL << ((keep - w * 8) * 8)) - 1;
+        *(__u64 *)(dst + w * 8) = x;
     }
 }
 
@@ -257,8 +281,8 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
             lease = NULL;  // another line with the same hash: not this one's lease
     }
     if (!lease) {
-        struct subscriber_key key = {};
-        __builtin_memcpy(key.mac, b->chaddr, 6);
+        struct subscriber_key key __attribute__((aligned(8))) = {};
+        copy_mac(key.mac, b->chaddr);
         key.vlan = vlan;
         lease = subscribers.lookup(&key);
         if (!lease)
@@ -314,20 +338,22 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     __u32 lease_s = lease->lease_seconds;
     __u32 dns_count = so->dns_count, domain_len = so->domain_len;
     ob[0] = 53; ob[1] = 1; ob[2] = msg_type == 1 ? 2 : 5;
-    ob[3] = 54; ob[4] = 4; __builtin_memcpy(ob + 5, &sid, 4);
-    ob[9] = 51; ob[10] = 4; put32(ob + 11, lease_s);
-    ob[15] = 58; ob[16] = 4; put32(ob + 17, lease_s / 2);
-    ob[21] = 59; ob[22] = 4; put32(ob + 23, (__u32)((__u64)lease_s * 7 / 8));
-    ob[27] = 1; ob[28] = 4; __builtin_memcpy(ob + 29, &so->subnet_mask, 4);
-    ob[33] = 3; ob[34] = 4; __builtin_memcpy(ob + 35, &so->router, 4);
-    ob[39] = 28; ob[40] = 4; __builtin_memcpy(ob + 41, &so->broadcast, 4);
+    put_option4(ob + 3, 54, sid);
+    put_option4(ob + 9, 51, bpf_htonl(lease_s));
+    put_option4(ob + 15, 58, bpf_htonl(lease_s / 2));
+    put_option4(ob + 21, 59, bpf_htonl((__u32)((__u64)lease_s * 7 / 8)));
+    put_option4(ob + 27, 1, so->subnet_mask);
+    put_option4(ob + 33, 3, so->router);
+    put_option4(ob + 39, 28, so->broadcast);
     __u32 pos = 45;
     if (dns_count > MAX_DNS)
         dns_count = MAX_DNS;
     if (dns_count) {
         ob[45] = 6;
         ob[46] = dns_count * 4;
-        __builtin_memcpy(ob + 47, so->dns, sizeof(so->dns));  // unused slots are zero
+#pragma unroll
+        for (int w = 0; w < MAX_DNS / 2; w++)  // unused slots are zero
+            store64(ob + 47 + w * 8, load64(so->dns + w * 2));
         pos += 2 + dns_count * 4;
     }
     if (domain_len > MAX_DOMAIN_LEN)
@@ -335,11 +361,15 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     if (domain_len) {
         ob[pos] = 15;
         ob[pos + 1] = domain_len;
-        __builtin_memcpy(ob + pos + 2, so->domain, MAX_DOMAIN_LEN);  // zero-padded
+#pragma unroll
+        for (int w = 0; w < MAX_DOMAIN_LEN / 8; w++)  // zero-padded
+            store64(ob + pos + 2 + w * 8, load64(so->domain + w * 8));
         pos += 2 + domain_len;
     }
     if (len82) {
-        __builtin_memcpy(ob + pos, relay, sizeof(relay));  // zero-padded
+#pragma unroll
+        for (int w = 0; w < sizeof(relay) / 8; w++)  // zero-padded
+            store64(ob + pos + w * 8, load64(relay + w * 8));
         pos += 2 + len82;
     }
     ob[pos] = 255;
@@ -351,31 +381,32 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
         return pass(CNT_PASS_LAYOUT);  // cannot happen with the bounds above
     __u32 dhcp_len = BOOTP_FIXED + 4 + opts_len;
 
-    __u8 src_mac[6], chaddr[6], if_mac[6];
-    __builtin_memcpy(src_mac, eth->h_source, 6);
-    __builtin_memcpy(chaddr, b->chaddr, 6);
-    __builtin_memcpy(if_mac, ifc->mac, 6);
+    // Aligned, so that copy_mac's word accesses to the stack are too (the verifier insists).
+    __u8 src_mac[8] __attribute__((aligned(8))), chaddr[8] __attribute__((aligned(8)));
+    __u8 if_mac[8] __attribute__((aligned(8))), dst_mac[8] __attribute__((aligned(8)));
+    copy_mac(src_mac, eth->h_source);
+    copy_mac(chaddr, b->chaddr);
+    copy_mac(if_mac, ifc->mac);
     __be32 giaddr = b->giaddr, ciaddr = b->ciaddr;
     __be16 flags = b->flags;
 
     // RFC 2131 §4.1: to the relay, else to ciaddr, else broadcast when asked, else unicast.
     __u8 reply_type = ob[2];
     __be32 dst_ip;
-    __u8 dst_mac[6];
     __be16 dport = bpf_htons(DHCP_CLIENT_PORT);
     if (giaddr) {
         dst_ip = giaddr;
-        __builtin_memcpy(dst_mac, src_mac, 6);
+        copy_mac(dst_mac, src_mac);
         dport = bpf_htons(DHCP_SERVER_PORT);
     } else if (ciaddr) {
         dst_ip = ciaddr;
-        __builtin_memcpy(dst_mac, src_mac, 6);
+        copy_mac(dst_mac, src_mac);
     } else if (flags & bpf_htons(0x8000)) {
         dst_ip = 0xffffffff;
         __builtin_memset(dst_mac, 0xff, 6);
     } else {
         dst_ip = address;
-        __builtin_memcpy(dst_mac, chaddr, 6);
+        copy_mac(dst_mac, chaddr);
     }
 
     // Resize to the reply. A buffer without the tailroom (veth hands XDP small skb heads)
@@ -418,8 +449,8 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     udp = (void *)(ip + 1);
     b = (void *)(udp + 1);
 
-    __builtin_memcpy(eth->h_dest, dst_mac, 6);
-    __builtin_memcpy(eth->h_source, if_mac, 6);  // VLAN tags stay as they came in
+    copy_mac(eth->h_dest, dst_mac);
+    copy_mac(eth->h_source, if_mac);  // VLAN tags stay as they came in
 
     ip->version = 4;
     ip->ihl = 5;
