@@ -95,6 +95,34 @@ static __always_inline void copy_mac(void *dst, const void *src)
 
 static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st);
 
+// The request's n (1..OPTIONS_COPY) option bytes at packet offset `at` into st->opts: whole
+// words, then the last word again ending at n (overlapping), so with no helper call
+// (bpf_xdp_load_bytes is one, ~20 ns with return thunks). A list under a word takes the
+// helper. Non-zero: the packet ends before the options do.
+static __always_inline int copy_options(struct xdp_md *ctx, struct parse_state *st, __u32 at,
+                                        __u32 n)
+{
+    if (n < 8) {
+        n &= 7;  // the bounds the helper's verifier check needs, on its own register
+        return n ? bpf_xdp_load_bytes(ctx, at, st->opts, n) : -1;
+    }
+    __u8 *src = (void *)(long)ctx->data + at;
+    void *end = (void *)(long)ctx->data_end;
+#pragma unroll
+    for (int w = 0; w < OPTIONS_COPY / 8; w++) {
+        if (w * 8 + 8 > n)
+            break;
+        if ((void *)(src + w * 8 + 8) > end)
+            return -1;
+        store64(st->opts + w * 8, load64(src + w * 8));
+    }
+    __u32 last = (n - 8) & (OPTIONS_COPY - 1);
+    if ((void *)(src + last + 8) > end)
+        return -1;
+    store64(st->opts + last, load64(src + last));
+    return 0;
+}
+
 // The whole fast path; xdp_dhcp (at the end) is the program, bench/xdp_cost.c wraps it too.
 static __always_inline int handle(struct xdp_md *ctx)
 {
@@ -169,7 +197,7 @@ static __always_inline int handle(struct xdp_md *ctx)
     n -= 1;
     asm volatile("%0 &= %1" : "+r"(n) : "i"(OPTIONS_COPY - 1));
     n += 1;
-    if (bpf_xdp_load_bytes(ctx, at, st->opts, n))
+    if (copy_options(ctx, st, at, n))
         return pass(CNT_PASS_MALFORMED);
     // Running out of copied bytes means a malformed list, unless the copy was cut short.
     int short_reason = avail > OPTIONS_COPY ? CNT_PASS_LAYOUT : CNT_PASS_MALFORMED;

@@ -208,6 +208,31 @@ def test_a_long_option_list_is_walked(fp: FastPath) -> None:
     assert _reply_fields(parse_frame(frame_out).payload)[1] == _reply_fields(slow_wire)[1]
 
 
+@pytest.mark.parametrize("pads", range(13))
+def test_an_unpadded_option_list_of_any_length_is_answered(fp: FastPath, pads: int) -> None:
+    """Option lists of 4 to 16 bytes ending at the frame's end: under a word the helper
+    copies them, longer ones are copied as words with an overlapping last word."""
+    s, _, _ = server(_with_class("mac"))
+    fp.put_subnet(replace(subnet_options(s.config.pools["residential"].subnets[0]),  # type: ignore[type-var]
+                          network=int(IPv4Address("100.64.0.0"))))
+    entry = entry_for(bound_lease(), s.config)
+    assert entry is not None
+    raw = encode(request(MessageType.DISCOVER, CLIENT), ORDER).rstrip(b"\0")
+    assert raw[HEADER_LEN + 4:] == bytes([53, 1, 1, 255])
+    payload = raw[:-1] + bytes(pads) + b"\xff"
+    frame = build_frame(BROADCAST_MAC, bytes.fromhex(CLIENT.replace(":", "")), b"",
+                        IPv4Address(0), BROADCAST_IP, 67, payload, 68)
+    try:
+        fp.put(entry)
+        r = fp.run(frame)
+        assert r.action == XDP_TX, {k: v for k, v in fp.counters().items() if v}
+        fields, opts = _reply_fields(parse_frame(r.frame).payload)
+        assert opts[Opt.MESSAGE_TYPE] == bytes([MessageType.OFFER])
+        assert fields[4] == int(IPv4Address("100.64.0.20"))
+    finally:
+        fp.delete(entry.key)
+
+
 def test_ack_refreshes_the_expiry_and_tells_userspace(fp: FastPath) -> None:
     fp.refreshes()
     _slow_and_fast(fp, "discover", b"", None, False)
