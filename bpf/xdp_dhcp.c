@@ -202,10 +202,16 @@ static __always_inline int handle(struct xdp_md *ctx)
     // Running out of copied bytes means a malformed list, unless the copy was cut short.
     int short_reason = avail > OPTIONS_COPY ? CNT_PASS_LAYOUT : CNT_PASS_MALFORMED;
 
-    __u32 off = 0;
+    // The walk leaves by `break` with a reason, so that the loop holds no call (pass()
+    // is one to the compiler) and its values can stay in registers; 64-bit offsets need no
+    // zero-extension at each use.
+    __u64 off = 0, end_off = n;
+    int reason = CNT_PASS_LAYOUT;  // more options than the walk looks at
     for (int i = 0; i < OPTION_WALK_MAX; i++) {
-        if (off >= n)
-            return pass(short_reason);
+        if (off >= end_off) {
+            reason = short_reason;
+            break;
+        }
         __u8 code = st->opts[off & (OPTIONS_COPY - 1)];
         if (code == 255)
             goto walked;
@@ -213,18 +219,22 @@ static __always_inline int handle(struct xdp_md *ctx)
             off += 1;
             continue;
         }
-        if (off + 1 >= n)
-            return pass(short_reason);
-        __u32 len = st->opts[(off + 1) & (OPTIONS_COPY - 1)];
-        __u32 v = (off + 2) & (OPTIONS_COPY - 1);
-        if (off + 2 + len > n)
-            return pass(short_reason);
+        if (off + 1 >= end_off) {
+            reason = short_reason;
+            break;
+        }
+        __u64 len = st->opts[(off + 1) & (OPTIONS_COPY - 1)];
+        __u64 v = (off + 2) & (OPTIONS_COPY - 1);
+        if (off + 2 + len > end_off) {
+            reason = short_reason;
+            break;
+        }
         // The options the fast path reads, each at most once: a repeated one (RFC 3396
         // concatenation) is the slow path's.
         __u8 bit = code == 53 ? 1 : code == 50 ? 2 : code == 54 ? 4 : code == 61 ? 8 :
                    code == 82 ? 16 : 0;
-        if (st->seen & bit)
-            return pass(CNT_PASS_LAYOUT);
+        if ((st->seen & bit) || code == 52)  // 52: option overload
+            break;
         st->seen |= bit;
         if (code == 53 && len == 1) {
             st->msg_type = st->opts[v];
@@ -238,12 +248,10 @@ static __always_inline int handle(struct xdp_md *ctx)
         } else if (code == 82) {
             st->off82 = off;
             st->len82 = len;
-        } else if (code == 52) {
-            return pass(CNT_PASS_LAYOUT);  // option overload
         }
         off += 2 + len;
     }
-    return pass(CNT_PASS_LAYOUT);  // more options than the walk looks at
+    return pass(reason);
 walked:
     if (st->msg_type != 1 && st->msg_type != 3)
         return pass(CNT_PASS_OTHER_TYPE);  // RELEASE, DECLINE, INFORM: the slow path
