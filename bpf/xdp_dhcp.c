@@ -193,7 +193,8 @@ static __always_inline int handle(struct xdp_md *ctx)
     if (n < 1)
         return pass(CNT_PASS_MALFORMED);  // no END
     __u32 at = l3 + sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct bootp);
-    // 1..OPTIONS_COPY, written so the verifier sees both bounds on the register it checks.
+    // 1..OPTIONS_COPY on the one register the copy and the walk use: with both bounds there,
+    // the verifier explores about half as many instructions.
     n -= 1;
     asm volatile("%0 &= %1" : "+r"(n) : "i"(OPTIONS_COPY - 1));
     n += 1;
@@ -269,7 +270,7 @@ static __always_inline void copy_prefix(__u8 *dst, const __u8 *src, const int wo
             x = 0;
         else if (keep < w * 8 + 8)
             x &= (1ULL << ((keep - w * 8) * 8)) - 1;
-        *(__u64 *)(dst + w * 8) = x;
+        store64(dst + w * 8, x);
     }
 }
 
@@ -532,8 +533,8 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     for (int w = 0; w < REPLY_OPTIONS_LEN / 8; w++) {
         if ((void *)(o + w * 8 + 8) > end)
             break;  // the frame ends at the options' end (the resize above)
-        __u64 x = *(__u64 *)(ob + w * 8);
-        *(__u64 *)(o + w * 8) = x;
+        __u64 x = load64(ob + w * 8);
+        store64(o + w * 8, x);
         sum += (x & 0xffffffff) + (x >> 32);
     }
     __u32 *hw = (__u32 *)b;  // op..hops, xid: as written / as they came
