@@ -20,10 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bng_operator.agent.dataplane.loader import BPFObject, test_run
 
-from bng_operator.agent.dataplane.loader import BPFObject, test_run  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 KINDS = ("array_lookup", "hash_lookup_4", "hash_lookup_16", "ktime_get_coarse_ns", "jiffies64",
          "csum_diff_64", "xdp_load_bytes_64", "ringbuf_output_16")

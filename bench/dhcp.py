@@ -18,7 +18,7 @@ still had no drops at the highest rate perfdhcp could send (bng is then faster t
 With perfdhcp, bng's XDP program runs in generic mode: on veth, native mode leaves too
 little tailroom to grow perfdhcp's short requests into replies (see bpf/README.md).
 
-known also runs both servers against an in-kernel generator (bench/dhcpgen.py), which
+known also runs both servers against an in-kernel generator (bng_lab/dhcpgen.py), which
 sends far faster than perfdhcp: KNOWN_CLIENTS_KERNEL clients are bound first, then DORA
 trials run at paced rates (and unpaced: as fast as one core sends). Its results are the
 top-level "bng", "peer" and "ratio" of the known scenario; perfdhcp's are under
@@ -44,16 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from bng_lab import dhcpgen, perfdhcp
+from bng_lab.netlab import NetLab, remove_leftovers
+from bng_lab.site import Site
+from bng_operator import netlink
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bng_operator import netlink  # noqa: E402
-from bng_operator.testing import perfdhcp  # noqa: E402
-from bng_operator.testing.netlab import NetLab, remove_leftovers  # noqa: E402
-from bng_operator.testing.site import Site  # noqa: E402
-
-sys.path.insert(0, str(REPO / "bench"))
-import dhcpgen  # noqa: E402
 
 T = TypeVar("T")
 MAX_DROPS = 2.5  # percent
@@ -375,7 +371,7 @@ def main() -> int:
         kb_rate = kb.leases_rate if kb else 0.0
         kk_rate = kk.leases_rate if kk else 0.0
         out = {
-            "scenario": "known", "generator": "in-kernel (bench/dhcpgen.py)",
+            "scenario": "known", "generator": "in-kernel (bng_lab/dhcpgen.py)",
             "clients": KNOWN_CLIENTS_KERNEL,
             "bng": round(kb_rate), "peer": round(kk_rate), "peer_name": out["peer_name"],
             "ratio": round(kb_rate / kk_rate, 1) if kk_rate else None,

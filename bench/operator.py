@@ -28,15 +28,14 @@ import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bng_lab import clients
+from bng_lab.controlplane import ControlPlane
+from bng_lab.k8s_site import K8sSite, wait_for
+from bng_lab.netlab import remove_leftovers, unmount_bpffs
+from bng_lab.site import requests, subscriber_mac
+from bng_operator.agent.dataplane.loader import pinned_map_items
 
-from bng_operator.agent.dataplane.loader import pinned_map_items  # noqa: E402
-from bng_operator.testing import clients  # noqa: E402
-from bng_operator.testing.controlplane import ControlPlane  # noqa: E402
-from bng_operator.testing.k8s_site import K8sSite, wait_for  # noqa: E402
-from bng_operator.testing.netlab import remove_leftovers, unmount_bpffs  # noqa: E402
-from bng_operator.testing.site import requests, subscriber_mac  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def carries(site_bpf_dir: Path, dns: bytes) -> bool:

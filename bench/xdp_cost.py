@@ -27,16 +27,15 @@ from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bng_lab.dhcp_env import server
+from bng_lab.messages import request
+from bng_operator.agent.dataplane.fastpath import XDP_TX, FastPath
+from bng_operator.agent.dhcp.codec import MessageType, Opt, decode, encode
+from bng_operator.agent.dhcp.server import Context
+from bng_operator.agent.dhcp.transport import build_frame, parse_frame
+from bng_operator.agent.fastpath.entries import entry_for, subnet_options
 
-from bng_operator.agent.dataplane.entries import entry_for, subnet_options  # noqa: E402
-from bng_operator.agent.dataplane.fastpath import XDP_TX, FastPath  # noqa: E402
-from bng_operator.agent.dhcp.codec import MessageType, Opt, decode, encode  # noqa: E402
-from bng_operator.agent.dhcp.server import Context  # noqa: E402
-from bng_operator.agent.dhcp.transport import build_frame, parse_frame  # noqa: E402
-from tests.dhcp_env import server  # noqa: E402
-from tests.dhcp_messages import request  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SERVER_MAC, RELAY_MAC = bytes.fromhex("02aabbccddee"), bytes.fromhex("02000000cafe")
 SERVER_ID, RELAY = IPv4Address("100.64.0.1"), IPv4Address("100.64.0.2")

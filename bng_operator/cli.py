@@ -49,7 +49,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     import asyncio
 
     from bng_operator import logs
-    from bng_operator.agent.kube import ReportSettings
+    from bng_operator.agent.report.kube import ReportSettings
     from bng_operator.agent.runtime import AgentSettings, run_agent
     from bng_operator.agent.sources import FileSource, KubeSource, Source
     from bng_operator.api.common import parse_duration
@@ -83,7 +83,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     from bng_operator import logs
     from bng_operator.operator.main import OperatorSettings, run
     from bng_operator.operator.reconcile import Settings, parse_label
-    from bng_operator.operator.render import NodeDefaults
+    from bng_operator.policy.render import NodeDefaults
 
     logs.setup(args.log_level, args.log_format)
     try:
@@ -112,7 +112,12 @@ def _cmd_fastpath_remove(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
-    from bng_operator import lab
+    try:
+        from bng_lab import lab
+    except ImportError:  # the image ships the product only
+        print("bng lab: the lab (package bng_lab) is not installed here; run it from a "
+              "checkout: make lab", file=sys.stderr)
+        return 2
 
     return lab.down() if args.down else lab.run(args.subscribers, args.config)
 

@@ -64,6 +64,14 @@ class AgentMetrics:
             "Updates dropped from a full queue (a resync follows).", registry=r)
         self.kube_reachable = Gauge(
             "bng_kube_reachable", "1 when the last apiserver request succeeded.", registry=r)
+        # Sessions (agent/sessions): how they end, and features that failed on an event.
+        self.sessions_ended = Counter(
+            "bng_sessions_ended_total", "Subscriber sessions that ended, by reason.", ["reason"],
+            registry=r)
+        self.feature_errors = Counter(
+            "bng_session_feature_errors_total",
+            "Session events a feature failed to handle (logged; other features go on).",
+            ["feature"], registry=r)
         self._kernel: dict[str, int] = {}
         # Run before each scrape: readings that must be current when scraped, into counters.
         self.before_scrape: list[Callable[[], None]] = []

@@ -52,7 +52,7 @@ def bpffs() -> Path:
 @pytest.fixture(scope="session")
 def _netlab_leftovers() -> Iterator[None]:
     _require_root()
-    from bng_operator.testing.netlab import remove_leftovers, unmount_bpffs
+    from bng_lab.netlab import remove_leftovers, unmount_bpffs
 
     removed = remove_leftovers()
     if removed:
@@ -64,7 +64,7 @@ def _netlab_leftovers() -> Iterator[None]:
 @pytest.fixture
 def netlab(_netlab_leftovers: None) -> Iterator[object]:
     """Namespaces and veth pairs with unique names, removed after the test."""
-    from bng_operator.testing.netlab import NetLab
+    from bng_lab.netlab import NetLab
 
     lab = NetLab()
     try:
@@ -90,7 +90,7 @@ class Cluster:
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 ) -> subprocess.CompletedProcess[str]:
-        from bng_operator.testing.k8s_site import kubectl_binary
+        from bng_lab.k8s_site import kubectl_binary
 
         kubectl = kubectl_binary()
         if not kubectl:
@@ -105,7 +105,7 @@ class Cluster:
 @pytest.fixture(scope="session")
 def k8s() -> Iterator[Cluster]:
     """etcd + kube-apiserver on loopback with the bng CRDs applied."""
-    from bng_operator.testing.controlplane import ControlPlane, ControlPlaneMissing
+    from bng_lab.controlplane import ControlPlane, ControlPlaneMissing
 
     try:
         cp = ControlPlane().start()

@@ -27,7 +27,7 @@ from bng_operator.api import (
 from bng_operator.api.common import DEFAULT_NAMESPACE
 from bng_operator.api.documents import load, yaml_files
 from bng_operator.kubeclient import api_client
-from bng_operator.operator.render import RenderError, render_node
+from bng_operator.policy.render import RenderError, render_node
 
 
 class Source(Protocol):

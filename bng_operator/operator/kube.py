@@ -12,7 +12,7 @@ from bng_operator.api import GROUP, VERSION, BNGNode, IPPool, NATPool, QoSPolicy
 from bng_operator.api.common import MANAGED_BY
 from bng_operator.api.resource import Resource
 from bng_operator.operator.reconcile import ClusterState, Event, Plan
-from bng_operator.operator.render import NodeInfo
+from bng_operator.policy.render import NodeInfo
 
 log = logging.getLogger("bng.operator")
 

@@ -15,9 +15,9 @@ from bng_operator.api.bngnode import BNGNodeSpec
 from bng_operator.api.common import Condition, parse_duration, with_condition
 from bng_operator.api.ippool import IPPoolStatus, NodeBlocks
 from bng_operator.api.subscriberclass import SubscriberClassStatus
-from bng_operator.operator.blocks import plan_blocks, pool_size
-from bng_operator.operator.render import NodeDefaults, NodeInfo, render_spec, selects
 from bng_operator.operator.validation import Finding, dangling_references, overlapping_pools
+from bng_operator.policy.blocks import plan_blocks, pool_size
+from bng_operator.policy.render import NodeDefaults, NodeInfo, render_spec, selects
 
 # Set on an IPPool to let it go although nodes still report leases in it.
 FORCE_DELETE_ANNOTATION = "bng.dev/force-delete"

@@ -58,7 +58,7 @@ struct circuit_key {
 
 // The circuit key's hash: option 82 as it came (code, length, value), zero-padded to
 // MAX_RELAY_AGENT_LEN + 2 bytes and read as little-endian 64-bit words. Mirrored by
-// circuit_hash() in bng_operator/agent/dataplane/entries.py.
+// circuit_hash() in bng_operator/agent/fastpath/entries.py.
 #define CIRCUIT_HASH_MUL 0x9E3779B97F4A7C15ULL
 static __always_inline __u64 circuit_hash(const __u8 *relay)
 {

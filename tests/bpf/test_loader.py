@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bng_lab.netlab import NetLab, remove_leftovers
 from bng_operator import netlink
 from bng_operator.agent.dataplane.loader import BPFObject, DataplaneError, program_exists
-from bng_operator.testing.netlab import NetLab, remove_leftovers
 
 PROG = Path(__file__).with_name("xdp_count_ping.c")
 

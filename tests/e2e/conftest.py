@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bng_operator.testing.netlab import NetLab
-from bng_operator.testing.site import Site
+from bng_lab.netlab import NetLab
+from bng_lab.site import Site
 
 SAMPLES = Path(__file__).resolve().parents[2] / "config" / "samples"
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bng_operator.testing import clients
-from bng_operator.testing.controlplane import ControlPlane, ControlPlaneMissing
-from bng_operator.testing.k8s_site import K8sSite, wait_for
-from bng_operator.testing.site import Site
+from bng_lab import clients
+from bng_lab.controlplane import ControlPlane, ControlPlaneMissing
+from bng_lab.k8s_site import K8sSite, wait_for
+from bng_lab.site import Site
 
 REPO = Path(__file__).resolve().parents[2]
 OUTAGE = 60.0

@@ -6,8 +6,8 @@ import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 
-from bng_operator.testing import clients
-from bng_operator.testing.site import Site
+from bng_lab import clients
+from bng_lab.site import Site
 
 RESIDENTIAL = ipaddress.ip_network("100.64.0.0/20")
 

@@ -11,10 +11,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from bng_lab import perfdhcp
+from bng_lab.capture import capture, dhcp_payloads
+from bng_lab.site import Site
 from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, MessageType, Opt, walk_options
-from bng_operator.testing import perfdhcp
-from bng_operator.testing.capture import capture, dhcp_payloads
-from bng_operator.testing.site import Site
 from tests.e2e.conftest import RELAYED_CLASS
 
 BUSINESS = ipaddress.ip_network("198.51.100.0/24")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bng_lab import clients
+from bng_lab.capture import capture, dhcp_payloads
+from bng_lab.messages import relay82
+from bng_lab.site import Site, subscriber_mac
 from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, MessageType, Opt, walk_options
-from bng_operator.testing import clients
-from bng_operator.testing.capture import capture, dhcp_payloads
-from bng_operator.testing.site import Site, subscriber_mac
-from tests.dhcp_messages import relay82
 
 BUSINESS = ipaddress.ip_network("198.51.100.0/24")
 RESIDENTIAL = ipaddress.ip_network("100.64.0.0/20")
@@ -106,9 +106,9 @@ def _frame(payload: bytes, src_mac: str = "02:00:00:00:00:00") -> str:
 
 def test_malformed_frames_are_counted_and_the_agent_keeps_serving(
         make_site: Callable[..., Site], tmp_path: Path) -> None:
+    from bng_lab.messages import request
     from bng_operator import netlink
     from bng_operator.agent.dhcp.codec import encode
-    from tests.dhcp_messages import request
 
     site = make_site(subscribers=2)
     # Jumbo frames from s0 to the agent, so that an oversized request can arrive at all.
@@ -131,7 +131,7 @@ def test_malformed_frames_are_counted_and_the_agent_keeps_serving(
     frames.append(_frame(encode(request(MessageType.REQUEST, subscriber_mac(0),
                                         requested="100.64.0.20", server_id="10.0.0.9"),
                                 [Opt.MESSAGE_TYPE, Opt.REQUESTED_IP, Opt.SERVER_ID])))
-    site.lab.run(site.subscribers[0], "python3", "-m", "bng_operator.testing.probe", "raw",
+    site.lab.run(site.subscribers[0], "python3", "-m", "bng_lab.probe", "raw",
                  "eth0", *frames)
     reasons = ("truncated", "oversized", "wrong_op", "no_magic_cookie", "option_overrun",
                "overload_loop", "other_server")
@@ -152,7 +152,7 @@ def test_malformed_frames_are_counted_and_the_agent_keeps_serving(
 def test_probe_discover_sees_the_offer(make_site: Callable[..., Site]) -> None:
     site = make_site(subscribers=1)
     site.start_agent()
-    r = site.lab.run(site.subscribers[0], "python3", "-m", "bng_operator.testing.probe",
+    r = site.lab.run(site.subscribers[0], "python3", "-m", "bng_lab.probe",
                      "discover", "eth0", "--mac", "02:00:00:00:77:01")
     offer = json.loads(r.stdout)
     assert ipaddress.ip_address(offer["yiaddr"]) in RESIDENTIAL

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from bng_lab import clients
+from bng_lab.site import Site
 from bng_operator import netlink
-from bng_operator.testing import clients
-from bng_operator.testing.site import Site
 
 RENEW_EVERY = 2  # seconds; dhclient's config overrides T1
 SUBSCRIBERS = 2

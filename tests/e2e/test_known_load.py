@@ -4,16 +4,12 @@ sees none of it. This also keeps the benchmark's generator honest."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
+from bng_lab.dhcpgen import Generator
+from bng_lab.site import Site, requests
 from bng_operator import netlink
-from bng_operator.testing.site import Site, requests
 from tests.e2e.conftest import RELAYED_CLASS
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from dhcpgen import Generator
 
 CLIENTS = 128
 # A count, not a duration: how many frames a slow machine gets out in a second is for the

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from bng_lab import clients
+from bng_lab.messages import relay82
+from bng_lab.netlab import NetLab
+from bng_lab.site import Site
 from bng_operator.agent.dhcp.codec import Opt
-from bng_operator.testing import clients
-from bng_operator.testing.netlab import NetLab
-from bng_operator.testing.site import Site
 from tests.conftest import Cluster
-from tests.dhcp_messages import relay82
 from tests.e2e.conftest import DEFAULT_CLASS, SAMPLES
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bng_operator import lab
-from bng_operator.testing import clients
-from bng_operator.testing.netlab import NetLab
-from bng_operator.testing.site import Site
+from bng_lab import clients, lab
+from bng_lab.netlab import NetLab
+from bng_lab.site import Site
 
 
 def test_lab_site_serves_dhclient_by_option_82_from_the_samples(netlab: NetLab, tmp_path: Path,

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from bng_operator.testing import clients
-from bng_operator.testing.k8s_site import K8sSite, wait_for
-from bng_operator.testing.site import requests, subscriber_mac
+from bng_lab import clients
+from bng_lab.k8s_site import K8sSite, wait_for
+from bng_lab.site import requests, subscriber_mac
 from tests.conftest import Cluster
 
 RENEW_EVERY = 2

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bng_operator.testing.k8s_site import K8sSite, wait_for
+from bng_lab.k8s_site import K8sSite, wait_for
 from tests.conftest import Cluster
 
 

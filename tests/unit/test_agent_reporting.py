@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from bng_lab.dhcp_env import bound_lease
 from bng_operator.agent.config import node_config
-from bng_operator.agent.kube import KubeReporter, ReportSettings
-from bng_operator.agent.status import block_usage, node_status
-from bng_operator.agent.subscribers import expired_past_ttl, object_name, status
+from bng_operator.agent.report.kube import KubeReporter, ReportSettings
+from bng_operator.agent.report.status import block_usage, node_status
+from bng_operator.agent.report.subscribers import expired_past_ttl, object_name, status
 from bng_operator.api.bngnode import BNGNodeSpec
 from bng_operator.metrics import AgentMetrics
-from tests.dhcp_env import bound_lease
 
 NOW = 1_800_000_000.0
 

@@ -28,7 +28,6 @@ from typing import Any, Literal
 
 from bng_operator import netlink
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
-from bng_operator.agent.dataplane.entries import FastEntry, SubnetOptions, circuit_hash
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
     BPFObject,
@@ -41,6 +40,7 @@ from bng_operator.agent.dataplane.loader import (
     program_id,
     test_run,
 )
+from bng_operator.agent.fastpath.entries import FastEntry, SubnetOptions, circuit_hash
 from bng_operator.api.bngnode import MAX_LEASES_PER_NODE
 from bng_operator.netlink import XDPMode
 

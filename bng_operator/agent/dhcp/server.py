@@ -17,20 +17,17 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from bng_operator.agent.config import (
-    ClassConfig,
-    NodeConfig,
-    PoolConfig,
-    Reservation,
-    SubnetConfig,
-    identity_keys,
-)
+from bng_operator.agent.config import NodeConfig, SubnetConfig
 from bng_operator.agent.dhcp.allocator import PoolAllocator
+from bng_operator.agent.dhcp.classify import Classified, classify, identity_of, served_from
 from bng_operator.agent.dhcp.codec import BOOTREPLY, ZERO, Message, MessageType, Opt
 from bng_operator.agent.dhcp.leases import Decline, Lease
+from bng_operator.agent.dhcp.ratelimit import TokenBuckets
+from bng_operator.agent.sessions.events import Event
+from bng_operator.agent.sessions.policy import policy_changed
+from bng_operator.agent.sessions.session import Change, EndReason, Identity, Session, State
 
 log = logging.getLogger("bng.dhcp")
-audit = logging.getLogger("bng.audit")
 
 OFFER_HOLD = 30.0  # seconds an offered address stays reserved for the client
 DECLINE_HOLD = 600.0  # seconds a declined address is kept out of use
@@ -71,6 +68,10 @@ class Outcome:
     drop: str | None = None  # reason, for bng_dhcp_drops_total
     commit: bool = False  # send only after the lease store committed
     server_id: IPv4Address = ZERO  # the reply's source address (option 54)
+    # kind "authorize": the session whose decision waits for the authoriser; the caller
+    # awaits it, then calls ``authorised`` or ``rejected``.
+    session: Session | None = None
+    events: list[Event] = field(default_factory=list)  # published once the commit is done
 
 
 @dataclass
@@ -78,68 +79,6 @@ class Offer:
     address: int
     pool: str
     expires: float
-
-
-@dataclass(frozen=True)
-class Classified:
-    cls: ClassConfig | None
-    pool: PoolConfig
-    identity: str
-    reservation: Reservation | None
-    subnet: SubnetConfig | None  # allocations must come from here (giaddr's link)
-
-
-class TokenBuckets:
-    """Allocations per minute per circuit-id / MAC."""
-
-    def __init__(self) -> None:
-        self._b: dict[str, tuple[float, float]] = {}
-
-    def allow(self, key: str, per_minute: int, now: float) -> bool:
-        tokens, at = self._b.get(key, (float(per_minute), now))
-        tokens = min(float(per_minute), tokens + (now - at) * per_minute / 60.0)
-        if tokens < 1.0:
-            self._b[key] = (tokens, now)
-            return False
-        self._b[key] = (tokens - 1.0, now)
-        return True
-
-    def prune(self, now: float) -> None:
-        """Forget buckets idle for over a minute: they are full again anyway."""
-        self._b = {k: v for k, v in self._b.items() if now - v[1] < 60.0}
-
-
-def identity_of(mode: str, msg: Message) -> str:
-    """The key identifying the client under a class's identity mode (MAC as the fallback)."""
-    cid = msg.client_id.hex() if msg.client_id else None
-    if mode == "circuit-id" and msg.circuit_id:
-        return identity_keys(None, None, msg.circuit_id, None)[0]
-    if mode == "remote-id" and msg.remote_id:
-        return identity_keys(None, None, None, msg.remote_id)[0]
-    if mode == "client-id" and cid:
-        return identity_keys(None, cid, None, None)[0]
-    return identity_keys(msg.mac, None, None, None)[0]
-
-
-def message_keys(msg: Message) -> list[str]:
-    """Every identity key a reservation may be written against."""
-    return identity_keys(msg.mac, msg.client_id.hex() if msg.client_id else None,
-                         msg.circuit_id, msg.remote_id)
-
-
-def matches(c: ClassConfig, msg: Message, vlans: tuple[int, ...]) -> bool:
-    m = c.spec.match
-    if c.circuit_id and (msg.circuit_id is None or not c.circuit_id.search(msg.circuit_id)):
-        return False
-    if c.remote_id and (msg.remote_id is None or not c.remote_id.search(msg.remote_id)):
-        return False
-    if c.vendor_class and (msg.vendor_class is None or not c.vendor_class.search(msg.vendor_class)):
-        return False
-    if m.mac_prefix and not msg.mac.startswith(m.mac_prefix.lower()):
-        return False
-    if c.relays and (int(msg.giaddr) == 0 or not any(msg.giaddr in r for r in c.relays)):
-        return False
-    return not (m.vlan is not None and (not vlans or vlans[0] != m.vlan))
 
 
 class DhcpServer:
@@ -161,12 +100,14 @@ class DhcpServer:
         self._offer_expiry: list[tuple[float, str]] = []
         self._buckets = TokenBuckets()
         self._exhausted_logged: dict[str, float] = {}
-        # Told of every lease that stops being bound (released, declined, expired, moved),
-        # so a cache of bound leases (the fast path's maps) can forget it.
-        self.on_unbind: Callable[[Lease], None] | None = None
-        # Told of every change of a subscriber's state (allocate, release, expire, decline),
-        # never of a plain renewal: what the apiserver hears of.
-        self.on_event: Callable[[str, Lease], None] | None = None
+        # Live sessions (offered, authorizing, bound) by identity key.
+        self.sessions: dict[str, Session] = {}
+        # Session events not yet taken by the caller (``take_events``). Never a plain renewal:
+        # what features hear of follows subscriber state, not DHCP traffic.
+        self._events: list[Event] = []
+        # Whether a session must be authorised before it is offered or bound (the
+        # authoriser's ``applies``); None: no authoriser, every decision commits at once.
+        self.needs_authorisation: Callable[[Session], bool] | None = None
         self._build_pools(config)
 
     def _build_pools(self, config: NodeConfig) -> None:
@@ -184,13 +125,19 @@ class DhcpServer:
         declines = [Decline(a, p.name, until) for p in self.pools.values()
                     for a, until in p.declined.items()]
         for identity in list(self.offers):
-            self._end_offer(identity)
+            self._end_offer(identity, ending=EndReason.MOVED)
+        changed = [self.sessions[lease.identity] for lease in leases
+                   if policy_changed(lease, self.config, config)]
         self.config = config
         self._build_pools(config)
         self.by_identity.clear()
         self.by_address.clear()
         self.used = dict.fromkeys(config.pools, 0)
-        return self.load(leases, declines)
+        orphans = self.load(leases, declines)
+        for lease in orphans:  # the client is moved on its next request; no event
+            self.sessions.pop(lease.identity, None)
+        self._events.extend(Event("changed", s, Change.POLICY, s.lease) for s in changed)
+        return orphans
 
 
     def load(self, leases: list[Lease], declines: list[Decline]) -> list[Lease]:
@@ -208,6 +155,12 @@ class DhcpServer:
                 orphans.append(lease)
                 continue
             self._bind(lease)
+            s = self.sessions.get(lease.identity)
+            if s is None:  # restored: bound since before this agent (a reload keeps its own)
+                s = self.sessions[lease.identity] = Session(lease.identity, _identity_of(lease),
+                                                            authorised=True)
+                s.move(State.BOUND)
+            self._attach(s, lease)
         return orphans
 
     # --- the state machine -----------------------------------------------------------------------
@@ -227,33 +180,61 @@ class DhcpServer:
         return Outcome("drop", drop="unexpected_message_type")
 
     def classify(self, msg: Message, ctx: Context) -> Classified | None:
-        reservation = None
-        if self.config.reservation_by_key:
-            keys = message_keys(msg)
-            reservation = next((r for k in keys if (r := self.config.reservation_by_key.get(k))
-                                and all(key in keys for key in r.keys)), None)
-        cls = None
-        if reservation and reservation.subscriber_class:
-            cls = next((c for c in self.config.classes
-                        if c.name == reservation.subscriber_class), None)
-        if cls is None:
-            cls = next((c for c in self.config.classes if matches(c, msg, ctx.vlans)), None)
-        relayed = int(msg.giaddr) != 0
-        if cls is not None:
-            pool = self.config.pools[reservation.pool if reservation else cls.spec.pool]
-        elif relayed:  # no class: the relay's link picks the pool, as in any DHCP server
-            found = next((p for p in self.config.pools.values() if p.subnet_config(msg.giaddr)),
-                         None)
-            if found is None:
-                return None
-            pool = found
-        elif reservation:
-            pool = self.config.pools[reservation.pool]
-        else:
-            return None
-        subnet = pool.subnet_config(msg.giaddr) if relayed else None
-        identity = identity_of(cls.spec.identity if cls else "client-id", msg)
-        return Classified(cls, pool, identity, reservation, subnet)
+        return classify(self.config, msg, ctx.vlans)
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    def _session(self, c: Classified, msg: Message, ctx: Context) -> Session:
+        s = self.sessions.get(c.identity)
+        if s is None:
+            s = self.sessions[c.identity] = Session(c.identity, Identity(
+                msg.mac, msg.client_id.hex() if msg.client_id else None, ctx.vlans,
+                msg.circuit_id, msg.remote_id, int(msg.giaddr)))
+        if s.state != State.BOUND:
+            s.pool, s.subscriber_class = c.pool.name, c.cls.name if c.cls else ""
+        return s
+
+    def _to_authorise(self, s: Session) -> bool:
+        """Whether this decision waits for the authoriser: only a session not yet bound,
+        not yet authorised, and one the authoriser applies to."""
+        if s.authorised or s.state == State.BOUND or self.needs_authorisation is None:
+            return False
+        return self.needs_authorisation(s)
+
+    def _hold_for_authoriser(self, s: Session) -> Outcome:
+        if s.state != State.AUTHORIZING:
+            s.move(State.AUTHORIZING)
+        return Outcome("authorize", session=s)
+
+    def authorised(self, s: Session, msg: Message, ctx: Context) -> Outcome:
+        """The authoriser accepted ``s``: decide again (the held address is the session's)
+        and commit."""
+        if s.state != State.AUTHORIZING or self.sessions.get(s.key) is not s:
+            return Outcome("drop", drop="session_ended_while_authorizing")
+        s.authorised = True
+        return self.handle(msg, ctx)
+
+    def rejected(self, s: Session) -> None:
+        """The authoriser said no: the session ends and the address it held is free."""
+        if s.state != State.AUTHORIZING or self.sessions.get(s.key) is not s:
+            return
+        self._end_offer(s.key)
+        self._end_session(s, EndReason.REJECTED)
+
+    def _end_session(self, s: Session, why: EndReason) -> None:
+        s.move(State.ENDED, why)
+        if self.sessions.get(s.key) is s:
+            del self.sessions[s.key]
+        self._events.append(Event("ended", s))
+
+    def _attach(self, s: Session, lease: Lease) -> None:
+        s.lease, s.address = lease, lease.address
+        s.pool, s.subscriber_class = lease.pool, lease.subscriber_class
+
+    def take_events(self) -> list[Event]:
+        """The session events since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
 
     def _discover(self, msg: Message, ctx: Context) -> Outcome:
         c = self.classify(msg, ctx)
@@ -261,11 +242,21 @@ class DhcpServer:
             return Outcome("drop", drop="no_class")
         if int(msg.giaddr) and c.subnet is None:
             return Outcome("drop", drop="no_subnet_for_relay")
+        s = self._session(c, msg, ctx)
+        if s.state == State.AUTHORIZING and not s.authorised:
+            return Outcome("drop", drop="authorizing")  # a retransmission: its answer waits
         now = self.clock()
         addr, why = self._address_for(c, msg, now)
         if addr is None:
+            if s.state is None:
+                del self.sessions[s.key]
             return Outcome("drop", drop=why)
         self._offer(c, addr, now)
+        s.address = addr if s.state != State.BOUND else s.address
+        if self._to_authorise(s):
+            return self._hold_for_authoriser(s)
+        if s.state in (None, State.AUTHORIZING):
+            s.move(State.OFFERED)
         return self._reply(MessageType.OFFER, msg, ctx, c, addr)
 
     def _address_for(self, c: Classified, msg: Message, now: float) -> tuple[int | None, str]:
@@ -323,7 +314,9 @@ class DhcpServer:
         self.offers[c.identity] = o
         heapq.heappush(self._offer_expiry, (o.expires, c.identity))
 
-    def _end_offer(self, identity: str, keep_address: bool = False) -> None:
+    def _end_offer(self, identity: str, keep_address: bool = False,
+                   ending: EndReason | None = None) -> None:
+        """Let an offer go. ``ending``: the session, if it has no lease, ends for this."""
         o = self.offers.pop(identity, None)
         if o is None:
             return
@@ -331,13 +324,17 @@ class DhcpServer:
             del self.offered[o.address]
             if not keep_address and o.address not in self.by_address:
                 self.pools[o.pool].release(o.address)
+        s = self.sessions.get(identity)
+        if ending is not None and s is not None and s.state in (State.OFFERED,
+                                                                 State.AUTHORIZING):
+            self._end_session(s, ending)
 
     def _request(self, msg: Message, ctx: Context) -> Outcome:
         c = self.classify(msg, ctx)
         sid = msg.server_id
         if sid is not None and sid not in ctx.server_addresses:
             if c is not None:
-                self._end_offer(c.identity)
+                self._end_offer(c.identity, ending=EndReason.MOVED)
             return Outcome("drop", drop="other_server")
         if c is None:
             return Outcome("drop", drop="no_class")
@@ -355,11 +352,20 @@ class DhcpServer:
             mine = addr == c.reservation.address and self._address_for(c, msg, now)[0] == addr
         elif not mine:
             mine = self._claim(c, msg, addr, now)
+        s = self.sessions.get(c.identity)
+        if s is not None and s.state == State.AUTHORIZING and not s.authorised:
+            return Outcome("drop", drop="authorizing")
         if not mine:
             return self._reply(MessageType.NAK, msg, ctx, c, 0)
+        s = self._session(c, msg, ctx)
+        if self._to_authorise(s):
+            if offer is None or offer.address != addr:  # held for the session while it waits
+                self._offer(c, addr, now)
+            s.address = addr
+            return self._hold_for_authoriser(s)
         # The reply's server id is recorded with the lease (the fast path answers with it).
         sid = self._server_id(ctx, c.pool.subnet_config(addr), int(msg.giaddr) != 0)
-        self._lease(c, msg, ctx, addr, now, sid)
+        self._lease(s, c, msg, ctx, addr, now, sid)
         return self._reply(MessageType.ACK, msg, ctx, c, addr, server_id=sid)
 
     def _claim(self, c: Classified, msg: Message, addr: int, now: float) -> bool:
@@ -375,8 +381,8 @@ class DhcpServer:
         self._drop_previous_owner(addr)
         return True
 
-    def _lease(self, c: Classified, msg: Message, ctx: Context, addr: int, now: float,
-               server_id: IPv4Address) -> None:
+    def _lease(self, s: Session, c: Classified, msg: Message, ctx: Context, addr: int,
+               now: float, server_id: IPv4Address) -> None:
         old = self.by_identity.get(c.identity)
         if old and old.address != addr:
             self._unbind(old)
@@ -393,12 +399,16 @@ class DhcpServer:
             state="bound", vlan=ctx.vlans[0] if ctx.vlans else 0, giaddr=int(msg.giaddr),
             server_id=int(server_id),
             relay_agent=msg.relay_agent, lease_seconds=seconds)
-        changed = old is None or old.address != addr or \
-            old.subscriber_class != lease.subscriber_class
         self._bind(lease)
+        self._attach(s, lease)
         self.store.put(lease)
-        if changed:
-            self._audit("allocate", lease)
+        if s.state != State.BOUND:
+            s.move(State.BOUND)
+            self._events.append(Event("bound", s))
+        elif old is None or old.address != addr:
+            self._events.append(Event("changed", s, Change.ADDRESS, old))
+        elif old.subscriber_class != lease.subscriber_class:
+            self._events.append(Event("changed", s, Change.CLASS, old))
 
     def _lease_seconds(self, c: Classified) -> int:
         return (c.cls.lease_seconds if c.cls and c.cls.lease_seconds else None) \
@@ -421,8 +431,6 @@ class DhcpServer:
         if self.by_address.get(lease.address) is lease:
             del self.by_address[lease.address]
             self.used[lease.pool] -= 1
-            if self.on_unbind is not None:
-                self.on_unbind(lease)
 
     def extend(self, address: int, expires: float) -> Lease | None:
         """A renewal answered elsewhere (the fast path) moved this lease's end to
@@ -454,7 +462,7 @@ class DhcpServer:
         lease = self._lease_of(msg, int(msg.ciaddr))
         if lease is None:
             return Outcome("drop", drop="release_unknown_lease")
-        self._end(lease, "release")
+        self._end(lease, EndReason.RELEASED)
         return Outcome("release", commit=True)
 
     def _decline(self, msg: Message) -> Outcome:
@@ -469,7 +477,7 @@ class DhcpServer:
         until = self.clock() + DECLINE_HOLD
         self.pools[lease.pool].decline(addr, until)
         self.store.put_decline(Decline(addr, lease.pool, until))
-        self._audit("decline", lease)
+        self._end_bound(lease, EndReason.DECLINED)
         return Outcome("decline", commit=True)
 
     def _lease_of(self, msg: Message, addr: int) -> Lease | None:
@@ -479,18 +487,23 @@ class DhcpServer:
         return lease if lease.identity in {identity_of(m, msg) for m in
                                            ("client-id", "mac", "circuit-id", "remote-id")} else None
 
-    def _end(self, lease: Lease, why: str) -> None:
+    def _end(self, lease: Lease, why: EndReason) -> None:
         self._unbind(lease)
         self.pools[lease.pool].release(lease.address)
         self._remember(lease.identity, lease.address)
-        lease.state = "released" if why == "release" else "expired"
+        lease.state = "released" if why == EndReason.RELEASED else "expired"
         self.store.put(lease)
-        self._audit(why, lease)
+        self._end_bound(lease, why)
+
+    def _end_bound(self, lease: Lease, why: EndReason) -> None:
+        s = self.sessions.get(lease.identity)
+        if s is not None and s.lease is lease:
+            self._end_session(s, why)
 
     def _inform(self, msg: Message, ctx: Context) -> Outcome:
         c = self.classify(msg, ctx)
         where = msg.ciaddr
-        pool = next((p for p in self.config.pools.values() if p.subnet_config(where)), None)
+        pool = served_from(self.config, where)
         if pool is None:
             return Outcome("drop", drop="inform_unknown_network")
         c = Classified(c.cls if c else None, pool, "", None, pool.subnet_config(where))
@@ -509,13 +522,13 @@ class DhcpServer:
             expires, addr = heapq.heappop(self._expiry)
             lease = self.by_address.get(addr)
             if lease is not None and lease.expires == expires:
-                self._end(lease, "expire")
+                self._end(lease, EndReason.EXPIRED)
                 ended.append(lease)
         while self._offer_expiry and self._offer_expiry[0][0] <= now:
             expires, identity = heapq.heappop(self._offer_expiry)
             o = self.offers.get(identity)
             if o is not None and o.expires == expires:
-                self._end_offer(identity)
+                self._end_offer(identity, ending=EndReason.EXPIRED)
         for pool in self.pools.values():
             for addr in pool.end_declines(now):
                 self.store.delete_decline(addr)
@@ -573,16 +586,12 @@ class DhcpServer:
 
     # --- reporting -------------------------------------------------------------------------------
 
-    def _audit(self, event: str, lease: Lease) -> None:
-        if self.on_event is not None:
-            self.on_event(event, lease)
-        audit.info(event, extra={"audit": {
-            "event": event, "identity": lease.identity, "mac": lease.mac,
-            "address": str(IPv4Address(lease.address)), "pool": lease.pool,
-            "class": lease.subscriber_class, "circuit_id": lease.circuit_id,
-            "remote_id": lease.remote_id, "expires": lease.expires}})
-
     def pool_usage(self) -> dict[str, dict[str, int]]:
         return {name: {"free": alloc.free_count, "used": self.used.get(name, 0),
                        "declined": len(alloc.declined), "reserved": len(alloc.reserved)}
                 for name, alloc in self.pools.items()}
+
+
+def _identity_of(lease: Lease) -> Identity:
+    return Identity(lease.mac, lease.client_id, (lease.vlan,) if lease.vlan else (),
+                    lease.circuit_id, lease.remote_id, lease.giaddr)

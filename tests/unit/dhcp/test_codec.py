@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bng_lab.messages import relay82, request
 from bng_operator.agent.dhcp.codec import (
     MAGIC,
     MIN_LEN,
@@ -18,7 +19,6 @@ from bng_operator.agent.dhcp.codec import (
     decode,
     encode,
 )
-from tests.dhcp_messages import relay82, request
 
 ORDER = [Opt.MESSAGE_TYPE, Opt.REQUESTED_IP, Opt.SERVER_ID, Opt.CLIENT_ID, Opt.PARAM_REQUEST,
          Opt.HOSTNAME, Opt.RELAY_AGENT]

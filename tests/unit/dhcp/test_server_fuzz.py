@@ -7,10 +7,10 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bng_lab.dhcp_env import CTX, server
+from bng_lab.messages import request
 from bng_operator.agent.dhcp.codec import MessageType
 from bng_operator.agent.dhcp.server import Context
-from tests.dhcp_env import CTX, server
-from tests.dhcp_messages import request
 
 POOLS = {"residential": IPv4Network("100.64.0.0/20"), "business": IPv4Network("198.51.100.0/24")}
 KINDS = [MessageType.DISCOVER, MessageType.REQUEST, MessageType.RELEASE, MessageType.DECLINE,

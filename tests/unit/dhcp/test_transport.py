@@ -8,6 +8,7 @@ from ipaddress import IPv4Address
 import dpkt
 import pytest
 
+from bng_lab.messages import request
 from bng_operator.agent.dhcp.codec import MessageType, Opt, decode, encode
 from bng_operator.agent.dhcp.transport import (
     BROADCAST_IP,
@@ -18,7 +19,6 @@ from bng_operator.agent.dhcp.transport import (
     parse_frame,
     reply_destination,
 )
-from tests.dhcp_messages import request
 
 MAC = bytes.fromhex("020000000001")
 SRV = bytes.fromhex("02000000aaaa")

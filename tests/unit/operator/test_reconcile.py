@@ -19,7 +19,7 @@ from bng_operator.operator.reconcile import (
     parse_label,
     plan,
 )
-from bng_operator.operator.render import NodeDefaults, NodeInfo
+from bng_operator.policy.render import NodeDefaults, NodeInfo
 
 SAMPLES = Path(__file__).resolve().parents[3] / "config" / "samples"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

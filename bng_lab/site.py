@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bng_lab.netlab import NetLab
 from bng_operator import netlink
-from bng_operator.testing.netlab import NetLab
 
 GATEWAYS = ("100.64.0.1/20", "198.51.100.1/24")
 RELAY_ADDRESS = "198.51.100.2/24"
@@ -62,7 +62,7 @@ class Site:
         lab = self.lab
         self.switch = lab.namespace("sw")
         if in_root:
-            from bng_operator.testing.controlplane import free_port
+            from bng_lab.controlplane import free_port
 
             self.in_root, self.bng = True, ""
             self.access = f"bt{lab.tag.removeprefix(lab.prefix)}"[:15]
@@ -98,7 +98,7 @@ class Site:
         subprocess.run(["ip", "netns", "exec", self.switch, "nft", "-f", "-"], input=rules,
                        text=True, check=True)
         args = [f"p{i}={c},{r}" for i, (c, r) in option82.items()]
-        self.lab.popen(self.switch, sys.executable, "-m", "bng_operator.testing.access_node",
+        self.lab.popen(self.switch, sys.executable, "-m", "bng_lab.access_node",
                        "up0", *args, stdout=open(self.workdir / "access-node.log", "ab"),  # noqa: SIM115
                        stderr=subprocess.STDOUT)
 

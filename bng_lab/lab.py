@@ -13,8 +13,8 @@ import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from bng_operator.testing.netlab import NetLab, remove_leftovers, unmount_bpffs
-from bng_operator.testing.site import Site, subscriber_mac
+from bng_lab.netlab import NetLab, remove_leftovers, unmount_bpffs
+from bng_lab.site import Site, subscriber_mac
 
 PREFIX = "bnglab"
 SAMPLES = Path(__file__).resolve().parents[1] / "config" / "samples"

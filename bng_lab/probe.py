@@ -1,7 +1,7 @@
 """A raw-socket DHCP prober, run inside a subscriber namespace by tests and benches.
 
-    python -m bng_operator.testing.probe discover eth0 --mac 02:00:00:00:00:09 [--opt 82=HEX]
-    python -m bng_operator.testing.probe raw eth0 HEXFRAME [HEXFRAME ...] [--repeat N]
+    python -m bng_lab.probe discover eth0 --mac 02:00:00:00:00:09 [--opt 82=HEX]
+    python -m bng_lab.probe raw eth0 HEXFRAME [HEXFRAME ...] [--repeat N]
 
 ``discover`` prints the OFFER as JSON (or {"timeout": true}); ``raw`` sends frames as given.
 """

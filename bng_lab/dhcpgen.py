@@ -1,4 +1,4 @@
-"""A DHCP load generator in the kernel, for known clients: bench/dhcp_gen.c driven from here.
+"""A DHCP load generator in the kernel, for known clients: bng_lab/dhcp_gen.c driven from here.
 
 One process of perfdhcp tops out near 30k DISCOVER/s on this machine, below what either
 server can answer for known clients. This generator sends from the switch side of the
@@ -21,11 +21,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from bng_lab.netlab import in_netns
 from bng_operator import netlink
 from bng_operator.agent.dataplane.fastpath import XDP_PASS, XDP_TX
 from bng_operator.agent.dataplane.loader import BPFObject, attach_xdp_pass, send_live
 from bng_operator.agent.dhcp.transport import build_frame
-from bng_operator.testing.netlab import in_netns
 
 SOURCE = Path(__file__).resolve().parent / "dhcp_gen.c"
 MODE_DORA, MODE_DISCOVER, MODE_REQUEST = 0, 1, 2
@@ -61,7 +61,7 @@ class Result:
 
 
 def bucket_bounds_ms(b: int) -> float:
-    """Upper bound, in ms, of histogram bucket ``b`` (bench/dhcp_gen.c: bucket())."""
+    """Upper bound, in ms, of histogram bucket ``b`` (bng_lab/dhcp_gen.c: bucket())."""
     msb, frac = divmod(b, 4)
     return float(2 ** msb * (1 + (frac + 1) / 4) / 1e6)
 

@@ -5,7 +5,7 @@ up to the BNG; DHCP clients cannot send it themselves. Here a Linux bridge carri
 traffic, nftables keeps it from forwarding subscribers' DHCP requests, and this process
 forwards them instead, with circuit-id and remote-id of the port they came in on.
 
-    python -m bng_operator.testing.access_node UPLINK PORT=CIRCUIT,REMOTE [PORT=...]
+    python -m bng_lab.access_node UPLINK PORT=CIRCUIT,REMOTE [PORT=...]
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from bng_operator.agent.config import NodeConfig, SubnetConfig
 from bng_operator.agent.dhcp.leases import Lease
-from bng_operator.api.ippool import IPPoolSpec
 
 # Mirrors of bpf/lib/dhcp.h; tests/bpf/test_fastpath.py checks that they agree.
 MAX_RELAY_AGENT_LEN = 62
@@ -99,27 +98,3 @@ def entry_for(lease: Lease, config: NodeConfig) -> FastEntry | None:
     return FastEntry(by_circuit, bytes.fromhex(lease.mac.replace(":", "")), lease.vlan, relay,
                      client_id, lease.address, lease.server_id, lease.giaddr,
                      int(sc.network.network_address), lease.lease_seconds, lease.expires)
-
-
-def stale(lease: Lease, old: NodeConfig, new: NodeConfig) -> bool:
-    """Whether a configuration change may change the slow path's answer to this lease's
-    next request beyond its subnet's options (which the subnet map carries). Such entries
-    are removed, so the next request is classified again by the slow path."""
-    if [c.name for c in old.classes] != [c.name for c in new.classes]:
-        return True  # another order of classes may classify anyone differently
-    before = next((c for c in old.classes if c.name == lease.subscriber_class), None)
-    after = next((c for c in new.classes if c.name == lease.subscriber_class), None)
-    if (before.spec if before else None) != (after.spec if after else None):
-        return True
-    p_old, p_new = old.pools.get(lease.pool), new.pools.get(lease.pool)
-    if p_old is None or p_new is None or _terms(p_old.spec) != _terms(p_new.spec) \
-            or p_old.blocks != p_new.blocks:
-        return True
-    changed = set(old.reservations) ^ set(new.reservations)
-    keys = {lease.identity, f"mac:{lease.mac}"}
-    return any(r.address == lease.address or keys & set(r.keys) for r in changed)
-
-
-def _terms(spec: IPPoolSpec) -> IPPoolSpec:
-    """A pool's spec without the options that only the subnet map carries."""
-    return spec.model_copy(update={"dns": [], "domain_name": None})

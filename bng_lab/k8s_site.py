@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bng_operator.testing.controlplane import REPO, ControlPlane, free_port
-from bng_operator.testing.kubeproxy import KubeProxy
-from bng_operator.testing.netlab import NetLab
-from bng_operator.testing.site import Site
+from bng_lab.controlplane import REPO, ControlPlane, free_port
+from bng_lab.kubeproxy import KubeProxy
+from bng_lab.netlab import NetLab
+from bng_lab.site import Site
 
 SAMPLES = REPO / "config" / "samples"
 PEERING = "apiVersion: kopf.dev/v1\nkind: ClusterKopfPeering\nmetadata: {{name: {name}}}\n"

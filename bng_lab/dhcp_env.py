@@ -12,7 +12,7 @@ from bng_operator.agent.dhcp.leases import Decline, Lease
 from bng_operator.agent.dhcp.server import Context, DhcpServer
 from bng_operator.api import BNGNode, Subscriber
 from bng_operator.api.documents import load, yaml_files
-from bng_operator.operator.render import render_node
+from bng_operator.policy.render import render_node
 
 SAMPLES = Path(__file__).resolve().parents[1] / "config" / "samples"
 CTX = Context("access0", (IPv4Address("100.64.0.1"), IPv4Address("198.51.100.1")))

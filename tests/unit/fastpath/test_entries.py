@@ -7,17 +7,14 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from bng_operator.agent.config import NodeConfig
-from bng_operator.agent.dataplane.entries import (
+from bng_lab.dhcp_env import bound_lease, sample_config
+from bng_operator.agent.dhcp.leases import Lease
+from bng_operator.agent.fastpath.entries import (
     MAX_RELAY_AGENT_LEN,
     circuit_hash,
     entry_for,
-    stale,
     subnet_options,
 )
-from bng_operator.agent.dhcp.leases import Lease
-from bng_operator.api import IPPool, SubscriberClass
-from tests.dhcp_env import bound_lease, sample_config
 
 MAC = "02:00:00:00:00:01"
 O82 = b"\x01\x04olt1\x02\x07res-100"
@@ -68,36 +65,6 @@ def test_subnet_options_carry_what_the_slow_path_sends() -> None:
     assert so.domain == b"home.example.net"
     long_domain = replace(sc, options={**sc.options, 15: b"x" * 33})
     assert subnet_options(long_domain) is None
-
-
-def _edit(kind: type, name: str, **spec: object):  # type: ignore[no-untyped-def]
-    def edit(objs):  # type: ignore[no-untyped-def]
-        out = []
-        for o in objs:
-            if isinstance(o, kind) and o.name == name:
-                o = o.model_copy(update={"spec": o.spec.model_copy(update=spec)})
-            out.append(o)
-        return out
-    return edit
-
-
-def _config(edit) -> NodeConfig:  # type: ignore[no-untyped-def]
-    return sample_config(edit)  # type: ignore[no-any-return]
-
-
-@pytest.mark.parametrize(("edit", "is_stale"), [
-    (None, False),
-    (_edit(IPPool, "residential", dns=["192.0.2.99"]), False),  # the subnet map carries it
-    (_edit(IPPool, "residential", domain_name="new.example.net"), False),
-    (_edit(IPPool, "residential", lease_time="2h"), True),
-    (_edit(SubscriberClass, "residential", lease_time="1h"), True),
-    (_edit(SubscriberClass, "residential", priority=5), True),  # may classify anew
-    (_edit(SubscriberClass, "business", lease_time="1h"), False),  # another class
-    (_edit(IPPool, "business", lease_time="2h"), False),  # another pool
-], ids=["same", "dns", "domain", "pool-lease-time", "class-lease-time", "class-order",
-        "other-class", "other-pool"])
-def test_a_config_change_invalidates_only_entries_whose_answer_may_change(edit, is_stale) -> None:  # type: ignore[no-untyped-def]
-    assert stale(bound_lease(), CONFIG, _config(edit)) is is_stale
 
 
 WIRE = bytes([82, len(O82)]) + O82

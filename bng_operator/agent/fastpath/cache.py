@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from bng_operator.agent.config import NodeConfig
-from bng_operator.agent.dataplane.entries import entry_for, stale, subnet_options
-from bng_operator.agent.dataplane.fastpath import FastPath
 from bng_operator.agent.dhcp.leases import Lease
+from bng_operator.agent.fastpath.entries import entry_for, subnet_options
+
+if TYPE_CHECKING:  # the dataplane imports bcc
+    from bng_operator.agent.dataplane.fastpath import FastPath
 
 log = logging.getLogger("bng.fastpath")
 
@@ -101,14 +104,14 @@ class SubscriberCache:
     # --- configuration -------------------------------------------------------------------------
 
     def reconfigure(self, config: NodeConfig, leases: Iterable[Lease]) -> int:
-        """New options reach the subnet map at once; an entry whose answer may change
-        otherwise is dropped, so its next request is classified anew. Returns how many."""
-        old, self.config = self.config, config
+        """New options reach the subnet map at once; an entry the fast path can no longer
+        answer for is dropped. (Sessions whose policy changed are dropped on their
+        ``changed(policy)`` event.) Returns how many were dropped."""
+        self.config = config
         self._write_subnets()
         dropped = 0
         for lease in leases:
-            if lease.address in self.keys and (stale(lease, old, config)
-                                               or entry_for(lease, config) is None):
+            if lease.address in self.keys and entry_for(lease, config) is None:
                 self.unbound(lease)
                 dropped += 1
         return dropped

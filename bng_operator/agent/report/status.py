@@ -10,7 +10,7 @@ from bng_operator.agent.config import NodeConfig
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.api.bngnode import BlockUsage, BNGNodeStatus, MapFill, ProgramStatus
 from bng_operator.api.common import Condition, with_condition
-from bng_operator.operator.blocks import usable
+from bng_operator.policy.blocks import usable
 
 
 def block_usage(config: NodeConfig, leases: Iterable[Lease]) -> list[BlockUsage]:

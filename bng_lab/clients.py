@@ -153,7 +153,7 @@ def dhcpcd(ns: str, iface: str, workdir: Path, timeout: int = 20) -> ClientLease
 def send_frames(ns: str, iface: str, frames: list[str], repeat: int = 1,
                 interval: float = 0.0) -> None:
     """Send hex ``frames`` out of ``iface`` in ``ns``, ``repeat`` times (``probe raw``)."""
-    r = subprocess.run(_ns(ns, sys.executable, "-m", "bng_operator.testing.probe", "raw", iface,
+    r = subprocess.run(_ns(ns, sys.executable, "-m", "bng_lab.probe", "raw", iface,
                            *frames, "--repeat", str(repeat), "--interval", str(interval)),
                        capture_output=True, text=True, timeout=120)
     if r.returncode != 0:

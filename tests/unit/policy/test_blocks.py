@@ -8,7 +8,7 @@ from ipaddress import IPv4Network
 import pytest
 
 from bng_operator.api.ippool import BlockAssignment, IPPoolSpec
-from bng_operator.operator.blocks import plan_blocks, pool_size, usable
+from bng_operator.policy.blocks import plan_blocks, pool_size, usable
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 DAY = 86400

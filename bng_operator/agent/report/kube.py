@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bng_operator.agent.dhcp.leases import Lease
-from bng_operator.agent.subscribers import Event, expired_past_ttl, new_object, status
+from bng_operator.agent.report.subscribers import Event, expired_past_ttl, new_object, status
 from bng_operator.api import GROUP, VERSION
 from bng_operator.api.bngnode import BNGNodeStatus
 from bng_operator.metrics import AgentMetrics

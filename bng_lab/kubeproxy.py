@@ -13,7 +13,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-from bng_operator.testing.netlab import in_netns
+from bng_lab.netlab import in_netns
 
 
 def listen_in(netns: str, port: int) -> socket.socket:

@@ -1,0 +1,223 @@
+"""The slow path's packet I/O: frames in, decide -> (authorise) -> commit -> reply out.
+
+Requests are handled one at a time on the event loop by the state machine (``server.py``).
+A reply that binds a lease waits for the lease store's commit (many share one fsync); the
+session events of a request are published when its commit is done, just before its reply
+goes out, so a feature never acts on a lease that is not on disk. A decision that waits for
+the authoriser runs as a task of its own: other clients are answered meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bng_operator import netlink
+from bng_operator.agent.dhcp.codec import Malformed, Message, decode, encode
+from bng_operator.agent.dhcp.leases import LeaseStore
+from bng_operator.agent.dhcp.server import Context, DhcpServer, Outcome
+from bng_operator.agent.dhcp.transport import (
+    BROADCAST_IP,
+    AccessInterface,
+    Frame,
+    build_frame,
+    parse_frame,
+    reply_destination,
+)
+from bng_operator.agent.health import Commits, Health
+from bng_operator.agent.sessions.authorise import Authoriser
+from bng_operator.agent.sessions.events import Event, SessionEvents
+from bng_operator.agent.sessions.session import EndReason, Session, State
+from bng_operator.metrics import AgentMetrics
+
+log = logging.getLogger("bng.agent")
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A reply waiting for the lease store's commit."""
+
+    iface: AccessInterface
+    wire: bytes | None  # None: nothing to send (a RELEASE, a DECLINE)
+    mtype: str
+    kind: str
+    t0: float
+    events: list[Event]
+
+
+@dataclass
+class PacketPath:
+    server: DhcpServer
+    store: LeaseStore
+    sessions: SessionEvents
+    metrics: AgentMetrics
+    health: Health
+    commits: Commits
+    authoriser: Authoriser | None = None
+    interfaces: dict[str, AccessInterface] = field(default_factory=dict)
+    _after_commit: dict[asyncio.Future[None], list[_Pending]] = field(default_factory=dict)
+    _authorising: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.authoriser is not None:
+            self.server.needs_authorisation = self.authoriser.applies
+
+    # --- sockets -------------------------------------------------------------------------------
+
+    async def open_interfaces(self, names: Sequence[str], tick: float) -> None:
+        """Open sockets on access interfaces that exist; an absent one is retried each tick."""
+        loop = asyncio.get_running_loop()
+        missing = []
+        for name in names:
+            if name in self.interfaces:
+                continue
+            try:
+                # pyroute2 turns asynchronous inside a running loop: netlink runs in a thread.
+                iface = await loop.run_in_executor(None, AccessInterface, name)
+            except (netlink.InterfaceMissing, OSError) as e:
+                missing.append(f"{name} ({e})")
+                continue
+            self.interfaces[name] = iface
+            loop.add_reader(iface.fileno(), self._on_readable, iface)
+            log.info("serving DHCP on %s (%s)", name,
+                     ", ".join(str(a) for a in iface.addresses) or "no IPv4 address")
+        problem = f"access interfaces missing: {', '.join(missing)}" if missing else ""
+        if problem and problem != self.health.problem:
+            log.error("%s; retrying every %ss", problem, tick)
+        self.health.problem = problem
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for t in self._authorising:
+            t.cancel()
+        for iface in self.interfaces.values():
+            loop.remove_reader(iface.fileno())
+            iface.close()
+        self.interfaces.clear()
+
+    def _on_readable(self, iface: AccessInterface) -> None:
+        for data, tag in iface.receive():
+            self.handle(iface, data, tag, time.perf_counter())
+
+    # --- decide --------------------------------------------------------------------------------
+
+    def handle(self, iface: AccessInterface, data: bytes, tag: bytes, t0: float) -> None:
+        m = self.metrics
+        try:
+            frame = parse_frame(data, tag)
+            msg = decode(frame.payload)
+        except Malformed as e:
+            m.drop(e.reason)
+            m.request("invalid", "slow", "drop")
+            log.debug("dropped frame on %s: %s", iface.ifname, e)
+            return
+        mtype = msg.type.name.lower() if msg.type else "unknown"
+        ctx = Context(iface.ifname, iface.addresses, frame.vlans,
+                      unicast=frame.dst_ip != BROADCAST_IP)
+        try:
+            out = self.server.handle(msg, ctx)
+        except Exception:  # a bug must cost one request, never the agent
+            log.exception("internal error handling %s from %s", mtype, msg.mac)
+            self._publish(self.server.take_events())
+            m.drop("internal_error")
+            m.request(mtype, "slow", "drop")
+            return
+        if out.kind == "authorize" and out.session is not None:
+            task = asyncio.create_task(self._authorise(out.session, iface, frame, msg, ctx,
+                                                       mtype, t0))
+            self._authorising.add(task)
+            task.add_done_callback(self._authorising.discard)
+            self._publish(self.server.take_events())
+            return
+        self._respond(out, iface, frame, msg, mtype, t0)
+
+    # --- authorise -----------------------------------------------------------------------------
+
+    async def _authorise(self, s: Session, iface: AccessInterface, frame: Frame, msg: Message,
+                         ctx: Context, mtype: str, t0: float) -> None:
+        assert self.authoriser is not None
+        try:
+            verdict = await self.authoriser.authorise(s)
+        except Exception as e:  # an authoriser's failure is a rejection, never a crash
+            log.exception("authorising session %s failed", s.key)
+            accept, why = False, f"authoriser failed: {e}"
+        else:
+            accept, why = verdict.accept, verdict.reason
+        if not accept:
+            self.server.rejected(s)
+            self._publish(self.server.take_events())
+            if s.state == State.ENDED and s.end_reason == EndReason.REJECTED:
+                log.info("session %s (%s) not authorised: %s", s.key, s.identity.mac,
+                         why or "rejected")
+            self.metrics.drop("not_authorised")
+            self.metrics.request(mtype, "slow", "drop")
+            return
+        try:
+            out = self.server.authorised(s, msg, ctx)
+        except Exception:
+            log.exception("internal error committing %s of session %s", mtype, s.key)
+            self._publish(self.server.take_events())
+            self.metrics.drop("internal_error")
+            self.metrics.request(mtype, "slow", "drop")
+            return
+        self._respond(out, iface, frame, msg, mtype, t0)
+
+    # --- commit and reply ------------------------------------------------------------------------
+
+    def _respond(self, out: Outcome, iface: AccessInterface, frame: Frame, msg: Message,
+                 mtype: str, t0: float) -> None:
+        m = self.metrics
+        events = self.server.take_events()
+        if out.drop:
+            self._publish(events)
+            m.drop(out.drop)
+            m.request(mtype, "slow", "drop")
+            log.debug("dropped %s from %s on %s: %s", mtype, msg.mac, iface.ifname, out.drop)
+            return
+        wire = None
+        if out.reply is not None:
+            dst_mac, dst_ip, dst_port = reply_destination(msg, out.reply, frame)
+            wire = build_frame(dst_mac, iface.mac, frame.tags, out.server_id, dst_ip, dst_port,
+                               encode(out.reply, out.reply_order))
+        if not out.commit:
+            self._publish(events)
+            self._send(iface, wire, mtype, out.kind, t0)
+            return
+        fut = self.store.commit()
+        sends = self._after_commit.get(fut)
+        if sends is None:
+            sends = self._after_commit[fut] = []
+            fut.add_done_callback(self._send_committed)
+        sends.append(_Pending(iface, wire, mtype, out.kind, t0, events))
+
+    def _send_committed(self, fut: asyncio.Future[None]) -> None:
+        """The replies waiting for this commit: sent if it reached the disk, else dropped
+        (no ACK for a lease that is not on disk; features hear only of the ends)."""
+        self.commits.done(fut)
+        ok = not fut.cancelled() and fut.exception() is None
+        for p in self._after_commit.pop(fut, []):
+            if not ok:
+                self._publish([e for e in p.events if e.kind == "ended"])
+                self.metrics.request(p.mtype, "slow", "store_error")
+                continue
+            self._publish(p.events)
+            self._send(p.iface, p.wire, p.mtype, p.kind, p.t0)
+
+    def _send(self, iface: AccessInterface, wire: bytes | None, mtype: str, kind: str,
+              t0: float) -> None:
+        if wire is not None:
+            if not iface.send(wire):
+                self.metrics.send_failures.labels(iface.ifname).inc()
+            self.metrics.request(mtype, "slow", kind)
+            self.metrics.duration_of(mtype, time.perf_counter() - t0)
+        else:
+            self.metrics.request(mtype, "slow", kind)
+
+    def _publish(self, events: list[Event]) -> None:
+        if events:
+            self.sessions.publish(events)
+
+

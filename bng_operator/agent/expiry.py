@@ -1,0 +1,49 @@
+"""Time: leases, offers and declines that ran out, and leases of pools no longer served."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from bng_operator.agent.dhcp.leases import Lease
+from bng_operator.agent.dhcp.server import DhcpServer
+from bng_operator.agent.health import Commits, Health
+from bng_operator.agent.sessions.events import SessionEvents
+
+log = logging.getLogger("bng.agent")
+
+
+@dataclass
+class Expiry:
+    server: DhcpServer
+    sessions: SessionEvents
+    commits: Commits
+    health: Health
+    grace: float = 0.0  # leases end this late, for renewals still on their way up
+    # Run first on every round: a lease the kernel just renewed must not end.
+    before: list[Callable[[], None]] = field(default_factory=list)
+    # Leases whose pool this node no longer serves: counted in the status until they end.
+    orphans: dict[int, Lease] = field(default_factory=dict)
+
+    def adopt_orphans(self, leases: list[Lease], say: bool = True) -> None:
+        for orphan in leases:
+            self.orphans[orphan.address] = orphan
+            if say:
+                log.warning("stored lease of %s on %s has no pool on this node any more; it is "
+                            "served again only if the client asks anew", orphan.identity,
+                            IPv4Address(orphan.address))
+
+    def run_once(self) -> None:
+        for step in self.before:
+            step()
+        if self.server.expire(self.grace):
+            self.commits.quietly()
+        self.sessions.publish(self.server.take_events())
+        now = time.time()
+        for addr, lease in list(self.orphans.items()):
+            if lease.expires <= now or addr in self.server.by_address:
+                del self.orphans[addr]
+                self.health.dirty = True

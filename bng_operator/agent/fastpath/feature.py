@@ -1,0 +1,180 @@
+"""The XDP fast path as a session feature: bound sessions are answered in the kernel.
+
+It follows session events (an entry once a lease is committed, removal when it ends or its
+policy changes), attaches the program to every open access interface, and carries the lease
+ends the kernel moved (renewals it answered) back to the lease store. The program and its
+maps outlive the agent: on start they are adopted, and warmed from the lease store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bng_operator import netlink
+from bng_operator.agent.config import NodeConfig
+from bng_operator.agent.dhcp.leases import Lease
+from bng_operator.agent.dhcp.server import DhcpServer
+from bng_operator.agent.dhcp.transport import AccessInterface
+from bng_operator.agent.health import Commits, Health
+from bng_operator.agent.sessions.session import Change, Session
+from bng_operator.api.bngnode import MapFill, ProgramStatus
+from bng_operator.metrics import AgentMetrics
+
+if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when the fast path is on
+    from bng_operator.agent.fastpath.cache import SubscriberCache
+
+log = logging.getLogger("bng.agent")
+PROGRAM = "xdp_dhcp"  # as BNGNode status and bng_ebpf_program_attached name it
+
+
+@dataclass
+class FastPathFeature:
+    server: DhcpServer
+    metrics: AgentMetrics
+    health: Health
+    commits: Commits
+    pin_root: Path
+    xdp_mode: netlink.XDPMode
+    name: str = "fastpath"
+    cache: SubscriberCache | None = field(default=None, init=False)
+
+    # --- start and stop ------------------------------------------------------------------------
+
+    def start(self, config: NodeConfig) -> bool:
+        """Load or adopt the XDP program and its maps; take in the renewals it answered while
+        no agent ran. False: it could not load, and the slow path serves alone."""
+        from bng_operator.agent.dataplane.fastpath import FastPath
+        from bng_operator.agent.dataplane.loader import DataplaneError
+        from bng_operator.agent.fastpath.cache import SubscriberCache
+
+        try:
+            fp = FastPath(config.max_leases, self.pin_root)
+        except DataplaneError as e:
+            log.error("fast path unavailable, serving from the slow path only: %s", e)
+            self.metrics.fast_errors.labels("load").inc()
+            return False
+        self.cache = SubscriberCache(fp, config,
+                                     lambda op: self.metrics.fast_errors.labels(op).inc())
+        if fp.adopted_maps:
+            moved = sum(1 for a, t in fp.expiries().items() if self.server.extend(a, t))
+            log.info("fast path: adopted generation %s; %d lease ends moved by renewals it "
+                     "answered", fp.generation, moved)
+        self.persist_renewals()
+        self.metrics.kernel_counters(fp.counters())  # the base for later readings
+        self.metrics.before_scrape.append(lambda: self.metrics.kernel_counters(fp.counters()))
+        self.metrics.watch_maps(self.cache.counts)
+        return True
+
+    def warm(self) -> None:
+        """Make the maps hold exactly the bound leases (after start-up expiry)."""
+        if self.cache is None:
+            return
+        n = self.cache.warm(self.server.by_address.values())
+        log.info("fast path: %d subscribers in the maps (generation %s%s)", n,
+                 self.cache.fp.generation, ", adopted" if self.cache.fp.adopted_maps else "")
+
+    def stop(self) -> None:
+        """The program and its maps stay: DHCP goes on without the agent."""
+        if self.cache is not None:
+            self.persist_renewals()
+            self.cache.fp.close()
+
+    # --- session events ------------------------------------------------------------------------
+
+    def on_bound(self, s: Session) -> None:
+        if self.cache is not None and s.lease is not None:
+            self.cache.bound(s.lease)
+
+    def on_changed(self, s: Session, what: Change, before: Lease | None) -> None:
+        if self.cache is None or s.lease is None:
+            return
+        if what == Change.POLICY:  # the slow path classifies its next request anew
+            self.cache.unbound(s.lease)
+            return
+        if what == Change.ADDRESS and before is not None:
+            self.cache.unbound(before)
+        self.cache.bound(s.lease)
+
+    def on_ended(self, s: Session) -> None:
+        if self.cache is not None and s.lease is not None:
+            self.cache.unbound(s.lease)
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        if self.cache is None:
+            return
+        if config.max_leases != self.cache.config.max_leases:
+            log.warning("maxLeases changed to %d: the fast path's maps keep their size until "
+                        "the agent restarts", config.max_leases)
+        dropped = self.cache.reconfigure(config, list(self.server.by_address.values()))
+        log.info("fast path: options updated, %d entries dropped to be classified anew",
+                 dropped)
+
+    # --- the program on the interfaces -----------------------------------------------------------
+
+    def attach(self, interfaces: dict[str, AccessInterface], wanted: Sequence[str]) -> None:
+        """Attach to every open access interface (worker thread: it talks netlink)."""
+        if self.cache is None:
+            return
+        fp = self.cache.fp
+        attached = self.health.attached
+        for name, iface in interfaces.items():
+            try:
+                if name in attached and fp.is_attached(name):
+                    continue
+                fp.put_interface(iface.index, iface.mac)
+                how = fp.attach(name, None, self.xdp_mode)
+            except Exception as e:
+                attached.discard(name)
+                self.metrics.program_attached.labels(PROGRAM, name).set(0)
+                log.error("fast path: attaching to %s failed: %s; the slow path serves it",
+                          name, e)
+                continue
+            if name in attached:
+                log.warning("fast path: the program on %s had been replaced or removed; "
+                            "attached it again", name)
+            attached.add(name)
+            self.metrics.program_attached.labels(PROGRAM, name).set(1)
+            log.info("fast path on %s: program %s (%s mode, generation %s)", name, how,
+                     self.xdp_mode, fp.generation)
+        if attached == set(wanted):
+            for gen in fp.remove_other_generations():
+                log.info("fast path: removed generation %s, no longer attached", gen)
+
+    # --- renewals the kernel answered ------------------------------------------------------------
+
+    async def sync(self, stop: asyncio.Event, interval: float) -> None:
+        while not stop.is_set():
+            try:
+                self.persist_renewals()
+            except Exception:  # the syncer must outlive any one bad round
+                log.exception("fast path sync failed; retrying")
+            await asyncio.sleep(interval)
+
+    def persist_renewals(self) -> None:
+        """Renewals the kernel answered: their new lease ends go to the store (one commit)."""
+        if self.cache is None:
+            return
+        n = sum(1 for a, t in self.cache.fp.refreshes() if self.server.extend(a, t))
+        if n:
+            self.metrics.fast_refreshes.inc(n)
+            self.commits.quietly()
+
+    # --- status ------------------------------------------------------------------------------------
+
+    def maps(self, capacity: int) -> list[MapFill]:
+        if self.cache is None:
+            return []
+        return [MapFill(name=k, entries=v, capacity=capacity)
+                for k, v in sorted(self.cache.counts().items())]
+
+
+def programs(interfaces: Sequence[str], attached: set[str]) -> list[ProgramStatus]:
+    """The program on each access interface, for the BNGNode status (listed even when it
+    could not load: then it is attached nowhere)."""
+    return [ProgramStatus(hook="xdp", interface=name, name=PROGRAM, attached=name in attached)
+            for name in interfaces]

@@ -1,0 +1,48 @@
+"""What keeps the node from serving, or serves it degraded: shared by the agent's rooms and
+read by the BNGNode status report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bng_operator.agent.dhcp.leases import LeaseStore
+from bng_operator.metrics import AgentMetrics
+
+log = logging.getLogger("bng.agent")
+
+
+@dataclass
+class Health:
+    problem: str = "starting"  # the node does not serve (Ready=False); "" when it does
+    reload_error: str = ""  # the last configuration did not apply (Degraded=True)
+    last_sync: datetime | None = None  # when the configuration was last read
+    dirty: bool = True  # the BNGNode status should be written again
+    attached: set[str] = field(default_factory=set)  # interfaces with the fast path on them
+
+    def ready(self) -> tuple[bool, str]:
+        return (self.problem == "", self.problem or "ready")
+
+
+@dataclass
+class Commits:
+    """Lease store commits whose outcome is only logged and counted (renewals the kernel
+    answered, expiries): nobody waits on them."""
+
+    store: LeaseStore
+    metrics: AgentMetrics
+    health: Health
+
+    def quietly(self) -> None:
+        self.store.commit().add_done_callback(self.done)
+
+    def done(self, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled():
+            return
+        if fut.exception() is None:
+            self.metrics.lease_commits.inc()
+            return
+        log.error("lease store commit failed: %s", fut.exception())
+        self.health.problem = f"lease store: {fut.exception()}"

@@ -1,0 +1,1 @@
+"""Kubernetes reporting: the BNGNode status and one Subscriber object per session."""

@@ -1,0 +1,69 @@
+"""Session events, and the features that follow them.
+
+Three events: ``bound`` (a session's lease is committed), ``changed`` (a bound session got
+another address or class, or its policy changed) and ``ended``. A feature is any object
+with the three handlers; ``SessionEvents.subscribe`` is its one registration line.
+
+Handlers run on the agent's event loop, in the order of subscription, and must not block.
+A handler that raises is logged and counted: a feature's failure costs that feature the
+event, never the DHCP reply or another feature.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from bng_operator.agent.sessions.session import Change, Session
+
+if TYPE_CHECKING:
+    from bng_operator.agent.dhcp.leases import Lease
+
+log = logging.getLogger("bng.sessions")
+Kind = Literal["bound", "changed", "ended"]
+
+
+class Feature(Protocol):
+    name: str
+
+    def on_bound(self, s: Session) -> None: ...
+
+    def on_changed(self, s: Session, what: Change, before: Lease | None) -> None:
+        """``before``: the lease the session held until now (for ADDRESS and CLASS)."""
+
+    def on_ended(self, s: Session) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: Kind
+    session: Session
+    what: Change | None = None  # changed only
+    before: Lease | None = None  # changed only
+
+
+class SessionEvents:
+    def __init__(self, on_error: Callable[[str], None] = lambda feature: None) -> None:
+        self.features: list[Feature] = []
+        self._on_error = on_error
+
+    def subscribe(self, feature: Feature) -> None:
+        self.features.append(feature)
+
+    def publish(self, events: Iterable[Event]) -> None:
+        for e in events:
+            for f in self.features:
+                try:
+                    if e.kind == "bound":
+                        f.on_bound(e.session)
+                    elif e.kind == "changed":
+                        assert e.what is not None
+                        f.on_changed(e.session, e.what, e.before)
+                    else:
+                        f.on_ended(e.session)
+                except Exception:
+                    self._on_error(f.name)
+                    log.exception("feature %s failed on %s of session %s", f.name, e.kind,
+                                  e.session.key)

@@ -1,1 +1,0 @@
-"""Test infrastructure shipped with the package: a real control plane, a namespace lab."""
