@@ -14,20 +14,20 @@ from bng_operator.agent.sessions.session import (
     State,
 )
 
-O, A, B, E = State.OFFERED, State.AUTHORIZING, State.BOUND, State.ENDED
+OF, A, B, E = State.OFFERED, State.AUTHORIZING, State.BOUND, State.ENDED
 # Written out here, not read from the module: the table is what docs/architecture.md draws.
 ALLOWED = {
-    (None, O), (None, A), (None, B),  # a DISCOVER; one to authorise; restored or INIT-REBOOT
-    (O, A), (O, B), (O, E),  # authorise the REQUEST; bind; the offer runs out
-    (A, O), (A, B), (A, E),  # authorised DISCOVER, authorised REQUEST, rejected
+    (None, OF), (None, A), (None, B),  # a DISCOVER; one to authorise; restored or INIT-REBOOT
+    (OF, A), (OF, B), (OF, E),  # authorise the REQUEST; bind; the offer runs out
+    (A, OF), (A, B), (A, E),  # authorised DISCOVER, authorised REQUEST, rejected
     (B, E),  # released, expired, declined, moved, disconnected, node drained
 }
-PAIRS = list(itertools.product([None, O, A, B, E], [O, A, B, E]))
+PAIRS = list(itertools.product([None, OF, A, B, E], [OF, A, B, E]))
 
 
 def _at(state: State | None) -> Session:
     s = Session("mac:02:00:00:00:00:01", Identity("02:00:00:00:00:01"))
-    path = {None: [], O: [O], A: [A], B: [B], E: [O, E]}[state]
+    path = {None: [], OF: [OF], A: [A], B: [B], E: [OF, E]}[state]
     for step in path:
         s.move(step, EndReason.EXPIRED if step == E else None)
     assert s.state == state
@@ -66,7 +66,7 @@ def test_an_end_needs_a_reason_and_nothing_else_has_one() -> None:
     with pytest.raises(IllegalTransition, match="needs a reason"):
         _at(B).move(E)
     with pytest.raises(IllegalTransition, match="needs a reason"):
-        _at(None).move(O, EndReason.RELEASED)
+        _at(None).move(OF, EndReason.RELEASED)
 
 
 def test_the_reasons_are_the_documented_ones() -> None:
