@@ -3,7 +3,7 @@
 // reply, so each repeat first restores the request (bench_restore alone is the baseline that
 // bench/xdp_cost.py subtracts).
 //
-// bench/xdp_cost.py compiles bpf/xdp_dhcp.c with this file appended, as one file: BCC
+// bench/xdp_cost.py compiles bpf/access_ingress.c with this file appended, as one file: BCC
 // rewrites map calls in the main file only, so an #include of the program would not do.
 
 struct bench_frame {

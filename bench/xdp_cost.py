@@ -78,7 +78,7 @@ def main() -> int:
 
     # The program and the benchmark's wrappers as one file (see bench/xdp_cost.c).
     joined = Path(tempfile.mkdtemp(prefix="bng-xdp-cost-")) / "xdp_cost_joined.c"
-    joined.write_text((REPO / "bpf" / "xdp_dhcp.c").read_text() +
+    joined.write_text((REPO / "bpf" / "access_ingress.c").read_text() +
                       (REPO / "bench" / "xdp_cost.c").read_text())
     fp = FastPath(max_subscribers=1024, source=joined)
     try:

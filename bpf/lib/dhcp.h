@@ -105,7 +105,7 @@ struct subnet_options {
 };
 
 // Logged for the agent on every fast-path ACK, to persist the new expiry (BCC knows u32/u64
-// in map types, not __u32/__u64). The log, like the ring before it, outlasts program
+// in map types, not __u32/__u64). The log outlasts program
 // generations, so an entry says which clock its expiry is on.
 enum refresh_clock {
     REFRESH_CLOCK_MONOTONIC_NS = 0,  // programs before the jiffies clock (their pad was 0)

@@ -1,9 +1,10 @@
-// Every map of the XDP DHCP fast path, declared once. Sizes and pin paths come from cflags.
+// Every map of the access interface's programs, declared once. Sizes and pin paths come
+// from cflags.
 //
 // With PIN_DIR set, the maps live in that bpffs directory (one per program generation), so
 // a restarted or upgraded agent finds them, and the program attached to the interface keeps
-// using them while no agent runs. The refresh ring lives in PIN_ROOT: it outlasts program
-// generations, so an upgrade still reads what the previous program queued.
+// using them while no agent runs. The refresh log lives in PIN_ROOT: it outlasts program
+// generations, so an upgrade still reads what the previous program logged.
 #pragma once
 #include "lib/dhcp.h"
 
@@ -13,16 +14,11 @@
 #ifndef MAX_SUBNETS
 #define MAX_SUBNETS 1024
 #endif
-#ifndef REFRESH_RING_BYTES
-#define REFRESH_RING_BYTES (4 << 20)   // ~170k refreshes: an hour of 100k renewing subscribers
-#endif
 
 #ifdef PIN_DIR
 #define BNG_TABLE(type, k, v, name, n) BPF_TABLE_PINNED(type, k, v, name, n, PIN_DIR "/" #name)
-#define BNG_RING_SECTION "maps/ringbuf:" PIN_ROOT "/refreshes"
 #else
 #define BNG_TABLE(type, k, v, name, n) BPF_TABLE(type, k, v, name, n)
-#define BNG_RING_SECTION "maps/ringbuf"
 #endif
 
 BNG_TABLE("hash", struct subscriber_key, struct subscriber_lease, subscribers, MAX_SUBSCRIBERS);
@@ -34,7 +30,7 @@ BNG_TABLE("array", __u32, struct interface_config, interfaces, INTERFACE_SLOTS);
 BNG_TABLE("percpu_array", int, __u64, counters, CNT_MAX);
 BPF_PERCPU_ARRAY(parse_scratch, struct parse_state, 1);
 
-// The refresh log, like the ring before it, outlasts program generations: its layout is
+// The refresh log outlasts program generations: its layout is
 // fixed (a change needs new names). Indexed by CPU, mmapped by the agent.
 #ifndef MAX_CPUS
 #define MAX_CPUS 64
@@ -51,16 +47,3 @@ BPF_F_TABLE("array", u32, struct lease_refresh, refresh_log, MAX_CPUS * REFRESH_
 #endif
 BPF_ARRAY(clock_sample, struct clock_sample, 1);
 
-// The ring of refreshes that programs before the refresh log wrote: still drained after an
-// upgrade from one. BPF_RINGBUF_OUTPUT, with a section that can carry a pin path.
-struct refreshes_table_t {
-    int key;
-    u32 leaf;
-    int (*ringbuf_output)(void *, u64, u64);
-    void *(*ringbuf_reserve)(u64);
-    void (*ringbuf_discard)(void *, u64);
-    void (*ringbuf_submit)(void *, u64);
-    u32 max_entries;
-};
-__attribute__((section(BNG_RING_SECTION)))
-struct refreshes_table_t refreshes = {.max_entries = REFRESH_RING_BYTES};

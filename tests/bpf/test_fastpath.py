@@ -295,17 +295,6 @@ def test_the_refresh_log_loses_only_what_was_overwritten(fp: FastPath) -> None:
     assert fp.refreshes() == []
 
 
-def test_ring_events_of_an_older_program_are_monotonic_ns(fp: FastPath) -> None:
-    """The ring outlasts program generations: an event queued by a program from before the
-    jiffies clock carries CLOCK_MONOTONIC nanoseconds, and is read as such."""
-    mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 60 * 10**9
-    fp.refreshes()
-    fp._refreshes.append((int(IPv4Address("100.64.0.9")), fastpath.REFRESH_CLOCK_MONOTONIC_NS,
-                          mono))
-    (_, wall), = fp.refreshes()
-    assert abs(wall - (time.time() + 60)) < 0.01
-
-
 def test_an_interface_is_found_in_any_of_its_probe_slots(bpffs: Path) -> None:
     """The interfaces array: lo's first slots taken by interfaces whose ifindex is the same
     modulo INTERFACE_SLOTS, its MAC is found in the next free one, and when all of an

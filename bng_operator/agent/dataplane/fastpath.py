@@ -1,11 +1,11 @@
-"""The XDP DHCP fast path (bpf/xdp_dhcp.c): load or adopt it, fill its maps, run it on frames.
+"""The XDP DHCP fast path (bpf/access_ingress.c): load or adopt it, fill its maps, run it on frames.
 
 Pinned (``pin_root`` given), the maps of one program generation live in
 ``<pin_root>/<generation>/`` next to the pinned program; the generation is a hash of the C
 sources and build flags. A restarted agent with the same generation adopts both and the
 interface never sees a change; a new generation gets fresh maps, which the agent fills from
-its lease store before the program is swapped atomically. The ring of expiry refreshes lives
-in ``<pin_root>/refreshes`` and outlasts generations.
+its lease store before the program is swapped atomically. The log of expiry refreshes lives
+in ``<pin_root>/refresh_heads`` and ``<pin_root>/refresh_log`` and outlasts generations.
 
 Map entries are built with BCC's generated ``Key``/``Leaf`` types; the C header
 bpf/lib/dhcp.h owns every layout. The constants below mirror that header, and
@@ -44,7 +44,7 @@ from bng_operator.agent.fastpath.entries import FastEntry, SubnetOptions, circui
 from bng_operator.api.bngnode import MAX_LEASES_PER_NODE
 from bng_operator.netlink import XDPMode
 
-SOURCE = Path(BPF_DIR) / "xdp_dhcp.c"
+SOURCE = Path(BPF_DIR) / "access_ingress.c"
 PROGRAM = "xdp_dhcp"
 MIN_REPLY_DHCP_LEN = 300
 MAX_SUBNETS = 1024
@@ -72,8 +72,7 @@ def _host(u32: int) -> int:
 
 
 def wall_time(mono: int) -> float:
-    """CLOCK_MONOTONIC nanoseconds as wall-clock time (the expiries of ring events queued by
-    programs before the jiffies clock)."""
+    """CLOCK_MONOTONIC nanoseconds as wall-clock time."""
     return time.time() + (mono - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
 
 
@@ -103,7 +102,6 @@ class RefreshLog:
     def __init__(self, heads: Any, entries: Any, cpus: int) -> None:
         self._mm_heads, self.heads = _mmap_array(heads, cpus)
         self._mm_entries, self.entries = _mmap_array(entries, cpus * REFRESH_LOG_LEN)
-        self.entry_type = entries.Leaf  # struct lease_refresh
         self.lost = 0  # entries overwritten before they were read, since this agent started
 
     def drain(self) -> list[tuple[int, int, int]]:
@@ -203,6 +201,9 @@ class FastPath:
                 raise DataplaneError(f"{pin_root} is not on a bpf filesystem; mount one: "
                                      f"mount -t bpf bpf {DEFAULT_PIN_ROOT.parent}")
             self.pin_dir = pin_root / self.generation
+            # The refresh ring of agents before the refresh log: nothing reads it any more.
+            with contextlib.suppress(FileNotFoundError):
+                (pin_root / "refreshes").unlink()
             self.adopted_maps = (self.pin_dir / "subscribers").exists()
             self.pin_dir.mkdir(parents=True, exist_ok=True)
             cflags |= {"PIN_DIR": f'"{self.pin_dir}"', "PIN_ROOT": f'"{pin_root}"'}
@@ -219,9 +220,6 @@ class FastPath:
         self._clock_map = self.obj.map("clock_sample")
         self._clock_fd = self.obj.load_xdp("clock_now")
         self.clock = KernelClock(kernel_hz(self._sample_clock), *self._sample_clock())
-        self._refreshes: list[tuple[int, int, int]] = []
-        self._ring = self.obj.map("refreshes")
-        self._ring.open_ring_buffer(self._on_refresh)
         self._log = RefreshLog(self.obj.map("refresh_heads"), self.obj.map("refresh_log"), cpus)
         self._fd: int | None = None
         self._own_fd = False
@@ -392,20 +390,10 @@ class FastPath:
         """An entry's expiry as the program keeps it, in jiffies."""
         return int(self._table(key[0])[self._key(*key)].expires)
 
-    def _on_refresh(self, _ctx: Any, data: Any, _size: int) -> None:
-        # struct lease_refresh, as in the log: the program no longer writes the ring, so BCC
-        # has no event type of its own for it
-        ev = ctypes.cast(data, ctypes.POINTER(self._log.entry_type)).contents
-        self._refreshes.append((_host(ev.address), int(ev.clock), int(ev.expires)))
-
     def refreshes(self) -> list[tuple[int, float]]:
         """(address, new expiry as unix time) of every ACK the program sent since last time."""
-        self.obj.bpf.ring_buffer_consume()  # what programs before the log queued
-        self._refreshes.extend((_host(a), clock, t) for a, clock, t in self._log.drain())
-        out = [(a, self.clock.wall(t) if clock == REFRESH_CLOCK_JIFFIES else wall_time(t))
-               for a, clock, t in self._refreshes]
-        self._refreshes.clear()
-        return out
+        return [(_host(a), self.clock.wall(t) if clock == REFRESH_CLOCK_JIFFIES else wall_time(t))
+                for a, clock, t in self._log.drain()]
 
     def counters(self) -> dict[str, int]:
         """Per-CPU counters summed over CPUs."""

@@ -1,6 +1,6 @@
 """Compile, load, attach and pin BPF programs through BCC, with a clear lifecycle.
 
-    with BPFObject(Path("bpf/xdp_dhcp.c"), cflags={"MAX_LEASES": 100000}) as obj:
+    with BPFObject(Path("bpf/access_ingress.c"), cflags={"MAX_LEASES": 100000}) as obj:
         fd = obj.load_xdp("xdp_dhcp")
         obj.attach_xdp("eth1", "xdp_dhcp")
         obj.pin_map("subscribers", Path("/sys/fs/bpf/bng/subscribers"))
