@@ -78,6 +78,3 @@ class Resource(BaseModel):
     def name(self) -> str:
         return self.metadata.name
 
-    def to_k8s(self) -> dict[str, Any]:
-        """The object as the apiserver takes it (camelCase, no unset fields)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -100,9 +100,6 @@ class PoolAllocator:
                 back.append(addr)
         return back
 
-    def contains(self, addr: int) -> bool:
-        return self.block_of(addr) is not None
-
     @property
     def size(self) -> int:
         return sum(b.size for b in self.blocks)

@@ -130,10 +130,6 @@ class Message:
         return self.options.get(Opt.CLIENT_ID)
 
     @property
-    def requested_options(self) -> bytes:
-        return self.options.get(Opt.PARAM_REQUEST, b"")
-
-    @property
     def hostname(self) -> str | None:
         raw = self.options.get(Opt.HOSTNAME)
         return raw.decode("ascii", "replace") if raw else None
