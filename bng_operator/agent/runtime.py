@@ -89,7 +89,9 @@ class Agent:
         server = self.server = DhcpServer(self.config, store)
         m.watch_leases(server.pool_usage, lambda: len(server.by_address))
         commits = Commits(store, m, h)
-        sessions = self.sessions = SessionEvents(lambda f: m.feature_errors.labels(f).inc())
+        sessions = self.sessions = SessionEvents(
+            on_error=lambda f: m.feature_errors.labels(f).inc(),
+            on_end=lambda reason: m.sessions_ended.labels(reason).inc())
         self.expiry = Expiry(server, sessions, commits, h,
                              st.expiry_grace if st.fast_path else 0.0)
         self.packets = PacketPath(server, store, sessions, m, h, commits, self.authoriser)

@@ -45,15 +45,20 @@ class Event:
 
 
 class SessionEvents:
-    def __init__(self, on_error: Callable[[str], None] = lambda feature: None) -> None:
+    def __init__(self, on_error: Callable[[str], None] = lambda feature: None,
+                 on_end: Callable[[str], None] = lambda reason: None) -> None:
+        """``on_error(feature)``: a feature failed; ``on_end(reason)``: a session ended."""
         self.features: list[Feature] = []
         self._on_error = on_error
+        self._on_end = on_end
 
     def subscribe(self, feature: Feature) -> None:
         self.features.append(feature)
 
     def publish(self, events: Iterable[Event]) -> None:
         for e in events:
+            if e.kind == "ended":
+                self._on_end(str(e.session.end_reason))
             for f in self.features:
                 try:
                     if e.kind == "bound":
