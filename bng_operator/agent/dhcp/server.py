@@ -71,7 +71,6 @@ class Outcome:
     # kind "authorize": the session whose decision waits for the authoriser; the caller
     # awaits it, then calls ``authorised`` or ``rejected``.
     session: Session | None = None
-    events: list[Event] = field(default_factory=list)  # published once the commit is done
 
 
 @dataclass
@@ -126,8 +125,8 @@ class DhcpServer:
                     for a, until in p.declined.items()]
         for identity in list(self.offers):
             self._end_offer(identity, ending=EndReason.MOVED)
-        changed = [self.sessions[lease.identity] for lease in leases
-                   if policy_changed(lease, self.config, config)]
+        changed = [s for lease in leases if policy_changed(lease, self.config, config)
+                   and (s := self.sessions.get(lease.identity)) is not None]
         self.config = config
         self._build_pools(config)
         self.by_identity.clear()
