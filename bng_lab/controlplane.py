@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 VERSION_FILE = REPO / "hack" / "kube" / "VERSION"
 TOKEN = "bng-test-admin-token"
 
