@@ -207,11 +207,13 @@ walked:
 
 // The lease a request is answered from: by its line (option 82, hashed, then compared in
 // full) or else by its CPE (MAC and VLAN, with the client id and option 82 it was granted
-// on). NULL, with the reason in *why, when there is none.
+// on). NULL, counted with the reason, when there is none. One exit for both lookups: with
+// an early return for the line's lease, the verifier explored 1.7 times as many states
+// (633,960 against 369,263).
 static __always_inline struct subscriber_lease *find_lease(struct parse_state *st,
                                                            const struct bootp *b,
                                                            const __u8 *relay, __u32 len82,
-                                                           __u16 vlan, int *why)
+                                                           __u16 vlan)
 {
     struct subscriber_lease *lease = NULL;
     if (len82) {
@@ -220,27 +222,30 @@ static __always_inline struct subscriber_lease *find_lease(struct parse_state *s
         if (lease && !same(relay, lease->relay, (MAX_RELAY_AGENT_LEN + 2) / 8))
             lease = NULL;  // another line with the same hash: not this one's lease
     }
-    if (lease)
-        return lease;
-    struct subscriber_key key __attribute__((aligned(8))) = {};
-    copy_mac(key.mac, b->chaddr);
-    key.vlan = vlan;
-    lease = subscribers.lookup(&key);
     if (!lease) {
-        *why = CNT_PASS_MISS;
-        return NULL;
+        struct subscriber_key key __attribute__((aligned(8))) = {};
+        copy_mac(key.mac, b->chaddr);
+        key.vlan = vlan;
+        lease = subscribers.lookup(&key);
+        if (!lease) {
+            count(CNT_PASS_MISS);
+            return NULL;
+        }
+        // Keyed by the CPE: its client id and the line it is on must be as when granted.
+        __u32 len61 = st->len61;
+        if (len61 != lease->client_id_len || len61 > MAX_CLIENT_ID_LEN ||
+            !same(relay, lease->relay, (MAX_RELAY_AGENT_LEN + 2) / 8)) {
+            count(CNT_PASS_CHANGED);
+            return NULL;
+        }
+        __u8 cid[MAX_CLIENT_ID_LEN] __attribute__((aligned(8))) = {};
+        if (len61)
+            copy_prefix(cid, st->opts + ((st->off61 + 2) & (OPTIONS_COPY - 1)), 4, len61);
+        if (!same(cid, lease->client_id, MAX_CLIENT_ID_LEN / 8)) {
+            count(CNT_PASS_CHANGED);
+            return NULL;
+        }
     }
-    // Keyed by the CPE: its client id and the line it is on must be as when granted.
-    __u32 len61 = st->len61;
-    *why = CNT_PASS_CHANGED;
-    if (len61 != lease->client_id_len || len61 > MAX_CLIENT_ID_LEN ||
-        !same(relay, lease->relay, (MAX_RELAY_AGENT_LEN + 2) / 8))
-        return NULL;
-    __u8 cid[MAX_CLIENT_ID_LEN] __attribute__((aligned(8))) = {};
-    if (len61)
-        copy_prefix(cid, st->opts + ((st->off61 + 2) & (OPTIONS_COPY - 1)), 4, len61);
-    if (!same(cid, lease->client_id, MAX_CLIENT_ID_LEN / 8))
-        return NULL;
     return lease;
 }
 
@@ -306,15 +311,14 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     __u8 relay[MAX_RELAY_AGENT_LEN + 2] __attribute__((aligned(8))) = {};
     if (len82)
         copy_prefix(relay, st->opts + (st->off82 & (OPTIONS_COPY - 1)), 8, len82 + 2);
-    int why = 0;
-    struct subscriber_lease *lease = find_lease(st, b, relay, len82, st->vlan, &why);
+    struct subscriber_lease *lease = find_lease(st, b, relay, len82, st->vlan);
     if (!lease)
-        return pass(why);
+        return XDP_PASS;  // counted
     // Jiffies: the verifier inlines bpf_jiffies64() into one load, where any clock helper
     // is a call (~15 ns here). A lease may so be answered up to one tick (1-10 ms) past
     // its expiry.
     __u64 now = bpf_jiffies64();
-    why = answerable(lease, b, msg_type, st->requested, st->server_id, now);
+    int why = answerable(lease, b, msg_type, st->requested, st->server_id, now);
     if (why)
         return pass(why);
     struct interface_config *ifc = find_interface(ctx->ingress_ifindex);

@@ -131,7 +131,7 @@ def test_each_agent_reports_its_bngnode_status(site: K8sSite) -> None:
         node = wait_for(f"{name} reports its 3 leases", reported, 10, 0.3)
         st = node["status"]
         conds = {c["type"]: c for c in st["conditions"]}
-        assert conds["Ready"]["status"] == "True" and conds["Degraded"]["status"] == "False"
+        assert conds["Ready"]["status"] == "True" and conds["Degraded"]["status"] == "False", conds
         assert conds["Ready"]["observedGeneration"] == node["metadata"]["generation"]
         assert st["observedGeneration"] == node["metadata"]["generation"]
         assert st["programs"] == [{"hook": "xdp", "interface": site.nodes[name].access,

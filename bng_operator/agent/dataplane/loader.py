@@ -165,13 +165,31 @@ def pin_fd(fd: int, path: Path) -> None:
         raise DataplaneError(f"pinning {path}: {os.strerror(-rc)}")
 
 
-def program_id(fd: int) -> int:
-    """The kernel's id of the program behind ``fd`` (struct bpf_prog_info: type, then id)."""
+# Offsets in struct bpf_prog_info (include/uapi/linux/bpf.h): id after type; verified_insns
+# (Linux 5.16+) after run_time_ns, run_cnt and recursion_misses.
+_INFO_ID, _INFO_VERIFIED_INSNS = 4, 216
+
+
+def _prog_info(fd: int) -> bytes:
     info = ctypes.create_string_buffer(256)
     size = ctypes.c_uint32(len(info))
     if libbcc.lib.bpf_obj_get_info(fd, info, ctypes.byref(size)) != 0:
         raise DataplaneError(f"reading the info of BPF fd {fd} failed")
-    return int.from_bytes(info.raw[4:8], "little")
+    return info.raw[: size.value]
+
+
+def program_id(fd: int) -> int:
+    """The kernel's id of the program behind ``fd``."""
+    return int.from_bytes(_prog_info(fd)[_INFO_ID : _INFO_ID + 4], "little")
+
+
+def verified_instructions(fd: int) -> int | None:
+    """How many instructions the verifier explored to accept the program behind ``fd`` (its
+    budget is 1,000,000); None on a kernel that does not say."""
+    raw = _prog_info(fd)
+    if len(raw) < _INFO_VERIFIED_INSNS + 4:
+        return None
+    return int.from_bytes(raw[_INFO_VERIFIED_INSNS : _INFO_VERIFIED_INSNS + 4], "little")
 
 
 def program_fd_by_id(prog_id: int) -> int | None:

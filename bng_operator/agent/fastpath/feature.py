@@ -54,6 +54,9 @@ class FastPathFeature:
 
         try:
             fp = FastPath(config.max_leases, self.pin_root)
+            # Verified now, not at the first attach: a rejected program means no fast path
+            # from the start, and the first tick attaches at once.
+            fp.fd  # noqa: B018
         except DataplaneError as e:
             log.error("fast path unavailable, serving from the slow path only: %s", e)
             self.metrics.fast_errors.labels("load").inc()
