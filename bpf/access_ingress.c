@@ -263,12 +263,19 @@ static __always_inline struct interface_config *find_interface(__u32 ifindex)
 }
 
 // An ACK renews the lease: the new expiry goes into the entry, and into this CPU's refresh
-// log, from which the agent persists it.
+// log, from which the agent persists it, when it moved by a second or more. A client that
+// floods REQUESTs so logs one entry a second, not one per request, and cannot push other
+// subscribers' entries out of the log. The agent reads the entry's own expiry before it
+// ends a lease, so an entry not logged is never a lease lost.
 static __always_inline void refresh(struct subscriber_lease *lease, __u64 now, __be32 address)
 {
-    __u64 expires = now + lease->lease_jiffies;
+    __u64 before = lease->expires, jiffies = lease->lease_jiffies;
+    __u64 expires = now + jiffies;
     // One aligned 8-byte store: a reader sees the old or the new expiry, never a mix.
     *(volatile __u64 *)&lease->expires = expires;
+    // A second in jiffies (the agent knows HZ, the program does not); 0 seconds: log all.
+    if (expires - before < jiffies / lease->lease_seconds)
+        return;
     __u32 cpu = bpf_get_smp_processor_id();  // inlined, as are the array lookups
     struct refresh_log_head *log = refresh_heads.lookup(&cpu);
     __u64 head = log ? log->head : 0;

@@ -25,6 +25,8 @@ class Expiry:
     grace: float = 0.0  # leases end this late, for renewals still on their way up
     # Run first on every round: a lease the kernel just renewed must not end.
     before: list[Callable[[], None]] = field(default_factory=list)
+    # The end the fast path's map holds for a lease (unix time), asked before it ends.
+    renewed_elsewhere: Callable[[Lease], float | None] | None = None
     # Leases whose pool this node no longer serves: counted in the status until they end.
     orphans: dict[int, Lease] = field(default_factory=dict)
 
@@ -39,7 +41,8 @@ class Expiry:
     def run_once(self) -> None:
         for step in self.before:
             step()
-        if self.server.expire(self.grace):
+        self.server.expire(self.grace, self.renewed_elsewhere)
+        if self.commits.store.pending:  # ends, extensions, declines that ran out
             self.commits.quietly()
         self.sessions.publish(self.server.take_events())
         now = time.time()

@@ -103,6 +103,7 @@ class Agent:
             if fp.start(self.config):
                 self.fast_path = fp
                 self.expiry.before.append(fp.persist_renewals)
+                self.expiry.renewed_elsewhere = fp.kernel_expiry
         server.expire()
         server.take_events()  # ended before anyone followed them: the store has them
         await store.commit()

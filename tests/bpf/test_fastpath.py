@@ -241,9 +241,14 @@ def test_ack_refreshes_the_expiry_and_tells_userspace(fp: FastPath) -> None:
     before = fp.expiry(key)
     assert fp.refreshes() == []  # an OFFER renews nothing
     time.sleep(0.05)  # longer than a tick: the program reads jiffies
-    _slow_and_fast(fp, "renewing", b"", None, False)
+    renewing = _slow_and_fast(fp, "renewing", b"", None, False)[2]
+    soon = fp.expiry(key)
+    assert soon > before  # the entry moved,
+    assert fp.refreshes() == []  # but by less than a second: not logged (issue 14, point 1)
+    time.sleep(1.05)
+    assert fp.run(renewing).action == XDP_TX
     after = fp.expiry(key)
-    assert after > before
+    assert after > soon
     (_, expires), = fp.refreshes()
     assert abs(expires - fp.clock.wall(after)) < 0.01
     # The lease time from now, within a tick or two of the sample and of the program's clock.

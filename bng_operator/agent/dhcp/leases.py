@@ -132,6 +132,11 @@ class LeaseStore:
     def delete_decline(self, address: int) -> None:
         self._pending.append(("undecline", address))
 
+    @property
+    def pending(self) -> int:
+        """Writes queued for the next commit."""
+        return len(self._pending)
+
     def commit(self) -> asyncio.Future[None]:
         """A future that completes once everything queued so far is on disk. Callers until
         the next batch starts share one future, so a burst costs one callback, not N."""

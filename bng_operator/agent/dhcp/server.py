@@ -510,19 +510,27 @@ class DhcpServer:
 
     # --- time ------------------------------------------------------------------------------------
 
-    def expire(self, grace: float = 0.0) -> list[Lease]:
+    def expire(self, grace: float = 0.0,
+               renewed_elsewhere: Callable[[Lease], float | None] | None = None) -> list[Lease]:
         """End leases, offers and declines whose time is up. Returns the expired leases.
 
         Leases end ``grace`` seconds late: time for a renewal answered by the fast path just
-        before the end to reach ``extend``."""
+        before the end to reach ``extend``. ``renewed_elsewhere`` is asked, before a lease
+        ends, for the end that whoever else answers renewals (the fast path's map) holds for
+        it: a later one extends the lease instead, so a renewal whose report was lost never
+        frees an address its client still holds."""
         now = self.clock()
         ended = []
         while self._expiry and self._expiry[0][0] + grace <= now:
             expires, addr = heapq.heappop(self._expiry)
             lease = self.by_address.get(addr)
-            if lease is not None and lease.expires == expires:
-                self._end(lease, EndReason.EXPIRED)
-                ended.append(lease)
+            if lease is None or lease.expires != expires:
+                continue
+            later = renewed_elsewhere(lease) if renewed_elsewhere is not None else None
+            if later is not None and later > expires and self.extend(addr, later) is not None:
+                continue
+            self._end(lease, EndReason.EXPIRED)
+            ended.append(lease)
         while self._offer_expiry and self._offer_expiry[0][0] <= now:
             expires, identity = heapq.heappop(self._offer_expiry)
             o = self.offers.get(identity)

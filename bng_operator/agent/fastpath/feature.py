@@ -167,6 +167,19 @@ class FastPathFeature:
             self.metrics.fast_refreshes.inc(n)
             self.commits.quietly()
 
+    def kernel_expiry(self, lease: Lease) -> float | None:
+        """The lease's end as the program's map holds it (moved by the renewals it answered),
+        or None when it has no entry."""
+        if self.cache is None:
+            return None
+        key = self.cache.keys.get(lease.address)
+        if key is None:
+            return None
+        try:
+            return self.cache.fp.clock.wall(self.cache.fp.expiry(key))
+        except KeyError:
+            return None
+
     # --- status ------------------------------------------------------------------------------------
 
     def maps(self, capacity: int) -> list[MapFill]:
