@@ -8,9 +8,14 @@ from pathlib import Path
 
 from bng_operator import __version__
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
-from bng_operator.api.bngnode import MAX_LEASES_PER_NODE
+from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, MAX_LEASES_PER_NODE
 from bng_operator.api.common import DEFAULT_NAMESPACE
 
+
+def _duration(seconds: float) -> str:
+    """A default in the flags' own syntax (10m, not 600.0)."""
+    s = int(seconds)
+    return f"{s // 60}m" if s % 60 == 0 else f"{s}s"
 
 def _cmd_crds(args: argparse.Namespace) -> int:
     from bng_operator.api.crd import crd_file_name, crds, render_yaml
@@ -59,8 +64,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         report = ReportSettings(rate=args.subscriber_write_rate,
                                 ttl=parse_duration(args.subscriber_ttl),
                                 accounting_interval=parse_duration(args.accounting_interval))
+        authority = parse_duration(args.fast_path_authority)
     except ValueError as e:
         print(f"bng agent: {e}", file=sys.stderr)
+        return 2
+    if authority <= 0:
+        print("bng agent: --fast-path-authority must be positive", file=sys.stderr)
         return 2
     if report.rate <= 0:
         print("bng agent: --subscriber-write-rate must be positive", file=sys.stderr)
@@ -75,12 +84,14 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     settings = AgentSettings(node=args.node, state_dir=args.state_dir,
                              metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                              fast_path=not args.no_fast_path, bpf_pin_root=args.bpf_dir,
-                             xdp_mode=args.xdp_mode, namespace=args.namespace, report=report)
+                             xdp_mode=args.xdp_mode, namespace=args.namespace, report=report,
+                             fast_path_authority=authority)
     return asyncio.run(run_agent(settings, source))
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
     from bng_operator import logs
+    from bng_operator.api.common import parse_duration
     from bng_operator.operator.main import OperatorSettings, run
     from bng_operator.operator.reconcile import Settings, parse_label
     from bng_operator.policy.render import NodeDefaults
@@ -94,11 +105,17 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     if not 0 < args.block_threshold <= 1:
         print("bng operator: --block-threshold must be in (0, 1]", file=sys.stderr)
         return 2
+    try:
+        authority = parse_duration(args.fast_path_authority)
+    except ValueError as e:
+        print(f"bng operator: --fast-path-authority: {e}", file=sys.stderr)
+        return 2
     defaults = NodeDefaults(access=tuple(args.access_interface or ["eth1"]),
                             uplink=args.uplink_interface, max_leases=args.max_leases)
     return run(OperatorSettings(
         reconcile=Settings(node_label=label, defaults=defaults,
-                           block_threshold=args.block_threshold),
+                           block_threshold=args.block_threshold,
+                           fast_path_authority=authority),
         kubeconfig=args.kubeconfig, peering=args.peering, priority=args.priority,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port))
 
@@ -170,6 +187,11 @@ def parser() -> argparse.ArgumentParser:
                    help="where the fast path's program and maps are pinned (default: %(default)s)")
     a.add_argument("--xdp-mode", default="native", choices=["native", "generic"],
                    help="XDP in the driver (native) or after the stack allocates an skb")
+    a.add_argument("--fast-path-authority", default=_duration(FAST_PATH_AUTHORITY),
+                   metavar="DURATION",
+                   help="the XDP program answers for this long after the agent's last "
+                        "heartbeat, then passes everything to the slow path; set the operator's "
+                        "the same (default: %(default)s)")
     k = a.add_argument_group("Kubernetes mode: Subscriber objects")
     k.add_argument("--subscriber-write-rate", type=float, default=20.0, metavar="PER_SECOND",
                    help="at most this many apiserver writes per second (default: %(default)s)")
@@ -196,6 +218,10 @@ def parser() -> argparse.ArgumentParser:
                    help="per node: sizes lease store and maps (default: %(default)s)")
     o.add_argument("--block-threshold", type=float, default=0.8,
                    help="a node whose blocks are this full gets another (default: %(default)s)")
+    o.add_argument("--fast-path-authority", default=_duration(FAST_PATH_AUTHORITY),
+                   metavar="DURATION",
+                   help="the agents' --fast-path-authority: a departed node's blocks are held "
+                        "this much longer than its longest lease (default: %(default)s)")
     o.add_argument("--peering", default="bng", help="ClusterKopfPeering name (default: bng)")
     o.add_argument("--priority", type=int,
                    help="peering priority (default: random, so one replica is active)")

@@ -142,7 +142,8 @@ class AgentMetrics:
 
 # Passes of DISCOVERs and REQUESTs the cache could not answer (not other types or non-DHCP).
 _MISSES = frozenset({"pass_miss", "pass_expired", "pass_wrong_address", "pass_changed",
-                     "pass_layout", "pass_no_interface", "pass_no_subnet", "pass_no_room"})
+                     "pass_layout", "pass_no_interface", "pass_no_subnet", "pass_no_room",
+                     "pass_no_agent"})
 
 
 class _LeaseCollector:

@@ -297,6 +297,11 @@ static __always_inline void refresh(struct subscriber_lease *lease, __u64 now, _
 // the packet, so the verifier checks this part once, not once per path.
 static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
 {
+    // Only while the agent is alive: its heartbeat gives the program authority to answer.
+    __u32 first = 0;
+    struct agent_heartbeat *hb = heartbeat.lookup(&first);
+    if (!hb || bpf_jiffies64() - hb->beat > hb->window)
+        return pass(CNT_PASS_NO_AGENT);
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
     __u32 l3 = st->l3;

@@ -35,7 +35,7 @@ from bng_operator.agent.report.kube import KubeReporter, ReportSettings
 from bng_operator.agent.sessions.authorise import Authoriser
 from bng_operator.agent.sessions.events import SessionEvents
 from bng_operator.agent.sources import KubeSource, Source, load_node_config
-from bng_operator.api.bngnode import ProgramStatus
+from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, ProgramStatus
 from bng_operator.api.common import DEFAULT_NAMESPACE
 from bng_operator.metrics import AgentMetrics
 
@@ -52,6 +52,7 @@ class AgentSettings:
     fast_path: bool = True  # the XDP program on the access interfaces
     bpf_pin_root: Path = DEFAULT_PIN_ROOT
     xdp_mode: netlink.XDPMode = "native"
+    fast_path_authority: float = FAST_PATH_AUTHORITY  # the program answers this long unbeaten
     sync_interval: float = 0.5  # how often fast-path renewals reach the lease store (<= 1 s)
     expiry_grace: float = 2.0  # leases end this late, for renewals still on their way up
     namespace: str = DEFAULT_NAMESPACE  # of Subscriber objects (Kubernetes mode)
@@ -99,7 +100,8 @@ class Agent:
         leases, declines = store.load()
         self.expiry.adopt_orphans(server.load(leases, declines))
         if st.fast_path:
-            fp = FastPathFeature(server, m, h, commits, st.bpf_pin_root, st.xdp_mode)
+            fp = FastPathFeature(server, m, h, commits, st.bpf_pin_root, st.xdp_mode,
+                                 st.fast_path_authority)
             if fp.start(self.config):
                 self.fast_path = fp
                 self.expiry.before.append(fp.persist_renewals)

@@ -16,6 +16,11 @@ from bng_operator.api.subscriberclass import SubscriberClassSpec
 
 # The design limit of one node (DESIGN.md): map sizes are checked against it.
 MAX_LEASES_PER_NODE = 100_000
+# Seconds the XDP fast path keeps answering after its agent's last heartbeat: longer than any
+# restart or upgrade, shorter than a lease. The operator holds a departed node's blocks as
+# much longer than the node's longest lease. (`bng agent` and `bng operator`
+# --fast-path-authority.)
+FAST_PATH_AUTHORITY = 600.0
 
 InterfaceName = Annotated[str, Field(min_length=1, max_length=15, pattern=r"^[^/\s:]+$")]
 

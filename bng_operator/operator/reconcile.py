@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bng_operator.api import BNGNode, IPPool, NATPool, QoSPolicy, SubscriberClass
-from bng_operator.api.bngnode import BNGNodeSpec
+from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, BNGNodeSpec
 from bng_operator.api.common import Condition, parse_duration, with_condition
 from bng_operator.api.ippool import IPPoolStatus, NodeBlocks
 from bng_operator.api.subscriberclass import SubscriberClassStatus
@@ -29,6 +29,9 @@ class Settings:
     node_label: tuple[str, str | None] = ("bng.dev/node", "true")
     defaults: NodeDefaults = field(default_factory=NodeDefaults)
     block_threshold: float = 0.8  # a node's blocks this full: it gets another
+    # The agents' --fast-path-authority: a departed node's fast path may answer this long
+    # after its agent's last heartbeat, so its blocks are held this much longer.
+    fast_path_authority: float = FAST_PATH_AUTHORITY
 
 
 def parse_label(text: str) -> tuple[str, str | None]:
@@ -117,7 +120,7 @@ def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
         usage = {b.cidr: b.leases for name, st in reported.items() if name in node_names
                  for b in st.blocks if b.pool == p.name}
         bp = plan_blocks(p.spec, serving, old.blocks, usage, settings.block_threshold, now,
-                         _drain_seconds(p, state.classes))
+                         _drain_seconds(p, state.classes) + int(settings.fast_path_authority))
         for a in bp.assignments:
             if a.release_after is None:
                 blocks.setdefault(a.node, {}).setdefault(p.name, []).append(a.cidr)

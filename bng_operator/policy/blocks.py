@@ -61,7 +61,10 @@ def plan_blocks(spec: IPPoolSpec, nodes: Sequence[str], current: Sequence[BlockA
     """The pool's block assignments after one round.
 
     ``nodes`` serve the pool now; ``usage`` is leases per block cidr as live nodes report
-    them; ``drain_seconds`` is the longest lease a departed node may still hold.
+    them; ``drain_seconds`` is how long a departed node may still answer for a lease: its
+    longest lease plus the time its fast path answers without an agent. A block whose node
+    reported no leases goes back at once: the fast path answers only leases in its maps,
+    and the agent reports its leases within a second of a change.
     """
     serving = set(nodes)
     out: list[BlockAssignment] = []

@@ -37,6 +37,7 @@ enum fastpath_counter {
     CNT_PASS_NO_ROOM,              // the frame's buffer could not grow to the reply
     CNT_DROP,
     CNT_REFRESH_LOST,              // an ACK whose new expiry could not be queued to userspace
+    CNT_PASS_NO_AGENT,             // no agent beat within its window: no authority to answer
     CNT_MAX,
 };
 
@@ -126,6 +127,15 @@ struct lease_refresh {
 struct refresh_log_head {
     __u64 head;                    // refreshes this CPU has logged, ever
     __u64 tail;                    // the agent's: how many of them it has read
+};
+
+// The agent's heartbeat, in jiffies. The program answers only while the agent beat within
+// `window`: a program left behind by an agent that is gone (node unlabelled, chart
+// uninstalled, agent crash-looping) stops extending leases whose addresses the operator will
+// give to another node. Zero (no agent ever beat): nothing is answered.
+struct agent_heartbeat {
+    __u64 beat;                    // bpf_jiffies64() when the agent last beat
+    __u64 window;                  // how long a beat gives authority, in jiffies
 };
 
 // bpf_jiffies64() and CLOCK_MONOTONIC read at one instant, for the agent to convert expiries.

@@ -46,4 +46,5 @@ BPF_F_TABLE("array", u32, struct lease_refresh, refresh_log, MAX_CPUS * REFRESH_
             BPF_F_MMAPABLE);
 #endif
 BPF_ARRAY(clock_sample, struct clock_sample, 1);
+BNG_TABLE("array", __u32, struct agent_heartbeat, heartbeat, 1);
 

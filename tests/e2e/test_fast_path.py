@@ -153,3 +153,37 @@ def test_the_agent_leaves_no_fast_path_behind_when_removed(renewing: Site) -> No
                  site.access, "--bpf-dir", str(site.lab.bpf_dir))
     assert netlink.xdp_program_id(site.access, site.bng) is None
     assert not site.lab.bpf_dir.exists()
+
+
+def test_without_its_agent_the_fast_path_answers_only_within_its_window(
+        make_site: Callable[..., Site], tmp_path: Path) -> None:
+    """A program left behind by an agent that is gone answers for --fast-path-authority after
+    the agent's last heartbeat, then stops extending leases (issue 14, point 2), and an agent
+    back gives it authority again."""
+    window = 8.0
+    site = make_site(subscribers=SUBSCRIBERS)
+    site.start_agent("--fast-path-authority", f"{window:.0f}s")
+    procs = [clients.dhclient_renewing(ns, "eth0", tmp_path, RENEW_EVERY)
+             for ns in site.subscribers]
+    try:
+        _wait("every client bound", lambda: all(_history(site, tmp_path)))
+        _wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
+        site.stop_agent(signal.SIGKILL)
+        killed = time.monotonic()
+        counts = [len(a) for a in _acks(site, tmp_path)]
+        _wait("renewals answered within the window",
+              lambda: all(len(a) > n for n, a in zip(counts, _acks(site, tmp_path), strict=True)),
+              timeout=window - 1)
+        time.sleep(max(0.0, killed + window + 1 - time.monotonic()))
+        after = [len(a) for a in _acks(site, tmp_path)]
+        time.sleep(3 * RENEW_EVERY)
+        assert [len(a) for a in _acks(site, tmp_path)] == after, "answered past the window"
+
+        site.start_agent("--fast-path-authority", f"{window:.0f}s")
+        fast = site.metrics().get(FAST_ACKS, 0)
+        _wait("fast renewals with an agent back",
+              lambda: site.metrics().get(FAST_ACKS, 0) >= fast + SUBSCRIBERS)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -41,7 +41,7 @@ from bng_operator.agent.dataplane.loader import (
     test_run,
 )
 from bng_operator.agent.fastpath.entries import FastEntry, SubnetOptions, circuit_hash
-from bng_operator.api.bngnode import MAX_LEASES_PER_NODE
+from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, MAX_LEASES_PER_NODE
 from bng_operator.netlink import XDPMode
 
 SOURCE = Path(BPF_DIR) / "access_ingress.c"
@@ -53,7 +53,8 @@ NO_SLOT = 0xFFFF  # a lease whose subnet has no slot: the program's lookup finds
 # enum fastpath_counter, in order.
 COUNTERS = ("offer", "ack", "pass_not_dhcp", "pass_malformed", "pass_miss", "pass_expired",
             "pass_wrong_address", "pass_changed", "pass_other_type", "pass_layout",
-            "pass_no_interface", "pass_no_subnet", "pass_no_room", "drop", "refresh_lost")
+            "pass_no_interface", "pass_no_subnet", "pass_no_room", "drop", "refresh_lost",
+            "pass_no_agent")
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 REFRESH_CLOCK_MONOTONIC_NS, REFRESH_CLOCK_JIFFIES = 0, 1  # enum refresh_clock
 Attached = Literal["adopted", "attached", "replaced"]
@@ -184,8 +185,11 @@ def generation(source: Path, cflags: dict[str, int | str]) -> str:
 
 class FastPath:
     def __init__(self, max_subscribers: int = MAX_LEASES_PER_NODE,
-                 pin_root: Path | None = None, source: Path = SOURCE) -> None:
-        """``source`` is the program's C file, or a file that includes it (the benchmark)."""
+                 pin_root: Path | None = None, source: Path = SOURCE,
+                 authority: float = FAST_PATH_AUTHORITY) -> None:
+        """``source`` is the program's C file, or a file that includes it (the benchmark).
+        ``authority``: seconds a heartbeat lets the program answer (see ``beat``); whoever
+        loads or adopts the program beats once."""
         if not 1 <= max_subscribers <= MAX_LEASES_PER_NODE:
             raise DataplaneError(f"fast-path maps of {max_subscribers} subscribers: the design "
                                  f"limit is 1..{MAX_LEASES_PER_NODE} leases per node")
@@ -220,6 +224,9 @@ class FastPath:
         self._clock_map = self.obj.map("clock_sample")
         self._clock_fd = self.obj.load_xdp("clock_now")
         self.clock = KernelClock(kernel_hz(self._sample_clock), *self._sample_clock())
+        self._heartbeat = self.obj.map("heartbeat")
+        self.authority = authority
+        self.beat()
         self._log = RefreshLog(self.obj.map("refresh_heads"), self.obj.map("refresh_log"), cpus)
         self._fd: int | None = None
         self._own_fd = False
@@ -279,6 +286,18 @@ class FastPath:
                 shutil.rmtree(d, ignore_errors=True)
                 gone.append(d.name)
         return gone
+
+    def beat(self) -> None:
+        """The agent is alive: the program may answer for ``authority`` seconds more."""
+        hb = self._heartbeat.Leaf()
+        hb.beat = self._sample_clock()[0]  # the kernel's jiffies now, not a conversion
+        hb.window = round(self.authority * self.clock.hz)
+        self._heartbeat[self._heartbeat.Key(0)] = hb
+
+    def last_beat(self) -> tuple[float, float]:
+        """(when the program was last told the agent is alive, as unix time; the window)."""
+        hb = self._heartbeat[self._heartbeat.Key(0)]
+        return self.clock.wall(int(hb.beat)), int(hb.window) / self.clock.hz
 
     # --- maps --------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from bng_operator.agent.dhcp.server import DhcpServer
 from bng_operator.agent.dhcp.transport import AccessInterface
 from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.sessions.session import Change, Session
-from bng_operator.api.bngnode import MapFill, ProgramStatus
+from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, MapFill, ProgramStatus
 from bng_operator.metrics import AgentMetrics
 
 if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when the fast path is on
@@ -40,6 +40,7 @@ class FastPathFeature:
     commits: Commits
     pin_root: Path
     xdp_mode: netlink.XDPMode
+    authority: float = FAST_PATH_AUTHORITY  # seconds the program answers after a heartbeat
     name: str = "fastpath"
     cache: SubscriberCache | None = field(default=None, init=False)
 
@@ -53,7 +54,7 @@ class FastPathFeature:
         from bng_operator.agent.fastpath.cache import SubscriberCache
 
         try:
-            fp = FastPath(config.max_leases, self.pin_root)
+            fp = FastPath(config.max_leases, self.pin_root, authority=self.authority)
             # Verified now, not at the first attach: a rejected program means no fast path
             # from the start, and the first tick attaches at once.
             fp.fd  # noqa: B018
@@ -151,8 +152,11 @@ class FastPathFeature:
     # --- renewals the kernel answered ------------------------------------------------------------
 
     async def sync(self, stop: asyncio.Event, interval: float) -> None:
+        """Renewals into the store, and the heartbeat that lets the program answer."""
         while not stop.is_set():
             try:
+                if self.cache is not None:
+                    self.cache.fp.beat()
                 self.persist_renewals()
             except Exception:  # the syncer must outlive any one bad round
                 log.exception("fast path sync failed; retrying")
