@@ -59,8 +59,9 @@ def matches(c: ClassConfig, msg: Message, vlans: tuple[int, ...]) -> bool:
 
 
 def classify(config: NodeConfig, msg: Message, vlans: tuple[int, ...]) -> Classified | None:
-    """The reservation's class, else the first class that matches, else (relayed) the pool
-    of giaddr's subnet, else the reservation's pool; None when nothing serves the client."""
+    """The reservation's class, else the first class that matches; the reservation's pool,
+    else the class's, else (relayed) the pool of giaddr's subnet; None when nothing serves
+    the client. A relayed client is served only from the subnet of giaddr's link."""
     reservation = None
     if config.reservation_by_key:
         keys = message_keys(msg)
@@ -74,13 +75,13 @@ def classify(config: NodeConfig, msg: Message, vlans: tuple[int, ...]) -> Classi
     relayed = int(msg.giaddr) != 0
     if cls is not None:
         pool = config.pools[reservation.pool if reservation else cls.spec.pool]
+    elif reservation:  # its own pool; relayed, its subnet must be the relay's link (below)
+        pool = config.pools[reservation.pool]
     elif relayed:  # no class: the relay's link picks the pool, as in any DHCP server
         found = next((p for p in config.pools.values() if p.subnet_config(msg.giaddr)), None)
         if found is None:
             return None
         pool = found
-    elif reservation:
-        pool = config.pools[reservation.pool]
     else:
         return None
     subnet = pool.subnet_config(msg.giaddr) if relayed else None

@@ -263,6 +263,8 @@ class DhcpServer:
         None and the reason there is none."""
         alloc = self.pools[c.pool.name]
         if c.reservation:
+            if not self._in_subnet(c, c.reservation.address):
+                return None, "reservation_not_on_link"
             holder = self.by_address.get(c.reservation.address)
             if holder and holder.identity != c.identity:
                 log.warning("reserved address %s of %s is leased to %s",
@@ -337,6 +339,8 @@ class DhcpServer:
             return Outcome("drop", drop="other_server")
         if c is None:
             return Outcome("drop", drop="no_class")
+        if int(msg.giaddr) and c.subnet is None:  # as for a DISCOVER: not a link we serve
+            return Outcome("drop", drop="no_subnet_for_relay")
         want = msg.requested_ip if int(msg.ciaddr) == 0 else msg.ciaddr
         if want is None:
             return Outcome("drop", drop="no_requested_address")
@@ -570,7 +574,10 @@ class DhcpServer:
             order.append(Opt.RELAY_AGENT)
         reply = Message(
             op=BOOTREPLY, xid=req.xid, chaddr=req.chaddr, htype=req.htype, hlen=req.hlen,
-            flags=req.flags, giaddr=req.giaddr,
+            # A NAK through a relay asks it to broadcast (RFC 2131 §4.3.2): the client may
+            # have no address the relay could unicast to.
+            flags=req.flags | (0x8000 if kind == MessageType.NAK and int(req.giaddr) else 0),
+            giaddr=req.giaddr,
             ciaddr=req.ciaddr if kind == MessageType.ACK else ZERO,
             yiaddr=IPv4Address(addr) if addr else ZERO, options=o)
         label = _LABELS.get(kind, "inform" if inform else "ack")

@@ -422,3 +422,37 @@ def test_a_store_written_by_an_older_agent_gains_the_new_columns(tmp_path: Path)
     assert lease.identity == "mac:02:00:00:00:00:01"
     assert (lease.vlan, lease.giaddr, lease.server_id, lease.relay_agent, lease.lease_seconds) \
         == (0, 0, 0, None, 0)
+
+
+def test_a_nak_through_a_relay_sets_the_broadcast_bit() -> None:
+    """RFC 2131 §4.3.2 (issue 14, point 8); a direct NAK goes out broadcast anyway."""
+    s, _, _ = server()
+    out = s.handle(request(R, requested="192.0.2.77", giaddr="100.64.0.2", **RES), CTX)  # type: ignore[arg-type]
+    assert out.kind == "nak" and out.reply is not None and out.reply.flags & 0x8000
+    direct = s.handle(request(R, requested="192.0.2.77", **RES), CTX)  # type: ignore[arg-type]
+    assert direct.kind == "nak" and direct.reply is not None and not direct.reply.flags & 0x8000
+
+
+def _reserved_without_class(objs):  # type: ignore[no-untyped-def]
+    """A reservation by MAC, with no class, in the business pool."""
+    from bng_operator.api.documents import parse
+
+    extra = parse({"apiVersion": "bng.dev/v1alpha1", "kind": "Subscriber",
+                   "metadata": {"name": "no-class", "namespace": "bng-system"},
+                   "spec": {"identity": {"mac": "02:00:00:00:0c:01"}, "pool": "business",
+                            "address": "198.51.100.20"}})
+    return [*objs, extra]
+
+
+def test_a_relayed_reservation_without_a_class_gets_the_link_check_of_everyone_else() -> None:
+    """Issue 14, point 8: through a relay on another pool's link, a reserved client gets no
+    offer of its reserved address (nor anything else); through its own link it does."""
+    s, _, _ = server(_reserved_without_class)
+    wrong = s.handle(request(D, "02:00:00:00:0c:01", giaddr="100.64.0.2"), CTX)
+    assert wrong.reply is None and wrong.drop == "no_subnet_for_relay"
+    req = s.handle(request(R, "02:00:00:00:0c:01", requested="198.51.100.20",
+                           giaddr="100.64.0.2"), CTX)
+    assert req.reply is None and req.drop == "no_subnet_for_relay"
+    assert int(IPv4Address("198.51.100.20")) not in s.by_address
+    right = s.handle(request(D, "02:00:00:00:0c:01", giaddr="198.51.100.2"), CTX)
+    assert right.reply is not None and ip(right.reply) == "198.51.100.20"
