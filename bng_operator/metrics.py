@@ -44,6 +44,10 @@ class AgentMetrics:
         self.fast_errors = Counter(
             "bng_fastpath_errors_total", "Map writes that failed (the slow path answers).",
             ["op"], registry=r)
+        self.fast_undeleted = Gauge(
+            "bng_fastpath_undeleted_entries",
+            "Entries of ended leases whose removal failed; retried until they are gone.",
+            registry=r)
         self.fast_refreshes = Counter(
             "bng_fastpath_renewals_persisted_total",
             "Lease ends moved by fast-path ACKs and written to the lease store.", registry=r)

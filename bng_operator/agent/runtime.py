@@ -199,6 +199,9 @@ class Agent:
                 degraded = degraded or "fast path unavailable: the slow path serves every request"
             elif missing:
                 degraded = degraded or f"fast path not attached on {', '.join(missing)}"
+            elif self.fast_path.cache is not None and self.fast_path.cache.undeleted:
+                degraded = degraded or (f"{len(self.fast_path.cache.undeleted)} fast-path entries "
+                                        "of ended leases could not be removed; retrying")
         return degraded
 
     # --- periodic work -------------------------------------------------------------------------

@@ -33,6 +33,9 @@ class SubscriberCache:
         self.keys: dict[int, Key] = {}  # lease address -> its entry's key
         self.subnets: set[int] = set()
         self.unservable: set[str] = set()  # pools whose options the fast path cannot carry
+        # Entries whose delete failed, by key (the identity, for the log): each would go on
+        # answering for a lease that ended, so they are tried again until they are gone.
+        self.undeleted: dict[Key, str] = {}
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -76,30 +79,48 @@ class SubscriberCache:
         """A committed ACK: the fast path answers this client's next request."""
         e = entry_for(lease, self.config)
         old = self.keys.get(lease.address)
+        if old is not None and (e is None or old != e.key):
+            del self.keys[lease.address]
+            self._delete(old, lease)
+        if e is None:
+            return
         try:
-            if old is not None and (e is None or old != e.key):
-                self.fp.delete(old)
-                del self.keys[lease.address]
-            if e is not None:
-                self.fp.put(e)
-                self.keys[lease.address] = e.key
+            self.fp.put(e)
         except Exception as err:
             self._failed("put", lease, err)
+            return
+        self.keys[lease.address] = e.key
+        self.undeleted.pop(e.key, None)  # its own again: a retry must not delete it
 
     def unbound(self, lease: Lease) -> None:
         """Released, declined, expired or moved: the slow path answers from now on."""
         key = self.keys.pop(lease.address, None)
-        if key is None:
-            return
+        if key is not None:
+            self._delete(key, lease)
+
+    def _delete(self, key: Key, lease: Lease) -> None:
         try:
             self.fp.delete(key)
         except Exception as err:
+            self.undeleted[key] = lease.identity
             self._failed("delete", lease, err)
+
+    def retry_deletes(self) -> int:
+        """Try the failed deletes again. Returns how many entries are still left over."""
+        for key, identity in list(self.undeleted.items()):
+            try:
+                self.fp.delete(key)
+            except Exception as err:
+                log.warning("fast path: the entry of %s is still not removed: %s", identity, err)
+                continue
+            del self.undeleted[key]
+            log.info("fast path: the left-over entry of %s is removed", identity)
+        return len(self.undeleted)
 
     def _failed(self, op: str, lease: Lease, err: Exception) -> None:
         self.on_error(op)
-        log.error("fast path: %s of the entry of %s failed: %s; the slow path answers it",
-                  op, lease.identity, err)
+        log.error("fast path: %s of the entry of %s failed: %s; %s", op, lease.identity, err,
+                  "retried until it is gone" if op == "delete" else "the slow path answers it")
 
     # --- configuration -------------------------------------------------------------------------
 

@@ -157,6 +157,8 @@ class FastPathFeature:
             try:
                 if self.cache is not None:
                     self.cache.fp.beat()
+                    left = self.cache.retry_deletes() if self.cache.undeleted else 0
+                    self.metrics.fast_undeleted.set(left)
                 self.persist_renewals()
             except Exception:  # the syncer must outlive any one bad round
                 log.exception("fast path sync failed; retrying")

@@ -1,0 +1,111 @@
+"""The maps as a cache of bound leases: a failed delete is retried, never left answering
+(issue 14, point 2)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from bng_lab.dhcp_env import bound_lease, sample_config
+from bng_operator.agent.fastpath.cache import SubscriberCache
+from bng_operator.agent.fastpath.entries import FastEntry, SubnetOptions
+
+
+class FlakyMaps:
+    """The FastPath's map calls, with deletes that fail while ``broken``."""
+
+    adopted_maps = False
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[bool, int, bytes], FastEntry] = {}
+        self.broken = False
+
+    def put(self, e: FastEntry) -> None:
+        self.entries[e.key] = e
+
+    def delete(self, key: tuple[bool, int, bytes]) -> None:
+        if self.broken:
+            raise OSError("EBUSY")
+        self.entries.pop(key, None)
+
+    def put_many(self, entries: list[FastEntry]) -> None:
+        for e in entries:
+            self.put(e)
+
+    def put_subnet(self, so: SubnetOptions) -> None:
+        pass
+
+
+def test_a_failed_delete_is_retried_until_the_entry_is_gone() -> None:
+    maps = FlakyMaps()
+    errors: list[str] = []
+    cache = SubscriberCache(maps, sample_config(), errors.append)  # type: ignore[arg-type]
+    lease = bound_lease()
+    cache.bound(lease)
+    assert len(maps.entries) == 1
+    maps.broken = True
+    cache.unbound(lease)
+    assert errors == ["delete"] and len(cache.undeleted) == 1 and len(maps.entries) == 1
+    assert cache.retry_deletes() == 1  # still failing: still listed
+    maps.broken = False
+    assert cache.retry_deletes() == 0 and maps.entries == {} and cache.undeleted == {}
+
+
+def test_a_retry_never_deletes_an_entry_bound_again() -> None:
+    maps = FlakyMaps()
+    cache = SubscriberCache(maps, sample_config())  # type: ignore[arg-type]
+    lease = bound_lease()
+    cache.bound(lease)
+    maps.broken = True
+    cache.unbound(lease)
+    maps.broken = False
+    cache.bound(lease)  # the same client, the same key, bound again
+    assert cache.undeleted == {}
+    assert cache.retry_deletes() == 0 and len(maps.entries) == 1
+
+
+def test_a_pool_change_on_reload_removes_its_leases_entries() -> None:
+    """Leases whose pool, block or excluded ranges changed leave the maps on a reload
+    (issue 14, point 2): the slow path decides their next request."""
+    from bng_lab.dhcp_env import server
+    from bng_lab.messages import request
+    from bng_operator.agent.dhcp.codec import MessageType
+    from bng_operator.agent.dhcp.server import Context
+    from bng_operator.agent.fastpath.feature import FastPathFeature
+    from bng_operator.agent.sessions.events import SessionEvents
+    from bng_operator.api import IPPool
+    from bng_operator.api.ippool import AddressRange
+
+    s, _, _ = server()
+    ctx = Context("access0", (IPv4Address("100.64.0.1"),))
+    for i, who in enumerate(({"remote": "res-1"}, {"circuit": "biz-olt1-1/1/3"})):
+        mac = f"02:00:00:00:0d:0{i}"
+        offer = s.handle(request(MessageType.DISCOVER, mac, **who), ctx).reply  # type: ignore[arg-type]
+        assert offer is not None
+        s.handle(request(MessageType.REQUEST, mac, requested=str(offer.yiaddr),  # type: ignore[arg-type]
+                         server_id="100.64.0.1", **who), ctx)
+    maps = FlakyMaps()
+    feature = FastPathFeature(s, None, None, None, None, "native")  # type: ignore[arg-type]
+    feature.cache = SubscriberCache(maps, s.config)  # type: ignore[arg-type]
+    feature.cache.warm(s.by_address.values())
+    assert len(maps.entries) == 2
+    bus = SessionEvents()
+    bus.subscribe(feature)
+    s.take_events()
+
+    def edit(objs):  # type: ignore[no-untyped-def]
+        out = []
+        for o in objs:
+            if isinstance(o, IPPool) and o.name == "residential":
+                sub = o.spec.subnets[0]
+                wider = [*sub.exclude, AddressRange(start="100.64.0.16", end="100.64.0.17")]
+                sub = sub.model_copy(update={"exclude": wider})
+                o = o.model_copy(update={"spec": o.spec.model_copy(update={"subnets": [sub]})})
+            out.append(o)
+        return out
+
+    s.reconfigure(sample_config(edit))
+    feature.cache.config = s.config
+    bus.publish(s.take_events())
+    left = {e.address for e in maps.entries.values()}
+    business = {a for a, lease in s.by_address.items() if lease.pool == "business"}
+    assert len(business) == 1 and left == business  # the residential entry left the maps
