@@ -30,6 +30,7 @@ from bng_operator.agent.dhcp.server import DhcpServer
 from bng_operator.agent.expiry import Expiry
 from bng_operator.agent.fastpath.feature import FastPathFeature, programs
 from bng_operator.agent.health import Commits, Health
+from bng_operator.agent.lock import Locks
 from bng_operator.agent.report.feature import KubeReporting, NodeView
 from bng_operator.agent.report.kube import KubeReporter, ReportSettings
 from bng_operator.agent.sessions.authorise import Authoriser
@@ -80,8 +81,22 @@ class Agent:
     # --- start and stop ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        locks = Locks()
+        try:
+            await self._run(stop, locks)
+        finally:
+            locks.release()
+
+    async def _run(self, stop: asyncio.Event, locks: Locks) -> None:
         st, m, h = self.settings, self.metrics, self.health
         loop = asyncio.get_running_loop()
+        st.state_dir.mkdir(parents=True, exist_ok=True)
+        locks.hold(st.state_dir, "the state directory")
+        if st.fast_path:
+            with contextlib.suppress(OSError):  # no bpffs: the fast path says so when it loads
+                st.bpf_pin_root.mkdir(parents=True, exist_ok=True)
+            if st.bpf_pin_root.is_dir():
+                locks.hold(st.bpf_pin_root, "the BPF directory")
         self.config = await loop.run_in_executor(None, load_node_config, self.source, st.node)
         h.last_sync = datetime.now(UTC)
         m.config_loaded.set(1)
@@ -123,7 +138,13 @@ class Agent:
             self.reporting = self._reporting(self.source)
             sessions.subscribe(self.reporting)
 
-        site = await http.serve(st.metrics_host, st.metrics_port, m.render, h.ready)
+        try:
+            site = await http.serve(st.metrics_host, st.metrics_port, m.render, h.ready)
+        except OSError as e:
+            store.close()
+            raise ConfigError(f"cannot serve metrics on {st.metrics_host}:{st.metrics_port}: "
+                              f"{e.strerror or e}; is another agent or program using the "
+                              "port? (--metrics-port)") from e
         loop.add_signal_handler(signal.SIGHUP, self._reload_wanted.set)
         tasks = [asyncio.create_task(self._tick(stop)), asyncio.create_task(self._reloader(stop))]
         if self.fast_path is not None:
