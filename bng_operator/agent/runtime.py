@@ -116,7 +116,8 @@ class Agent:
         self.expiry.adopt_orphans(server.load(leases, declines))
         if st.fast_path:
             fp = FastPathFeature(server, m, h, commits, st.bpf_pin_root, st.xdp_mode,
-                                 st.fast_path_authority)
+                                 st.fast_path_authority,
+                                 st.state_dir / f"fastpath-counters-{st.node}.json")
             if fp.start(self.config):
                 self.fast_path = fp
                 self.expiry.before.append(fp.persist_renewals)

@@ -9,6 +9,7 @@ maps outlive the agent: on start they are adopted, and warmed from the lease sto
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, MapFill, ProgramStatus
 from bng_operator.metrics import AgentMetrics
 
 if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when the fast path is on
+    from bng_operator.agent.dataplane.fastpath import FastPath
     from bng_operator.agent.fastpath.cache import SubscriberCache
 
 log = logging.getLogger("bng.agent")
@@ -41,6 +43,9 @@ class FastPathFeature:
     pin_root: Path
     xdp_mode: netlink.XDPMode
     authority: float = FAST_PATH_AUTHORITY  # seconds the program answers after a heartbeat
+    # The kernel counters as last read into the metrics, kept across agent restarts: what the
+    # program counted while no agent ran is counted by the next one.
+    counters_file: Path | None = None
     name: str = "fastpath"
     cache: SubscriberCache | None = field(default=None, init=False)
 
@@ -69,10 +74,42 @@ class FastPathFeature:
             log.info("fast path: adopted generation %s; %d lease ends moved by renewals it "
                      "answered", fp.generation, moved)
         self.persist_renewals()
-        self.metrics.kernel_counters(fp.counters())  # the base for later readings
-        self.metrics.before_scrape.append(lambda: self.metrics.kernel_counters(fp.counters()))
+        self.metrics.kernel_counters(self._counted_before(fp))  # the base for later readings
+        self.read_counters()  # what the program answered while no agent ran
+        self.metrics.before_scrape.append(self.read_counters)
         self.metrics.watch_maps(self.cache.counts)
         return True
+
+    def _counted_before(self, fp: FastPath) -> dict[str, int]:
+        """What the metrics already hold of the program's counters: nothing of fresh maps,
+        the last agent's reading of adopted ones (when it left one), else all of it."""
+        now = fp.counters()
+        if not fp.adopted_maps:
+            return dict.fromkeys(now, 0)
+        try:
+            saved = json.loads(self.counters_file.read_text()) if self.counters_file else None
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict) and saved.get("generation") == fp.generation and \
+                isinstance(saved.get("counters"), dict):
+            return {k: int(saved["counters"].get(k, 0)) for k in now}
+        return now
+
+    def read_counters(self) -> None:
+        """Fold the program's counters into the metrics, and remember the reading."""
+        if self.cache is None:
+            return
+        fp = self.cache.fp
+        now = fp.counters()
+        self.metrics.kernel_counters(now)
+        if self.counters_file is None:
+            return
+        tmp = self.counters_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"generation": fp.generation, "counters": now}))
+            tmp.replace(self.counters_file)
+        except OSError as e:
+            log.warning("fast path: could not keep the counters in %s: %s", self.counters_file, e)
 
     def warm(self) -> None:
         """Make the maps hold exactly the bound leases (after start-up expiry)."""
@@ -85,6 +122,7 @@ class FastPathFeature:
     def stop(self) -> None:
         """The program and its maps stay: DHCP goes on without the agent."""
         if self.cache is not None:
+            self.read_counters()
             self.persist_renewals()
             self.cache.fp.close()
 
