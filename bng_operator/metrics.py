@@ -26,6 +26,10 @@ class AgentMetrics:
                              registry=r)
         self.lease_commits = Counter(
             "bng_lease_store_commits_total", "fsync'd commits of the lease store.", registry=r)
+        self.lease_commit_failures = Counter(
+            "bng_lease_store_commit_failures_total",
+            "Lease store commits that failed after their retries (their replies were not sent).",
+            registry=r)
         self.send_failures = Counter(
             "bng_dhcp_send_failures_total", "Replies the kernel did not take.", ["interface"],
             registry=r)

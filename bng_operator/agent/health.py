@@ -17,13 +17,15 @@ log = logging.getLogger("bng.agent")
 @dataclass
 class Health:
     problem: str = "starting"  # the node does not serve (Ready=False); "" when it does
+    store_problem: str = ""  # the last lease store commit failed: no ACK can be sent
     reload_error: str = ""  # the last configuration did not apply (Degraded=True)
     last_sync: datetime | None = None  # when the configuration was last read
     dirty: bool = True  # the BNGNode status should be written again
     attached: set[str] = field(default_factory=set)  # interfaces with the fast path on them
 
     def ready(self) -> tuple[bool, str]:
-        return (self.problem == "", self.problem or "ready")
+        problem = self.problem or self.store_problem
+        return (problem == "", problem or "ready")
 
 
 @dataclass
@@ -43,6 +45,12 @@ class Commits:
             return
         if fut.exception() is None:
             self.metrics.lease_commits.inc()
+            if self.health.store_problem:
+                log.info("lease store commits again")
+                self.health.store_problem, self.health.dirty = "", True
             return
-        log.error("lease store commit failed: %s", fut.exception())
-        self.health.problem = f"lease store: {fut.exception()}"
+        self.metrics.lease_commit_failures.inc()
+        log.error("lease store commit failed: %s; no ACK is sent for a lease not on disk",
+                  fut.exception())
+        self.health.store_problem = f"lease store: {fut.exception()}"
+        self.health.dirty = True

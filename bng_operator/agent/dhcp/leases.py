@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,6 +20,9 @@ from pathlib import Path
 _ADDED_COLUMNS = {"vlan": "INTEGER NOT NULL DEFAULT 0", "giaddr": "INTEGER NOT NULL DEFAULT 0",
                   "server_id": "INTEGER NOT NULL DEFAULT 0", "relay_agent": "BLOB",
                   "lease_seconds": "INTEGER NOT NULL DEFAULT 0"}
+
+# Pauses between the tries of one batch write (a busy or briefly full disk), then it fails.
+WRITE_RETRIES = (0.05, 0.2, 0.0)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS leases (
@@ -155,13 +159,23 @@ class LeaseStore:
             batch, fut = self._take_batch(loop)
             if not batch and fut is None:
                 return
-            err: BaseException | None = None
-            try:
-                self._write(batch)
-            except sqlite3.Error as e:
-                err = e
+            err = self._write_retried(batch)
             if fut is not None:
                 loop.call_soon_threadsafe(_resolve, fut, err)
+
+    def _write_retried(self, batch: list[tuple[str, object]]) -> Exception | None:
+        """Write one batch, trying again a bounded number of times. Any failure, not only
+        SQLite's, fails the batch's commit (its replies are not sent) and never the writer:
+        a writer that died would leave every later commit waiting for ever."""
+        for attempt, pause in enumerate(WRITE_RETRIES):
+            try:
+                self._write(batch)
+                return None
+            except Exception as e:
+                if attempt == len(WRITE_RETRIES) - 1:
+                    return e
+                time.sleep(pause)
+        return None
 
     def _take_batch(self, loop: asyncio.AbstractEventLoop,
                     ) -> tuple[list[tuple[str, object]], asyncio.Future[None] | None]:

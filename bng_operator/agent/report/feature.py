@@ -93,7 +93,7 @@ class KubeReporting:
         seen: tuple[object, ...] = ()
         while not stop.is_set():
             try:
-                now_seen = (self.health.problem, frozenset(self.health.attached),
+                now_seen = (self.health.ready(), frozenset(self.health.attached),
                             self.health.reload_error, self.view.fast_path_on())
                 if now_seen != seen:
                     seen, self.health.dirty = now_seen, True
@@ -116,7 +116,8 @@ class KubeReporting:
     def node_status(self) -> BNGNodeStatus:
         leases = [*self.server.by_address.values(), *self.view.orphans()]
         st = node_status(self.view.config(), leases, self.view.programs(), self.view.maps(),
-                         self.health.problem, self.view.degraded(), self.view.generation(),
+                         self.health.problem or self.health.store_problem, self.view.degraded(),
+                         self.view.generation(),
                          self.health.last_sync, self._conditions, datetime.now(UTC))
         self._conditions = list(st.conditions)
         return st

@@ -1,0 +1,78 @@
+"""The lease store fails loudly, never silently (issue 14, point 5): any failure of a write
+fails that commit and not the writer, is retried a bounded number of times, and makes the
+agent not ready until a commit succeeds again."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bng_lab.dhcp_env import bound_lease
+from bng_operator.agent.dhcp import leases
+from bng_operator.agent.dhcp.leases import LeaseStore
+from bng_operator.agent.health import Commits, Health
+from bng_operator.metrics import AgentMetrics
+
+
+def test_a_failing_write_fails_its_commit_not_the_writer(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leases, "WRITE_RETRIES", (0.0, 0.0, 0.0))
+    store = LeaseStore(tmp_path / "l.sqlite")
+    real, calls = store._write, []
+
+    def broken(batch):  # type: ignore[no-untyped-def]
+        calls.append(len(batch))
+        if len(calls) <= 3:
+            raise RuntimeError("disk on fire")  # not a sqlite3.Error
+        real(batch)
+
+    monkeypatch.setattr(store, "_write", broken)
+
+    async def run() -> None:
+        metrics, health = AgentMetrics(), Health(problem="")
+        commits = Commits(store, metrics, health)
+        store.put(bound_lease())
+        fut = store.commit()
+        fut.add_done_callback(commits.done)
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            await asyncio.wait_for(fut, 5)
+        await asyncio.sleep(0)
+        assert calls == [1, 1, 1]  # tried three times, then failed
+        assert health.ready() == (False, "lease store: disk on fire")
+        assert metrics.registry.get_sample_value("bng_lease_store_commit_failures_total") == 1
+        store.put(bound_lease(address=int(bound_lease().address) + 1))
+        fut = store.commit()
+        fut.add_done_callback(commits.done)
+        await asyncio.wait_for(fut, 5)  # the writer lives on: the next commit goes through
+        await asyncio.sleep(0)
+        assert health.ready() == (True, "ready")
+
+    asyncio.run(run())
+    stored, _ = store.load()
+    store.close()
+    assert len(stored) == 1
+
+
+def test_a_passing_failure_is_retried_and_commits(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leases, "WRITE_RETRIES", (0.0, 0.0, 0.0))
+    store = LeaseStore(tmp_path / "l.sqlite")
+    real, calls = store._write, []
+
+    def once(batch):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("EIO")
+        real(batch)
+
+    monkeypatch.setattr(store, "_write", once)
+
+    async def run() -> None:
+        store.put(bound_lease())
+        await asyncio.wait_for(store.commit(), 5)
+
+    asyncio.run(run())
+    assert len(store.load()[0]) == 1 and len(calls) == 2
+    store.close()
