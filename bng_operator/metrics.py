@@ -70,6 +70,10 @@ class AgentMetrics:
         self.kube_dropped = Counter(
             "bng_kube_dropped_updates_total",
             "Updates dropped from a full queue (a resync follows).", registry=r)
+        self.kube_auth_refused = Gauge(
+            "bng_kube_auth_refused",
+            "1 when the apiserver refused the agent's credentials (401/403) on its last read.",
+            registry=r)
         self.kube_reachable = Gauge(
             "bng_kube_reachable", "1 when the last apiserver request succeeded.", registry=r)
         # Sessions (agent/sessions): how they end, and features that failed on an event.

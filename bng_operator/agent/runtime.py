@@ -98,6 +98,7 @@ class Agent:
             if st.bpf_pin_root.is_dir():
                 locks.hold(st.bpf_pin_root, "the BPF directory")
         self.config = await loop.run_in_executor(None, load_node_config, self.source, st.node)
+        self._read_source()
         h.last_sync = datetime.now(UTC)
         m.config_loaded.set(1)
         path = st.state_dir / f"leases-{st.node}.sqlite"
@@ -213,8 +214,14 @@ class Agent:
             return []
         return programs(self._config.access_interfaces, self.health.attached)
 
+    def _read_source(self) -> None:
+        refused = getattr(self.source, "refused", "")
+        self.metrics.kube_auth_refused.set(1 if refused else 0)
+        if refused != self.health.refused:
+            self.health.refused, self.health.dirty = refused, True
+
     def _degraded(self) -> str:
-        degraded = self.health.reload_error
+        degraded = self.health.refused or self.health.reload_error
         if self.settings.fast_path:
             missing = [n for n in self._config.access_interfaces if n not in self.health.attached]
             if self.fast_path is None:
@@ -264,11 +271,13 @@ class Agent:
             config = await loop.run_in_executor(None, load_node_config, self.source,
                                                 self.settings.node)
         except (ConfigError, OSError) as e:
+            self._read_source()
             self.metrics.config_loaded.set(0)
             h.reload_error = f"configuration not applied: {e}"
             log.error("reload failed, still serving the previous configuration: %s", e)
             return
         assert self.server is not None and self.sessions is not None
+        self._read_source()
         h.reload_error, h.last_sync = "", datetime.now(UTC)
         self.metrics.config_loaded.set(1)
         if config == self.config:

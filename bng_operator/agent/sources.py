@@ -5,6 +5,7 @@ Both return the same objects, and ``load_node_config`` turns them into the same 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -82,6 +83,9 @@ class KubeSource:
         self.generation: int | None = None  # of the BNGNode last read
         self.embedded = True  # the BNGNode carries its policy (written by the operator)
         self.from_cache = False
+        # The apiserver refused the agent's credentials on the last read (401/403): what it
+        # said, for the log, the BNGNode condition and bng_kube_auth_refused; "" otherwise.
+        self.refused = ""
 
     def _list(self, plural: str, namespaced: bool = False) -> list[dict[str, Any]]:
         if namespaced:
@@ -113,22 +117,48 @@ class KubeSource:
         return items
 
     def objects(self) -> list[Resource]:
-        from bng_operator.api import BY_KIND
-
         try:
             items = self._read()
-            self.from_cache = False
+            self.from_cache, self.refused = False, ""
             if self.cache is not None and items:
                 tmp = self.cache.with_suffix(".tmp")
                 tmp.write_text(json.dumps(items))
                 tmp.replace(self.cache)
         except Exception as e:
+            status = getattr(e, "status", None)
+            if status in (401, 403):  # not an outage: the agent's identity or RBAC is wrong
+                self.refused = (f"the apiserver refused the agent's credentials ({status} "
+                                f"{getattr(e, 'reason', '')}): check its ServiceAccount, "
+                                "token and RBAC")
+                why = self.refused
+                log.error("%s", why)
+            else:
+                why = f"apiserver unreachable ({str(e).splitlines()[0][:200]})"
             if self.cache is None or not self.cache.exists():
-                raise ConfigError(f"apiserver unreachable and no cached configuration: {e}") from e
-            log.warning("apiserver unreachable (%s); serving the configuration cached in %s",
-                        str(e).splitlines()[0][:200], self.cache)
-            items = json.loads(self.cache.read_text())
+                raise ConfigError(f"{why}, and no cached configuration") from e
+            log.warning("%s; serving the configuration cached in %s", why, self.cache)
+            out = self._cached()
             self.from_cache = True
+            return out
+        return self._resources(items)
+
+    def _cached(self) -> list[Resource]:
+        """The cached objects; a cache that cannot be read is set aside, with the reason."""
+        assert self.cache is not None
+        try:
+            return self._resources(json.loads(self.cache.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            aside = self.cache.with_suffix(".corrupt")
+            with contextlib.suppress(OSError):
+                self.cache.replace(aside)
+            log.warning("the cached configuration %s cannot be read (%s); set aside as %s",
+                        self.cache, str(e).splitlines()[0][:200], aside)
+            raise ConfigError(f"the apiserver cannot be read and the cached configuration "
+                              f"was unreadable (set aside as {aside})") from e
+
+    def _resources(self, items: list[dict[str, Any]]) -> list[Resource]:
+        from bng_operator.api import BY_KIND
+
         out: list[Resource] = []
         for item in items:
             cls = BY_KIND[item["kind"]]
