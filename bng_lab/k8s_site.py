@@ -90,7 +90,9 @@ class K8sSite:
 
     def add_node(self, name: str, subscribers: int,
                  option82: dict[int, tuple[str, str]] | None = None) -> Site:
-        """A Node object labelled for bng, and its network namespace with ``subscribers``."""
+        """A Node object labelled for bng, and its network namespace with ``subscribers``.
+        With ``option82``, an access node inserts it on the access interface, which the
+        Node's annotation marks as trusted for option 82."""
         lab = NetLab()
         self.labs.append(lab)
         work = self.workdir / name
@@ -102,7 +104,9 @@ kind: Node
 metadata:
   name: {name}
   labels: {{bng.dev/node: "true"}}
-  annotations: {{bng.dev/access-interfaces: {site.access}}}
+  annotations:
+    bng.dev/access-interfaces: {site.access}
+    bng.dev/option82-trusted-interfaces: "{site.access if option82 else ''}"
 """)
         self.nodes[name] = site
         return site

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from pathlib import Path
 
@@ -110,8 +111,17 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"bng operator: --fast-path-authority: {e}", file=sys.stderr)
         return 2
+    for cidr in args.option82_trusted_relay or ():
+        try:
+            ipaddress.IPv4Network(cidr)
+        except ValueError as e:
+            print(f"bng operator: --option82-trusted-relay: {e}", file=sys.stderr)
+            return 2
     defaults = NodeDefaults(access=tuple(args.access_interface or ["eth1"]),
-                            uplink=args.uplink_interface, max_leases=args.max_leases)
+                            uplink=args.uplink_interface, max_leases=args.max_leases,
+                            option82_trusted=tuple(args.option82_trusted_interface or ()),
+                            option82_relays=tuple(args.option82_trusted_relay or ()),
+                            option82_untrusted=args.option82_untrusted)
     return run(OperatorSettings(
         reconcile=Settings(node_label=label, defaults=defaults,
                            block_threshold=args.block_threshold,
@@ -214,6 +224,15 @@ def parser() -> argparse.ArgumentParser:
                         "annotation bng.dev/access-interfaces overrides it")
     o.add_argument("--uplink-interface", metavar="IFNAME",
                    help="uplink of every node; annotation bng.dev/uplink-interface overrides it")
+    o.add_argument("--option82-trusted-interface", action="append", metavar="IFNAME",
+                   help="access interface whose access node inserts option 82 (RFC 3046): it "
+                        "is believed there (repeatable; a node's annotation "
+                        "bng.dev/option82-trusted-interfaces overrides it)")
+    o.add_argument("--option82-trusted-relay", action="append", metavar="CIDR",
+                   help="relay agents (giaddr) whose option 82 is believed (repeatable)")
+    o.add_argument("--option82-untrusted", default="drop", choices=["drop", "strip"],
+                   help="a request carrying option 82 from anywhere else: dropped, or served "
+                        "as if it had none (default: %(default)s)")
     o.add_argument("--max-leases", type=int, default=MAX_LEASES_PER_NODE,
                    help="per node: sizes lease store and maps (default: %(default)s)")
     o.add_argument("--block-threshold", type=float, default=0.8,

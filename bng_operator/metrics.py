@@ -24,6 +24,9 @@ class AgentMetrics:
                      1.0))
         self.drops = Counter("bng_dhcp_drops_total", "Requests dropped, by reason.", ["reason"],
                              registry=r)
+        self.option82_stripped = Counter(
+            "bng_dhcp_option82_stripped_total",
+            "Requests whose option 82 came from an untrusted place and was ignored.", registry=r)
         self.lease_commits = Counter(
             "bng_lease_store_commits_total", "fsync'd commits of the lease store.", registry=r)
         self.lease_commit_failures = Counter(
@@ -155,7 +158,7 @@ class AgentMetrics:
 # Passes of DISCOVERs and REQUESTs the cache could not answer (not other types or non-DHCP).
 _MISSES = frozenset({"pass_miss", "pass_expired", "pass_wrong_address", "pass_changed",
                      "pass_layout", "pass_no_interface", "pass_no_subnet", "pass_no_room",
-                     "pass_no_agent"})
+                     "pass_no_agent", "pass_untrusted_82"})
 
 
 class _LeaseCollector:

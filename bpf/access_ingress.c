@@ -336,6 +336,10 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     struct interface_config *ifc = find_interface(ctx->ingress_ifindex);
     if (!ifc)
         return pass(CNT_PASS_NO_INTERFACE);
+    // Option 82 is believed only where an access node inserts it; elsewhere (a subscriber's
+    // own, or a relay's, which only the slow path checks) the slow path decides.
+    if (len82 && !ifc->trust82)
+        return pass(CNT_PASS_UNTRUSTED_82);
     __u32 slot = lease->subnet_slot;
     struct subnet_options *so = subnet_options.lookup(&slot);
     if (!so || so->network != lease->subnet)

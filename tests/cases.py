@@ -46,6 +46,7 @@ DELETE = object()
 POOL, BIZ_POOL = "ippool-residential.yaml", "ippool-business.yaml"
 QOS, NAT = "qospolicy-residential.yaml", "natpool-cgnat.yaml"
 CLASS, SUB = "subscriberclass-residential.yaml", "subscriber-reserved.yaml"
+NODE = "bngnode-standalone.yaml"
 S0 = ("spec", "subnets", 0)
 
 WRONG = [
@@ -95,4 +96,10 @@ WRONG = [
     Wrong("subscriber-mac", SUB, ("spec", "identity"), {"mac": "02:00:5e:10:00"},
           "spec.identity.mac"),
     Wrong("subscriber-address", SUB, ("spec", "address"), "198.51.100", "spec.address"),
+    Wrong("option82-trusted-not-access", NODE, ("spec", "interfaces", "option82", "trusted"),
+          ["eth7"], "spec.interfaces.option82.trusted"),
+    Wrong("option82-untrusted-mode", NODE, ("spec", "interfaces", "option82", "untrusted"),
+          "ignore", "spec.interfaces.option82.untrusted"),
+    Wrong("option82-relay-cidr", NODE, ("spec", "interfaces", "option82", "trustedRelays"),
+          ["192.0.2.0/33"], "spec.interfaces.option82.trustedRelays[0]"),
 ]

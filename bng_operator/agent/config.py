@@ -95,6 +95,10 @@ class NodeConfig:
     classes: tuple[ClassConfig, ...]  # in the order they are tried
     reservations: tuple[Reservation, ...] = ()
     reservation_by_key: dict[str, Reservation] = field(default_factory=dict)
+    # Where option 82 is honoured (BNGNode spec.interfaces.option82)
+    option82_trusted: frozenset[str] = frozenset()  # access interfaces
+    option82_relays: tuple[IPv4Network, ...] = ()  # giaddr ranges
+    option82_untrusted: str = "drop"  # drop | strip
 
 
 def _compile(pattern: str | None) -> re.Pattern[str] | None:
@@ -178,5 +182,7 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
             parse_duration(c.spec.lease_time) if c.spec.lease_time else None))
 
     by_key = {k: r for r in reservations for k in r.keys}
+    o82 = spec.interfaces.option82
     return NodeConfig(spec.node_name, tuple(spec.interfaces.access), spec.max_leases, pools,
-                      tuple(classes), tuple(reservations), by_key)
+                      tuple(classes), tuple(reservations), by_key, frozenset(o82.trusted),
+                      tuple(IPv4Network(r) for r in o82.trusted_relays), o82.untrusted)

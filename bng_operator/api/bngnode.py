@@ -12,6 +12,7 @@ from bng_operator.api.ippool import IPPoolSpec
 from bng_operator.api.natpool import NATPoolSpec
 from bng_operator.api.qospolicy import QoSPolicySpec
 from bng_operator.api.resource import AGE, PrinterColumn, Resource, ResourceInfo, ready_column
+from bng_operator.api.rules import Rule
 from bng_operator.api.subscriberclass import SubscriberClassSpec
 
 # The design limit of one node (DESIGN.md): map sizes are checked against it.
@@ -25,11 +26,42 @@ FAST_PATH_AUTHORITY = 600.0
 InterfaceName = Annotated[str, Field(min_length=1, max_length=15, pattern=r"^[^/\s:]+$")]
 
 
+class Option82Trust(Model):
+    """Where DHCP option 82 (relay agent information) is believed (RFC 3046 §2.1, §2.2).
+
+    A subscriber can put its own option 82 into a request to claim another line's class or
+    reservation. Option 82 is honoured only from access interfaces whose access node (OLT,
+    DSLAM, switch) inserts it and removes what subscribers send, and from trusted relays."""
+
+    trusted: list[InterfaceName] = Field(
+        default_factory=list, max_length=16,
+        description="Access interfaces behind an access node that inserts option 82: it is "
+                    "honoured on them (also from relays there).")
+    trusted_relays: list[IPv4CIDR] = Field(
+        default_factory=list, max_length=64,
+        description="Relay agents (giaddr) whose option 82 is honoured on any access "
+                    "interface. Requests from them are answered by the slow path only.")
+    untrusted: Literal["drop", "strip"] = Field(
+        default="drop",
+        description="A request carrying option 82 from anywhere else: dropped, or served as "
+                    "if it carried none. Counted either way.")
+
+
 class Interfaces(Model):
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule("self.option82.trusted.all(i, i in self.access)",
+             "every trusted interface must be one of the access interfaces",
+             lambda i: all(t in i.access for t in i.option82.trusted),
+             field_path=".option82.trusted"),
+    )
     access: list[InterfaceName] = Field(
         min_length=1, max_length=16, description="Interfaces subscribers are reached on.")
     uplink: InterfaceName | None = Field(default=None,
                                          description="Towards the core; NAT runs here.")
+    option82: Option82Trust = Field(
+        default_factory=Option82Trust,
+        description="Where option 82 is honoured. Default: nowhere (requests carrying it are "
+                    "dropped).")
 
 
 class NodePool(Model):

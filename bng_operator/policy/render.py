@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bng_operator.api import BNGNode, IPPool, NATPool, QoSPolicy, Resource, SubscriberClass
 from bng_operator.api.bngnode import (
@@ -19,11 +20,13 @@ from bng_operator.api.bngnode import (
     NodeNATPool,
     NodePool,
     NodeQoSPolicy,
+    Option82Trust,
 )
 
 # Per-node overrides of the operator's interface defaults, comma-separated.
 ACCESS_ANNOTATION = "bng.dev/access-interfaces"
 UPLINK_ANNOTATION = "bng.dev/uplink-interface"
+OPTION82_ANNOTATION = "bng.dev/option82-trusted-interfaces"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,14 @@ class NodeDefaults:
     access: tuple[str, ...] = ("eth1",)
     uplink: str | None = None
     max_leases: int = MAX_LEASES_PER_NODE
+    option82_trusted: tuple[str, ...] = ()  # access interfaces whose access node inserts it
+    option82_relays: tuple[str, ...] = ()  # CIDRs of relays whose option 82 is believed
+    option82_untrusted: Literal["drop", "strip"] = "drop"
+
+
+def _names(raw: str | None) -> list[str]:
+    """A comma-separated annotation's names."""
+    return [i.strip() for i in (raw or "").split(",") if i.strip()]
 
 
 def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -53,15 +64,21 @@ def render_spec(node: NodeInfo, pools: Sequence[IPPool], classes: Sequence[Subsc
     """The BNGNode spec of ``node``. ``pools`` and ``classes`` are the valid ones; ``blocks``
     maps a pool to the cidrs this node holds in it. A pool the node holds no block of is left
     out (with the classes that use it): an empty block list would mean "the whole pool"."""
-    access = [i.strip() for i in node.annotations.get(ACCESS_ANNOTATION, "").split(",") if i.strip()]
+    access = _names(node.annotations.get(ACCESS_ANNOTATION)) or list(defaults.access)
+    trusted = _names(node.annotations.get(OPTION82_ANNOTATION)) \
+        if OPTION82_ANNOTATION in node.annotations else list(defaults.option82_trusted)
     served = {p.name: p for p in pools if blocks.get(p.name)}
     cls = sorted((c for c in classes if c.spec.pool in served), key=lambda c: c.name)
     used_qos = {c.spec.qos_policy for c in cls}
     used_nat = {c.spec.nat_pool for c in cls}
     return BNGNodeSpec(
         node_name=node.name,
-        interfaces=Interfaces(access=access or list(defaults.access),
-                              uplink=node.annotations.get(UPLINK_ANNOTATION, defaults.uplink)),
+        interfaces=Interfaces(
+            access=access, uplink=node.annotations.get(UPLINK_ANNOTATION, defaults.uplink),
+            # Only the node's own access interfaces can be trusted ones.
+            option82=Option82Trust(trusted=[i for i in trusted if i in access],
+                                   trusted_relays=list(defaults.option82_relays),
+                                   untrusted=defaults.option82_untrusted)),
         max_leases=defaults.max_leases,
         pools=[NodePool(name=n, spec=p.spec, blocks=sorted(blocks[n], key=_cidr_key))
                for n, p in sorted(served.items())],

@@ -38,6 +38,7 @@ enum fastpath_counter {
     CNT_DROP,
     CNT_REFRESH_LOST,              // an ACK whose new expiry could not be queued to userspace
     CNT_PASS_NO_AGENT,             // no agent beat within its window: no authority to answer
+    CNT_PASS_UNTRUSTED_82,         // option 82 on an interface not marked as trusting it
     CNT_MAX,
 };
 
@@ -163,5 +164,6 @@ struct parse_state {
 struct interface_config {
     __u32 ifindex;                 // 0: a free slot
     __u8 mac[6];
-    __u16 pad;
+    __u8 trust82;                  // 1: its access node inserts option 82 (RFC 3046 §2.1)
+    __u8 pad;
 };

@@ -478,6 +478,22 @@ def test_without_a_fresh_heartbeat_the_program_answers_nothing(fp: FastPath) -> 
     assert abs(when - time.time()) < 1 and window == fastpath.FAST_PATH_AUTHORITY
 
 
+def test_option_82_is_answered_only_on_an_interface_that_trusts_it(fp: FastPath) -> None:
+    """Issue 14, point 4: on a port with no access node, a request carrying option 82 goes
+    to the slow path (which drops or strips it); one without it is answered as ever."""
+    with82 = _slow_and_fast(fp, "renewing", b"", O82, False, identity="circuit-id")[2]
+    bare = _slow_and_fast(fp, "renewing", b"", None, False)[2]
+    try:
+        fp.put_interface(1, SERVER_MAC, trust_option82=False)
+        before = fp.counters()
+        assert fp.run(with82).action == XDP_PASS
+        assert fp.counters()["pass_untrusted_82"] == before["pass_untrusted_82"] + 1
+        assert fp.run(bare).action == XDP_TX
+    finally:
+        fp.put_interface(1, SERVER_MAC)
+    assert fp.run(with82).action == XDP_TX
+
+
 def test_the_verifier_accepts_the_program_with_half_its_budget_to_spare(fp: FastPath) -> None:
     """The verifier explores at most 1,000,000 instructions. Another kernel's verifier may
     explore more for the same program, and a change of shape can nearly double the count

@@ -33,7 +33,7 @@ kind: BNGNode
 metadata: {{name: edge-k8s}}
 spec:
   nodeName: edge-k8s
-  interfaces: {{access: [{site.access}]}}
+  interfaces: {{access: [{site.access}], option82: {{trusted: [{site.access}]}}}}
 """
     k8s.kubectl("apply", "-f", "-", input=node + "---\n" + DEFAULT_CLASS)
     try:

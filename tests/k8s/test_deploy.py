@@ -285,8 +285,8 @@ def test_operator_deployment_args_follow_the_values(helm: Helm) -> None:
     assert c["image"] == "ghcr.io/bng-dev/bng:0.1.0"
     assert [*c["command"], *c["args"]] == [
         "bng", "operator", "--peering", "bng", "--namespace", NS, "--node-label", "bng.dev/node=true",
-        "--access-interface", "eth1", "--uplink-interface", "eth0", "--block-threshold", "0.8",
-        "--metrics-port", "9642"]
+        "--access-interface", "eth1", "--uplink-interface", "eth0", "--option82-untrusted", "drop",
+        "--block-threshold", "0.8", "--metrics-port", "9642"]
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -294,13 +294,19 @@ def test_operator_deployment_args_follow_the_values(helm: Helm) -> None:
 
     objs = render(helm, "operator.replicas=3", "interfaces.access={eth2,eth3}",
                   "interfaces.uplink=bond0", "nodeLabel=edge.example/bng=yes",
-                  "operator.blockThreshold=0.5", "agent.xdpMode=generic", "image.tag=dev")
+                  "operator.blockThreshold=0.5", "agent.xdpMode=generic", "image.tag=dev",
+                  "interfaces.option82.trusted={eth2}",
+                  "interfaces.option82.trustedRelays={192.0.2.0/24}",
+                  "interfaces.option82.untrusted=strip")
     dep = one(objs, "Deployment", "bng-operator")
     assert dep["spec"]["replicas"] == 3
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--node-label") + 1] == "edge.example/bng=yes"
     assert [args[i + 1] for i, a in enumerate(args) if a == "--access-interface"] == ["eth2", "eth3"]
     assert args[args.index("--uplink-interface") + 1] == "bond0"
+    assert args[args.index("--option82-trusted-interface") + 1] == "eth2"
+    assert args[args.index("--option82-trusted-relay") + 1] == "192.0.2.0/24"
+    assert args[args.index("--option82-untrusted") + 1] == "strip"
     assert args[args.index("--block-threshold") + 1] == "0.5"
     ds = one(objs, "DaemonSet", "bng-agent")
     pod = ds["spec"]["template"]["spec"]

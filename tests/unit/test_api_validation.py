@@ -59,5 +59,6 @@ def test_wrong_kind_and_foreign_documents(tmp_path: object) -> None:
 
 def test_wrong_cases_cover_every_kind_users_write() -> None:
     kinds = {c.object()["kind"] for c in WRONG}
-    assert kinds == {"IPPool", "QoSPolicy", "NATPool", "SubscriberClass", "Subscriber"}
+    # BNGNode: users write it in standalone mode (the operator in Kubernetes mode)
+    assert kinds == {"IPPool", "QoSPolicy", "NATPool", "SubscriberClass", "Subscriber", "BNGNode"}
     assert len({c.id for c in WRONG}) == len(WRONG)

@@ -54,7 +54,7 @@ NO_SLOT = 0xFFFF  # a lease whose subnet has no slot: the program's lookup finds
 COUNTERS = ("offer", "ack", "pass_not_dhcp", "pass_malformed", "pass_miss", "pass_expired",
             "pass_wrong_address", "pass_changed", "pass_other_type", "pass_layout",
             "pass_no_interface", "pass_no_subnet", "pass_no_room", "drop", "refresh_lost",
-            "pass_no_agent")
+            "pass_no_agent", "pass_untrusted_82")
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 REFRESH_CLOCK_MONOTONIC_NS, REFRESH_CLOCK_JIFFIES = 0, 1  # enum refresh_clock
 Attached = Literal["adopted", "attached", "replaced"]
@@ -301,9 +301,9 @@ class FastPath:
 
     # --- maps --------------------------------------------------------------------------------
 
-    def put_interface(self, ifindex: int, mac: bytes) -> None:
-        """Give the program this interface's MAC, in the first of its probe slots that is
-        free or already its own."""
+    def put_interface(self, ifindex: int, mac: bytes, trust_option82: bool = True) -> None:
+        """Give the program this interface's MAC and whether option 82 is believed on it, in
+        the first of its probe slots that is free or already its own."""
         slots = [(ifindex + i) % INTERFACE_SLOTS for i in range(INTERFACE_PROBES)]
         held = {s: int(self.interfaces[self.interfaces.Key(s)].ifindex) for s in slots}
         slot = next((s for s in slots if held[s] == ifindex),
@@ -314,6 +314,7 @@ class FastPath:
         leaf = self.interfaces.Leaf()
         leaf.ifindex = ifindex
         leaf.mac[:] = list(mac)
+        leaf.trust82 = 1 if trust_option82 else 0
         self.interfaces[self.interfaces.Key(slot)] = leaf
 
     def put_subnet(self, so: SubnetOptions) -> None:

@@ -58,6 +58,13 @@ def matches(c: ClassConfig, msg: Message, vlans: tuple[int, ...]) -> bool:
     return not (m.vlan is not None and (not vlans or vlans[0] != m.vlan))
 
 
+def option82_trusted(config: NodeConfig, interface: str, giaddr: IPv4Address) -> bool:
+    """Whether option 82 in a request is believed (RFC 3046 §2.1, §2.2): on an access
+    interface marked as behind an access node that inserts it, or from a trusted relay."""
+    return interface in config.option82_trusted or \
+        (int(giaddr) != 0 and any(giaddr in r for r in config.option82_relays))
+
+
 def classify(config: NodeConfig, msg: Message, vlans: tuple[int, ...]) -> Classified | None:
     """The reservation's class, else the first class that matches; the reservation's pool,
     else the class's, else (relayed) the pool of giaddr's subnet; None when nothing serves

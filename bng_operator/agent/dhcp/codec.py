@@ -144,6 +144,11 @@ class Message:
         """Option 82 exactly as received, for echoing."""
         return self.options.get(Opt.RELAY_AGENT)
 
+    def strip_relay_agent(self) -> None:
+        """Forget option 82: the request is served as if it had come without it."""
+        self.options.pop(Opt.RELAY_AGENT, None)
+        self._relay = None
+
     def relay_sub(self, sub: int) -> bytes | None:
         if self._relay is None:
             raw = self.relay_agent

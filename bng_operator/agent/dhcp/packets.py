@@ -125,6 +125,8 @@ class PacketPath:
             m.drop("internal_error")
             m.request(mtype, "slow", "drop")
             return
+        if out.stripped:
+            m.option82_stripped.inc()
         if out.kind == "authorize" and out.session is not None:
             task = asyncio.create_task(self._authorise(out.session, iface, frame, msg, ctx,
                                                        mtype, t0))

@@ -19,7 +19,13 @@ from typing import Protocol
 
 from bng_operator.agent.config import NodeConfig, SubnetConfig
 from bng_operator.agent.dhcp.allocator import PoolAllocator
-from bng_operator.agent.dhcp.classify import Classified, classify, identity_of, served_from
+from bng_operator.agent.dhcp.classify import (
+    Classified,
+    classify,
+    identity_of,
+    option82_trusted,
+    served_from,
+)
 from bng_operator.agent.dhcp.codec import BOOTREPLY, ZERO, Message, MessageType, Opt
 from bng_operator.agent.dhcp.leases import Decline, Lease
 from bng_operator.agent.dhcp.ratelimit import TokenBuckets
@@ -71,6 +77,7 @@ class Outcome:
     # kind "authorize": the session whose decision waits for the authoriser; the caller
     # awaits it, then calls ``authorised`` or ``rejected``.
     session: Session | None = None
+    stripped: bool = False  # option 82 came from an untrusted place and was ignored
 
 
 @dataclass
@@ -165,6 +172,18 @@ class DhcpServer:
     # --- the state machine -----------------------------------------------------------------------
 
     def handle(self, msg: Message, ctx: Context) -> Outcome:
+        stripped = False
+        if msg.relay_agent is not None and \
+                not option82_trusted(self.config, ctx.interface, msg.giaddr):
+            if self.config.option82_untrusted != "strip":
+                return Outcome("drop", drop="untrusted_option82")
+            msg.strip_relay_agent()
+            stripped = True
+        out = self._handle(msg, ctx)
+        out.stripped = stripped
+        return out
+
+    def _handle(self, msg: Message, ctx: Context) -> Outcome:
         t = msg.type
         if t == MessageType.DISCOVER:
             return self._discover(msg, ctx)

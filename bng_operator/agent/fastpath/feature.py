@@ -164,11 +164,13 @@ class FastPathFeature:
             return
         fp = self.cache.fp
         attached = self.health.attached
+        trusted = self.cache.config.option82_trusted
         for name, iface in interfaces.items():
             try:
+                # Every round, so that a reload's option 82 trust reaches the program.
+                fp.put_interface(iface.index, iface.mac, name in trusted)
                 if name in attached and fp.is_attached(name):
                     continue
-                fp.put_interface(iface.index, iface.mac)
                 how = fp.attach(name, None, self.xdp_mode)
             except Exception as e:
                 attached.discard(name)

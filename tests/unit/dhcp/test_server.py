@@ -456,3 +456,56 @@ def test_a_relayed_reservation_without_a_class_gets_the_link_check_of_everyone_e
     assert int(IPv4Address("198.51.100.20")) not in s.by_address
     right = s.handle(request(D, "02:00:00:00:0c:01", giaddr="198.51.100.2"), CTX)
     assert right.reply is not None and ip(right.reply) == "198.51.100.20"
+
+
+def _untrusted(mode: str, relays: list[str] | None = None):  # type: ignore[no-untyped-def]
+    """The samples with option 82 trusted on access0 only (as shipped), ``mode`` elsewhere."""
+    from bng_operator.api import BNGNode
+
+    def edit(objs):  # type: ignore[no-untyped-def]
+        out = []
+        for o in objs:
+            if isinstance(o, BNGNode):
+                ifs = o.spec.interfaces
+                o82 = ifs.option82.model_copy(update={"untrusted": mode,
+                                                      "trusted_relays": relays or []})
+                spec = o.spec.model_copy(update={"interfaces": ifs.model_copy(
+                    update={"option82": o82, "access": ["access0", "access9"]})})
+                o = o.model_copy(update={"spec": spec})
+            out.append(o)
+        return out
+    return edit
+
+
+UNTRUSTED = Context("access9", CTX.server_addresses)  # a port with no access node
+
+
+@pytest.mark.parametrize("mode", ["drop", "strip"])
+def test_a_forged_circuit_id_on_an_untrusted_port_gets_no_business_address(mode: str) -> None:
+    """Issue 14, point 4: a directly attached subscriber claiming a business line (and the
+    reserved address of acme-hq, biz-olt1-1/1/7) gets neither."""
+    s, store, _ = server(_untrusted(mode))
+    for circuit in ("biz-olt1-1/1/3", "biz-olt1-1/1/7"):
+        out = s.handle(request(D, "02:00:00:00:0e:01", circuit=circuit), UNTRUSTED)
+        if mode == "drop":
+            assert out.reply is None and out.drop == "untrusted_option82"
+        else:  # served as if it carried no option 82: no class takes a bare MAC here
+            assert out.stripped and out.reply is None and out.drop == "no_class"
+        req = s.handle(request(R, "02:00:00:00:0e:01", circuit=circuit,
+                               requested="198.51.100.10"), UNTRUSTED)
+        assert req.reply is None or req.kind == "nak"
+    assert not any(lease.pool == "business" for lease in store.leases.values())
+    assert int(IPv4Address("198.51.100.10")) not in s.by_address
+    # The same request on the access node's port is believed.
+    ok = s.handle(request(D, "02:00:00:00:0e:01", circuit="biz-olt1-1/1/7"), CTX)
+    assert ok.reply is not None and ip(ok.reply) == "198.51.100.10"
+
+
+def test_option_82_from_a_trusted_relay_is_believed_on_any_port() -> None:
+    s, _, _ = server(_untrusted("drop", ["100.64.0.0/30"]))
+    ok = s.handle(request(D, "02:00:00:00:0e:02", giaddr="100.64.0.2", remote="res-9"),
+                  UNTRUSTED)
+    assert ok.kind == "offer"
+    other = s.handle(request(D, "02:00:00:00:0e:03", giaddr="100.64.0.9", remote="res-9"),
+                     UNTRUSTED)
+    assert other.drop == "untrusted_option82"
