@@ -38,7 +38,10 @@ class Limits(Model):
         default=30, ge=1, le=100000,
         description="New addresses one circuit-id or MAC may take per minute (pool drain guard).",
     )
-    max_leases_per_circuit: int | None = Field(default=None, ge=1, le=65536)
+    max_leases_per_circuit: int | None = Field(
+        default=None, ge=1, le=65536,
+        description="Addresses one circuit-id (option 82) may hold at once: leases, offers and "
+                    "declined addresses together. Unset: 32.")
 
 
 class SubscriberClassSpec(Model):

@@ -35,7 +35,11 @@ from bng_operator.agent.sessions.session import Change, EndReason, Identity, Ses
 
 log = logging.getLogger("bng.dhcp")
 
-OFFER_HOLD = 30.0  # seconds an offered address stays reserved for the client
+OFFER_HOLD = 10.0  # seconds an offered address stays reserved for the client
+# Addresses one circuit-id (option 82) may hold at once, leases, offers and declines together,
+# when its class sets no limits.maxLeasesPerCircuit: one port cannot drain a pool.
+DEFAULT_CIRCUIT_CAP = 32
+DECLINES_PER_MINUTE = 2  # per circuit-id (else MAC): each DECLINE holds an address 10 min
 DECLINE_HOLD = 600.0  # seconds a declined address is kept out of use
 EXHAUSTION_LOG_EVERY = 60.0
 # The subnet's options go in every OFFER and ACK, whatever option 55 asks (RFC 2131 §4.3.1
@@ -105,6 +109,9 @@ class DhcpServer:
         self._expiry: list[tuple[float, int]] = []
         self._offer_expiry: list[tuple[float, str]] = []
         self._buckets = TokenBuckets()
+        # circuit-id -> the addresses it holds (bound, offered, declined), and back
+        self._holds: dict[str, set[int]] = {}
+        self._holder: dict[int, str] = {}
         self._exhausted_logged: dict[str, float] = {}
         # Live sessions (offered, authorizing, bound) by identity key.
         self.sessions: dict[str, Session] = {}
@@ -138,6 +145,8 @@ class DhcpServer:
         self._build_pools(config)
         self.by_identity.clear()
         self.by_address.clear()
+        self._holds.clear()
+        self._holder.clear()
         self.used = dict.fromkeys(config.pools, 0)
         orphans = self.load(leases, declines)
         for lease in orphans:  # the client is moved on its next request; no event
@@ -269,7 +278,7 @@ class DhcpServer:
             if s.state is None:
                 del self.sessions[s.key]
             return Outcome("drop", drop=why)
-        self._offer(c, addr, now)
+        self._offer(c, addr, now, msg.circuit_id)
         s.address = addr if s.state != State.BOUND else s.address
         if self._to_authorise(s):
             return self._hold_for_authoriser(s)
@@ -297,12 +306,15 @@ class DhcpServer:
         offer = self.offers.get(c.identity)
         if offer and offer.pool == c.pool.name and self._in_subnet(c, offer.address):
             return offer.address, ""
+        # A new address from here on: the limits come before any allocation.
+        if not self._rate_ok(c, msg, now):
+            return None, "rate_limited"
+        if self._circuit_full(c, msg):
+            return None, "circuit_limit"
         for want in (self.previous.get(c.identity), msg.requested_ip):
             if want is not None and self._in_subnet(c, int(want)) and alloc.take(int(want)):
                 self._drop_previous_owner(int(want))
                 return int(want), ""
-        if not self._rate_ok(c, msg, now):
-            return None, "rate_limited"
         addr = alloc.take_any(c.subnet.network if c.subnet else None)
         if addr is None:
             self._log_exhausted(c.pool.name, now)
@@ -318,18 +330,40 @@ class DhcpServer:
         keys = [f"mac:{msg.mac}"] + ([f"circuit:{msg.circuit_id}"] if msg.circuit_id else [])
         return all(self._buckets.allow(k, per_minute, now) for k in keys)
 
+    def _circuit_full(self, c: Classified, msg: Message) -> bool:
+        circuit = msg.circuit_id
+        if not circuit:
+            return False
+        cap = (c.cls.spec.limits.max_leases_per_circuit if c.cls else None) or DEFAULT_CIRCUIT_CAP
+        return len(self._holds.get(circuit, ())) >= cap
+
+    def _hold(self, circuit: str | None, addr: int) -> None:
+        if circuit:
+            self._unhold(addr)
+            self._holds.setdefault(circuit, set()).add(addr)
+            self._holder[addr] = circuit
+
+    def _unhold(self, addr: int) -> None:
+        circuit = self._holder.pop(addr, None)
+        if circuit is not None:
+            held = self._holds[circuit]
+            held.discard(addr)
+            if not held:
+                del self._holds[circuit]
+
     def _log_exhausted(self, pool: str, now: float) -> None:
         if now - self._exhausted_logged.get(pool, -1e18) >= EXHAUSTION_LOG_EVERY:
             self._exhausted_logged[pool] = now
             log.warning("pool %s is exhausted on node %s: no free address; new clients get no "
                         "offer (this is logged once a minute)", pool, self.config.node_name)
 
-    def _offer(self, c: Classified, addr: int, now: float) -> None:
+    def _offer(self, c: Classified, addr: int, now: float, circuit: str | None) -> None:
         old = self.offers.get(c.identity)
         if old and old.address != addr:
             self._end_offer(c.identity)
         if addr not in self.by_address:
             self.offered[addr] = c.identity
+            self._hold(circuit, addr)
         o = Offer(addr, c.pool.name, now + OFFER_HOLD)
         self.offers[c.identity] = o
         heapq.heappush(self._offer_expiry, (o.expires, c.identity))
@@ -342,8 +376,10 @@ class DhcpServer:
             return
         if self.offered.get(o.address) == identity:
             del self.offered[o.address]
-            if not keep_address and o.address not in self.by_address:
-                self.pools[o.pool].release(o.address)
+            if o.address not in self.by_address:
+                self._unhold(o.address)
+                if not keep_address:
+                    self.pools[o.pool].release(o.address)
         s = self.sessions.get(identity)
         if ending is not None and s is not None and s.state in (State.OFFERED,
                                                                  State.AUTHORIZING):
@@ -382,7 +418,7 @@ class DhcpServer:
         s = self._session(c, msg, ctx)
         if self._to_authorise(s):
             if offer is None or offer.address != addr:  # held for the session while it waits
-                self._offer(c, addr, now)
+                self._offer(c, addr, now, msg.circuit_id)
             s.address = addr
             return self._hold_for_authoriser(s)
         # The reply's server id is recorded with the lease (the fast path answers with it).
@@ -398,7 +434,7 @@ class DhcpServer:
         if not self._in_subnet(c, addr) or addr in self.offered:
             return False
         alloc = self.pools[c.pool.name]
-        if not self._rate_ok(c, msg, now) or not alloc.take(addr):
+        if not self._rate_ok(c, msg, now) or self._circuit_full(c, msg) or not alloc.take(addr):
             return False
         self._drop_previous_owner(addr)
         return True
@@ -445,6 +481,7 @@ class DhcpServer:
         if prev is not None:
             self.previous_owner.pop(prev, None)
         self._drop_previous_owner(lease.address)
+        self._hold(lease.circuit_id, lease.address)
         heapq.heappush(self._expiry, (lease.expires, lease.address))
 
     def _unbind(self, lease: Lease) -> None:
@@ -453,6 +490,7 @@ class DhcpServer:
         if self.by_address.get(lease.address) is lease:
             del self.by_address[lease.address]
             self.used[lease.pool] -= 1
+            self._unhold(lease.address)
 
     def extend(self, address: int, expires: float) -> Lease | None:
         """A renewal answered elsewhere (the fast path) moved this lease's end to
@@ -495,8 +533,13 @@ class DhcpServer:
         lease = self._lease_of(msg, addr)
         if lease is None:
             return Outcome("drop", drop="decline_unknown_lease")
+        now = self.clock()
+        if not self._buckets.allow(f"decline:{msg.circuit_id or msg.mac}", DECLINES_PER_MINUTE,
+                                   now):
+            return Outcome("drop", drop="decline_rate_limited")
         self._unbind(lease)
-        until = self.clock() + DECLINE_HOLD
+        self._hold(lease.circuit_id, addr)  # out of use for a while: still the circuit's
+        until = now + DECLINE_HOLD
         self.pools[lease.pool].decline(addr, until)
         self.store.put_decline(Decline(addr, lease.pool, until))
         self._end_bound(lease, EndReason.DECLINED)
@@ -561,6 +604,7 @@ class DhcpServer:
                 self._end_offer(identity, ending=EndReason.EXPIRED)
         for pool in self.pools.values():
             for addr in pool.end_declines(now):
+                self._unhold(addr)
                 self.store.delete_decline(addr)
         self._buckets.prune(now)
         return ended
