@@ -6,10 +6,10 @@ import pytest
 from pydantic import ValidationError
 
 from bng_operator.api.documents import explain, load, parse, yaml_files
-from tests.cases import SAMPLES, WRONG, Wrong
+from tests.cases import SAMPLES, WRONG, WRONG_NODE, Wrong
 
 
-@pytest.mark.parametrize("case", WRONG, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", WRONG + WRONG_NODE, ids=lambda c: c.id)
 def test_wrong_object_is_rejected_naming_the_field(case: Wrong) -> None:
     with pytest.raises(ValidationError) as e:
         parse(case.object())
@@ -59,6 +59,5 @@ def test_wrong_kind_and_foreign_documents(tmp_path: object) -> None:
 
 def test_wrong_cases_cover_every_kind_users_write() -> None:
     kinds = {c.object()["kind"] for c in WRONG}
-    # BNGNode: users write it in standalone mode (the operator in Kubernetes mode)
-    assert kinds == {"IPPool", "QoSPolicy", "NATPool", "SubscriberClass", "Subscriber", "BNGNode"}
+    assert kinds == {"IPPool", "QoSPolicy", "NATPool", "SubscriberClass", "Subscriber"}
     assert len({c.id for c in WRONG}) == len(WRONG)
