@@ -128,6 +128,12 @@ class IPPoolSpec(Model):
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Only nodes with these labels get blocks of this pool.",
     )
+    authoritative: bool = Field(
+        default=True,
+        description="Answer a client this node has no record of that asks for an address "
+                    "without a DISCOVER (INIT-REBOOT): ACK it when the address is free here, "
+                    "else NAK. false: stay silent, for a network another server also serves.",
+    )
 
 
 class BlockAssignment(Model):

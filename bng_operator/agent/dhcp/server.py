@@ -409,6 +409,8 @@ class DhcpServer:
         if c.reservation:
             mine = addr == c.reservation.address and self._address_for(c, msg, now)[0] == addr
         elif not mine:
+            if lease is None and offer is None and not c.pool.spec.authoritative:
+                return Outcome("drop", drop="not_authoritative")  # a stranger: not ours to say
             mine = self._claim(c, msg, addr, now)
         s = self.sessions.get(c.identity)
         if s is not None and s.state == State.AUTHORIZING and not s.authorised:

@@ -509,3 +509,26 @@ def test_option_82_from_a_trusted_relay_is_believed_on_any_port() -> None:
     other = s.handle(request(D, "02:00:00:00:0e:03", giaddr="100.64.0.9", remote="res-9"),
                      UNTRUSTED)
     assert other.drop == "untrusted_option82"
+
+
+@pytest.mark.parametrize("authoritative", [True, False])
+def test_init_reboot_of_a_stranger_follows_the_pools_authoritative_setting(
+        authoritative: bool) -> None:
+    """Issue 14, point 8: an authoritative pool (the default) answers a client it has no
+    record of (ACK when the address is free, NAK when it is not ours); a pool that is not
+    stays silent and takes nothing. A known client is answered either way."""
+    s, _, _ = server(_with(IPPool, "residential", authoritative=authoritative))
+    free = s.pool_usage()["residential"]["free"]
+    claim = s.handle(request(R, "02:00:00:00:0f:01", requested="100.64.2.2", **RES), CTX)  # type: ignore[arg-type]
+    wrong = s.handle(request(R, "02:00:00:00:0f:02", requested="192.0.2.9",
+                             remote="res-77"), CTX)
+    if authoritative:
+        assert claim.kind == "ack" and wrong.kind == "nak"
+    else:
+        assert claim.reply is None and claim.drop == "not_authoritative"
+        assert wrong.reply is None and wrong.drop == "not_authoritative"
+        assert s.pool_usage()["residential"]["free"] == free
+    dora(s, "02:00:00:00:0f:03", remote="res-78")
+    again = s.handle(request(R, "02:00:00:00:0f:03", requested="192.0.2.9", remote="res-78"),
+                     CTX)
+    assert again.kind == "nak"  # a client we know, on the wrong network: NAK either way
