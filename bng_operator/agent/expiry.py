@@ -14,6 +14,7 @@ from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.sessions.events import SessionEvents
 
 log = logging.getLogger("bng.agent")
+COMMIT_TIMEOUT = 5.0  # seconds a lease store commit may take before the node is not ready
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Expiry:
                             IPv4Address(orphan.address))
 
     def run_once(self) -> None:
+        self.commits.watch(COMMIT_TIMEOUT)
         for step in self.before:
             step()
         self.server.expire(self.grace, self.renewed_elsewhere)

@@ -38,6 +38,18 @@ class Commits:
     metrics: AgentMetrics
     health: Health
 
+    def watch(self, timeout: float) -> None:
+        """A commit that takes longer than ``timeout`` makes the node not ready (its ACKs
+        wait), and says so; it is ready again when the commit ends."""
+        stalled = self.store.stalled_for()
+        if stalled > timeout:
+            if not self.health.store_problem.startswith("lease store: a commit"):
+                log.error("lease store: a commit has taken %.0f s; replies wait for it", stalled)
+                self.health.dirty = True
+            self.health.store_problem = f"lease store: a commit has taken {stalled:.0f} s"
+        elif self.health.store_problem.startswith("lease store: a commit"):
+            self.health.store_problem, self.health.dirty = "", True
+
     def quietly(self) -> None:
         self.store.commit().add_done_callback(self.done)
 

@@ -107,6 +107,7 @@ class LeaseStore:
         self._next: asyncio.Future[None] | None = None  # completes with the next batch
         self._lock = threading.Lock()
         self._writing = False
+        self._writing_since: float | None = None  # when the batch being written started
 
     def _migrate(self) -> None:
         """Add the columns a store written by an older agent lacks (SQLite has no
@@ -159,9 +160,17 @@ class LeaseStore:
             batch, fut = self._take_batch(loop)
             if not batch and fut is None:
                 return
+            self._writing_since = time.monotonic()
             err = self._write_retried(batch)
+            self._writing_since = None
             if fut is not None:
                 loop.call_soon_threadsafe(_resolve, fut, err)
+
+    def stalled_for(self) -> float:
+        """Seconds the batch being written has taken so far; 0 when none is being written.
+        A disk that hangs makes this grow: the commits (and their ACKs) wait on it."""
+        since = self._writing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def _write_retried(self, batch: list[tuple[str, object]]) -> Exception | None:
         """Write one batch, trying again a bounded number of times. Any failure, not only

@@ -76,3 +76,36 @@ def test_a_passing_failure_is_retried_and_commits(tmp_path: Path,
     asyncio.run(run())
     assert len(store.load()[0]) == 1 and len(calls) == 2
     store.close()
+
+
+def test_a_commit_that_hangs_makes_the_agent_not_ready_until_it_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    store = LeaseStore(tmp_path / "l.sqlite")
+    real, release = store._write, threading.Event()
+
+    def hanging(batch):  # type: ignore[no-untyped-def]
+        release.wait(10)  # a disk that does not answer
+        real(batch)
+
+    monkeypatch.setattr(store, "_write", hanging)
+
+    async def run() -> None:
+        metrics, health = AgentMetrics(), Health(problem="")
+        commits = Commits(store, metrics, health)
+        store.put(bound_lease())
+        fut = store.commit()
+        fut.add_done_callback(commits.done)
+        await asyncio.sleep(0.3)
+        commits.watch(0.2)
+        ready, why = health.ready()
+        assert not ready and why.startswith("lease store: a commit has taken"), why
+        assert not fut.done()  # its ACKs wait: nothing is sent for a lease not on disk
+        release.set()
+        await asyncio.wait_for(fut, 5)
+        commits.watch(0.2)
+        assert health.ready() == (True, "ready")
+
+    asyncio.run(run())
+    store.close()
