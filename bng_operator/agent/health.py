@@ -37,17 +37,19 @@ class Commits:
     store: LeaseStore
     metrics: AgentMetrics
     health: Health
+    _stalled: bool = False  # the problem said is a commit that hangs
 
     def watch(self, timeout: float) -> None:
         """A commit that takes longer than ``timeout`` makes the node not ready (its ACKs
         wait), and says so; it is ready again when the commit ends."""
         stalled = self.store.stalled_for()
         if stalled > timeout:
-            if not self.health.store_problem.startswith("lease store: a commit"):
+            if not self._stalled:
                 log.error("lease store: a commit has taken %.0f s; replies wait for it", stalled)
-                self.health.dirty = True
+                self._stalled, self.health.dirty = True, True
             self.health.store_problem = f"lease store: a commit has taken {stalled:.0f} s"
-        elif self.health.store_problem.startswith("lease store: a commit"):
+        elif self._stalled:
+            self._stalled = False
             self.health.store_problem, self.health.dirty = "", True
 
     def quietly(self) -> None:
@@ -56,6 +58,7 @@ class Commits:
     def done(self, fut: asyncio.Future[None]) -> None:
         if fut.cancelled():
             return
+        self._stalled = False  # it ended: what it says now is its outcome
         if fut.exception() is None:
             self.metrics.lease_commits.inc()
             if self.health.store_problem:

@@ -30,7 +30,7 @@ from bng_operator.agent.dhcp.transport import (
 from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.sessions.authorise import Authoriser
 from bng_operator.agent.sessions.events import Event, SessionEvents
-from bng_operator.agent.sessions.session import EndReason, Session, State
+from bng_operator.agent.sessions.session import Session
 from bng_operator.metrics import AgentMetrics
 
 log = logging.getLogger("bng.agent")
@@ -110,8 +110,7 @@ class PacketPath:
             frame = parse_frame(data, tag)
             msg = decode(frame.payload)
         except Malformed as e:
-            m.drop(e.reason)
-            m.request("invalid", "slow", "drop")
+            self._dropped("invalid", e.reason)
             log.debug("dropped frame on %s: %s", iface.ifname, e)
             return
         mtype = msg.type.name.lower() if msg.type else "unknown"
@@ -122,8 +121,7 @@ class PacketPath:
         except Exception:  # a bug must cost one request, never the agent
             log.exception("internal error handling %s from %s", mtype, msg.mac)
             self._publish(self.server.take_events())
-            m.drop("internal_error")
-            m.request(mtype, "slow", "drop")
+            self._dropped(mtype, "internal_error")
             return
         if out.stripped:
             m.option82_stripped.inc()
@@ -151,19 +149,16 @@ class PacketPath:
         if not accept:
             self.server.rejected(s)
             self._publish(self.server.take_events())
-            if s.state == State.ENDED and s.end_reason == EndReason.REJECTED:
-                log.info("session %s (%s) not authorised: %s", s.key, s.identity.mac,
-                         why or "rejected")
-            self.metrics.drop("not_authorised")
-            self.metrics.request(mtype, "slow", "drop")
+            log.info("session %s (%s) not authorised: %s", s.key, s.identity.mac,
+                     why or "rejected")
+            self._dropped(mtype, "not_authorised")
             return
         try:
             out = self.server.authorised(s, msg, ctx)
         except Exception:
             log.exception("internal error committing %s of session %s", mtype, s.key)
             self._publish(self.server.take_events())
-            self.metrics.drop("internal_error")
-            self.metrics.request(mtype, "slow", "drop")
+            self._dropped(mtype, "internal_error")
             return
         self._respond(out, iface, frame, msg, mtype, t0)
 
@@ -171,12 +166,10 @@ class PacketPath:
 
     def _respond(self, out: Outcome, iface: AccessInterface, frame: Frame, msg: Message,
                  mtype: str, t0: float) -> None:
-        m = self.metrics
         events = self.server.take_events()
         if out.drop:
             self._publish(events)
-            m.drop(out.drop)
-            m.request(mtype, "slow", "drop")
+            self._dropped(mtype, out.drop)
             log.debug("dropped %s from %s on %s: %s", mtype, msg.mac, iface.ifname, out.drop)
             return
         wire = None
@@ -210,13 +203,16 @@ class PacketPath:
 
     def _send(self, iface: AccessInterface, wire: bytes | None, mtype: str, kind: str,
               t0: float) -> None:
-        if wire is not None:
-            if not iface.send(wire):
-                self.metrics.send_failures.labels(iface.ifname).inc()
-            self.metrics.request(mtype, "slow", kind)
-            self.metrics.duration_of(mtype, time.perf_counter() - t0)
-        else:
-            self.metrics.request(mtype, "slow", kind)
+        self.metrics.request(mtype, "slow", kind)
+        if wire is None:  # a RELEASE or DECLINE: nothing to send
+            return
+        if not iface.send(wire):
+            self.metrics.send_failures.labels(iface.ifname).inc()
+        self.metrics.duration_of(mtype, time.perf_counter() - t0)
+
+    def _dropped(self, mtype: str, reason: str) -> None:
+        self.metrics.drop(reason)
+        self.metrics.request(mtype, "slow", "drop")
 
     def _publish(self, events: list[Event]) -> None:
         if events:

@@ -16,19 +16,27 @@ from bng_operator.agent.health import Commits, Health
 from bng_operator.metrics import AgentMetrics
 
 
-def test_a_failing_write_fails_its_commit_not_the_writer(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def _failing_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: int,
+                   error: Exception) -> tuple[LeaseStore, list[int]]:
+    """A store whose first ``failures`` batch writes raise ``error`` (no pause between
+    tries); ``calls`` gets each write's batch size."""
     monkeypatch.setattr(leases, "WRITE_RETRIES", (0.0, 0.0, 0.0))
     store = LeaseStore(tmp_path / "l.sqlite")
     real, calls = store._write, []
 
-    def broken(batch):  # type: ignore[no-untyped-def]
+    def write(batch):  # type: ignore[no-untyped-def]
         calls.append(len(batch))
-        if len(calls) <= 3:
-            raise RuntimeError("disk on fire")  # not a sqlite3.Error
+        if len(calls) <= failures:
+            raise error
         real(batch)
 
-    monkeypatch.setattr(store, "_write", broken)
+    monkeypatch.setattr(store, "_write", write)
+    return store, calls
+
+
+def test_a_failing_write_fails_its_commit_not_the_writer(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    store, calls = _failing_store(tmp_path, monkeypatch, 3, RuntimeError("disk on fire"))
 
     async def run() -> None:
         metrics, health = AgentMetrics(), Health(problem="")
@@ -57,17 +65,7 @@ def test_a_failing_write_fails_its_commit_not_the_writer(tmp_path: Path,
 
 def test_a_passing_failure_is_retried_and_commits(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(leases, "WRITE_RETRIES", (0.0, 0.0, 0.0))
-    store = LeaseStore(tmp_path / "l.sqlite")
-    real, calls = store._write, []
-
-    def once(batch):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 1:
-            raise OSError("EIO")
-        real(batch)
-
-    monkeypatch.setattr(store, "_write", once)
+    store, calls = _failing_store(tmp_path, monkeypatch, 1, OSError("EIO"))
 
     async def run() -> None:
         store.put(bound_lease())
