@@ -297,10 +297,14 @@ static __always_inline void refresh(struct subscriber_lease *lease, __u64 now, _
 // the packet, so the verifier checks this part once, not once per path.
 static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
 {
+    // Jiffies, read once for the heartbeat and the lease's expiry: the verifier inlines
+    // bpf_jiffies64() into one load, where any clock helper is a call (~15 ns here). A lease
+    // may so be answered up to one tick (1-10 ms) past its expiry.
+    __u64 now = bpf_jiffies64();
     // Only while the agent is alive: its heartbeat gives the program authority to answer.
     __u32 first = 0;
     struct agent_heartbeat *hb = heartbeat.lookup(&first);
-    if (!hb || bpf_jiffies64() - hb->beat > hb->window)
+    if (!hb || now - hb->beat > hb->window)
         return pass(CNT_PASS_NO_AGENT);
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
@@ -326,10 +330,6 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     struct subscriber_lease *lease = find_lease(st, b, relay, len82, st->vlan);
     if (!lease)
         return XDP_PASS;  // counted
-    // Jiffies: the verifier inlines bpf_jiffies64() into one load, where any clock helper
-    // is a call (~15 ns here). A lease may so be answered up to one tick (1-10 ms) past
-    // its expiry.
-    __u64 now = bpf_jiffies64();
     int why = answerable(lease, b, msg_type, st->requested, st->server_id, now);
     if (why)
         return pass(why);
