@@ -104,7 +104,3 @@ class Session:
                                     f"end has one ({to}, {reason})")
         self.state = to
         self.end_reason = reason
-
-    @property
-    def expires(self) -> float:
-        return self.lease.expires if self.lease is not None else 0.0
