@@ -53,6 +53,7 @@ class Site:
     access: str = "access0"  # the agent's access interface
     in_root: bool = False  # agent in this process's namespace (to reach a loopback apiserver)
     metrics_port: int = METRICS_PORT
+    wrap: tuple[str, ...] = ()  # argv the agent runs under, e.g. setpriv with the chart's caps
 
     def build(self, subscribers: int = 3, relay: bool = False,
               option82: dict[int, tuple[str, str]] | None = None, in_root: bool = False) -> Site:
@@ -113,7 +114,7 @@ class Site:
         return self.workdir / "agent.log"
 
     def start_agent(self, *extra: str, timeout: float = 20) -> None:
-        cmd = [sys.executable, "-m", "bng_operator", "agent", "--node", self.node,
+        cmd = [*self.wrap, sys.executable, "-m", "bng_operator", "agent", "--node", self.node,
                "--state-dir", str(self.state_dir), "--log-level", "debug",
                "--metrics-port", str(self.metrics_port), "--bpf-dir", str(self.lab.bpf_dir),
                *extra]

@@ -9,7 +9,12 @@ import pytest
 
 from bng_lab.netlab import NetLab, remove_leftovers
 from bng_operator import netlink
-from bng_operator.agent.dataplane.loader import BPFObject, DataplaneError, program_exists
+from bng_operator.agent.dataplane.loader import (
+    BPFObject,
+    DataplaneError,
+    program_exists,
+)
+from bng_operator.agent.dataplane.loader import test_run as run_xdp
 
 PROG = Path(__file__).with_name("xdp_count_ping.c")
 
@@ -97,3 +102,43 @@ def test_netlab_close_removes_its_namespaces(bpffs: Path) -> None:
     assert {a, b} <= set(netlink.list_netns())
     lab.close()
     assert not {a, b} & set(netlink.list_netns())
+
+
+def test_pins_are_adopted_by_path_and_the_program_uses_the_adopted_map(
+        tmp_path: Path, bpffs: Path) -> None:
+    """``pins``: the first object pins its map, a second adopts it (opened by path, which
+    needs no CAP_SYS_ADMIN, unlike BCC's BPF_TABLE_PINNED) and its program counts into it."""
+    pin = bpffs / f"bngt{os.getpid()}" / "echo_requests"
+    ping = bytes(12) + b"\x08\x00" + bytes([0x45]) + bytes(8) + b"\x01" + bytes(10) + \
+        b"\x08" + bytes(7)  # Ethernet, IPv4 (ihl 5, ICMP), an echo request
+    first = BPFObject(PROG, pins={"echo_requests": pin})
+    try:
+        assert pin.exists() and not first.adopted
+        second = BPFObject(PROG, pins={"echo_requests": pin})
+        try:
+            assert second.adopted == {"echo_requests"}
+            run_xdp(second.load_xdp("xdp_count_ping"), ping, repeat=3)
+            for obj in (first, second):  # one map: what the second counted, the first sees
+                table = obj.map("echo_requests")
+                assert sum(table[table.Key(0)]) == 3
+        finally:
+            second.close()
+    finally:
+        first.close()
+        pin.unlink()
+        pin.parent.rmdir()
+
+
+def test_a_pinned_map_of_another_layout_is_refused(tmp_path: Path, bpffs: Path) -> None:
+    pin = bpffs / f"bngt{os.getpid()}" / "echo_requests"
+    other = tmp_path / "other.c"
+    other.write_text("BPF_PERCPU_ARRAY(echo_requests, u32, 4);\n"
+                     "int xdp_count_ping(struct xdp_md *ctx) { return XDP_PASS; }\n")
+    first = BPFObject(other, pins={"echo_requests": pin})
+    try:
+        with pytest.raises(DataplaneError, match="another layout"):
+            BPFObject(PROG, pins={"echo_requests": pin})
+    finally:
+        first.close()
+        pin.unlink()
+        pin.parent.rmdir()

@@ -8,15 +8,13 @@ objects, and the kustomize base must equal the chart's default render.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from bng_lab import chart
 from tests.conftest import REPO, Cluster
 
 CHART = REPO / "charts" / "bng"
@@ -28,29 +26,18 @@ Obj = dict[str, Any]
 Helm = Callable[..., str]
 
 
-def helm_binary() -> Path:
-    """The helm that hack/helm/build.sh builds; a missing one fails the test (never skips)."""
-    version = (REPO / "hack" / "helm" / "VERSION").read_text().strip()
-    cache = Path(os.environ.get("BNG_CACHE", Path.home() / ".cache" / "bng"))
-    helm = cache / f"helm-{version}" / "helm"
-    if not os.access(helm, os.X_OK):
-        pytest.fail(f"helm not found at {helm}. Build it with `make setup` (or `hack/helm/build.sh`); "
-                    "it needs Go and the Go module proxy.", pytrace=False)
-    return helm
-
-
 @pytest.fixture(scope="module")
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    """Runs helm with its config and cache in a temporary directory; returns stdout."""
-    binary, home = helm_binary(), tmp_path_factory.mktemp("helm")
-    env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
+    """Runs helm with its config and cache in a temporary directory; returns stdout. A
+    missing helm fails the test (never skips)."""
+    try:
+        chart.helm_binary()
+    except chart.HelmMissing as e:
+        pytest.fail(str(e), pytrace=False)
+    home = tmp_path_factory.mktemp("helm")
 
     def run(*args: str) -> str:
-        r = subprocess.run([str(binary), *args], capture_output=True, text=True, env=env,
-                           timeout=60)
-        assert r.returncode == 0, f"helm {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
-        return r.stdout
+        return chart.helm(*args, home=home)
 
     return run
 

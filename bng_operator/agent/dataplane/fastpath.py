@@ -36,7 +36,6 @@ from bng_operator.agent.dataplane.loader import (
     bpf_mount_of,
     pin_fd,
     pinned_fd,
-    program_fd_by_id,
     program_id,
     test_run,
 )
@@ -183,6 +182,18 @@ def generation(source: Path, cflags: dict[str, int | str]) -> str:
     return h.hexdigest()[:12]
 
 
+# The maps that outlive the agent: per generation, but the refresh log above them all.
+GENERATION_MAPS = ("subscribers", "circuits", "subnet_options", "interfaces", "counters",
+                   "heartbeat")
+LASTING_MAPS = ("refresh_heads", "refresh_log")
+
+
+def pinned_maps(pin_root: Path, generation: str) -> dict[str, Path]:
+    """Where each lasting map is pinned."""
+    return {**{m: pin_root / generation / m for m in GENERATION_MAPS},
+            **{m: pin_root / m for m in LASTING_MAPS}}
+
+
 class FastPath:
     def __init__(self, max_subscribers: int = MAX_LEASES_PER_NODE,
                  pin_root: Path | None = None, source: Path = SOURCE,
@@ -208,10 +219,10 @@ class FastPath:
             # The refresh ring of agents before the refresh log: nothing reads it any more.
             with contextlib.suppress(FileNotFoundError):
                 (pin_root / "refreshes").unlink()
-            self.adopted_maps = (self.pin_dir / "subscribers").exists()
             self.pin_dir.mkdir(parents=True, exist_ok=True)
-            cflags |= {"PIN_DIR": f'"{self.pin_dir}"', "PIN_ROOT": f'"{pin_root}"'}
-        self.obj = BPFObject(source, cflags=cflags)
+        self.obj = BPFObject(source, cflags=cflags, pins=pinned_maps(pin_root, self.generation)
+                             if pin_root is not None else None)
+        self.adopted_maps = "subscribers" in self.obj.adopted
         self.subscribers = self.obj.map("subscribers")
         self.circuits = self.obj.map("circuits")
         self.subnets = self.obj.map("subnet_options")
@@ -243,7 +254,7 @@ class FastPath:
         """The program: the pinned one of this generation if there is one, else loaded now
         (and pinned, when pinning)."""
         if self._fd is None:
-            pinned = pinned_fd(self.pin_dir / PROGRAM) if self.pin_dir else None
+            pinned = pinned_fd(self.pin_dir / PROGRAM, required=True) if self.pin_dir else None
             if pinned is not None:
                 self._fd, self._own_fd = pinned, True
             else:
@@ -265,13 +276,24 @@ class FastPath:
         current = attached[0] if attached else None
         if current == mine:
             return "adopted"
-        old = program_fd_by_id(current) if current else None
+        old = self._pinned_program(current) if current else None
         try:
             netlink.attach_xdp(ifname, self.fd, ns, mode, replace_fd=old if old else None)
         finally:
             if old is not None:
                 os.close(old)
         return "replaced" if current else "attached"
+
+    def _pinned_program(self, prog_id: int) -> int | None:
+        """An fd for the program ``prog_id`` if an earlier generation pinned it (by path: by
+        id would take CAP_SYS_ADMIN), so the swap can name what it replaces."""
+        for path in self.pin_root.glob(f"*/{PROGRAM}") if self.pin_root else ():
+            fd = pinned_fd(path)
+            if fd is not None:
+                if program_id(fd) == prog_id:
+                    return fd
+                os.close(fd)
+        return None
 
     def is_attached(self, ifname: str, ns: str | None = None) -> bool:
         return netlink.xdp_program_id(ifname, ns) == program_id(self.fd)

@@ -3,8 +3,11 @@
     with BPFObject(Path("bpf/access_ingress.c"), cflags={"MAX_LEASES": 100000}) as obj:
         fd = obj.load_xdp("xdp_dhcp")
         obj.attach_xdp("eth1", "xdp_dhcp")
-        obj.pin_map("subscribers", Path("/sys/fs/bpf/bng/subscribers"))
+        obj.pin_map("scratch", Path("/sys/fs/bpf/bng/scratch"))
     # leaving the block detaches the program and removes the pins it made
+
+Maps that outlive the process (``pins=``) are pinned or adopted by path, so a restarted agent
+needs no more than CAP_BPF to find them again.
 
 ``close()`` undoes exactly what this object did, so a test or an agent that exits leaves
 nothing attached or pinned unless it asked to keep it (``keep=True``).
@@ -15,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from bcc import BPF, libbcc
+from bcc.table import Table
 
 from bng_operator import netlink
 from bng_operator.netlink import XDPMode
@@ -121,12 +126,61 @@ def bpffs_mounted(path: Path = BPFFS) -> bool:
     return bpf_mount_of(path) == path
 
 
-def pinned_fd(path: Path) -> int | None:
-    """An fd for the BPF object pinned at ``path``, or None if nothing is pinned there."""
+def pinned_fd(path: Path, required: bool = False) -> int | None:
+    """An fd for the BPF object pinned at ``path``, or None if nothing is pinned there. An
+    object there that cannot be opened is None too, unless ``required``: then the error
+    says why (permissions, or not a BPF object)."""
     if not path.exists():
         return None
-    fd = libbcc.lib.bpf_obj_get(str(path).encode())
-    return fd if fd >= 0 else None
+    fd = int(libbcc.lib.bpf_obj_get(str(path).encode()))
+    if fd >= 0:
+        return fd
+    if required:
+        raise DataplaneError(f"opening the pinned BPF object {path}: {os.strerror(-fd)}")
+    return None
+
+
+_MAP_INFO_SHAPE = slice(0, 24)  # struct bpf_map_info: type, id, key, value, entries, flags
+
+
+def _map_shape(fd: int) -> tuple[int, ...]:
+    """(type, key size, value size, max entries, flags) of the map behind ``fd``."""
+    info = ctypes.create_string_buffer(256)
+    size = ctypes.c_uint32(len(info))
+    if libbcc.lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) != 0:
+        raise DataplaneError(f"reading the info of BPF map fd {fd} failed")
+    raw = info.raw[_MAP_INFO_SHAPE]
+    fields = [int.from_bytes(raw[i : i + 4], "little") for i in range(0, 24, 4)]
+    return fields[0], *fields[2:]
+
+
+_LD_IMM64 = 0x18
+_PSEUDO_MAP_FD, _PSEUDO_MAP_VALUE = 1, 2
+
+
+def _with_map_fds(insns: bytes, fds: Mapping[int, int]) -> bytes:
+    """``insns`` with each map fd in ``fds`` (old -> new) replaced: the fd of a map reference
+    is the imm of a BPF_LD_IMM64 whose src register is BPF_PSEUDO_MAP_FD or _VALUE."""
+    out = bytearray(insns)
+    i = 0
+    while i + 16 <= len(out):
+        if out[i] == _LD_IMM64:
+            if out[i + 1] >> 4 in (_PSEUDO_MAP_FD, _PSEUDO_MAP_VALUE):
+                old = int.from_bytes(out[i + 4 : i + 8], "little", signed=True)
+                if old in fds:
+                    out[i + 4 : i + 8] = fds[old].to_bytes(4, "little", signed=True)
+            i += 16  # the instruction takes two slots
+        else:
+            i += 8
+    return bytes(out)
+
+
+def _compile_hint() -> str:
+    """What to look at when BCC fails to compile: missing headers, or the compiler's output."""
+    build = Path("/lib/modules") / os.uname().release / "build"
+    if not build.exists():
+        return f"The kernel headers are missing ({build}): install them (make setup)."
+    return "The compiler's messages are above this line."
 
 
 def pinned_map_items(path: Path) -> list[tuple[bytes, bytes]]:
@@ -192,11 +246,6 @@ def verified_instructions(fd: int) -> int | None:
     return int.from_bytes(raw[_INFO_VERIFIED_INSNS : _INFO_VERIFIED_INSNS + 4], "little")
 
 
-def program_fd_by_id(prog_id: int) -> int | None:
-    fd = libbcc.lib.bpf_prog_get_fd_by_id(ctypes.c_uint(prog_id))
-    return fd if fd >= 0 else None
-
-
 def program_exists(prog_id: int) -> bool:
     """Whether the kernel still holds a BPF program with this id."""
     fd = libbcc.lib.bpf_prog_get_fd_by_id(ctypes.c_uint(prog_id))
@@ -217,7 +266,10 @@ class BPFObject:
     """One C file compiled by BCC: its programs, its maps, and what was attached and pinned."""
 
     def __init__(self, src: Path, cflags: dict[str, int | str] | None = None,
-                 include_dirs: tuple[Path, ...] = ()) -> None:
+                 include_dirs: tuple[Path, ...] = (), pins: Mapping[str, Path] | None = None
+                 ) -> None:
+        """``pins`` maps a map's name to its bpffs path: a map already pinned there is used in
+        place of the one BCC made (adopted), else BCC's is pinned there."""
         if not src.exists():
             raise DataplaneError(f"BPF source {src} not found")
         flags = [f"-D{k}={v}" for k, v in (cflags or {}).items()]
@@ -225,21 +277,73 @@ class BPFObject:
         try:
             self.bpf = BPF(src_file=str(src).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception on compile errors
-            raise DataplaneError(f"compiling {src.name} failed: {e}. Are kernel headers "
-                                 "installed (make setup)?") from e
-        self._fns: dict[str, Any] = {}
+            raise DataplaneError(f"compiling {src.name} failed: {e}. {_compile_hint()}") from e
+        self._fns: dict[str, int] = {}
         self._attached: list[_Attachment] = []
         self._pins: list[Path] = []
         self._closed = False
+        self._tables: dict[str, Any] = {}
+        # BCC's fd of a map -> the fd of the pinned map used instead (ours to close)
+        self._adopted: dict[int, int] = {}
+        self.adopted: set[str] = set()
+        self._loaded_here: list[int] = []
+        try:
+            for name, path in (pins or {}).items():
+                self._pin_or_adopt(name, path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _pin_or_adopt(self, name: str, path: Path) -> None:
+        # BCC's own BPF_TABLE_PINNED re-opens a pinned map by its id (BPF_MAP_GET_FD_BY_ID),
+        # which the kernel allows only with CAP_SYS_ADMIN. Opening it by its path needs only
+        # CAP_BPF and the file's permissions, so pins are ours, not BCC's.
+        bcc_fd = int(libbcc.lib.bpf_table_fd(self.bpf.module, name.encode()))
+        if bcc_fd < 0:
+            raise DataplaneError(f"{name}: no such map in the BPF source")
+        fd = pinned_fd(path, required=True)
+        if fd is None:
+            pin_fd(bcc_fd, path)
+            return
+        pinned, wanted = _map_shape(fd), _map_shape(bcc_fd)
+        if pinned != wanted:
+            os.close(fd)
+            raise DataplaneError(
+                f"the map pinned at {path} has another layout than {name} in this program "
+                f"(type, key, value, entries, flags: {pinned} vs {wanted}); remove the stale "
+                "fast path with `bng fastpath-remove`")
+        self._adopted[bcc_fd] = fd
+        self.adopted.add(name)
 
     def load_xdp(self, fn: str) -> int:
         """Load (verify) the XDP function ``fn``; returns its fd."""
         if fn not in self._fns:
             try:
-                self._fns[fn] = self.bpf.load_func(fn.encode(), BPF.XDP)
+                self._fns[fn] = self._load(fn)
             except Exception as e:
                 raise DataplaneError(f"the verifier rejected {fn}: {e}") from e
-        return int(self._fns[fn].fd)
+        return int(self._fns[fn])
+
+    def _load(self, fn: str) -> int:
+        """BCC's load, with each adopted map's fd in place of the one BCC made."""
+        name = fn.encode()
+        if not self._adopted:
+            return int(self.bpf.load_func(name, BPF.XDP).fd)
+        # BCC would load the instructions with its own maps' fds in them
+        module = self.bpf.module
+        start = libbcc.lib.bpf_function_start(module, name)
+        if not start:
+            raise DataplaneError(f"no function {fn} in the BPF source")
+        size = int(libbcc.lib.bpf_function_size(module, name))
+        insns = _with_map_fds(ctypes.string_at(start, size), self._adopted)
+        buf = ctypes.create_string_buffer(insns, size)
+        fd = int(libbcc.lib.bcc_func_load(
+            module, BPF.XDP, name, buf, size, libbcc.lib.bpf_module_license(module),
+            libbcc.lib.bpf_module_kern_version(module), 0, None, 0, None, -1))
+        if fd < 0:
+            raise DataplaneError(f"loading {fn}: {os.strerror(ctypes.get_errno() or -fd)}")
+        self._loaded_here.append(fd)
+        return fd
 
     def attach_xdp(self, ifname: str, fn: str, ns: str | None = None,
                    mode: XDPMode = "native") -> None:
@@ -247,8 +351,17 @@ class BPFObject:
         self._attached.append(_Attachment(ifname, ns, mode))
 
     def map(self, name: str) -> Any:
-        """The BCC table ``name``; use its ``Key`` / ``Leaf`` types, not ctypes mirrors."""
-        return self.bpf[name.encode()]
+        """The BCC table ``name`` (the adopted map, if it was); use its ``Key`` / ``Leaf``
+        types, not ctypes mirrors."""
+        if name not in self._tables:
+            table = self.bpf[name.encode()]
+            fd = self._adopted.get(int(table.map_fd))
+            if fd is not None:
+                # a per-CPU table's Leaf is an array of its sLeaf, one per CPU
+                leaf = getattr(table, "sLeaf", table.Leaf)
+                table = Table(self.bpf, table.map_id, fd, table.Key, leaf, name.encode())
+            self._tables[name] = table
+        return self._tables[name]
 
     def pin_map(self, name: str, path: Path) -> None:
         pin_fd(self.map(name).map_fd, path)
@@ -268,6 +381,10 @@ class BPFObject:
                 p.unlink(missing_ok=True)
                 if p.parent != BPFFS and p.parent.is_dir() and not any(p.parent.iterdir()):
                     p.parent.rmdir()
+        for fd in self._loaded_here:
+            os.close(fd)  # BCC closes the programs it loaded, not these
+        for fd in self._adopted.values():
+            os.close(fd)
         self.bpf.cleanup()
 
     def __enter__(self) -> BPFObject:
