@@ -184,19 +184,25 @@ class ControlPlane:
                         str(self.workdir / "sa.pub")], check=True, capture_output=True)
 
     def _write_kubeconfig(self) -> None:
-        self.kubeconfig.write_text(f"""apiVersion: v1
+        self.write_kubeconfig(self.kubeconfig, "bng-admin", TOKEN)
+
+    def write_kubeconfig(self, path: Path, user: str, token: str) -> Path:
+        """A kubeconfig for this apiserver that authenticates with ``token``."""
+        path.write_text(f"""apiVersion: v1
 kind: Config
 clusters:
 - name: bng-test
   cluster: {{server: "{self.url}", certificate-authority: "{self.workdir}/certs/apiserver.crt"}}
 users:
-- name: bng-admin
-  user: {{token: {TOKEN}}}
+- name: {user}
+  user: {{token: {token}}}
 contexts:
 - name: bng-test
-  context: {{cluster: bng-test, user: bng-admin}}
+  context: {{cluster: bng-test, user: {user}}}
 current-context: bng-test
 """)
+        path.chmod(0o600)
+        return path
 
     def _wait_ready(self, timeout: float) -> None:
         ctx = ssl.create_default_context()

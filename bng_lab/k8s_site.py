@@ -4,6 +4,10 @@ namespace of its own with an access switch and subscribers behind it (see ``site
 Used by the e2e tests and ``bench/operator.py``. Nodes are Kubernetes Node objects made by
 hand (there is no kubelet); their agents reach the loopback apiserver through a
 ``KubeProxy`` inside their namespace.
+
+The operator and the agents run as the Helm chart's ServiceAccounts, with its RBAC and its
+admission policy, on tokens from the apiserver: an agent's is bound to a Pod object on its
+node, as a kubelet's projected token is. Tests and ``kubectl`` use the admin kubeconfig.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from bng_lab import chart
 from bng_lab.controlplane import REPO, ControlPlane, free_port
 from bng_lab.kubeproxy import KubeProxy
 from bng_lab.netlab import NetLab
@@ -28,6 +35,20 @@ from bng_lab.site import Site
 
 SAMPLES = REPO / "config" / "samples"
 PEERING = "apiVersion: kopf.dev/v1\nkind: ClusterKopfPeering\nmetadata: {{name: {name}}}\n"
+NAMESPACE = chart.NAMESPACE  # the samples' and the chart's
+# What of the chart gives bng its identities and their limits.
+IDENTITY_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+OPERATOR_SA, AGENT_SA = "bng-operator", "bng-agent"
+AGENT_POD = """apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}, namespace: {ns}}}
+spec:
+  nodeName: {node}
+  serviceAccountName: {sa}
+  automountServiceAccountToken: false
+  containers: [{{name: agent, image: bng:test}}]
+"""
 
 
 def kubectl_binary() -> str | None:
@@ -79,10 +100,26 @@ class K8sSite:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
     def prepare(self) -> K8sSite:
-        """The peering object and the samples' namespace (bng's CRDs are applied already)."""
+        """The peering object, the samples' namespace, and the chart's identities (bng's
+        CRDs are applied already)."""
         self.kubectl("apply", "-f", "-", input=PEERING.format(name=self.peering))
         self.kubectl("apply", "-f", str(SAMPLES / "00-namespace.yaml"))
+        apply_identities(self.kubectl)
         return self
+
+    def token_kubeconfig(self, sa: str, node: str | None = None) -> Path:
+        """A kubeconfig with a token of ServiceAccount ``sa``; with ``node``, the token is
+        bound to a Pod object on that node (the apiserver then names the node in the
+        token's user info, as it does for an agent's projected token)."""
+        args = ["create", "token", sa, "-n", NAMESPACE, "--duration", "48h"]
+        if node is not None:
+            pod = f"{sa}-{node}"
+            self.kubectl("apply", "-f", "-", input=AGENT_POD.format(
+                pod=pod, ns=NAMESPACE, node=node, sa=sa))
+            args += ["--bound-object-kind", "Pod", "--bound-object-name", pod]
+        token = self.kubectl(*args).stdout.strip()
+        return self.cp.write_kubeconfig(self.workdir / f"kubeconfig-{sa}-{node or 'cluster'}",
+                                        sa, token)
 
     def apply_samples(self) -> None:
         """config/samples/, as a user applies it."""
@@ -115,9 +152,10 @@ metadata:
         self.operator_port = free_port()
         log = open(self.workdir / "operator.log", "ab")  # noqa: SIM115 - owned by the process
         self.operator = subprocess.Popen(
-            [sys.executable, "-m", "bng_operator", "operator", "--kubeconfig",
-             str(self.kubeconfig), "--metrics-port", str(self.operator_port), "--log-format",
-             "text", "--peering", self.peering, *extra], stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "bng_operator", "operator",
+             "--kubeconfig", str(self.token_kubeconfig(OPERATOR_SA)),
+             "--metrics-port", str(self.operator_port), "--log-format", "text",
+             "--peering", self.peering, *extra], stdout=log, stderr=subprocess.STDOUT)
 
     def stop_operator(self, kill: bool = False) -> None:
         if self.operator is None:
@@ -139,7 +177,8 @@ metadata:
         for name, site in self.nodes.items():
             wait_for(f"BNGNode {name} rendered by the operator",
                      functools.partial(self.bngnode_ready, name), 30, 0.2)
-            site.start_agent("--kubeconfig", str(self.kubeconfig), *extra, timeout=60)
+            kubeconfig = self.token_kubeconfig(AGENT_SA, name)
+            site.start_agent("--kubeconfig", str(kubeconfig), *extra, timeout=60)
 
     def subscribers(self) -> list[dict[str, Any]]:
         return list(self.get("subscribers", "-n", "bng-system")["items"])
@@ -154,3 +193,14 @@ metadata:
             lab.close()
         self.kubectl("delete", "clusterkopfpeering", self.peering, "--ignore-not-found",
                      "--wait=false", check=False)
+        for name in self.nodes:
+            self.kubectl("delete", "pod", "-n", NAMESPACE, f"{AGENT_SA}-{name}",
+                         "--ignore-not-found", "--wait=false", check=False)
+
+
+def apply_identities(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """The chart's ServiceAccounts, RBAC and admission policy, as it renders them for
+    NAMESPACE. The apiserver puts the policy in force a moment later, in the background."""
+    objs = [o for o in chart.render(namespace=NAMESPACE) if o["kind"] in IDENTITY_KINDS]
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+
