@@ -31,7 +31,6 @@ kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: Metadata
-  verbs: [create, update, patch, delete]
   resources: [{group: bng.dev}]
 - level: None
 """
@@ -139,6 +138,25 @@ class ControlPlane:
                     e.get("verb") in ("create", "update", "patch", "delete"):
                 out.append(e)
         return out
+
+    def requests_by(self, user: str, since: float, group: str = "bng.dev") -> int:
+        """Requests (reads and writes) of ``user`` to ``group`` the apiserver has served since
+        ``since`` (unix time), from its audit log."""
+        import json
+        from datetime import datetime
+
+        if not self.audit_log.exists():
+            return 0
+        n = 0
+        for line in self.audit_log.read_text().splitlines():
+            e = json.loads(line)
+            if e.get("stage") != "ResponseComplete" or \
+                    (e.get("user") or {}).get("username") != user or \
+                    (e.get("objectRef") or {}).get("apiGroup") != group:
+                continue
+            at = datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00"))
+            n += at.timestamp() >= since
+        return n
 
     def stop_apiserver(self) -> None:
         """Stop kube-apiserver only (etcd keeps the data); ``start_apiserver`` brings it back

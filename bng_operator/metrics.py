@@ -69,7 +69,17 @@ class AgentMetrics:
             "bng_kube_writes_total", "Apiserver writes, by kind and verb.", ["kind", "verb"],
             registry=r)
         self.kube_pending = Gauge(
-            "bng_kube_pending_updates", "Subscriber updates waiting to be written.", registry=r)
+            "bng_kube_pending_updates", "Subscriber updates waiting to be written, by queue: "
+            "events (bound, changed, ended: written first) and background (resyncs and "
+            "accounting refreshes).", ["queue"], registry=r)
+        self.kube_accounting_interval = Gauge(
+            "bng_kube_accounting_interval_seconds",
+            "Time between the starts of the last two accounting rounds: the configured "
+            "interval, or longer when writing every bound subscriber takes longer at the "
+            "write rate.", registry=r)
+        self.kube_requests = Counter(
+            "bng_kube_requests_total", "Apiserver requests of the Subscriber writer (writes "
+            "and list pages), all paced by the write rate.", ["verb"], registry=r)
         self.kube_dropped = Counter(
             "bng_kube_dropped_updates_total",
             "Updates dropped from a full queue (a resync follows).", registry=r)

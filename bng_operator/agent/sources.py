@@ -25,7 +25,7 @@ from bng_operator.api import (
     Subscriber,
     SubscriberClass,
 )
-from bng_operator.api.common import DEFAULT_NAMESPACE
+from bng_operator.api.common import DEFAULT_NAMESPACE, USERS_SUBSCRIBERS
 from bng_operator.api.documents import load, yaml_files
 from bng_operator.kubeclient import api_client
 from bng_operator.policy.render import RenderError, render_node
@@ -87,10 +87,10 @@ class KubeSource:
         # said, for the log, the BNGNode condition and bng_kube_auth_refused; "" otherwise.
         self.refused = ""
 
-    def _list(self, plural: str, namespaced: bool = False) -> list[dict[str, Any]]:
+    def _list(self, plural: str, namespaced: bool = False, **kw: Any) -> list[dict[str, Any]]:
         if namespaced:
             return list(self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, plural, _request_timeout=TIMEOUT)["items"])
+                GROUP, VERSION, self.namespace, plural, _request_timeout=TIMEOUT, **kw)["items"])
         return list(self.custom.list_cluster_custom_object(
             GROUP, VERSION, plural, _request_timeout=TIMEOUT)["items"])
 
@@ -110,7 +110,8 @@ class KubeSource:
         if items and not self.embedded:
             for cls in POLICY_KINDS:
                 items += self._list(cls.info.plural)
-        items += [i for i in self._list("subscribers", namespaced=True) if _reservation(i)]
+        items += [i for i in self._list("subscribers", namespaced=True,
+                                        label_selector=USERS_SUBSCRIBERS) if _reservation(i)]
         for item in items:
             item.pop("status", None)  # the agent reads specs; status is ours to write
             item.setdefault("kind", "Subscriber")
@@ -177,7 +178,9 @@ class KubeSource:
         policy object. After a lost watch they call it too: changes may have been missed."""
         watches: list[tuple[str, bool, dict[str, Any]]] = [
             ("bngnodes", False, {"field_selector": f"metadata.name={self.node}"}),
-            ("subscribers", True, {})]
+            # reservations are users' objects: the agents' own reports (every node's status
+            # writes) are not watched
+            ("subscribers", True, {"label_selector": USERS_SUBSCRIBERS})]
         if not self.embedded:
             watches += [(cls.info.plural, False, {}) for cls in POLICY_KINDS]
         for plural, namespaced, kw in watches:

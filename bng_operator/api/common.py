@@ -26,6 +26,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DEFAULT_NAMESPACE = "bng-system"
 # The label saying which bng component made (and may delete) an object.
 MANAGED_BY = "app.kubernetes.io/managed-by"
+AGENT_MANAGER = "bng-agent"  # MANAGED_BY of the Subscriber objects agents report
+# The Subscribers users make (reservations), not the agents' reports.
+USERS_SUBSCRIBERS = f"{MANAGED_BY}!={AGENT_MANAGER}"
 
 
 class Model(BaseModel):

@@ -68,7 +68,7 @@ def test_dhcp_outlives_a_60s_apiserver_outage_and_subscribers_catch_up(site: K8s
             (acks, after)
         m = node.metrics()
         assert m["bng_kube_reachable"] == 0
-        assert m["bng_kube_pending_updates"] >= 1  # the newcomer's Subscriber waits
+        assert m['bng_kube_pending_updates{queue="events"}'] >= 1  # the newcomer waits
 
         site.cp.start_apiserver()
         wait_for("the newcomer's Subscriber written", lambda: bound_on(site, newcomer.address),

@@ -105,19 +105,28 @@ def test_node_status_conditions() -> None:
 
 
 class FakeApi:
-    """Records the writer's calls; ``down`` makes every call fail as a dead apiserver does."""
+    """Records the writer's calls; ``down`` makes every call fail as a dead apiserver does.
+    ``objects`` are what a list returns, in ``page``-sized pages."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.lists: list[dict[str, Any]] = []  # the keyword arguments of each list
         self.down = False
+        self.objects: list[dict[str, Any]] = []
 
     def __getattr__(self, verb: str) -> Any:
-        def call(*args: Any, **_: Any) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:
             if self.down:
                 raise ConnectionError("connection refused")
             name = args[4] if len(args) > 4 and isinstance(args[4], str) else ""
             self.calls.append((verb, name))
-            return {"items": []}
+            if verb != "list_namespaced_custom_object":
+                return {}
+            self.lists.append(kw)
+            start = int(kw.get("_continue") or 0)
+            end = start + kw.get("limit", len(self.objects))
+            more = str(end) if end < len(self.objects) else None
+            return {"items": self.objects[start:end], "metadata": {"continue": more}}
         return call
 
 
@@ -169,4 +178,67 @@ def test_writes_are_capped_in_rate() -> None:
     r.stop()
     n = len([c for c in api.calls if c[0] != "list_namespaced_custom_object"])
     assert n == 30  # create + status each
+    assert took >= (n - 20) / 20 * 0.9  # a burst of 20, then 20 per second
+
+
+def _writes(api: FakeApi) -> list[tuple[str, str]]:
+    return [c for c in api.calls if c[0] != "list_namespaced_custom_object"]
+
+
+def test_events_are_written_before_the_background() -> None:
+    """A new subscriber is not queued behind a resync or an accounting round."""
+    r, api = _reporter(rate=1000)
+    api.down = True
+    r.start()
+    for i in range(50):
+        r.subscriber(f"old{i}", "allocate", bound_lease(identity=f"mac:{i}"), background=True)
+    r.subscriber("new", "allocate", bound_lease(identity="mac:new"))
+    assert not r.background_idle()
+    api.down = False
+    _drain(r)
+    r.stop()
+    names = [n for _, n in _writes(api) if n]
+    assert names[0] == "new" and len(names) == 51
+    assert r.background_idle()
+
+
+def test_an_event_makes_the_background_update_of_its_object_moot() -> None:
+    r, _ = _reporter()
+    lease = bound_lease()
+    r.subscriber("mac-x", "allocate", lease, background=True)
+    r.subscriber("mac-x", "release", lease)
+    r.subscriber("mac-x", "allocate", lease, refresh=True, background=True)  # older news
+    assert r.pending() == 1 and r.background_idle()
+
+
+def test_the_cleanup_lists_only_this_nodes_reports_a_page_at_a_time() -> None:
+    r, api = _reporter(rate=1000)
+    api.objects = [{"metadata": {"name": f"s{i}", "labels": {}}, "status": {}}
+                   for i in range(1234)]
+    r.start()
+    deadline = time.monotonic() + 5
+    while len(api.lists) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r.stop()
+    assert len(api.lists) == 3  # 1234 objects in pages of 500
+    assert all(kw["label_selector"] == "bng.dev/node=edge-1,app.kubernetes.io/managed-by=bng-agent"
+               for kw in api.lists)
+    assert r._known == {f"s{i}" for i in range(1234)}
+
+
+def test_every_request_lists_included_is_paced_by_the_rate() -> None:
+    r, api = _reporter(rate=20)
+    api.objects = [{"metadata": {"name": f"s{i}", "labels": {}}, "status": {}}
+                   for i in range(5000)]  # 10 list pages
+    r.start()
+    t0 = time.monotonic()
+    for i in range(15):
+        r.subscriber(f"n{i}", "allocate", bound_lease(identity=f"mac:{i}"))
+    _drain(r, 10)
+    while len(api.lists) < 10 and time.monotonic() - t0 < 10:
+        time.sleep(0.01)
+    took = time.monotonic() - t0
+    r.stop()
+    n = len(api.calls)
+    assert n >= 40  # 30 writes, 10 list pages
     assert took >= (n - 20) / 20 * 0.9  # a burst of 20, then 20 per second

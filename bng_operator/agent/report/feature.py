@@ -88,8 +88,11 @@ class KubeReporting:
 
     async def run(self, stop: asyncio.Event) -> None:
         """BNGNode status when it changed; every bound subscriber at the accounting interval
-        (their lease ends moved by renewals); everything again after updates were lost."""
+        (their lease ends moved by renewals), or once the last round is written if that
+        took longer; everything again after updates were lost. Both in the reporter's
+        background, behind the events."""
         next_accounting = time.monotonic() + self.accounting_interval
+        last_round = time.monotonic()
         seen: tuple[object, ...] = ()
         while not stop.is_set():
             try:
@@ -99,13 +102,17 @@ class KubeReporting:
                     seen, self.health.dirty = now_seen, True
                 if self.reporter.need_resync and self.reporter.reachable:
                     self.reporter.need_resync = False
-                    for lease in list(self.server.by_address.values()):
-                        self._write(lease, "allocate")
-                if time.monotonic() >= next_accounting:
-                    next_accounting = time.monotonic() + self.accounting_interval
+                    self.health.dirty = True
                     for lease in list(self.server.by_address.values()):
                         self.reporter.subscriber(self._name(lease), "allocate", lease,
-                                                 refresh=True)
+                                                 background=True)
+                now = time.monotonic()
+                if now >= next_accounting and self.reporter.background_idle():
+                    self.reporter.metrics.kube_accounting_interval.set(now - last_round)
+                    last_round, next_accounting = now, now + self.accounting_interval
+                    for lease in list(self.server.by_address.values()):
+                        self.reporter.subscriber(self._name(lease), "allocate", lease,
+                                                 refresh=True, background=True)
                 if self.health.dirty:
                     self.health.dirty = False
                     self.reporter.node_status(self.node_status())

@@ -1,9 +1,13 @@
 """What the agent writes to the apiserver: its BNGNode's status and the Subscriber objects.
 
-Every write goes through one worker thread. Updates are coalesced per object (only the
-latest state of a subscriber is written) and capped at ``rate`` writes per second, so the
-apiserver's load follows subscriber state changes, never DHCP traffic. While the apiserver
-is unreachable the updates wait, at most one per subscriber and never more than
+Every request goes through one worker thread. Updates are coalesced per object (only the
+latest state of a subscriber is written) and every request, writes and list pages alike, is
+capped at ``rate`` per second, so the apiserver's load follows subscriber state changes,
+never DHCP traffic or the size of the site. Two queues: events (bound, changed, ended) are
+written first; the background (a resync, an accounting round) gets what the rate leaves, and
+an accounting round starts only once the last one is written, so its interval stretches
+with the number of subscribers instead of a backlog growing. While the apiserver is
+unreachable the updates wait, at most one per subscriber and never more than
 ``max_pending``; past that the oldest are dropped and counted, and a full resync follows
 when the apiserver is back.
 """
@@ -18,13 +22,20 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bng_operator.agent.dhcp.leases import Lease
-from bng_operator.agent.report.subscribers import Event, expired_past_ttl, new_object, status
+from bng_operator.agent.report.subscribers import (
+    Event,
+    expired_past_ttl,
+    new_object,
+    own_reports,
+    status,
+)
 from bng_operator.api import GROUP, VERSION
 from bng_operator.api.bngnode import BNGNodeStatus
 from bng_operator.metrics import AgentMetrics
 
 log = logging.getLogger("bng.agent.kube")
 TIMEOUT = 5.0  # per request: an unreachable apiserver must not hold the writer long
+LIST_PAGE = 500  # Subscriber objects per list request
 
 
 @dataclass(frozen=True)
@@ -70,16 +81,22 @@ class KubeReporter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._pending: OrderedDict[str, _Update] = OrderedDict()
+        self._pending: OrderedDict[str, _Update] = OrderedDict()  # events
+        self._background: OrderedDict[str, _Update] = OrderedDict()  # resyncs, accounting
         self._node_status: dict[str, Any] | None = None
         self._written_status: dict[str, Any] | None = None
         self._known: set[str] = set()
+        # objects found to exist though not this node's reports (a reservation, a subscriber
+        # that moved here): the cleanup's list, of this node's own, does not show them
+        self._foreign: set[str] = set()
         # name -> ((state, address, node, class), lease end) as the apiserver has it: an
         # update that would change none of these is not written
         self._existing: dict[str, tuple[tuple[Any, ...], Any]] = {}
         self._tokens = settings.rate
         self._last_refill = time.monotonic()
         self._next_cleanup = 0.0
+        # the cleanup's list under way: the items so far and the continue token
+        self._listing: tuple[list[dict[str, Any]], str] | None = None
         self.need_resync = True  # read by the agent: hand over every lease again
         self.reachable = False
         self._thread = threading.Thread(target=self._run, name="bng-kube-writer", daemon=True)
@@ -98,18 +115,37 @@ class KubeReporter:
         self._wake.set()
         self._thread.join(timeout=TIMEOUT + 1)
 
-    def subscriber(self, name: str, event: Event, lease: Lease, refresh: bool = False) -> None:
+    def subscriber(self, name: str, event: Event, lease: Lease, refresh: bool = False,
+                   background: bool = False) -> None:
+        """Queue the object's new state: an event, or (``background``) a resync or an
+        accounting refresh, which an event queued for the same object makes moot."""
         snap = replace(lease)
         u = _Update(snap, event, status(snap, event, self.node, time.time()), refresh)
         with self._lock:
-            self._pending.pop(name, None)  # coalesce: the newest state goes to the back
-            self._pending[name] = u
-            while len(self._pending) > self.settings.max_pending:
-                self._pending.popitem(last=False)
+            if background:
+                if name in self._pending:
+                    return
+                queue = self._background
+            else:
+                self._background.pop(name, None)
+                queue = self._pending
+            queue.pop(name, None)  # coalesce: the newest state goes to the back
+            queue[name] = u
+            while len(self._pending) + len(self._background) > self.settings.max_pending:
+                (self._background or self._pending).popitem(last=False)
                 self.metrics.kube_dropped.inc()
                 self.need_resync = True
-        self.metrics.kube_pending.set(len(self._pending))
+        self._count_pending()
         self._wake.set()
+
+    def background_idle(self) -> bool:
+        """Whether the last resync or accounting round is written (the next may start)."""
+        with self._lock:
+            return not self._background
+
+    def _count_pending(self) -> None:
+        self.metrics.kube_pending.labels("events").set(len(self._pending))
+        self.metrics.kube_pending.labels("background").set(len(self._background))
 
     def node_status(self, st: BNGNodeStatus) -> None:
         body = st.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -119,7 +155,8 @@ class KubeReporter:
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._pending) + (self._node_status != self._written_status)
+            return len(self._pending) + len(self._background) + \
+                (self._node_status != self._written_status)
 
     # --- the writer thread ------------------------------------------------------------------
 
@@ -127,9 +164,6 @@ class KubeReporter:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                if self._next_cleanup <= time.monotonic():
-                    self._sync_objects()
-                    self._next_cleanup = time.monotonic() + self.settings.cleanup_interval
                 did = self._write_one()
             except Exception as e:
                 if not _unreachable(e):
@@ -154,7 +188,7 @@ class KubeReporter:
         self.reachable = ok
         self.metrics.kube_reachable.set(1 if ok else 0)
 
-    def _take_token(self, n: int = 1) -> None:
+    def _take_token(self, verb: str, n: int = 1) -> None:
         while True:
             now = time.monotonic()
             self._tokens = min(self.settings.rate,
@@ -162,29 +196,37 @@ class KubeReporter:
             self._last_refill = now
             if self._tokens >= n or self._stop.is_set():
                 self._tokens -= n
+                self.metrics.kube_requests.labels(verb).inc(n)
                 return
             time.sleep((n - self._tokens) / self.settings.rate)
 
     def _write_one(self) -> bool:
-        """Write the node's status if it changed, else the oldest subscriber update."""
+        """Write the node's status if it changed, else the oldest event, else the oldest
+        background update."""
         with self._lock:
             st = self._node_status if self._node_status != self._written_status else None
         if st is not None:
-            self._take_token()
+            self._take_token("patch")
             self.custom.patch_cluster_custom_object_status(
                 GROUP, VERSION, "bngnodes", self.node, {"status": st}, _request_timeout=TIMEOUT)
             self._written_status = st
             self.metrics.kube_writes.labels("BNGNode", "status").inc()
             return True
         with self._lock:
-            if not self._pending:
+            events = bool(self._pending)
+        if not events and (self._listing is not None or self._next_cleanup <= time.monotonic()):
+            self._list_page()
+            return True
+        with self._lock:
+            queue = self._pending or self._background
+            if not queue:
                 return False
-            name, u = next(iter(self._pending.items()))
+            name, u = next(iter(queue.items()))
         self._write_subscriber(name, u)
         with self._lock:
-            if self._pending.get(name) is u:  # not superseded while it was being written
-                del self._pending[name]
-            self.metrics.kube_pending.set(len(self._pending))
+            if queue.get(name) is u:  # not superseded while it was being written
+                del queue[name]
+        self._count_pending()
         return True
 
     def _write_subscriber(self, name: str, u: _Update) -> None:
@@ -193,40 +235,70 @@ class KubeReporter:
         ended = u.event != "allocate"
         if _unchanged(self._existing.get(name), u):
             return
-        if name not in self._known:
+        if name not in self._known and name not in self._foreign:
             if ended:
                 return  # never reported as bound: nothing to say about it ending
-            self._take_token()
+            self._take_token("create")
             try:
                 self.custom.create_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, "subscribers",
                     new_object(name, u.lease, self.node, self.namespace), _request_timeout=TIMEOUT)
                 self.metrics.kube_writes.labels("Subscriber", "create").inc()
+                self._known.add(name)
             except ApiException as e:
                 if e.status != 409:  # 409: it exists already (made elsewhere); update it
                     raise
-            self._known.add(name)
+                self._foreign.add(name)
         # An end is written only if the object still says this node: a subscriber that moved
         # on to another node must not be marked gone by the node it left.
         body: Any = ([{"op": "test", "path": "/status/node", "value": self.node},
                       {"op": "replace", "path": "/status", "value": u.status}] if ended
                      else {"status": u.status})
-        self._take_token()
+        self._take_token("patch")
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, self.namespace, "subscribers", name, body, _request_timeout=TIMEOUT)
             self.metrics.kube_writes.labels("Subscriber", "status").inc()
             self._existing[name] = (_summary(u.status), u.status.get("leaseExpiry"))
         except ApiException as e:
-            if e.status == 404:
-                self._known.discard(name)  # deleted by someone: made again on its next bind
+            if e.status == 404:  # deleted by someone: made again on its next bind
+                self._known.discard(name)
+                self._foreign.discard(name)
             elif e.status != 422:  # 422: the test failed, it is another node's now
                 raise
 
-    def _sync_objects(self) -> None:
-        """Learn which Subscriber objects exist, and delete this node's that outlived the TTL."""
-        items = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "subscribers", _request_timeout=TIMEOUT)["items"]
+    def _list_page(self) -> None:
+        """One page of the cleanup's list of this node's Subscriber reports (by label: not
+        the whole site's); with the last, the cleanup itself. A page at a time, so events
+        go between pages; the next list comes when it costs at most a tenth of the rate."""
+        from kubernetes.client.exceptions import ApiException
+
+        items, token = self._listing or ([], "")
+        self._take_token("list")
+        try:
+            page = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "subscribers", _request_timeout=TIMEOUT,
+                label_selector=own_reports(self.node), limit=LIST_PAGE,
+                **({"_continue": token} if token else {}))
+        except ApiException as e:
+            if e.status == 410:  # the continue token expired (events held the list up)
+                self._listing = None
+                return
+            raise
+        items += page["items"]
+        token = (page.get("metadata") or {}).get("continue") or ""
+        if token:
+            self._listing = (items, token)
+            return
+        self._listing = None
+        pages = len(items) // LIST_PAGE + 1
+        self._next_cleanup = time.monotonic() + max(self.settings.cleanup_interval,
+                                                    10 * pages / self.settings.rate)
+        self._sync_objects(items)
+
+    def _sync_objects(self, items: list[dict[str, Any]]) -> None:
+        """Learn which of this node's Subscriber objects exist (``items``), and delete those
+        that outlived the TTL."""
         self._known = {i["metadata"]["name"] for i in items}
         self._existing = {i["metadata"]["name"]: (_summary(st := i.get("status") or {}),
                                                   st.get("leaseExpiry")) for i in items}
@@ -237,7 +309,7 @@ class KubeReporter:
                 with self._lock:
                     if name in self._pending:
                         continue
-                self._take_token()
+                self._take_token("delete")
                 self.custom.delete_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, "subscribers", name, _request_timeout=TIMEOUT)
                 self._known.discard(name)

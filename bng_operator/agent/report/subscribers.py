@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.api import API_VERSION
-from bng_operator.api.common import MANAGED_BY
+from bng_operator.api.common import AGENT_MANAGER, MANAGED_BY
 
 NODE_LABEL = "bng.dev/node"
-AGENT = "bng-agent"  # our MANAGED_BY value
+AGENT = AGENT_MANAGER
 Event = Literal["allocate", "release", "expire", "decline"]
 STATE = {"allocate": "Bound", "release": "Released", "expire": "Expired", "decline": "Declined"}
 
@@ -57,6 +57,11 @@ def new_object(name: str, lease: Lease, node: str, namespace: str) -> dict[str, 
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {NODE_LABEL: node, MANAGED_BY: AGENT}},
             "spec": {"identity": {k: v for k, v in identity.items() if v}}}
+
+
+def own_reports(node: str) -> str:
+    """The label selector of ``node``'s own Subscriber reports."""
+    return f"{NODE_LABEL}={node},{MANAGED_BY}={AGENT}"
 
 
 def expired_past_ttl(obj: dict[str, Any], node: str, ttl: float, now: float) -> bool:
