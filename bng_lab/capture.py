@@ -40,3 +40,19 @@ def dhcp_payloads(path: Path) -> list[bytes]:
             if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
                 out.append(bytes(ip.data.data))
     return out
+
+
+def checksums_ok(path: Path) -> list[bool]:
+    """For every DHCP packet in a capture: whether its IPv4 header and UDP checksums are
+    right (dpkt recomputes them over the packet as it is)."""
+    out = []
+    with path.open("rb") as f:
+        for _ts, buf in dpkt.pcap.Reader(f):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            if not (isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP)):
+                continue
+            sums = (ip.sum, ip.data.sum)
+            ip.sum = ip.data.sum = 0
+            again = dpkt.ip.IP(bytes(ip))
+            out.append((again.sum, again.data.sum) == sums)
+    return out

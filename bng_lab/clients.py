@@ -160,10 +160,12 @@ def send_frames(ns: str, iface: str, frames: list[str], repeat: int = 1,
         raise ClientFailed(f"probe in {ns} could not send: {r.stderr[-2000:]}")
 
 
-def renewal_frames(lease: dict[str, str], mac: str, server_mac: str, n: int) -> list[str]:
+def renewal_frames(lease: dict[str, str], mac: str, server_mac: str, n: int,
+                   size: int | None = None) -> list[str]:
     """``n`` RENEWING requests as dhclient sends them for ``lease`` (a ``lease_history``
-    entry): unicast to the server, ciaddr set, padded to 300 bytes. Hex frames, for
-    ``probe raw``."""
+    entry): unicast to the server, ciaddr set, padded to 300 bytes. With ``size``, DHCP
+    payloads of exactly that many bytes and no padding, as BNG Blaster's clients send (a
+    parameter request list fills them). Hex frames, for ``probe raw``."""
     from ipaddress import IPv4Address
 
     from bng_operator.agent.dhcp.codec import BOOTREQUEST, Message, MessageType, Opt, encode
@@ -173,10 +175,22 @@ def renewal_frames(lease: dict[str, str], mac: str, server_mac: str, n: int) -> 
     chaddr = bytes.fromhex(mac.replace(":", ""))
     out = []
     for xid in range(n):
+        options = {Opt.MESSAGE_TYPE: bytes([MessageType.REQUEST])}
+        order = [Opt.MESSAGE_TYPE]
+        if size is not None:
+            fill = size - 244 - 2  # the fixed part, cookie, type and end; the option's head
+            if not 1 <= fill <= 255:
+                raise ValueError(f"no {size}-byte request: 247..501 bytes")
+            options[Opt.PARAM_REQUEST] = bytes((1, 3, 6, 15, 28, 42, 51, 54)[i % 8]
+                                               for i in range(fill))
+            order.append(Opt.PARAM_REQUEST)
         msg = Message(op=BOOTREQUEST, xid=0x5000 + xid, chaddr=chaddr + bytes(10), ciaddr=addr,
-                      options={Opt.MESSAGE_TYPE: bytes([MessageType.REQUEST])})
-        payload = encode(msg, [Opt.MESSAGE_TYPE])
-        payload += bytes(max(0, 300 - len(payload)))
+                      options=options)
+        payload = encode(msg, order)  # padded to 300 bytes, as a reply is
+        if size is not None:
+            payload = payload[:size]  # the padding follows the end option: cut, not parsed
+        if len(payload) != (size or 300):
+            raise ValueError(f"built a {len(payload)}-byte request, not {size}")
         out.append(build_frame(bytes.fromhex(server_mac.replace(":", "")), chaddr, b"", addr,
                                server, 67, payload, src_port=68).hex())
     return out

@@ -292,6 +292,30 @@ static __always_inline void refresh(struct subscriber_lease *lease, __u64 now, _
     }
 }
 
+// A reply longer than the request grows the frame at its tail. Where the driver left no
+// tailroom (native XDP on veth: ~32 bytes past an unpadded request), it grows at the head
+// instead, into XDP's headroom (256 bytes), and the headers and BOOTP's fixed part, which
+// the reply keeps, move to the new start; the options after them are written afresh.
+// HEAD_KEEP: the longest header (two VLAN tags, IP, UDP), BOOTP's fixed part and the
+// cookie, rounded up to whole words: a request shorter than that is left to the slow path.
+#define HEAD_KEEP (((22 + 28 + BOOTP_FIXED + 4) + 7) & ~7)
+#define HEAD_GROW_MAX 256
+
+static __always_inline int grow_at_head(struct xdp_md *ctx, struct parse_state *st, int delta)
+{
+    if (delta <= 0 || delta > HEAD_GROW_MAX)
+        return -1;
+    if (ctx->data_end - ctx->data < HEAD_KEEP || bpf_xdp_adjust_head(ctx, -delta))
+        return -1;
+    // Through the scratch map's option copy (the reply no longer reads it), with two helper
+    // calls: many verifier states reach this point, and a copy in instructions would be
+    // checked once for each.
+    if (bpf_xdp_load_bytes(ctx, delta, st->opts, HEAD_KEEP) ||
+        bpf_xdp_store_bytes(ctx, 0, st->opts, HEAD_KEEP))
+        return -2;  // cannot happen: the frame grew by delta and was HEAD_KEEP long
+    return 0;
+}
+
 // Build the reply for a request the walk above accepted: lookup, options, addressing,
 // resize and refresh, headers, checksum. Everything is re-read from the scratch state and
 // the packet, so the verifier checks this part once, not once per path.
@@ -363,12 +387,19 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     struct reply_to to;
     reply_address(&to, src_mac, chaddr, giaddr, ciaddr, flags, address);
 
-    // Resize to the reply. A buffer without the tailroom (veth hands XDP small skb heads)
-    // goes to the slow path, counted.
+    // Resize to the reply: at the tail, else at the head (see grow_at_head). A buffer
+    // with room at neither end goes to the slow path, counted.
     int delta = (int)(l3 + sizeof(struct iphdr) + sizeof(struct udphdr) + dhcp_len) -
                 (int)(end - data);
-    if (bpf_xdp_adjust_tail(ctx, delta))
-        return pass(CNT_PASS_NO_ROOM);
+    if (bpf_xdp_adjust_tail(ctx, delta)) {
+        int grown = grow_at_head(ctx, st, delta);
+        if (grown == -1)
+            return pass(CNT_PASS_NO_ROOM);
+        if (grown) {
+            count(CNT_DROP);
+            return XDP_DROP;  // never send half a reply
+        }
+    }
     if (msg_type == 3)
         refresh(lease, now, address);
     data = (void *)(long)ctx->data;
