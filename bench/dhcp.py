@@ -11,6 +11,8 @@ rates; each trial starts the server afresh with an empty lease store.
   known: KNOWN_CLIENTS MACs are bound first (preload, not timed), then the timed run draws
          its clients from the same MACs: the CPE an ISP already knows (bng: the XDP fast
          path; its counters are checked to say how many replies came from it).
+A trial's rate counts only the ACKs that arrive within its timed period (perfdhcp's own
+"Rate" also counts those of its exit wait); its drops count every reply up to 0.5 s later.
 The highest rate with at most 2.5% drops (on DISCOVER-OFFER and REQUEST-ACK alike) is that
 server's result. One JSON line: {"scenario", "bng", "peer", "ratio", "bng_delay_ms", ...}.
 perfdhcp tops out near 30k DISCOVER/s here; "generator_limited" says when bng's best trial
@@ -18,14 +20,22 @@ still had no drops at the highest rate perfdhcp could send (bng is then faster t
 With perfdhcp, bng's XDP program runs in generic mode: on veth, native mode leaves too
 little tailroom to grow perfdhcp's short requests into replies (see bpf/README.md).
 
+Kea 2.2 (memfile, an equivalent pool) runs the same trials in each of KEA_CONFIGS:
+single-threaded; multi-threaded; and single-threaded with its lease cache (cache-threshold:
+a renewal of a recently written lease is answered without writing it again). "peer" is the
+best of them, "peer_name" says which, and "peer_configs" has each one's result. Searches
+after the first start at the doubling step below half the first's result (grid_start).
+Note that Kea's memfile appends leases without fsync, while bng fsyncs each group commit
+before its ACKs.
+
 known also runs both servers against an in-kernel generator (bng_lab/dhcpgen.py), which
 sends far faster than perfdhcp: KNOWN_CLIENTS_KERNEL clients are bound first, then DORA
-trials run at paced rates (and unpaced: as fast as one core sends). Its results are the
+trials run at paced rates (and unpaced: as fast as one core sends), counted as above (the
+generator counts an ACK in the window when it arrives before its sending ends), with each
+Kea configuration. Its results are the
 top-level "bng", "peer" and "ratio" of the known scenario; perfdhcp's are under
 "perfdhcp", and "ratio_vs_peer_best" divides by Kea's better result of the two (Kea does
 worse with this generator: see KEA_RCVBUF_FACTOR). bng runs in native XDP mode there.
-Kea 2.2 runs memfile, single-threaded, with an equivalent pool. Note that Kea's memfile
-appends leases without fsync, while bng fsyncs each group commit before its ACKs.
 """
 
 from __future__ import annotations
@@ -55,6 +65,8 @@ KNOWN_COMPARES = ("bng's XDP cache hit (a renewal answered in the kernel from th
                   "path's maps) against Kea answering the same renewal in userspace")
 
 T = TypeVar("T")
+# one search with the in-kernel generator: the best trial, every trial, bng's replies by path
+KernelRun = tuple[dhcpgen.Result | None, list[dhcpgen.Result], dict[str, float]]
 MAX_DROPS = 2.5  # percent
 KNOWN_CLIENTS = 500
 KNOWN_CLIENTS_KERNEL = 4096
@@ -83,13 +95,32 @@ spec:
 """
 
 
-def kea_config(workdir: Path) -> dict[str, object]:
+# Kea 2.2 in each configuration it runs in, by the name the output gives it: what it adds to
+# kea_config(), and how "peer_name" says it. This machine has two CPUs and the generator
+# keeps one of them busy; ISC found 7 queued packets per thread best with memfile (Kea ARM
+# 2.2, "Multi-Threading Settings With Different Database Backends").
+KEA_THREADS = 2
+KEA_CONFIGS: dict[str, tuple[dict[str, object], str]] = {
+    "single-threaded": ({}, "single-threaded"),
+    "multi-threaded": (
+        {"multi-threading": {"enable-multi-threading": True, "thread-pool-size": KEA_THREADS,
+                             "packet-queue-size": 7 * KEA_THREADS}},
+        f"multi-threaded (thread-pool-size {KEA_THREADS}, packet-queue-size {7 * KEA_THREADS})"),
+    # A renewal of a lease written less than a quarter of its lifetime (at most 15 minutes)
+    # ago gets that lease as it is, without a write: Kea's answer to bng's fast path.
+    "cache-threshold": ({"cache-threshold": 0.25, "cache-max-age": 900},
+                        "single-threaded, lease cache (cache-threshold 0.25, cache-max-age 900)"),
+}
+
+
+def kea_config(workdir: Path, name: str = "single-threaded") -> dict[str, object]:
     return {"Dhcp4": {
         "interfaces-config": {"interfaces": ["access0"], "dhcp-socket-type": "raw"},
         "lease-database": {"type": "memfile", "persist": True,
                            "name": str(workdir / "kea-leases4.csv"), "lfc-interval": 0},
         "multi-threading": {"enable-multi-threading": False},
         "valid-lifetime": 3600, "renew-timer": 1800, "rebind-timer": 3150,
+        **KEA_CONFIGS[name][0],
         "subnet4": [{"id": 1, "subnet": CIDR, "pools": [{"pool": "100.64.0.3-100.67.255.254"}],
                      "option-data": [{"name": "routers", "data": GATEWAY},
                                      {"name": "domain-name-servers", "data": "192.0.2.53"}]}],
@@ -101,8 +132,16 @@ def kea_config(workdir: Path) -> dict[str, object]:
 @dataclass
 class Trial:
     rate: int
+    seconds: int
     report: perfdhcp.Report
     by_path: dict[str, float] = field(default_factory=dict)  # bng, known: replies by path
+
+    @property
+    def done(self) -> float:
+        """DORAs completed per second: the ACKs that arrived within the timed period (not
+        those of perfdhcp's exit wait, which its own rate counts), over that period."""
+        assert self.report.acks_in_period is not None
+        return self.report.acks_in_period / self.seconds
 
     @property
     def drops(self) -> float:
@@ -114,7 +153,8 @@ class Trial:
 
 
 class Servers:
-    """Start and stop bng or Kea in the site's bng namespace, each time from nothing."""
+    """Start and stop bng, or Kea in one of KEA_CONFIGS, in the site's bng namespace, each
+    time from nothing. ``which`` is "bng" or the name of a Kea configuration."""
 
     def __init__(self, site: Site, workdir: Path) -> None:
         self.site, self.workdir = site, workdir
@@ -138,7 +178,7 @@ class Servers:
         for f in self.workdir.glob("kea-leases4.csv*"):
             f.unlink()
         cfg = self.workdir / "kea.json"
-        cfg.write_text(json.dumps(kea_config(self.workdir)))
+        cfg.write_text(json.dumps(kea_config(self.workdir, which)))
         env = {**os.environ, "KEA_PIDFILE_DIR": str(self.workdir),
                "KEA_LOCKFILE_DIR": str(self.workdir)}
         self.kea = subprocess.Popen(["ip", "netns", "exec", self.site.bng, "kea-dhcp4", "-c",
@@ -159,9 +199,10 @@ class Servers:
 
 def _perfdhcp(site: Site, rate: int, seconds: int, clients: list[str]) -> \
         subprocess.CompletedProcess[str]:
+    """Replies are counted at the end of the period (the rate) and after 0.5 s more (drops)."""
     return site.lab.run(site.subscribers[0], "perfdhcp", "-4", "-g", "single", "-l", RELAY,
-                        "-r", str(rate), "-p", str(seconds), *clients, "-W", "500000", GATEWAY,
-                        check=False, timeout=seconds + 60)
+                        "-r", str(rate), *perfdhcp.timed(seconds), *clients, "-W", "500000",
+                        GATEWAY, check=False, timeout=seconds + 60)
 
 
 def replies_by_path(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -171,12 +212,13 @@ def replies_by_path(before: dict[str, float], after: dict[str, float]) -> dict[s
 
 
 def step_search(run: Callable[[int], T], ok: Callable[[T], bool], top: int,
-                stop: Callable[[], bool] = lambda: False) -> T | None:
-    """Double the rate from 1000 until a trial is not ``ok`` (or ``stop()`` says there is
-    no point going on), then bisect three times between the last good and the failed rate.
-    Returns the best good trial."""
+                stop: Callable[[], bool] = lambda: False, start: int = 1000) -> T | None:
+    """Double the rate from ``start`` until a trial is not ``ok`` (or ``stop()`` says there
+    is no point going on); if the first is not, halve it until one is (down to 250). Then
+    bisect three times between the last good and the failed rate. Returns the best good
+    trial."""
     best: T | None = None
-    good, rate, fail = 0, 1000, None
+    good, rate, fail = 0, start, None
     while rate <= top:
         t = run(rate)
         if not ok(t):
@@ -185,6 +227,12 @@ def step_search(run: Callable[[int], T], ok: Callable[[T], bool], top: int,
         best, good, rate = t, rate, rate * 2
         if stop():
             return best
+    while best is None and fail is not None and fail > 250:
+        t = run(fail // 2)
+        if ok(t):
+            best, good = t, fail // 2
+        else:
+            fail //= 2
     hi = fail or rate
     for _ in range(3):
         if hi - good <= max(250, good // 10):
@@ -212,25 +260,30 @@ def trial(site: Site, servers: Servers, which: str, rate: int, seconds: int,
         if macs is not None and which == "bng":
             by_path = replies_by_path(before, servers.fast_counters(which))
         try:
-            return Trial(rate, perfdhcp.parse(r.stdout), by_path)
+            report = perfdhcp.parse(r.stdout)
         except ValueError as e:
             raise RuntimeError(f"perfdhcp failed ({r.returncode}): {r.stderr[-1500:]}") from e
+        if report.acks_in_period is None:
+            raise RuntimeError(f"perfdhcp printed no report at the end of its period:\n"
+                               f"{r.stdout[-1500:]}")
+        return Trial(rate, seconds, report, by_path)
     finally:
         servers.stop(which)
 
 
 def generator_limited(trials: list[Trial]) -> bool:
     """perfdhcp fell short of its asked rate by far more than at the lowest rate (where it
-    always reports ~8/9 of it) without the server dropping anything."""
+    always completes nearly all of it) without the server dropping anything."""
     if not trials:
         return False
-    usual = trials[0].report.rate / trials[0].rate
-    return any(t.ok and t.report.rate < 0.8 * usual * t.rate for t in trials)
+    usual = trials[0].done / trials[0].rate
+    return any(t.ok and t.done < 0.8 * usual * t.rate for t in trials)
 
 
 def search(site: Site, servers: Servers, which: str, seconds: int, log: bool,
-           macs: Path | None) -> tuple[Trial | None, list[Trial]]:
-    """Double the rate until drops exceed the limit, then bisect between the last two."""
+           macs: Path | None, start: int = 1000) -> tuple[Trial | None, list[Trial]]:
+    """Double the rate from ``start`` until drops exceed the limit, then bisect between the
+    last two."""
     trials: list[Trial] = []
 
     def run(rate: int) -> Trial:
@@ -241,27 +294,29 @@ def search(site: Site, servers: Servers, which: str, seconds: int, log: bool,
             if t.by_path:
                 fast = " (replies by path: " + ", ".join(
                     f"{p} {n:.0f}" for p, n in t.by_path.items()) + ")"
-            print(f"  {which:4} {rate:6}/s -> {t.report.rate:8.0f}/s done, drops {t.drops:5.2f}% "
+            print(f"  {which:15} {rate:6}/s -> {t.done:8.0f}/s done, drops {t.drops:5.2f}% "
                   f"{'ok' if t.ok else 'too many'}{fast}", file=sys.stderr)
         return t
 
     # perfdhcp cannot send faster: nothing to bisect
-    best = step_search(run, lambda t: t.ok, 64000, stop=lambda: generator_limited(trials))
+    best = step_search(run, lambda t: t.ok, 64000, stop=lambda: generator_limited(trials),
+                       start=start)
     return best, trials
 
 
-def kernel_search(site: Site, servers: Servers, which: str, seconds: float) -> \
-        tuple[dhcpgen.Result | None, list[dhcpgen.Result], dict[str, float]]:
+def kernel_search(site: Site, servers: Servers, which: str, seconds: float,
+                  start: int = 1000) -> KernelRun:
     """The known scenario with the in-kernel generator: bind KNOWN_CLIENTS_KERNEL clients,
-    then try unpaced; if that drops too much, double a paced rate from 1000 exchanges/s
-    until it does, and bisect. Returns the best trial, all trials, and bng's replies by
-    path over the trials."""
+    then try unpaced; if that drops too much, double a paced rate from ``start``
+    exchanges/s until it does, and bisect. Returns the best trial, all trials, and bng's
+    replies by path over the trials."""
     access_mac = bytes.fromhex(site.access_mac().replace(":", ""))
     relay_mac = bytes.fromhex(
         netlink.interface_info("eth0", site.subscribers[0])[1].replace(":", ""))
     rmem = Path("/proc/sys/net/core/rmem_default")  # global: not per namespace
     rmem_before = rmem.read_text()
-    if which == "kea":
+    kea = which != "bng"
+    if kea:
         # Frames from the generator reach Kea's socket as skbs on whole pages (4 KiB of
         # truesize where perfdhcp's take ~1 KiB), so its default buffer would hold a
         # quarter of the packets. Kea has no setting for it; its socket takes the default.
@@ -272,9 +327,9 @@ def kernel_search(site: Site, servers: Servers, which: str, seconds: float) -> \
         rmem.write_text(rmem_before)
     gen = dhcpgen.Generator(site.switch, "up0", KNOWN_CLIENTS_KERNEL, GATEWAY, access_mac,
                             RELAY, relay_mac,
-                            into_stack=(site.bng, site.access) if which == "kea" else None)
+                            into_stack=(site.bng, site.access) if kea else None)
     trials: list[dhcpgen.Result] = []
-    server = servers.kea if which == "kea" else site.agent
+    server = servers.kea if kea else site.agent
     assert server is not None
     others = os.sched_getaffinity(0) - {gen.cpu}
     if others:  # the generator spins on its CPU for the whole trial; every thread moves
@@ -287,7 +342,7 @@ def kernel_search(site: Site, servers: Servers, which: str, seconds: float) -> \
         def run(rate: int | None) -> dhcpgen.Result:
             r = gen.run(rate, seconds)
             trials.append(r)
-            print(f"  {which:4} {rate or 'unpaced':>8} -> {r.leases_rate:9.0f} leases/s "
+            print(f"  {which:15} {rate or 'unpaced':>8} -> {r.leases_rate:9.0f} leases/s "
                   f"(sent {r.sent_rate:.0f}/s), drops {r.drops:5.2f}% "
                   f"{'ok' if r.drops <= MAX_DROPS else 'too many'}", file=sys.stderr)
             if r.drops > MAX_DROPS:
@@ -298,8 +353,8 @@ def kernel_search(site: Site, servers: Servers, which: str, seconds: float) -> \
             return r.drops <= MAX_DROPS
 
         unpaced = run(None)
-        best = unpaced if ok(unpaced) else step_search(run, ok, 1_000_000)
-        by_path = replies_by_path(before, servers.fast_counters(which)) if which == "bng" else {}
+        best = unpaced if ok(unpaced) else step_search(run, ok, 1_000_000, start=start)
+        by_path = {} if kea else replies_by_path(before, servers.fast_counters(which))
         return best, trials, by_path
     finally:
         gen.close()
@@ -334,26 +389,38 @@ def main() -> int:
         macs = workdir / "macs.txt"
         macs.write_text("".join(f"02:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}:01\n"
                                 for i in range(KNOWN_CLIENTS)))
-    kernel: dict[str, tuple[dhcpgen.Result | None, list[dhcpgen.Result], dict[str, float]]] = {}
+    perf: dict[str, tuple[Trial | None, list[Trial]]] = {}
+    kernel: dict[str, KernelRun] = {}
+    first = next(iter(KEA_CONFIGS))
     try:
-        bng = kea = None
-        bng_trials: list[Trial] = []
-        kea_trials: list[Trial] = []
         if not (args.skip_perfdhcp and args.scenario == "known"):
-            bng, bng_trials = search(site, servers, "bng", args.seconds, True, macs)
-            kea, kea_trials = search(site, servers, "kea", args.seconds, True, macs)
+            perf["bng"] = search(site, servers, "bng", args.seconds, True, macs)
+            for name in KEA_CONFIGS:
+                b0 = perf[first][0] if name != first else None
+                perf[name] = search(site, servers, name, args.seconds, True, macs,
+                                    start=grid_start(b0.rate if b0 else None))
         if args.scenario == "known":
-            for which in ("bng", "kea"):
-                kernel[which] = kernel_search(site, servers, which, min(args.seconds, 3))
+            kernel["bng"] = kernel_search(site, servers, "bng", min(args.seconds, 3))
+            for name in KEA_CONFIGS:
+                k0 = kernel[first][0] if name != first else None
+                kernel[name] = kernel_search(site, servers, name, min(args.seconds, 3),
+                                             start=grid_start(k0.rate if k0 else None))
     finally:
         site.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    b = bng.report.rate if bng else 0.0
-    k = kea.report.rate if kea else 0.0
+    bng, bng_trials = perf.get("bng", (None, []))
+    peer_rates = {n: t.done if t else 0.0 for n, (t, _) in perf.items() if n != "bng"}
+    peer = best_config(peer_rates)
+    kea, kea_trials = perf[peer] if peer else (None, [])
+    b = bng.done if bng else 0.0
+    k = kea.done if kea else 0.0
     out: dict[str, object] = {
         "scenario": args.scenario,
-        "bng": round(b), "peer": round(k), "peer_name": "kea-dhcp4 2.2 memfile single-threaded",
+        "bng": round(b), "peer": round(k), "peer_name": peer_name(peer),
         "ratio": round(b / k, 3) if k else None,
+        # Kea's result in each configuration; "peer" is the best of them
+        "peer_configs": {n: round(r) for n, r in peer_rates.items()},
+        "unit": "DORA/s (ACKs received within the timed period)",
         "bng_delay_ms": {
             "discover_offer": _delays(bng.report.discover) if bng else None,
             "request_ack": _delays(bng.report.request) if bng else None,
@@ -367,19 +434,27 @@ def main() -> int:
         "generator_limited": generator_limited(bng_trials),
         "bng_replies_by_path": bng.by_path if bng else None,
         "trials": {"bng": [(t.rate, round(t.drops, 2)) for t in bng_trials],
-                   "peer": [(t.rate, round(t.drops, 2)) for t in kea_trials]},
+                   "peer": [(t.rate, round(t.drops, 2)) for t in kea_trials],
+                   "peer_configs": {n: [(t.rate, round(t.drops, 2)) for t in ts]
+                                    for n, (_, ts) in perf.items() if n != "bng"}},
     }
     if kernel:
-        (kb, kb_trials, by_path), (kk, kk_trials, _) = kernel["bng"], kernel["kea"]
+        kb, kb_trials, by_path = kernel["bng"]
+        kpeer_rates = {n: r.leases_rate if r else 0.0 for n, (r, _, _) in kernel.items()
+                       if n != "bng"}
+        kpeer = best_config(kpeer_rates)
+        kk, kk_trials, _ = kernel[kpeer] if kpeer else (None, [], {})
         kb_rate = kb.leases_rate if kb else 0.0
         kk_rate = kk.leases_rate if kk else 0.0
         out = {
             "scenario": "known", "generator": "in-kernel (bng_lab/dhcpgen.py)",
             "compares": KNOWN_COMPARES,
             "clients": KNOWN_CLIENTS_KERNEL,
-            "bng": round(kb_rate), "peer": round(kk_rate), "peer_name": out["peer_name"],
+            "bng": round(kb_rate), "peer": round(kk_rate), "peer_name": peer_name(kpeer),
             "ratio": round(kb_rate / kk_rate, 1) if kk_rate else None,
-            "unit": "leases/s (DISCOVER-OFFER + REQUEST-ACK, right address)",
+            "peer_configs": {n: round(r) for n, r in kpeer_rates.items()},
+            "unit": "leases/s (DISCOVER-OFFER + REQUEST-ACK, right address, ACK received "
+                    "within the timed period)",
             "bng_delay_ms": dhcpgen.summary(kb)["delay_ms"] if kb else None,
             "peer_delay_ms": dhcpgen.summary(kk)["delay_ms"] if kk else None,
             "max_drops_percent": MAX_DROPS,
@@ -387,13 +462,35 @@ def main() -> int:
             "generator_limited": bool(kb and kb.rate is None),
             "bng_replies_by_path": by_path,
             "trials": {"bng": [_kernel_trial(t) for t in kb_trials],
-                       "peer": [_kernel_trial(t) for t in kk_trials]},
-            "perfdhcp": {k: v for k, v in out.items() if k not in ("scenario", "peer_name")},
+                       "peer": [_kernel_trial(t) for t in kk_trials],
+                       "peer_configs": {n: [_kernel_trial(t) for t in ts]
+                                        for n, (_, ts, _) in kernel.items() if n != "bng"}},
+            "perfdhcp": {k: v for k, v in out.items() if k != "scenario"},
         }
         if k:  # Kea did better with perfdhcp than with this generator: the lower ratio
             out["ratio_vs_peer_best"] = round(kb_rate / max(kk_rate, k), 1)
     print(json.dumps(out))
     return 0
+
+
+def grid_start(first_best: int | None) -> int:
+    """Where the search of a Kea configuration after the first starts: the rate of the
+    doubling from 1000 at or below half the first configuration's best (asked) rate. From
+    there it runs the first's trials; the ones below, which any configuration near the
+    first passes, are skipped. With no such rate (no good trial, or unpaced): 1000."""
+    start = 1000
+    while first_best and start * 4 <= first_best:
+        start *= 2
+    return start
+
+
+def best_config(rates: dict[str, float]) -> str | None:
+    """The Kea configuration with the best result (the first of equals), if any did."""
+    return max(rates, key=lambda n: rates[n]) if any(rates.values()) else None
+
+
+def peer_name(config: str | None) -> str | None:
+    return f"kea-dhcp4 2.2 memfile, {KEA_CONFIGS[config][1]}" if config else None
 
 
 def _delays(e: perfdhcp.Exchange) -> dict[str, float]:

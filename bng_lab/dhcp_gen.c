@@ -9,6 +9,8 @@
 // OFFER/ACK/NAK, learns each client's address, checks that an ACK carries the address the
 // client asked for, records the delay (the request's xid is the low 32 bits of the clock
 // when it was sent; servers echo it), and drops the reply. Everything else passes (ARP).
+// An ACK that arrives before the sending ends (until_ns) is counted a second time, as in
+// the window: the rate counts only those; the drops count every reply, late ones too.
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
@@ -27,7 +29,7 @@
 enum gen_mode { MODE_DORA = 0, MODE_DISCOVER = 1, MODE_REQUEST = 2 };
 enum gen_counter {
     SENT_DISCOVER = 0, SENT_REQUEST, GOT_OFFER, GOT_ACK, GOT_NAK, GOT_WRONG_ADDRESS,
-    GOT_OTHER, GEN_COUNTERS,
+    GOT_OTHER, GOT_ACK_IN_WINDOW, GEN_COUNTERS,
 };
 
 struct gen_config {
@@ -36,7 +38,7 @@ struct gen_config {
     u32 server_id;   // network byte order
     u32 action;      // XDP_TX: out of the interface; XDP_PASS: into its stack
     u64 interval_ns; // between two frames; 0: as fast as the CPU can
-    u64 until_ns;    // CLOCK_MONOTONIC: send nothing from then on
+    u64 until_ns;    // CLOCK_MONOTONIC: send nothing from then on; the window's end
     u64 limit;       // frames to send in all (sequence numbers 0..limit-1)
 };
 
@@ -165,7 +167,8 @@ int count(struct xdp_md *ctx)
         return XDP_PASS;  // not one of the generator's clients
     u32 i = (u32)b[30] << 16 | (u32)b[31] << 8 | b[32];
     u32 sent = *(u32 *)(b + 4), yiaddr = *(u32 *)(b + 16);
-    u64 delay = (u32)((u32)bpf_ktime_get_ns() - sent);
+    u64 now = bpf_ktime_get_ns();
+    u64 delay = (u32)((u32)now - sent);
 
     // Option 53, among the first few options (both servers put it first or nearly).
     u8 o[64] = {};  // Kea's replies are not padded to 300 bytes: look at 32 option bytes
@@ -190,8 +193,10 @@ int count(struct xdp_md *ctx)
             break;
         off += 2 + o[(off + 1) & 63];
     }
+    int zero = 0;
+    struct gen_config *cfg = config.lookup(&zero);
     struct client *c = clients.lookup(&i);
-    if (!c)
+    if (!c || !cfg)
         return XDP_DROP;
     if (type == 2) {
         bump(GOT_OFFER);
@@ -202,6 +207,8 @@ int count(struct xdp_md *ctx)
             *h += 1;
     } else if (type == 5) {
         bump(c->address == yiaddr ? GOT_ACK : GOT_WRONG_ADDRESS);
+        if (c->address == yiaddr && now < cfg->until_ns)
+            bump(GOT_ACK_IN_WINDOW);
         __sync_fetch_and_add(&c->acked, 1);
         u32 k = bucket(delay);
         u64 *h = delay_ack.lookup(&k);

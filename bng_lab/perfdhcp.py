@@ -19,9 +19,22 @@ class Exchange:
 
 @dataclass(frozen=True)
 class Report:
-    rate: float  # completed 4-way exchanges per second
+    # perfdhcp's own rate: every ACK, those received in its exit wait (-W) too, over the
+    # whole run, that wait included
+    rate: float
     discover: Exchange
     request: Exchange
+    # ACKs received by the end of the test period (-p): the periodic report that timed()
+    # asks for; None without one
+    acks_in_period: int | None = None
+
+
+def timed(seconds: int) -> list[str]:
+    """Arguments for a test period of ``seconds`` that also reports the replies received
+    by its end. perfdhcp times its period (-p) and its periodic reports (-t) from the same
+    moment, so a report every ``seconds`` comes once, when the period ends and the exit
+    wait (-W, needed for it) begins, before the replies received in that wait."""
+    return ["-p", str(seconds), "-t", str(seconds)]
 
 
 def parse(out: str) -> Report:
@@ -40,4 +53,7 @@ def parse(out: str) -> Report:
     by = {s.split("***")[0]: ex(s) for s in sections}
     if rate is None or "DISCOVER-OFFER" not in by or "REQUEST-ACK" not in by:
         raise ValueError(f"not a perfdhcp report:\n{out[-2000:]}")
-    return Report(float(rate.group(1)), by["DISCOVER-OFFER"], by["REQUEST-ACK"])
+    # "sent: D/R; received: O/A; ...": the exchanges in the order DO, RA
+    periodic = re.findall(r"^sent: \d+/\d+; received: \d+/(\d+);", out, re.MULTILINE)
+    return Report(float(rate.group(1)), by["DISCOVER-OFFER"], by["REQUEST-ACK"],
+                  int(periodic[0]) if periodic else None)
