@@ -40,6 +40,9 @@ struct gen_config {
     u64 interval_ns; // between two frames; 0: as fast as the CPU can
     u64 until_ns;    // CLOCK_MONOTONIC: send nothing from then on; the window's end
     u64 limit;       // frames to send in all (sequence numbers 0..limit-1)
+    u32 focus;       // MODE_REQUEST: 0, or one frame in `focus` goes round the clients and
+                     // the others all go to client 0 (one subscriber flooding its lease)
+    u32 pad;
 };
 
 // Pacing: one BPF_PROG_RUN call runs the program for many repetitions on one CPU and
@@ -110,6 +113,9 @@ int generate(struct xdp_md *ctx)
     p->seq = s + 1;
     u32 request = cfg->mode == MODE_REQUEST || (cfg->mode == MODE_DORA && (s & 1));
     u32 i = (cfg->mode == MODE_DORA ? s >> 1 : s) % cfg->clients;
+    u32 focus = cfg->focus;
+    if (cfg->mode == MODE_REQUEST && focus)
+        i = s % focus ? 0 : (s / focus) % cfg->clients;
     struct client *c = clients.lookup(&i);
     if (!c)
         return XDP_ABORTED;

@@ -225,6 +225,21 @@ class Generator:
         return Result(rate, elapsed, self.counts(), self._histogram("delay_offer"),
                       self._histogram("delay_ack"))
 
+    def renew(self, rate: int | None, seconds: float, focus: int = 0) -> Result:
+        """REQUESTs of bound clients (renewals) at ``rate`` frames/s (None: as fast as it
+        can) for ``seconds``. With ``focus``, one frame in ``focus`` goes round the clients
+        and every other one is client 0's: one subscriber flooding its own lease while the
+        others renew at their pace."""
+        self.reset()
+        self._configure(mode=MODE_REQUEST, focus=focus)
+        try:
+            elapsed = self._send(rate, seconds)
+        finally:
+            self._configure(mode=MODE_DORA, focus=0)
+        time.sleep(DRAIN_S)
+        return Result(rate, elapsed, self.counts(), self._histogram("delay_offer"),
+                      self._histogram("delay_ack"))
+
 
 def summary(r: Result) -> dict[str, Any]:
     return {"asked": r.rate, "sent_per_s": round(r.sent_rate), "leases_per_s": round(r.leases_rate),
