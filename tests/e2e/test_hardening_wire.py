@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
+
 from bng_lab import clients
-from bng_lab.messages import request
+from bng_lab.messages import relay82, request
 from bng_lab.netlab import in_netns
 from bng_lab.site import Site
 from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, MessageType, Opt, encode, walk_options
@@ -330,3 +332,137 @@ def test_one_port_flooding_discovers_and_declines_cannot_starve_the_pool(
     assert bound.get(ATTACKER_LINE[0], 0) == BOUND - declined
     assert m['bng_dhcp_drops_total{reason="decline_rate_limited"}'] > 0
     assert m['bng_dhcp_drops_total{reason="decline_unknown_lease"}'] > 0
+
+
+# --- issue 14, point 4: option 82 is believed only where it is trusted ---------------------------
+
+# access0 trusts no option 82 (a subscriber is attached to it directly); the relay's does.
+UNTRUSTING_NODE = """apiVersion: bng.dev/v1alpha1
+kind: BNGNode
+metadata: {{name: edge-1}}
+spec:
+  nodeName: edge-1
+  interfaces:
+    access: [access0]
+    uplink: uplink0
+    option82:
+      trusted: []
+      trustedRelays: [198.51.100.0/24]
+      untrusted: {untrusted}
+"""
+RESERVED_LINE = relay82("biz-olt1-1/1/7")  # config/samples/subscriber-reserved.yaml: acme-hq
+RESERVED = "198.51.100.10"
+RELAY, SERVER = "198.51.100.2", "198.51.100.1"
+
+
+class Relay:
+    """The lab's relay namespace as a DHCP relay agent: relayed requests with giaddr and its
+    option 82, from and to UDP port 67."""
+
+    def __init__(self, ns: str) -> None:
+        with in_netns(ns):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind((RELAY, 67))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def exchange(self, msg_kind: MessageType, chaddr: str, xid: int, option82: bytes,
+                 requested: str | None = None) -> Reply | None:
+        msg = request(msg_kind, chaddr, xid=xid, giaddr=RELAY, requested=requested,
+                      server_id=SERVER if requested else None)
+        msg.options[Opt.RELAY_AGENT] = option82
+        payload = encode(msg, [Opt.MESSAGE_TYPE, Opt.REQUESTED_IP, Opt.SERVER_ID,
+                               Opt.RELAY_AGENT])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            self.sock.sendto(payload, (SERVER, 67))
+            while select.select([self.sock], [], [], 1.0)[0]:
+                r = _bootreply(self.sock.recv(4096))
+                if r is not None and r.xid == xid:
+                    return r
+        return None
+
+
+def _count(site: Site, key: str) -> Callable[[], float]:
+    return lambda: site.metrics().get(key, 0.0)
+
+
+@pytest.mark.parametrize("untrusted", ["drop", "strip"])
+def test_a_forged_circuit_id_on_an_untrusted_port_gets_no_business_address(
+        make_site: Callable[..., Site], untrusted: str) -> None:
+    """Issue 14, point 4: a subscriber attached directly to an access interface that trusts no
+    option 82 sends the business customer's circuit-id (its reservation, 198.51.100.10) in
+    option 82 of its own. First with no lease of that line anywhere (the slow path decides),
+    then after the real customer, behind a trusted relay, got its reservation, which puts the
+    line in the fast path's map, where the forged request finds it: the XDP program must
+    hand it to the slow path rather than answer. Either way: ``drop`` sends no reply and
+    counts it, ``strip`` serves the request as if it had no option 82 (residential)."""
+    site = make_site(subscribers=1, relay=True,
+                     replace={"bngnode-standalone.yaml": UNTRUSTING_NODE.format(untrusted=untrusted)})
+    site.start_agent()
+    drops = _count(site, 'bng_dhcp_drops_total{reason="untrusted_option82"}')
+    stripped = _count(site, "bng_dhcp_option82_stripped_total")
+    xdp_passed = _count(site, 'bng_fastpath_passes_total{reason="untrusted_82"}')
+
+    def fast() -> float:  # requests the XDP program answered
+        return sum(v for k, v in site.metrics().items()
+                   if k.startswith("bng_dhcp_requests_total{") and 'path="fast"' in k)
+
+    cpe = bytes.fromhex("020000000e07")  # the forger's CPE
+    with port(site.subscribers[0]) as forger:
+        def forge(xid: int) -> tuple[Reply | None, Reply | None]:
+            return dora(forger, cpe, xid, option82=RESERVED_LINE)
+
+        # 1. No lease of the line yet: the XDP program misses, the slow path decides.
+        offer, ack = forge(0x8201)
+        if untrusted == "drop":
+            assert (offer, ack) == (None, None)
+            assert drops() >= 1 and stripped() == 0
+        else:
+            assert offer is not None and ack is not None and ack.kind == MessageType.ACK
+            assert ack.yiaddr in RESIDENTIAL
+            assert stripped() >= 2 and drops() == 0
+        own = ack.yiaddr if ack is not None else None
+
+        # 2. The real customer, behind the trusted relay, gets its reservation.
+        relay = Relay(site.relay)
+        try:
+            o = relay.exchange(MessageType.DISCOVER, "02:00:00:00:ac:01", 0x8210, RESERVED_LINE)
+            assert o is not None and str(o.yiaddr) == RESERVED, o
+            a = relay.exchange(MessageType.REQUEST, "02:00:00:00:ac:01", 0x8211, RESERVED_LINE,
+                               requested=RESERVED)
+            assert a is not None and a.kind == MessageType.ACK and str(a.yiaddr) == RESERVED, a
+        finally:
+            relay.close()
+        _wait("the line in the fast path's map",
+              lambda: site.metrics().get('bng_ebpf_map_entries{map="circuits"}', 0) == 1)
+
+        # 3. The forged line again, and a REQUEST for the reserved address itself: now the
+        #    XDP program finds the line's lease, and must leave the request to the slow path.
+        passed, fast_before, drops_before = xdp_passed(), fast(), drops()
+        offer, ack = forge(0x8221)
+        nak = forger.exchange(client_frame(MessageType.REQUEST, cpe, 0x8231, requested=RESERVED,
+                                           server_id=SERVER, option82=RESERVED_LINE), 0x8231,
+                              timeout=3)
+        forger.drain(0.5)
+        # Nothing the forger was sent carried a business address.
+        assert not [r for r in forger.seen if r.yiaddr in BUSINESS], forger.seen
+        if untrusted == "drop":
+            assert (offer, ack, nak) == (None, None, None)
+            _wait("the drops counted", lambda: drops() >= drops_before + 2)
+        else:
+            assert ack is not None and ack.kind == MessageType.ACK and ack.yiaddr == own
+            assert nak is not None and nak.kind == MessageType.NAK
+        _wait("the XDP program's passes counted", lambda: xdp_passed() >= passed + 2)
+        assert fast() == fast_before  # the fast path answered none of them
+
+    db = sqlite3.connect(site.state_dir / f"leases-{site.node}.sqlite")
+    try:
+        leases = {IPv4Address(a): (mac, pool) for a, mac, pool in db.execute(
+            "SELECT address, mac, pool FROM leases WHERE state = 'bound'")}
+    finally:
+        db.close()
+    assert leases[IPv4Address(RESERVED)] == ("02:00:00:00:ac:01", "business")
+    forged = {a: p for a, (mac, p) in leases.items() if mac == cpe.hex(":")}
+    assert forged == ({} if untrusted == "drop" else {own: "residential"}), leases
