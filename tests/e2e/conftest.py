@@ -36,7 +36,8 @@ def make_site(netlab: NetLab, tmp_path: Path, bpffs: Path) -> Iterator[Callable[
     sites: list[Site] = []
 
     def make(subscribers: int = 3, relay: bool = False, extra: str = DEFAULT_CLASS,
-             replace: dict[str, str] | None = None) -> Site:
+             replace: dict[str, str] | None = None,
+             option82: dict[int, tuple[str, str]] | None = None) -> Site:
         cfg = tmp_path / "config"
         cfg.mkdir()
         for f in SAMPLES.glob("*.yaml"):
@@ -44,7 +45,7 @@ def make_site(netlab: NetLab, tmp_path: Path, bpffs: Path) -> Iterator[Callable[
         for name, text in (replace or {}).items():
             (cfg / name).write_text(text)
         (cfg / "zz-test-extra.yaml").write_text(extra)
-        site = Site(netlab, tmp_path, [cfg]).build(subscribers, relay)
+        site = Site(netlab, tmp_path, [cfg]).build(subscribers, relay, option82=option82)
         sites.append(site)
         return site
 
