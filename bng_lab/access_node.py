@@ -49,7 +49,9 @@ def main(argv: list[str]) -> int:
                 msg = decode(frame.payload)
             except Malformed:
                 continue
-            msg.options.setdefault(Opt.RELAY_AGENT, socks[s])
+            # Its own, always: what a subscriber put there is replaced (RFC 3046 §2.1), which
+            # is what makes option 82 from this port worth believing.
+            msg.options[Opt.RELAY_AGENT] = socks[s]
             order = [k for k in msg.options if k != Opt.RELAY_AGENT] + [Opt.RELAY_AGENT]
             out.send(build_frame(frame.dst_mac, frame.src_mac, frame.tags, frame.src_ip,
                                  frame.dst_ip, 67, encode(msg, order), src_port=68))
