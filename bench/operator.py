@@ -46,6 +46,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 from bng_lab import clients
 from bng_lab.controlplane import ControlPlane
@@ -59,6 +60,7 @@ from bng_operator.agent.health import Health
 from bng_operator.agent.report.feature import KubeReporting, NodeView
 from bng_operator.agent.report.kube import KubeReporter, ReportSettings
 from bng_operator.agent.report.subscribers import object_name
+from bng_operator.agent.sessions.session import Session
 from bng_operator.api.bngnode import BNGNodeSpec
 from bng_operator.metrics import AgentMetrics
 
@@ -88,7 +90,8 @@ def main() -> int:
         print("bench/operator.py needs root (namespaces, BPF)", file=sys.stderr)
         return 2
     remove_leftovers()
-    say = (lambda *_: None) if a.json else (lambda *x: print(*x, file=sys.stderr))
+    say: Callable[..., None] = (lambda *_: None) if a.json else \
+        (lambda *x: print(*x, file=sys.stderr))
     cp = ControlPlane().start()
     work = Path(tempfile.mkdtemp(prefix="bng-bench-operator-"))
     s = K8sSite(cp, work)
@@ -137,7 +140,7 @@ def main() -> int:
         renewals = requests(node.metrics(), "fast") - base
         time.sleep(2)
         writes = len(cp.writes()) - before
-        result = {
+        result: dict[str, float | int] = {
             "convergence_p50_s": round(statistics.median(times), 3),
             "convergence_p99_s": round(percentile(times, 99), 3),
             "writes_per_1000_renewals": round(writes * 1000 / renewals, 2),
@@ -214,8 +217,7 @@ spec: {{nodeName: {LOAD_NODE}, interfaces: {{access: [access0]}}}}
     took = time.time() - start
     agent = f"system:serviceaccount:{NAMESPACE}:{AGENT_SA}"
     requests_ = s.cp.requests_by(agent, start)
-    writes = sum(1 for e in s.cp.writes() if (e.get("user") or {}).get("username") == agent
-                 and _at(e) >= start)
+    writes = sum(1 for e in s.cp.writes() if _user(e) == agent and _at(e) >= start)
     # growth after the start's resync has been queued (it fills the backlog in its first
     # seconds): from the first minute on, or the second half of a shorter run
     ref = next(b for b in backlog if b[0] >= min(60.0, backlog[-1][0] / 2))
@@ -228,6 +230,11 @@ spec: {{nodeName: {LOAD_NODE}, interfaces: {{access: [access0]}}}}
             "backlog_growth_per_min": round((backlog[-1][1] - ref[1]) / minutes, 1),
             "new_subscriber_visible_s": round(max(visible), 3),
             "new_subscriber_visible_p50_s": round(statistics.median(visible), 3)}
+
+
+def _user(e: dict[str, object]) -> str:
+    user = e.get("user")
+    return str(user.get("username")) if isinstance(user, dict) else ""
 
 
 def _at(e: dict[str, object]) -> float:
@@ -269,7 +276,7 @@ class SessionSource:
         lease = _lease(self.next, time.time() + 3600)
         self.next += 1
         self.by_address[lease.address] = lease
-        session = SimpleNamespace(lease=lease)
+        session = cast(Session, SimpleNamespace(lease=lease))  # what on_bound reads of one
         loop.call_soon_threadsafe(reporting.on_bound, session)  # as the session bus does
         return lease
 

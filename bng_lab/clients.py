@@ -175,8 +175,8 @@ def renewal_frames(lease: dict[str, str], mac: str, server_mac: str, n: int,
     chaddr = bytes.fromhex(mac.replace(":", ""))
     out = []
     for xid in range(n):
-        options = {Opt.MESSAGE_TYPE: bytes([MessageType.REQUEST])}
-        order = [Opt.MESSAGE_TYPE]
+        options: dict[int, bytes] = {Opt.MESSAGE_TYPE: bytes([MessageType.REQUEST])}
+        order: list[int] = [Opt.MESSAGE_TYPE]
         if size is not None:
             fill = size - 244 - 2  # the fixed part, cookie, type and end; the option's head
             if not 1 <= fill <= 255:
