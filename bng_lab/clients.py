@@ -161,11 +161,12 @@ def send_frames(ns: str, iface: str, frames: list[str], repeat: int = 1,
 
 
 def renewal_frames(lease: dict[str, str], mac: str, server_mac: str, n: int,
-                   size: int | None = None) -> list[str]:
+                   size: int | None = None, tags: bytes = b"") -> list[str]:
     """``n`` RENEWING requests as dhclient sends them for ``lease`` (a ``lease_history``
     entry): unicast to the server, ciaddr set, padded to 300 bytes. With ``size``, DHCP
     payloads of exactly that many bytes and no padding, as BNG Blaster's clients send (a
-    parameter request list fills them). Hex frames, for ``probe raw``."""
+    parameter request list fills them). ``tags``: 802.1Q tags, inline. Hex frames, for
+    ``probe raw``."""
     from ipaddress import IPv4Address
 
     from bng_operator.agent.dhcp.codec import BOOTREQUEST, Message, MessageType, Opt, encode
@@ -191,6 +192,6 @@ def renewal_frames(lease: dict[str, str], mac: str, server_mac: str, n: int,
             payload = payload[:size]  # the padding follows the end option: cut, not parsed
         if len(payload) != (size or 300):
             raise ValueError(f"built a {len(payload)}-byte request, not {size}")
-        out.append(build_frame(bytes.fromhex(server_mac.replace(":", "")), chaddr, b"", addr,
+        out.append(build_frame(bytes.fromhex(server_mac.replace(":", "")), chaddr, tags, addr,
                                server, 67, payload, src_port=68).hex())
     return out

@@ -85,7 +85,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     settings = AgentSettings(node=args.node, state_dir=args.state_dir,
                              metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                              fast_path=not args.no_fast_path, bpf_pin_root=args.bpf_dir,
-                             xdp_mode=args.xdp_mode, namespace=args.namespace, report=report,
+                             xdp_mode=args.xdp_mode, rx_vlan_offload=args.rx_vlan_offload,
+                             namespace=args.namespace, report=report,
                              fast_path_authority=authority)
     return asyncio.run(run_agent(settings, source))
 
@@ -197,6 +198,10 @@ def parser() -> argparse.ArgumentParser:
                    help="where the fast path's program and maps are pinned (default: %(default)s)")
     a.add_argument("--xdp-mode", default="native", choices=["native", "generic"],
                    help="XDP in the driver (native) or after the stack allocates an skb")
+    a.add_argument("--rx-vlan-offload", default="disable", choices=["disable", "keep"],
+                   help="an access NIC that strips VLAN tags hides them from XDP: turn that "
+                        "off where the fast path attaches, or keep it and warn (tagged "
+                        "subscribers then miss the fast path) (default: %(default)s)")
     a.add_argument("--fast-path-authority", default=_duration(FAST_PATH_AUTHORITY),
                    metavar="DURATION",
                    help="the XDP program answers for this long after the agent's last "

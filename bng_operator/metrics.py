@@ -61,6 +61,11 @@ class AgentMetrics:
         self.fast_refreshes_lost = Counter(
             "bng_fastpath_refreshes_lost_total",
             "Fast-path ACKs whose new lease end could not be queued to the agent.", registry=r)
+        self.rx_vlan_offload = Gauge(
+            "bng_access_rx_vlan_offload",
+            "1 when the access interface's NIC takes VLAN tags off before XDP sees them: "
+            "the fast path then misses every tagged subscriber (see --rx-vlan-offload).",
+            ["interface"], registry=r)
         self.program_attached = Gauge(
             "bng_ebpf_program_attached", "1 when the program is attached to the interface.",
             ["program", "interface"], registry=r)

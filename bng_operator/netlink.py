@@ -83,6 +83,12 @@ def add_veth_pair(name: str, ns: str | None, peer: str, peer_ns: str | None) -> 
         ipr.link("add", ifname=name, kind="veth", peer=p)
 
 
+def add_vlan(parent: str, vid: int, name: str, ns: str | None = None) -> None:
+    """An 802.1Q interface ``name`` on ``parent``, tagging with ``vid``, up."""
+    with route(ns) as ipr:
+        ipr.link("add", ifname=name, kind="vlan", link=_index(ipr, parent, ns), vlan_id=vid)
+        ipr.link("set", index=_index(ipr, name, ns), state="up")
+
 
 def set_up(ifname: str, ns: str | None = None) -> None:
     with route(ns) as ipr:
@@ -180,3 +186,49 @@ def add_bridge(name: str, ns: str | None = None) -> None:
 def set_master(ifname: str, bridge: str, ns: str | None = None) -> None:
     with route(ns) as ipr:
         ipr.link("set", index=_index(ipr, ifname, ns), master=_index(ipr, bridge, ns))
+
+
+# --- ethtool features (an ioctl, not netlink; the calling thread's namespace) --------------
+
+# The NIC takes the VLAN tag off a received frame into the packet's metadata, where XDP does
+# not see it.
+RX_VLAN_OFFLOAD = "rx-vlan-hw-parse"
+# The NIC puts a transmitted frame's tag in itself (veth: the tag stays metadata).
+TX_VLAN_OFFLOAD = "tx-vlan-hw-insert"
+
+
+def feature(ifname: str, name: str) -> bool | None:
+    """Whether the ethtool feature ``name`` (as ``ethtool -k`` names it) is on for
+    ``ifname``; None when the driver does not have it."""
+    from pyroute2.ethtool import Ethtool
+
+    e = Ethtool()
+    try:
+        f = e.get_features(ifname).features.get(name)
+    except OSError as err:
+        if err.errno == errno.ENODEV:
+            raise InterfaceMissing(ifname, None) from err
+        return None
+    finally:
+        e.close()
+    return None if f is None else bool(f.enable)
+
+
+def set_feature(ifname: str, name: str, on: bool) -> bool:
+    """Turn the ethtool feature ``name`` on or off; whether it now is as asked (a driver
+    may hold it fixed)."""
+    from pyroute2.ethtool import Ethtool
+
+    e = Ethtool()
+    try:
+        features = e.get_features(ifname)
+        f = features.features.get(name)
+        if f is None:
+            return False
+        if bool(f.enable) != on:
+            f.enable = on
+            with contextlib.suppress(OSError):  # fixed by the driver: said by the result
+                e.set_features(ifname, features)
+    finally:
+        e.close()
+    return feature(ifname, name) == on

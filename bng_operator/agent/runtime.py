@@ -28,7 +28,7 @@ from bng_operator.agent.dhcp.leases import LeaseStore
 from bng_operator.agent.dhcp.packets import PacketPath
 from bng_operator.agent.dhcp.server import DhcpServer
 from bng_operator.agent.expiry import Expiry
-from bng_operator.agent.fastpath.feature import FastPathFeature, programs
+from bng_operator.agent.fastpath.feature import FastPathFeature, RxVlanOffload, programs
 from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.lock import Locks
 from bng_operator.agent.report.feature import KubeReporting, NodeView
@@ -53,6 +53,7 @@ class AgentSettings:
     fast_path: bool = True  # the XDP program on the access interfaces
     bpf_pin_root: Path = DEFAULT_PIN_ROOT
     xdp_mode: netlink.XDPMode = "native"
+    rx_vlan_offload: RxVlanOffload = "disable"  # where the fast path attaches (see there)
     fast_path_authority: float = FAST_PATH_AUTHORITY  # the program answers this long unbeaten
     sync_interval: float = 0.5  # how often fast-path renewals reach the lease store (<= 1 s)
     expiry_grace: float = 2.0  # leases end this late, for renewals still on their way up
@@ -118,7 +119,8 @@ class Agent:
         if st.fast_path:
             fp = FastPathFeature(server, m, h, commits, st.bpf_pin_root, st.xdp_mode,
                                  st.fast_path_authority,
-                                 st.state_dir / f"fastpath-counters-{st.node}.json")
+                                 st.state_dir / f"fastpath-counters-{st.node}.json",
+                                 rx_vlan_offload=st.rx_vlan_offload)
             if fp.start(self.config):
                 self.fast_path = fp
                 self.expiry.before.append(fp.persist_renewals)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from bng_operator import netlink
 from bng_operator.agent.config import NodeConfig
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when the fast path i
 
 log = logging.getLogger("bng.agent")
 PROGRAM = "xdp_dhcp"  # as BNGNode status and bng_ebpf_program_attached name it
+RxVlanOffload = Literal["disable", "keep"]
 
 
 @dataclass
@@ -46,6 +47,9 @@ class FastPathFeature:
     # The kernel counters as last read into the metrics, kept across agent restarts: what the
     # program counted while no agent ran is counted by the next one.
     counters_file: Path | None = None
+    # "disable": turn the NIC's VLAN tag stripping off where the fast path attaches, since
+    # XDP must see the tags; "keep": leave it, and warn.
+    rx_vlan_offload: RxVlanOffload = "disable"
     name: str = "fastpath"
     cache: SubscriberCache | None = field(default=None, init=False)
 
@@ -183,11 +187,37 @@ class FastPathFeature:
                             "attached it again", name)
             attached.add(name)
             self.metrics.program_attached.labels(PROGRAM, name).set(1)
+            self._vlan_offload(name)
             log.info("fast path on %s: program %s (%s mode, generation %s)", name, how,
                      self.xdp_mode, fp.generation)
         if attached == set(wanted):
             for gen in fp.remove_other_generations():
                 log.info("fast path: removed generation %s, no longer attached", gen)
+
+    def _vlan_offload(self, name: str) -> None:
+        """A NIC that strips VLAN tags hides them from XDP: tagged subscribers' requests
+        then miss the fast path (the slow path reads the tag from the socket and serves
+        them). Turned off, or said, per --rx-vlan-offload."""
+        try:
+            on = netlink.feature(name, netlink.RX_VLAN_OFFLOAD)
+            if on and self.rx_vlan_offload == "disable":
+                if netlink.set_feature(name, netlink.RX_VLAN_OFFLOAD, False):
+                    log.info("fast path on %s: turned the NIC's VLAN tag stripping "
+                             "(rx-vlan-hw-parse) off, so that XDP sees the tags", name)
+                    on = False
+                else:
+                    log.warning("fast path on %s: the NIC's VLAN tag stripping "
+                                "(rx-vlan-hw-parse) cannot be turned off; tagged subscribers "
+                                "are served by the slow path only", name)
+            elif on:
+                log.warning("fast path on %s: the NIC strips VLAN tags before XDP sees them "
+                            "(rx-vlan-hw-parse on, --rx-vlan-offload keep); tagged "
+                            "subscribers are served by the slow path only. Turn it off: "
+                            "ethtool -K %s rxvlan off", name, name)
+        except (OSError, netlink.InterfaceMissing) as e:
+            log.warning("fast path on %s: could not read its VLAN offload: %s", name, e)
+            return
+        self.metrics.rx_vlan_offload.labels(name).set(1 if on else 0)
 
     # --- renewals the kernel answered ------------------------------------------------------------
 
