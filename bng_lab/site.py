@@ -11,6 +11,7 @@ e2e tests, the benchmarks and ``bng lab``.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -26,6 +27,8 @@ from bng_operator import netlink
 GATEWAYS = ("100.64.0.1/20", "198.51.100.1/24")
 RELAY_ADDRESS = "198.51.100.2/24"
 METRICS_PORT = 9641
+INTERNET_LINK = ("203.0.113.1/24", "203.0.113.2/24")  # bng's uplink0, the internet's eth0
+INTERNET_ADDRESS = INTERNET_LINK[1].split("/")[0]
 
 
 def requests(metrics: dict[str, float], path: str) -> float:
@@ -102,6 +105,21 @@ class Site:
         self.lab.popen(self.switch, sys.executable, "-m", "bng_lab.access_node",
                        "up0", *args, stdout=open(self.workdir / "access-node.log", "ab"),  # noqa: SIM115
                        stderr=subprocess.STDOUT)
+
+    # --- the internet behind the node --------------------------------------------------------
+
+    def add_internet(self) -> str:
+        """An "internet" namespace behind the bng node, which routes between its access
+        subnets and it (INTERNET_ADDRESS). Returns the namespace."""
+        inet = self.lab.namespace("inet")
+        bng_side, inet_side = INTERNET_LINK
+        self.lab.link(self.bng or None, "uplink0", inet, "eth0", bng_side, inet_side)
+        via = bng_side.split("/")[0]
+        for gw in GATEWAYS:
+            net = str(ipaddress.ip_interface(gw).network)
+            self.lab.run(inet, "ip", "route", "add", net, "via", via)
+        self.lab.run(self.bng, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        return inet
 
     # --- the agent -------------------------------------------------------------------------------
 

@@ -86,6 +86,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
                              metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                              fast_path=not args.no_fast_path, bpf_pin_root=args.bpf_dir,
                              xdp_mode=args.xdp_mode, rx_vlan_offload=args.rx_vlan_offload,
+                             qos=not args.no_qos and not args.no_fast_path,
                              namespace=args.namespace, report=report,
                              fast_path_authority=authority)
     return asyncio.run(run_agent(settings, source))
@@ -198,6 +199,8 @@ def parser() -> argparse.ArgumentParser:
                    help="where the fast path's program and maps are pinned (default: %(default)s)")
     a.add_argument("--xdp-mode", default="native", choices=["native", "generic"],
                    help="XDP in the driver (native) or after the stack allocates an skb")
+    a.add_argument("--no-qos", action="store_true",
+                   help="no shaping: leave the access interfaces' qdiscs alone")
     a.add_argument("--rx-vlan-offload", default="disable", choices=["disable", "keep"],
                    help="an access NIC that strips VLAN tags hides them from XDP: turn that "
                         "off where the fast path attaches, or keep it and warn (tagged "

@@ -61,6 +61,16 @@ class AgentMetrics:
         self.fast_refreshes_lost = Counter(
             "bng_fastpath_refreshes_lost_total",
             "Fast-path ACKs whose new lease end could not be queued to the agent.", registry=r)
+        self.qos_shaped = Gauge(
+            "bng_qos_subscribers_shaped", "Bound sessions with an HTB class each way.",
+            registry=r)
+        self.qos_errors = Counter(
+            "bng_qos_errors_total", "Shaping operations that failed (the session goes "
+            "unshaped), by operation.", ["op"], registry=r)
+        self.qos_install_seconds = Histogram(
+            "bng_qos_install_seconds", "Time to install one session's shaping (its classes "
+            "on every access interface and IFB, and its map entry).",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r)
         self.rx_vlan_offload = Gauge(
             "bng_access_rx_vlan_offload",
             "1 when the access interface's NIC takes VLAN tags off before XDP sees them: "

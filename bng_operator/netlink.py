@@ -232,3 +232,102 @@ def set_feature(ifname: str, name: str, on: bool) -> bool:
     finally:
         e.close()
     return feature(ifname, name) == on
+
+
+# --- tc: the access data path's shaping ------------------------------------------------------
+
+TC_ROOT = 0x10000  # handle 1: of the HTB root; a class is 1:<minor>
+TcDirection = Literal["ingress", "egress"]
+_CLSACT_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
+_TC_FILTER_HANDLE, _TC_FILTER_PRIO = 1, 1
+
+
+def add_ifb(name: str, ns: str | None = None) -> None:
+    """An IFB device ``name``, up (kept if it exists)."""
+    with route(ns) as ipr:
+        if not ipr.link_lookup(ifname=name):
+            ipr.link("add", ifname=name, kind="ifb")
+        ipr.link("set", index=_index(ipr, name, ns), state="up")
+
+
+def remove_link(name: str, ns: str | None = None) -> None:
+    with route(ns) as ipr:
+        for idx in ipr.link_lookup(ifname=name):
+            ipr.link("del", index=idx)
+
+
+def ensure_htb(ifname: str, ns: str | None = None) -> bool:
+    """An HTB root (handle 1:) on ``ifname``; traffic in no class goes unshaped (HTB's
+    direct queue). Kept if there is one; True when it was made now."""
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        for q in ipr.get_qdiscs(idx):
+            if q["parent"] == 0xFFFFFFFF and q.get_attr("TCA_KIND") == "htb" and \
+                    q["handle"] == TC_ROOT:
+                return False
+        ipr.tc("replace", "htb", idx, TC_ROOT, default=0)  # over the default root qdisc
+    return True
+
+
+def htb_class(ifname: str, minor: int, rate_bps: int, burst_bytes: int,
+              ns: str | None = None) -> None:
+    """Class 1:``minor`` of the HTB root at ``rate_bps`` with ``burst_bytes`` (made, or
+    changed in place: its queue is kept)."""
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        ipr.tc("replace-class", "htb", idx, TC_ROOT | minor, parent=TC_ROOT,
+               rate=f"{rate_bps}bit", ceil=f"{rate_bps}bit", burst=burst_bytes,
+               cburst=burst_bytes)
+
+
+def del_htb_class(ifname: str, minor: int, ns: str | None = None) -> None:
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        with contextlib.suppress(NetlinkError):  # gone already
+            ipr.tc("del-class", "htb", idx, TC_ROOT | minor, parent=TC_ROOT)
+
+
+def htb_minors(ifname: str, ns: str | None = None) -> set[int]:
+    """The minors of the classes under the HTB root."""
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        return {c["handle"] & 0xFFFF for c in ipr.get_classes(idx)
+                if c["handle"] >> 16 == TC_ROOT >> 16}
+
+
+def attach_tc(ifname: str, prog_fd: int, direction: TcDirection, name: str,
+              ns: str | None = None) -> None:
+    """The tc program ``prog_fd`` as ``ifname``'s one classifier in ``direction`` (clsact,
+    direct action), replacing the one there."""
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        if not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(idx)):
+            ipr.tc("add", "clsact", idx)
+        ipr.tc("replace-filter", "bpf", idx, _TC_FILTER_HANDLE, fd=prog_fd, name=name,
+               parent=_CLSACT_PARENT[direction], prio=_TC_FILTER_PRIO, direct_action=True,
+               protocol=0x0003)  # ETH_P_ALL (pyroute2 puts it in network order)
+
+
+def tc_program_name(ifname: str, direction: TcDirection, ns: str | None = None) -> str | None:
+    """The name of the BPF program classifying ``ifname``'s ``direction``, or None."""
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        for f in ipr.get_filters(idx, parent=_CLSACT_PARENT[direction]):
+            opts = f.get_attr("TCA_OPTIONS")
+            if opts is not None and opts.get_attr("TCA_BPF_NAME"):
+                return str(opts.get_attr("TCA_BPF_NAME"))
+    return None
+
+
+def remove_shaping(ifname: str, ns: str | None = None) -> None:
+    """Take the HTB root and the clsact qdisc (with its programs) off ``ifname``."""
+    with route(ns) as ipr:
+        try:
+            idx = _index(ipr, ifname, ns)
+        except InterfaceMissing:
+            return
+        for q in ipr.get_qdiscs(idx):
+            kind = q.get_attr("TCA_KIND")
+            if (kind == "htb" and q["parent"] == 0xFFFFFFFF) or kind == "clsact":
+                with contextlib.suppress(NetlinkError):
+                    ipr.tc("del", index=idx, handle=q["handle"], parent=q["parent"])

@@ -78,6 +78,17 @@ class ClassConfig:
 
 
 @dataclass(frozen=True)
+class ShapingRates:
+    """A QoSPolicy as the shaper applies it: bits per second and burst bytes each way."""
+
+    policy: str
+    down_bps: int
+    down_burst: int
+    up_bps: int
+    up_burst: int
+
+
+@dataclass(frozen=True)
 class Reservation:
     name: str
     keys: tuple[str, ...]  # identity keys; all given must match the client
@@ -99,6 +110,8 @@ class NodeConfig:
     option82_trusted: frozenset[str] = frozenset()  # access interfaces
     option82_relays: tuple[IPv4Network, ...] = ()  # giaddr ranges
     option82_untrusted: str = "drop"  # drop | strip
+    # SubscriberClass name -> the rates of its qosPolicy (classes without one: unshaped)
+    shaping: dict[str, ShapingRates] = field(default_factory=dict)
 
 
 def _compile(pattern: str | None) -> re.Pattern[str] | None:
@@ -181,8 +194,22 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
             _compile(m.vendor_class), tuple(IPv4Network(r) for r in m.relays),
             parse_duration(c.spec.lease_time) if c.spec.lease_time else None))
 
+    policies = {q.name: q.spec for q in spec.qos_policies}
+    shaping = {}
+    for c in spec.classes:
+        if c.spec.qos_policy is None:
+            continue
+        q = policies.get(c.spec.qos_policy)
+        if q is None:
+            raise ConfigError(f"SubscriberClass {c.name}: QoSPolicy {c.spec.qos_policy} does "
+                              "not exist")
+        shaping[c.name] = ShapingRates(c.spec.qos_policy, q.download.rate_bps,
+                                       q.download.burst_bytes, q.upload.rate_bps,
+                                       q.upload.burst_bytes)
+
     by_key = {k: r for r in reservations for k in r.keys}
     o82 = spec.interfaces.option82
     return NodeConfig(spec.node_name, tuple(spec.interfaces.access), spec.max_leases, pools,
                       tuple(classes), tuple(reservations), by_key, frozenset(o82.trusted),
-                      tuple(IPv4Network(r) for r in o82.trusted_relays), o82.untrusted)
+                      tuple(IPv4Network(r) for r in o82.trusted_relays), o82.untrusted,
+                      shaping)

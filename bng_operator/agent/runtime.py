@@ -31,6 +31,7 @@ from bng_operator.agent.expiry import Expiry
 from bng_operator.agent.fastpath.feature import FastPathFeature, RxVlanOffload, programs
 from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.lock import Locks
+from bng_operator.agent.qos.feature import QosFeature
 from bng_operator.agent.report.feature import KubeReporting, NodeView
 from bng_operator.agent.report.kube import KubeReporter, ReportSettings
 from bng_operator.agent.sessions.authorise import Authoriser
@@ -54,6 +55,7 @@ class AgentSettings:
     bpf_pin_root: Path = DEFAULT_PIN_ROOT
     xdp_mode: netlink.XDPMode = "native"
     rx_vlan_offload: RxVlanOffload = "disable"  # where the fast path attaches (see there)
+    qos: bool = True  # shaping: an HTB class each way for sessions of classes with a policy
     fast_path_authority: float = FAST_PATH_AUTHORITY  # the program answers this long unbeaten
     sync_interval: float = 0.5  # how often fast-path renewals reach the lease store (<= 1 s)
     expiry_grace: float = 2.0  # leases end this late, for renewals still on their way up
@@ -76,6 +78,7 @@ class Agent:
     packets: PacketPath | None = None
     expiry: Expiry | None = None
     fast_path: FastPathFeature | None = None
+    qos: QosFeature | None = None
     reporting: KubeReporting | None = None
     _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -125,11 +128,18 @@ class Agent:
                 self.fast_path = fp
                 self.expiry.before.append(fp.persist_renewals)
                 self.expiry.renewed_elsewhere = fp.kernel_expiry
+        if st.qos:
+            qos = QosFeature(m, st.bpf_pin_root, self.config,
+                             lambda: list(server.by_address.values()))
+            if qos.start():
+                self.qos = qos
         server.expire()
         server.take_events()  # ended before anyone followed them: the store has them
         await store.commit()
         if self.fast_path is not None:
             self.fast_path.warm()
+        if self.qos is not None:
+            self.qos.warm()
         log.info("node %s: %d leases restored from %s, %d pools, %d classes, source %s",
                  self.config.node_name, len(server.by_address), path, len(self.config.pools),
                  len(self.config.classes), self.source.describe())
@@ -137,6 +147,8 @@ class Agent:
         # The features that follow sessions, in the order they hear of them.
         if self.fast_path is not None:
             sessions.subscribe(self.fast_path)
+        if self.qos is not None:
+            sessions.subscribe(self.qos)
         sessions.subscribe(AuditLog())
         if isinstance(self.source, KubeSource):
             self.reporting = self._reporting(self.source)
@@ -181,6 +193,8 @@ class Agent:
             store.close()
             if self.fast_path is not None:
                 self.fast_path.stop()
+            if self.qos is not None:
+                self.qos.stop()
 
     def ready(self) -> tuple[bool, str]:
         return self.health.ready()
@@ -247,6 +261,9 @@ class Agent:
                 if self.fast_path is not None:
                     await loop.run_in_executor(None, self.fast_path.attach,
                                                self.packets.interfaces, names)
+                if self.qos is not None:
+                    await loop.run_in_executor(None, self.qos.attach,
+                                               list(self.packets.interfaces))
                 self.expiry.run_once()
             except Exception:  # the timer must outlive any one bad tick
                 log.exception("periodic work failed; retrying")
@@ -289,6 +306,8 @@ class Agent:
         h.dirty = True
         if self.fast_path is not None:
             self.fast_path.reconfigure(config)
+        if self.qos is not None:
+            self.qos.reconfigure(config)
         self.sessions.publish(self.server.take_events())
         log.info("configuration reloaded: %d pools, %d classes", len(config.pools),
                  len(config.classes))

@@ -317,18 +317,25 @@ class BPFObject:
 
     def load_xdp(self, fn: str) -> int:
         """Load (verify) the XDP function ``fn``; returns its fd."""
+        return self.load(fn, BPF.XDP)
+
+    def load_tc(self, fn: str) -> int:
+        """Load (verify) the tc classifier ``fn`` (direct action); returns its fd."""
+        return self.load(fn, BPF.SCHED_CLS)
+
+    def load(self, fn: str, prog_type: int) -> int:
         if fn not in self._fns:
             try:
-                self._fns[fn] = self._load(fn)
+                self._fns[fn] = self._load(fn, prog_type)
             except Exception as e:
                 raise DataplaneError(f"the verifier rejected {fn}: {e}") from e
         return int(self._fns[fn])
 
-    def _load(self, fn: str) -> int:
+    def _load(self, fn: str, prog_type: int) -> int:
         """BCC's load, with each adopted map's fd in place of the one BCC made."""
         name = fn.encode()
         if not self._adopted:
-            return int(self.bpf.load_func(name, BPF.XDP).fd)
+            return int(self.bpf.load_func(name, prog_type).fd)
         # BCC would load the instructions with its own maps' fds in them
         module = self.bpf.module
         start = libbcc.lib.bpf_function_start(module, name)
@@ -338,7 +345,7 @@ class BPFObject:
         insns = _with_map_fds(ctypes.string_at(start, size), self._adopted)
         buf = ctypes.create_string_buffer(insns, size)
         fd = int(libbcc.lib.bcc_func_load(
-            module, BPF.XDP, name, buf, size, libbcc.lib.bpf_module_license(module),
+            module, prog_type, name, buf, size, libbcc.lib.bpf_module_license(module),
             libbcc.lib.bpf_module_kern_version(module), 0, None, 0, None, -1))
         if fd < 0:
             raise DataplaneError(f"loading {fn}: {os.strerror(ctypes.get_errno() or -fd)}")

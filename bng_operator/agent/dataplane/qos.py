@@ -1,0 +1,165 @@
+"""The access data path's shaping (bpf/access_qos.c): load or adopt it, attach it to the
+access interfaces, and keep its maps: the class of each shaped session, its counters.
+
+Pinned (``pin_root`` given), the maps of one program generation live in
+``<pin_root>/qos/<generation>/`` with the programs, so a restarted agent adopts them: the
+classifiers stay attached, the HTB classes stay in the kernel, and the counters go on.
+The HTB classes themselves are tc objects (``netlink``); the caller makes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bng_operator import netlink
+from bng_operator.agent.dataplane.fastpath import generation
+from bng_operator.agent.dataplane.loader import (
+    BPF_DIR,
+    BPFObject,
+    DataplaneError,
+    bpf_mount_of,
+    pin_fd,
+    pinned_fd,
+)
+
+SOURCE = Path(BPF_DIR) / "access_qos.c"
+PROGRAMS = {"egress": "qos_down", "ingress": "qos_up"}
+MAPS = ("qos_sessions", "qos_counters", "qos_ifbs", "qos_stats")
+# enum qos_stat, in order.
+STATS = ("down_shaped", "down_not_ipv4", "down_unknown", "up_shaped", "up_not_ipv4",
+         "up_unknown", "up_no_ifb", "up_dhcp")
+QOS_INTERFACES = 64
+
+
+@dataclass(frozen=True)
+class Counters:
+    """A session's traffic as the shaper saw it, summed over CPUs. Bytes are frame bytes
+    without the FCS (Ethernet header included)."""
+
+    packets_down: int = 0
+    bytes_down: int = 0
+    packets_up: int = 0
+    bytes_up: int = 0
+    last_seen_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns); 0: never
+
+
+def _u32(address: int) -> int:
+    """A host-order address as the u32 the program compares (network order in memory)."""
+    return int.from_bytes(address.to_bytes(4, "big"), "little")
+
+
+class QosPath:
+    def __init__(self, max_subscribers: int, pin_root: Path | None = None) -> None:
+        cflags: dict[str, int | str] = {"MAX_SUBSCRIBERS": max_subscribers}
+        self.generation = generation(SOURCE, cflags)
+        self.pin_dir = pin_root / "qos" / self.generation if pin_root is not None else None
+        pins = None
+        if self.pin_dir is not None:
+            if bpf_mount_of(self.pin_dir) is None:
+                raise DataplaneError(f"{self.pin_dir} is not on a bpf filesystem")
+            self.pin_dir.mkdir(parents=True, exist_ok=True)
+            pins = {m: self.pin_dir / m for m in MAPS}
+        self.obj = BPFObject(SOURCE, cflags=cflags, pins=pins)
+        self.adopted = "qos_sessions" in self.obj.adopted
+        self.sessions = self.obj.map("qos_sessions")
+        self.counters_map = self.obj.map("qos_counters")
+        self.ifbs = self.obj.map("qos_ifbs")
+        self.stats_map = self.obj.map("qos_stats")
+        self._fds: dict[str, int] = {}
+        self._own: list[int] = []
+        for fn in PROGRAMS.values():
+            self._fds[fn] = self._program(fn)
+
+    def _program(self, fn: str) -> int:
+        """The pinned program of this generation, else loaded now (and pinned)."""
+        if self.pin_dir is not None:
+            fd = pinned_fd(self.pin_dir / fn, required=True)
+            if fd is not None:
+                self._own.append(fd)
+                return fd
+        fd = self.obj.load_tc(fn)
+        if self.pin_dir is not None:
+            pin_fd(fd, self.pin_dir / fn)
+        return fd
+
+    # --- interfaces ----------------------------------------------------------------------------
+
+    def attach(self, ifname: str, ifb: str, ns: str | None = None) -> None:
+        """Shape ``ifname``: an HTB root on it (download) and on its IFB ``ifb`` (upload),
+        and the classifiers on its clsact hooks. Kept as they are if already there."""
+        netlink.add_ifb(ifb, ns)
+        netlink.ensure_htb(ifname, ns)
+        netlink.ensure_htb(ifb, ns)
+        index = netlink.interface_info(ifname, ns)[0]
+        ifb_index = netlink.interface_info(ifb, ns)[0]
+        self.ifbs[self.ifbs.Key(index)] = self.ifbs.Leaf(ifb_index)
+        for direction, fn in PROGRAMS.items():
+            netlink.attach_tc(ifname, self._fds[fn], direction, fn, ns)  # type: ignore[arg-type]
+
+    def attached(self, ifname: str, ns: str | None = None) -> bool:
+        return all(netlink.tc_program_name(ifname, d, ns) == fn  # type: ignore[arg-type]
+                   for d, fn in PROGRAMS.items())
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def put(self, address: int, minor: int) -> None:
+        """Shape ``address`` in class 1:``minor`` each way; its counters start at zero
+        unless it has some (a re-rate keeps them)."""
+        key = self.sessions.Key(_u32(address))
+        leaf = self.sessions.Leaf()
+        leaf.down_class = leaf.up_class = netlink.TC_ROOT | minor
+        ckey = self.counters_map.Key(_u32(address))
+        if ckey not in self.counters_map:
+            self.counters_map[ckey] = self.counters_map.Leaf()
+        self.sessions[key] = leaf
+
+    def delete(self, address: int) -> Counters:
+        """Stop shaping ``address``; returns its last counters."""
+        last = self.counters(address)
+        for table in (self.sessions, self.counters_map):
+            with contextlib.suppress(KeyError):
+                del table[table.Key(_u32(address))]
+        return last
+
+    def installed(self) -> dict[int, int]:
+        """address -> minor of every shaped session in the maps (adopted ones too)."""
+        out = {}
+        for k, v in self.sessions.items():
+            address = int.from_bytes(int(k.value).to_bytes(4, "little"), "big")
+            out[address] = int(v.down_class) & 0xFFFF
+        return out
+
+    def counters(self, address: int) -> Counters:
+        try:
+            per_cpu = self.counters_map[self.counters_map.Key(_u32(address))]
+        except KeyError:
+            return Counters()
+        return Counters(sum(int(c.packets_down) for c in per_cpu),
+                        sum(int(c.bytes_down) for c in per_cpu),
+                        sum(int(c.packets_up) for c in per_cpu),
+                        sum(int(c.bytes_up) for c in per_cpu),
+                        max(int(c.last_seen_ns) for c in per_cpu))
+
+    def stats(self) -> dict[str, int]:
+        return {name: int(sum(self.stats_map[self.stats_map.Key(i)]))
+                for i, name in enumerate(STATS)}
+
+    def close(self) -> None:
+        """Free this process's handles. Pins, classifiers and classes stay."""
+        for fd in self._own:
+            os.close(fd)
+        self._own.clear()
+        self.obj.close(keep=True)
+
+
+def remove(pin_root: Path, interfaces: list[tuple[str, str]], ns: str | None = None) -> None:
+    """Take shaping away: the HTB roots and classifiers from each (interface, IFB), the
+    IFBs, and the pins."""
+    for ifname, ifb in interfaces:
+        netlink.remove_shaping(ifname, ns)
+        netlink.remove_link(ifb, ns)
+    shutil.rmtree(pin_root / "qos", ignore_errors=True)

@@ -1,0 +1,192 @@
+"""Shaping as a session feature: a bound session of a class with a qosPolicy gets an HTB
+class each way, at its policy's rates, on every access interface; a changed class or
+policy re-rates it in place (no reconnect); an ended session's classes and map entries go.
+
+tc calls take ~1-2 ms each, so they run on one worker thread, in order, never on the event
+loop. The classifiers, classes and maps outlive the agent: on start they are adopted, and
+the sessions restored from the lease store are re-rated against the current policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bng_operator import netlink
+from bng_operator.agent.config import NodeConfig, ShapingRates
+from bng_operator.agent.dhcp.leases import Lease
+from bng_operator.agent.qos.plan import Minors, Step, rates_for, reload_steps
+from bng_operator.agent.sessions.session import Change, Session
+from bng_operator.metrics import AgentMetrics
+
+if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when shaping is on
+    from bng_operator.agent.dataplane.qos import Counters, QosPath
+
+log = logging.getLogger("bng.agent.qos")
+
+
+def ifb_name(ifname: str) -> str:
+    """The IFB that shapes ``ifname``'s upload (at most 15 characters)."""
+    return f"bngu-{ifname}"[:15]
+
+
+@dataclass
+class QosFeature:
+    metrics: AgentMetrics
+    pin_root: Path
+    config: NodeConfig
+    leases: Callable[[], Iterable[Lease]]  # the bound leases now (the DHCP server's)
+    name: str = "qos"
+    path: QosPath | None = field(default=None, init=False)
+    minors: Minors = field(default_factory=Minors, init=False)
+    installed: dict[int, ShapingRates] = field(default_factory=dict, init=False)
+    attached: set[str] = field(default_factory=set, init=False)
+    _work: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bng-qos"), init=False)
+
+    # --- start and stop ----------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Load or adopt the classifiers and their maps. False: shaping is unavailable
+        (said, counted), and sessions go unshaped."""
+        from bng_operator.agent.dataplane.loader import DataplaneError
+        from bng_operator.agent.dataplane.qos import QosPath
+
+        try:
+            self.path = QosPath(self.config.max_leases, self.pin_root)
+        except DataplaneError as e:
+            log.error("shaping unavailable, subscribers go unshaped: %s", e)
+            self.metrics.qos_errors.labels("load").inc()
+            return False
+        for address, minor in self.path.installed().items():
+            self.minors.take(address, minor)
+        log.info("shaping: %s generation %s, %d sessions in its maps",
+                 "adopted" if self.path.adopted else "loaded", self.path.generation,
+                 len(self.minors.by_address))
+        return True
+
+    def warm(self) -> None:
+        """Bring the kernel in line with the restored sessions (worker thread)."""
+        self._work.submit(self._warm)
+
+    def _warm(self) -> None:
+        want = {lease.address: rates_for(self.config, lease.subscriber_class)
+                for lease in self.leases()}
+        for address in list(self.minors.by_address):
+            if want.get(address) is None:
+                self._apply(Step(address, None))
+        for address, rates in want.items():
+            if rates is not None:
+                self._apply(Step(address, rates))
+
+    def stop(self) -> None:
+        self._work.shutdown(wait=True)
+        if self.path is not None:
+            self.path.close()
+
+    def attach(self, interfaces: Iterable[str]) -> None:
+        """Shape every open access interface; waits for the worker, which does it."""
+        if self.path is not None:
+            self._work.submit(self._attach, list(interfaces)).result()
+
+    def _attach(self, interfaces: list[str]) -> None:
+        assert self.path is not None
+        for name in interfaces:
+            if name in self.attached and self.path.attached(name):
+                continue
+            try:
+                self.path.attach(name, ifb_name(name))
+            except Exception as e:
+                self.attached.discard(name)
+                self.metrics.qos_errors.labels("attach").inc()
+                log.error("shaping on %s failed: %s; its subscribers go unshaped", name, e)
+                continue
+            self.attached.add(name)
+            # Classes are per interface: one attached now needs those of every session.
+            for address, rates in list(self.installed.items()):
+                self._classes(name, self.minors.by_address[address], rates)
+            log.info("shaping on %s (upload on %s)", name, ifb_name(name))
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    def on_bound(self, s: Session) -> None:
+        if s.lease is not None:
+            self._submit(Step(s.lease.address, rates_for(self.config, s.lease.subscriber_class)))
+
+    def on_changed(self, s: Session, what: Change, before: Lease | None) -> None:
+        if s.lease is None:
+            return
+        if before is not None and before.address != s.lease.address:
+            self._submit(Step(before.address, None))
+        self._submit(Step(s.lease.address, rates_for(self.config, s.lease.subscriber_class)))
+
+    def on_ended(self, s: Session) -> None:
+        if s.lease is not None:
+            self._submit(Step(s.lease.address, None))
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """A reload: re-rate (or unshape) exactly the sessions whose rates changed."""
+        self.config = config
+        classes = {lease.address: lease.subscriber_class for lease in self.leases()}
+        for step in reload_steps(dict(self.installed), classes, config):
+            self._submit(step)
+
+    def counters(self, address: int) -> Counters | None:
+        return self.path.counters(address) if self.path is not None and \
+            address in self.installed else None
+
+    # --- the worker ---------------------------------------------------------------------------
+
+    def _submit(self, step: Step) -> None:
+        if self.path is not None:
+            self._work.submit(self._apply, step)
+
+    def _apply(self, step: Step) -> None:
+        assert self.path is not None
+        try:
+            if step.rates is None:
+                self._remove(step.address)
+            else:
+                self._install(step.address, step.rates)
+        except Exception as e:  # one session's failure must not stop the worker
+            self.metrics.qos_errors.labels("install" if step.rates else "remove").inc()
+            log.error("shaping %s: %s", step, e)
+
+    def _install(self, address: int, rates: ShapingRates) -> None:
+        assert self.path is not None
+        if self.installed.get(address) == rates and address in self.minors.by_address:
+            return
+        minor = self.minors.take(address)
+        if minor is None:
+            self.metrics.qos_errors.labels("no_class").inc()
+            log.warning("shaping: every HTB class id is taken; %s goes unshaped", address)
+            return
+        t0 = time.perf_counter()
+        for name in self.attached:
+            self._classes(name, minor, rates)
+        self.path.put(address, minor)  # after the classes: never a class id HTB lacks
+        self.installed[address] = rates
+        self.metrics.qos_install_seconds.observe(time.perf_counter() - t0)
+        self.metrics.qos_shaped.set(len(self.installed))
+
+    def _classes(self, ifname: str, minor: int, rates: ShapingRates) -> None:
+        netlink.htb_class(ifname, minor, rates.down_bps, rates.down_burst)
+        netlink.htb_class(ifb_name(ifname), minor, rates.up_bps, rates.up_burst)
+
+    def _remove(self, address: int) -> None:
+        assert self.path is not None
+        minor = self.minors.by_address.get(address)
+        if minor is None:
+            return
+        self.path.delete(address)  # before the classes: never a class id HTB lacks
+        for name in self.attached:
+            netlink.del_htb_class(name, minor)
+            netlink.del_htb_class(ifb_name(name), minor)
+        self.minors.release(address)
+        self.installed.pop(address, None)
+        self.metrics.qos_shaped.set(len(self.installed))
