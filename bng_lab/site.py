@@ -203,4 +203,8 @@ class Site:
 
     def close(self) -> None:
         self.stop_agent()
+        if self.in_root:  # the shaper's IFB sits beside the lab's interface, not in a lab netns
+            from bng_operator.agent.qos.feature import ifb_name
+
+            netlink.remove_link(ifb_name(self.access))
         self.lab.close()

@@ -133,10 +133,14 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 
 def _cmd_fastpath_remove(args: argparse.Namespace) -> int:
+    from bng_operator.agent.dataplane import qos
     from bng_operator.agent.dataplane.fastpath import remove
+    from bng_operator.agent.qos.feature import ifb_name
 
+    qos.remove(args.bpf_dir, [(i, ifb_name(i)) for i in args.interface])
     remove(args.bpf_dir, [(i, None) for i in args.interface], args.xdp_mode)
-    print(f"detached from {', '.join(args.interface) or 'no interface'}; removed {args.bpf_dir}")
+    print(f"detached the fast path and shaping from {', '.join(args.interface) or 'no interface'}"
+          f"; removed {args.bpf_dir}")
     return 0
 
 
@@ -260,9 +264,12 @@ def parser() -> argparse.ArgumentParser:
     o.set_defaults(func=_cmd_operator)
 
     r = sub.add_parser(
-        "fastpath-remove", help="detach the XDP fast path and unpin its maps (uninstall)",
-        description="The agent leaves the fast path attached when it exits, so DHCP renewals "
-                    "go on across restarts and upgrades. This takes it away for good.")
+        "fastpath-remove", help="detach the XDP fast path and shaping, unpin their maps "
+                                "(uninstall)",
+        description="The agent leaves the fast path and shaping attached when it exits, so "
+                    "DHCP renewals and shaping go on across restarts and upgrades. This takes "
+                    "them away for good: the XDP program, the tc classifiers, the HTB roots "
+                    "and the IFBs.")
     r.add_argument("--interface", action="append", default=[], metavar="IFNAME",
                    help="access interface to detach from (repeatable)")
     r.add_argument("--bpf-dir", type=Path, default=DEFAULT_PIN_ROOT)

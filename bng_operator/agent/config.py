@@ -86,6 +86,8 @@ class ShapingRates:
     down_burst: int
     up_bps: int
     up_burst: int
+    down: str = ""  # the rates as the policy writes them, for the Subscriber status
+    up: str = ""
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
                               "not exist")
         shaping[c.name] = ShapingRates(c.spec.qos_policy, q.download.rate_bps,
                                        q.download.burst_bytes, q.upload.rate_bps,
-                                       q.upload.burst_bytes)
+                                       q.upload.burst_bytes, q.download.rate, q.upload.rate)
 
     by_key = {k: r for r in reservations for k in r.keys}
     o82 = spec.interfaces.option82

@@ -31,7 +31,7 @@ from bng_operator.agent.expiry import Expiry
 from bng_operator.agent.fastpath.feature import FastPathFeature, RxVlanOffload, programs
 from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.lock import Locks
-from bng_operator.agent.qos.feature import QosFeature
+from bng_operator.agent.qos.feature import QosFeature, shaping_programs
 from bng_operator.agent.report.feature import KubeReporting, NodeView
 from bng_operator.agent.report.kube import KubeReporter, ReportSettings
 from bng_operator.agent.sessions.authorise import Authoriser
@@ -206,14 +206,18 @@ class Agent:
             config=lambda: self._config,
             generation=lambda: getattr(self.source, "generation", None),
             programs=self._programs,
-            maps=lambda: (self.fast_path.maps(self._config.max_leases)
-                          if self.fast_path is not None else []),
+            maps=lambda: [*(self.fast_path.maps(self._config.max_leases)
+                            if self.fast_path is not None else []),
+                          *(self.qos.maps(self._config.max_leases)
+                            if self.qos is not None else [])],
             degraded=self._degraded,
             orphans=lambda: list(self._expiry.orphans.values()),
             fast_path_on=lambda: self.fast_path is not None)
         assert self.server is not None
         return KubeReporting(reporter, self.server, self.health, view,
-                             st.report.accounting_interval, st.status_interval)
+                             st.report.accounting_interval, st.status_interval,
+                             extra=lambda lease: (self.qos.status(lease)
+                                                  if self.qos is not None else {}))
 
     @property
     def _config(self) -> NodeConfig:
@@ -228,7 +232,11 @@ class Agent:
     def _programs(self) -> list[ProgramStatus]:
         if not self.settings.fast_path:
             return []
-        return programs(self._config.access_interfaces, self.health.attached)
+        out = programs(self._config.access_interfaces, self.health.attached)
+        if self.settings.qos:
+            out += shaping_programs(self._config.access_interfaces,
+                                    self.qos.attached if self.qos is not None else set())
+        return out
 
     def _read_source(self) -> None:
         refused = getattr(self.source, "refused", "")

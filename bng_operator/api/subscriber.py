@@ -34,8 +34,9 @@ class SubscriberSpec(Model):
 
 
 class QoSStatus(Model):
-    download: str | None = None
-    upload: str | None = None
+    policy: str | None = Field(default=None, max_length=253)
+    download: str | None = Field(default=None, max_length=24)
+    upload: str | None = Field(default=None, max_length=24)
 
 
 class NATBlock(Model):
@@ -45,6 +46,9 @@ class NATBlock(Model):
 
 
 class Counters(Model):
+    """The subscriber's traffic from its side: rx downloaded, tx uploaded (frame bytes,
+    Ethernet header included, as the shaper classified them)."""
+
     rx_bytes: int = Field(default=0, ge=0)
     tx_bytes: int = Field(default=0, ge=0)
     rx_packets: int = Field(default=0, ge=0)

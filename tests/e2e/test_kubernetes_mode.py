@@ -22,7 +22,7 @@ from tests.e2e.conftest import DEFAULT_CLASS, SAMPLES
 def site(netlab: NetLab, tmp_path: Path, bpffs: Path) -> Iterator[Site]:
     s = Site(netlab, tmp_path, [], node="edge-k8s").build(subscribers=2, in_root=True)
     yield s
-    s.stop_agent()
+    s.close()  # the agent, and what it made beside the lab in this namespace (its IFB)
 
 
 def test_agent_serves_from_objects_in_the_apiserver(k8s: Cluster, site: Site,

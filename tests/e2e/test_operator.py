@@ -121,6 +121,21 @@ def test_no_address_is_handed_out_twice_across_nodes(site: K8sSite) -> None:
     assert len(rows) == 6
 
 
+def test_subscribers_show_their_qos_policy_and_rates(site: K8sSite) -> None:
+    def shown() -> dict[str, Any] | None:
+        st = {o["status"].get("address"): o["status"] for o in site.subscribers()
+              if o.get("status")}
+        return st if len(st) == 6 and all("qos" in s for s in st.values()) else None
+
+    statuses = wait_for("every Subscriber's QoS", shown, 15, 0.3)
+    for address, st in statuses.items():
+        business = address == "198.51.100.10"
+        assert st["qos"] == ({"policy": "business-1g", "download": "1Gbit", "upload": "1Gbit"}
+                             if business else {"policy": "residential-100m",
+                                               "download": "100Mbit", "upload": "20Mbit"}), st
+        assert set(st["counters"]) == {"rxBytes", "rxPackets", "txBytes", "txPackets"}
+
+
 def test_each_agent_reports_its_bngnode_status(site: K8sSite) -> None:
     for name in OPTION82:
         def reported(name: str = name) -> Any:
@@ -134,10 +149,15 @@ def test_each_agent_reports_its_bngnode_status(site: K8sSite) -> None:
         assert conds["Ready"]["status"] == "True" and conds["Degraded"]["status"] == "False", conds
         assert conds["Ready"]["observedGeneration"] == node["metadata"]["generation"]
         assert st["observedGeneration"] == node["metadata"]["generation"]
-        assert st["programs"] == [{"hook": "xdp", "interface": site.nodes[name].access,
-                                   "name": "xdp_dhcp", "attached": True}]
+        access = site.nodes[name].access
+        assert st["programs"] == [
+            {"hook": "xdp", "interface": access, "name": "xdp_dhcp", "attached": True},
+            {"hook": "tc-egress", "interface": access, "name": "qos_down", "attached": True},
+            {"hook": "tc-ingress", "interface": access, "name": "qos_up", "attached": True}]
         assert st["leasesActive"] == 3 and st["lastSync"]
-        assert {m["name"] for m in st["maps"]} >= {"subscribers", "circuits", "subnet_options"}
+        maps = {m["name"]: m["entries"] for m in st["maps"]}
+        assert set(maps) >= {"subscribers", "circuits", "subnet_options", "qos_sessions"}
+        assert maps["qos_sessions"] == 3  # every class of the samples has a QoSPolicy
         held = {c for p in node["spec"]["pools"] for c in p["blocks"]}
         assert {b["cidr"] for b in st["blocks"]} == held
 

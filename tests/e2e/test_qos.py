@@ -6,6 +6,7 @@ without FCS, so a 1448-byte TCP payload (timestamps on) costs 1514 bytes of rate
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -96,3 +97,54 @@ def test_each_subscriber_gets_its_policys_rates_down_and_up(
             assert abs(g / ideal - 1) <= TOLERANCE, \
                 f"{'down' if reverse else 'up'} {rate}: {[round(x / 1e6, 2) for x in got]} " \
                 f"Mbit/s against an ideal of {ideal / 1e6:.2f}"
+
+
+def _intervals(stdout: bytes) -> list[float]:
+    """Bits/s of each 1 s interval of an iperf3 JSON run."""
+    return [float(i["sum"]["bits_per_second"]) for i in json.loads(stdout)["intervals"]]
+
+
+def _download(site: Site, seconds: int) -> subprocess.Popen[bytes]:
+    return site.lab.popen(site.subscribers[0], "iperf3", "-c", INTERNET_ADDRESS, "-p", "5201",
+                          "-t", str(seconds), "-R", "-J", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+
+
+def _near(bps: float, rate: str) -> bool:
+    return abs(bps / (_bps(rate) * IDEAL) - 1) <= TOLERANCE
+
+
+def test_an_edited_policy_takes_effect_mid_transfer(shaped: Callable[..., Site]) -> None:
+    site = shaped(1, "20Mbit", "5Mbit")
+    run = _download(site, 10)
+    time.sleep(4)
+    policy = site.config[0] / "zz-test-extra.yaml"
+    policy.write_text(policy.read_text().replace("rate: 20Mbit", "rate: 8Mbit"))
+    assert site.agent is not None
+    edited = time.monotonic()
+    site.agent.send_signal(signal.SIGHUP)
+    stdout, stderr = run.communicate(timeout=40)
+    assert run.returncode == 0, stderr.decode()[-2000:]
+    rates = _intervals(stdout)
+    # iperf3's intervals: 0-1 s is slow start; 1-4 s before the edit; from 6 s on, after it
+    # (edited at ~4 s, applied within 2 s)
+    assert all(_near(r, "20Mbit") for r in rates[1:4]), rates
+    assert all(_near(r, "8Mbit") for r in rates[7:]), rates
+    assert time.monotonic() - edited < 30
+
+
+def test_shaping_holds_while_the_agent_is_killed_and_the_restart_adopts_it(
+        shaped: Callable[..., Site]) -> None:
+    site = shaped(1, "10Mbit", "5Mbit")
+    run = _download(site, 12)
+    time.sleep(3)
+    site.stop_agent(signal.SIGKILL)
+    time.sleep(4)  # 3-7 s with no agent
+    site.start_agent()
+    stdout, stderr = run.communicate(timeout=40)
+    assert run.returncode == 0, stderr.decode()[-2000:]
+    rates = _intervals(stdout)
+    assert all(_near(r, "10Mbit") for r in rates[1:]), rates  # through the kill and restart
+    assert any("shaping: adopted" in str(e.get("msg")) for e in site.log_events())
+    m = site.metrics()
+    assert m["bng_qos_subscribers_shaped"] == 1

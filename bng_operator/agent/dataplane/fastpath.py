@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import mmap
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -304,7 +305,9 @@ class FastPath:
             return []
         gone = []
         for d in self.pin_root.iterdir():
-            if d.is_dir() and d.name != self.generation:
+            # generations only: other features pin beside them (qos/)
+            if d.is_dir() and d.name != self.generation and \
+                    re.fullmatch(r"[0-9a-f]{12}", d.name):
                 shutil.rmtree(d, ignore_errors=True)
                 gone.append(d.name)
         return gone

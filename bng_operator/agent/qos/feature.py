@@ -11,23 +11,31 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bng_operator import netlink
 from bng_operator.agent.config import NodeConfig, ShapingRates
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.agent.qos.plan import Minors, Step, rates_for, reload_steps
 from bng_operator.agent.sessions.session import Change, Session
+from bng_operator.api.bngnode import MapFill, ProgramStatus
 from bng_operator.metrics import AgentMetrics
 
 if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when shaping is on
     from bng_operator.agent.dataplane.qos import Counters, QosPath
 
 log = logging.getLogger("bng.agent.qos")
+
+
+def shaping_programs(interfaces: Sequence[str], attached: set[str]) -> list[ProgramStatus]:
+    """The classifiers on each access interface, for the BNGNode status."""
+    return [ProgramStatus(hook=hook, interface=name, name=fn, attached=name in attached)
+            for name in interfaces
+            for hook, fn in (("tc-egress", "qos_down"), ("tc-ingress", "qos_up"))]
 
 
 def ifb_name(ifname: str) -> str:
@@ -135,6 +143,23 @@ class QosFeature:
         classes = {lease.address: lease.subscriber_class for lease in self.leases()}
         for step in reload_steps(dict(self.installed), classes, config):
             self._submit(step)
+
+    def maps(self, capacity: int) -> list[MapFill]:
+        """Sessions shaped, for the BNGNode status."""
+        return [MapFill(name="qos_sessions", entries=len(self.installed), capacity=capacity)]
+
+    def status(self, lease: Lease) -> dict[str, Any]:
+        """A shaped session's Subscriber status fields: its policy's rates, and its
+        counters from the subscriber's side (rx: downloaded, tx: uploaded)."""
+        # The class's policy, not what the worker installed yet: a new session's object is
+        # written at once, and shows its shaping from the start.
+        rates = rates_for(self.config, lease.subscriber_class)
+        if rates is None or self.path is None:
+            return {}
+        c = self.path.counters(lease.address)
+        return {"qos": {"policy": rates.policy, "download": rates.down, "upload": rates.up},
+                "counters": {"rxBytes": c.bytes_down, "rxPackets": c.packets_down,
+                             "txBytes": c.bytes_up, "txPackets": c.packets_up}}
 
     def counters(self, address: int) -> Counters | None:
         return self.path.counters(address) if self.path is not None and \

@@ -56,14 +56,19 @@ class _Update:
 
 
 def _summary(st: dict[str, Any]) -> tuple[Any, ...]:
-    return (st.get("state"), st.get("address"), st.get("node"), st.get("class"))
+    return (st.get("state"), st.get("address"), st.get("node"), st.get("class"), st.get("qos"))
 
 
-def _unchanged(known: tuple[tuple[Any, ...], Any] | None, u: _Update) -> bool:
+def _accounting(st: dict[str, Any]) -> tuple[Any, ...]:
+    """What an accounting refresh brings: the lease end (renewals) and the counters."""
+    return (st.get("leaseExpiry"), st.get("counters"))
+
+
+def _unchanged(known: tuple[tuple[Any, ...], tuple[Any, ...]] | None, u: _Update) -> bool:
     """Whether the apiserver already says what ``u`` would: the state (and, for an
-    accounting refresh, the lease end) it has is the update's."""
+    accounting refresh, the lease end and counters) it has is the update's."""
     return known is not None and known[0] == _summary(u.status) and \
-        (not u.refresh or known[1] == u.status.get("leaseExpiry"))
+        (not u.refresh or known[1] == _accounting(u.status))
 
 
 def _unreachable(e: Exception) -> bool:
@@ -91,7 +96,7 @@ class KubeReporter:
         self._foreign: set[str] = set()
         # name -> ((state, address, node, class), lease end) as the apiserver has it: an
         # update that would change none of these is not written
-        self._existing: dict[str, tuple[tuple[Any, ...], Any]] = {}
+        self._existing: dict[str, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
         self._tokens = settings.rate
         self._last_refill = time.monotonic()
         self._next_cleanup = 0.0
@@ -116,11 +121,15 @@ class KubeReporter:
         self._thread.join(timeout=TIMEOUT + 1)
 
     def subscriber(self, name: str, event: Event, lease: Lease, refresh: bool = False,
-                   background: bool = False) -> None:
+                   background: bool = False, extra: dict[str, Any] | None = None) -> None:
         """Queue the object's new state: an event, or (``background``) a resync or an
-        accounting refresh, which an event queued for the same object makes moot."""
+        accounting refresh, which an event queued for the same object makes moot.
+        ``extra``: status fields of other features (qos, counters)."""
         snap = replace(lease)
-        u = _Update(snap, event, status(snap, event, self.node, time.time()), refresh)
+        st = status(snap, event, self.node, time.time())
+        if extra and event == "allocate":
+            st |= extra
+        u = _Update(snap, event, st, refresh)
         with self._lock:
             if background:
                 if name in self._pending:
@@ -259,7 +268,7 @@ class KubeReporter:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, self.namespace, "subscribers", name, body, _request_timeout=TIMEOUT)
             self.metrics.kube_writes.labels("Subscriber", "status").inc()
-            self._existing[name] = (_summary(u.status), u.status.get("leaseExpiry"))
+            self._existing[name] = (_summary(u.status), _accounting(u.status))
         except ApiException as e:
             if e.status == 404:  # deleted by someone: made again on its next bind
                 self._known.discard(name)
@@ -301,7 +310,7 @@ class KubeReporter:
         that outlived the TTL."""
         self._known = {i["metadata"]["name"] for i in items}
         self._existing = {i["metadata"]["name"]: (_summary(st := i.get("status") or {}),
-                                                  st.get("leaseExpiry")) for i in items}
+                                                  _accounting(st)) for i in items}
         now = time.time()
         for obj in items:
             if expired_past_ttl(obj, self.node, self.settings.ttl, now):
