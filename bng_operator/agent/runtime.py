@@ -128,18 +128,16 @@ class Agent:
                 self.fast_path = fp
                 self.expiry.before.append(fp.persist_renewals)
                 self.expiry.renewed_elsewhere = fp.kernel_expiry
-        if st.qos:
-            qos = QosFeature(m, st.bpf_pin_root, self.config,
-                             lambda: list(server.by_address.values()))
-            if qos.start():
-                self.qos = qos
+        if st.qos:  # loaded once DHCP is served (below): shaping outlives a restart anyway
+            self.qos = QosFeature(m, st.bpf_pin_root, self.config,
+                                  lambda: list(server.by_address.values()),
+                                  changed=lambda: setattr(self.health, "dirty", True))
         server.expire()
         server.take_events()  # ended before anyone followed them: the store has them
         await store.commit()
         if self.fast_path is not None:
             self.fast_path.warm()
-        if self.qos is not None:
-            self.qos.warm()
+
         log.info("node %s: %d leases restored from %s, %d pools, %d classes, source %s",
                  self.config.node_name, len(server.by_address), path, len(self.config.pools),
                  len(self.config.classes), self.source.describe())
@@ -163,6 +161,8 @@ class Agent:
                               "port? (--metrics-port)") from e
         loop.add_signal_handler(signal.SIGHUP, self._reload_wanted.set)
         tasks = [asyncio.create_task(self._tick(stop)), asyncio.create_task(self._reloader(stop))]
+        if self.qos is not None:
+            tasks.append(asyncio.create_task(self._start_qos(self.qos)))
         if self.fast_path is not None:
             tasks.append(asyncio.create_task(self.fast_path.sync(stop, st.sync_interval)))
         watch_stop = threading.Event()
@@ -195,6 +195,16 @@ class Agent:
                 self.fast_path.stop()
             if self.qos is not None:
                 self.qos.stop()
+
+    async def _start_qos(self, qos: QosFeature) -> None:
+        """Shaping's programs compile in seconds: loaded after DHCP is served, then
+        brought in line with the sessions of the moment (those bound meanwhile too)."""
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, qos.start):
+            qos.warm()
+            if self.reporting is not None:  # the Subscribers bound meanwhile show their QoS
+                self.reporting.reporter.need_resync = True
+        self.health.dirty = True
 
     def ready(self) -> tuple[bool, str]:
         return self.health.ready()

@@ -109,7 +109,7 @@ def test_sigkill_under_load_loses_no_acknowledged_lease(make_site: Callable[...,
 
     def load() -> None:
         r = site.lab.run(site.relay, "perfdhcp", "-4", "-l", "198.51.100.2", "-r", "400", "-R",
-                         "3000", "-p", "8", "198.51.100.1", check=False, timeout=60)
+                         "3000", "-p", "12", "198.51.100.1", check=False, timeout=60)
         result["out"] = r.stdout
 
     with capture(site.relay, "eth0", tmp_path / "load.pcap") as pcap:

@@ -141,7 +141,10 @@ def test_each_agent_reports_its_bngnode_status(site: K8sSite) -> None:
         def reported(name: str = name) -> Any:
             n = site.get("bngnode", name)
             st = n.get("status") or {}
-            return n if sum(b["leases"] for b in st.get("blocks", [])) == 3 else None
+            return n if sum(b["leases"] for b in st.get("blocks", [])) == 3 and \
+                all(p["attached"] for p in st.get("programs", [{"attached": False}])) and \
+                {m["name"]: m["entries"] for m in st.get("maps", [])}.get("qos_sessions") == 3 \
+                else None
 
         node = wait_for(f"{name} reports its 3 leases", reported, 10, 0.3)
         st = node["status"]

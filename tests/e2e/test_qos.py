@@ -59,6 +59,10 @@ def shaped(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[Callable[
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for ns in site.subscribers:
             clients.dhclient(ns, "eth0", tmp_path)
+        deadline = time.monotonic() + 30  # shaping loads once DHCP is served
+        while site.metrics().get("bng_qos_subscribers_shaped") != subscribers:
+            assert time.monotonic() < deadline, "sessions not shaped within 30 s"
+            time.sleep(0.2)
         return site
 
     yield make
@@ -87,8 +91,6 @@ def _iperf(site: Site, reverse: bool) -> list[float]:
 def test_each_subscriber_gets_its_policys_rates_down_and_up(
         shaped: Callable[..., Site], down: str, up: str) -> None:
     site = shaped(3, down, up)
-    time.sleep(1)  # the worker installed their classes
-    assert site.metrics()["bng_qos_subscribers_shaped"] == 3
     for reverse, rate in ((True, down), (False, up)):
         ideal = _bps(rate) * IDEAL
         got = _iperf(site, reverse)

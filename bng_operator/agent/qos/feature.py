@@ -49,6 +49,7 @@ class QosFeature:
     pin_root: Path
     config: NodeConfig
     leases: Callable[[], Iterable[Lease]]  # the bound leases now (the DHCP server's)
+    changed: Callable[[], None] = lambda: None  # what the BNGNode status shows changed
     name: str = "qos"
     path: QosPath | None = field(default=None, init=False)
     minors: Minors = field(default_factory=Minors, init=False)
@@ -66,16 +67,18 @@ class QosFeature:
         from bng_operator.agent.dataplane.qos import QosPath
 
         try:
-            self.path = QosPath(self.config.max_leases, self.pin_root)
+            path = QosPath(self.config.max_leases, self.pin_root)
         except DataplaneError as e:
             log.error("shaping unavailable, subscribers go unshaped: %s", e)
             self.metrics.qos_errors.labels("load").inc()
             return False
-        for address, minor in self.path.installed().items():
+        for address, minor in path.installed().items():
             self.minors.take(address, minor)
         log.info("shaping: %s generation %s, %d sessions in its maps",
-                 "adopted" if self.path.adopted else "loaded", self.path.generation,
+                 "adopted" if path.adopted else "loaded", path.generation,
                  len(self.minors.by_address))
+        # Last: until now events were ignored; warm() then covers every session bound.
+        self.path = path
         return True
 
     def warm(self) -> None:
@@ -115,6 +118,7 @@ class QosFeature:
                 log.error("shaping on %s failed: %s; its subscribers go unshaped", name, e)
                 continue
             self.attached.add(name)
+            self.changed()
             # Classes are per interface: one attached now needs those of every session.
             for address, rates in list(self.installed.items()):
                 self._classes(name, self.minors.by_address[address], rates)
