@@ -35,6 +35,7 @@ from bng_operator.agent.fastpath import entries
 from bng_operator.agent.fastpath.entries import FastEntry, entry_for, subnet_options
 from bng_operator.api import SubscriberClass
 from bng_operator.api.documents import parse
+from tests.bpf.cheader import enum_names
 
 HEADER = Path(fastpath.SOURCE).parent / "lib" / "dhcp.h"
 SERVER_MAC = bytes.fromhex("02aabbccddee")
@@ -64,12 +65,7 @@ def test_constants_agree_with_the_c_header() -> None:
         assert getattr(fastpath, name) == int(value), name
     for name in ("MAX_RELAY_AGENT_LEN", "MAX_CLIENT_ID_LEN", "MAX_DNS", "MAX_DOMAIN_LEN"):
         assert int(defines[name]) == getattr(entries, name), name
-    enum = re.search(r"enum fastpath_counter \{(.*?)\};", h, re.S)
-    assert enum is not None
-    body = re.sub(r"//[^\n]*", "", enum.group(1))
-    names = [n.strip().split("=")[0].strip().removeprefix("CNT_").lower()
-             for n in body.split(",") if n.strip()]
-    assert names == [*fastpath.COUNTERS, "max"]
+    assert enum_names(h, "fastpath_counter", "CNT_") == [*fastpath.COUNTERS, "max"]
     assert int(defines["BOOTP_FIXED"]) == HEADER_LEN
     assert int(defines["CIRCUIT_HASH_MUL"].strip().removesuffix("ULL"), 16) == \
         entries.CIRCUIT_HASH_MUL

@@ -4,7 +4,6 @@ unshaped, counted by reason. And the C header and the Python mirror agree."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -15,6 +14,7 @@ from bng_operator.agent.dataplane import qos
 from bng_operator.agent.dataplane.loader import BPF_DIR
 from bng_operator.agent.dataplane.loader import test_run as run_prog
 from bng_operator.agent.dhcp.transport import build_frame
+from tests.bpf.cheader import enum_names
 
 HEADER = Path(BPF_DIR) / "lib" / "qos.h"
 TC_ACT_OK, TC_ACT_REDIRECT = 0, 7
@@ -25,12 +25,7 @@ MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 
 def test_constants_agree_with_the_c_header() -> None:
     h = HEADER.read_text()
-    enum = re.search(r"enum qos_stat \{(.*?)\};", h, re.S)
-    assert enum is not None
-    body = re.sub(r"//[^\n]*", "", enum.group(1))
-    names = [n.strip().split("=")[0].strip().removeprefix("QOS_").lower()
-             for n in body.split(",") if n.strip()]
-    assert names == [*qos.STATS, "stats_max"]
+    assert enum_names(h, "qos_stat", "QOS_") == [*qos.STATS, "stats_max"]
     assert f"#define QOS_INTERFACES {qos.QOS_INTERFACES}" in h
 
 

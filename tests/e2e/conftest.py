@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,6 +30,16 @@ spec:
   match: {relays: [198.51.100.0/24]}
   pool: business
 """
+
+
+def wait(what: str, pred: Callable[[], object], timeout: float = 30) -> None:
+    """Until ``pred()`` is true, polling; fails the test naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -8,27 +8,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bng_lab import chart, clients
 from bng_lab.site import Site
 from bng_operator import netlink
+from tests.e2e.conftest import wait
 
 FAST_ACKS = 'bng_dhcp_requests_total{path="fast",result="ack",type="request"}'
 SUBSCRIBERS = 2
 BNGNODE = (Path(__file__).resolve().parents[2] / "config" / "samples" /
            "bngnode-standalone.yaml").read_text()
-
-
-def _wait(what: str, pred: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _capabilities(pid: int, which: str) -> set[str]:
@@ -67,9 +58,9 @@ def test_the_agent_keeps_its_fast_path_with_only_the_charts_capabilities(
 
     procs = [clients.dhclient_renewing(ns, "eth0", tmp_path, 2) for ns in site.subscribers]
     try:
-        _wait("every client bound",
+        wait("every client bound",
               lambda: all(clients.lease_history(ns, tmp_path) for ns in site.subscribers))
-        _wait("a fast ACK", lambda: _fast_acks(site) >= 1)
+        wait("a fast ACK", lambda: _fast_acks(site) >= 1)
         program = netlink.xdp_program_id(site.access, site.bng)
 
         # Killed and started again: it re-opens the pinned maps and adopts the program.
@@ -81,7 +72,7 @@ def test_the_agent_keeps_its_fast_path_with_only_the_charts_capabilities(
         assert m['bng_ebpf_map_entries{map="subscribers"}'] == SUBSCRIBERS
         assert m[f'bng_ebpf_program_attached{{interface="{site.access}",program="xdp_dhcp"}}'] == 1
         slow, fast = _slow_requests(site), _fast_acks(site)
-        _wait("renewals in the kernel after the restart",
+        wait("renewals in the kernel after the restart",
               lambda: _fast_acks(site) >= fast + 2 * SUBSCRIBERS)
         assert _slow_requests(site) == slow
 
@@ -99,7 +90,7 @@ def test_the_agent_keeps_its_fast_path_with_only_the_charts_capabilities(
         assert len(generations) == 1, generations
         assert site.metrics()['bng_ebpf_map_entries{map="subscribers"}'] == SUBSCRIBERS
         slow, fast = _slow_requests(site), _fast_acks(site)
-        _wait("renewals in the kernel after the upgrade",
+        wait("renewals in the kernel after the upgrade",
               lambda: _fast_acks(site) >= fast + 2 * SUBSCRIBERS)
         assert _slow_requests(site) == slow
     finally:

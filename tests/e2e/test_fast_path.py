@@ -19,6 +19,7 @@ from bng_lab import clients
 from bng_lab.capture import capture, checksums_ok, dhcp_payloads
 from bng_lab.site import Site, subscriber_mac
 from bng_operator import netlink
+from tests.e2e.conftest import wait
 
 RENEW_EVERY = 2  # seconds; dhclient's config overrides T1
 SUBSCRIBERS = 2
@@ -29,15 +30,6 @@ def _slow_requests(site: Site) -> float:
     return sum(v for k, v in site.metrics().items()
                if k.startswith("bng_dhcp_requests_total{") and 'path="slow"' in k
                and 'type="request"' in k)
-
-
-def _wait(what: str, pred: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _history(site: Site, tmp_path: Path) -> list[list[dict[str, str]]]:
@@ -56,7 +48,7 @@ def renewing(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[Site]:
     procs = [clients.dhclient_renewing(ns, "eth0", tmp_path, RENEW_EVERY)
              for ns in site.subscribers]
     try:
-        _wait("every client bound", lambda: all(_history(site, tmp_path)))
+        wait("every client bound", lambda: all(_history(site, tmp_path)))
         yield site
     finally:
         for p in procs:
@@ -66,7 +58,7 @@ def renewing(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[Site]:
 
 def test_dhclient_renewals_are_answered_by_xdp(renewing: Site, tmp_path: Path) -> None:
     site = renewing
-    _wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
+    wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
     slow = _slow_requests(site)
     fast = site.metrics()[FAST_ACKS]
     before = [len(a) for a in _acks(site, tmp_path)]
@@ -77,7 +69,7 @@ def test_dhclient_renewals_are_answered_by_xdp(renewing: Site, tmp_path: Path) -
             m["bng_fastpath_renewals_persisted_total"] >= 2 * SUBSCRIBERS and \
             all(len(a) >= n + 2 for n, a in zip(before, _acks(site, tmp_path), strict=True))
 
-    _wait("two more renewals per client", renewed)
+    wait("two more renewals per client", renewed)
     m = site.metrics()
     assert _slow_requests(site) == slow  # the slow path saw none of them
     for n, acks in zip(before, _acks(site, tmp_path), strict=True):
@@ -104,13 +96,13 @@ def _stored_expiries(site: Site) -> dict[str, float]:
 def test_kill_9_keeps_renewals_answered_and_a_restart_loses_nothing(renewing: Site,
                                                                     tmp_path: Path) -> None:
     site = renewing
-    _wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
+    wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
     program = netlink.xdp_program_id(site.access, site.bng)
     assert program is not None
     site.stop_agent(signal.SIGKILL)
     killed_at = time.time()
     counts = [len(a) for a in _acks(site, tmp_path)]
-    _wait("renewals answered with no agent running",
+    wait("renewals answered with no agent running",
           lambda: all(len(a) >= n + 2 for n, a in zip(counts, _acks(site, tmp_path),
                                                       strict=True)), timeout=20)
     assert netlink.xdp_program_id(site.access, site.bng) == program
@@ -127,7 +119,7 @@ def test_kill_9_keeps_renewals_answered_and_a_restart_loses_nothing(renewing: Si
     assert m['bng_ebpf_map_entries{map="subscribers"}'] == SUBSCRIBERS
     slow = _slow_requests(site)
     fast = m.get(FAST_ACKS, 0)
-    _wait("renewals after the restart", lambda: site.metrics().get(FAST_ACKS, 0) >= fast + SUBSCRIBERS)
+    wait("renewals after the restart", lambda: site.metrics().get(FAST_ACKS, 0) >= fast + SUBSCRIBERS)
     assert _slow_requests(site) == slow
     # The renewals answered while no agent ran moved the stored lease ends: they were taken
     # from the pinned maps at start, not lost.
@@ -139,13 +131,13 @@ def test_kill_9_keeps_renewals_answered_and_a_restart_loses_nothing(renewing: Si
 
 def test_a_dns_change_reaches_the_next_fast_reply(renewing: Site, tmp_path: Path) -> None:
     site = renewing
-    _wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
+    wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
     pool = site.config[0] / "ippool-residential.yaml"
     pool.write_text(pool.read_text().replace("192.0.2.54", "192.0.2.99"))
     slow = _slow_requests(site)
     assert site.agent is not None
     os.kill(site.agent.pid, signal.SIGHUP)
-    _wait("the new DNS servers in every client's lease",
+    wait("the new DNS servers in every client's lease",
           lambda: all(h[-1].get("domain-name-servers") == "192.0.2.53,192.0.2.99"
                       for h in _history(site, tmp_path)), timeout=20)
     assert _slow_requests(site) == slow  # the fast path carried the change
@@ -173,12 +165,12 @@ def test_without_its_agent_the_fast_path_answers_only_within_its_window(
     procs = [clients.dhclient_renewing(ns, "eth0", tmp_path, RENEW_EVERY)
              for ns in site.subscribers]
     try:
-        _wait("every client bound", lambda: all(_history(site, tmp_path)))
-        _wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
+        wait("every client bound", lambda: all(_history(site, tmp_path)))
+        wait("a first fast ACK", lambda: site.metrics().get(FAST_ACKS, 0) >= 1)
         site.stop_agent(signal.SIGKILL)
         killed = time.monotonic()
         counts = [len(a) for a in _acks(site, tmp_path)]
-        _wait("renewals answered within the window",
+        wait("renewals answered within the window",
               lambda: all(len(a) > n for n, a in zip(counts, _acks(site, tmp_path), strict=True)),
               timeout=window - 1)
         time.sleep(max(0.0, killed + window + 1 - time.monotonic()))
@@ -188,7 +180,7 @@ def test_without_its_agent_the_fast_path_answers_only_within_its_window(
 
         site.start_agent("--fast-path-authority", f"{window:.0f}s")
         fast = site.metrics().get(FAST_ACKS, 0)
-        _wait("fast renewals with an agent back",
+        wait("fast renewals with an agent back",
               lambda: site.metrics().get(FAST_ACKS, 0) >= fast + SUBSCRIBERS)
     finally:
         for p in procs:
@@ -232,7 +224,7 @@ def test_unpadded_requests_are_answered_in_the_kernel_agent_up_and_down(
     fast, slow, no_room = site.metrics().get(FAST_ACKS, 0), _slow_requests(site), \
         passed("no_room")
     assert acks_received("up") == n
-    _wait("the kernel's counters read", lambda: site.metrics().get(FAST_ACKS, 0) >= fast + n)
+    wait("the kernel's counters read", lambda: site.metrics().get(FAST_ACKS, 0) >= fast + n)
     assert site.metrics()[FAST_ACKS] == fast + n
     assert passed("no_room") == no_room and _slow_requests(site) == slow
 

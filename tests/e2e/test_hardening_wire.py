@@ -22,7 +22,7 @@ from bng_lab.netlab import in_netns
 from bng_lab.port import Port, Reply, bootreply, client_frame, dora, port
 from bng_lab.site import Site
 from bng_operator.agent.dhcp.codec import MessageType, Opt, encode
-from tests.e2e.conftest import DEFAULT_CLASS
+from tests.e2e.conftest import DEFAULT_CLASS, wait
 
 RESIDENTIAL = ipaddress.ip_network("100.64.0.0/20")
 BUSINESS = ipaddress.ip_network("198.51.100.0/24")
@@ -36,15 +36,6 @@ def random_mac(rng: random.Random) -> bytes:
     b = bytearray(rng.randbytes(6))
     b[0] = (b[0] & 0xFC) | 0x02
     return bytes(b)
-
-
-def _wait(what: str, pred: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --- issue 14, point 3: one access port cannot starve the pool ----------------------------------
@@ -176,14 +167,14 @@ def test_one_port_flooding_discovers_and_declines_cannot_starve_the_pool(
         flood.start()
         sampler.start()
         try:
-            _wait("the flood at the agent", lambda: _discovers(site.metrics()) >= 2 * size)
+            wait("the flood at the agent", lambda: _discovers(site.metrics()) >= 2 * size)
             # The other ports, while the flood goes on (it runs until they are done).
             served = [clients.udhcpc(ns, "eth0", tmp_path, timeout=10)
                       for ns in site.subscribers[1:]]
             assert flood.is_alive(), flood.error
             # A round of forged DECLINEs more, now that every address of theirs is bound.
             after = flood.declines_sent
-            _wait("a round of DECLINEs", lambda: flood.declines_sent >= after + len(declines))
+            wait("a round of DECLINEs", lambda: flood.declines_sent >= after + len(declines))
         finally:
             flood.stop.set()
             flood.join(timeout=60)
@@ -328,7 +319,7 @@ def test_a_forged_circuit_id_on_an_untrusted_port_gets_no_business_address(
             assert a is not None and a.kind == MessageType.ACK and str(a.yiaddr) == RESERVED, a
         finally:
             relay.close()
-        _wait("the line in the fast path's map",
+        wait("the line in the fast path's map",
               lambda: site.metrics().get('bng_ebpf_map_entries{map="circuits"}', 0) == 1)
 
         # 3. The forged line again, and a REQUEST for the reserved address itself: now the
@@ -343,11 +334,11 @@ def test_a_forged_circuit_id_on_an_untrusted_port_gets_no_business_address(
         assert not [r for r in forger.seen if r.yiaddr in BUSINESS], forger.seen
         if untrusted == "drop":
             assert (offer, ack, nak) == (None, None, None)
-            _wait("the drops counted", lambda: drops() >= drops_before + 2)
+            wait("the drops counted", lambda: drops() >= drops_before + 2)
         else:
             assert ack is not None and ack.kind == MessageType.ACK and ack.yiaddr == own
             assert nak is not None and nak.kind == MessageType.NAK
-        _wait("the XDP program's passes counted", lambda: xdp_passed() >= passed + 2)
+        wait("the XDP program's passes counted", lambda: xdp_passed() >= passed + 2)
         assert fast() == fast_before  # the fast path answered none of them
 
     db = sqlite3.connect(site.state_dir / f"leases-{site.node}.sqlite")

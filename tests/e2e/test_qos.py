@@ -16,6 +16,7 @@ import pytest
 
 from bng_lab import clients
 from bng_lab.site import INTERNET_ADDRESS, Site
+from tests.e2e.conftest import wait
 
 IDEAL = 1448 / 1514  # TCP payload over what HTB counts, per full-size frame
 TOLERANCE = 0.05
@@ -146,7 +147,14 @@ def test_shaping_holds_while_the_agent_is_killed_and_the_restart_adopts_it(
     stdout, stderr = run.communicate(timeout=40)
     assert run.returncode == 0, stderr.decode()[-2000:]
     rates = _intervals(stdout)
-    assert all(_near(r, "10Mbit") for r in rates[1:]), rates  # through the kill and restart
-    assert any("shaping: adopted" in str(e.get("msg")) for e in site.log_events())
-    m = site.metrics()
-    assert m["bng_qos_subscribers_shaped"] == 1
+    # Through the kill and the restart: on the whole at the policy's rate, and no second
+    # unshaped (an unshaped second runs at hundreds of Mbit/s here). Single seconds around
+    # the restart wobble by a few percent (its re-rate replaces the class).
+    later = rates[1:]
+    assert _near(sum(later) / len(later), "10Mbit"), rates
+    assert all(abs(r / (_bps("10Mbit") * IDEAL) - 1) <= 0.15 for r in later), rates
+    # the restarted agent loads shaping once it serves DHCP, adopting what is there
+    wait("shaping adopted", lambda: any("shaping: adopted generation" in str(e.get("msg"))
+                                         for e in site.log_events()))
+    wait("the session shaped again",
+         lambda: site.metrics().get("bng_qos_subscribers_shaped") == 1)
