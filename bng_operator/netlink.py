@@ -269,22 +269,43 @@ def ensure_htb(ifname: str, ns: str | None = None) -> bool:
     return True
 
 
-def htb_class(ifname: str, minor: int, rate_bps: int, burst_bytes: int,
-              ns: str | None = None) -> None:
-    """Class 1:``minor`` of the HTB root at ``rate_bps`` with ``burst_bytes`` (made, or
-    changed in place: its queue is kept)."""
-    with route(ns) as ipr:
-        idx = _index(ipr, ifname, ns)
-        ipr.tc("replace-class", "htb", idx, TC_ROOT | minor, parent=TC_ROOT,
-               rate=f"{rate_bps}bit", ceil=f"{rate_bps}bit", burst=burst_bytes,
-               cburst=burst_bytes)
+class Tc:
+    """One rtnetlink socket for many class changes: a class then costs one request, not a
+    socket and a dump of every link. For one thread; ``close`` when done."""
 
+    def __init__(self, ns: str | None = None) -> None:
+        self._ns = ns
+        self._ipr = NetNS(ns) if ns else IPRoute()
+        self._indexes: dict[str, int] = {}
 
-def del_htb_class(ifname: str, minor: int, ns: str | None = None) -> None:
-    with route(ns) as ipr:
-        idx = _index(ipr, ifname, ns)
+    def _index(self, ifname: str) -> int:
+        if ifname not in self._indexes:
+            self._indexes[ifname] = _index(self._ipr, ifname, self._ns)
+        return self._indexes[ifname]
+
+    def _class(self, command: str, ifname: str, minor: int, **kw: Any) -> None:
+        try:
+            self._ipr.tc(command, "htb", self._index(ifname), TC_ROOT | minor, parent=TC_ROOT,
+                         **kw)
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise
+            self._indexes.pop(ifname, None)  # made again since: look it up once more
+            self._ipr.tc(command, "htb", self._index(ifname), TC_ROOT | minor, parent=TC_ROOT,
+                         **kw)
+
+    def htb_class(self, ifname: str, minor: int, rate_bps: int, burst_bytes: int) -> None:
+        """Class 1:``minor`` of the HTB root at ``rate_bps`` with ``burst_bytes`` (made, or
+        changed in place: its queue is kept)."""
+        self._class("replace-class", ifname, minor, rate=f"{rate_bps}bit",
+                    ceil=f"{rate_bps}bit", burst=burst_bytes, cburst=burst_bytes)
+
+    def del_htb_class(self, ifname: str, minor: int) -> None:
         with contextlib.suppress(NetlinkError):  # gone already
-            ipr.tc("del-class", "htb", idx, TC_ROOT | minor, parent=TC_ROOT)
+            self._class("del-class", ifname, minor)
+
+    def close(self) -> None:
+        self._ipr.close()
 
 
 def htb_minors(ifname: str, ns: str | None = None) -> set[int]:

@@ -57,6 +57,7 @@ class QosFeature:
     attached: set[str] = field(default_factory=set, init=False)
     _work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bng-qos"), init=False)
+    _tc: netlink.Tc | None = field(default=None, init=False)  # the worker's socket
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -97,6 +98,8 @@ class QosFeature:
 
     def stop(self) -> None:
         self._work.shutdown(wait=True)
+        if self._tc is not None:
+            self._tc.close()
         if self.path is not None:
             self.path.close()
 
@@ -203,9 +206,15 @@ class QosFeature:
         self.metrics.qos_install_seconds.observe(time.perf_counter() - t0)
         self.metrics.qos_shaped.set(len(self.installed))
 
+    @property
+    def tc(self) -> netlink.Tc:
+        if self._tc is None:
+            self._tc = netlink.Tc()
+        return self._tc
+
     def _classes(self, ifname: str, minor: int, rates: ShapingRates) -> None:
-        netlink.htb_class(ifname, minor, rates.down_bps, rates.down_burst)
-        netlink.htb_class(ifb_name(ifname), minor, rates.up_bps, rates.up_burst)
+        self.tc.htb_class(ifname, minor, rates.down_bps, rates.down_burst)
+        self.tc.htb_class(ifb_name(ifname), minor, rates.up_bps, rates.up_burst)
 
     def _remove(self, address: int) -> None:
         assert self.path is not None
@@ -214,8 +223,8 @@ class QosFeature:
             return
         self.path.delete(address)  # before the classes: never a class id HTB lacks
         for name in self.attached:
-            netlink.del_htb_class(name, minor)
-            netlink.del_htb_class(ifb_name(name), minor)
+            self.tc.del_htb_class(name, minor)
+            self.tc.del_htb_class(ifb_name(name), minor)
         self.minors.release(address)
         self.installed.pop(address, None)
         self.metrics.qos_shaped.set(len(self.installed))
