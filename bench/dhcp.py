@@ -71,28 +71,9 @@ MAX_DROPS = 2.5  # percent
 KNOWN_CLIENTS = 500
 KNOWN_CLIENTS_KERNEL = 4096
 KEA_RCVBUF_FACTOR = 4  # see kernel_search
-CIDR, GATEWAY, RELAY = "100.64.0.0/14", "100.64.0.1", "100.64.0.2"
-POOL = f"""apiVersion: bng.dev/v1alpha1
-kind: IPPool
-metadata: {{name: residential}}
-spec:
-  subnets: [{{cidr: {CIDR}, gateway: {GATEWAY}, exclude: [{{start: {RELAY}}}]}}]
-  blockSize: 16
-  leaseTime: 1h
-  dns: [192.0.2.53]
----
-apiVersion: bng.dev/v1alpha1
-kind: SubscriberClass
-metadata: {{name: everyone}}
-spec: {{pool: residential}}
----
-apiVersion: bng.dev/v1alpha1
-kind: BNGNode
-metadata: {{name: edge-1}}
-spec:
-  nodeName: edge-1
-  interfaces: {{access: [access0]}}
-"""
+CIDR = "100.64.0.0/14"
+GATEWAY, RELAY = dhcpgen.GATEWAY, dhcpgen.RELAY
+POOL = dhcpgen.site_config(CIDR, 16, "1h")
 
 
 # Kea 2.2 in each configuration it runs in, by the name the output gives it: what it adds to

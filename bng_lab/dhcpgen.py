@@ -241,6 +241,35 @@ class Generator:
                       self._histogram("delay_ack"))
 
 
+GATEWAY, RELAY = "100.64.0.1", "100.64.0.2"
+
+
+def site_config(cidr: str, block_size: int, lease_time: str) -> str:
+    """A node's whole configuration for the generator's clients: one pool on ``cidr``
+    (gateway GATEWAY, the relay's RELAY excluded) and one class for everyone."""
+    return f"""apiVersion: bng.dev/v1alpha1
+kind: IPPool
+metadata: {{name: residential}}
+spec:
+  subnets: [{{cidr: {cidr}, gateway: {GATEWAY}, exclude: [{{start: {RELAY}}}]}}]
+  blockSize: {block_size}
+  leaseTime: {lease_time}
+  dns: [192.0.2.53]
+---
+apiVersion: bng.dev/v1alpha1
+kind: SubscriberClass
+metadata: {{name: everyone}}
+spec: {{pool: residential}}
+---
+apiVersion: bng.dev/v1alpha1
+kind: BNGNode
+metadata: {{name: edge-1}}
+spec:
+  nodeName: edge-1
+  interfaces: {{access: [access0]}}
+"""
+
+
 def summary(r: Result) -> dict[str, Any]:
     return {"asked": r.rate, "sent_per_s": round(r.sent_rate), "leases_per_s": round(r.leases_rate),
             "drops_percent": round(r.drops, 2), "counts": r.counts,

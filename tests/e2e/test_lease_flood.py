@@ -23,27 +23,8 @@ from bng_operator.agent.dataplane.loader import pinned_map_items
 
 SUBSCRIBERS = 200
 LEASE = 60  # seconds: IPPool's shortest
-GATEWAY, RELAY = "100.64.0.1", "100.64.0.2"
-POOL = f"""apiVersion: bng.dev/v1alpha1
-kind: IPPool
-metadata: {{name: residential}}
-spec:
-  subnets: [{{cidr: 100.64.0.0/20, gateway: {GATEWAY}, exclude: [{{start: {RELAY}}}]}}]
-  blockSize: 24
-  leaseTime: {LEASE}s
----
-apiVersion: bng.dev/v1alpha1
-kind: SubscriberClass
-metadata: {{name: everyone}}
-spec: {{pool: residential}}
----
-apiVersion: bng.dev/v1alpha1
-kind: BNGNode
-metadata: {{name: edge-1}}
-spec:
-  nodeName: edge-1
-  interfaces: {{access: [access0]}}
-"""
+GATEWAY, RELAY = dhcpgen.GATEWAY, dhcpgen.RELAY
+POOL = dhcpgen.site_config("100.64.0.0/20", 24, f"{LEASE}s")
 
 
 def _bound(site: Site) -> dict[str, tuple[str, float]]:
