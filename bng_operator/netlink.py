@@ -83,13 +83,6 @@ def add_veth_pair(name: str, ns: str | None, peer: str, peer_ns: str | None) -> 
         ipr.link("add", ifname=name, kind="veth", peer=p)
 
 
-def add_vlan(parent: str, vid: int, name: str, ns: str | None = None) -> None:
-    """An 802.1Q interface ``name`` on ``parent``, tagging with ``vid``, up."""
-    with route(ns) as ipr:
-        ipr.link("add", ifname=name, kind="vlan", link=_index(ipr, parent, ns), vlan_id=vid)
-        ipr.link("set", index=_index(ipr, name, ns), state="up")
-
-
 def set_up(ifname: str, ns: str | None = None) -> None:
     with route(ns) as ipr:
         ipr.link("set", index=_index(ipr, ifname, ns), state="up")
@@ -306,14 +299,6 @@ class Tc:
 
     def close(self) -> None:
         self._ipr.close()
-
-
-def htb_minors(ifname: str, ns: str | None = None) -> set[int]:
-    """The minors of the classes under the HTB root."""
-    with route(ns) as ipr:
-        idx = _index(ipr, ifname, ns)
-        return {c["handle"] & 0xFFFF for c in ipr.get_classes(idx)
-                if c["handle"] >> 16 == TC_ROOT >> 16}
 
 
 def attach_tc(ifname: str, prog_fd: int, direction: TcDirection, name: str,

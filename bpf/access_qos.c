@@ -37,41 +37,59 @@ static __always_inline __be32 address(struct __sk_buff *skb, __u32 off)
     return a;
 }
 
-int qos_down(struct __sk_buff *skb)
+// The session at the packet's address ``off`` (destination or source), or NULL, counted
+// under ``not_ipv4`` or ``unknown`` by why not.
+static __always_inline struct qos_session *session_at(struct __sk_buff *skb, __u32 off,
+                                                      __u32 not_ipv4, __u32 unknown,
+                                                      __be32 *addr)
 {
-    __be32 dst = address(skb, offsetof(struct iphdr, daddr));
-    if (!dst) {
-        stat(QOS_DOWN_NOT_IPV4);
-        return TC_ACT_OK;
+    *addr = address(skb, off);
+    if (!*addr) {
+        stat(not_ipv4);
+        return NULL;
     }
-    struct qos_session *s = qos_sessions.lookup(&dst);
-    if (!s) {
-        stat(QOS_DOWN_UNKNOWN);
-        return TC_ACT_OK;
-    }
-    skb->priority = s->down_class;
-    struct qos_counters *c = qos_counters.lookup(&dst);
-    if (c) {
+    struct qos_session *s = qos_sessions.lookup(addr);
+    if (!s)
+        stat(unknown);
+    return s;
+}
+
+// The packet into the session's counters, one way (``up``: from the subscriber).
+static __always_inline void count(struct __sk_buff *skb, __be32 *addr, int up)
+{
+    struct qos_counters *c = qos_counters.lookup(addr);
+    if (!c)
+        return;
+    if (up) {
+        c->packets_up += 1;
+        c->bytes_up += skb->len;
+    } else {
         c->packets_down += 1;
         c->bytes_down += skb->len;
-        c->last_seen_ns = bpf_ktime_get_ns();
     }
+    c->last_seen_ns = bpf_ktime_get_ns();
+}
+
+int qos_down(struct __sk_buff *skb)
+{
+    __be32 dst;
+    struct qos_session *s = session_at(skb, offsetof(struct iphdr, daddr), QOS_DOWN_NOT_IPV4,
+                                       QOS_DOWN_UNKNOWN, &dst);
+    if (!s)
+        return TC_ACT_OK;
+    skb->priority = s->down_class;
+    count(skb, &dst, 0);
     stat(QOS_DOWN_SHAPED);
     return TC_ACT_OK;
 }
 
 int qos_up(struct __sk_buff *skb)
 {
-    __be32 src = address(skb, offsetof(struct iphdr, saddr));
-    if (!src) {
-        stat(QOS_UP_NOT_IPV4);
+    __be32 src;
+    struct qos_session *s = session_at(skb, offsetof(struct iphdr, saddr), QOS_UP_NOT_IPV4,
+                                       QOS_UP_UNKNOWN, &src);
+    if (!s)
         return TC_ACT_OK;
-    }
-    struct qos_session *s = qos_sessions.lookup(&src);
-    if (!s) {
-        stat(QOS_UP_UNKNOWN);
-        return TC_ACT_OK;
-    }
     // DHCP to the server is not queued: after the IFB the packet passes the agent's packet
     // socket again, and a request seen twice is answered twice.
     __u8 proto = 0;
@@ -91,12 +109,7 @@ int qos_up(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     skb->priority = s->up_class;
-    struct qos_counters *c = qos_counters.lookup(&src);
-    if (c) {
-        c->packets_up += 1;
-        c->bytes_up += skb->len;
-        c->last_seen_ns = bpf_ktime_get_ns();
-    }
+    count(skb, &src, 1);
     stat(QOS_UP_SHAPED);
     return bpf_redirect(*ifb, 0);
 }

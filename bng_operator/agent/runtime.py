@@ -211,7 +211,9 @@ class Agent:
 
     def _reporting(self, source: KubeSource) -> KubeReporting:
         st = self.settings
-        reporter = KubeReporter(source.api, st.node, st.namespace, st.report, self.metrics)
+        reporter = KubeReporter(source.api, st.node, st.namespace, st.report, self.metrics,
+                                extra=lambda lease: (self.qos.status(lease)
+                                                     if self.qos is not None else {}))
         view = NodeView(
             config=lambda: self._config,
             generation=lambda: getattr(self.source, "generation", None),
@@ -225,9 +227,7 @@ class Agent:
             fast_path_on=lambda: self.fast_path is not None)
         assert self.server is not None
         return KubeReporting(reporter, self.server, self.health, view,
-                             st.report.accounting_interval, st.status_interval,
-                             extra=lambda lease: (self.qos.status(lease)
-                                                  if self.qos is not None else {}))
+                             st.report.accounting_interval, st.status_interval)
 
     @property
     def _config(self) -> NodeConfig:

@@ -26,7 +26,7 @@ from bng_operator.api.bngnode import MapFill, ProgramStatus
 from bng_operator.metrics import AgentMetrics
 
 if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when shaping is on
-    from bng_operator.agent.dataplane.qos import Counters, QosPath
+    from bng_operator.agent.dataplane.qos import QosPath
 
 log = logging.getLogger("bng.agent.qos")
 
@@ -167,10 +167,6 @@ class QosFeature:
         return {"qos": {"policy": rates.policy, "download": rates.down, "upload": rates.up},
                 "counters": {"rxBytes": c.bytes_down, "rxPackets": c.packets_down,
                              "txBytes": c.bytes_up, "txPackets": c.packets_up}}
-
-    def counters(self, address: int) -> Counters | None:
-        return self.path.counters(address) if self.path is not None and \
-            address in self.installed else None
 
     # --- the worker ---------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from bng_operator.agent.config import NodeConfig
 from bng_operator.agent.dhcp.leases import Lease
@@ -54,8 +53,6 @@ class KubeReporting:
     view: NodeView
     accounting_interval: float
     status_interval: float
-    # the status fields other features give a bound session (QoS rates, counters)
-    extra: Callable[[Lease], dict[str, Any]] = lambda lease: {}
     name: str = "report"
     _conditions: list[Condition] = field(default_factory=list)
 
@@ -75,8 +72,7 @@ class KubeReporting:
     def _write(self, lease: Lease | None, event: Event, refresh: bool = False) -> None:
         self.health.dirty = True
         if lease is not None:
-            self.reporter.subscriber(self._name(lease), event, lease, refresh=refresh,
-                                     extra=self.extra(lease))
+            self.reporter.subscriber(self._name(lease), event, lease, refresh=refresh)
 
     def _name(self, lease: Lease) -> str:
         r = self.view.config().reservation_by_key.get(lease.identity)
@@ -109,15 +105,14 @@ class KubeReporting:
                     self.health.dirty = True
                     for lease in list(self.server.by_address.values()):
                         self.reporter.subscriber(self._name(lease), "allocate", lease,
-                                                 background=True, extra=self.extra(lease))
+                                                 background=True)
                 now = time.monotonic()
                 if now >= next_accounting and self.reporter.background_idle():
                     self.reporter.metrics.kube_accounting_interval.set(now - last_round)
                     last_round, next_accounting = now, now + self.accounting_interval
                     for lease in list(self.server.by_address.values()):
                         self.reporter.subscriber(self._name(lease), "allocate", lease,
-                                                 refresh=True, background=True,
-                                                 extra=self.extra(lease))
+                                                 refresh=True, background=True)
                 if self.health.dirty:
                     self.health.dirty = False
                     self.reporter.node_status(self.node_status())

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -78,11 +79,15 @@ def _unreachable(e: Exception) -> bool:
 
 class KubeReporter:
     def __init__(self, api: Any, node: str, namespace: str, settings: ReportSettings,
-                 metrics: AgentMetrics) -> None:
+                 metrics: AgentMetrics,
+                 extra: Callable[[Lease], dict[str, Any]] = lambda lease: {}) -> None:
+        """``extra``: a bound session's status fields of other features (QoS, counters),
+        read by the writer when it writes, never when an update is queued."""
         from kubernetes import client
 
         self.custom = client.CustomObjectsApi(api)
         self.node, self.namespace, self.settings, self.metrics = node, namespace, settings, metrics
+        self.extra = extra
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -121,15 +126,11 @@ class KubeReporter:
         self._thread.join(timeout=TIMEOUT + 1)
 
     def subscriber(self, name: str, event: Event, lease: Lease, refresh: bool = False,
-                   background: bool = False, extra: dict[str, Any] | None = None) -> None:
+                   background: bool = False) -> None:
         """Queue the object's new state: an event, or (``background``) a resync or an
-        accounting refresh, which an event queued for the same object makes moot.
-        ``extra``: status fields of other features (qos, counters)."""
+        accounting refresh, which an event queued for the same object makes moot."""
         snap = replace(lease)
-        st = status(snap, event, self.node, time.time())
-        if extra and event == "allocate":
-            st |= extra
-        u = _Update(snap, event, st, refresh)
+        u = _Update(snap, event, status(snap, event, self.node, time.time()), refresh)
         with self._lock:
             if background:
                 if name in self._pending:
@@ -242,6 +243,8 @@ class KubeReporter:
         from kubernetes.client.exceptions import ApiException
 
         ended = u.event != "allocate"
+        if not ended:
+            u = replace(u, status=u.status | self.extra(u.lease))
         if _unchanged(self._existing.get(name), u):
             return
         if name not in self._known and name not in self._foreign:

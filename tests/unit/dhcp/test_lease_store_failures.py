@@ -34,16 +34,27 @@ def _failing_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: in
     return store, calls
 
 
+def _commits(store: LeaseStore) -> Commits:
+    """The agent's view of the store's commits: readiness and metrics."""
+    return Commits(store, AgentMetrics(), Health(problem=""))
+
+
+def _commit(commits: Commits) -> asyncio.Future[None]:
+    """A commit whose outcome reaches readiness and metrics, as the agent's do."""
+    fut = commits.store.commit()
+    fut.add_done_callback(commits.done)
+    return fut
+
+
 def test_a_failing_write_fails_its_commit_not_the_writer(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     store, calls = _failing_store(tmp_path, monkeypatch, 3, RuntimeError("disk on fire"))
 
     async def run() -> None:
-        metrics, health = AgentMetrics(), Health(problem="")
-        commits = Commits(store, metrics, health)
+        commits = _commits(store)
+        metrics, health = commits.metrics, commits.health
         store.put(bound_lease())
-        fut = store.commit()
-        fut.add_done_callback(commits.done)
+        fut = _commit(commits)
         with pytest.raises(RuntimeError, match="disk on fire"):
             await asyncio.wait_for(fut, 5)
         await asyncio.sleep(0)
@@ -51,8 +62,7 @@ def test_a_failing_write_fails_its_commit_not_the_writer(tmp_path: Path,
         assert health.ready() == (False, "lease store: disk on fire")
         assert metrics.registry.get_sample_value("bng_lease_store_commit_failures_total") == 1
         store.put(bound_lease(address=int(bound_lease().address) + 1))
-        fut = store.commit()
-        fut.add_done_callback(commits.done)
+        fut = _commit(commits)
         await asyncio.wait_for(fut, 5)  # the writer lives on: the next commit goes through
         await asyncio.sleep(0)
         assert health.ready() == (True, "ready")
@@ -90,11 +100,10 @@ def test_a_commit_that_hangs_makes_the_agent_not_ready_until_it_ends(
     monkeypatch.setattr(store, "_write", hanging)
 
     async def run() -> None:
-        metrics, health = AgentMetrics(), Health(problem="")
-        commits = Commits(store, metrics, health)
+        commits = _commits(store)
+        health = commits.health
         store.put(bound_lease())
-        fut = store.commit()
-        fut.add_done_callback(commits.done)
+        fut = _commit(commits)
         await asyncio.sleep(0.3)
         commits.watch(0.2)
         ready, why = health.ready()
