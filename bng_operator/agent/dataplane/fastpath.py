@@ -183,6 +183,11 @@ def generation(source: Path, cflags: dict[str, int | str]) -> str:
     return h.hexdigest()[:12]
 
 
+def is_generation(name: str) -> bool:
+    """Whether a directory under the pin root is a generation's (others: qos/, ...)."""
+    return re.fullmatch(r"[0-9a-f]{12}", name) is not None
+
+
 # The maps that outlive the agent: per generation, but the refresh log above them all.
 GENERATION_MAPS = ("subscribers", "circuits", "subnet_options", "interfaces", "counters",
                    "heartbeat")
@@ -305,9 +310,7 @@ class FastPath:
             return []
         gone = []
         for d in self.pin_root.iterdir():
-            # generations only: other features pin beside them (qos/)
-            if d.is_dir() and d.name != self.generation and \
-                    re.fullmatch(r"[0-9a-f]{12}", d.name):
+            if d.is_dir() and d.name != self.generation and is_generation(d.name):
                 shutil.rmtree(d, ignore_errors=True)
                 gone.append(d.name)
         return gone
