@@ -337,3 +337,62 @@ def remove_shaping(ifname: str, ns: str | None = None) -> None:
             if (kind == "htb" and q["parent"] == 0xFFFFFFFF) or kind == "clsact":
                 with contextlib.suppress(NetlinkError):
                     ipr.tc("del", index=idx, handle=q["handle"], parent=q["parent"])
+
+
+# --- access subnets routed without a neighbour per subscriber -----------------------------
+
+# The one neighbour every access subnet is routed through, on each access interface, with the
+# interface's own MAC: the access data path's egress program puts the session's MAC and tags
+# on each frame (bpf/access_qos.c), so the kernel resolves no subscriber. Link-local, and
+# never on any wire.
+ACCESS_NEXTHOP = "169.254.255.254"
+_RTPROT_BNG = 186  # our routes' protocol: told apart from the kernel's and an operator's
+_NUD_PERMANENT = 0x80
+
+
+def route_access_subnets(ifname: str, subnets: list[tuple[str, str]],
+                         ns: str | None = None) -> list[str]:
+    """Route each (network, gateway) whose gateway is an address of ``ifname`` through
+    ACCESS_NEXTHOP, in place of its connected route. Returns the networks routed."""
+    done = []
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        mine = {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=idx, family=2)}
+        ipr.neigh("replace", dst=ACCESS_NEXTHOP, lladdr=mac, ifindex=idx,
+                  state=_NUD_PERMANENT)
+        for network, gateway in subnets:
+            if gateway not in mine:
+                continue
+            dst, plen = network.split("/")
+            ipr.route("replace", dst=dst, dst_len=int(plen), oif=idx, gateway=ACCESS_NEXTHOP,
+                      prefsrc=gateway, flags=4, proto=_RTPROT_BNG)  # RTNH_F_ONLINK
+            done.append(network)
+    return done
+
+
+def unroute_access_subnets(ifname: str, ns: str | None = None) -> None:
+    """Give ``ifname``'s access subnets their connected routes back (the kernel's own, from
+    its addresses) and drop the fixed neighbour."""
+    with route(ns) as ipr:
+        try:
+            idx = _index(ipr, ifname, ns)
+        except InterfaceMissing:
+            return
+        for r in ipr.get_routes(family=2, oif=idx):
+            if r["proto"] != _RTPROT_BNG:
+                continue
+            dst, plen = r.get_attr("RTA_DST"), r["dst_len"]
+            src = r.get_attr("RTA_PREFSRC")
+            with contextlib.suppress(NetlinkError):
+                ipr.route("replace", dst=dst, dst_len=plen, oif=idx, prefsrc=src, scope=253,
+                          proto=2)  # RT_SCOPE_LINK, RTPROT_KERNEL
+        with contextlib.suppress(NetlinkError):
+            ipr.neigh("del", dst=ACCESS_NEXTHOP, ifindex=idx)
+
+
+def neighbours(ifname: str, ns: str | None = None) -> list[str]:
+    """The IPv4 addresses in ``ifname``'s neighbour table (any state)."""
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        return [str(n.get_attr("NDA_DST")) for n in ipr.get_neighbours(family=2, ifindex=idx)]

@@ -1,6 +1,6 @@
 // XDP on the access interface (access ingress): answer DHCP from known subscribers in the
-// kernel. Later features of this hook (anti-spoofing, upload policing) go here too, as
-// header libraries under lib/.
+// kernel. ARP goes on to the access data path (lib/access.h: a tail call into
+// access_qos.c); the rest of the subscribers' traffic meets it at tc ingress.
 //
 // A DISCOVER or REQUEST from a subscriber with a valid lease in the `subscribers` map is
 // turned into its OFFER or ACK in place and sent back with XDP_TX. Everything else goes to
@@ -16,6 +16,7 @@
 #include <uapi/linux/udp.h>
 
 #include "lib/maps.h"
+#include "lib/access.h"
 #include "lib/dhcp_reply.h"
 
 #define ETH_P_8021Q_ 0x8100
@@ -94,8 +95,13 @@ static __always_inline int handle(struct xdp_md *ctx)
         proto = tag->proto;
         l3 += sizeof(*tag);
     }
-    if (proto != bpf_htons(ETH_P_IP))
+    if (proto != bpf_htons(ETH_P_IP)) {
+        // ARP is the access data path's (answered there for the session's gateway, on its
+        // tags); the call returns only when no program is in the slot.
+        if (proto == bpf_htons(ETH_P_ARP))
+            access_next.call(ctx, ACCESS_NEXT_ARP);
         return pass(CNT_PASS_NOT_DHCP);
+    }
 
     struct iphdr *ip = data + l3;
     if ((void *)(ip + 1) > end)

@@ -1,47 +1,71 @@
-// The access data path's shaping: layouts shared with userspace, and every map, declared
-// once. Mirrored in bng_operator/agent/dataplane/qos.py; tests/bpf/test_qos.py checks that
-// both sides agree.
+// The access data path (bpf/access_qos.c): VLAN termination, anti-spoofing and shaping.
+// Layouts shared with userspace, and every map, declared once. Mirrored in
+// bng_operator/agent/dataplane/qos.py; tests/bpf/test_qos.py checks that both sides agree.
 #pragma once
+#include "lib/access.h"
 
 #ifndef MAX_SUBSCRIBERS
 #define MAX_SUBSCRIBERS 100000
 #endif
 #define QOS_INTERFACES 64
 
-// A bound session's shaping, by its address (network byte order). The class ids are HTB
-// classes (major:minor): on the access interface's root for the download, on its IFB's
-// root for the upload. The same minor on both.
+// A bound session, by its address (network byte order): what its frames must carry
+// (anti-spoofing, upstream), what to put on the packets to it (downstream, in place of a
+// neighbour entry), and its shaping. The class ids are HTB classes (major:minor): on the
+// access interface's root for the download, on its IFB's root for the upload; 0: unshaped.
 struct qos_session {
     __u32 down_class;
     __u32 up_class;
+    __be32 gateway;        // the address its ARP may ask for
+    __u8 mac[6];
+    __be16 outer_tpid;     // ETH_P_8021Q or ETH_P_8021AD; 0: untagged
+    __u16 outer_vid;
+    __u16 inner_vid;       // 0: one tag (or none)
+    __u8 routed;           // 1: behind an L3 relay: its frames carry the relay's MAC, and
+                           //   the kernel routes to it; its address is all that is checked
+    __u8 pad[3];
 };
 
-// Per CPU, per session: what the shaper saw. Summed by the agent for the Subscriber status
+// An access interface, by ifindex: its MAC (ARP answers) and its IFB (the upload's queue).
+struct access_interface {
+    __u32 ifb;             // 0: none; the upload passes unshaped
+    __u8 mac[6];
+    __u16 pad;
+};
+
+// Per CPU, per session: its traffic. Summed by the agent for the Subscriber status
 // (and, later, RADIUS accounting and idle timeouts).
 struct qos_counters {
     __u64 packets_down;
     __u64 bytes_down;      // as the skb's length: Ethernet header and payload, no FCS
-    __u64 packets_up;
+    __u64 packets_up;      //   and no VLAN tags
     __u64 bytes_up;
     __u64 last_seen_ns;    // bpf_ktime_get_ns() of this CPU's last packet, either way
 };
 
-// Why a packet went unshaped (index into qos_stats).
+// What the access data path did with a packet (index into qos_stats).
 enum qos_stat {
-    QOS_DOWN_SHAPED = 0,
+    QOS_DOWN_SHAPED = 0,   // to a session (shaped, or sent unshaped when its class is 0)
     QOS_DOWN_NOT_IPV4,     // ARP, IPv6, ...: not a session's traffic
     QOS_DOWN_UNKNOWN,      // to an address with no session (the gateway's own, ...)
-    QOS_UP_SHAPED,
-    QOS_UP_NOT_IPV4,
-    QOS_UP_UNKNOWN,        // from an address with no session (DHCP from 0.0.0.0, ...)
+    QOS_UP_SHAPED,         // from a session, checked
+    QOS_UP_NOT_IPV4,       // untagged, not IPv4: passed (not a subscriber's)
+    QOS_UP_UNKNOWN,        // (unused since anti-spoofing: see QOS_SPOOF_SOURCE)
     QOS_UP_NO_IFB,         // the access interface has no IFB: passed unshaped
     QOS_UP_DHCP,           // DHCP to the server: never queued (the IFB would hand it to the
                            //   agent's packet socket a second time)
+    QOS_DOWN_NO_SESSION,   // dropped: routed to the access subnets, but to no session
+    QOS_SPOOF_SOURCE,      // dropped: from an address no session holds
+    QOS_SPOOF_MAC,         // dropped: a session's address from another MAC
+    QOS_SPOOF_VLAN,        // dropped: a session's address on other VLAN tags
+    QOS_SPOOF_NOT_IPV4,    // dropped: tagged, neither IPv4 nor ARP
+    QOS_ARP_ANSWERED,      // a session's ARP for its gateway, answered in XDP
+    QOS_ARP_PASSED,        // untagged ARP of no session (a relay, a router): to the kernel
+    QOS_ARP_DROPPED,       // dropped: tagged ARP of no session, or not for its gateway
     QOS_STATS_MAX,
 };
 
 BPF_TABLE("hash", __be32, struct qos_session, qos_sessions, MAX_SUBSCRIBERS);
 BPF_TABLE("percpu_hash", __be32, struct qos_counters, qos_counters, MAX_SUBSCRIBERS);
-// access interface ifindex -> its IFB's ifindex (the upload is shaped on the IFB's egress)
-BPF_TABLE("hash", __u32, __u32, qos_ifbs, QOS_INTERFACES);
+BPF_TABLE("hash", __u32, struct access_interface, access_interfaces, QOS_INTERFACES);
 BPF_TABLE("percpu_array", __u32, __u64, qos_stats, QOS_STATS_MAX);

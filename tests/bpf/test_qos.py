@@ -1,107 +1,301 @@
-"""The shaper's classifiers (bpf/access_qos.c) on crafted frames with BPF_PROG_RUN: a known
-address is counted and (upload) redirected to its interface's IFB; anything else passes
-unshaped, counted by reason. And the C header and the Python mirror agree."""
+"""The access data path (bpf/access_qos.c) on crafted frames with BPF_PROG_RUN: ARP for the
+gateway answered in XDP on the session's tags; upstream, anti-spoofing by address, MAC and
+tags, the tags taken off, the packet counted and (shaped) redirected to its interface's
+IFB; downstream, the session's MAC and tags put on, its class in skb->priority. Untagged,
+802.1Q and QinQ, DHCP, and IPv4 options. And the C headers and the Python mirror agree."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ctypes
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
 from bng_operator.agent.dataplane import qos
-from bng_operator.agent.dataplane.loader import BPF_DIR
+from bng_operator.agent.dataplane.loader import BPF_DIR, _prog_run
 from bng_operator.agent.dataplane.loader import test_run as run_prog
 from bng_operator.agent.dhcp.transport import build_frame
+from bng_operator.agent.qos.plan import Access
 from tests.bpf.cheader import enum_names
 
 HEADER = Path(BPF_DIR) / "lib" / "qos.h"
-TC_ACT_OK, TC_ACT_REDIRECT = 0, 7
+TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
 SUB, OTHER, SERVER = IPv4Address("100.64.0.20"), IPv4Address("100.64.0.21"), \
     IPv4Address("203.0.113.5")
+GATEWAY = IPv4Address("100.64.0.1")
 MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+IF_MAC = bytes.fromhex("02aa00000001")
+DOT1Q = b"\x81\x00\x00\x64"  # 802.1Q VLAN 100
+QINQ = b"\x88\xa8\x00\xc8" + b"\x81\x00\x00\x0a"  # S-VLAN 200, C-VLAN 10
+LO = 1  # BPF_PROG_RUN runs as if on lo
 
 
-def test_constants_agree_with_the_c_header() -> None:
+def test_constants_agree_with_the_c_headers() -> None:
     h = HEADER.read_text()
     assert enum_names(h, "qos_stat", "QOS_") == [*qos.STATS, "stats_max"]
     assert f"#define QOS_INTERFACES {qos.QOS_INTERFACES}" in h
+    access = (Path(BPF_DIR) / "lib" / "access.h").read_text()
+    assert f"#define ACCESS_NEXT_ARP {qos.ACCESS_NEXT_ARP}" in access
+
+
+@pytest.mark.parametrize(("tags", "vlans"), [
+    (b"", (0, 0, 0)), (DOT1Q, (0x8100, 100, 0)), (QINQ, (0x88A8, 200, 10)),
+    (b"\x81\x00\xe0\x64", (0x8100, 100, 0)),  # priority bits are not the VLAN
+])
+def test_a_sessions_tags_are_read_as_the_program_compares_them(
+        tags: bytes, vlans: tuple[int, int, int]) -> None:
+    assert Access(tags=tags).vlans == vlans
 
 
 @pytest.fixture(scope="module")
 def path() -> Iterator[qos.QosPath]:
     p = qos.QosPath(max_subscribers=64)
+    leaf = p.interfaces.Leaf()
+    leaf.ifb = LO
+    for i, b in enumerate(IF_MAC):
+        leaf.mac[i] = b
+    p.interfaces[p.interfaces.Key(LO)] = leaf
     yield p
     p.close()
 
 
-def _udp(src: IPv4Address, dst: IPv4Address, size: int = 200) -> bytes:
-    return build_frame(MAC_B, MAC_A, b"", src, dst, 5001, bytes(size), src_port=5001)
+class _SkbCtx(ctypes.Structure):
+    """The head of struct __sk_buff, up to priority (what BPF_PROG_RUN hands back)."""
+
+    _fields_ = [(n, ctypes.c_uint32) for n in (
+        "len", "pkt_type", "mark", "queue_mapping", "protocol", "vlan_present", "vlan_tci",
+        "vlan_proto", "priority")] + [("rest", ctypes.c_uint8 * (192 - 36))]
 
 
-def test_download_to_a_shaped_session_is_classified_and_counted(path: qos.QosPath) -> None:
-    path.put(int(SUB), 7)
-    frame = _udp(SERVER, SUB)
+@dataclass(frozen=True)
+class TcRun:
+    action: int
+    frame: bytes
+    priority: int
+
+
+def run_tc(fd: int, frame: bytes) -> TcRun:
+    out = ctypes.create_string_buffer(4096)
+    ctx_in, ctx_out = _SkbCtx(), _SkbCtx()
+    o = _prog_run(fd, frame, data_out=ctypes.addressof(out), data_size_out=len(out),
+                  ctx_in=ctypes.addressof(ctx_in), ctx_size_in=ctypes.sizeof(ctx_in),
+                  ctx_out=ctypes.addressof(ctx_out), ctx_size_out=ctypes.sizeof(ctx_out))
+    return TcRun(o.retval, out.raw[: o.data_size_out], ctx_out.priority)
+
+
+def _udp(src: IPv4Address, dst: IPv4Address, size: int = 200, tags: bytes = b"",
+         src_mac: bytes = MAC_A, dport: int = 5001) -> bytes:
+    return build_frame(MAC_B, src_mac, tags, src, dst, dport, bytes(size), src_port=5001)
+
+
+def _arp(sender: IPv4Address, target: IPv4Address, tags: bytes = b"", mac: bytes = MAC_A,
+         op: int = 1) -> bytes:
+    return (b"\xff" * 6 + mac + tags + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04" +
+            op.to_bytes(2, "big") + mac + sender.packed + bytes(6) + target.packed)
+
+
+def _delta(path: qos.QosPath, before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before[k] for k, v in path.stats().items() if v != before[k]}
+
+
+@pytest.fixture
+def session(path: qos.QosPath) -> Iterator[Callable[..., None]]:
+    put: list[IPv4Address] = []
+
+    def make(address: IPv4Address = SUB, minor: int = 7, tags: bytes = b"",
+             mac: bytes = MAC_A) -> None:
+        path.put(int(address), minor, Access(mac=mac, tags=tags, gateway=int(GATEWAY)))
+        put.append(address)
+
+    yield make
+    for a in put:
+        path.delete(int(a))
+
+
+
+# --- downstream ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tags", "inline"), [
+    (b"", b""),
+    (DOT1Q, b""),  # one tag: in the skb's VLAN field, as the NIC inserts it
+    (QINQ, b"\x81\x00\x00\x0a"),  # the C-tag goes into the frame, the S-tag in the field
+])
+def test_download_gets_the_sessions_mac_and_tags_and_its_class(
+        path: qos.QosPath, session: Callable[..., None], tags: bytes, inline: bytes) -> None:
+    session(tags=tags)
+    frame = build_frame(IF_MAC, IF_MAC, b"", SERVER, SUB, 5001, bytes(200), src_port=5001)
     before = path.stats()
-    r = run_prog(path._fds["qos_down"], frame, repeat=3)
+    r = run_tc(path._fds["qos_down"], frame)
     assert r.action == TC_ACT_OK
+    assert r.priority == 0x10007
+    assert r.frame[:6] == MAC_A
+    assert r.frame[12:12 + len(inline) + 2] == inline + b"\x08\x00"
+    assert _delta(path, before) == {"down_shaped": 1}
     c = path.counters(int(SUB))
-    assert (c.packets_down, c.bytes_down, c.packets_up) == (3, 3 * len(frame), 0)
+    assert (c.packets_down, c.bytes_down, c.packets_up) == (1, len(frame), 0)
     assert c.last_seen_ns > 0
-    after = path.stats()
-    assert after["down_shaped"] - before["down_shaped"] == 3
     assert path.installed()[int(SUB)] == 7
 
 
-@pytest.mark.parametrize(("frame", "stat"), [
-    (_udp(SERVER, OTHER), "down_unknown"),  # no session
-    (MAC_B + MAC_A + b"\x08\x06" + bytes(28), "down_not_ipv4"),  # ARP
+def test_an_unshaped_session_is_sent_with_no_class(
+        path: qos.QosPath, session: Callable[..., None]) -> None:
+    session(minor=0)
+    frame = build_frame(IF_MAC, IF_MAC, b"", SERVER, SUB, 5001, bytes(200), src_port=5001)
+    r = run_tc(path._fds["qos_down"], frame)
+    assert (r.action, r.priority, r.frame[:6]) == (TC_ACT_OK, 0, MAC_A)
+
+
+@pytest.mark.parametrize(("frame", "action", "stat"), [
+    # routed to the access subnets (the fixed neighbour: our own MAC both ways), no session
+    (build_frame(IF_MAC, IF_MAC, b"", SERVER, OTHER, 1, bytes(64), src_port=1), TC_ACT_SHOT,
+     "down_no_session"),
+    (_udp(SERVER, OTHER), TC_ACT_OK, "down_unknown"),  # another neighbour's: not ours
+    (MAC_B + MAC_A + b"\x08\x06" + bytes(28), TC_ACT_OK, "down_not_ipv4"),  # ARP
 ])
-def test_download_to_anything_else_passes_unshaped(path: qos.QosPath, frame: bytes,
-                                                   stat: str) -> None:
+def test_download_to_anything_else(path: qos.QosPath, frame: bytes, action: int,
+                                   stat: str) -> None:
     before = path.stats()
-    assert run_prog(path._fds["qos_down"], frame).action == TC_ACT_OK
-    assert path.stats()[stat] - before[stat] == 1
+    assert run_tc(path._fds["qos_down"], frame).action == action
+    assert _delta(path, before) == {stat: 1}
 
 
-def test_upload_goes_to_the_ifb_of_its_interface(path: qos.QosPath) -> None:
-    path.put(int(SUB), 7)
-    up = path._fds["qos_up"]
-    frame = _udp(SUB, SERVER)
+# --- upstream -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tags", [b"", DOT1Q, QINQ])
+def test_upload_from_its_session_loses_its_tags_and_goes_to_the_ifb(
+        path: qos.QosPath, session: Callable[..., None], tags: bytes) -> None:
+    session(tags=tags)
+    frame = _udp(SUB, SERVER, tags=tags)
     before = path.stats()
-    # BPF_PROG_RUN runs as if on lo (ifindex 1): with no IFB for it, unshaped and counted
-    assert run_prog(up, frame).action == TC_ACT_OK
-    assert path.stats()["up_no_ifb"] - before["up_no_ifb"] == 1
-    path.ifbs[path.ifbs.Key(1)] = path.ifbs.Leaf(1)
-    try:
-        assert run_prog(up, frame).action == TC_ACT_REDIRECT
-    finally:
-        del path.ifbs[path.ifbs.Key(1)]
+    r = run_tc(path._fds["qos_up"], frame)
+    assert r.action == TC_ACT_REDIRECT
+    assert r.priority == 0x10007
+    assert r.frame == frame[:12] + frame[12 + len(tags):]  # untagged now
+    assert _delta(path, before) == {"up_shaped": 1}
     c = path.counters(int(SUB))
-    assert c.packets_up >= 1 and c.bytes_up >= len(frame)
-    # DHCP from 0.0.0.0 and other unknown sources: unshaped
-    assert run_prog(up, _udp(IPv4Address(0), IPv4Address("255.255.255.255"))).action == \
-        TC_ACT_OK
+    assert (c.packets_up, c.bytes_up) == (1, len(frame) - len(tags))
 
 
-def test_a_removed_session_is_unshaped_and_returns_its_counters(path: qos.QosPath) -> None:
-    path.put(int(OTHER), 9)
-    run_prog(path._fds["qos_down"], _udp(SERVER, OTHER), repeat=2)
+def test_an_unshaped_session_goes_to_the_stack(
+        path: qos.QosPath, session: Callable[..., None]) -> None:
+    session(minor=0, tags=DOT1Q)
+    r = run_tc(path._fds["qos_up"], _udp(SUB, SERVER, tags=DOT1Q))
+    assert (r.action, r.priority) == (TC_ACT_OK, 0)
+
+
+def test_ipv4_options_do_not_hide_dhcp_or_the_source(
+        path: qos.QosPath, session: Callable[..., None]) -> None:
+    session()
+    plain = _udp(SUB, SERVER, dport=67)
+    # the same datagram with 4 bytes of options (IHL 6): NOP NOP NOP EOL
+    ip = bytearray(plain[14:34])
+    ip[0] = 0x46
+    ip[2:4] = (int.from_bytes(ip[2:4], "big") + 4).to_bytes(2, "big")
+    frame = plain[:14] + bytes(ip) + b"\x01\x01\x01\x00" + plain[34:]
+    before = path.stats()
+    assert run_tc(path._fds["qos_up"], frame).action == TC_ACT_OK
+    assert _delta(path, before) == {"up_dhcp": 1}
+    spoofed = frame.replace(SUB.packed, OTHER.packed, 1)
+    spoofed = spoofed[:14 + 12] + OTHER.packed + spoofed[14 + 16:]
+    spoofed = spoofed[:14 + 24 + 2] + (5001).to_bytes(2, "big") + spoofed[14 + 24 + 4:]
+    before = path.stats()
+    assert run_tc(path._fds["qos_up"], spoofed).action == TC_ACT_SHOT
+    assert _delta(path, before) == {"spoof_source": 1}
+
+
+@pytest.mark.parametrize(("frame", "stat"), [
+    (_udp(OTHER, SERVER), "spoof_source"),  # an address no session holds (a neighbour's)
+    (_udp(SUB, SERVER, src_mac=MAC_B), "spoof_mac"),  # its address from another MAC
+    (_udp(SUB, SERVER, tags=b"\x81\x00\x00\x65"), "spoof_vlan"),  # from another VLAN
+    (_udp(SUB, SERVER, tags=b"\x88\xa8\x00\xc8\x81\x00\x00\x0b"), "spoof_vlan"),  # C-VLAN
+    (_udp(SUB, SERVER, tags=QINQ), "spoof_vlan"),  # tagged, the session is on DOT1Q
+    (_udp(SUB, SERVER), "spoof_vlan"),  # untagged
+    (MAC_B + MAC_A + DOT1Q + b"\x86\xdd" + bytes(60), "spoof_not_ipv4"),  # tagged IPv6
+    (_arp(SUB, GATEWAY, DOT1Q), "arp_dropped"),  # ARP past XDP: the fast path is off
+])
+def test_anything_else_from_a_subscriber_is_dropped_and_counted(
+        path: qos.QosPath, session: Callable[..., None], frame: bytes, stat: str) -> None:
+    session(tags=DOT1Q)
+    before = path.stats()
+    assert run_tc(path._fds["qos_up"], frame).action == TC_ACT_SHOT
+    assert _delta(path, before) == {stat: 1}
+    assert path.counters(int(SUB)).packets_up == 0
+
+
+@pytest.mark.parametrize(("frame", "stat"), [
+    (_udp(IPv4Address(0), IPv4Address("255.255.255.255"), dport=67), "up_dhcp"),
+    (_udp(IPv4Address(0), IPv4Address("255.255.255.255"), dport=67, tags=QINQ), "up_dhcp"),
+    (MAC_B + MAC_A + b"\x86\xdd" + bytes(60), "up_not_ipv4"),  # untagged, not a subscriber's
+])
+def test_dhcp_and_untagged_non_ip_pass(path: qos.QosPath, frame: bytes, stat: str) -> None:
+    before = path.stats()
+    assert run_tc(path._fds["qos_up"], frame).action == TC_ACT_OK
+    assert _delta(path, before) == {stat: 1}
+
+
+def test_a_relayed_session_is_checked_by_address_only(path: qos.QosPath) -> None:
+    path.put(int(SUB), 7)  # no Access: behind a relay
+    try:
+        r = run_tc(path._fds["qos_up"], _udp(SUB, SERVER, src_mac=MAC_B))
+        assert r.action == TC_ACT_REDIRECT
+        down = run_tc(path._fds["qos_down"], _udp(SERVER, SUB))
+        assert (down.frame[:6], down.priority) == (MAC_B, 0x10007)  # the relay's L2 kept
+    finally:
+        path.delete(int(SUB))
+
+
+def test_a_removed_session_returns_its_counters_and_its_traffic_is_dropped(
+        path: qos.QosPath) -> None:
+    path.put(int(OTHER), 9, Access(mac=MAC_A, gateway=int(GATEWAY)))
+    frame = build_frame(IF_MAC, IF_MAC, b"", SERVER, OTHER, 5001, bytes(64), src_port=5001)
+    for _ in range(2):
+        run_tc(path._fds["qos_down"], frame)
     last = path.delete(int(OTHER))
     assert last.packets_down == 2
     assert int(OTHER) not in path.installed()
     assert path.counters(int(OTHER)).packets_down == 0
+    assert run_tc(path._fds["qos_down"], frame).action == TC_ACT_SHOT
+    assert run_tc(path._fds["qos_up"], _udp(OTHER, SERVER)).action == TC_ACT_SHOT
 
 
-def test_dhcp_from_a_shaped_session_is_not_queued(path: qos.QosPath) -> None:
-    """After the IFB a request would pass the agent's packet socket twice."""
-    path.put(int(SUB), 7)
-    path.ifbs[path.ifbs.Key(1)] = path.ifbs.Leaf(1)
-    try:
-        renewal = build_frame(MAC_B, MAC_A, b"", SUB, SERVER, 67, bytes(300), src_port=68)
-        before = path.stats()
-        assert run_prog(path._fds["qos_up"], renewal).action == TC_ACT_OK
-        assert path.stats()["up_dhcp"] - before["up_dhcp"] == 1
-    finally:
-        del path.ifbs[path.ifbs.Key(1)]
+# --- ARP (XDP) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tags", [b"", DOT1Q, QINQ])
+def test_arp_for_the_gateway_is_answered_on_the_sessions_tags(
+        path: qos.QosPath, session: Callable[..., None], tags: bytes) -> None:
+    session(tags=tags)
+    before = path.stats()
+    r = run_prog(path._fds[qos.ARP_PROGRAM], _arp(SUB, GATEWAY, tags))
+    assert r.action == XDP_TX
+    assert _delta(path, before) == {"arp_answered": 1}
+    reply = r.frame
+    assert reply[:6] == MAC_A and reply[6:12] == IF_MAC
+    assert reply[12:12 + len(tags)] == tags
+    arp = reply[12 + len(tags) + 2:]
+    assert arp[6:8] == b"\x00\x02"  # a reply
+    assert (arp[8:14], arp[14:18]) == (IF_MAC, GATEWAY.packed)  # the gateway is at our MAC
+    assert (arp[18:24], arp[24:28]) == (MAC_A, SUB.packed)
+
+
+@pytest.mark.parametrize(("frame", "action", "stat"), [
+    (_arp(SUB, OTHER, DOT1Q), XDP_DROP, "arp_dropped"),  # not for its gateway
+    (_arp(SUB, GATEWAY, b"\x81\x00\x00\x65"), XDP_DROP, "arp_dropped"),  # other VLAN
+    (_arp(SUB, GATEWAY, DOT1Q, mac=MAC_B), XDP_DROP, "arp_dropped"),  # other MAC
+    (_arp(SUB, GATEWAY, DOT1Q, op=2), XDP_DROP, "arp_dropped"),  # a reply
+    (_arp(OTHER, GATEWAY, DOT1Q), XDP_DROP, "arp_dropped"),  # tagged, no session
+    (_arp(OTHER, GATEWAY), XDP_PASS, "arp_passed"),  # untagged, no session: a relay's
+])
+def test_other_arp_is_dropped_or_left_to_the_kernel(
+        path: qos.QosPath, session: Callable[..., None], frame: bytes, action: int,
+        stat: str) -> None:
+    session(tags=DOT1Q)
+    before = path.stats()
+    assert run_prog(path._fds[qos.ARP_PROGRAM], frame).action == action
+    assert _delta(path, before) == {stat: 1}

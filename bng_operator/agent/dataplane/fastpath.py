@@ -191,7 +191,7 @@ def is_generation(name: str) -> bool:
 # The maps that outlive the agent: per generation, but the refresh log above them all.
 GENERATION_MAPS = ("subscribers", "circuits", "subnet_options", "interfaces", "counters",
                    "heartbeat")
-LASTING_MAPS = ("refresh_heads", "refresh_log")
+LASTING_MAPS = ("refresh_heads", "refresh_log", "access_next")
 
 
 def pinned_maps(pin_root: Path, generation: str) -> dict[str, Path]:

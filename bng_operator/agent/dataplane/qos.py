@@ -1,10 +1,13 @@
-"""The access data path's shaping (bpf/access_qos.c): load or adopt it, attach it to the
-access interfaces, and keep its maps: the class of each shaped session, its counters.
+"""The access data path (bpf/access_qos.c): load or adopt it, attach it to the access
+interfaces, and keep its maps: each bound session's L2 (MAC, VLAN tags), its HTB class and
+its counters.
 
 Pinned (``pin_root`` given), the maps of one program generation live in
 ``<pin_root>/qos/<generation>/`` with the programs, so a restarted agent adopts them: the
-classifiers stay attached, the HTB classes stay in the kernel, and the counters go on.
-The HTB classes themselves are tc objects (``netlink``); the caller makes them.
+programs stay attached, the HTB classes stay in the kernel, and the counters go on. The
+HTB classes themselves are tc objects (``netlink``); the caller makes them. The ARP
+program is reached by a tail call from the DHCP fast path, through
+``<pin_root>/access_next``.
 """
 
 from __future__ import annotations
@@ -25,13 +28,18 @@ from bng_operator.agent.dataplane.loader import (
     pin_fd,
     pinned_fd,
 )
+from bng_operator.agent.qos.plan import Access
 
 SOURCE = Path(BPF_DIR) / "access_qos.c"
 PROGRAMS = {"egress": "qos_down", "ingress": "qos_up"}
-MAPS = ("qos_sessions", "qos_counters", "qos_ifbs", "qos_stats")
+ARP_PROGRAM = "access_arp"  # XDP, in slot ACCESS_NEXT_ARP of access_next
+ACCESS_NEXT_ARP = 0
+MAPS = ("qos_sessions", "qos_counters", "access_interfaces", "qos_stats")
 # enum qos_stat, in order.
 STATS = ("down_shaped", "down_not_ipv4", "down_unknown", "up_shaped", "up_not_ipv4",
-         "up_unknown", "up_no_ifb", "up_dhcp")
+         "up_unknown", "up_no_ifb", "up_dhcp", "down_no_session", "spoof_source",
+         "spoof_mac", "spoof_vlan", "spoof_not_ipv4", "arp_answered", "arp_passed",
+         "arp_dropped")
 QOS_INTERFACES = 64
 
 
@@ -63,42 +71,57 @@ class QosPath:
                 raise DataplaneError(f"{self.pin_dir} is not on a bpf filesystem")
             self.pin_dir.mkdir(parents=True, exist_ok=True)
             pins = {m: self.pin_dir / m for m in MAPS}
+            pins["access_next"] = pin_root / "access_next"  # type: ignore[operator]
         self.obj = BPFObject(SOURCE, cflags=cflags, pins=pins)
         self.adopted = "qos_sessions" in self.obj.adopted
         self.sessions = self.obj.map("qos_sessions")
         self.counters_map = self.obj.map("qos_counters")
-        self.ifbs = self.obj.map("qos_ifbs")
+        self.interfaces = self.obj.map("access_interfaces")
         self.stats_map = self.obj.map("qos_stats")
+        self.next_map = self.obj.map("access_next")
         self._fds: dict[str, int] = {}
         self._own: list[int] = []
         for fn in PROGRAMS.values():
-            self._fds[fn] = self._program(fn)
+            self._fds[fn] = self._program(fn, xdp=False)
+        self._fds[ARP_PROGRAM] = self._program(ARP_PROGRAM, xdp=True)
 
-    def _program(self, fn: str) -> int:
+    def _program(self, fn: str, xdp: bool) -> int:
         """The pinned program of this generation, else loaded now (and pinned)."""
         if self.pin_dir is not None:
             fd = pinned_fd(self.pin_dir / fn, required=True)
             if fd is not None:
                 self._own.append(fd)
                 return fd
-        fd = self.obj.load_tc(fn)
+        fd = self.obj.load_xdp(fn) if xdp else self.obj.load_tc(fn)
         if self.pin_dir is not None:
             pin_fd(fd, self.pin_dir / fn)
         return fd
 
     # --- interfaces ----------------------------------------------------------------------------
 
-    def attach(self, ifname: str, ifb: str, ns: str | None = None) -> None:
-        """Shape ``ifname``: an HTB root on it (download) and on its IFB ``ifb`` (upload),
-        and the classifiers on its clsact hooks. Kept as they are if already there."""
+    def attach(self, ifname: str, ifb: str, subnets: list[tuple[str, str]] | None = None,
+               ns: str | None = None) -> list[str]:
+        """Terminate and shape ``ifname``: an HTB root on it (download) and on its IFB
+        ``ifb`` (upload), the classifiers on its clsact hooks, ARP in the DHCP fast path's
+        slot, and each (network, gateway) of ``subnets`` whose gateway is ``ifname``'s
+        routed without a neighbour per subscriber. Kept as they are if already there.
+        Returns the networks routed."""
         netlink.add_ifb(ifb, ns)
         netlink.ensure_htb(ifname, ns)
         netlink.ensure_htb(ifb, ns)
-        index = netlink.interface_info(ifname, ns)[0]
+        index, mac, _ = netlink.interface_info(ifname, ns)
         ifb_index = netlink.interface_info(ifb, ns)[0]
-        self.ifbs[self.ifbs.Key(index)] = self.ifbs.Leaf(ifb_index)
+        leaf = self.interfaces.Leaf()
+        leaf.ifb = ifb_index
+        for i, b in enumerate(bytes.fromhex(mac.replace(":", ""))):
+            leaf.mac[i] = b
+        self.interfaces[self.interfaces.Key(index)] = leaf
+        self.next_map[self.next_map.Key(ACCESS_NEXT_ARP)] = \
+            self.next_map.Leaf(self._fds[ARP_PROGRAM])
+        routed = netlink.route_access_subnets(ifname, subnets or [], ns)
         for direction, fn in PROGRAMS.items():
             netlink.attach_tc(ifname, self._fds[fn], direction, fn, ns)  # type: ignore[arg-type]
+        return routed
 
     def attached(self, ifname: str, ns: str | None = None) -> bool:
         return all(netlink.tc_program_name(ifname, d, ns) == fn  # type: ignore[arg-type]
@@ -106,12 +129,21 @@ class QosPath:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    def put(self, address: int, minor: int) -> None:
-        """Shape ``address`` in class 1:``minor`` each way; its counters start at zero
-        unless it has some (a re-rate keeps them)."""
+    def put(self, address: int, minor: int, access: Access | None = None) -> None:
+        """Carry ``address``'s traffic as ``access`` says (None: routed, checked by address
+        only), shaped in class 1:``minor`` each way (0: unshaped); its counters start at
+        zero unless it has some (a re-rate keeps them)."""
         key = self.sessions.Key(_u32(address))
         leaf = self.sessions.Leaf()
-        leaf.down_class = leaf.up_class = netlink.TC_ROOT | minor
+        leaf.down_class = leaf.up_class = netlink.TC_ROOT | minor if minor else 0
+        a = access or Access(routed=True)
+        for i, b in enumerate(a.mac[:6]):
+            leaf.mac[i] = b
+        tpid, outer, inner = a.vlans
+        leaf.outer_tpid = int.from_bytes(tpid.to_bytes(2, "big"), "little")
+        leaf.outer_vid, leaf.inner_vid = outer, inner
+        leaf.gateway = _u32(a.gateway)
+        leaf.routed = int(a.routed)
         ckey = self.counters_map.Key(_u32(address))
         if ckey not in self.counters_map:
             self.counters_map[ckey] = self.counters_map.Leaf()
@@ -126,7 +158,7 @@ class QosPath:
         return last
 
     def installed(self) -> dict[int, int]:
-        """address -> minor of every shaped session in the maps (adopted ones too)."""
+        """address -> minor of every session in the maps (adopted ones too; 0: unshaped)."""
         out = {}
         for k, v in self.sessions.items():
             address = int.from_bytes(int(k.value).to_bytes(4, "little"), "big")
@@ -157,9 +189,10 @@ class QosPath:
 
 
 def remove(pin_root: Path, interfaces: list[tuple[str, str]], ns: str | None = None) -> None:
-    """Take shaping away: the HTB roots and classifiers from each (interface, IFB), the
-    IFBs, and the pins."""
+    """Take the access data path away: the HTB roots and classifiers from each (interface,
+    IFB), the IFBs, the access routes, and the pins."""
     for ifname, ifb in interfaces:
         netlink.remove_shaping(ifname, ns)
+        netlink.unroute_access_subnets(ifname, ns)
         netlink.remove_link(ifb, ns)
     shutil.rmtree(pin_root / "qos", ignore_errors=True)

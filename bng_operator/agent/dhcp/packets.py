@@ -115,7 +115,7 @@ class PacketPath:
             return
         mtype = msg.type.name.lower() if msg.type else "unknown"
         ctx = Context(iface.ifname, iface.addresses, frame.vlans,
-                      unicast=frame.dst_ip != BROADCAST_IP)
+                      unicast=frame.dst_ip != BROADCAST_IP, tags=frame.tags)
         try:
             out = self.server.handle(msg, ctx)
         except Exception:  # a bug must cost one request, never the agent

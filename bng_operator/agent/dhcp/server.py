@@ -66,6 +66,7 @@ class Context:
     server_addresses: tuple[IPv4Address, ...]  # the receiving interface's addresses
     vlans: tuple[int, ...] = ()
     unicast: bool = False  # sent to our address (RENEWING) rather than broadcast
+    tags: bytes = b""  # the VLAN tags as they came (TPID, TCI), outermost first
 
 
 @dataclass
@@ -458,7 +459,7 @@ class DhcpServer:
             hostname=msg.hostname, bound_at=old.bound_at if old and old.address == addr else now,
             state="bound", vlan=ctx.vlans[0] if ctx.vlans else 0, giaddr=int(msg.giaddr),
             server_id=int(server_id),
-            relay_agent=msg.relay_agent, lease_seconds=seconds)
+            relay_agent=msg.relay_agent, lease_seconds=seconds, tags=ctx.tags)
         self._bind(lease)
         self._attach(s, lease)
         self.store.put(lease)

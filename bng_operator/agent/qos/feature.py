@@ -1,6 +1,8 @@
-"""Shaping as a session feature: a bound session of a class with a qosPolicy gets an HTB
-class each way, at its policy's rates, on every access interface; a changed class or
-policy re-rates it in place (no reconnect); an ended session's classes and map entries go.
+"""The access data path as a session feature. Every bound session is in its map: its MAC
+and VLAN tags (anti-spoofing, VLAN termination, ARP for its gateway); one of a class with a
+qosPolicy also gets an HTB class each way, at its policy's rates, on every access
+interface. A changed class or policy re-rates it in place (no reconnect); an ended
+session's classes and map entries go.
 
 tc calls take ~1-2 ms each, so they run on one worker thread, in order, never on the event
 loop. The classifiers, classes and maps outlive the agent: on start they are adopted, and
@@ -20,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 from bng_operator import netlink
 from bng_operator.agent.config import NodeConfig, ShapingRates
 from bng_operator.agent.dhcp.leases import Lease
-from bng_operator.agent.qos.plan import Minors, Step, rates_for, reload_steps
+from bng_operator.agent.qos.plan import (
+    Access,
+    Minors,
+    Step,
+    rates_for,
+    reload_steps,
+    session_step,
+)
 from bng_operator.agent.sessions.session import Change, Session
 from bng_operator.api.bngnode import MapFill, ProgramStatus
 from bng_operator.metrics import AgentMetrics
@@ -53,7 +62,9 @@ class QosFeature:
     name: str = "qos"
     path: QosPath | None = field(default=None, init=False)
     minors: Minors = field(default_factory=Minors, init=False)
-    installed: dict[int, ShapingRates] = field(default_factory=dict, init=False)
+    installed: dict[int, ShapingRates] = field(default_factory=dict, init=False)  # shaped
+    sessions: dict[int, tuple[Access, ShapingRates | None]] = field(default_factory=dict,
+                                                                     init=False)
     attached: set[str] = field(default_factory=set, init=False)
     _work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bng-qos"), init=False)
@@ -74,7 +85,8 @@ class QosFeature:
             self.metrics.qos_errors.labels("load").inc()
             return False
         for address, minor in path.installed().items():
-            self.minors.take(address, minor)
+            if minor:
+                self.minors.take(address, minor)
         log.info("shaping: %s generation %s, %d sessions in its maps",
                  "adopted" if path.adopted else "loaded", path.generation,
                  len(self.minors.by_address))
@@ -87,14 +99,12 @@ class QosFeature:
         self._work.submit(self._warm)
 
     def _warm(self) -> None:
-        want = {lease.address: rates_for(self.config, lease.subscriber_class)
-                for lease in self.leases()}
-        for address in list(self.minors.by_address):
-            if want.get(address) is None:
-                self._apply(Step(address, None))
-        for address, rates in want.items():
-            if rates is not None:
-                self._apply(Step(address, rates))
+        assert self.path is not None
+        want = {lease.address: session_step(lease, self.config) for lease in self.leases()}
+        for address in set(self.path.installed()) - set(want):
+            self._apply(Step(address, None))
+        for step in want.values():
+            self._apply(step)
 
     def stop(self) -> None:
         self._work.shutdown(wait=True)
@@ -114,7 +124,7 @@ class QosFeature:
             if name in self.attached and self.path.attached(name):
                 continue
             try:
-                self.path.attach(name, ifb_name(name))
+                routed = self.path.attach(name, ifb_name(name), self._subnets())
             except Exception as e:
                 self.attached.discard(name)
                 self.metrics.qos_errors.labels("attach").inc()
@@ -122,23 +132,38 @@ class QosFeature:
                 continue
             self.attached.add(name)
             self.changed()
-            # Classes are per interface: one attached now needs those of every session.
+            # Classes are per interface: one attached now needs those of every shaped session.
             for address, rates in list(self.installed.items()):
                 self._classes(name, self.minors.by_address[address], rates)
-            log.info("shaping on %s (upload on %s)", name, ifb_name(name))
+            log.info("access data path on %s (upload shaped on %s; routed without "
+                     "neighbours: %s)", name, ifb_name(name), ", ".join(routed) or "none")
+
+    def _subnets(self) -> list[tuple[str, str]]:
+        """(network, gateway) of every subnet the node serves."""
+        return [(str(sub.network), str(sub.gateway)) for pool in self.config.pools.values()
+                for sub in pool.subnets]
+
+    def _route(self) -> None:
+        """Route the subnets of a new configuration (worker thread)."""
+        for name in self.attached:
+            try:
+                netlink.route_access_subnets(name, self._subnets())
+            except Exception as e:
+                self.metrics.qos_errors.labels("attach").inc()
+                log.error("routing the access subnets on %s failed: %s", name, e)
 
     # --- sessions -----------------------------------------------------------------------------
 
     def on_bound(self, s: Session) -> None:
         if s.lease is not None:
-            self._submit(Step(s.lease.address, rates_for(self.config, s.lease.subscriber_class)))
+            self._submit(session_step(s.lease, self.config))
 
     def on_changed(self, s: Session, what: Change, before: Lease | None) -> None:
         if s.lease is None:
             return
         if before is not None and before.address != s.lease.address:
             self._submit(Step(before.address, None))
-        self._submit(Step(s.lease.address, rates_for(self.config, s.lease.subscriber_class)))
+        self._submit(session_step(s.lease, self.config))
 
     def on_ended(self, s: Session) -> None:
         if s.lease is not None:
@@ -147,13 +172,15 @@ class QosFeature:
     def reconfigure(self, config: NodeConfig) -> None:
         """A reload: re-rate (or unshape) exactly the sessions whose rates changed."""
         self.config = config
-        classes = {lease.address: lease.subscriber_class for lease in self.leases()}
-        for step in reload_steps(dict(self.installed), classes, config):
+        if self.path is not None:
+            self._work.submit(self._route)
+        leases = {lease.address: lease for lease in self.leases()}
+        for step in reload_steps(dict(self.sessions), leases, config):
             self._submit(step)
 
     def maps(self, capacity: int) -> list[MapFill]:
-        """Sessions shaped, for the BNGNode status."""
-        return [MapFill(name="qos_sessions", entries=len(self.installed), capacity=capacity)]
+        """Sessions in the access data path, for the BNGNode status."""
+        return [MapFill(name="qos_sessions", entries=len(self.sessions), capacity=capacity)]
 
     def status(self, lease: Lease) -> dict[str, Any]:
         """A shaped session's Subscriber status fields: its policy's rates, and its
@@ -177,29 +204,42 @@ class QosFeature:
     def _apply(self, step: Step) -> None:
         assert self.path is not None
         try:
-            if step.rates is None:
+            if step.access is None:
                 self._remove(step.address)
             else:
-                self._install(step.address, step.rates)
+                self._install(step.address, step.access, step.rates)
         except Exception as e:  # one session's failure must not stop the worker
-            self.metrics.qos_errors.labels("install" if step.rates else "remove").inc()
+            self.metrics.qos_errors.labels("install" if step.access else "remove").inc()
             log.error("shaping %s: %s", step, e)
 
-    def _install(self, address: int, rates: ShapingRates) -> None:
+    def _install(self, address: int, access: Access, rates: ShapingRates | None) -> None:
         assert self.path is not None
-        if self.installed.get(address) == rates and address in self.minors.by_address:
-            return
-        minor = self.minors.take(address)
-        if minor is None:
-            self.metrics.qos_errors.labels("no_class").inc()
-            log.warning("shaping: every HTB class id is taken; %s goes unshaped", address)
+        if self.sessions.get(address) == (access, rates) and \
+                (rates is None) == (address not in self.minors.by_address):
             return
         t0 = time.perf_counter()
-        for name in self.attached:
-            self._classes(name, minor, rates)
-        self.path.put(address, minor)  # after the classes: never a class id HTB lacks
-        self.installed[address] = rates
-        self.metrics.qos_install_seconds.observe(time.perf_counter() - t0)
+        minor = 0
+        if rates is not None:
+            minor = self.minors.take(address) or 0
+            if not minor:
+                self.metrics.qos_errors.labels("no_class").inc()
+                log.warning("shaping: every HTB class id is taken; %s goes unshaped", address)
+                rates = None
+            else:
+                for name in self.attached:
+                    self._classes(name, minor, rates)
+        had = self.minors.by_address.get(address) if rates is None else None
+        # after the classes (never a class id HTB lacks), before a class goes
+        self.path.put(address, minor, access)
+        if had is not None:
+            self._del_classes(had)
+            self.minors.release(address)
+        self.sessions[address] = (access, rates)
+        if rates is None:
+            self.installed.pop(address, None)
+        else:
+            self.installed[address] = rates
+            self.metrics.qos_install_seconds.observe(time.perf_counter() - t0)
         self.metrics.qos_shaped.set(len(self.installed))
 
     @property
@@ -212,15 +252,17 @@ class QosFeature:
         self.tc.htb_class(ifname, minor, rates.down_bps, rates.down_burst)
         self.tc.htb_class(ifb_name(ifname), minor, rates.up_bps, rates.up_burst)
 
-    def _remove(self, address: int) -> None:
-        assert self.path is not None
-        minor = self.minors.by_address.get(address)
-        if minor is None:
-            return
-        self.path.delete(address)  # before the classes: never a class id HTB lacks
+    def _del_classes(self, minor: int) -> None:
         for name in self.attached:
             self.tc.del_htb_class(name, minor)
             self.tc.del_htb_class(ifb_name(name), minor)
-        self.minors.release(address)
+
+    def _remove(self, address: int) -> None:
+        assert self.path is not None
+        self.sessions.pop(address, None)
+        self.path.delete(address)  # before the classes: never a class id HTB lacks
+        minor = self.minors.release(address)
+        if minor is not None:
+            self._del_classes(minor)
         self.installed.pop(address, None)
         self.metrics.qos_shaped.set(len(self.installed))

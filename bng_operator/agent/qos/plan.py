@@ -1,11 +1,46 @@
-"""Pure parts of shaping: which class ids sessions hold, and what an installed session's
-shaping must become after an event or a reload."""
+"""Pure parts of the access data path: what a session's frames must carry, which class ids
+sessions hold, and what an installed session's shaping must become after an event or a
+reload."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from bng_operator.agent.config import NodeConfig, ShapingRates
+from bng_operator.agent.dhcp.leases import Lease
+
+
+@dataclass(frozen=True)
+class Access:
+    """Where a session's frames come from: what anti-spoofing checks upstream and what the
+    frames to it get downstream."""
+
+    mac: bytes = bytes(6)
+    tags: bytes = b""  # 802.1Q/802.1ad tags as they came (TPID, TCI), outermost first
+    gateway: int = 0  # the address its ARP asks for
+    routed: bool = False  # behind an L3 relay: only its address is checked
+
+    @property
+    def vlans(self) -> tuple[int, int, int]:
+        """(outer TPID, outer VID, inner VID); 0 where there is no tag."""
+        t = self.tags
+        outer = (int.from_bytes(t[0:2], "big"), int.from_bytes(t[2:4], "big") & 0xFFF) \
+            if len(t) >= 4 else (0, 0)
+        inner = int.from_bytes(t[6:8], "big") & 0xFFF if len(t) >= 8 else 0
+        return outer[0], outer[1], inner
+
+
+def access_of(lease: Lease, config: NodeConfig) -> Access:
+    """How ``lease``'s session reaches the node: on the access link with the MAC and tags
+    of the request that bound it, asking ARP for its subnet's gateway; or, relayed
+    (giaddr set), routed through its relay."""
+    if lease.giaddr:
+        return Access(routed=True)
+    pool = config.pools.get(lease.pool)
+    subnet = pool.subnet_config(lease.address) if pool is not None else None
+    return Access(mac=bytes.fromhex(lease.mac.replace(":", "")), tags=lease.tags,
+                  gateway=int(subnet.gateway) if subnet is not None else 0)
+
 
 # HTB class ids are 16 bits, under one root per interface and direction: minors 1..0xfffe
 # (0 is the root's, 0xffff is reserved). More sessions than that stay unshaped, counted.
@@ -55,21 +90,32 @@ def rates_for(config: NodeConfig, subscriber_class: str) -> ShapingRates | None:
 
 @dataclass(frozen=True)
 class Step:
-    """One change to the shaper: install (or re-rate) ``address`` at ``rates``, or
-    remove it (``rates`` None)."""
+    """One change to the access data path: carry ``address``'s traffic as ``access`` says,
+    shaped at ``rates`` (None: unshaped); or, ``access`` None, forget the session."""
 
     address: int
-    rates: ShapingRates | None
+    access: Access | None
+    rates: ShapingRates | None = None
 
 
-def reload_steps(installed: dict[int, ShapingRates], classes: dict[int, str],
-                 config: NodeConfig) -> list[Step]:
-    """After a reload: every installed session whose class's rates changed gets its new
-    rates (or is removed, when its class lost its policy). ``classes``: address -> the
-    session's class now."""
+def session_step(lease: Lease, config: NodeConfig) -> Step:
+    """What a bound ``lease``'s session must be in the data path under ``config``."""
+    return Step(lease.address, access_of(lease, config), rates_for(config, lease.subscriber_class))
+
+
+def reload_steps(installed: dict[int, tuple[Access, ShapingRates | None]],
+                 leases: dict[int, Lease], config: NodeConfig) -> list[Step]:
+    """After a reload: every installed session whose access or rates changed gets them new
+    (unshaped, when its class lost its policy), and a session whose lease is gone is
+    forgotten. ``installed``: address -> what the data path has; ``leases``: the bound
+    leases now, by address."""
     steps = []
     for address, had in sorted(installed.items()):
-        want = rates_for(config, classes.get(address, ""))
-        if want != had:
-            steps.append(Step(address, want))
+        lease = leases.get(address)
+        if lease is None:
+            steps.append(Step(address, None))
+            continue
+        want = session_step(lease, config)
+        if (want.access, want.rates) != had:
+            steps.append(want)
     return steps
