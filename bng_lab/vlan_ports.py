@@ -11,9 +11,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from bng_lab.netlab import in_netns
 from bng_operator import netlink
 from bng_operator.agent.dataplane.loader import BPFObject
-from bng_lab.netlab import in_netns
 
 SOURCE = Path(__file__).with_name("vlan_ports.c")
 STAG_OFFLOAD = "tx-vlan-stag-hw-insert"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class AgentMetrics:
@@ -62,7 +64,7 @@ class AgentMetrics:
             "bng_fastpath_refreshes_lost_total",
             "Fast-path ACKs whose new lease end could not be queued to the agent.", registry=r)
         self.qos_shaped = Gauge(
-            "bng_qos_subscribers_shaped", "Bound sessions with an HTB class each way.",
+            "bng_qos_subscribers_shaped", "Bound sessions with an HTB class each way on the attached access interfaces.",
             registry=r)
         self.qos_errors = Counter(
             "bng_qos_errors_total", "Shaping operations that failed (the session goes "
@@ -173,6 +175,11 @@ class AgentMetrics:
         """bng_ebpf_map_entries{map}, computed when scraped."""
         self.registry.register(_MapCollector(counts))
 
+    def watch_access(self, read: Callable[[], AccessReading]) -> None:
+        """The access data path's drops, ARP answers and bytes by class, read when scraped
+        (kernel counters: cumulative since the program's maps were made)."""
+        self.registry.register(_AccessCollector(read))
+
     def drop(self, reason: str) -> None:
         c = self._drops.get(reason)
         if c is None:
@@ -213,3 +220,56 @@ class _MapCollector:
         for name, n in self.counts().items():
             g.add_metric([name], n)
         yield g
+
+
+# qos_stats names (bng_operator/agent/dataplane/qos.py STATS) -> the reason label
+ANTISPOOF_REASONS = {"spoof_source": "unknown_source", "spoof_mac": "mac", "spoof_vlan": "vlan",
+                     "spoof_not_ipv4": "not_ipv4", "arp_dropped": "arp"}
+
+
+@dataclass(frozen=True)
+class AccessReading:
+    stats: dict[str, int]  # the programs' qos_stats, by name
+    queue_drops: dict[str, int]  # direction (down, up) -> packets HTB dropped
+    bytes_by_class: dict[tuple[str, str, str], int]  # (class, policy, direction) -> bytes
+
+
+class _AccessCollector:
+    def __init__(self, read: Callable[[], AccessReading]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        try:
+            r = self.read()
+        except Exception:  # a scrape shows the rest of the metrics, and says why not these
+            logging.getLogger("bng.metrics").exception("reading the access data path failed")
+            return
+        spoof = CounterMetricFamily(
+            "bng_antispoof_drops", "Frames from subscriber ports dropped at access ingress: "
+            "an address no session holds, a session's address from another MAC or VLAN, "
+            "tagged non-IPv4, ARP not from a session for its gateway.", labels=["reason"])
+        for name, reason in ANTISPOOF_REASONS.items():
+            spoof.add_metric([reason], r.stats.get(name, 0))
+        yield spoof
+        drops = CounterMetricFamily(
+            "bng_qos_drops", "Packets to or from subscribers dropped by the access data path: "
+            "by the shaper's queues (queue), or routed to an address no session holds "
+            "(no_session).", labels=["direction", "reason"])
+        for direction, n in sorted(r.queue_drops.items()):
+            drops.add_metric([direction, "queue"], n)
+        drops.add_metric(["down", "no_session"], r.stats.get("down_no_session", 0))
+        yield drops
+        arp = CounterMetricFamily(
+            "bng_access_arp", "Subscribers' ARP requests for their gateway answered in XDP "
+            "(answered), and untagged ARP of no session left to the kernel (passed).",
+            labels=["result"])
+        for result in ("answered", "passed"):
+            arp.add_metric([result], r.stats.get(f"arp_{result}", 0))
+        yield arp
+        shaped = CounterMetricFamily(
+            "bng_qos_bytes", "Bytes of shaped subscribers' traffic (frames without VLAN tags "
+            "or FCS), by subscriber class, QoS policy and direction.",
+            labels=["class", "policy", "direction"])
+        for (cls, policy, direction), n in sorted(r.bytes_by_class.items()):
+            shaped.add_metric([cls, policy, direction], n)
+        yield shaped

@@ -325,6 +325,20 @@ def tc_program_name(ifname: str, direction: TcDirection, ns: str | None = None) 
     return None
 
 
+def htb_root_drops(ifname: str, ns: str | None = None) -> int:
+    """Packets the HTB root of ``ifname`` (and its classes) dropped; 0 without one."""
+    with route(ns) as ipr:
+        try:
+            idx = _index(ipr, ifname, ns)
+        except InterfaceMissing:
+            return 0
+        for q in ipr.get_qdiscs(idx):
+            if q.get_attr("TCA_KIND") == "htb" and q["parent"] == 0xFFFFFFFF:
+                stats = q.get_attr("TCA_STATS")
+                return int(stats["drop"]) if stats is not None else 0
+    return 0
+
+
 def remove_shaping(ifname: str, ns: str | None = None) -> None:
     """Take the HTB root and the clsact qdisc (with its programs) off ``ifname``."""
     with route(ns) as ipr:
@@ -346,7 +360,8 @@ def remove_shaping(ifname: str, ns: str | None = None) -> None:
 # on each frame (bpf/access_qos.c), so the kernel resolves no subscriber. Link-local, and
 # never on any wire.
 ACCESS_NEXTHOP = "169.254.255.254"
-_RTPROT_BNG = 186  # our routes' protocol: told apart from the kernel's and an operator's
+_RTPROT_BNG = 250  # our routes' protocol (unassigned in rt_protos): told apart from the
+#                    kernel's and an operator's
 _NUD_PERMANENT = 0x80
 
 

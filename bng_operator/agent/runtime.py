@@ -132,6 +132,7 @@ class Agent:
             self.qos = QosFeature(m, st.bpf_pin_root, self.config,
                                   lambda: list(server.by_address.values()),
                                   changed=lambda: setattr(self.health, "dirty", True))
+            m.watch_access(self.qos.reading)
         server.expire()
         server.take_events()  # ended before anyone followed them: the store has them
         await store.commit()

@@ -176,6 +176,18 @@ class QosPath:
                         sum(int(c.bytes_up) for c in per_cpu),
                         max(int(c.last_seen_ns) for c in per_cpu))
 
+    def all_counters(self) -> dict[int, Counters]:
+        """Every session's counters, summed over CPUs (one batched read of the map)."""
+        out = {}
+        for k, per_cpu in self.counters_map.items():
+            address = int.from_bytes(int(k.value).to_bytes(4, "little"), "big")
+            out[address] = Counters(sum(int(c.packets_down) for c in per_cpu),
+                                    sum(int(c.bytes_down) for c in per_cpu),
+                                    sum(int(c.packets_up) for c in per_cpu),
+                                    sum(int(c.bytes_up) for c in per_cpu),
+                                    max(int(c.last_seen_ns) for c in per_cpu))
+        return out
+
     def stats(self) -> dict[str, int]:
         return {name: int(sum(self.stats_map[self.stats_map.Key(i)]))
                 for i, name in enumerate(STATS)}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,12 +32,13 @@ from bng_operator.agent.qos.plan import (
 )
 from bng_operator.agent.sessions.session import Change, Session
 from bng_operator.api.bngnode import MapFill, ProgramStatus
-from bng_operator.metrics import AgentMetrics
+from bng_operator.metrics import AccessReading, AgentMetrics
 
 if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when shaping is on
     from bng_operator.agent.dataplane.qos import QosPath
 
 log = logging.getLogger("bng.agent.qos")
+BY_CLASS_EVERY = 10.0  # seconds between reads of every session's counters for the metrics
 
 
 def shaping_programs(interfaces: Sequence[str], attached: set[str]) -> list[ProgramStatus]:
@@ -65,10 +66,18 @@ class QosFeature:
     installed: dict[int, ShapingRates] = field(default_factory=dict, init=False)  # shaped
     sessions: dict[int, tuple[Access, ShapingRates | None]] = field(default_factory=dict,
                                                                      init=False)
+    classes: dict[int, str] = field(default_factory=dict, init=False)  # shaped: its class
     attached: set[str] = field(default_factory=set, init=False)
     _work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bng-qos"), init=False)
     _tc: netlink.Tc | None = field(default=None, init=False)  # the worker's socket
+    # metrics: read off the event loop; the bytes by class kept from the last read
+    _read: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="bng-qos-read"),
+        init=False)
+    _by_class: dict[tuple[str, str, str], int] = field(default_factory=dict, init=False)
+    _by_class_at: float = field(default=0.0, init=False)
+    _by_class_run: Future[None] | None = field(default=None, init=False)
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -108,6 +117,7 @@ class QosFeature:
 
     def stop(self) -> None:
         self._work.shutdown(wait=True)
+        self._read.shutdown(wait=True)
         if self._tc is not None:
             self._tc.close()
         if self.path is not None:
@@ -135,6 +145,7 @@ class QosFeature:
             # Classes are per interface: one attached now needs those of every shaped session.
             for address, rates in list(self.installed.items()):
                 self._classes(name, self.minors.by_address[address], rates)
+            self._count_shaped()
             log.info("access data path on %s (upload shaped on %s; routed without "
                      "neighbours: %s)", name, ifb_name(name), ", ".join(routed) or "none")
 
@@ -182,6 +193,41 @@ class QosFeature:
         """Sessions in the access data path, for the BNGNode status."""
         return [MapFill(name="qos_sessions", entries=len(self.sessions), capacity=capacity)]
 
+    def reading(self) -> AccessReading:
+        """What the metrics show of the data path, when scraped (on the event loop). The
+        programs' counters and the queues' drops are read now, off the loop's thread (a
+        netlink socket cannot be made on it); the bytes by class, a read of every session's
+        counters, at most every BY_CLASS_EVERY seconds in the background."""
+        if self.path is None:
+            return AccessReading({}, {}, {})
+        if time.monotonic() - self._by_class_at > BY_CLASS_EVERY and \
+                (self._by_class_run is None or self._by_class_run.done()):
+            self._by_class_run = self._read.submit(self._bytes_by_class)
+        stats, drops = self._read.submit(self._drops).result(timeout=10)
+        return AccessReading(stats, drops, self._by_class)
+
+    def _drops(self) -> tuple[dict[str, int], dict[str, int]]:
+        assert self.path is not None
+        drops = {"down": 0, "up": 0}
+        for name in list(self.attached):
+            drops["down"] += netlink.htb_root_drops(name)
+            drops["up"] += netlink.htb_root_drops(ifb_name(name))
+        return self.path.stats(), drops
+
+    def _bytes_by_class(self) -> None:
+        assert self.path is not None
+        by_class: dict[tuple[str, str, str], int] = {}
+        shaped = dict(self.installed)
+        for address, c in self.path.all_counters().items():
+            rates = shaped.get(address)
+            if rates is None:
+                continue
+            cls = self.classes.get(address, "")
+            for direction, n in (("down", c.bytes_down), ("up", c.bytes_up)):
+                key = (cls, rates.policy, direction)
+                by_class[key] = by_class.get(key, 0) + n
+        self._by_class, self._by_class_at = by_class, time.monotonic()
+
     def status(self, lease: Lease) -> dict[str, Any]:
         """A shaped session's Subscriber status fields: its policy's rates, and its
         counters from the subscriber's side (rx: downloaded, tx: uploaded)."""
@@ -208,6 +254,7 @@ class QosFeature:
                 self._remove(step.address)
             else:
                 self._install(step.address, step.access, step.rates)
+                self.classes[step.address] = step.subscriber_class
         except Exception as e:  # one session's failure must not stop the worker
             self.metrics.qos_errors.labels("install" if step.access else "remove").inc()
             log.error("shaping %s: %s", step, e)
@@ -240,7 +287,7 @@ class QosFeature:
         else:
             self.installed[address] = rates
             self.metrics.qos_install_seconds.observe(time.perf_counter() - t0)
-        self.metrics.qos_shaped.set(len(self.installed))
+        self._count_shaped()
 
     @property
     def tc(self) -> netlink.Tc:
@@ -252,6 +299,10 @@ class QosFeature:
         self.tc.htb_class(ifname, minor, rates.down_bps, rates.down_burst)
         self.tc.htb_class(ifb_name(ifname), minor, rates.up_bps, rates.up_burst)
 
+    def _count_shaped(self) -> None:
+        # Shaped: with classes in the kernel, which needs an interface attached.
+        self.metrics.qos_shaped.set(len(self.installed) if self.attached else 0)
+
     def _del_classes(self, minor: int) -> None:
         for name in self.attached:
             self.tc.del_htb_class(name, minor)
@@ -260,9 +311,10 @@ class QosFeature:
     def _remove(self, address: int) -> None:
         assert self.path is not None
         self.sessions.pop(address, None)
+        self.classes.pop(address, None)
         self.path.delete(address)  # before the classes: never a class id HTB lacks
         minor = self.minors.release(address)
         if minor is not None:
             self._del_classes(minor)
         self.installed.pop(address, None)
-        self.metrics.qos_shaped.set(len(self.installed))
+        self._count_shaped()

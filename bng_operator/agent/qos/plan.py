@@ -96,11 +96,13 @@ class Step:
     address: int
     access: Access | None
     rates: ShapingRates | None = None
+    subscriber_class: str = field(default="", compare=False)  # for metrics by class
 
 
 def session_step(lease: Lease, config: NodeConfig) -> Step:
     """What a bound ``lease``'s session must be in the data path under ``config``."""
-    return Step(lease.address, access_of(lease, config), rates_for(config, lease.subscriber_class))
+    return Step(lease.address, access_of(lease, config), rates_for(config, lease.subscriber_class),
+                lease.subscriber_class)
 
 
 def reload_steps(installed: dict[int, tuple[Access, ShapingRates | None]],
