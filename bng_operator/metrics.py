@@ -64,7 +64,8 @@ class AgentMetrics:
             "bng_fastpath_refreshes_lost_total",
             "Fast-path ACKs whose new lease end could not be queued to the agent.", registry=r)
         self.qos_shaped = Gauge(
-            "bng_qos_subscribers_shaped", "Bound sessions with an HTB class each way on the attached access interfaces.",
+            "bng_qos_subscribers_shaped",
+            "Bound sessions with an HTB class each way on the attached access interfaces.",
             registry=r)
         self.qos_errors = Counter(
             "bng_qos_errors_total", "Shaping operations that failed (the session goes "
