@@ -7,6 +7,7 @@ IFB; downstream, the session's MAC and tags put on, its class in skb->priority. 
 from __future__ import annotations
 
 import ctypes
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -299,3 +300,24 @@ def test_other_arp_is_dropped_or_left_to_the_kernel(
     before = path.stats()
     assert run_prog(path._fds[qos.ARP_PROGRAM], frame).action == action
     assert _delta(path, before) == {stat: 1}
+
+
+# --- pins ---------------------------------------------------------------------------------
+
+
+def test_a_new_generation_adopts_nothing_old_and_sweeps_the_old_pins(bpffs: Path) -> None:
+    root = bpffs / "bngtest-qos-sweep"
+    shutil.rmtree(root, ignore_errors=True)  # a crashed run's
+    old = root / "qos" / "0123456789ab"
+    old.mkdir(parents=True)
+    (root / "qos" / "not-a-generation").mkdir()
+    p = qos.QosPath(max_subscribers=64, pin_root=root)
+    try:
+        assert p.pin_dir is not None and (p.pin_dir / "qos_sessions").exists()
+        assert (root / "access_next").exists()  # above the generations, shared
+        assert p.remove_other_generations() == ["0123456789ab"]
+        assert not old.exists() and (root / "qos" / "not-a-generation").exists()
+        assert p.pin_dir.exists()
+    finally:
+        p.close()
+        shutil.rmtree(root, ignore_errors=True)

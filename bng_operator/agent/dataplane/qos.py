@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bng_operator import netlink
-from bng_operator.agent.dataplane.fastpath import generation
+from bng_operator.agent.dataplane.fastpath import generation, is_generation
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
     BPFObject,
@@ -191,6 +191,18 @@ class QosPath:
     def stats(self) -> dict[str, int]:
         return {name: int(sum(self.stats_map[self.stats_map.Key(i)]))
                 for i, name in enumerate(STATS)}
+
+    def remove_other_generations(self) -> list[str]:
+        """Unpin the maps and programs of older generations, once this one's programs have
+        replaced theirs on every access interface."""
+        if self.pin_dir is None:
+            return []
+        gone = []
+        for d in self.pin_dir.parent.iterdir():
+            if d.is_dir() and d != self.pin_dir and is_generation(d.name):
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(d.name)
+        return gone
 
     def close(self) -> None:
         """Free this process's handles. Pins, classifiers and classes stay."""

@@ -130,6 +130,15 @@ class QosFeature:
 
     def _attach(self, interfaces: list[str]) -> None:
         assert self.path is not None
+        try:
+            self._attach_each(interfaces)
+        finally:
+            if interfaces and all(name in self.attached for name in interfaces):
+                for gen in self.path.remove_other_generations():
+                    log.info("access data path: removed the pins of generation %s", gen)
+
+    def _attach_each(self, interfaces: list[str]) -> None:
+        assert self.path is not None
         for name in interfaces:
             if name in self.attached and self.path.attached(name):
                 continue
