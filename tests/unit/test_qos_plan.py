@@ -16,6 +16,7 @@ from bng_operator.agent.qos.plan import (
     Step,
     access_of,
     reload_steps,
+    session_step,
 )
 
 RES = ShapingRates("residential", 20_000_000, 25_000, 5_000_000, 6_250)
@@ -98,3 +99,14 @@ def test_a_reload_changes_exactly_the_sessions_whose_access_or_rates_changed(
         config: NodeConfig, steps: list[Step]) -> None:
     leases = {ADDRESS: lease} if lease is not None else {}
     assert reload_steps({ADDRESS: installed}, leases, config) == steps
+
+
+def test_rates_set_for_a_session_stand_over_its_classs_policy_through_a_reload() -> None:
+    lease = _lease()
+    assert session_step(lease, _config(R), BIZ) == Step(ADDRESS, ON_LINK, BIZ)
+    assert session_step(lease, _config(R)) == Step(ADDRESS, ON_LINK, RES)
+    # a policy edit leaves an overridden session alone, and re-rates it once the override goes
+    assert reload_steps({ADDRESS: (ON_LINK, BIZ)}, {ADDRESS: lease}, _config(R),
+                        {ADDRESS: BIZ}) == []
+    assert reload_steps({ADDRESS: (ON_LINK, BIZ)}, {ADDRESS: lease}, _config(R)) == \
+        [Step(ADDRESS, ON_LINK, RES)]

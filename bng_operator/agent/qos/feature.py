@@ -67,6 +67,9 @@ class QosFeature:
     sessions: dict[int, tuple[Access, ShapingRates | None]] = field(default_factory=dict,
                                                                      init=False)
     classes: dict[int, str] = field(default_factory=dict, init=False)  # shaped: its class
+    # address -> rates set for the session itself (RADIUS authorisation, CoA), over its
+    # class's policy until it ends; kept in memory: the AAA server re-sends them
+    overrides: dict[int, ShapingRates] = field(default_factory=dict, init=False)
     attached: set[str] = field(default_factory=set, init=False)
     _work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bng-qos"), init=False)
@@ -109,7 +112,8 @@ class QosFeature:
 
     def _warm(self) -> None:
         assert self.path is not None
-        want = {lease.address: session_step(lease, self.config) for lease in self.leases()}
+        want = {lease.address: session_step(lease, self.config, self.overrides.get(lease.address))
+                for lease in self.leases()}
         for address in set(self.path.installed()) - set(want):
             self._apply(Step(address, None))
         for step in want.values():
@@ -176,18 +180,32 @@ class QosFeature:
 
     def on_bound(self, s: Session) -> None:
         if s.lease is not None:
-            self._submit(session_step(s.lease, self.config))
+            self._submit(self._step(s.lease))
 
     def on_changed(self, s: Session, what: Change, before: Lease | None) -> None:
         if s.lease is None:
             return
         if before is not None and before.address != s.lease.address:
+            self.overrides.pop(before.address, None)
             self._submit(Step(before.address, None))
-        self._submit(session_step(s.lease, self.config))
+        self._submit(self._step(s.lease))
 
     def on_ended(self, s: Session) -> None:
         if s.lease is not None:
+            self.overrides.pop(s.lease.address, None)
             self._submit(Step(s.lease.address, None))
+
+    def override(self, lease: Lease, rates: ShapingRates | None) -> None:
+        """The hook for RADIUS (authorisation, CoA): ``rates`` for this session over its
+        class's policy, applied live like a policy edit; None: back to its class's."""
+        if rates is None:
+            self.overrides.pop(lease.address, None)
+        else:
+            self.overrides[lease.address] = rates
+        self._submit(self._step(lease))
+
+    def _step(self, lease: Lease) -> Step:
+        return session_step(lease, self.config, self.overrides.get(lease.address))
 
     def reconfigure(self, config: NodeConfig) -> None:
         """A reload: re-rate (or unshape) exactly the sessions whose rates changed."""
@@ -195,7 +213,7 @@ class QosFeature:
         if self.path is not None:
             self._work.submit(self._route)
         leases = {lease.address: lease for lease in self.leases()}
-        for step in reload_steps(dict(self.sessions), leases, config):
+        for step in reload_steps(dict(self.sessions), leases, config, dict(self.overrides)):
             self._submit(step)
 
     def maps(self, capacity: int) -> list[MapFill]:
@@ -242,7 +260,7 @@ class QosFeature:
         counters from the subscriber's side (rx: downloaded, tx: uploaded)."""
         # The class's policy, not what the worker installed yet: a new session's object is
         # written at once, and shows its shaping from the start.
-        rates = rates_for(self.config, lease.subscriber_class)
+        rates = self.overrides.get(lease.address) or rates_for(self.config, lease.subscriber_class)
         if rates is None or self.path is None:
             return {}
         c = self.path.counters(lease.address)

@@ -99,25 +99,28 @@ class Step:
     subscriber_class: str = field(default="", compare=False)  # for metrics by class
 
 
-def session_step(lease: Lease, config: NodeConfig) -> Step:
-    """What a bound ``lease``'s session must be in the data path under ``config``."""
-    return Step(lease.address, access_of(lease, config), rates_for(config, lease.subscriber_class),
-                lease.subscriber_class)
+def session_step(lease: Lease, config: NodeConfig, override: ShapingRates | None = None
+                 ) -> Step:
+    """What a bound ``lease``'s session must be in the data path under ``config``:
+    ``override`` (a RADIUS authorisation or CoA's rates) over its class's policy."""
+    rates = override if override is not None else rates_for(config, lease.subscriber_class)
+    return Step(lease.address, access_of(lease, config), rates, lease.subscriber_class)
 
 
 def reload_steps(installed: dict[int, tuple[Access, ShapingRates | None]],
-                 leases: dict[int, Lease], config: NodeConfig) -> list[Step]:
+                 leases: dict[int, Lease], config: NodeConfig,
+                 overrides: dict[int, ShapingRates] | None = None) -> list[Step]:
     """After a reload: every installed session whose access or rates changed gets them new
     (unshaped, when its class lost its policy), and a session whose lease is gone is
     forgotten. ``installed``: address -> what the data path has; ``leases``: the bound
-    leases now, by address."""
+    leases now, by address; ``overrides``: rates that stand over a class's policy."""
     steps = []
     for address, had in sorted(installed.items()):
         lease = leases.get(address)
         if lease is None:
             steps.append(Step(address, None))
             continue
-        want = session_step(lease, config)
+        want = session_step(lease, config, (overrides or {}).get(address))
         if (want.access, want.rates) != had:
             steps.append(want)
     return steps
