@@ -10,6 +10,7 @@ are untagged, the bng node sees 802.1Q and 802.1ad tags in the frames."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from bng_lab.site import INTERNET_ADDRESS, Site, subscriber_mac
 from bng_lab.vlan_ports import tag_ports
 from bng_operator import netlink
 from bng_operator.agent.dhcp.transport import build_frame
+from tests.e2e.conftest import wait
 
 ONE_TO_ONE, QINQ, SHARED = (0x8100, 101, 0), (0x88A8, 200, 10), (0x8100, 300, 0)
 PORTS = {0: ONE_TO_ONE, 1: QINQ, 2: SHARED, 3: SHARED}
@@ -80,6 +82,16 @@ def test_tagged_subscribers_reach_their_gateway_and_the_internet_with_no_neighbo
         r = site.lab.run(site.inet, "ping", "-c", "1", "-W", "2", lease.address,  # type: ignore[attr-defined]
                          check=False)
         assert r.returncode == 0, f"the internet cannot reach {lease.address}"
+
+    # A restarted agent restores the sessions from its lease store, tags and all: what it
+    # puts back in the maps must still let them through.
+    site.stop_agent(signal.SIGKILL)
+    site.start_agent()
+    wait("the restarted agent to attach", lambda: sum(
+        "access data path on access0" in str(e.get("msg")) for e in site.log_events()) >= 2)
+    time.sleep(1)  # its worker put the restored sessions back before attaching
+    for i in PORTS:
+        assert _ping(site, i, INTERNET_ADDRESS, tries=3), f"s{i} lost its way after a restart"
 
 
 def test_a_subscriber_on_the_wrong_vlan_or_with_no_session_gets_nothing_through(

@@ -15,6 +15,7 @@ from bng_operator.agent.qos.plan import (
     Minors,
     Step,
     access_of,
+    class_interfaces,
     reload_steps,
     session_step,
 )
@@ -110,3 +111,13 @@ def test_rates_set_for_a_session_stand_over_its_classs_policy_through_a_reload()
                         {ADDRESS: BIZ}) == []
     assert reload_steps({ADDRESS: (ON_LINK, BIZ)}, {ADDRESS: lease}, _config(R)) == \
         [Step(ADDRESS, ON_LINK, RES)]
+
+
+@pytest.mark.parametrize(("where", "attached", "classes_on"), [
+    ("access1", {"access0", "access1"}, ["access1"]),  # its own interface only
+    ("access2", {"access0", "access1"}, []),  # its interface is not shaped (yet)
+    ("", {"access1", "access0"}, ["access0", "access1"]),  # a lease that does not say
+])
+def test_a_sessions_classes_go_on_its_own_access_interface(
+        where: str, attached: set[str], classes_on: list[str]) -> None:
+    assert class_interfaces(where, attached) == classes_on

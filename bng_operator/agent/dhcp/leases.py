@@ -20,7 +20,7 @@ from pathlib import Path
 _ADDED_COLUMNS = {"vlan": "INTEGER NOT NULL DEFAULT 0", "giaddr": "INTEGER NOT NULL DEFAULT 0",
                   "server_id": "INTEGER NOT NULL DEFAULT 0", "relay_agent": "BLOB",
                   "lease_seconds": "INTEGER NOT NULL DEFAULT 0",
-                  "tags": "BLOB NOT NULL DEFAULT X''"}
+                  "tags": "BLOB NOT NULL DEFAULT X''", "interface": "TEXT NOT NULL DEFAULT ''"}
 
 # Pauses between the tries of one batch write (a busy or briefly full disk), then it fails.
 WRITE_RETRIES = (0.05, 0.2, 0.0)
@@ -71,6 +71,7 @@ class Lease:
     relay_agent: bytes | None = None  # option 82 value, verbatim
     lease_seconds: int = 0
     tags: bytes = b""  # its VLAN tags (TPID, TCI), outermost first: the access data path's
+    interface: str = ""  # the access interface it came in on ("": before this was kept)
 
 
 @dataclass(slots=True, frozen=True)
@@ -85,7 +86,7 @@ def _row(lease: Lease) -> tuple[object, ...]:
     return (lease.address, lease.identity, lease.mac, lease.client_id, lease.circuit_id,
             lease.remote_id, lease.pool, lease.subscriber_class, lease.expires, lease.hostname,
             lease.bound_at, lease.state, lease.vlan, lease.giaddr, lease.server_id,
-            lease.relay_agent, lease.lease_seconds, lease.tags)
+            lease.relay_agent, lease.lease_seconds, lease.tags, lease.interface)
 
 
 _LEASE_COLS = ", ".join(f.name if f.name != "subscriber_class" else "class" for f in fields(Lease))

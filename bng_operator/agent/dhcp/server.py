@@ -459,7 +459,8 @@ class DhcpServer:
             hostname=msg.hostname, bound_at=old.bound_at if old and old.address == addr else now,
             state="bound", vlan=ctx.vlans[0] if ctx.vlans else 0, giaddr=int(msg.giaddr),
             server_id=int(server_id),
-            relay_agent=msg.relay_agent, lease_seconds=seconds, tags=ctx.tags)
+            relay_agent=msg.relay_agent, lease_seconds=seconds, tags=ctx.tags,
+            interface=ctx.interface)
         self._bind(lease)
         self._attach(s, lease)
         self.store.put(lease)

@@ -26,6 +26,7 @@ from bng_operator.agent.qos.plan import (
     Access,
     Minors,
     Step,
+    class_interfaces,
     rates_for,
     reload_steps,
     session_step,
@@ -67,6 +68,7 @@ class QosFeature:
     sessions: dict[int, tuple[Access, ShapingRates | None]] = field(default_factory=dict,
                                                                      init=False)
     classes: dict[int, str] = field(default_factory=dict, init=False)  # shaped: its class
+    where: dict[int, str] = field(default_factory=dict, init=False)  # its access interface
     # address -> rates set for the session itself (RADIUS authorisation, CoA), over its
     # class's policy until it ends; kept in memory: the AAA server re-sends them
     overrides: dict[int, ShapingRates] = field(default_factory=dict, init=False)
@@ -155,9 +157,10 @@ class QosFeature:
                 continue
             self.attached.add(name)
             self.changed()
-            # Classes are per interface: one attached now needs those of every shaped session.
+            # Classes are per interface: one attached now needs those of its shaped sessions.
             for address, rates in list(self.installed.items()):
-                self._classes(name, self.minors.by_address[address], rates)
+                if self.where.get(address, "") in ("", name):
+                    self._classes(name, self.minors.by_address[address], rates)
             self._count_shaped()
             log.info("access data path on %s (upload shaped on %s; routed without "
                      "neighbours: %s)", name, ifb_name(name), ", ".join(routed) or "none")
@@ -280,8 +283,9 @@ class QosFeature:
             if step.access is None:
                 self._remove(step.address)
             else:
-                self._install(step.address, step.access, step.rates)
                 self.classes[step.address] = step.subscriber_class
+                self.where[step.address] = step.interface
+                self._install(step.address, step.access, step.rates)
         except Exception as e:  # one session's failure must not stop the worker
             self.metrics.qos_errors.labels("install" if step.access else "remove").inc()
             log.error("shaping %s: %s", step, e)
@@ -300,7 +304,7 @@ class QosFeature:
                 log.warning("shaping: every HTB class id is taken; %s goes unshaped", address)
                 rates = None
             else:
-                for name in self.attached:
+                for name in self._interfaces_of(address):
                     self._classes(name, minor, rates)
         had = self.minors.by_address.get(address) if rates is None else None
         # after the classes (never a class id HTB lacks), before a class goes
@@ -322,6 +326,9 @@ class QosFeature:
             self._tc = netlink.Tc()
         return self._tc
 
+    def _interfaces_of(self, address: int) -> list[str]:
+        return class_interfaces(self.where.get(address, ""), self.attached)
+
     def _classes(self, ifname: str, minor: int, rates: ShapingRates) -> None:
         self.tc.htb_class(ifname, minor, rates.down_bps, rates.down_burst)
         self.tc.htb_class(ifb_name(ifname), minor, rates.up_bps, rates.up_burst)
@@ -339,6 +346,7 @@ class QosFeature:
         assert self.path is not None
         self.sessions.pop(address, None)
         self.classes.pop(address, None)
+        self.where.pop(address, None)
         self.path.delete(address)  # before the classes: never a class id HTB lacks
         minor = self.minors.release(address)
         if minor is not None:

@@ -88,6 +88,15 @@ def rates_for(config: NodeConfig, subscriber_class: str) -> ShapingRates | None:
     return config.shaping.get(subscriber_class)
 
 
+def class_interfaces(where: str, attached: set[str]) -> list[str]:
+    """Where a session's HTB classes go: its own access interface (``where``), once
+    attached; every attached one for a lease that does not say (bound before leases kept
+    their interface)."""
+    if where:
+        return [where] if where in attached else []
+    return sorted(attached)
+
+
 @dataclass(frozen=True)
 class Step:
     """One change to the access data path: carry ``address``'s traffic as ``access`` says,
@@ -97,6 +106,7 @@ class Step:
     access: Access | None
     rates: ShapingRates | None = None
     subscriber_class: str = field(default="", compare=False)  # for metrics by class
+    interface: str = field(default="", compare=False)  # where its classes go ("": every one)
 
 
 def session_step(lease: Lease, config: NodeConfig, override: ShapingRates | None = None
@@ -104,7 +114,8 @@ def session_step(lease: Lease, config: NodeConfig, override: ShapingRates | None
     """What a bound ``lease``'s session must be in the data path under ``config``:
     ``override`` (a RADIUS authorisation or CoA's rates) over its class's policy."""
     rates = override if override is not None else rates_for(config, lease.subscriber_class)
-    return Step(lease.address, access_of(lease, config), rates, lease.subscriber_class)
+    return Step(lease.address, access_of(lease, config), rates, lease.subscriber_class,
+                lease.interface)
 
 
 def reload_steps(installed: dict[int, tuple[Access, ShapingRates | None]],

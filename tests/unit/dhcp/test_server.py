@@ -370,7 +370,7 @@ def test_class_match_fields(match: dict[str, object], msg_kw: dict[str, object],
 
 def test_a_lease_records_the_request_the_fast_path_must_see_again() -> None:
     s, store, _ = server()
-    ctx = Context("access0", CTX.server_addresses, (100,))
+    ctx = Context("access0", CTX.server_addresses, (100,), tags=b"\x81\x00\x20\x64")
     kw = {"remote": "res-7", "giaddr": "100.64.0.2"}
     offer = s.handle(request(D, **kw), ctx).reply  # type: ignore[arg-type]
     assert offer is not None
@@ -379,6 +379,8 @@ def test_a_lease_records_the_request_the_fast_path_must_see_again() -> None:
     assert (lease.vlan, IPv4Address(lease.giaddr), IPv4Address(lease.server_id)) == \
         (100, IPv4Address("100.64.0.2"), IPv4Address("100.64.0.1"))
     assert lease.relay_agent == relay82(None, "res-7") and lease.lease_seconds == 4 * 3600
+    # the access data path's: the tags as they came (priority bits too), the interface
+    assert (lease.tags, lease.interface) == (b"\x81\x00\x20\x64", "access0")
 
 
 def test_renewals_answered_elsewhere_extend_leases_and_expiry_waits_for_them() -> None:
@@ -420,8 +422,8 @@ def test_a_store_written_by_an_older_agent_gains_the_new_columns(tmp_path: Path)
     (lease,), _ = store.load()
     store.close()
     assert lease.identity == "mac:02:00:00:00:00:01"
-    assert (lease.vlan, lease.giaddr, lease.server_id, lease.relay_agent, lease.lease_seconds) \
-        == (0, 0, 0, None, 0)
+    assert (lease.vlan, lease.giaddr, lease.server_id, lease.relay_agent, lease.lease_seconds,
+            lease.tags, lease.interface) == (0, 0, 0, None, 0, b"", "")
 
 
 def test_a_nak_through_a_relay_sets_the_broadcast_bit() -> None:
