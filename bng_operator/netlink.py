@@ -230,6 +230,7 @@ def set_feature(ifname: str, name: str, on: bool) -> bool:
 # --- tc: the access data path's shaping ------------------------------------------------------
 
 TC_ROOT = 0x10000  # handle 1: of the HTB root; a class is 1:<minor>
+_GROUP_RATE = "100gbit"  # a group class's: never the limit (its sessions' classes are)
 TcDirection = Literal["ingress", "egress"]
 _CLSACT_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 _TC_FILTER_HANDLE, _TC_FILTER_PRIO = 1, 1
@@ -276,26 +277,35 @@ class Tc:
             self._indexes[ifname] = _index(self._ipr, ifname, self._ns)
         return self._indexes[ifname]
 
-    def _class(self, command: str, ifname: str, minor: int, **kw: Any) -> None:
+    def _tc(self, command: str, ifname: str, handle: int, parent: int, **kw: Any) -> None:
         try:
-            self._ipr.tc(command, "htb", self._index(ifname), TC_ROOT | minor, parent=TC_ROOT,
-                         **kw)
+            self._ipr.tc(command, "htb", self._index(ifname), handle, parent=parent, **kw)
         except NetlinkError as e:
             if e.code != errno.ENODEV:
                 raise
             self._indexes.pop(ifname, None)  # made again since: look it up once more
-            self._ipr.tc(command, "htb", self._index(ifname), TC_ROOT | minor, parent=TC_ROOT,
-                         **kw)
+            self._ipr.tc(command, "htb", self._index(ifname), handle, parent=parent, **kw)
 
-    def htb_class(self, ifname: str, minor: int, rate_bps: int, burst_bytes: int) -> None:
-        """Class 1:``minor`` of the HTB root at ``rate_bps`` with ``burst_bytes`` (made, or
-        changed in place: its queue is kept)."""
-        self._class("replace-class", ifname, minor, rate=f"{rate_bps}bit",
-                    ceil=f"{rate_bps}bit", burst=burst_bytes, cburst=burst_bytes)
+    def htb_class(self, ifname: str, classid: int, rate_bps: int, burst_bytes: int) -> None:
+        """HTB class ``classid`` (major << 16 | minor; a minor alone: the root's, 1:minor)
+        at ``rate_bps`` with ``burst_bytes``, under its major's qdisc (made, or changed in
+        place: its queue is kept)."""
+        classid = classid if classid >> 16 else TC_ROOT | classid
+        self._tc("replace-class", ifname, classid, classid & 0xFFFF0000,
+                 rate=f"{rate_bps}bit", ceil=f"{rate_bps}bit", burst=burst_bytes,
+                 cburst=burst_bytes)
 
-    def del_htb_class(self, ifname: str, minor: int) -> None:
+    def htb_group(self, ifname: str, group_classid: int, major: int) -> None:
+        """A nested HTB qdisc ``major``: as the qdisc of the root's class ``group_classid``,
+        which has all the link's rate: 65,534 more class ids (kept if there)."""
+        self._tc("replace-class", ifname, group_classid, TC_ROOT, rate=_GROUP_RATE,
+                 ceil=_GROUP_RATE)
+        self._tc("replace", ifname, major << 16, group_classid, default=0)
+
+    def del_htb_class(self, ifname: str, classid: int) -> None:
+        classid = classid if classid >> 16 else TC_ROOT | classid
         with contextlib.suppress(NetlinkError):  # gone already
-            self._class("del-class", ifname, minor)
+            self._tc("del-class", ifname, classid, classid & 0xFFFF0000)
 
     def close(self) -> None:
         self._ipr.close()
@@ -312,6 +322,14 @@ def attach_tc(ifname: str, prog_fd: int, direction: TcDirection, name: str,
         ipr.tc("replace-filter", "bpf", idx, _TC_FILTER_HANDLE, fd=prog_fd, name=name,
                parent=_CLSACT_PARENT[direction], prio=_TC_FILTER_PRIO, direct_action=True,
                protocol=0x0003)  # ETH_P_ALL (pyroute2 puts it in network order)
+
+
+def attach_class_filter(ifname: str, prog_fd: int, name: str, ns: str | None = None) -> None:
+    """The BPF program ``prog_fd`` as the one filter of ``ifname``'s HTB root, in classic
+    mode (it returns the class id), replacing the one there."""
+    with route(ns) as ipr:
+        ipr.tc("replace-filter", "bpf", _index(ipr, ifname, ns), _TC_FILTER_HANDLE, fd=prog_fd,
+               name=name, parent=TC_ROOT, prio=_TC_FILTER_PRIO, protocol=0x0003)
 
 
 def tc_program_name(ifname: str, direction: TcDirection, ns: str | None = None) -> str | None:

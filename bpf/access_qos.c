@@ -12,6 +12,7 @@
 //               (a queue, not a policer: a drop policer with a burst small against
 //               rate x RTT collapses TCP). The IFB hands it back to the access interface's
 //               ingress, past tc, and the stack routes it.
+//   qos_group   the filter of each HTB root: sessions past the root's 65k classes.
 //   qos_down    tc egress: to a session, the frame gets the session's MAC and tags (the
 //               kernel routes the access subnets through one fixed neighbour, see
 //               dataplane/qos.py), is counted, and skb->priority (major:minor) names its HTB
@@ -297,4 +298,17 @@ int qos_up(struct __sk_buff *skb)
     }
     skb->priority = prio;
     return bpf_redirect(ai->ifb, 0);
+}
+
+// The filter of each HTB root (classic mode: the return value is the class id). HTB finds a
+// root class by skb->priority without it; a session of a group (major M >= 2: past the
+// root's 65k class ids) is sent on to the root class whose qdisc is group M, and that
+// qdisc finds the session's class M:minor by skb->priority in turn. 0: no match (HTB's
+// direct queue, unshaped).
+int qos_group(struct __sk_buff *skb)
+{
+    __u32 major = skb->priority >> 16;
+    if (major < QOS_FIRST_GROUP || major > QOS_LAST_GROUP)
+        return 0;
+    return (1 << 16) | (QOS_GROUP_CLASS_BASE + major);
 }

@@ -8,6 +8,11 @@
 #define MAX_SUBSCRIBERS 100000
 #endif
 #define QOS_INTERFACES 64
+// HTB class ids past the root's (bng_operator/agent/qos/plan.py): group M's qdisc M: is the
+// qdisc of root class 1:(QOS_GROUP_CLASS_BASE + M).
+#define QOS_GROUP_CLASS_BASE 0xF000
+#define QOS_FIRST_GROUP 2
+#define QOS_LAST_GROUP 0xFFE
 
 // A bound session, by its address (network byte order): what its frames must carry
 // (anti-spoofing, upstream), what to put on the packets to it (downstream, in place of a

@@ -7,7 +7,9 @@ IFB; downstream, the session's MAC and tags put on, its class in skb->priority. 
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -19,6 +21,7 @@ from bng_operator.agent.dataplane import qos
 from bng_operator.agent.dataplane.loader import BPF_DIR, _prog_run
 from bng_operator.agent.dataplane.loader import test_run as run_prog
 from bng_operator.agent.dhcp.transport import build_frame
+from bng_operator.agent.qos import plan
 from bng_operator.agent.qos.plan import Access
 from tests.bpf.cheader import enum_names
 
@@ -39,6 +42,10 @@ def test_constants_agree_with_the_c_headers() -> None:
     h = HEADER.read_text()
     assert enum_names(h, "qos_stat", "QOS_") == [*qos.STATS, "stats_max"]
     assert f"#define QOS_INTERFACES {qos.QOS_INTERFACES}" in h
+    for name, value in (("QOS_GROUP_CLASS_BASE", plan.GROUP_CLASS_BASE),
+                        ("QOS_FIRST_GROUP", plan.FIRST_GROUP), ("QOS_LAST_GROUP", plan.LAST_GROUP)):
+        assert re.search(rf"#define {name} (0x[0-9A-F]+|\d+)\n", h) and \
+            int(re.search(rf"#define {name} (\S+)", h).group(1), 0) == value  # type: ignore[union-attr]
     access = (Path(BPF_DIR) / "lib" / "access.h").read_text()
     assert f"#define ACCESS_NEXT_ARP {qos.ACCESS_NEXT_ARP}" in access
 
@@ -79,9 +86,9 @@ class TcRun:
     priority: int
 
 
-def run_tc(fd: int, frame: bytes) -> TcRun:
+def run_tc(fd: int, frame: bytes, priority: int = 0) -> TcRun:
     out = ctypes.create_string_buffer(4096)
-    ctx_in, ctx_out = _SkbCtx(), _SkbCtx()
+    ctx_in, ctx_out = _SkbCtx(priority=priority), _SkbCtx()
     o = _prog_run(fd, frame, data_out=ctypes.addressof(out), data_size_out=len(out),
                   ctx_in=ctypes.addressof(ctx_in), ctx_size_in=ctypes.sizeof(ctx_in),
                   ctx_out=ctypes.addressof(ctx_out), ctx_size_out=ctypes.sizeof(ctx_out))
@@ -140,7 +147,7 @@ def test_download_gets_the_sessions_mac_and_tags_and_its_class(
     c = path.counters(int(SUB))
     assert (c.packets_down, c.bytes_down, c.packets_up) == (1, len(frame), 0)
     assert c.last_seen_ns > 0
-    assert path.installed()[int(SUB)] == 7
+    assert path.installed()[int(SUB)] == 0x10007
 
 
 def test_an_unshaped_session_is_sent_with_no_class(
@@ -321,3 +328,67 @@ def test_a_new_generation_adopts_nothing_old_and_sweeps_the_old_pins(bpffs: Path
     finally:
         p.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- more sessions than one HTB root has class ids -----------------------------------------
+
+
+@pytest.mark.parametrize(("priority", "classid"), [
+    (0x20005, 0x1F002),  # group 2's session: to the root class holding group 2
+    (0x0FFE0001, 0x1FFFE),  # the last group
+    (0x10005, 0),  # the root's own (HTB finds it before any filter): no match
+    (0, 0),  # unshaped
+    (0x0FFF0001, 0),  # past the groups
+])
+def test_the_root_filter_sends_a_groups_session_to_its_group(
+        path: qos.QosPath, priority: int, classid: int) -> None:
+    r = run_tc(path._fds[qos.GROUP_FILTER], _udp(SERVER, SUB), priority=priority)
+    assert r.action == classid
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[tuple[str, str]]:
+    """Namespaces bngt-qg-a (10.9.0.1 on a0) and bngt-qg-b (10.9.0.2 on b0)."""
+    from bng_operator import netlink
+
+    names = ("bngt-qg-a", "bngt-qg-b")
+    for ns in names:
+        if ns in netlink.list_netns():
+            netlink.remove_netns(ns)  # a crashed run's
+        netlink.create_netns(ns)
+    netlink.add_veth_pair("a0", names[0], "b0", names[1])
+    for ns, dev, addr in ((names[0], "a0", "10.9.0.1/24"), (names[1], "b0", "10.9.0.2/24")):
+        netlink.add_address(dev, addr, ns)
+        netlink.set_up(dev, ns)
+    yield names
+    for ns in names:
+        netlink.remove_netns(ns)
+
+
+def _class_packets(ns: str, dev: str) -> dict[str, int]:
+    out = subprocess.run(["ip", "netns", "exec", ns, "tc", "-s", "class", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout
+    return {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"class htb (\S+) .*?\n Sent \d+ bytes (\d+) pkt", out)}
+
+
+def test_a_session_past_the_roots_class_ids_is_shaped_in_its_group(
+        two_hosts: tuple[str, str]) -> None:
+    from bng_operator import netlink
+
+    ns_a, _ = two_hosts
+    p = qos.QosPath(max_subscribers=64)
+    tc = netlink.Tc(ns_a)
+    try:
+        p.attach("a0", "bngu-a0", ns=ns_a)
+        tc.htb_group("a0", plan.group_class(3), 3)
+        tc.htb_class("a0", 3 << 16 | 7, 50_000_000, 62_500)
+        p.put(int(IPv4Address("10.9.0.2")), 3 << 16 | 7)  # routed: no L2 of its own
+        subprocess.run(["ip", "netns", "exec", ns_a, "ping", "-c", "3", "-i", "0.2", "-W", "1",
+                        "10.9.0.2"], check=True, capture_output=True)
+        sent = _class_packets(ns_a, "a0")
+        assert sent.get("3:7", 0) >= 3, sent  # the session's class, in group 3
+        assert sent.get("1:f003", 0) >= 3, sent  # through the root's class holding group 3
+    finally:
+        tc.close()
+        p.close()

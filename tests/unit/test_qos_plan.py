@@ -10,12 +10,14 @@ import pytest
 from bng_operator.agent.config import NodeConfig, PoolConfig, ShapingRates, SubnetConfig
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.agent.qos.plan import (
-    LAST_MINOR,
+    GROUP_CLASS_BASE,
+    LAST_GROUP,
     Access,
-    Minors,
+    ClassIds,
     Step,
     access_of,
     class_interfaces,
+    group_class,
     reload_steps,
     session_step,
 )
@@ -24,28 +26,47 @@ RES = ShapingRates("residential", 20_000_000, 25_000, 5_000_000, 6_250)
 BIZ = ShapingRates("business", 100_000_000, 125_000, 100_000_000, 125_000)
 
 
-def test_minors_are_handed_out_lowest_first_and_reused() -> None:
-    m = Minors()
-    assert [m.take(a) for a in (10, 11, 12)] == [1, 2, 3]
-    assert m.take(11) == 2  # the one it has
-    assert m.release(11) == 2 and m.release(11) is None
-    assert m.take(13) == 2
-    assert m.by_address == {10: 1, 12: 3, 13: 2}
+def _cid(major: int, minor: int) -> int:
+    return major << 16 | minor
 
 
-def test_adopted_minors_are_kept_and_the_gaps_stay_free() -> None:
-    m = Minors()
-    assert m.take(10, minor=5) == 5
-    assert m.take(11, minor=2) == 2
-    assert sorted(m.take(a) or 0 for a in (20, 21, 22)) == [1, 3, 4]
-    assert m.take(23) == 6
+def test_class_ids_are_handed_out_lowest_first_and_reused() -> None:
+    c = ClassIds()
+    assert [c.take(a) for a in (10, 11, 12)] == [_cid(1, 1), _cid(1, 2), _cid(1, 3)]
+    assert c.take(11) == _cid(1, 2)  # the one it has
+    assert c.release(11) == _cid(1, 2) and c.release(11) is None
+    assert c.take(13) == _cid(1, 2)
+    assert c.by_address == {10: _cid(1, 1), 12: _cid(1, 3), 13: _cid(1, 2)}
 
 
-def test_minors_run_out_at_the_htb_limit() -> None:
-    m = Minors()
-    assert m.take(1, minor=LAST_MINOR) == LAST_MINOR
-    m._free.clear()  # as if all the rest were taken
-    assert m.take(2) is None
+def test_adopted_class_ids_are_kept_and_the_gaps_stay_free() -> None:
+    c = ClassIds()
+    assert c.take(10, _cid(1, 5)) == _cid(1, 5)
+    assert c.take(11, _cid(1, 2)) == _cid(1, 2)
+    assert c.take(12, _cid(1, 2)) is None  # another address's
+    assert c.take(13, _cid(0x0FFF, 1)) is None  # not in this layout
+    assert sorted(c.take(a) or 0 for a in (20, 21, 22)) == [_cid(1, 1), _cid(1, 3), _cid(1, 4)]
+    assert c.take(23) == _cid(1, 6)
+
+
+def test_past_the_roots_class_ids_sessions_go_into_groups_until_all_are_taken() -> None:
+    c = ClassIds(root_minors=2, group_minors=3, groups=2)
+    got = [c.take(a) for a in range(8)]
+    assert got == [_cid(1, 1), _cid(1, 2), _cid(2, 1), _cid(2, 2), _cid(2, 3), _cid(3, 1),
+                   _cid(3, 2), _cid(3, 3)]
+    assert c.take(99) is None  # every id taken: the session goes unshaped, counted
+    assert c.release(3) == _cid(2, 2)
+    assert c.take(99) == _cid(2, 2)
+    assert group_class(2) == _cid(1, GROUP_CLASS_BASE + 2)
+
+
+def test_the_default_layout_holds_the_design_limit_and_more() -> None:
+    c = ClassIds()
+    assert c.root_minors == 0xEFFF and c.capacity > 1_000_000
+    # the root's last, then group 2's first; ids round-trip through their index
+    assert c.class_id(0xEFFE) == _cid(1, 0xEFFF) and c.class_id(0xEFFF) == _cid(2, 1)
+    assert all(c.index(c.class_id(i)) == i for i in (0, 0xEFFE, 0xEFFF, 200_000))
+    assert group_class(LAST_GROUP) <= _cid(1, 0xFFFE)  # group classes fit the root
 
 
 def _lease(cls: str = "residential", pool: str = "residential", giaddr: int = 0,

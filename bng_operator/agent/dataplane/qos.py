@@ -32,6 +32,7 @@ from bng_operator.agent.qos.plan import Access
 
 SOURCE = Path(BPF_DIR) / "access_qos.c"
 PROGRAMS = {"egress": "qos_down", "ingress": "qos_up"}
+GROUP_FILTER = "qos_group"  # on each HTB root: classic cls_bpf, returns the class id
 ARP_PROGRAM = "access_arp"  # XDP, in slot ACCESS_NEXT_ARP of access_next
 ACCESS_NEXT_ARP = 0
 MAPS = ("qos_sessions", "qos_counters", "access_interfaces", "qos_stats")
@@ -81,7 +82,7 @@ class QosPath:
         self.next_map = self.obj.map("access_next")
         self._fds: dict[str, int] = {}
         self._own: list[int] = []
-        for fn in PROGRAMS.values():
+        for fn in (*PROGRAMS.values(), GROUP_FILTER):
             self._fds[fn] = self._program(fn, xdp=False)
         self._fds[ARP_PROGRAM] = self._program(ARP_PROGRAM, xdp=True)
 
@@ -118,6 +119,8 @@ class QosPath:
         self.interfaces[self.interfaces.Key(index)] = leaf
         self.next_map[self.next_map.Key(ACCESS_NEXT_ARP)] = \
             self.next_map.Leaf(self._fds[ARP_PROGRAM])
+        for dev in (ifname, ifb):
+            netlink.attach_class_filter(dev, self._fds[GROUP_FILTER], GROUP_FILTER, ns)
         routed = netlink.route_access_subnets(ifname, subnets or [], ns)
         for direction, fn in PROGRAMS.items():
             netlink.attach_tc(ifname, self._fds[fn], direction, fn, ns)  # type: ignore[arg-type]
@@ -129,13 +132,16 @@ class QosPath:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    def put(self, address: int, minor: int, access: Access | None = None) -> None:
+    def put(self, address: int, classid: int, access: Access | None = None) -> None:
         """Carry ``address``'s traffic as ``access`` says (None: routed, checked by address
-        only), shaped in class 1:``minor`` each way (0: unshaped); its counters start at
-        zero unless it has some (a re-rate keeps them)."""
+        only), shaped in HTB class ``classid`` each way (major << 16 | minor; a minor
+        alone: the root's, 1:minor; 0: unshaped); its counters start at zero unless it has
+        some (a re-rate keeps them)."""
         key = self.sessions.Key(_u32(address))
         leaf = self.sessions.Leaf()
-        leaf.down_class = leaf.up_class = netlink.TC_ROOT | minor if minor else 0
+        if classid and not classid >> 16:
+            classid |= netlink.TC_ROOT
+        leaf.down_class = leaf.up_class = classid
         a = access or Access(routed=True)
         for i, b in enumerate(a.mac[:6]):
             leaf.mac[i] = b
@@ -158,11 +164,12 @@ class QosPath:
         return last
 
     def installed(self) -> dict[int, int]:
-        """address -> minor of every session in the maps (adopted ones too; 0: unshaped)."""
+        """address -> HTB class id of every session in the maps (adopted ones too; 0:
+        unshaped)."""
         out = {}
         for k, v in self.sessions.items():
             address = int.from_bytes(int(k.value).to_bytes(4, "little"), "big")
-            out[address] = int(v.down_class) & 0xFFFF
+            out[address] = int(v.down_class)
         return out
 
     def counters(self, address: int) -> Counters:

@@ -23,10 +23,12 @@ from bng_operator import netlink
 from bng_operator.agent.config import NodeConfig, ShapingRates
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.agent.qos.plan import (
+    ROOT_MAJOR,
     Access,
-    Minors,
+    ClassIds,
     Step,
     class_interfaces,
+    group_class,
     rates_for,
     reload_steps,
     session_step,
@@ -63,7 +65,8 @@ class QosFeature:
     changed: Callable[[], None] = lambda: None  # what the BNGNode status shows changed
     name: str = "qos"
     path: QosPath | None = field(default=None, init=False)
-    minors: Minors = field(default_factory=Minors, init=False)
+    class_ids: ClassIds = field(default_factory=ClassIds)
+    _groups: set[tuple[str, int]] = field(default_factory=set, init=False)  # made
     installed: dict[int, ShapingRates] = field(default_factory=dict, init=False)  # shaped
     sessions: dict[int, tuple[Access, ShapingRates | None]] = field(default_factory=dict,
                                                                      init=False)
@@ -98,12 +101,13 @@ class QosFeature:
             log.error("shaping unavailable, subscribers go unshaped: %s", e)
             self.metrics.qos_errors.labels("load").inc()
             return False
-        for address, minor in path.installed().items():
-            if minor:
-                self.minors.take(address, minor)
+        for address, cid in path.installed().items():
+            if cid and self.class_ids.take(address, cid) is None:
+                log.warning("shaping: %s's adopted class %x:%x is not in this layout; "
+                            "it gets another", address, cid >> 16, cid & 0xFFFF)
         log.info("shaping: %s generation %s, %d sessions in its maps",
                  "adopted" if path.adopted else "loaded", path.generation,
-                 len(self.minors.by_address))
+                 len(path.installed()))
         # Last: until now events were ignored; warm() then covers every session bound.
         self.path = path
         return True
@@ -156,11 +160,12 @@ class QosFeature:
                 log.error("shaping on %s failed: %s; its subscribers go unshaped", name, e)
                 continue
             self.attached.add(name)
+            self._groups = {g for g in self._groups if g[0] != name}  # made again if missing
             self.changed()
             # Classes are per interface: one attached now needs those of its shaped sessions.
             for address, rates in list(self.installed.items()):
                 if self.where.get(address, "") in ("", name):
-                    self._classes(name, self.minors.by_address[address], rates)
+                    self._classes(name, self.class_ids.by_address[address], rates)
             self._count_shaped()
             log.info("access data path on %s (upload shaped on %s; routed without "
                      "neighbours: %s)", name, ifb_name(name), ", ".join(routed) or "none")
@@ -293,25 +298,25 @@ class QosFeature:
     def _install(self, address: int, access: Access, rates: ShapingRates | None) -> None:
         assert self.path is not None
         if self.sessions.get(address) == (access, rates) and \
-                (rates is None) == (address not in self.minors.by_address):
+                (rates is None) == (address not in self.class_ids.by_address):
             return
         t0 = time.perf_counter()
-        minor = 0
+        cid = 0
         if rates is not None:
-            minor = self.minors.take(address) or 0
-            if not minor:
+            cid = self.class_ids.take(address) or 0
+            if not cid:
                 self.metrics.qos_errors.labels("no_class").inc()
                 log.warning("shaping: every HTB class id is taken; %s goes unshaped", address)
                 rates = None
             else:
                 for name in self._interfaces_of(address):
-                    self._classes(name, minor, rates)
-        had = self.minors.by_address.get(address) if rates is None else None
+                    self._classes(name, cid, rates)
+        had = self.class_ids.by_address.get(address) if rates is None else None
         # after the classes (never a class id HTB lacks), before a class goes
-        self.path.put(address, minor, access)
+        self.path.put(address, cid, access)
         if had is not None:
             self._del_classes(had)
-            self.minors.release(address)
+            self.class_ids.release(address)
         self.sessions[address] = (access, rates)
         if rates is None:
             self.installed.pop(address, None)
@@ -329,18 +334,23 @@ class QosFeature:
     def _interfaces_of(self, address: int) -> list[str]:
         return class_interfaces(self.where.get(address, ""), self.attached)
 
-    def _classes(self, ifname: str, minor: int, rates: ShapingRates) -> None:
-        self.tc.htb_class(ifname, minor, rates.down_bps, rates.down_burst)
-        self.tc.htb_class(ifb_name(ifname), minor, rates.up_bps, rates.up_burst)
+    def _classes(self, ifname: str, cid: int, rates: ShapingRates) -> None:
+        major = cid >> 16
+        if major != ROOT_MAJOR and (ifname, major) not in self._groups:
+            for dev in (ifname, ifb_name(ifname)):
+                self.tc.htb_group(dev, group_class(major), major)
+            self._groups.add((ifname, major))
+        self.tc.htb_class(ifname, cid, rates.down_bps, rates.down_burst)
+        self.tc.htb_class(ifb_name(ifname), cid, rates.up_bps, rates.up_burst)
 
     def _count_shaped(self) -> None:
         # Shaped: with classes in the kernel, which needs an interface attached.
         self.metrics.qos_shaped.set(len(self.installed) if self.attached else 0)
 
-    def _del_classes(self, minor: int) -> None:
+    def _del_classes(self, cid: int) -> None:
         for name in self.attached:
-            self.tc.del_htb_class(name, minor)
-            self.tc.del_htb_class(ifb_name(name), minor)
+            self.tc.del_htb_class(name, cid)
+            self.tc.del_htb_class(ifb_name(name), cid)
 
     def _remove(self, address: int) -> None:
         assert self.path is not None
@@ -348,8 +358,8 @@ class QosFeature:
         self.classes.pop(address, None)
         self.where.pop(address, None)
         self.path.delete(address)  # before the classes: never a class id HTB lacks
-        minor = self.minors.release(address)
-        if minor is not None:
-            self._del_classes(minor)
+        cid = self.class_ids.release(address)
+        if cid is not None:
+            self._del_classes(cid)
         self.installed.pop(address, None)
         self._count_shaped()

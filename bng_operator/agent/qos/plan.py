@@ -4,6 +4,7 @@ reload."""
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from bng_operator.agent.config import NodeConfig, ShapingRates
@@ -42,44 +43,90 @@ def access_of(lease: Lease, config: NodeConfig) -> Access:
                   gateway=int(subnet.gateway) if subnet is not None else 0)
 
 
-# HTB class ids are 16 bits, under one root per interface and direction: minors 1..0xfffe
-# (0 is the root's, 0xffff is reserved). More sessions than that stay unshaped, counted.
-FIRST_MINOR, LAST_MINOR = 1, 0xFFFE
+# HTB class ids are 16 bits per qdisc (major:minor), so one root holds 65,534 classes.
+# Sessions take the root's (1:) minors first; past those, the minors of nested HTB qdiscs,
+# "groups" 2:, 3:, ..., each the qdisc of a root class 1:(GROUP_CLASS_BASE + major), which
+# the root's one filter (bpf/access_qos.c qos_group) picks by skb->priority's major.
+# Minor 0 is a qdisc's own, 0xffff is reserved.
+ROOT_MAJOR = 1
+GROUP_CLASS_BASE = 0xF000
+FIRST_GROUP, LAST_GROUP = 2, 0xFFE
+ROOT_MINORS = GROUP_CLASS_BASE - 1  # 1:1 .. 1:efff hold sessions
+GROUP_MINORS = 0xFFFE  # M:1 .. M:fffe
+
+
+def group_class(major: int) -> int:
+    """The root class whose qdisc is group ``major``."""
+    return ROOT_MAJOR << 16 | (GROUP_CLASS_BASE + major)
 
 
 @dataclass
-class Minors:
-    """The HTB class minors: free ones handed out lowest first, taken ones by address."""
+class ClassIds:
+    """The HTB class ids (major << 16 | minor) of shaped sessions: free ones handed out
+    lowest first (the root's, then group 2's, ...), taken ones by address. The sizes are
+    parameters so that tests reach the groups with a few sessions."""
 
+    root_minors: int = ROOT_MINORS
+    group_minors: int = GROUP_MINORS
+    groups: int = LAST_GROUP - FIRST_GROUP + 1
     by_address: dict[int, int] = field(default_factory=dict)
-    _next: int = FIRST_MINOR
-    _free: list[int] = field(default_factory=list)
+    _next: int = 0  # index of the lowest never-used id
+    _free: list[int] = field(default_factory=list)  # indexes, a heap
 
-    def take(self, address: int, minor: int | None = None) -> int | None:
-        """The address's minor: the one it has, ``minor`` (an adopted one), or a free one;
-        None when all are taken."""
+    @property
+    def capacity(self) -> int:
+        return self.root_minors + self.groups * self.group_minors
+
+    def class_id(self, index: int) -> int:
+        if index < self.root_minors:
+            return ROOT_MAJOR << 16 | (index + 1)
+        group, minor = divmod(index - self.root_minors, self.group_minors)
+        return (FIRST_GROUP + group) << 16 | (minor + 1)
+
+    def index(self, class_id: int) -> int | None:
+        """The index of ``class_id``, None when this layout has no such id."""
+        major, minor = class_id >> 16, class_id & 0xFFFF
+        if major == ROOT_MAJOR and 1 <= minor <= self.root_minors:
+            return minor - 1
+        group = major - FIRST_GROUP
+        if 0 <= group < self.groups and 1 <= minor <= self.group_minors:
+            return self.root_minors + group * self.group_minors + minor - 1
+        return None
+
+    def take(self, address: int, class_id: int | None = None) -> int | None:
+        """The address's class id: the one it has, ``class_id`` (an adopted one, if this
+        layout has it), or a free one; None when all are taken."""
         if address in self.by_address:
             return self.by_address[address]
-        if minor is None:
+        index = self.index(class_id) if class_id is not None else None
+        if class_id is not None and index is None:
+            return None
+        if index is None:
             if self._free:
-                minor = self._free.pop()
-            elif self._next <= LAST_MINOR:
-                minor, self._next = self._next, self._next + 1
+                index = heapq.heappop(self._free)
+            elif self._next < self.capacity:
+                index, self._next = self._next, self._next + 1
             else:
                 return None
-        elif minor in self._free:
-            self._free.remove(minor)
-        elif minor >= self._next:
-            self._free += range(self._next, minor)
-            self._next = minor + 1
-        self.by_address[address] = minor
-        return minor
+        elif index in self._free:
+            self._free.remove(index)
+            heapq.heapify(self._free)
+        elif index >= self._next:
+            self._free += range(self._next, index)
+            self._next = index + 1
+        else:
+            return None  # taken by another address
+        cid = self.class_id(index)
+        self.by_address[address] = cid
+        return cid
 
     def release(self, address: int) -> int | None:
-        minor = self.by_address.pop(address, None)
-        if minor is not None:
-            self._free.append(minor)
-        return minor
+        cid = self.by_address.pop(address, None)
+        if cid is not None:
+            index = self.index(cid)
+            if index is not None:
+                heapq.heappush(self._free, index)
+        return cid
 
 
 def rates_for(config: NodeConfig, subscriber_class: str) -> ShapingRates | None:
