@@ -6,8 +6,10 @@ without FCS, so a 1448-byte TCP payload (timestamps on) costs 1514 bytes of rate
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -176,6 +178,98 @@ def test_each_class_gets_its_policys_rates_down_and_up(shaped: Callable[..., Sit
             break
     assert not failed, f"off the ideal by more than {TOLERANCE:.0%} (CPU {100 * cpu:.0f}% " \
         f"busy while the {way}loads ran):\n" + "\n".join(failed)
+
+
+# --- the counters against iperf3 -------------------------------------------------------------
+
+MSS = 1448  # TCP payload of a full-size segment: MTU 1500 less IPv4 (20) and TCP (20 + 12
+HEADERS = 52  # of timestamps) headers, which every segment on the wire carries
+COUNTED = 0.01
+
+_GRO = """
+import sys
+from pyroute2.ethtool import Ethtool
+e = Ethtool()
+features = e.get_features(sys.argv[1])
+features.features["rx-gro"].enable = True
+e.set_features(sys.argv[1], features)
+"""
+
+
+def _transfer(site: Site, reverse: bool) -> dict[str, Any]:
+    """One iperf3 TCP transfer of 10 s from the first subscriber (``reverse``: to it); its
+    JSON's "end". The window (-w 64K, both ends) bounds what is in flight when iperf3 stops
+    counting, so that its two ends differ by less than 0.6%: what was sent but not yet read
+    either crossed the shaper or did not."""
+    r = site.lab.run(site.subscribers[0], "iperf3", "-c", INTERNET_ADDRESS, "-p", "5201",
+                     "-t", "10", "-w", "64K", "-J", *(["-R"] if reverse else []), timeout=60)
+    out = json.loads(r.stdout)
+    assert out["start"]["tcp_mss_default"] == MSS, out["start"]
+    return out["end"]  # type: ignore[no-any-return]
+
+
+def _htb(site: Site, dev: str, minor: int) -> tuple[int, int]:
+    """Packets HTB sent from class 1:``minor`` of ``dev`` (a GSO packet as its segments),
+    and those it dropped (a GSO packet as one)."""
+    out = site.lab.run(site.bng, "tc", "-s", "class", "show", "dev", dev,
+                       "classid", f"1:{minor:x}").stdout
+    m = re.search(r"Sent \d+ bytes (\d+) pkt \(dropped (\d+)", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bpf/access_qos.c counts a GSO packet as one, and its bytes as skb->len, with its IP "
+    "and TCP headers once for all its segments: 2.5-3.4% of the bytes and 85-91% of the "
+    "packets missing. The fix (gso_segs packets, each with its headers) is for the "
+    "shaper's owner."))
+def test_the_counters_match_iperf3s_bytes_both_ways(shaped: Callable[..., Site]) -> None:
+    """A session's counters, as its Subscriber status and RADIUS accounting take them, are
+    packets and IP bytes as on the wire: every segment with its own headers, however the
+    kernel batched them (a TSO send downstream; GRO upstream, on here as a real NIC has it).
+    For a 10 s iperf3 transfer each way the bytes are its payload at either end, plus 52
+    bytes of headers per 1448 (and the retransmissions it counted), within 1%; the packets
+    are the segments HTB passed for the session's class, within 1%. What else the counters
+    see meanwhile (SYN and FIN, iperf3's control connection: ~10 kB) is lost in the 25 MB."""
+    from bng_operator.agent.dataplane.qos import QosPath
+    from bng_operator.api.bngnode import MAX_LEASES_PER_NODE
+
+    site = shaped(1, "20Mbit", "20Mbit")
+    site.lab.run(site.bng, sys.executable, "-c", _GRO, site.access)
+    path = QosPath(MAX_LEASES_PER_NODE, site.lab.bpf_dir)  # the agent's maps, adopted
+    try:
+        assert path.adopted
+        ((address, minor),) = path.installed().items()
+        off = []
+        for reverse in (True, False):
+            way, dev = ("down", site.access) if reverse else ("up", ifb_name(site.access))
+            before, htb_before = path.counters(address), _htb(site, dev, minor)
+            end = _transfer(site, reverse)
+            after, htb_after = path.counters(address), _htb(site, dev, minor)
+            if reverse:
+                got = after.bytes_down - before.bytes_down
+                packets = after.packets_down - before.packets_down
+            else:
+                got = after.bytes_up - before.bytes_up
+                packets = after.packets_up - before.packets_up
+            # counted before HTB: what it drops too (with -w 64K it has room for it all)
+            segments = htb_after[0] - htb_before[0] + htb_after[1] - htb_before[1]
+            retransmitted = end["sum_sent"].get("retransmits", 0) * MSS
+            rows = [f"{way}: counted {got} B, {packets} packets; HTB passed {segments} "
+                    f"segments ({100 * (packets / segments - 1):+.2f}%)"]
+            if abs(packets / segments - 1) > COUNTED:
+                off.append(rows[0])
+            for side in ("sum_sent", "sum_received"):
+                payload = end[side]["bytes"] + retransmitted
+                want = payload * (MSS + HEADERS) / MSS
+                rows.append(f"  iperf3 {side}: {payload} B of payload, {want:.0f} B with "
+                            f"headers ({100 * (got / want - 1):+.2f}%)")
+                if abs(got / want - 1) > COUNTED:
+                    off.append(f"{way}: counted {got} B;{rows[-1]}")
+            print("\n".join(rows))
+        assert not off, "\n".join(off)
+    finally:
+        path.close()
 
 
 def _intervals(stdout: bytes) -> list[float]:
