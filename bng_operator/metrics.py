@@ -268,8 +268,8 @@ class _AccessCollector:
             arp.add_metric([result], r.stats.get(f"arp_{result}", 0))
         yield arp
         shaped = CounterMetricFamily(
-            "bng_qos_bytes", "Bytes of shaped subscribers' traffic (frames without VLAN tags "
-            "or FCS), by subscriber class, QoS policy and direction.",
+            "bng_qos_bytes", "IP bytes of shaped subscribers' traffic as on the wire (a GSO "
+            "packet as its segments), by subscriber class, QoS policy and direction.",
             labels=["class", "policy", "direction"])
         for (cls, policy, direction), n in sorted(r.bytes_by_class.items()):
             shaped.add_metric([cls, policy, direction], n)

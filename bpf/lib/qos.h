@@ -41,10 +41,10 @@ struct access_interface {
 // Per CPU, per session: its traffic. Summed by the agent for the Subscriber status
 // (and, later, RADIUS accounting and idle timeouts).
 struct qos_counters {
-    __u64 packets_down;
-    __u64 bytes_down;      // as the skb's length: Ethernet header and payload, no FCS
-    __u64 packets_up;      //   and no VLAN tags
-    __u64 bytes_up;
+    __u64 packets_down;    // packets as on the wire: a GSO packet as its segments
+    __u64 bytes_down;      // IP bytes as on the wire (every segment's headers; no Ethernet
+    __u64 packets_up;      //   header, VLAN tags or FCS), counted before HTB: a packet HTB
+    __u64 bytes_up;        //   drops is counted
     __u64 last_seen_ns;    // bpf_ktime_get_ns() of this CPU's last packet, either way
 };
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import re
 import shutil
+import struct
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ def test_download_gets_the_sessions_mac_and_tags_and_its_class(
     assert r.frame[12:12 + len(inline) + 2] == inline + b"\x08\x00"
     assert _delta(path, before) == {"down_shaped": 1}
     c = path.counters(int(SUB))
-    assert (c.packets_down, c.bytes_down, c.packets_up) == (1, len(frame), 0)
+    assert (c.packets_down, c.bytes_down, c.packets_up) == (1, len(frame) - 14, 0)  # IP bytes
     assert c.last_seen_ns > 0
     assert path.installed()[int(SUB)] == 0x10007
 
@@ -172,6 +173,38 @@ def test_download_to_anything_else(path: qos.QosPath, frame: bytes, action: int,
     assert _delta(path, before) == {stat: 1}
 
 
+def _tcp(src: IPv4Address, dst: IPv4Address, payload: int) -> bytes:
+    """Ethernet / IPv4 / TCP with 12 bytes of options (timestamps): 52 bytes of headers."""
+    tcp = struct.pack("!HHIIBBHHH", 5201, 40000, 1, 1, 8 << 4, 0x10, 512, 0, 0) + bytes(12)
+    iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + payload, 0, 0, 64, 6, 0,
+                      src.packed, dst.packed)
+    return MAC_B + MAC_A + b"\x08\x00" + iph + tcp + bytes(payload)
+
+
+class _GsoSkb(ctypes.Structure):
+    """struct __sk_buff as far as gso_size: zero but for the GSO fields."""
+
+    _fields_ = [("_before", ctypes.c_uint8 * 164), ("gso_segs", ctypes.c_uint32),
+                ("_between", ctypes.c_uint8 * 8), ("gso_size", ctypes.c_uint32)]
+
+
+def test_a_gso_packet_counts_as_its_segments_with_their_headers(path: qos.QosPath) -> None:
+    """TSO sends (and GRO hands up) one packet of many segments, its headers once: on the
+    wire each segment has its own, and so do the counters (IP bytes, no Ethernet header)."""
+    bulk = IPv4Address("100.64.0.30")
+    path.put(int(bulk), 11)
+    try:
+        frame = _tcp(SERVER, bulk, 3 * 1000)  # BPF_PROG_RUN takes at most ~3.7 kB
+        ctx = _GsoSkb(gso_segs=3, gso_size=1000)
+        o = _prog_run(path._fds["qos_down"], frame, ctx_in=ctypes.addressof(ctx),
+                      ctx_size_in=ctypes.sizeof(ctx))
+        assert o.retval == TC_ACT_OK
+        c = path.counters(int(bulk))
+        assert (c.packets_down, c.bytes_down) == (3, 3 * (52 + 1000))
+    finally:
+        path.delete(int(bulk))
+
+
 # --- upstream -----------------------------------------------------------------------------
 
 
@@ -187,7 +220,7 @@ def test_upload_from_its_session_loses_its_tags_and_goes_to_the_ifb(
     assert r.frame == frame[:12] + frame[12 + len(tags):]  # untagged now
     assert _delta(path, before) == {"up_shaped": 1}
     c = path.counters(int(SUB))
-    assert (c.packets_up, c.bytes_up) == (1, len(frame) - len(tags))
+    assert (c.packets_up, c.bytes_up) == (1, len(frame) - len(tags) - 14)
 
 
 def test_an_unshaped_session_goes_to_the_stack(

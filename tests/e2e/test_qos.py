@@ -208,21 +208,16 @@ def _transfer(site: Site, reverse: bool) -> dict[str, Any]:
     return out["end"]  # type: ignore[no-any-return]
 
 
-def _htb(site: Site, dev: str, minor: int) -> tuple[int, int]:
-    """Packets HTB sent from class 1:``minor`` of ``dev`` (a GSO packet as its segments),
+def _htb(site: Site, dev: str, classid: int) -> tuple[int, int]:
+    """Packets HTB sent from class ``classid`` of ``dev`` (a GSO packet as its segments),
     and those it dropped (a GSO packet as one)."""
     out = site.lab.run(site.bng, "tc", "-s", "class", "show", "dev", dev,
-                       "classid", f"1:{minor:x}").stdout
+                       "classid", f"{classid >> 16:x}:{classid & 0xFFFF:x}").stdout
     m = re.search(r"Sent \d+ bytes (\d+) pkt \(dropped (\d+)", out)
     assert m, out
     return int(m.group(1)), int(m.group(2))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bpf/access_qos.c counts a GSO packet as one, and its bytes as skb->len, with its IP "
-    "and TCP headers once for all its segments: 2.5-3.4% of the bytes and 85-91% of the "
-    "packets missing. The fix (gso_segs packets, each with its headers) is for the "
-    "shaper's owner."))
 def test_the_counters_match_iperf3s_bytes_both_ways(shaped: Callable[..., Site]) -> None:
     """A session's counters, as its Subscriber status and RADIUS accounting take them, are
     packets and IP bytes as on the wire: every segment with its own headers, however the
@@ -239,13 +234,13 @@ def test_the_counters_match_iperf3s_bytes_both_ways(shaped: Callable[..., Site])
     path = QosPath(MAX_LEASES_PER_NODE, site.lab.bpf_dir)  # the agent's maps, adopted
     try:
         assert path.adopted
-        ((address, minor),) = path.installed().items()
+        ((address, classid),) = path.installed().items()
         off = []
         for reverse in (True, False):
             way, dev = ("down", site.access) if reverse else ("up", ifb_name(site.access))
-            before, htb_before = path.counters(address), _htb(site, dev, minor)
+            before, htb_before = path.counters(address), _htb(site, dev, classid)
             end = _transfer(site, reverse)
-            after, htb_after = path.counters(address), _htb(site, dev, minor)
+            after, htb_after = path.counters(address), _htb(site, dev, classid)
             if reverse:
                 got = after.bytes_down - before.bytes_down
                 packets = after.packets_down - before.packets_down

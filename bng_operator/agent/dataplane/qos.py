@@ -46,8 +46,9 @@ QOS_INTERFACES = 64
 
 @dataclass(frozen=True)
 class Counters:
-    """A session's traffic as the shaper saw it, summed over CPUs. Bytes are frame bytes
-    without the FCS (Ethernet header included)."""
+    """A session's traffic as the shaper saw it, summed over CPUs: packets and IP bytes
+    as on the wire (a GSO packet as its segments, each with its headers; no Ethernet
+    header), counted before HTB."""
 
     packets_down: int = 0
     bytes_down: int = 0
