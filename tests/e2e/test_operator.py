@@ -156,7 +156,8 @@ def test_each_agent_reports_its_bngnode_status(site: K8sSite) -> None:
         assert st["programs"] == [
             {"hook": "xdp", "interface": access, "name": "xdp_dhcp", "attached": True},
             {"hook": "tc-egress", "interface": access, "name": "qos_down", "attached": True},
-            {"hook": "tc-ingress", "interface": access, "name": "qos_up", "attached": True}]
+            {"hook": "tc-ingress", "interface": access, "name": "qos_up", "attached": True},
+            {"hook": "xdp", "interface": access, "name": "access_arp", "attached": True}]
         assert st["leasesActive"] == 3 and st["lastSync"]
         maps = {m["name"]: m["entries"] for m in st["maps"]}
         assert set(maps) >= {"subscribers", "circuits", "subnet_options", "qos_sessions"}

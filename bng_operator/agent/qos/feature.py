@@ -45,10 +45,12 @@ BY_CLASS_EVERY = 10.0  # seconds between reads of every session's counters for t
 
 
 def shaping_programs(interfaces: Sequence[str], attached: set[str]) -> list[ProgramStatus]:
-    """The classifiers on each access interface, for the BNGNode status."""
+    """The access data path's programs on each access interface, for the BNGNode status:
+    the classifiers, and ARP at the XDP hook (a tail call from the DHCP fast path)."""
     return [ProgramStatus(hook=hook, interface=name, name=fn, attached=name in attached)
             for name in interfaces
-            for hook, fn in (("tc-egress", "qos_down"), ("tc-ingress", "qos_up"))]
+            for hook, fn in (("tc-egress", "qos_down"), ("tc-ingress", "qos_up"),
+                             ("xdp", "access_arp"))]
 
 
 def ifb_name(ifname: str) -> str:
