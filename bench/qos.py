@@ -7,8 +7,8 @@ Ours is what the agent makes per access interface: an HTB root, the classifier q
 (bpf/access_qos.c) on clsact egress, which finds the session's class with one hash-map
 lookup by destination and names it in skb->priority, and per subscriber one HTB class
 (netlink.Tc.htb_class) and one map entry (QosPath.put). The peer is the classic Linux ISP
-shaper (LARTC "hashing filters"; accel-ppp and ISP scripts build the same): the same HTB
-root and classes, classified by u32 filters in hash tables, one filter per subscriber
+shaper (LARTC's "hashing filters", what ISP shaping scripts build): the same HTB root and
+classes, classified by u32 filters in hash tables, one filter per subscriber
 pointing at its class. By default two levels: the root table hashes the third octet of the
 destination to the /24's table, which hashes the last octet to a bucket holding that
 subscriber's one filter (``--peer-levels 1``: one table on the last octet, N/256 filters in
@@ -39,8 +39,10 @@ packet-rate baseline. Subscriber i is 100.64.(i // 254).(i % 254 + 1), in class 
    machine). Ours: Tc.htb_class + QosPath.put, in process, one rtnetlink socket, as the
    agent's tc worker does. The peer: a shell script running `tc class add` and
    `tc filter add` per subscriber (once per size: it is the slowest), and the same
-   commands through one `tc -batch`. install_ratio = the faster peer method's time over
-   ours.
+   commands through one `tc -batch`; its hash tables are made beforehand, untimed. Ours
+   and tc -batch alternate for --install-rounds. install_ratio = the faster peer method's
+   time over ours. "cpu_ms" splits each method's CPU time per subscriber into user (ours:
+   Python, mostly pyroute2 encoding the message; the peer: tc) and system (the kernel).
 4. The classifier's own cost: a run of ours with kernel.bpf_stats_enabled=1 (restored
    after), qos_down's run_time_ns / run_cnt. Not during the packet-rate rounds: the stats
    add two clock reads to every BPF program run, and the peer has none.
@@ -59,6 +61,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -483,38 +486,55 @@ def packet_rates(load: Load, stacks: dict[str, Stack], ours: Ours, n: int, round
 # --- 3. install time ---------------------------------------------------------------------------
 
 
-def install_times(ours: Ours, peer: Peer, n: int, rounds: int,
-                  say: Callable[..., None]) -> dict[str, Any]:
-    """Seconds per subscriber to install n from none, by method; nothing else installed."""
+def install_times(ours: Ours, peer: Peer, n: int, rounds: int, say: Callable[..., None],
+                  commands: bool = True) -> tuple[dict[str, Any], str]:
+    """Seconds per subscriber to install n from none, by method, with nothing else
+    installed; the peer's one tc process per command first (once), then ``rounds`` of ours
+    and tc -batch, alternating which goes first. The last install is kept (its side is
+    returned) for the packet-rate runs; the others are cleared."""
     times: dict[str, list[float]] = {"ours": [], "peer_batch": [], "peer_commands": []}
+    cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in times}  # (user, sys) s
 
-    def once(method: str) -> None:
+    def once(method: str, keep: bool) -> None:
+        me0, kids0 = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN)
         if method == "ours":
             ours.attach()
             t = ours.install(n, PPS_RATE)
-            ours.clear()
         else:
             peer.attach(n)
+            me0, kids0 = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN)
             t = peer.install_batch(n, PPS_RATE) if method == "peer_batch" else \
                 peer.install_commands(n, PPS_RATE)
-            peer.clear()
+        me1, kids1 = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        # In process (ours: Python and the kernel's side of its syscalls), or in tc and sh.
+        if method == "ours":
+            cpu[method].append((me1.user - me0.user, me1.system - me0.system))
+        else:
+            cpu[method].append((kids1.ru_utime - kids0.ru_utime, kids1.ru_stime - kids0.ru_stime))
+        if not keep:
+            (ours if method == "ours" else peer).clear()
         times[method].append(t / n)
         say(f"  install {n}: {method} {t / n * 1e3:.3f} ms per subscriber ({t:.1f} s)")
 
-    methods = list(times)
+    order = ["peer_commands"] if commands else []
     for r in range(rounds):
-        ms = methods if r == 0 else methods[:2]  # one tc process per command: once
-        for m in ms[r % len(ms):] + ms[:r % len(ms)]:
-            once(m)
-    best = {k: min(v) for k, v in times.items()}
-    peer_best = min(best["peer_batch"], best["peer_commands"])
+        order += ["peer_batch", "ours"] if r % 2 == 0 else ["ours", "peer_batch"]
+    for k, m in enumerate(order):
+        once(m, keep=k == len(order) - 1)
+    best = {k: min(v) for k, v in times.items() if v}
+    peer_methods = [k for k in ("peer_batch", "peer_commands") if k in best]
+    peer_best = min(best[k] for k in peer_methods)
     return {
         "ms_per_subscriber": {k: round(v * 1e3, 4) for k, v in best.items()},
-        "runs_ms": {k: [round(x * 1e3, 4) for x in v] for k, v in times.items()},
-        "peer_method": "tc -batch" if best["peer_batch"] <= best["peer_commands"]
-        else "tc per command",
+        "runs_ms": {k: [round(x * 1e3, 4) for x in v] for k, v in times.items() if v},
+        # CPU per subscriber of the best run: user (ours: Python, the peer: tc's own) and
+        # system (the kernel making the class and the filter or map entry).
+        "cpu_ms": {k: {"user": round(cpu[k][v.index(min(v))][0] / n * 1e3, 4),
+                       "system": round(cpu[k][v.index(min(v))][1] / n * 1e3, 4)}
+                   for k, v in times.items() if v},
+        "peer_method": min(peer_methods, key=lambda k: best[k]),
         "ratio": round(peer_best / best["ours"], 3),
-    }
+    }, "ours" if order[-1] == "ours" else "peer"
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -529,31 +549,37 @@ def table(out: TextIO, title: str, header: list[str], rows: list[list[str]]) -> 
 
 
 def report(out: TextIO, result: dict[str, Any]) -> None:
-    acc = result["accuracy"]
-    table(out, "1. Shaping accuracy: one TCP flow, goodput against 1448/1514 x rate (Mbit/s)",
-          ["rate", "ideal", "ours", "error", "peer", "error"],
-          [[f"{r} Mbit/s", f"{v['ideal_mbit']:.2f}",
-            f"{v['ours']['goodput_mbit']:.2f}", f"{v['ours']['error_pct']:+.2f}%",
-            f"{v['peer']['goodput_mbit']:.2f}", f"{v['peer']['error_pct']:+.2f}%"]
-           for r, v in acc.items()])
-    pps = result["pps"]
-    table(out, "2. Packets/s through the download shaper, 64-byte frames, one CPU "
-               "(median of rounds; shaper ns: above the unshaped path)",
-          ["subscribers", "unshaped", "ours", "peer", "ours/peer", "shaper ns ours",
-           "shaper ns peer", "qos_down ns"],
-          [[n, f"{v['pps']['unshaped']:,}", f"{v['pps']['ours']:,}", f"{v['pps']['peer']:,}",
-            f"{v['ratio']:.3f}", f"{v['shaper_ns']['ours']:.0f}",
-            f"{v['shaper_ns']['peer']:.0f}", f"{v['qos_down_ns']}"] for n, v in pps.items()])
-    inst = result["install"]
-    table(out, "3. Install time per subscriber, download class + classification (ms, best "
-               "of runs)",
-          ["subscribers", "ours", "peer tc -batch", "peer tc per command", "peer/ours"],
-          [[n, f"{v['ms_per_subscriber']['ours']:.3f}",
-            f"{v['ms_per_subscriber']['peer_batch']:.3f}",
-            f"{v['ms_per_subscriber']['peer_commands']:.3f}", f"{v['ratio']:.3f}"]
-           for n, v in inst.items()])
-    print(f"\n4. qos_down: {result['ns_per_packet']} ns per packet (bpf_stats, by size)",
-          file=out)
+    acc, pps, inst = result.get("accuracy"), result.get("pps"), result.get("install")
+    if acc:
+        table(out, "1. Shaping accuracy: one TCP flow, goodput against 1448/1514 x rate "
+                   "(Mbit/s)",
+              ["rate", "ideal", "ours", "error", "peer", "error"],
+              [[f"{r} Mbit/s", f"{v['ideal_mbit']:.2f}",
+                f"{v['ours']['goodput_mbit']:.2f}", f"{v['ours']['error_pct']:+.2f}%",
+                f"{v['peer']['goodput_mbit']:.2f}", f"{v['peer']['error_pct']:+.2f}%"]
+               for r, v in acc.items()])
+    if pps:
+        table(out, "2. Packets/s through the download shaper, 64-byte frames, one CPU "
+                   "(median of rounds; shaper ns: per packet above the unshaped path)",
+              ["subscribers", "unshaped", "ours", "peer", "ours/peer", "shaper ns ours",
+               "shaper ns peer"],
+              [[n, f"{v['pps']['unshaped']:,}", f"{v['pps']['ours']:,}",
+                f"{v['pps']['peer']:,}", f"{v['ratio']:.3f}", f"{v['shaper_ns']['ours']:.0f}",
+                f"{v['shaper_ns']['peer']:.0f}"] for n, v in pps.items()])
+    if inst:
+        table(out, "3. Install time per subscriber, download class + classification, from "
+                   "none (ms, best of runs; cpu: user+system)",
+              ["subscribers", "ours", "cpu", "peer tc -batch", "cpu", "peer tc per command",
+               "cpu", "peer/ours"],
+              [[n, *[x for k in ("ours", "peer_batch", "peer_commands") for x in (
+                  (f"{v['ms_per_subscriber'][k]:.3f}",
+                   f"{v['cpu_ms'][k]['user']:.3f}+{v['cpu_ms'][k]['system']:.3f}")
+                  if k in v["ms_per_subscriber"] else ("-", "-"))], f"{v['ratio']:.3f}"]
+               for n, v in inst.items()])
+    if pps:
+        table(out, "4. qos_down's own cost (kernel.bpf_stats_enabled, a run of its own)",
+              ["subscribers", "ns per packet", "runs"],
+              [[n, f"{v['qos_down_ns']}", f"{v['qos_down_runs']:,}"] for n, v in pps.items()])
     g = result["goals"]
     print(f"\nGoals: accuracy within +-2%: {g['accuracy']}; pps ratio >= 1.0: {g['pps']}; "
           f"install >= 2x faster: {g['install']}", file=out)
@@ -573,27 +599,32 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true",
                     help="fewer subscribers, rates and rounds, shorter runs (a smoke run)")
     ap.add_argument("--sizes", type=int, nargs="+", help="subscribers installed "
-                    "(default 1000 10000; quick: 100 1000)")
+                    "(default 1000 10000; quick: 100 500)")
     ap.add_argument("--rates", type=float, nargs="+",
                     help="accuracy rates, Mbit/s (default 5 20 100 500; quick: 20 100)")
     ap.add_argument("--seconds", type=int, help="each iperf3 flow (default 10; quick: 3)")
     ap.add_argument("--rounds", type=int, help="packet-rate rounds (default 5; quick: 2)")
     ap.add_argument("--install-rounds", type=int,
-                    help="installs by ours and by tc -batch per size (default 2; quick: 1)")
+                    help="installs by ours and by tc -batch per size (default 2, 1 above "
+                    "2,000 subscribers; quick: 1)")
     ap.add_argument("--pps-seconds", type=float, help="each packet-rate run (default 2; "
                     "quick: 0.5)")
     ap.add_argument("--peer-levels", type=int, choices=(1, 2), default=2,
                     help="the peer's u32 hash levels (see above)")
+    ap.add_argument("--skip-commands", action="store_true",
+                    help="leave out the peer's install with one tc process per command")
     ap.add_argument("--skip", nargs="+", default=[], choices=("accuracy", "pps", "install"))
     ap.add_argument("--json", action="store_true",
                     help="the tables on stderr, one JSON line on stdout")
     a = ap.parse_args()
     q = a.quick
-    sizes = a.sizes or ([100, 1000] if q else [1000, 10000])
+    sizes = a.sizes or ([100, 500] if q else [1000, 10000])
     rates = [int(r * 1e6) for r in (a.rates or ([20, 100] if q else [5, 20, 100, 500]))]
     seconds = a.seconds or (3 if q else 10)
     rounds = a.rounds or (2 if q else 5)
-    install_rounds = a.install_rounds or (1 if q else 2)
+    def install_rounds(n: int) -> int:
+        return a.install_rounds or (1 if q or n > 2000 else 2)
+
     pps_seconds = a.pps_seconds or (0.5 if q else 2.0)
     if os.geteuid() != 0:
         print("bench/qos.py needs root (namespaces, BPF, tc)", file=sys.stderr)
@@ -607,8 +638,10 @@ def main() -> int:
             return 2
     out = sys.stderr if a.json else sys.stdout
 
+    began = time.monotonic()
+
     def say(*x: object) -> None:
-        print(*x, file=sys.stderr, flush=True)
+        print(f"[{time.monotonic() - began:6.1f} s]", *x, file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGTERM, _terminate)
     remove_leftovers()
@@ -625,23 +658,28 @@ def main() -> int:
 
         if "accuracy" not in a.skip:
             result["accuracy"] = accuracy(lab, ours, peer, rates, seconds, say)
-        if "install" not in a.skip:
-            result["install"] = {str(n): install_times(ours, peer, n, install_rounds, say)
-                                 for n in sizes}
-        if "pps" not in a.skip:
-            load = Load()
-            for s in stacks.values():
-                load.attach(s)
-            result["pps"] = {}
-            for n in sizes:
-                ours.attach()
-                ours.install(n, PPS_RATE)
-                peer.attach(n)
-                peer.install_batch(n, PPS_RATE)
+        result["install"], result["pps"] = {}, {}
+        load = Load() if "pps" not in a.skip else None
+        for n in sizes:
+            kept: str | None = None
+            if "install" not in a.skip:
+                result["install"][str(n)], kept = install_times(
+                    ours, peer, n, install_rounds(n), say, not a.skip_commands)
+            if load is not None:
+                if kept != "ours":
+                    ours.attach()
+                    ours.install(n, PPS_RATE)
+                if kept != "peer":
+                    peer.attach(n)
+                    peer.install_batch(n, PPS_RATE)
+                for s in stacks.values():
+                    load.attach(s)
                 result["pps"][str(n)] = packet_rates(load, stacks, ours, n, rounds,
                                                      pps_seconds, say)
-                ours.clear()
-                peer.clear()
+                for s in stacks.values():
+                    load.detach(s)
+            ours.clear()
+            peer.clear()
     finally:
         if load is not None:
             load.close()
@@ -672,11 +710,11 @@ def main() -> int:
         f"process; peer: HTB + u32 hashing filters ({a.peer_levels} level"
         f"{'s' if a.peer_levels == 2 else ''}), installed with tc")
     result["settings"] = {"rates_mbit": [r / 1e6 for r in rates], "seconds": seconds,
-                          "rounds": rounds, "install_rounds": install_rounds,
+                          "rounds": rounds,
+                          "install_rounds": {n: install_rounds(n) for n in sizes},
                           "pps_seconds": pps_seconds, "class_rate_pps_install": PPS_RATE,
                           "frame_bytes": FRAME_LEN + 4, "quick": q}
-    if "accuracy" in result and "pps" in result and "install" in result:
-        report(out, result)
+    report(out, result)
     if a.json:
         print(json.dumps(result))
     return 0
