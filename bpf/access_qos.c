@@ -210,9 +210,10 @@ static __always_inline __u64 ip_bytes(struct __sk_buff *skb, __u32 segs)
 
 // The packet into the session's counters, one way (``up``: from the subscriber): packets
 // and IP bytes as on the wire, a GSO packet as its segments.
-static __always_inline void count(struct __sk_buff *skb, __be32 *addr, int up)
+static __always_inline void count(struct __sk_buff *skb, struct qos_session *s, int up)
 {
-    struct qos_counters *c = qos_counters.lookup(addr);
+    __u32 slot = s->slot;
+    struct qos_counters *c = qos_counters.lookup(&slot);
     if (!c)
         return;
     __u32 segs = skb->gso_segs;
@@ -226,7 +227,7 @@ static __always_inline void count(struct __sk_buff *skb, __be32 *addr, int up)
         c->packets_down += segs;
         c->bytes_down += bytes;
     }
-    c->last_seen_ns = bpf_ktime_get_ns();
+    c->last_seen_ns = bpf_ktime_get_coarse_ns();
 }
 
 static __always_inline int drop(__u32 reason)
@@ -255,7 +256,7 @@ int qos_down(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     __u32 prio = s->down_class;
-    count(skb, &dst, 0);
+    count(skb, s, 0);
     if (!s->routed) {
         __u8 mac[6];
         __builtin_memcpy(mac, s->mac, 6);
@@ -317,7 +318,7 @@ int qos_up(struct __sk_buff *skb)
             if (i < t.count && bpf_skb_vlan_pop(skb))
                 return TC_ACT_SHOT;
     }
-    count(skb, &src, 1);
+    count(skb, s, 1);
     stat(QOS_UP_SHAPED);
     if (!prio)
         return TC_ACT_OK;

@@ -13,10 +13,12 @@ program is reached by a tail call from the DHCP fast path, through
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bng_operator import netlink
 from bng_operator.agent.dataplane.fastpath import generation, is_generation
@@ -42,6 +44,19 @@ STATS = ("down_shaped", "down_not_ipv4", "down_unknown", "up_shaped", "up_not_ip
          "spoof_mac", "spoof_vlan", "spoof_not_ipv4", "arp_answered", "arp_passed",
          "arp_dropped")
 QOS_INTERFACES = 64
+
+
+class Slots:
+    """Free slots of the counters array, lowest first."""
+
+    def __init__(self, size: int, taken: set[int]) -> None:
+        self._free = [i for i in range(size) if i not in taken]  # already a heap: sorted
+
+    def take(self) -> int | None:
+        return heapq.heappop(self._free) if self._free else None
+
+    def release(self, slot: int) -> None:
+        heapq.heappush(self._free, slot)
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,10 @@ class QosPath:
         self.interfaces = self.obj.map("access_interfaces")
         self.stats_map = self.obj.map("qos_stats")
         self.next_map = self.obj.map("access_next")
+        self.max_subscribers = max_subscribers
+        # each session's counters: a slot of the per-CPU array, named in its entry
+        self._slot_of = {address: int(v.slot) for address, v in self._entries()}
+        self._slots = Slots(max_subscribers, set(self._slot_of.values()))
         self._fds: dict[str, int] = {}
         self._own: list[int] = []
         for fn in (*PROGRAMS.values(), GROUP_FILTER):
@@ -151,50 +170,56 @@ class QosPath:
         leaf.outer_vid, leaf.inner_vid = outer, inner
         leaf.gateway = _u32(a.gateway)
         leaf.routed = int(a.routed)
-        ckey = self.counters_map.Key(_u32(address))
-        if ckey not in self.counters_map:
-            self.counters_map[ckey] = self.counters_map.Leaf()
+        slot = self._slot_of.get(address)
+        if slot is None:
+            slot = self._slots.take()
+            if slot is None:
+                raise DataplaneError(f"no counter slot left for {address} (the maps hold "
+                                     f"{self.max_subscribers} sessions)")
+            self.counters_map[self.counters_map.Key(slot)] = self.counters_map.Leaf()
+            self._slot_of[address] = slot
+        leaf.slot = slot
         self.sessions[key] = leaf
 
     def delete(self, address: int) -> Counters:
-        """Stop shaping ``address``; returns its last counters."""
+        """Forget ``address``; returns its last counters."""
         last = self.counters(address)
-        for table in (self.sessions, self.counters_map):
-            with contextlib.suppress(KeyError):
-                del table[table.Key(_u32(address))]
+        with contextlib.suppress(KeyError):
+            del self.sessions[self.sessions.Key(_u32(address))]
+        slot = self._slot_of.pop(address, None)
+        if slot is not None:
+            self._slots.release(slot)
         return last
 
     def installed(self) -> dict[int, int]:
         """address -> HTB class id of every session in the maps (adopted ones too; 0:
         unshaped)."""
-        out = {}
-        for k, v in self.sessions.items():
-            address = int.from_bytes(int(k.value).to_bytes(4, "little"), "big")
-            out[address] = int(v.down_class)
-        return out
+        return {address: int(v.down_class) for address, v in self._entries()}
 
-    def counters(self, address: int) -> Counters:
-        try:
-            per_cpu = self.counters_map[self.counters_map.Key(_u32(address))]
-        except KeyError:
-            return Counters()
+    def _entries(self) -> list[tuple[int, Any]]:
+        return [(int.from_bytes(int(k.value).to_bytes(4, "little"), "big"), v)
+                for k, v in self.sessions.items()]
+
+    def _counters_at(self, slot: int) -> Counters:
+        per_cpu = self.counters_map[self.counters_map.Key(slot)]
         return Counters(sum(int(c.packets_down) for c in per_cpu),
                         sum(int(c.bytes_down) for c in per_cpu),
                         sum(int(c.packets_up) for c in per_cpu),
                         sum(int(c.bytes_up) for c in per_cpu),
                         max(int(c.last_seen_ns) for c in per_cpu))
 
+    def counters(self, address: int) -> Counters:
+        """``address``'s counters (zero without a session), by the slot its entry names:
+        right in any process that opened the pins."""
+        try:
+            slot = int(self.sessions[self.sessions.Key(_u32(address))].slot)
+        except KeyError:
+            return Counters()
+        return self._counters_at(slot)
+
     def all_counters(self) -> dict[int, Counters]:
-        """Every session's counters, summed over CPUs (one batched read of the map)."""
-        out = {}
-        for k, per_cpu in self.counters_map.items():
-            address = int.from_bytes(int(k.value).to_bytes(4, "little"), "big")
-            out[address] = Counters(sum(int(c.packets_down) for c in per_cpu),
-                                    sum(int(c.bytes_down) for c in per_cpu),
-                                    sum(int(c.packets_up) for c in per_cpu),
-                                    sum(int(c.bytes_up) for c in per_cpu),
-                                    max(int(c.last_seen_ns) for c in per_cpu))
-        return out
+        """Every session's counters, summed over CPUs."""
+        return {address: self._counters_at(int(v.slot)) for address, v in self._entries()}
 
     def stats(self) -> dict[str, int]:
         return {name: int(sum(self.stats_map[self.stats_map.Key(i)]))
