@@ -533,19 +533,47 @@ static __always_inline int sent_out(struct __sk_buff *skb, struct packet *p)
     return back_in(skb);
 }
 
+// Whether the device (or the stack, at the latest) is to fill the packet's L4 checksum
+// (CHECKSUM_PARTIAL: a veth's, a tap's sender). BPF cannot read ip_summed, but
+// bpf_l4_csum_replace tells: a pseudo-header change of 0 to 1 moves a partial skb's field
+// (the pseudo header's sum) up by one, a complete checksum down by one. Undone at once.
+// ``seed``: the field as it is.
+static __always_inline int checksum_partial(struct __sk_buff *skb, struct packet *p,
+                                            __u16 *seed)
+{
+    if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+        return 0;  // ICMP is always checksummed by its sender
+    __u32 off = p->l4 + (p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+                                                 : offsetof(struct udphdr, check));
+    __u16 before, after;
+    if (bpf_skb_load_bytes(skb, off, &before, 2) ||
+        bpf_l4_csum_replace(skb, off, 0, bpf_htonl(1), BPF_F_PSEUDO_HDR | 4))
+        return -1;
+    if (bpf_skb_load_bytes(skb, off, &after, 2) ||
+        bpf_l4_csum_replace(skb, off, bpf_htonl(1), 0, BPF_F_PSEUDO_HDR | 4))
+        return -1;
+    *seed = before;
+    return after != csum_apply(before, diff32(0, 0, bpf_htonl(1)));
+}
+
 // The packet becomes, in place, an ICMP destination unreachable, communication
 // administratively prohibited (3/13), from the subscriber's public address, quoting its
-// header and 8 bytes (20 of TCP when the device is to fill its checksum), and goes back in
-// to be routed to the subscriber.
+// header and 8 bytes (RFC 792), and goes back in to be routed to the subscriber. When the
+// device is to fill the quoted L4 checksum, the quote keeps that field (20 bytes of TCP),
+// and the ICMP checksum counts the quoted L4 bytes as what they will sum to once filled:
+// the complement of the seed the field holds (the filled field is the complement of the
+// sum of the bytes and the seed).
 static __always_inline int send_prohibited(struct __sk_buff *skb, struct packet *p,
                                            __be32 from)
 {
-    __u32 quote = p->hlen + 8;
-    if (bpf_skb_change_tail(skb, ETH_HLEN + quote, 0)) {
-        quote = p->hlen + 20;
-        if (quote > p->end - ETH_HLEN || bpf_skb_change_tail(skb, ETH_HLEN + quote, 0))
-            return -1;
-    }
+    __u16 seed = 0;
+    int partial = checksum_partial(skb, p, &seed);
+    if (partial < 0)
+        return -1;
+    __u32 l4_quote = partial && p->proto == IPPROTO_TCP ? sizeof(struct tcphdr) : 8;
+    __u32 quote = p->hlen + l4_quote;
+    if (quote > p->end - ETH_HLEN || bpf_skb_change_tail(skb, ETH_HLEN + quote, 0))
+        return -1;
     if (bpf_skb_adjust_room(skb, sizeof(struct iphdr) + sizeof(struct icmphdr),
                             BPF_ADJ_ROOM_MAC, 0))
         return -1;
@@ -566,13 +594,16 @@ static __always_inline int send_prohibited(struct __sk_buff *skb, struct packet 
     if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, sizeof(h), 0))
         return -1;
     __u8 buf[8 + 60 + 20] = {};
-    __u32 len = (sizeof(struct icmphdr) + quote) & 0x7f;
+    __u32 len = (sizeof(struct icmphdr) + (partial ? p->hlen : quote)) & 0x7f;
     if (len > sizeof(buf) || len < sizeof(struct icmphdr))
         return -1;
     __u32 icmp = ETH_HLEN + sizeof(struct iphdr);
     if (bpf_skb_load_bytes(skb, icmp, buf, len))
         return -1;
-    __u16 check = ~fold(bpf_csum_diff(0, 0, (__be32 *)buf, len, 0));
+    __u64 sum = bpf_csum_diff(0, 0, (__be32 *)buf, len, 0);
+    if (partial)
+        sum += (__u16)~seed;
+    __u16 check = ~fold(sum);
     if (bpf_skb_store_bytes(skb, icmp + offsetof(struct icmphdr, checksum), &check, 2, 0))
         return -1;
     return 0;
