@@ -660,10 +660,15 @@ static __always_inline int icmp_error_out(struct __sk_buff *skb, struct packet *
     }
     __be32 to_addr = m->addr, src = p->saddr;
     __be16 to_port = m->port;
-    if (p->saddr == in.daddr)
+    if (p->saddr == in.daddr) {
         src = to_addr;
-    else if (b)
+    } else if (b) {
         src = b->public_addr;
+    } else {
+        struct nat_prefix k = {.prefixlen = 32, .addr = p->saddr};
+        if (nat_inside.lookup(&k))
+            return drop(NAT_NO_BINDING);  // never out with an inside source
+    }
     if (rewrite_inner(skb, p, &in, 0, to_addr, to_port) || rewrite_addr(skb, 1, p->saddr, src))
         return drop(NAT_WRITE_ERROR);
     stat(NAT_ICMP_ERROR);
@@ -837,9 +842,10 @@ int nat_in(struct __sk_buff *skb)
         return drop(NAT_FILTERED);
     __be32 to_addr = m->addr;
     __be16 to_port = m->port;
-    refresh(m, &p, bpf_ktime_get_coarse_ns());
+    __u64 now = bpf_ktime_get_coarse_ns();
+    refresh(m, &p, now);
     if (p.frag == FRAG_FIRST)
-        remember_fragment(NAT_FRAG_IN, &p, to_addr, bpf_ktime_get_coarse_ns());
+        remember_fragment(NAT_FRAG_IN, &p, to_addr, now);
     if (rewrite(skb, &p, 0, to_addr, to_port))
         return drop(NAT_WRITE_ERROR);
     stat(NAT_IN_TRANSLATED);

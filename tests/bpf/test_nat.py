@@ -544,6 +544,12 @@ def test_an_icmp_error_about_no_mapping_of_ours(path: nat.NatPath,
     node_own = udp(REMOTE, NODE, 53, 1234)  # the node's own unreachable: not ours to touch
     assert out(path, icmp_error(NODE, REMOTE, node_own[:28], code=3)).action == TC_ACT_OK
     assert delta(path, before) == {"icmp_error_unknown": 1, "out_passed": 1}
+    # about SUB's mapping, from an inside address with no binding: never out as it is
+    sport = fields(out(path, udp(SUB, REMOTE, 1235, 53)).ip)[2]
+    arrived = inn(path, udp(REMOTE, PUBLIC[EIF], 53, sport)).ip
+    before = path.stats()
+    assert out(path, icmp_error(UNBOUND, REMOTE, arrived[:28], code=3)).action == TC_ACT_SHOT
+    assert delta(path, before) == {"no_binding": 1}
 
 
 # --- fragments -----------------------------------------------------------------------------
