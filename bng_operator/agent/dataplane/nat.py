@@ -175,6 +175,15 @@ def _port(value: int) -> int:
     return int.from_bytes(int(value).to_bytes(2, "little"), "big")
 
 
+def _items(table: Any) -> list[tuple[Any, Any]]:
+    """Every (key, value) of a hash map: one BPF_MAP_LOOKUP_BATCH pass where the kernel has
+    it (most of the time goes to building the Python objects either way: ~15 us an entry)."""
+    try:
+        return list(table.items_lookup_batch())
+    except Exception:  # BCC raises bare Exception when the map or kernel cannot batch
+        return list(table.items())
+
+
 def _established(tcp_out: int, tcp_in: int) -> bool:
     return bool(tcp_out & TCP_SYN and tcp_in & TCP_SYN and
                 not (tcp_out | tcp_in) & (TCP_FIN | TCP_RST))
@@ -382,9 +391,9 @@ class NatPath:
         """Every mapping (or ``inside``'s), with the later time of its two directions.
         Held ports are not mappings."""
         want = _be32(inside) if inside is not None else None
-        inbound = {(int(k.addr), int(k.port), int(k.proto)): v for k, v in self.inbound.items()}
+        inbound = {(int(k.addr), int(k.port), int(k.proto)): v for k, v in _items(self.inbound)}
         out = []
-        for k, v in self.outbound.items():
+        for k, v in _items(self.outbound):
             if want is not None and int(k.addr) != want:
                 continue
             back = inbound.get((int(v.addr), int(v.port), int(k.proto)))
@@ -428,11 +437,11 @@ class NatPath:
             return pools[index]
 
         outbound = {(int(k.addr), int(k.port), int(k.proto)): (k, v)
-                    for k, v in self.outbound.items()}
+                    for k, v in _items(self.outbound)}
         ended = released = orphans = 0
         live: set[tuple[int, int, int]] = set()
         claimed: set[tuple[int, int, int]] = set()
-        for k, v in self.inbound.items():
+        for k, v in _items(self.inbound):
             public = (int(k.addr), int(k.port), int(k.proto))
             t = pool_of(public[0]).timeouts
             if v.flags & F_HELD:
@@ -479,7 +488,7 @@ class NatPath:
                     del self.outbound[k]
                     orphans += 1
         filters = 0
-        for fk, seen in self.filters.items():
+        for fk, seen in _items(self.filters):
             public = (int(fk.public_addr), int(fk.public_port), int(fk.proto))
             t = pool_of(public[0]).timeouts
             idle = now - int(seen.value)
