@@ -159,6 +159,7 @@ def bind(path: nat.NatPath) -> Iterator[Callable[..., Binding]]:
     yield make
     for a in made:
         path.delete_binding(a)
+        path.flush(a)  # what a test wrote past the programs, by a walk of the table
     for table in (path.fragments, path.exhausted_map):
         for k in list(table):
             del table[k]
@@ -768,16 +769,29 @@ def test_a_full_block_takes_over_a_port_expired_past_its_hold(
 
 def test_a_subscriber_removed_takes_its_mappings(path: nat.NatPath,
                                                 bind: Callable[..., Binding]) -> None:
-    bind(pool=ADF)
+    b = bind(pool=ADF)
     sport = fields(out(path, udp(SUB, REMOTE, 9000, 53)).ip)[2]
-    assert path.flush(SUB, keep=path.binding(SUB)) == 0  # its block kept: nothing goes
+    assert path.flush(SUB, keep=b) == 0  # its block kept: nothing goes
     assert path.delete_binding(SUB) == 1
-    assert path.binding(SUB) is None
+    assert path.binding(SUB) is None and path.mappings(SUB) == []
+    path.collect()  # the remotes it let in go with the mapping
     assert not any(int(k.public_port) == nat._be16(sport) for k in list(path.filters))
     before = path.stats()
     assert inn(path, udp(REMOTE, PUBLIC[ADF], 53, sport)).action == TC_ACT_SHOT
     assert out(path, udp(SUB, REMOTE, 9000, 53)).action == TC_ACT_SHOT  # inside, unbound
     assert delta(path, before) == {"no_mapping": 1, "no_binding": 1}
+
+
+def test_a_binding_changed_keeps_the_mappings_of_the_blocks_it_keeps(
+        path: nat.NatPath, bind: Callable[..., Binding]) -> None:
+    old = bind(block_size=4, blocks=(5000, 5100))
+    ports = {fields(out(path, tcp(SUB, REMOTE, 9100 + i, 80)).ip)[2]: 9100 + i
+             for i in range(8)}
+    new = bind(block_size=4, blocks=(5100, 5200))
+    assert path.flush(SUB, old, keep=new) == 4  # those of block 5000
+    left = {m.public_port: m.inside_port for m in path.mappings(SUB)}
+    assert left == {p: i for p, i in ports.items() if p >= 5100}
+    assert new.holds(fields(out(path, tcp(SUB, REMOTE, 9200, 80)).ip)[2])
 
 
 def test_configuration_reads_back(path: nat.NatPath) -> None:

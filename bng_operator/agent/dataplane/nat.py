@@ -30,6 +30,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -356,40 +357,91 @@ class NatPath:
         """Stop NATing ``inside`` (its session ended): its binding and its mappings go (their
         ports free at once: holding a released block is the allocator's). Returns the
         mappings removed."""
+        binding = self.binding(inside)
+        if binding is None:
+            return 0
         with contextlib.suppress(KeyError):
             del self.bindings_map[self.bindings_map.Key(_be32(inside))]
-        return self.flush(inside)
+        return self.flush(inside, binding)
 
-    def flush(self, inside: IPv4Address, keep: Binding | None = None) -> int:
-        """Remove ``inside``'s mappings, both directions, and the remotes they let in; with
-        ``keep``, only those whose public endpoint is not in it (blocks taken away).
-        Returns how many."""
+    def _owned(self, inside: int, binding: Binding) -> Iterator[tuple[Any, Any]]:
+        """(inbound key, inbound value) of each of ``binding``'s public endpoints mapped to
+        ``inside`` (network order): a lookup per port and protocol, however large the
+        tables."""
+        public = _be32(binding.public)
+        for first in binding.blocks:
+            for port in range(first, first + binding.block_size):
+                for proto in PROTOCOLS:
+                    k = self.inbound.Key(public, _be16(port), proto)
+                    try:
+                        v = self.inbound[k]
+                    except KeyError:
+                        continue
+                    if int(v.addr) == inside and not v.flags & F_HELD:
+                        yield k, v
+
+    def _halves(self, inside: IPv4Address, binding: Binding | None
+                ) -> list[tuple[Any, Any, Any, Any]]:
+        """(outbound key, outbound value or None, inbound key, inbound value or None) of each
+        mapping of ``inside``: by ``binding``'s ports, or (None) by a walk of the outbound
+        table."""
         addr = _be32(inside)
+        out = []
+        if binding is not None:
+            for ik, iv in self._owned(addr, binding):
+                ok = self.outbound.Key(addr, int(iv.port), int(ik.proto))
+                try:
+                    ov = self.outbound[ok]
+                except KeyError:
+                    ov = None
+                if ov is not None and (int(ov.addr), int(ov.port)) != (int(ik.addr),
+                                                                       int(ik.port)):
+                    ov = None  # that inside endpoint's mapping is another port now
+                out.append((ok, ov, ik, iv))
+            return out
+        for ok, ov in _items(self.outbound):
+            if int(ok.addr) != addr:
+                continue
+            ik = self.inbound.Key(int(ov.addr), int(ov.port), int(ok.proto))
+            try:
+                iv = self.inbound[ik]
+            except KeyError:
+                iv = None
+            if iv is not None and ((int(iv.addr), int(iv.port)) != (addr, int(ok.port)) or
+                                   iv.flags & F_HELD):
+                iv = None
+            out.append((ok, ov, ik, iv))
+        return out
+
+    def flush(self, inside: IPv4Address, binding: Binding | None = None,
+              keep: Binding | None = None) -> int:
+        """Remove ``inside``'s mappings on ``binding``'s ports, both directions, but those
+        whose public endpoint ``keep`` holds. On a binding change, ``flush(inside, old,
+        keep=new)`` removes the mappings of the blocks taken away. Without ``binding``,
+        every mapping of ``inside`` is found by a walk of the whole table (slow). The
+        remotes they let in go with the next ``collect``. Returns how many."""
         gone = 0
-        for k, v in self.outbound.items():
-            if int(k.addr) != addr:
+        for ok, ov, ik, iv in self._halves(inside, binding):
+            if keep is not None and _address(ik.addr) == keep.public and \
+                    keep.holds(_port(ik.port)):
                 continue
-            if keep is not None and _address(v.addr) == keep.public and \
-                    keep.holds(_port(v.port)):
-                continue
-            public = (int(v.addr), int(v.port), int(k.proto))
-            with contextlib.suppress(KeyError):
-                del self.outbound[k]
-            ik = self.inbound.Key(*public)
-            with contextlib.suppress(KeyError):
-                e = self.inbound[ik]
-                if int(e.addr) == addr and int(e.port) == int(k.port):
-                    del self.inbound[ik]
-            for fk in [fk for fk in list(self.filters)
-                       if (int(fk.public_addr), int(fk.public_port), int(fk.proto)) == public]:
+            if ov is not None:
                 with contextlib.suppress(KeyError):
-                    del self.filters[fk]
+                    del self.outbound[ok]
+            if iv is not None:
+                with contextlib.suppress(KeyError):
+                    del self.inbound[ik]
             gone += 1
         return gone
 
     def mappings(self, inside: IPv4Address | None = None) -> list[Mapping]:
-        """Every mapping (or ``inside``'s), with the later time of its two directions.
-        Held ports are not mappings."""
+        """Every mapping, with the later time of its two directions; or ``inside``'s, by its
+        binding's ports (a lookup each, not a walk of the tables). Held ports are not
+        mappings."""
+        binding = self.binding(inside) if inside is not None else None
+        if inside is not None and binding is not None:
+            return [self._mapping(ok, ov, iv) for ok, ov, _, iv in self._halves(inside, binding)
+                    if ov is not None]
         want = _be32(inside) if inside is not None else None
         inbound = {(int(k.addr), int(k.port), int(k.proto)): v for k, v in _items(self.inbound)}
         out = []
@@ -397,14 +449,21 @@ class NatPath:
             if want is not None and int(k.addr) != want:
                 continue
             back = inbound.get((int(v.addr), int(v.port), int(k.proto)))
-            last, tcp_in = int(v.last_seen_ns), 0
-            if back is not None and int(back.addr) == int(k.addr) and \
-                    int(back.port) == int(k.port) and not back.flags & F_HELD:
-                last, tcp_in = max(last, int(back.last_seen_ns)), int(back.tcp)
-            out.append(Mapping(int(k.proto), _address(k.addr), _port(k.port),
-                               _address(v.addr), _port(v.port), last,
-                               int(k.proto) == TCP and _established(int(v.tcp), tcp_in)))
+            if back is not None and ((int(back.addr), int(back.port)) != (int(k.addr),
+                                                                         int(k.port)) or
+                                     back.flags & F_HELD):
+                back = None
+            out.append(self._mapping(k, v, back))
         return out
+
+    @staticmethod
+    def _mapping(k: Any, v: Any, back: Any) -> Mapping:
+        last, tcp_in = int(v.last_seen_ns), 0
+        if back is not None:
+            last, tcp_in = max(last, int(back.last_seen_ns)), int(back.tcp)
+        return Mapping(int(k.proto), _address(k.addr), _port(k.port), _address(v.addr),
+                       _port(v.port), last,
+                       int(k.proto) == TCP and _established(int(v.tcp), tcp_in))
 
     def exhausted(self, clear: bool = True) -> dict[IPv4Address, Exhaustion]:
         """Subscribers whose blocks were full (another block is due, up to
@@ -491,7 +550,7 @@ class NatPath:
         for fk, seen in _items(self.filters):
             public = (int(fk.public_addr), int(fk.public_port), int(fk.proto))
             t = pool_of(public[0]).timeouts
-            idle = now - int(seen.value)
+            idle = now - int(getattr(seen, "value", seen))  # batches give ints
             if public not in live or idle > timeout_s(t, public[2], True) * _NS:
                 with contextlib.suppress(KeyError):
                     del self.filters[fk]
