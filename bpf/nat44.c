@@ -719,6 +719,10 @@ int nat_out(struct __sk_buff *skb)
     struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
     struct nat_mapping *m = nat_outbound.lookup(&inside);
     if (!m) {
+        // A reset of no mapping resets nothing outside (what came in for it was dropped):
+        // it takes no port.
+        if (p.proto == IPPROTO_TCP && (p.tcp_flags & TCP_FLAG_RST_))
+            return drop(NAT_NO_MAPPING);
         nat_progs.call(skb, NAT_PROG_NEW);
         return drop(NAT_INTERNAL);
     }

@@ -372,6 +372,7 @@ def test_tcp_state_picks_the_timeout(path: nat.NatPath, bind: Callable[..., Bind
     ("nat_out", lambda: ipv4(SUB, REMOTE, 47, bytes(24)), TC_ACT_SHOT, "unsupported"),  # GRE
     ("nat_out", lambda: icmp(SUB, REMOTE, 13, 0, bytes(16)), TC_ACT_SHOT, "unsupported"),
     ("nat_out", lambda: echo(SUB, REMOTE, 7, reply=True), TC_ACT_SHOT, "unsupported"),
+    ("nat_out", lambda: tcp(SUB, REMOTE, 7, 80, dpkt.tcp.TH_RST), TC_ACT_SHOT, "no_mapping"),
     ("nat_in", lambda: udp(REMOTE, NODE, 1, 2), TC_ACT_OK, "in_passed"),  # not a public address
     ("nat_in", lambda: udp(REMOTE, PUBLIC[EIF], 53, 4097), TC_ACT_SHOT, "no_mapping"),
     ("nat_in", lambda: tcp(REMOTE, PUBLIC[EIF], 53, 22), TC_ACT_SHOT, "no_mapping"),
