@@ -188,6 +188,19 @@ def is_generation(name: str) -> bool:
     return re.fullmatch(r"[0-9a-f]{12}", name) is not None
 
 
+def sweep_generations(pin_dir: Path | None) -> list[str]:
+    """Unpin the generations beside ``pin_dir`` (the one in use), once its programs have
+    replaced theirs; the names of those removed."""
+    if pin_dir is None:
+        return []
+    gone = []
+    for d in pin_dir.parent.iterdir():
+        if d.is_dir() and d != pin_dir and is_generation(d.name):
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d.name)
+    return gone
+
+
 # The maps that outlive the agent: per generation, but the refresh log above them all.
 GENERATION_MAPS = ("subscribers", "circuits", "subnet_options", "interfaces", "counters",
                    "heartbeat")

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bng_operator import netlink
-from bng_operator.agent.dataplane.fastpath import generation, is_generation
+from bng_operator.agent.dataplane.fastpath import generation, sweep_generations
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
     BPFObject,
@@ -578,16 +578,9 @@ class NatPath:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def remove_other_generations(self) -> list[str]:
-        """Unpin the maps and programs of older generations, once this one's programs have
-        replaced theirs on the uplink."""
-        if self.pin_dir is None:
-            return []
-        gone = []
-        for d in self.pin_dir.parent.iterdir():
-            if d.is_dir() and d != self.pin_dir and is_generation(d.name):
-                shutil.rmtree(d, ignore_errors=True)
-                gone.append(d.name)
-        return gone
+        """Unpin older generations, once this one's programs have replaced theirs on
+        the uplink."""
+        return sweep_generations(self.pin_dir)
 
     def close(self) -> None:
         """Free this process's handles. Pins and attached programs stay."""
