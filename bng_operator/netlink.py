@@ -286,14 +286,15 @@ class Tc:
             self._indexes[ifname] = _index(self._ipr, ifname, self._ns)
         return self._indexes[ifname]
 
-    def _tc(self, command: str, ifname: str, handle: int, parent: int, **kw: Any) -> None:
+    def _tc(self, command: str, ifname: str, handle: int, parent: int,
+            kind: str | None = "htb", **kw: Any) -> None:
         try:
-            self._ipr.tc(command, "htb", self._index(ifname), handle, parent=parent, **kw)
+            self._ipr.tc(command, kind, self._index(ifname), handle, parent=parent, **kw)
         except NetlinkError as e:
             if e.code != errno.ENODEV:
                 raise
             self._indexes.pop(ifname, None)  # made again since: look it up once more
-            self._ipr.tc(command, "htb", self._index(ifname), handle, parent=parent, **kw)
+            self._ipr.tc(command, kind, self._index(ifname), handle, parent=parent, **kw)
 
     def htb_class(self, ifname: str, classid: int, rate_bps: int, burst_bytes: int) -> None:
         """HTB class ``classid`` (major << 16 | minor; a minor alone: the root's, 1:minor)
@@ -313,8 +314,10 @@ class Tc:
 
     def del_htb_class(self, ifname: str, classid: int) -> None:
         classid = classid if classid >> 16 else TC_ROOT | classid
+        # No kind, as `tc class del` sends it: pyroute2 (0.9) cannot encode an htb class
+        # without its rates, and raised TypeError, which left every ended session's classes.
         with contextlib.suppress(NetlinkError):  # gone already
-            self._tc("del-class", ifname, classid, classid & 0xFFFF0000)
+            self._tc("del-class", ifname, classid, classid & 0xFFFF0000, kind=None)
 
     def close(self) -> None:
         self._ipr.close()
