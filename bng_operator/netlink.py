@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+import socket
+import struct
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from pyroute2 import IPRoute, NetlinkError, NetNS, netns
@@ -272,38 +274,143 @@ def ensure_htb(ifname: str, ns: str | None = None) -> bool:
     return True
 
 
+# rtnetlink as the kernel has it (linux/netlink.h, linux/rtnetlink.h): what Tc sends itself.
+_NLMSG = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
+_TCMSG = struct.Struct("=B3xiIII")  # tcmsg: family, ifindex, handle, parent, info
+_NLA = struct.Struct("=HH")  # nlattr: length, type
+_NLMSG_ERROR = 2
+_RTM_NEWTCLASS, _RTM_DELTCLASS = 40, 41
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_REPLACE, _NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+_NLM_F_CAPPED, _NLM_F_ACK_TLVS = 0x100, 0x200  # on an ack: no request copy; attributes
+_SOL_NETLINK, _NETLINK_CAP_ACK, _NETLINK_EXT_ACK = 270, 10, 11
+_NLMSGERR_ATTR_MSG = 1
+
+
+def _rtnl_socket(ns: str | None) -> socket.socket:
+    """A raw rtnetlink socket in ``ns`` (None: the calling thread's namespace). Its acks
+    carry the kernel's error message, not a copy of the request."""
+    if ns is None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    else:  # a socket stays in the namespace it was made in: make it there, come back
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            netns.setns(ns, flags=0)
+            try:
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            finally:
+                netns.setns(own)
+        finally:
+            os.close(own)
+    sock.bind((0, 0))
+    for opt in (_NETLINK_CAP_ACK, _NETLINK_EXT_ACK):
+        with contextlib.suppress(OSError):  # older kernels: errors without their message
+            sock.setsockopt(_SOL_NETLINK, opt, 1)
+    return sock
+
+
+def _ack_error(payload: bytes, flags: int) -> NetlinkError | None:
+    """The error an NLMSG_ERROR payload reports, with the kernel's message when it gave
+    one, or None for an ack."""
+    code = -struct.unpack_from("=i", payload)[0]
+    if not code:
+        return None
+    message = None
+    if flags & _NLM_F_ACK_TLVS:  # after the request's header, or the whole request
+        offset = 4 + (_NLMSG.size if flags & _NLM_F_CAPPED else
+                      _NLMSG.unpack_from(payload, 4)[0])
+        while offset + _NLA.size <= len(payload):
+            length, kind = _NLA.unpack_from(payload, offset)
+            if length < _NLA.size:
+                break
+            if kind & 0x3FFF == _NLMSGERR_ATTR_MSG:
+                text = payload[offset + _NLA.size:offset + length].split(b"\0")[0]
+                message = f"{os.strerror(code)}: {text.decode(errors='replace')}"
+            offset += (length + 3) & ~3
+    return NetlinkError(code, message)
+
+
+def _htb_class_attributes(rate_bps: int, burst_bytes: int) -> bytes:
+    """TCA_KIND and TCA_OPTIONS of an HTB class, rate tables included, as pyroute2's
+    ``tc("replace-class", "htb", ...)`` encodes them (byte for byte)."""
+    from pyroute2.netlink.rtnl.tcmsg import sched_htb, tcmsg
+
+    options = sched_htb.get_class_parameters({"rate": f"{rate_bps}bit", "ceil": f"{rate_bps}bit",
+                                              "burst": burst_bytes, "cburst": burst_bytes})
+    msg = tcmsg()
+    msg["attrs"] = [["TCA_KIND", "htb"], ["TCA_OPTIONS", options]]
+    msg.encode()
+    return bytes(msg.data[_NLMSG.size + _TCMSG.size:])
+
+
 class Tc:
-    """One rtnetlink socket for many class changes: a class then costs one request, not a
-    socket and a dump of every link. For one thread; ``close`` when done."""
+    """One rtnetlink socket for many class changes: a class costs one request and its
+    ack, not a socket and a dump of every link. pyroute2 encodes each distinct class's
+    attributes once; a request is then packed and sent here (pyroute2's generic request
+    path cost ~2 ms of CPU a class). Each request waits for its ack: an error is raised,
+    as pyroute2 raises it. For one thread; ``close`` when done."""
 
     def __init__(self, ns: str | None = None) -> None:
         self._ns = ns
-        self._ipr = NetNS(ns) if ns else IPRoute()
+        self._ipr = NetNS(ns) if ns else IPRoute()  # link lookups
+        self._sock = _rtnl_socket(ns)
+        self._seq = 0
         self._indexes: dict[str, int] = {}
+        self._attributes: dict[tuple[int, int], bytes] = {}
 
     def _index(self, ifname: str) -> int:
         if ifname not in self._indexes:
             self._indexes[ifname] = _index(self._ipr, ifname, self._ns)
         return self._indexes[ifname]
 
-    def _tc(self, command: str, ifname: str, handle: int, parent: int,
-            kind: str | None = "htb", **kw: Any) -> None:
+    def _on(self, ifname: str, send: Callable[[int], object]) -> None:
+        """``send(ifindex)`` for ``ifname``; once more, its index looked up again, if it was
+        made again since (ENODEV)."""
         try:
-            self._ipr.tc(command, kind, self._index(ifname), handle, parent=parent, **kw)
+            send(self._index(ifname))
         except NetlinkError as e:
             if e.code != errno.ENODEV:
                 raise
-            self._indexes.pop(ifname, None)  # made again since: look it up once more
-            self._ipr.tc(command, kind, self._index(ifname), handle, parent=parent, **kw)
+            self._indexes.pop(ifname, None)
+            send(self._index(ifname))
+
+    def _tc(self, command: str, ifname: str, handle: int, parent: int, **kw: Any) -> None:
+        """Through pyroute2: the rare requests (a group's qdisc and class)."""
+        self._on(ifname, lambda index: self._ipr.tc(command, "htb", index, handle,
+                                                    parent=parent, **kw))
+
+    def _request(self, mtype: int, flags: int, index: int, handle: int, parent: int,
+                 attributes: bytes) -> None:
+        self._seq = self._seq % 0xFFFFFFFF + 1
+        seq = self._seq
+        body = _TCMSG.pack(socket.AF_UNSPEC, index, handle, parent, 0) + attributes
+        self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), mtype,
+                                    _NLM_F_REQUEST | _NLM_F_ACK | flags, seq, 0) + body)
+        while True:  # the kernel answers before send returns; skip any stale answer
+            data = self._sock.recv(65536)
+            offset = 0
+            while offset + _NLMSG.size <= len(data):
+                length, rtype, rflags, rseq, _ = _NLMSG.unpack_from(data, offset)
+                if length < _NLMSG.size:
+                    break
+                if rtype == _NLMSG_ERROR and rseq == seq:
+                    error = _ack_error(data[offset + _NLMSG.size:offset + length], rflags)
+                    if error is not None:
+                        raise error
+                    return
+                offset += (length + 3) & ~3
 
     def htb_class(self, ifname: str, classid: int, rate_bps: int, burst_bytes: int) -> None:
         """HTB class ``classid`` (major << 16 | minor; a minor alone: the root's, 1:minor)
         at ``rate_bps`` with ``burst_bytes``, under its major's qdisc (made, or changed in
         place: its queue is kept)."""
         classid = classid if classid >> 16 else TC_ROOT | classid
-        self._tc("replace-class", ifname, classid, classid & 0xFFFF0000,
-                 rate=f"{rate_bps}bit", ceil=f"{rate_bps}bit", burst=burst_bytes,
-                 cburst=burst_bytes)
+        key = (rate_bps, burst_bytes)
+        if key not in self._attributes:
+            self._attributes[key] = _htb_class_attributes(rate_bps, burst_bytes)
+        attributes = self._attributes[key]
+        self._on(ifname, lambda index: self._request(
+            _RTM_NEWTCLASS, _NLM_F_REPLACE | _NLM_F_CREATE, index, classid,
+            classid & 0xFFFF0000, attributes))
 
     def htb_group(self, ifname: str, group_classid: int, major: int) -> None:
         """A nested HTB qdisc ``major``: as the qdisc of the root's class ``group_classid``,
@@ -314,12 +421,12 @@ class Tc:
 
     def del_htb_class(self, ifname: str, classid: int) -> None:
         classid = classid if classid >> 16 else TC_ROOT | classid
-        # No kind, as `tc class del` sends it: pyroute2 (0.9) cannot encode an htb class
-        # without its rates, and raised TypeError, which left every ended session's classes.
         with contextlib.suppress(NetlinkError):  # gone already
-            self._tc("del-class", ifname, classid, classid & 0xFFFF0000, kind=None)
+            self._on(ifname, lambda index: self._request(  # no kind, as `tc class del`
+                _RTM_DELTCLASS, 0, index, classid, classid & 0xFFFF0000, b""))
 
     def close(self) -> None:
+        self._sock.close()
         self._ipr.close()
 
 
