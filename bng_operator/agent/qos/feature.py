@@ -4,7 +4,8 @@ qosPolicy also gets an HTB class each way, at its policy's rates, on every acces
 interface. A changed class or policy re-rates it in place (no reconnect); an ended
 session's classes and map entries go.
 
-tc calls take ~1-2 ms each, so they run on one worker thread, in order, never on the event
+a class costs 1-20 ms of kernel time (more as classes grow), so tc runs on one worker
+thread, in order, never on the event
 loop. The classifiers, classes and maps outlive the agent: on start they are adopted, and
 the sessions restored from the lease store are re-rated against the current policy.
 """
