@@ -84,10 +84,14 @@ def test_the_agent_keeps_its_fast_path_with_only_the_charts_capabilities(
         site.start_agent(timeout=60)
         upgraded = netlink.xdp_program_id(site.access, site.bng)
         assert upgraded not in (None, program)
-        assert any("program replaced" in str(e.get("msg")) for e in site.log_events())
-        generations = [d.name for d in site.lab.bpf_dir.iterdir()
-                       if d.is_dir() and d.name != "qos"]
-        assert len(generations) == 1, generations
+        # said (and the old generation's pins removed) just after the attach the id shows
+        wait("the replacement said", lambda: any(
+            "program replaced" in str(e.get("msg")) for e in site.log_events()))
+
+        def generations() -> list[str]:
+            return [d.name for d in site.lab.bpf_dir.iterdir() if d.is_dir() and d.name != "qos"]
+
+        wait("one generation pinned", lambda: len(generations()) == 1)
         assert site.metrics()['bng_ebpf_map_entries{map="subscribers"}'] == SUBSCRIBERS
         slow, fast = _slow_requests(site), _fast_acks(site)
         wait("renewals in the kernel after the upgrade",
