@@ -262,6 +262,21 @@ class _Attachment:
     mode: XDPMode
 
 
+def pinned_program(obj: BPFObject, fn: str, prog_type: int, pin_dir: Path | None,
+                   own: list[int]) -> int:
+    """The program ``fn`` pinned in ``pin_dir`` (its fd appended to ``own``, the caller's
+    to close), else loaded from ``obj`` now and pinned there."""
+    if pin_dir is not None:
+        fd = pinned_fd(pin_dir / fn, required=True)
+        if fd is not None:
+            own.append(fd)
+            return fd
+    fd = obj.load(fn, prog_type)
+    if pin_dir is not None:
+        pin_fd(fd, pin_dir / fn)
+    return fd
+
+
 class BPFObject:
     """One C file compiled by BCC: its programs, its maps, and what was attached and pinned."""
 

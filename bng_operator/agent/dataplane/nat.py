@@ -36,6 +36,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from bcc import BPF
+
 from bng_operator import netlink
 from bng_operator.agent.dataplane.fastpath import generation, sweep_generations
 from bng_operator.agent.dataplane.loader import (
@@ -43,8 +45,7 @@ from bng_operator.agent.dataplane.loader import (
     BPFObject,
     DataplaneError,
     bpf_mount_of,
-    pin_fd,
-    pinned_fd,
+    pinned_program,
 )
 
 SOURCE = Path(BPF_DIR) / "nat44.c"
@@ -243,15 +244,7 @@ class NatPath:
 
     def _program(self, fn: str) -> int:
         """The pinned program of this generation, else loaded now (and pinned)."""
-        if self.pin_dir is not None:
-            fd = pinned_fd(self.pin_dir / fn, required=True)
-            if fd is not None:
-                self._own.append(fd)
-                return fd
-        fd = self.obj.load_tc(fn)
-        if self.pin_dir is not None:
-            pin_fd(fd, self.pin_dir / fn)
-        return fd
+        return pinned_program(self.obj, fn, BPF.SCHED_CLS, self.pin_dir, self._own)
 
     # --- the uplink ------------------------------------------------------------------------
 
