@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from bng_lab import clients
+from bng_lab.netlab import NetLab
 from bng_lab.site import INTERNET_ADDRESS, Site
 from bng_operator.agent.qos.feature import ifb_name
 from tests.e2e.conftest import SAMPLES, wait
@@ -101,21 +102,29 @@ def _cpu() -> tuple[int, int]:
     return sum(f) - idle, sum(f)
 
 
-def _iperf(site: Site, reverse: bool, seconds: int = SECONDS) -> tuple[list[float], float]:
-    """iperf3 TCP from every subscriber at once (``reverse``: download) for ``seconds``
-    after a second left out (slow start); the goodput of each in bits/s, as the receiver
-    counted it, and the share of the machine's CPU time busy meanwhile."""
-    before = _cpu()
+def iperf_each(lab: NetLab, namespaces: list[str], seconds: int, reverse: bool) -> list[float]:
+    """iperf3 TCP from each namespace at once to the internet namespace's server 5201 + its
+    index (``reverse``: download), a first second left out (slow start); the goodput of each
+    in bits/s, as its receiver counted it."""
     runs = []
-    for i, ns in enumerate(site.subscribers):
+    for i, ns in enumerate(namespaces):
         argv = ["iperf3", "-c", INTERNET_ADDRESS, "-p", str(5201 + i), "-t", str(seconds),
                 "-O", "1", "-J", *(["-R"] if reverse else [])]
-        runs.append(site.lab.popen(ns, *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        runs.append(lab.popen(ns, *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     out = []
     for p in runs:
         stdout, stderr = p.communicate(timeout=seconds + 30)
         assert p.returncode == 0, stderr.decode()[-2000:]
         out.append(float(json.loads(stdout)["end"]["sum_received"]["bits_per_second"]))
+    return out
+
+
+def _iperf(site: Site, reverse: bool, seconds: int = SECONDS) -> tuple[list[float], float]:
+    """iperf3 TCP from every subscriber at once (``reverse``: download) for ``seconds``
+    after a second left out (slow start); the goodput of each in bits/s, as the receiver
+    counted it, and the share of the machine's CPU time busy meanwhile."""
+    before = _cpu()
+    out = iperf_each(site.lab, site.subscribers, seconds, reverse)
     after = _cpu()
     return out, (after[0] - before[0]) / max(1, after[1] - before[1])
 

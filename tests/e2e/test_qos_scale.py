@@ -11,7 +11,6 @@ The time to install is printed, not tested (this machine is shared): only a sani
 from __future__ import annotations
 
 import ipaddress
-import json
 import random
 import re
 import subprocess
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from bng_lab.netlab import NetLab, in_netns
-from bng_lab.site import INTERNET_ADDRESS, INTERNET_LINK, subscriber_mac
+from bng_lab.site import INTERNET_LINK, subscriber_mac
 from bng_operator import netlink
 from bng_operator.agent.config import NodeConfig, PoolConfig, ShapingRates, SubnetConfig
 from bng_operator.agent.dhcp.leases import Lease
@@ -31,7 +30,7 @@ from bng_operator.agent.sessions.events import Event, SessionEvents
 from bng_operator.agent.sessions.session import EndReason, Identity, Session, State
 from bng_operator.api.qospolicy import RateLimit
 from bng_operator.metrics import AgentMetrics
-from tests.e2e.test_qos import IDEAL, TOLERANCE
+from tests.e2e.test_qos import IDEAL, TOLERANCE, iperf_each
 
 SESSIONS = 10_000
 ENDED = 1_000
@@ -162,19 +161,8 @@ def shaper(netlab: NetLab) -> Iterator[Shaper]:
 
 
 def _iperf(s: Shaper, reverse: bool) -> list[float]:
-    """iperf3 TCP from every sampled subscriber at once (``reverse``: download); the
-    goodput of each in bits/s, as its receiver counted it."""
-    runs = []
-    for k, ns in enumerate(s.subscribers):
-        argv = ["iperf3", "-c", INTERNET_ADDRESS, "-p", str(5201 + k), "-t", str(SECONDS),
-                "-O", "1", "-J", *(["-R"] if reverse else [])]
-        runs.append(s.lab.popen(ns, *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    out = []
-    for p in runs:
-        stdout, stderr = p.communicate(timeout=SECONDS + 30)
-        assert p.returncode == 0, stderr.decode()[-2000:]
-        out.append(float(json.loads(stdout)["end"]["sum_received"]["bits_per_second"]))
-    return out
+    """iperf3 TCP from every sampled subscriber at once (``reverse``: download)."""
+    return iperf_each(s.lab, s.subscribers, SECONDS, reverse)
 
 
 def _minors(s: Shaper) -> dict[int, int]:
