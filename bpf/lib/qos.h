@@ -57,7 +57,6 @@ enum qos_stat {
     QOS_DOWN_UNKNOWN,      // to an address with no session (the gateway's own, ...)
     QOS_UP_SHAPED,         // from a session, checked
     QOS_UP_NOT_IPV4,       // untagged, not IPv4: passed (not a subscriber's)
-    QOS_UP_UNKNOWN,        // (unused since anti-spoofing: see QOS_SPOOF_SOURCE)
     QOS_UP_NO_IFB,         // the access interface has no IFB: passed unshaped
     QOS_UP_DHCP,           // DHCP to the server: never queued (the IFB would hand it to the
                            //   agent's packet socket a second time)

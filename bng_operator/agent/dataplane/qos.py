@@ -41,7 +41,7 @@ ACCESS_NEXT_ARP = 0
 MAPS = ("qos_sessions", "qos_counters", "access_interfaces", "qos_stats")
 # enum qos_stat, in order.
 STATS = ("down_shaped", "down_not_ipv4", "down_unknown", "up_shaped", "up_not_ipv4",
-         "up_unknown", "up_no_ifb", "up_dhcp", "down_no_session", "spoof_source",
+         "up_no_ifb", "up_dhcp", "down_no_session", "spoof_source",
          "spoof_mac", "spoof_vlan", "spoof_not_ipv4", "arp_answered", "arp_passed",
          "arp_dropped")
 QOS_INTERFACES = 64
