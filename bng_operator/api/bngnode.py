@@ -87,6 +87,10 @@ class NodeQoSPolicy(Model):
 class NodeNATPool(Model):
     name: ObjectName
     spec: NATPoolSpec
+    addresses: list[str] = Field(
+        default_factory=list, max_length=4096,
+        description="Public addresses this node translates to (port-block mode). Empty: "
+                    "the node owns every address of the pool (standalone mode).")
 
 
 class BNGNodeSpec(Model):
@@ -121,10 +125,20 @@ class BlockUsage(Model):
     size: int = Field(ge=0)
 
 
+class NATUsage(Model):
+    """Port blocks of one NATPool's public address in use on this node."""
+
+    pool: str
+    address: str = Field(max_length=15)
+    blocks_used: int = Field(ge=0)
+    blocks_total: int = Field(ge=0)
+
+
 class BNGNodeStatus(Model):
     programs: list[ProgramStatus] = Field(default_factory=list, max_length=64)
     maps: list[MapFill] = Field(default_factory=list, max_length=64)
     blocks: list[BlockUsage] = Field(default_factory=list, max_length=4096)
+    nat: list[NATUsage] = Field(default_factory=list, max_length=4096)
     leases_active: int = Field(default=0, ge=0)
     last_sync: datetime | None = None
     observed_generation: int | None = None

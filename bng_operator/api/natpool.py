@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from bng_operator.api.common import Conditions, Duration, Model
+from bng_operator.api.common import Conditions, Duration, IPv4CIDR, Model
 from bng_operator.api.resource import AGE, PrinterColumn, Resource, ResourceInfo, ready_column
 from bng_operator.api.rules import Checked, Rule, is_cidr, is_ipv4, is_masked
 
@@ -47,6 +47,10 @@ class NATTimeouts(Model):
     tcp_transitory: Duration("4m", "1h") = "4m"  # type: ignore[valid-type]
     udp: Duration("2m", "1h") = "5m"  # type: ignore[valid-type]
     icmp: Duration("60s", "1h") = "60s"  # type: ignore[valid-type]
+    hold: Duration("0s", "1h") = Field(  # type: ignore[valid-type]
+        default="2m",
+        description="How long a port whose mapping ended, or a released block, is held "
+                    "before another flow or subscriber may take it (RFC 6888 REQ-8).")
 
 
 class NATLogging(Model):
@@ -66,22 +70,49 @@ class NATPoolSpec(Model):
             or p.port_range.size % p.ports_per_block == 0,
             field_path=".portsPerBlock",
         ),
+        Rule("self.mode != 'deterministic' || size(self.insidePrefixes) > 0",
+             "deterministic mode needs insidePrefixes: the inside addresses its formula maps",
+             lambda p: p.mode != "deterministic" or len(p.inside_prefixes) > 0,
+             field_path=".insidePrefixes"),
+        Rule("self.portsPerBlock * self.blocksPerSubscriber <= "
+             "self.portRange.end - self.portRange.start + 1",
+             "blocksPerSubscriber blocks of portsPerBlock ports must fit in portRange",
+             lambda p: p.ports_per_block * p.blocks_per_subscriber <= p.port_range.size,
+             field_path=".blocksPerSubscriber"),
     )
     addresses: list[PublicPrefix] = Field(min_length=1, max_length=64)
     port_range: PortRange = Field(default=PortRange())
     ports_per_block: int = Field(default=512, ge=1, le=65535)
     blocks_per_subscriber: int = Field(default=1, ge=1, le=64,
                                        description="Blocks a subscriber may hold at once.")
-    mode: Literal["port-block", "deterministic"] = "port-block"
+    mode: Literal["port-block", "deterministic"] = Field(
+        default="port-block",
+        description="port-block: blocks are given as sessions bind, and logged (RFC 6888). "
+                    "deterministic: each inside address has its blocks by a fixed formula "
+                    "over insidePrefixes (RFC 7422), so nothing is logged per subscriber.")
+    inside_prefixes: list[IPv4CIDR] = Field(
+        default_factory=list, max_length=64,
+        description="Deterministic mode: the inside addresses the formula maps, in this "
+                    "order (the n-th address of their concatenation gets slot n).")
     mapping_behavior: Behavior = "endpoint-independent"
     filtering_behavior: Behavior = "endpoint-independent"
     timeouts: NATTimeouts = Field(default=NATTimeouts())
     logging: NATLogging = Field(default=NATLogging())
 
 
+class NATNodeUsage(Model):
+    """One node's share of a NATPool: the public addresses it holds, its blocks in use."""
+
+    node: str = Field(max_length=253)
+    addresses: list[str] = Field(default_factory=list, max_length=4096)
+    blocks_total: int = Field(default=0, ge=0)
+    blocks_used: int = Field(default=0, ge=0)
+
+
 class NATPoolStatus(Model):
     blocks_total: int = Field(default=0, ge=0)
     blocks_used: int = Field(default=0, ge=0)
+    nodes: list[NATNodeUsage] = Field(default_factory=list, max_length=1024)
     conditions: Conditions
 
 
