@@ -27,8 +27,10 @@ from bng_operator import netlink
 GATEWAYS = ("100.64.0.1/20", "198.51.100.1/24")
 RELAY_ADDRESS = "198.51.100.2/24"
 METRICS_PORT = 9641
-INTERNET_LINK = ("203.0.113.1/24", "203.0.113.2/24")  # bng's uplink0, the internet's eth0
+INTERNET_LINK = ("192.0.2.1/24", "192.0.2.2/24")  # bng's uplink0, the internet's eth0
 INTERNET_ADDRESS = INTERNET_LINK[1].split("/")[0]
+# Public NAT addresses (the samples' NATPool cgnat is 203.0.113.0/28): routed to the node.
+NAT_PUBLIC = "203.0.113.0/24"
 
 
 def requests(metrics: dict[str, float], path: str) -> float:
@@ -110,13 +112,12 @@ class Site:
 
     def add_internet(self) -> str:
         """An "internet" namespace behind the bng node, which routes between its access
-        subnets and it (INTERNET_ADDRESS). Returns the namespace."""
+        subnets and it (INTERNET_ADDRESS), and NATs to NAT_PUBLIC. Returns the namespace."""
         inet = self.lab.namespace("inet")
         bng_side, inet_side = INTERNET_LINK
         self.lab.link(self.bng or None, "uplink0", inet, "eth0", bng_side, inet_side)
         via = bng_side.split("/")[0]
-        for gw in GATEWAYS:
-            net = str(ipaddress.ip_interface(gw).network)
+        for net in [str(ipaddress.ip_interface(gw).network) for gw in GATEWAYS] + [NAT_PUBLIC]:
             self.lab.run(inet, "ip", "route", "add", net, "via", via)
         self.lab.run(self.bng, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         return inet

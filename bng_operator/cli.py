@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from bng_operator import __version__
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
@@ -87,6 +89,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
                              fast_path=not args.no_fast_path, bpf_pin_root=args.bpf_dir,
                              xdp_mode=args.xdp_mode, rx_vlan_offload=args.rx_vlan_offload,
                              qos=not args.no_qos and not args.no_fast_path,
+                             nat=not args.no_nat,
                              namespace=args.namespace, report=report,
                              fast_path_authority=authority)
     return asyncio.run(run_agent(settings, source))
@@ -133,15 +136,67 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 
 def _cmd_fastpath_remove(args: argparse.Namespace) -> int:
-    from bng_operator.agent.dataplane import qos
+    from bng_operator.agent.dataplane import nat, qos
     from bng_operator.agent.dataplane.fastpath import remove
     from bng_operator.agent.qos.feature import ifb_name
 
     qos.remove(args.bpf_dir, [(i, ifb_name(i)) for i in args.interface])
+    nat.remove(args.bpf_dir, args.uplink)
     remove(args.bpf_dir, [(i, None) for i in args.interface], args.xdp_mode)
     print(f"detached the fast path and shaping from {', '.join(args.interface) or 'no interface'}"
+          f"{' and NAT from ' + ', '.join(args.uplink) if args.uplink else ''}"
           f"; removed {args.bpf_dir}")
     return 0
+
+
+def _cmd_nat_lookup(args: argparse.Namespace) -> int:
+    import time
+    from datetime import datetime
+
+    from bng_operator.agent.nat.log import lookup
+
+    try:
+        public = ipaddress.IPv4Address(args.public)
+        at = time.time() if args.at is None else datetime.fromisoformat(
+            args.at.replace("Z", "+00:00")).timestamp()
+    except ValueError as e:
+        print(f"bng nat lookup: {e}", file=sys.stderr)
+        return 2
+    if not 1 <= args.port <= 65535:
+        print("bng nat lookup: PORT must be 1-65535", file=sys.stderr)
+        return 2
+    files = [args.file] if args.file else sorted(args.state_dir.glob("nat-*.sqlite"))
+    if not files or not all(f.exists() for f in files):
+        print(f"bng nat lookup: no NAT file ({args.file or args.state_dir / 'nat-*.sqlite'}); "
+              "give --file or --state-dir", file=sys.stderr)
+        return 2
+    answers = [a for f in files for a in lookup(f, public, args.port, at)]
+    if args.json:
+        print(json.dumps([_answer(a) for a in answers]))
+    elif not answers:
+        print(f"nobody had {public}:{args.port} at {_iso(at)} (as far as {', '.join(map(str, files))} "
+              "knows)")
+    for a in answers if not args.json else ():
+        print(f"{public}:{args.port} at {_iso(at)}: {a.inside} "
+              f"({a.subscriber or 'see the lease log for this inside address'}) "
+              f"pool {a.pool}, {a.mode}, ports {a.ports}, since {_iso(a.since)}"
+              f"{', until ' + _iso(a.until) if a.until else ''}"
+              f"{', mac ' + a.mac if a.mac else ''}"
+              f"{', circuit-id ' + a.circuit_id if a.circuit_id else ''}"
+              f"{', remote-id ' + a.remote_id if a.remote_id else ''}")
+    return 0 if answers else 1
+
+
+def _iso(t: float) -> str:
+    from datetime import UTC, datetime
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _answer(a: Any) -> dict[str, Any]:
+    return {"public": str(a.public), "port": a.port, "at": _iso(a.at), "pool": a.pool,
+            "inside": str(a.inside), "mode": a.mode, "subscriber": a.subscriber, "mac": a.mac,
+            "circuitId": a.circuit_id, "remoteId": a.remote_id, "ports": a.ports,
+            "since": _iso(a.since), "until": _iso(a.until) if a.until else None}
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
@@ -205,6 +260,9 @@ def parser() -> argparse.ArgumentParser:
                    help="XDP in the driver (native) or after the stack allocates an skb")
     a.add_argument("--no-qos", action="store_true",
                    help="no shaping: leave the access interfaces' qdiscs alone")
+    a.add_argument("--no-nat", action="store_true",
+                   help="no NAT44: leave the uplink alone (sessions of NAT classes then get "
+                        "no translation)")
     a.add_argument("--rx-vlan-offload", default="disable", choices=["disable", "keep"],
                    help="an access NIC that strips VLAN tags hides them from XDP: turn that "
                         "off where the fast path attaches, or keep it and warn (tagged "
@@ -272,9 +330,30 @@ def parser() -> argparse.ArgumentParser:
                     "and the IFBs.")
     r.add_argument("--interface", action="append", default=[], metavar="IFNAME",
                    help="access interface to detach from (repeatable)")
+    r.add_argument("--uplink", action="append", default=[], metavar="IFNAME",
+                   help="uplink to take NAT from (repeatable)")
     r.add_argument("--bpf-dir", type=Path, default=DEFAULT_PIN_ROOT)
     r.add_argument("--xdp-mode", default="native", choices=["native", "generic"])
     r.set_defaults(func=_cmd_fastpath_remove)
+
+    n = sub.add_parser("nat", help="NAT44: who had a public address and port",
+                       description="Questions for the NAT's block log.")
+    nsub = n.add_subparsers(dest="nat_command", metavar="COMMAND", required=True)
+    nl = nsub.add_parser(
+        "lookup", help="which subscriber had PUBLIC_IP:PORT at a time (the abuse desk's "
+                       "question)",
+        description="Reads the block log (port-block mode) and the formula log "
+                    "(deterministic mode) of the NAT file. Exit 0: answered; 1: nobody.")
+    nl.add_argument("public", metavar="PUBLIC_IP")
+    nl.add_argument("port", type=int, metavar="PORT")
+    nl.add_argument("--at", metavar="TIME",
+                    help="ISO 8601 time, e.g. 2026-12-02T07:30:00Z (default: now)")
+    nl.add_argument("--state-dir", type=Path, default=Path("/var/lib/bng"),
+                    help="the agent's state directory: every nat-NODE.sqlite in it "
+                         "(default: %(default)s)")
+    nl.add_argument("--file", type=Path, help="one NAT file")
+    nl.add_argument("--json", action="store_true", help="print the answers as JSON")
+    nl.set_defaults(func=_cmd_nat_lookup)
 
     lb = sub.add_parser(
         "lab", help="run a small ISP site on this machine (root)",

@@ -74,6 +74,25 @@ class AgentMetrics:
             "bng_qos_install_seconds", "Time to install one session's shaping (its classes "
             "on every access interface and IFB, and its map entry).",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r)
+        self.nat_blocks_used = Gauge(
+            "bng_nat_blocks_used", "Port blocks given to subscribers (or held after their "
+            "release) on this node, by NATPool.", ["pool"], registry=r)
+        self.nat_blocks_total = Gauge(
+            "bng_nat_blocks_total", "Port blocks of the public addresses this node "
+            "translates to, by NATPool.", ["pool"], registry=r)
+        self.nat_block_events = Counter(
+            "bng_nat_block_events_total", "Block allocations and releases written to the "
+            "block log, by NATPool and event.", ["pool", "event"], registry=r)
+        self.nat_unserved = Counter(
+            "bng_nat_sessions_without_block_total", "Sessions of a NAT class that got no "
+            "block: every block of the pool's addresses on this node was taken. Their "
+            "traffic is dropped (no_binding) until a block frees.", ["pool"], registry=r)
+        self.nat_port_exhaustion = Counter(
+            "bng_nat_port_exhaustion_total", "New flows refused because the subscriber's "
+            "blocks were full (an ICMP 3/13 went back), by NATPool.", ["pool"], registry=r)
+        self.nat_errors = Counter(
+            "bng_nat_errors_total", "NAT operations that failed, by operation.", ["op"],
+            registry=r)
         self.rx_vlan_offload = Gauge(
             "bng_access_rx_vlan_offload",
             "1 when the access interface's NIC takes VLAN tags off before XDP sees them: "
@@ -181,6 +200,10 @@ class AgentMetrics:
         (kernel counters: cumulative since the program's maps were made)."""
         self.registry.register(_AccessCollector(read))
 
+    def watch_nat(self, read: Callable[[], NatReading]) -> None:
+        """The NAT programs' verdicts and mapping tables, read when scraped."""
+        self.registry.register(_NatCollector(read))
+
     def drop(self, reason: str) -> None:
         c = self._drops.get(reason)
         if c is None:
@@ -274,3 +297,42 @@ class _AccessCollector:
         for (cls, policy, direction), n in sorted(r.bytes_by_class.items()):
             shaped.add_metric([cls, policy, direction], n)
         yield shaped
+
+
+@dataclass(frozen=True)
+class NatReading:
+    stats: dict[str, int]  # the NAT programs' nat_stats, by name
+    drops: tuple[str, ...]  # which of them are drops (translation failures)
+    tables: dict[str, int]  # entries of each mapping table
+
+
+class _NatCollector:
+    def __init__(self, read: Callable[[], NatReading]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        try:
+            r = self.read()
+        except Exception:
+            logging.getLogger("bng.metrics").exception("reading the NAT data path failed")
+            return
+        translated = CounterMetricFamily(
+            "bng_nat_translated_packets", "Packets the NAT translated, by direction.",
+            labels=["direction"])
+        translated.add_metric(["out"], r.stats.get("out_translated", 0))
+        translated.add_metric(["in"], r.stats.get("in_translated", 0))
+        yield translated
+        failures = CounterMetricFamily(
+            "bng_nat_translation_failures", "Packets the NAT dropped, by reason (no_binding: "
+            "an inside source without a block; block_full: port exhaustion; filtered: "
+            "refused by the pool's filtering; fragment_unknown: a fragment before its "
+            "first; ...).", labels=["reason"])
+        for reason in r.drops:
+            failures.add_metric([reason], r.stats.get(reason, 0))
+        yield failures
+        mappings = GaugeMetricFamily(
+            "bng_nat_mappings", "Entries of the NAT tables: outbound and inbound mappings, "
+            "filters and fragments.", labels=["table"])
+        for table, n in sorted(r.tables.items()):
+            mappings.add_metric([table], n)
+        yield mappings

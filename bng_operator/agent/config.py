@@ -11,9 +11,11 @@ import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from bng_operator.api.bngnode import BNGNodeSpec
+from bng_operator.agent.nat.blocks import Layout, expand
+from bng_operator.api.bngnode import BNGNodeSpec, NodeNATPool
 from bng_operator.api.common import parse_duration
 from bng_operator.api.ippool import IPPoolSpec
+from bng_operator.api.natpool import NATPoolSpec
 from bng_operator.api.subscriber import Subscriber
 from bng_operator.api.subscriberclass import SubscriberClassSpec
 
@@ -91,6 +93,24 @@ class ShapingRates:
 
 
 @dataclass(frozen=True)
+class NatConfig:
+    """A NATPool as this node applies it."""
+
+    name: str
+    spec: NATPoolSpec
+    layout: Layout  # this node's public addresses and how they are cut into blocks
+    inside: tuple[IPv4Network, ...]  # the subnets of the pools whose classes use it
+    hold: int  # seconds a freed port or block is held
+    # The public addresses this node translates to: its share (port-block mode); in
+    # deterministic mode those whose inside addresses are in this node's address blocks.
+    served: tuple[IPv4Address, ...] = ()
+
+    @property
+    def deterministic(self) -> bool:
+        return self.spec.mode == "deterministic"
+
+
+@dataclass(frozen=True)
 class Reservation:
     name: str
     keys: tuple[str, ...]  # identity keys; all given must match the client
@@ -114,6 +134,9 @@ class NodeConfig:
     option82_untrusted: str = "drop"  # drop | strip
     # SubscriberClass name -> the rates of its qosPolicy (classes without one: unshaped)
     shaping: dict[str, ShapingRates] = field(default_factory=dict)
+    uplink: str | None = None  # towards the core: NAT translates there
+    nat: dict[str, NatConfig] = field(default_factory=dict)  # the NATPools classes use
+    nat_pool_of: dict[str, str] = field(default_factory=dict)  # SubscriberClass -> NATPool
 
 
 def _compile(pattern: str | None) -> re.Pattern[str] | None:
@@ -209,9 +232,68 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
                                        q.download.burst_bytes, q.upload.rate_bps,
                                        q.upload.burst_bytes, q.download.rate, q.upload.rate)
 
+    nat, nat_pool_of = _nat(spec, pools)
     by_key = {k: r for r in reservations for k in r.keys}
     o82 = spec.interfaces.option82
     return NodeConfig(spec.node_name, tuple(spec.interfaces.access), spec.max_leases, pools,
                       tuple(classes), tuple(reservations), by_key, frozenset(o82.trusted),
                       tuple(IPv4Network(r) for r in o82.trusted_relays), o82.untrusted,
-                      shaping)
+                      shaping, spec.interfaces.uplink, nat, nat_pool_of)
+
+
+def _nat(spec: BNGNodeSpec, pools: dict[str, PoolConfig],
+         ) -> tuple[dict[str, NatConfig], dict[str, str]]:
+    """The NATPools the node's classes use, and which class uses which."""
+    by_name = {n.name: n for n in spec.nat_pools}
+    pool_of: dict[str, str] = {}
+    inside: dict[str, list[IPv4Network]] = {}
+    blocks: dict[str, list[IPv4Network]] = {}
+    for c in spec.classes:
+        if c.spec.nat_pool is None:
+            continue
+        if c.spec.nat_pool not in by_name:
+            raise ConfigError(f"SubscriberClass {c.name}: NATPool {c.spec.nat_pool} does not "
+                              "exist")
+        pool_of[c.name] = c.spec.nat_pool
+        inside.setdefault(c.spec.nat_pool, []).extend(
+            s.network for s in pools[c.spec.pool].subnets)
+        blocks.setdefault(c.spec.nat_pool, []).extend(b for b, _ in pools[c.spec.pool].blocks)
+    return {name: _nat_config(by_name[name], tuple(ipaddress.collapse_addresses(nets)),
+                              blocks[name])
+            for name, nets in inside.items()}, pool_of
+
+
+def _served(layout: Layout, blocks: list[IPv4Network]) -> tuple[IPv4Address, ...]:
+    """Deterministic mode: the public addresses the inside addresses of ``blocks`` map to."""
+    out: dict[IPv4Address, None] = {}
+    for b in ipaddress.collapse_addresses(blocks):
+        first, last = layout.formula(b.network_address), layout.formula(b.broadcast_address)
+        lo = layout.addresses.index(first.public) if first else 0
+        hi = layout.addresses.index(last.public) if last else len(layout.addresses) - 1
+        if first is None and last is None and not any(
+                b.overlaps(n) for n in layout.inside):
+            continue
+        for a in layout.addresses[lo:hi + 1]:
+            out.setdefault(a, None)
+    return tuple(out)
+
+
+def _nat_config(n: NodeNATPool, inside: tuple[IPv4Network, ...],
+                blocks: list[IPv4Network]) -> NatConfig:
+    s = n.spec
+    deterministic = s.mode == "deterministic"
+    # Deterministic: the formula is over the whole pool, in its own order, on every node.
+    layout = Layout(expand(s.addresses if deterministic or not n.addresses else n.addresses),
+                    s.port_range.start, s.port_range.end, s.ports_per_block,
+                    s.blocks_per_subscriber,
+                    tuple(IPv4Network(p) for p in s.inside_prefixes) if deterministic else ())
+    if deterministic and (why := layout.capacity_error()):
+        raise ConfigError(f"NATPool {n.name}: deterministic mode: {why}")
+    if not deterministic and n.addresses:
+        outside = [a for a in layout.addresses if not any(a in IPv4Network(p)
+                                                          for p in s.addresses)]
+        if outside:
+            raise ConfigError(f"NATPool {n.name}: this node's address {outside[0]} is not "
+                              "in the pool")
+    served = _served(layout, blocks) if deterministic else layout.addresses
+    return NatConfig(n.name, s, layout, inside, parse_duration(s.timeouts.hold), served)

@@ -19,18 +19,20 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bng_operator import http, netlink
 from bng_operator.agent.audit import AuditLog
 from bng_operator.agent.config import ConfigError, NodeConfig
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
-from bng_operator.agent.dhcp.leases import LeaseStore
+from bng_operator.agent.dhcp.leases import Lease, LeaseStore
 from bng_operator.agent.dhcp.packets import PacketPath
 from bng_operator.agent.dhcp.server import DhcpServer
 from bng_operator.agent.expiry import Expiry
 from bng_operator.agent.fastpath.feature import FastPathFeature, RxVlanOffload, programs
 from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.lock import Locks
+from bng_operator.agent.nat.feature import NatFeature, nat_programs
 from bng_operator.agent.qos.feature import QosFeature, shaping_programs
 from bng_operator.agent.report.feature import KubeReporting, NodeView
 from bng_operator.agent.report.kube import KubeReporter, ReportSettings
@@ -56,6 +58,7 @@ class AgentSettings:
     xdp_mode: netlink.XDPMode = "native"
     rx_vlan_offload: RxVlanOffload = "disable"  # where the fast path attaches (see there)
     qos: bool = True  # shaping: an HTB class each way for sessions of classes with a policy
+    nat: bool = True  # NAT44 on the uplink for sessions of classes with a natPool
     fast_path_authority: float = FAST_PATH_AUTHORITY  # the program answers this long unbeaten
     sync_interval: float = 0.5  # how often fast-path renewals reach the lease store (<= 1 s)
     expiry_grace: float = 2.0  # leases end this late, for renewals still on their way up
@@ -79,8 +82,11 @@ class Agent:
     expiry: Expiry | None = None
     fast_path: FastPathFeature | None = None
     qos: QosFeature | None = None
+    nat: NatFeature | None = None
     reporting: KubeReporting | None = None
     _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    _nat_started: bool = False
+    _loop: asyncio.AbstractEventLoop | None = None
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -93,7 +99,7 @@ class Agent:
 
     async def _run(self, stop: asyncio.Event, locks: Locks) -> None:
         st, m, h = self.settings, self.metrics, self.health
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         st.state_dir.mkdir(parents=True, exist_ok=True)
         locks.hold(st.state_dir, "the state directory")
         if st.fast_path:
@@ -133,6 +139,13 @@ class Agent:
                                   lambda: list(server.by_address.values()),
                                   changed=lambda: setattr(self.health, "dirty", True))
             m.watch_access(self.qos.reading)
+        if st.nat:  # loaded once a class uses a NATPool (now or at a reload)
+            self.nat = NatFeature(m, st.bpf_pin_root, self.config,
+                                  st.state_dir / f"nat-{st.node}.sqlite",
+                                  lambda: list(server.by_address.values()),
+                                  changed=lambda: setattr(self.health, "dirty", True),
+                                  granted=self._granted)
+            m.watch_nat(self.nat.reading)
         server.expire()
         server.take_events()  # ended before anyone followed them: the store has them
         await store.commit()
@@ -148,6 +161,8 @@ class Agent:
             sessions.subscribe(self.fast_path)
         if self.qos is not None:
             sessions.subscribe(self.qos)
+        if self.nat is not None:
+            sessions.subscribe(self.nat)
         sessions.subscribe(AuditLog())
         if isinstance(self.source, KubeSource):
             self.reporting = self._reporting(self.source)
@@ -164,6 +179,8 @@ class Agent:
         tasks = [asyncio.create_task(self._tick(stop)), asyncio.create_task(self._reloader(stop))]
         if self.qos is not None:
             tasks.append(asyncio.create_task(self._start_qos(self.qos)))
+        if self.nat is not None and self.nat.wanted:
+            tasks.append(asyncio.create_task(self._start_nat(self.nat)))
         if self.fast_path is not None:
             tasks.append(asyncio.create_task(self.fast_path.sync(stop, st.sync_interval)))
         watch_stop = threading.Event()
@@ -196,6 +213,8 @@ class Agent:
                 self.fast_path.stop()
             if self.qos is not None:
                 self.qos.stop()
+            if self.nat is not None:
+                self.nat.stop()
 
     async def _start_qos(self, qos: QosFeature) -> None:
         """Shaping's programs compile in seconds: loaded after DHCP is served, then
@@ -207,14 +226,30 @@ class Agent:
                 self.reporting.reporter.need_resync = True
         self.health.dirty = True
 
+    async def _start_nat(self, nat: NatFeature) -> None:
+        """NAT's programs compile in seconds too: loaded after DHCP is served. Its start
+        brings the bindings in line with the sessions of the moment."""
+        loop = asyncio.get_running_loop()
+        self._nat_started = True
+        if await loop.run_in_executor(None, nat.start):
+            await loop.run_in_executor(None, nat.attach)
+            if self.reporting is not None:
+                self.reporting.reporter.need_resync = True
+        self.health.dirty = True
+
+    def _granted(self, lease: Lease) -> None:
+        """A NAT block was given (worker thread): the Subscriber shows it."""
+        reporting, loop = self.reporting, self._loop
+        if reporting is not None and loop is not None:
+            loop.call_soon_threadsafe(reporting.refresh, lease)
+
     def ready(self) -> tuple[bool, str]:
         return self.health.ready()
 
     def _reporting(self, source: KubeSource) -> KubeReporting:
         st = self.settings
         reporter = KubeReporter(source.api, st.node, st.namespace, st.report, self.metrics,
-                                extra=lambda lease: (self.qos.status(lease)
-                                                     if self.qos is not None else {}))
+                                extra=self._status_of)
         view = NodeView(
             config=lambda: self._config,
             generation=lambda: getattr(self.source, "generation", None),
@@ -225,10 +260,20 @@ class Agent:
                             if self.qos is not None else [])],
             degraded=self._degraded,
             orphans=lambda: list(self._expiry.orphans.values()),
-            fast_path_on=lambda: self.fast_path is not None)
+            fast_path_on=lambda: self.fast_path is not None,
+            nat=lambda: self.nat.usage() if self.nat is not None else [])
         assert self.server is not None
         return KubeReporting(reporter, self.server, self.health, view,
                              st.report.accounting_interval, st.status_interval)
+
+    def _status_of(self, lease: Lease) -> dict[str, Any]:
+        """A bound session's status fields of the features (QoS, counters, NAT)."""
+        out: dict[str, Any] = {}
+        if self.qos is not None:
+            out |= self.qos.status(lease)
+        if self.nat is not None:
+            out |= self.nat.status(lease)
+        return out
 
     @property
     def _config(self) -> NodeConfig:
@@ -247,6 +292,8 @@ class Agent:
         if self.settings.qos:
             out += shaping_programs(self._config.access_interfaces,
                                     self.qos.attached if self.qos is not None else set())
+        if self.nat is not None and self._config.nat:
+            out += nat_programs(self._config.uplink, self.nat.attached)
         return out
 
     def _read_source(self) -> None:
@@ -283,6 +330,9 @@ class Agent:
                 if self.qos is not None:
                     await loop.run_in_executor(None, self.qos.attach,
                                                list(self.packets.interfaces))
+                if self.nat is not None and self.nat.path is not None:
+                    await loop.run_in_executor(None, self.nat.attach)
+                    self.nat.collect()
                 self.expiry.run_once()
             except Exception:  # the timer must outlive any one bad tick
                 log.exception("periodic work failed; retrying")
@@ -327,6 +377,13 @@ class Agent:
             self.fast_path.reconfigure(config)
         if self.qos is not None:
             self.qos.reconfigure(config)
+        if self.nat is not None:
+            if self.nat.path is not None:
+                self.nat.reconfigure(config)
+            else:
+                self.nat.config = config
+                if config.nat and not self._nat_started:
+                    asyncio.get_running_loop().create_task(self._start_nat(self.nat))
         self.sessions.publish(self.server.take_events())
         log.info("configuration reloaded: %d pools, %d classes", len(config.pools),
                  len(config.classes))

@@ -40,9 +40,14 @@ class QoSStatus(Model):
 
 
 class NATBlock(Model):
+    """The subscriber's public address and ports (its first block's start to its last
+    block's end; ``ports`` lists each block)."""
+
+    pool: str | None = Field(default=None, max_length=253)
     address: IPv4
     port_start: int = Field(ge=1, le=65535)
     port_end: int = Field(ge=1, le=65535)
+    ports: str | None = Field(default=None, max_length=1024)
 
 
 class Counters(Model):

@@ -23,7 +23,7 @@ from bng_operator.agent.report.kube import KubeReporter
 from bng_operator.agent.report.status import node_status
 from bng_operator.agent.report.subscribers import Event, object_name
 from bng_operator.agent.sessions.session import Change, EndReason, Session
-from bng_operator.api.bngnode import BNGNodeStatus, MapFill, ProgramStatus
+from bng_operator.api.bngnode import BNGNodeStatus, MapFill, NATUsage, ProgramStatus
 from bng_operator.api.common import Condition
 
 log = logging.getLogger("bng.agent")
@@ -43,6 +43,7 @@ class NodeView:
     degraded: Callable[[], str]
     orphans: Callable[[], list[Lease]]
     fast_path_on: Callable[[], bool]
+    nat: Callable[[], list[NATUsage]] = list  # blocks in use per NAT public address
 
 
 @dataclass
@@ -68,6 +69,12 @@ class KubeReporting:
     def on_ended(self, s: Session) -> None:
         if s.lease is not None:  # never bound: never reported
             self._write(s.lease, _ENDED.get(s.end_reason, "release"))
+
+    def refresh(self, lease: Lease) -> None:
+        """A bound session's status fields of another feature changed (a NAT block given):
+        written again, as an event (on the loop thread)."""
+        if lease.address in self.server.by_address:
+            self._write(lease, "allocate")
 
     def _write(self, lease: Lease | None, event: Event, refresh: bool = False) -> None:
         self.health.dirty = True
@@ -125,7 +132,8 @@ class KubeReporting:
         st = node_status(self.view.config(), leases, self.view.programs(), self.view.maps(),
                          self.health.problem or self.health.store_problem, self.view.degraded(),
                          self.view.generation(),
-                         self.health.last_sync, self._conditions, datetime.now(UTC))
+                         self.health.last_sync, self._conditions, datetime.now(UTC),
+                         self.view.nat())
         self._conditions = list(st.conditions)
         return st
 
