@@ -258,8 +258,13 @@ def _nat(spec: BNGNodeSpec, pools: dict[str, PoolConfig],
         inside.setdefault(c.spec.nat_pool, []).extend(
             s.network for s in pools[c.spec.pool].subnets)
         blocks.setdefault(c.spec.nat_pool, []).extend(b for b, _ in pools[c.spec.pool].blocks)
-    return {name: _nat_config(by_name[name], tuple(ipaddress.collapse_addresses(nets)),
-                              blocks[name])
+    # A pool some class serves without NAT is not "inside": that class's sessions go out
+    # with their own addresses. A pool only NAT classes use is: a source in it without a
+    # binding (no block free, NAT not loaded yet) is dropped, never sent out un-NATed.
+    plain = {c.spec.pool for c in spec.classes if c.spec.nat_pool is None}
+    plain_nets = {s.network for name in plain if name in pools for s in pools[name].subnets}
+    return {name: _nat_config(by_name[name], tuple(ipaddress.collapse_addresses(
+                n for n in nets if n not in plain_nets)), blocks[name])
             for name, nets in inside.items()}, pool_of
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,6 +278,11 @@ def pinned_program(obj: BPFObject, fn: str, prog_type: int, pin_dir: Path | None
     return fd
 
 
+# BCC's compiler (clang/LLVM in-process) hung when two threads compiled at once (shaping
+# and NAT load side by side at the agent's start): one compile at a time.
+_COMPILING = threading.Lock()
+
+
 class BPFObject:
     """One C file compiled by BCC: its programs, its maps, and what was attached and pinned."""
 
@@ -290,7 +296,8 @@ class BPFObject:
         flags = [f"-D{k}={v}" for k, v in (cflags or {}).items()]
         flags += [f"-I{d}" for d in (BPF_DIR, *include_dirs)]
         try:
-            self.bpf = BPF(src_file=str(src).encode(), cflags=flags)
+            with _COMPILING:
+                self.bpf = BPF(src_file=str(src).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception on compile errors
             raise DataplaneError(f"compiling {src.name} failed: {e}. {_compile_hint()}") from e
         self._fns: dict[str, int] = {}

@@ -72,3 +72,17 @@ def test_a_class_naming_a_missing_natpool_is_refused() -> None:
                 for o in objs if not isinstance(o, NATPool)]
     with pytest.raises((ConfigError, ValueError), match="NATPool"):
         sample_config(missing)
+
+
+def test_a_pool_a_class_serves_without_nat_is_not_inside() -> None:
+    """Its sessions go out with their own addresses; only a pool every class of which NATs
+    is "inside" (a source there without a block is dropped, never leaked)."""
+    from bng_operator.api.common import ObjectMeta
+    from bng_operator.api.subscriberclass import SubscriberClassSpec
+
+    def plain(objs):  # type: ignore[no-untyped-def]
+        return [*objs, SubscriberClass(metadata=ObjectMeta(name="default"), spec=SubscriberClassSpec(
+            priority=10000, pool="residential"))]
+    c = sample_config(plain)
+    assert c.nat_pool_of == {"residential": "cgnat"}
+    assert c.nat["cgnat"].inside == ()
