@@ -120,6 +120,11 @@ class Site:
         for net in [str(ipaddress.ip_interface(gw).network) for gw in GATEWAYS] + [NAT_PUBLIC]:
             self.lab.run(inet, "ip", "route", "add", net, "via", via)
         self.lab.run(self.bng, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # The internet is the node's default route (one subscriber reaching another's
+        # public NAT address goes out towards it, and the NAT turns it back: hairpinning).
+        if self.bng:  # never the host's own default route
+            self.lab.run(self.bng, "ip", "route", "add", "default", "via",
+                         inet_side.split("/")[0])
         return inet
 
     # --- the agent -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv python3-pip
-  iproute2 iputils-ping curl openssl tcpdump nftables iperf3
+  iproute2 iputils-ping curl openssl tcpdump nftables iperf3 traceroute
   isc-dhcp-client udhcpc dhcpcd-base kea-admin kea-dhcp4-server
   freeradius freeradius-utils
 )

@@ -177,10 +177,7 @@ class Agent:
                               "port? (--metrics-port)") from e
         loop.add_signal_handler(signal.SIGHUP, self._reload_wanted.set)
         tasks = [asyncio.create_task(self._tick(stop)), asyncio.create_task(self._reloader(stop))]
-        if self.qos is not None:
-            tasks.append(asyncio.create_task(self._start_qos(self.qos)))
-        if self.nat is not None and self.nat.wanted:
-            tasks.append(asyncio.create_task(self._start_nat(self.nat)))
+        tasks.append(asyncio.create_task(self._start_features()))
         if self.fast_path is not None:
             tasks.append(asyncio.create_task(self.fast_path.sync(stop, st.sync_interval)))
         watch_stop = threading.Event()
@@ -225,6 +222,14 @@ class Agent:
             if self.reporting is not None:  # the Subscribers bound meanwhile show their QoS
                 self.reporting.reporter.need_resync = True
         self.health.dirty = True
+
+    async def _start_features(self) -> None:
+        """Shaping first (it answers the subscribers' ARP on tagged access), then NAT:
+        one compile at a time."""
+        if self.qos is not None:
+            await self._start_qos(self.qos)
+        if self.nat is not None and self.nat.wanted and not self._nat_started:
+            await self._start_nat(self.nat)
 
     async def _start_nat(self, nat: NatFeature) -> None:
         """NAT's programs compile in seconds too: loaded after DHCP is served. Its start

@@ -42,6 +42,18 @@ def wait(what: str, pred: Callable[[], object], timeout: float = 30) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_natted(site: Site, sessions: int) -> None:
+    """Until NAT translates on the uplink and ``sessions`` sessions got their blocks. The
+    samples NAT the residential class: traffic started before NAT is attached (its first
+    start compiles for seconds) leaves un-NATed, and breaks when NAT takes it over."""
+    wait("NAT translating on uplink0",
+         lambda: any("NAT translating on uplink0" in str(e.get("msg"))
+                     for e in site.log_events()), timeout=120)
+    wait(f"{sessions} sessions with a NAT block",
+         lambda: site.metrics().get('bng_nat_block_events_total{event="allocated",'
+                                    'pool="cgnat"}', 0) >= sessions)
+
+
 @pytest.fixture
 def make_site(netlab: NetLab, tmp_path: Path, bpffs: Path) -> Iterator[Callable[..., Site]]:
     sites: list[Site] = []

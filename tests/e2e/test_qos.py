@@ -22,7 +22,7 @@ from bng_lab import clients
 from bng_lab.netlab import NetLab
 from bng_lab.site import INTERNET_ADDRESS, Site
 from bng_operator.agent.qos.feature import ifb_name
-from tests.e2e.conftest import SAMPLES, wait
+from tests.e2e.conftest import SAMPLES, wait, wait_natted
 
 IDEAL = 1448 / 1514  # TCP payload over what HTB counts, per full-size frame
 TOLERANCE = 0.05
@@ -87,6 +87,9 @@ def shaped(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[Callable[
         with ThreadPoolExecutor(8) as pool:  # a dhclient takes ~1 s, mostly waiting
             list(pool.map(lambda ns: clients.dhclient(ns, "eth0", tmp_path), site.subscribers))
         _wait_shaped(site, subscribers)
+        natted = [r for _, r in site_args.get("option82", {}).values() if r.startswith("res-")]
+        if natted:  # the samples NAT residential lines
+            wait_natted(site, len(natted))
         return site
 
     yield make

@@ -564,9 +564,10 @@ class NatPath:
 
     def counts(self) -> dict[str, int]:
         """Entries in each table (for map-fill metrics)."""
-        return {"bindings": len(self.bindings_map.keys()),
-                "outbound": len(self.outbound.keys()), "inbound": len(self.inbound.keys()),
-                "filters": len(self.filters.keys()), "fragments": len(self.fragments.keys())}
+        return {name: sum(1 for _ in table) for name, table in (
+            ("bindings", self.bindings_map), ("outbound", self.outbound),
+            ("inbound", self.inbound), ("filters", self.filters),
+            ("fragments", self.fragments))}
 
     # --- lifecycle -----------------------------------------------------------------------------
 
