@@ -102,3 +102,21 @@ def test_lookup_deterministic_uses_the_formula_in_effect(tmp_path: Path) -> None
     assert [a.inside for a in later] == [second.owner(g1.public, g1.blocks[0] + 5)]
     assert later[0].inside != A("100.64.0.7")  # the new formula's answer, not the old one's
     assert later[0].mode == "deterministic"
+
+
+def test_the_cli_answers_in_words_and_exits_1_for_nobody(history: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from bng_operator.cli import main
+
+    assert main(["nat", "lookup", "203.0.113.5", "1100", "--at", "1970-01-01T00:02:30Z",
+                 "--file", str(history)]) == 0
+    out = capsys.readouterr().out
+    assert "203.0.113.5:1100 at 1970-01-01T00:02:30Z: 100.64.0.20 (remote:res-1) pool cgnat" in out
+    assert "ports 1024-1535, since 1970-01-01T00:01:40Z, until 1970-01-01T00:03:20Z" in out
+    assert "circuit-id olt1/1/1" in out
+    assert main(["nat", "lookup", "203.0.113.5", "1100", "--at", "1970-01-01T00:04:10Z",
+                 "--file", str(history)]) == 1
+    assert "nobody had 203.0.113.5:1100" in capsys.readouterr().out
+    assert main(["nat", "lookup", "203.0.113.5", "70000", "--file", str(history)]) == 2
+    assert main(["nat", "lookup", "203.0.113.5", "1", "--state-dir",
+                 str(history.parent / "none")]) == 2
