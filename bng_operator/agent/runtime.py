@@ -228,8 +228,17 @@ class Agent:
         one compile at a time."""
         if self.qos is not None:
             await self._start_qos(self.qos)
-        if self.nat is not None and self.nat.wanted and not self._nat_started:
-            await self._start_nat(self.nat)
+        await self._nat_wanted()
+
+    async def _nat_wanted(self) -> None:
+        """NAT is loaded once a class uses a NATPool and the node has an uplink."""
+        nat = self.nat
+        if nat is None or not nat.wanted or self._nat_started:
+            return
+        if not self._config.uplink:
+            nat.no_uplink()
+            return
+        await self._start_nat(nat)
 
     async def _start_nat(self, nat: NatFeature) -> None:
         """NAT's programs compile in seconds too: loaded after DHCP is served. Its start
@@ -309,6 +318,8 @@ class Agent:
 
     def _degraded(self) -> str:
         degraded = self.health.refused or self.health.reload_error
+        if self.nat is not None and self.nat.problem and self._config.nat:
+            degraded = degraded or self.nat.problem
         if self.settings.fast_path:
             missing = [n for n in self._config.access_interfaces if n not in self.health.attached]
             if self.fast_path is None:
@@ -387,8 +398,7 @@ class Agent:
                 self.nat.reconfigure(config)
             else:
                 self.nat.config = config
-                if config.nat and not self._nat_started:
-                    asyncio.get_running_loop().create_task(self._start_nat(self.nat))
+                asyncio.get_running_loop().create_task(self._nat_wanted())
         self.sessions.publish(self.server.take_events())
         log.info("configuration reloaded: %d pools, %d classes", len(config.pools),
                  len(config.classes))

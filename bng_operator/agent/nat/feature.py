@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when NAT is in use
 log = logging.getLogger("bng.agent.nat")
 COLLECT_EVERY = 5.0  # seconds between collector passes (idle mappings end, blocks grow)
 RETENTION = 180 * 86400.0  # seconds block records are kept (the abuse desk's horizon)
+NO_UPLINK = ("NAT classes are configured but the BNGNode has no uplink interface "
+             "(spec.interfaces.uplink): NATed subscribers cannot reach the internet")
 
 
 def nat_programs(uplink: str | None, attached: str | None) -> list[ProgramStatus]:
@@ -133,6 +135,11 @@ class NatFeature:
         self._reconcile(self.config, "restart")
         return True
 
+    def no_uplink(self) -> None:
+        """NAT classes, and no uplink to translate on: said once, counted; nothing loads."""
+        if self.problem != NO_UPLINK:
+            self._fail("attach", NO_UPLINK)
+
     def _fail(self, op: str, why: str) -> None:
         self.problem = why
         self.metrics.nat_errors.labels(op).inc()
@@ -164,11 +171,7 @@ class NatFeature:
         assert self.path is not None
         uplink = self.config.uplink
         if not uplink:
-            if self.problem != "no uplink":
-                self._fail("attach", "NAT classes are configured but the BNGNode has no "
-                                     "uplink interface (spec.interfaces.uplink): NATed "
-                                     "subscribers cannot reach the internet")
-                self.problem = "no uplink"
+            self.no_uplink()
             return
         if self.attached == uplink and self.path.attached(uplink):
             return
