@@ -91,11 +91,17 @@ def residential(i: int) -> tuple[str, str]:
 
 def natpool(**fields: str) -> dict[str, str]:
     """The samples' NATPool with ``fields`` (YAML values) replaced or added."""
-    text = (SAMPLES / "natpool-cgnat.yaml").read_text()
-    lines = text.splitlines()
+    lines = (SAMPLES / "natpool-cgnat.yaml").read_text().splitlines()
     for key, value in fields.items():
-        lines = [line for line in lines if not line.startswith(f"  {key}:")]
-        lines.append(f"  {key}: {value}")
+        kept, inside = [], False
+        for line in lines:  # the key's line and the lines indented under it go
+            if line.startswith(f"  {key}:"):
+                inside = True
+            elif inside and not line.startswith("    "):
+                inside = False
+            if not inside:
+                kept.append(line)
+        lines = [*kept, f"  {key}: {value}"]
     return {"natpool-cgnat.yaml": "\n".join(lines) + "\n"}
 
 
@@ -288,3 +294,28 @@ def test_deterministic_mode_needs_no_log_and_lookup_uses_the_formula(
     assert IPv4Address(ip) == IPv4Address("203.0.113.0") + n // 64  # the documented formula
     assert not [e for e in site.log_events()
                 if str(e.get("msg", "")).startswith('{"event": "nat-block')]
+
+
+def test_an_idle_udp_mapping_ends_and_its_port_is_held_before_reuse(
+        natted: Callable[..., Site]) -> None:
+    """Four ports, four UDP flows; idle past the UDP timeout (the API's minimum, RFC 4787's
+    2 min), they end; their ports are held: a new flow is refused until the hold passes."""
+    site = natted(1, natpool(portsPerBlock="4", blocksPerSubscriber="1",
+                             timeouts="{udp: 2m, hold: 20s}"))
+    first = py(site, 0, FLOWS.replace("keep.append(s)", "s.close()"), "4", INTERNET_ADDRESS,
+               str(ECHO_PORTS[0]))
+    assert all(r.startswith("ok") for r in first), first
+
+    def outbound() -> float:
+        return site.metrics().get('bng_nat_mappings{table="outbound"}', -1)
+
+    wait("the four mappings counted", lambda: outbound() == 4)  # by the collector's pass
+    t0 = time.monotonic()
+    wait("the idle mappings ended", lambda: outbound() == 0, timeout=160)
+    ended = time.monotonic() - t0
+    assert ended >= 110, f"UDP mappings ended after {ended:.0f} s, before the 2 min timeout"
+    held = py(site, 0, FLOWS, "1", INTERNET_ADDRESS, str(ECHO_PORTS[0]))
+    assert not held[0].startswith("ok"), held  # every port is held
+    time.sleep(26)  # the hold, and a collector pass
+    again = py(site, 0, FLOWS, "1", INTERNET_ADDRESS, str(ECHO_PORTS[0]))
+    assert again[0].startswith("ok"), again

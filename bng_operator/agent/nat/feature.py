@@ -95,9 +95,7 @@ class NatFeature:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bng-nat"), init=False)
-    _read: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bng-nat-read"),
-        init=False)
+    _tables: dict[str, int] = field(default_factory=dict, init=False)  # the collector's count
     _collected_at: float = field(default=0.0, init=False)
     _pruned_at: float = field(default=0.0, init=False)
 
@@ -156,7 +154,6 @@ class NatFeature:
 
     def stop(self) -> None:
         self._work.shutdown(wait=True)
-        self._read.shutdown(wait=True)
         if self.path is not None:
             self.path.close()
         if self.blocklog is not None:
@@ -430,6 +427,7 @@ class NatFeature:
         assert self.path is not None and self.blocklog is not None
         try:
             self.path.collect()
+            self._tables = self.path.counts()
             self._grow(self.path.exhausted())
             if time.time() - self._pruned_at > 3600:
                 self._pruned_at = time.time()
@@ -507,11 +505,11 @@ class NatFeature:
                         capacity=self.config.max_leases)] if self.path is not None else []
 
     def reading(self) -> NatReading:
-        """The programs' counters and table sizes, when scraped (read off the loop)."""
+        """The programs' counters (read now: BPF syscalls on a small array) and the tables'
+        sizes as the collector's last pass counted them (a walk of every table is too slow
+        for a scrape on the event loop)."""
         from bng_operator.agent.dataplane.nat import DROPS
 
-        path = self.path
-        if path is None:
+        if self.path is None:
             return NatReading({}, DROPS, {})
-        stats, tables = self._read.submit(lambda: (path.stats(), path.counts())).result(10)
-        return NatReading(stats, DROPS, tables)
+        return NatReading(self.path.stats(), DROPS, dict(self._tables))

@@ -12,6 +12,7 @@ the sessions restored from the lease store are re-rated against the current poli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when shaping is on
 
 log = logging.getLogger("bng.agent.qos")
 BY_CLASS_EVERY = 10.0  # seconds between reads of every session's counters for the metrics
+QUEUE_WAIT = 1.0  # seconds a scrape waits for the queues' drops (netlink) before the last read
 
 
 def shaping_programs(interfaces: Sequence[str], attached: set[str]) -> list[ProgramStatus]:
@@ -89,6 +91,8 @@ class QosFeature:
     _by_class: dict[tuple[str, str, str], int] = field(default_factory=dict, init=False)
     _by_class_at: float = field(default=0.0, init=False)
     _by_class_run: Future[None] | None = field(default=None, init=False)
+    _drops: dict[str, int] = field(default_factory=lambda: {"down": 0, "up": 0}, init=False)
+    _drops_run: Future[None] | None = field(default=None, init=False)
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -233,24 +237,29 @@ class QosFeature:
 
     def reading(self) -> AccessReading:
         """What the metrics show of the data path, when scraped (on the event loop). The
-        programs' counters and the queues' drops are read now, off the loop's thread (a
-        netlink socket cannot be made on it); the bytes by class, a read of every session's
-        counters, at most every BY_CLASS_EVERY seconds in the background."""
+        programs' counters are read now (BPF syscalls, quick). The queues' drops need
+        netlink, which waits for the kernel's RTNL lock, held for seconds while any tc user
+        on the host makes thousands of classes: they are read off the loop (a netlink
+        socket cannot be made on it), waited for at most QUEUE_WAIT, else the last read is
+        shown. The bytes by class, a read of every session's counters, at most every
+        BY_CLASS_EVERY seconds in the background."""
         if self.path is None:
             return AccessReading({}, {}, {})
         if time.monotonic() - self._by_class_at > BY_CLASS_EVERY and \
                 (self._by_class_run is None or self._by_class_run.done()):
             self._by_class_run = self._read.submit(self._bytes_by_class)
-        stats, drops = self._read.submit(self._drops).result(timeout=10)
-        return AccessReading(stats, drops, self._by_class)
+        if self._drops_run is None or self._drops_run.done():
+            self._drops_run = self._read.submit(self._queue_drops)
+        with contextlib.suppress(TimeoutError):
+            self._drops_run.result(timeout=QUEUE_WAIT)
+        return AccessReading(self.path.stats(), dict(self._drops), self._by_class)
 
-    def _drops(self) -> tuple[dict[str, int], dict[str, int]]:
-        assert self.path is not None
+    def _queue_drops(self) -> None:
         drops = {"down": 0, "up": 0}
         for name in list(self.attached):
             drops["down"] += netlink.htb_root_drops(name)
             drops["up"] += netlink.htb_root_drops(ifb_name(name))
-        return self.path.stats(), drops
+        self._drops = drops
 
     def _bytes_by_class(self) -> None:
         assert self.path is not None
