@@ -257,3 +257,17 @@ def test_sessions_of_other_classes_get_no_binding(where: tuple[Path, Path]) -> N
     finally:
         h.feature.stop()
 
+
+
+def test_the_status_fields_fit_the_subscriber_schema(where: tuple[Path, Path]) -> None:
+    from bng_operator.api.subscriber import SubscriberStatus
+
+    h = Harness(*where, config()).start()
+    try:
+        a = lease(0)
+        h.bind(a)
+        st = SubscriberStatus.model_validate(h.feature.status(a) | {"conditions": []})
+        assert st.nat is not None and (st.nat.address, st.nat.port_start, st.nat.ports) == (
+            "203.0.113.0", 1024, "1024-1279")
+    finally:
+        h.feature.stop()
