@@ -13,11 +13,11 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from bng_operator.agent.config import NodeConfig, SubnetConfig
+from bng_operator.agent.config import NodeConfig, Reservation, SubnetConfig
 from bng_operator.agent.dhcp.allocator import PoolAllocator
 from bng_operator.agent.dhcp.classify import (
     Classified,
@@ -49,6 +49,7 @@ SUBNET_OPTIONS = [Opt.SUBNET_MASK, Opt.ROUTER, Opt.BROADCAST, Opt.DNS, Opt.DOMAI
 _LEASE_ORDER = [Opt.LEASE_TIME, Opt.RENEWAL_TIME, Opt.REBINDING_TIME]
 _TYPE_BYTES = {t: bytes([t]) for t in MessageType}
 _LABELS = {MessageType.OFFER: "offer", MessageType.NAK: "nak"}
+GRANTED = "the authoriser's grant"  # the name of a reservation made of a session's Grant
 
 
 class Store(Protocol):
@@ -167,7 +168,8 @@ class DhcpServer:
             if lease.state != "bound":
                 self._remember(lease.identity, lease.address)
                 continue
-            if pool is None or not (pool.take(lease.address) or lease.address in pool.reserved):
+            # never: a static address (RADIUS Framed-IP-Address) from an excluded range
+            if pool is None or not (pool.take(lease.address) or lease.address in pool.never):
                 orphans.append(lease)
                 continue
             self._bind(lease)
@@ -208,7 +210,24 @@ class DhcpServer:
         return Outcome("drop", drop="unexpected_message_type")
 
     def classify(self, msg: Message, ctx: Context) -> Classified | None:
-        return classify(self.config, msg, ctx.vlans)
+        c = classify(self.config, msg, ctx.vlans)
+        return self._granted(c, msg) if c is not None else None
+
+    def _granted(self, c: Classified, msg: Message) -> Classified:
+        """A session the authoriser granted an address or a pool of its own (RADIUS
+        Framed-IP-Address, Framed-Pool) is decided with them, until it ends: its address as
+        a reservation is, its pool instead of its class's."""
+        s = self.sessions.get(c.identity)
+        g = s.grant if s is not None else None
+        if g is None:
+            return c
+        pool = self.config.pools.get(g.pool) if g.pool else c.pool
+        if pool is None:  # gone in a reload: the class's, as for any other session
+            return c
+        reservation = Reservation(GRANTED, (), g.address, pool.name, None) if g.address \
+            else c.reservation if c.reservation and c.reservation.pool == pool.name else None
+        subnet = pool.subnet_config(msg.giaddr) if int(msg.giaddr) else None
+        return replace(c, pool=pool, reservation=reservation, subnet=subnet)
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -300,6 +319,10 @@ class DhcpServer:
                             IPv4Address(c.reservation.address), c.reservation.name,
                             holder.identity)
                 return None, "reserved_address_in_use"
+            if c.reservation.name == GRANTED:  # from the pool's free list, if it is on it
+                if self.offered.get(c.reservation.address, c.identity) != c.identity:
+                    return None, "granted_address_in_use"
+                alloc.take(c.reservation.address)
             return c.reservation.address, ""
         lease = self.by_identity.get(c.identity)
         if lease and lease.pool == c.pool.name and self._in_subnet(c, lease.address):
