@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from pyrad.dictionary import Dictionary
 from pyrad.packet import AccessAccept, AccessRequest, AuthPacket, Packet, PacketError
@@ -75,8 +76,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self._key = key
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     @property
     def local_address(self) -> str:
