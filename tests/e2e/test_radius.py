@@ -15,6 +15,7 @@ picks a class, and each class shows one behaviour:
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -158,3 +159,12 @@ def test_radius_accept_reject_failover_and_fallback(radius_site: tuple[Site, Fre
     again = clients.dhclient(site.subscribers[0], "eth0", tmp_path)
     assert again.address == STATIC
     assert len(fr.log_lines("Login OK", subscriber_mac(0))) == 1
+
+    # kill -9: what RADIUS granted survives (address, pool, rates), and nobody is asked
+    # again; the slow path answers this time (restarted without the fast path).
+    site.stop_agent(signal.SIGKILL)
+    site.start_agent("--secrets-dir", str(tmp_path / "secrets"), "--no-fast-path")
+    again = clients.dhclient(site.subscribers[0], "eth0", tmp_path)
+    assert again.address == STATIC
+    assert len(fr.log_lines("Login OK", subscriber_mac(0))) == 1
+    assert "RADIUS: 3 sessions' state restored" in site.log()
