@@ -10,12 +10,15 @@ picks a class, and each class shows one behaviour:
     s2 rad-failover-2  the first server never answers: the second accepts (Filter-Id)
     s3 rad-admit-3     no server answers, fallback admit: a lease from the class's pool
     s4 rad-refuse-4    no server answers, fallback refuse: no lease
+    s5 rad-slow-5      its server never answers, slowly: while it waits, s0 renews through
+                       the fast path
 """
 
 from __future__ import annotations
 
 import re
 import signal
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,11 +27,11 @@ import pytest
 
 from bng_lab import clients
 from bng_lab.radius import SECRET, FreeRadius
-from bng_lab.site import Site, subscriber_mac
+from bng_lab.site import Site, requests, subscriber_mac
 from bng_operator.agent.qos.feature import ifb_name
 from tests.e2e.conftest import DEFAULT_CLASS, wait
 
-PORT, SILENT = 18120, 18199  # FreeRADIUS; a port nobody answers on
+PORT, SILENT, SLOW = 18120, 18199, 18198  # FreeRADIUS; ports nobody answers on
 STATIC = "100.64.9.9"
 
 USERS = f"""\
@@ -52,8 +55,9 @@ DEFAULT Auth-Type := Reject
 """
 
 
-def _class(name: str, priority: int, servers: list[int], fallback: str = "refuse") -> str:
-    listed = ", ".join(f"{{address: 127.0.0.1, authPort: {p}, timeout: 1s, retries: 0, "
+def _class(name: str, priority: int, servers: list[int], fallback: str = "refuse",
+           timeout: str = "1s") -> str:
+    listed = ", ".join(f"{{address: 127.0.0.1, authPort: {p}, timeout: {timeout}, retries: 0, "
                        f"secret: {{name: radius}}}}" for p in servers)
     return f"""
 apiVersion: bng.dev/v1alpha1
@@ -80,10 +84,11 @@ CLASSES = "---".join([
     _class("rad-failover", 11, [SILENT, PORT]),
     _class("rad-admit", 12, [SILENT], "admit"),
     _class("rad-refuse", 13, [SILENT]),
+    _class("rad-slow", 14, [SLOW], timeout="6s"),
 ])
 OPTION82 = {0: ("rad-ok-0", "line-0"), 1: ("rad-ok-1", "line-1"),
             2: ("rad-failover-2", "line-2"), 3: ("rad-admit-3", "line-3"),
-            4: ("rad-refuse-4", "line-4")}
+            4: ("rad-refuse-4", "line-4"), 5: ("rad-slow-5", "line-5")}
 
 
 @pytest.fixture
@@ -121,8 +126,8 @@ def test_radius_accept_reject_failover_and_fallback(radius_site: tuple[Site, Fre
         except clients.ClientFailed:
             return None
 
-    with ThreadPoolExecutor(len(OPTION82)) as pool:
-        got = list(pool.map(lease, range(len(OPTION82))))
+    with ThreadPoolExecutor(5) as pool:
+        got = list(pool.map(lease, range(5)))
     m = site.metrics()
 
     # Accept: the static address, and shaping at the rates RADIUS gave.
@@ -155,9 +160,24 @@ def test_radius_accept_reject_failover_and_fallback(radius_site: tuple[Site, Fre
                  'subscriber_class="rad-refuse"}', 0) >= 1
     assert m.get(f"bng_radius_rtt_seconds_count{{{real}}}", 0) >= 2
 
-    # A renewal is no new authentication: the session stays authorised until it ends.
-    again = clients.dhclient(site.subscribers[0], "eth0", tmp_path)
-    assert again.address == STATIC
+    # A renewal is no new authentication: the session stays authorised until it ends. It is
+    # answered in XDP, while another session waits on a server that does not answer.
+    slow = tmp_path / "dhclient-slow.conf"
+    slow.write_text("timeout 8;\n")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(clients.dhclient, site.subscribers[5], "eth0", tmp_path, 10,
+                              ("-cf", str(slow)))
+        wait("s5's Access-Request in flight", lambda: site.metrics().get(
+            f'bng_radius_requests_total{{server="127.0.0.1:{SLOW}"}}', 0) >= 1)
+        fast = requests(site.metrics(), "fast")
+        t0 = time.monotonic()
+        again = clients.dhclient(site.subscribers[0], "eth0", tmp_path)
+        assert time.monotonic() - t0 < 3 and again.address == STATIC
+        assert requests(site.metrics(), "fast") > fast
+        assert site.metrics().get(f'bng_radius_timeouts_total{{server="127.0.0.1:{SLOW}"}}',
+                                  0) == 0, "s5's server timed out already: nothing overlapped"
+        with pytest.raises(clients.ClientFailed):
+            waiting.result()
     assert len(fr.log_lines("Login OK", subscriber_mac(0))) == 1
 
     # kill -9: what RADIUS granted survives (address, pool, rates), and nobody is asked
