@@ -36,6 +36,9 @@ from bng_operator.agent.sessions.session import Change, EndReason, Identity, Ses
 log = logging.getLogger("bng.dhcp")
 
 OFFER_HOLD = 10.0  # seconds an offered address stays reserved for the client
+# Seconds the address of a session being authorised stays held: longer than an authoriser
+# that fails over between servers (RADIUS: timeout x tries x servers) takes to decide.
+AUTHORISE_HOLD = 120.0
 # Addresses one circuit-id (option 82) may hold at once, leases, offers and declines together,
 # when its class sets no limits.maxLeasesPerCircuit: one port cannot drain a pool.
 DEFAULT_CIRCUIT_CAP = 32
@@ -251,6 +254,10 @@ class DhcpServer:
     def _hold_for_authoriser(self, s: Session) -> Outcome:
         if s.state != State.AUTHORIZING:
             s.move(State.AUTHORIZING)
+        o = self.offers.get(s.key)
+        if o is not None:  # held while the authoriser decides; an OFFER holds it anew
+            o.expires = self.clock() + AUTHORISE_HOLD
+            heapq.heappush(self._offer_expiry, (o.expires, s.key))
         return Outcome("authorize", session=s)
 
     def authorised(self, s: Session, msg: Message, ctx: Context) -> Outcome:
