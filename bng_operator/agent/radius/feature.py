@@ -50,6 +50,7 @@ log = logging.getLogger("bng.agent.radius")
 NAME = "radius"
 PRUNE_EVERY = 60.0  # seconds between sweeps of ended hold-downs
 FALLBACK_LOG_EVERY = 10.0  # a fallback is logged at most this often per class (all counted)
+FALLBACK_SHOWN = 300.0  # seconds a fallback keeps the BNGNode Degraded
 
 
 @dataclass
@@ -72,6 +73,7 @@ class RadiusFeature:
     _fallback_logged: dict[str, float] = field(default_factory=dict, init=False)
     fallbacks: int = field(default=0, init=False)  # sessions decided by the fallback
     last_fallback: str = field(default="", init=False)
+    last_fallback_at: float = field(default=-1e18, init=False)
 
     def __post_init__(self) -> None:
         self.client = RadiusClient(self.metrics, self.clock)
@@ -194,9 +196,13 @@ class RadiusFeature:
             decided.labels(cls.name, "error").inc()
             return Verdict(False, f"class {cls.name}: {e}")
         servers = next((sv for c, sv in self._servers() if c.name == cls.name), [])
-        answer = await self.client.access_request(
-            servers, lambda nas_ip: request_attributes(s.identity, auth,
-                                                       self.config.node_name, nas_ip))
+        try:
+            answer = await self.client.access_request(
+                servers, lambda nas_ip: request_attributes(s.identity, auth,
+                                                           self.config.node_name, nas_ip))
+        except (ValueError, TypeError) as e:  # an attribute pyrad cannot encode (too long)
+            decided.labels(cls.name, "error").inc()
+            return Verdict(False, f"class {cls.name}: cannot build the Access-Request: {e}")
         if answer.reply is None:
             return self._fallback(s, cls, auth, answer, str(user[1]))
         if answer.reply.code != AccessAccept:
@@ -254,7 +260,7 @@ class RadiusFeature:
                else "no RADIUS server is usable (all dead, or their secret unreadable)")
         self.fallbacks += 1
         self.last_fallback = f"class {cls.name}: {why}: {'admitted' if admit else 'refused'}"
-        now = self.clock()
+        now = self.last_fallback_at = self.clock()
         if now - self._fallback_logged.get(cls.name, -1e18) >= FALLBACK_LOG_EVERY:
             self._fallback_logged[cls.name] = now
             log.warning("RADIUS: session %s (%s) of class %s: %s; fallback: %s (logged at "
@@ -305,8 +311,8 @@ class RadiusFeature:
 
     @property
     def problem(self) -> str:
-        """For the BNGNode's Degraded condition: dead servers, unreadable secrets, the last
-        fallback. Empty when RADIUS is healthy."""
+        """For the BNGNode's Degraded condition: dead servers, unreadable secrets, a
+        fallback in the last FALLBACK_SHOWN seconds. Empty when RADIUS is healthy."""
         now = self.clock()
         dead = [s.key for s in self.client.servers.values() if not s.alive(now)]
         bad = [v for v in self._secrets.values() if isinstance(v, str)]
@@ -315,6 +321,7 @@ class RadiusFeature:
             parts.append(f"RADIUS servers dead: {', '.join(sorted(dead))}")
         if bad:
             parts.append(f"RADIUS secret unreadable: {bad[0]}")
-        if parts and self.last_fallback:
-            parts.append(f"last fallback: {self.last_fallback}")
+        if now - self.last_fallback_at < FALLBACK_SHOWN:
+            parts.append(f"RADIUS fallback ({self.fallbacks} sessions so far), the last "
+                         f"{now - self.last_fallback_at:.0f} s ago: {self.last_fallback}")
         return "; ".join(parts)

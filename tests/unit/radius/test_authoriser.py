@@ -226,6 +226,7 @@ def test_no_server_answers_the_fallback_decides(tmp_path: Path, fallback: str,
         assert sample(f, "bng_radius_decisions_total", subscriber_class="residential",
                       result=f"fallback_{fallback}") == 1
         assert f.fallbacks == 1 and fallback[:5] in f.last_fallback
+        assert "RADIUS fallback (1 sessions so far)" in f.problem
         assert (s.key in f.sessions) is accepted
         f.close()
 
@@ -256,6 +257,21 @@ def test_an_accept_naming_an_unknown_pool_is_refused(tmp_path: Path) -> None:
         assert not v.accept and "Framed-Pool gold" in v.reason
         assert sample(f, "bng_radius_decisions_total", subscriber_class="residential",
                       result="refused") == 1
+        f.close()
+
+    asyncio.run(run())
+
+
+def test_an_attribute_too_long_to_send_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept())
+        f = feature(config([srv.port]), tmp_path)
+        s = session()
+        s.identity = Identity(s.identity.mac, circuit_id="c" * 255)
+        v = await f.authorise(s)
+        assert not v.accept and "cannot build the Access-Request" in v.reason
+        assert sample(f, "bng_radius_decisions_total", subscriber_class="residential",
+                      result="error") == 1
         f.close()
 
     asyncio.run(run())
