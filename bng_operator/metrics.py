@@ -166,6 +166,10 @@ class AgentMetrics:
             "fallback_refuse (no server answered), refused (an Accept this node cannot "
             "honour), error (the request could not be built).", ["subscriber_class", "result"],
             registry=r)
+        self.radius_session_timeouts = Counter(
+            "bng_radius_session_timeouts_total",
+            "Bound sessions ended by their Session-Timeout (bng_sessions_ended_total counts "
+            "them as disconnected).", registry=r)
         self.radius_unknown_attributes = Counter(
             "bng_radius_unknown_attributes_total",
             "Attributes of an Access-Accept that bng does not honour (ignored).", registry=r)

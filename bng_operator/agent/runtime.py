@@ -40,6 +40,7 @@ from bng_operator.agent.report.feature import KubeReporting, NodeView
 from bng_operator.agent.report.kube import KubeReporter, ReportSettings
 from bng_operator.agent.sessions.authorise import Authoriser
 from bng_operator.agent.sessions.events import SessionEvents
+from bng_operator.agent.sessions.session import EndReason
 from bng_operator.agent.sources import KubeSource, Source, load_node_config
 from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, ProgramStatus
 from bng_operator.api.common import DEFAULT_NAMESPACE
@@ -130,7 +131,7 @@ class Agent:
                 m, self.config, self._secrets(), st.state_dir / f"radius-{st.node}.sqlite",
                 override=lambda lease, rates: self.qos.override(lease, rates)
                 if self.qos is not None else None,
-                changed=lambda: setattr(self.health, "dirty", True))
+                changed=lambda: setattr(self.health, "dirty", True), end=self._end_session)
             await loop.run_in_executor(None, radius.start)
             self.authoriser = radius
         self.packets = PacketPath(server, store, sessions, m, h, commits, self.authoriser)
@@ -269,6 +270,16 @@ class Agent:
             if self.reporting is not None:
                 self.reporting.reporter.need_resync = True
         self.health.dirty = True
+
+    def _end_session(self, key: str) -> bool:
+        """End a bound session on demand (RADIUS Session-Timeout): its features hear it now,
+        the store commits it in the background."""
+        assert self.server is not None and self.sessions is not None
+        if not self.server.end_session(key, EndReason.DISCONNECTED):
+            return False
+        self._expiry.commits.quietly()
+        self.sessions.publish(self.server.take_events())
+        return True
 
     def _secrets(self) -> Secrets:
         if isinstance(self.source, KubeSource):

@@ -12,6 +12,8 @@ picks a class, and each class shows one behaviour:
     s4 rad-refuse-4    no server answers, fallback refuse: no lease
     s5 rad-slow-5      its server never answers, slowly: while it waits, s0 renews through
                        the fast path
+    s6 rad-ok-6        Session-Timeout 4: the session ends, and its next request is
+                       authorised anew
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ Service-Type == Framed-User, NAS-IP-Address == 127.0.0.1
 "{subscriber_mac(2)}" Auth-Type := Accept
 \tFilter-Id = "business-1g"
 
+"{subscriber_mac(6)}" Auth-Type := Accept
+\tSession-Timeout = 4
+
 DEFAULT Auth-Type := Reject
 """
 
@@ -88,7 +93,8 @@ CLASSES = "---".join([
 ])
 OPTION82 = {0: ("rad-ok-0", "line-0"), 1: ("rad-ok-1", "line-1"),
             2: ("rad-failover-2", "line-2"), 3: ("rad-admit-3", "line-3"),
-            4: ("rad-refuse-4", "line-4"), 5: ("rad-slow-5", "line-5")}
+            4: ("rad-refuse-4", "line-4"), 5: ("rad-slow-5", "line-5"),
+            6: ("rad-ok-6", "line-6")}
 
 
 @pytest.fixture
@@ -188,3 +194,16 @@ def test_radius_accept_reject_failover_and_fallback(radius_site: tuple[Site, Fre
     assert again.address == STATIC
     assert len(fr.log_lines("Login OK", subscriber_mac(0))) == 1
     assert "RADIUS: 3 sessions' state restored" in site.log()
+
+
+def test_a_session_timeout_ends_the_session_and_the_next_request_asks_again(
+        radius_site: tuple[Site, FreeRadius], tmp_path: Path) -> None:
+    site, fr = radius_site
+    first = clients.dhclient(site.subscribers[6], "eth0", tmp_path)
+    wait("the session's end at its Session-Timeout", lambda: site.metrics().get(
+        "bng_radius_session_timeouts_total", 0) >= 1, timeout=15)
+    assert site.metrics().get('bng_sessions_ended_total{reason="disconnected"}', 0) >= 1
+    assert len(fr.log_lines("Login OK", subscriber_mac(6))) == 1
+    again = clients.dhclient(site.subscribers[6], "eth0", tmp_path)
+    assert again.address == first.address
+    assert len(fr.log_lines("Login OK", subscriber_mac(6))) == 2

@@ -586,6 +586,16 @@ class DhcpServer:
         return lease if lease.identity in {identity_of(m, msg) for m in
                                            ("client-id", "mac", "circuit-id", "remote-id")} else None
 
+    def end_session(self, identity: str, why: EndReason) -> bool:
+        """End a bound session on demand (RADIUS Session-Timeout; later a Disconnect): its
+        address is free again and its features hear ``ended``; the client's next request
+        starts a new session (and a new authorisation). False: no such bound session."""
+        lease = self.by_identity.get(identity)
+        if lease is None:
+            return False
+        self._end(lease, why)
+        return True
+
     def _end(self, lease: Lease, why: EndReason) -> None:
         self._unbind(lease)
         self.pools[lease.pool].release(lease.address)

@@ -62,6 +62,8 @@ class RadiusFeature:
     # QosFeature.override, when shaping is on: rates for one session over its class's
     override: Callable[[Lease, ShapingRates | None], None] = lambda lease, rates: None
     changed: Callable[[], None] = lambda: None  # what the BNGNode status shows changed
+    # Ends a bound session by its key (Session-Timeout); False: it is not bound any more
+    end: Callable[[str], bool] = lambda key: False
     clock: Callable[[], float] = time.monotonic
     name: str = NAME
     client: RadiusClient = field(init=False)
@@ -71,6 +73,7 @@ class RadiusFeature:
     _held: dict[str, float] = field(default_factory=dict, init=False)  # key -> until
     _pruned: float = field(default=0.0, init=False)
     _fallback_logged: dict[str, float] = field(default_factory=dict, init=False)
+    _timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict, init=False)
     fallbacks: int = field(default=0, init=False)  # sessions decided by the fallback
     last_fallback: str = field(default="", init=False)
     last_fallback_at: float = field(default=-1e18, init=False)
@@ -142,6 +145,9 @@ class RadiusFeature:
         return out
 
     def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         self.client.close()
         if self.store is not None:
             self.store.close()
@@ -161,6 +167,7 @@ class RadiusFeature:
             self._attach(s, st)
             if st.rates is not None:
                 self.override(lease, st.rates)
+            self._arm(key, st)
             kept += 1
         if kept:
             log.info("RADIUS: %d sessions' state restored", kept)
@@ -288,6 +295,7 @@ class RadiusFeature:
             self.store.put(s.key, st)
         if st.rates is not None:
             self.override(s.lease, st.rates)
+        self._arm(s.key, st)
 
     def on_changed(self, s: Session, what: Change, before: Lease | None) -> None:
         st = self.sessions.get(s.key)
@@ -297,8 +305,33 @@ class RadiusFeature:
 
     def on_ended(self, s: Session) -> None:
         st = self.sessions.pop(s.key, None)
+        timer = self._timers.pop(s.key, None)
+        if timer is not None:
+            timer.cancel()
         if st is not None and self.store is not None:
             self.store.delete(s.key)
+
+    # --- Session-Timeout --------------------------------------------------------------------
+
+    def _arm(self, key: str, st: RadiusSession) -> None:
+        """A session with a Session-Timeout ends that long after it was authorised (a
+        restart keeps the time: it is counted from ``authorised_at``, wall-clock)."""
+        if not st.session_timeout or key in self._timers:
+            return
+        delay = max(0.0, st.authorised_at + st.session_timeout - time.time())
+        self._timers[key] = asyncio.get_running_loop().call_later(
+            delay, self._session_timeout, key, st.acct_session_id)
+
+    def _session_timeout(self, key: str, acct_session_id: str) -> None:
+        self._timers.pop(key, None)
+        st = self.sessions.get(key)
+        if st is None or st.acct_session_id != acct_session_id:
+            return
+        if self.end(key):
+            self.metrics.radius_session_timeouts.inc()
+            log.info("RADIUS: session %s (Acct-Session-Id %s) reached its Session-Timeout of "
+                     "%d s and ended; its next request is authorised anew", key,
+                     acct_session_id, st.session_timeout)
 
     # --- status -----------------------------------------------------------------------------
 

@@ -99,3 +99,22 @@ def test_the_address_stays_held_while_the_authoriser_takes_its_time() -> None:
     assert sess.state == State.AUTHORIZING
     out = granted(s, sess, None)
     assert out.kind == "offer"
+
+
+def test_a_bound_session_ends_on_demand_and_its_address_is_free() -> None:
+    from bng_operator.agent.sessions.session import EndReason
+
+    s = authorising()
+    sess = held(s)
+    out = granted(s, sess, None)
+    assert out.reply is not None
+    a = out.reply.yiaddr
+    s.handle(request(R, "02:00:00:00:00:01", requested=str(a), server_id="100.64.0.1",  # type: ignore[arg-type]
+                     **RES), CTX)
+    s.take_events()
+    assert s.end_session(KEY, EndReason.DISCONNECTED)
+    assert KEY not in s.by_identity and int(a) not in s.by_address and KEY not in s.sessions
+    [event] = s.take_events()
+    assert (event.kind, event.session.end_reason) == ("ended", EndReason.DISCONNECTED)
+    assert not s.end_session(KEY, EndReason.DISCONNECTED)
+    assert s.pools["residential"].take(int(a))  # free again

@@ -387,3 +387,41 @@ def test_a_silent_server_holds_up_no_other_class(tmp_path: Path) -> None:
         f.close()
 
     asyncio.run(run())
+
+
+def test_a_session_ends_at_its_session_timeout_also_after_a_restart(tmp_path: Path) -> None:
+    from bng_lab.dhcp_env import bound_lease
+
+    async def run() -> None:
+        srv = await serve(accept({"Session-Timeout": 1}))
+        cfg = config([srv.port])
+        ended: list[str] = []
+        f = feature(cfg, tmp_path)
+        f.end = lambda key: ended.append(key) or True
+        s = session()
+        assert (await f.authorise(s)).accept
+        s.lease = bound_lease(identity=s.key)
+        f.on_bound(s)
+        await asyncio.sleep(0.5)
+        assert ended == []
+        await asyncio.sleep(0.8)
+        assert ended == [s.key]
+        assert sample(f, "bng_radius_session_timeouts_total") == 1
+        f.close()
+
+        # kill -9 before the session ended: the restored session ends on time too
+        other = session(2)
+        g = feature(cfg, tmp_path)
+        assert (await g.authorise(other)).accept
+        other.lease = bound_lease(identity=other.key)
+        g.on_bound(other)
+        g.close()
+        h = feature(cfg, tmp_path)
+        h.end = lambda key: ended.append(key) or True
+        h.restore({other.key: session(2)}, lambda key: other.lease)
+        await asyncio.sleep(1.3)
+        assert ended == [s.key, other.key]
+        h.on_ended(other)  # the end's event: the timer and the state go
+        h.close()
+
+    asyncio.run(run())
