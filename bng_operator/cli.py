@@ -91,7 +91,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
                              qos=not args.no_qos and not args.no_fast_path,
                              nat=not args.no_nat,
                              namespace=args.namespace, report=report,
-                             fast_path_authority=authority)
+                             fast_path_authority=authority, secrets_dir=args.secrets_dir)
     return asyncio.run(run_agent(settings, source))
 
 
@@ -247,6 +247,10 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace of Subscriber objects")
     a.add_argument("--state-dir", type=Path, default=Path("/var/lib/bng"),
                    help="where the lease store lives (default: %(default)s)")
+    a.add_argument("--secrets-dir", type=Path, default=Path("/etc/bng/secrets"),
+                   help="standalone mode: RADIUS secrets, as <name>/<key> files (the layout of "
+                        "a mounted Secret; default: %(default)s). Kubernetes mode reads the "
+                        "Secrets of --namespace")
     a.add_argument("--metrics-host", default="0.0.0.0")
     a.add_argument("--metrics-port", type=int, default=9641,
                    help="/metrics, /healthz, /readyz (default: %(default)s)")

@@ -134,6 +134,45 @@ class AgentMetrics:
             "bng_session_feature_errors_total",
             "Session events a feature failed to handle (logged; other features go on).",
             ["feature"], registry=r)
+        # RADIUS (agent/radius): per server, and the decisions per class.
+        self.radius_requests = Counter(
+            "bng_radius_requests_total",
+            "Access-Requests sent to a server (retransmissions not counted).", ["server"],
+            registry=r)
+        self.radius_retransmits = Counter(
+            "bng_radius_retransmits_total", "Access-Requests sent again after a timeout.",
+            ["server"], registry=r)
+        self.radius_replies = Counter(
+            "bng_radius_replies_total",
+            "Replies from a server: accept, reject, or invalid (failed verification: wrong "
+            "secret, no valid Message-Authenticator; dropped).", ["server", "result"],
+            registry=r)
+        self.radius_timeouts = Counter(
+            "bng_radius_timeouts_total",
+            "Access-Requests a server left unanswered after every retransmission.", ["server"],
+            registry=r)
+        self.radius_rtt = Histogram(
+            "bng_radius_rtt_seconds", "Round-trip time of answered Access-Requests.",
+            ["server"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+        self.radius_server_up = Gauge(
+            "bng_radius_server_up",
+            "0 while a server is marked dead (deadAfter timeouts in a row; skipped for "
+            "deadTime), else 1.", ["server"], registry=r)
+        self.radius_decisions = Counter(
+            "bng_radius_decisions_total",
+            "Authorisations of new sessions by class and result: accept, reject, held_down "
+            "(refused within a reject's hold-down, RADIUS not asked), fallback_admit and "
+            "fallback_refuse (no server answered), refused (an Accept this node cannot "
+            "honour), error (the request could not be built).", ["subscriber_class", "result"],
+            registry=r)
+        self.radius_session_timeouts = Counter(
+            "bng_radius_session_timeouts_total",
+            "Bound sessions ended by their Session-Timeout (bng_sessions_ended_total counts "
+            "them as disconnected).", registry=r)
+        self.radius_unknown_attributes = Counter(
+            "bng_radius_unknown_attributes_total",
+            "Attributes of an Access-Accept that bng does not honour (ignored).", registry=r)
         self._kernel: dict[str, int] = {}
         # Run before each scrape: readings that must be current when scraped, into counters.
         self.before_scrape: list[Callable[[], None]] = []

@@ -137,6 +137,8 @@ class NodeConfig:
     uplink: str | None = None  # towards the core: NAT translates there
     nat: dict[str, NatConfig] = field(default_factory=dict)  # the NATPools classes use
     nat_pool_of: dict[str, str] = field(default_factory=dict)  # SubscriberClass -> NATPool
+    # Every QoSPolicy the node knows, by name: RADIUS's Filter-Id names one for a session
+    qos_policies: dict[str, ShapingRates] = field(default_factory=dict)
 
 
 def _compile(pattern: str | None) -> re.Pattern[str] | None:
@@ -219,18 +221,19 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
             _compile(m.vendor_class), tuple(IPv4Network(r) for r in m.relays),
             parse_duration(c.spec.lease_time) if c.spec.lease_time else None))
 
-    policies = {q.name: q.spec for q in spec.qos_policies}
+    policies = {q.name: ShapingRates(q.name, q.spec.download.rate_bps,
+                                     q.spec.download.burst_bytes, q.spec.upload.rate_bps,
+                                     q.spec.upload.burst_bytes, q.spec.download.rate,
+                                     q.spec.upload.rate) for q in spec.qos_policies}
     shaping = {}
     for c in spec.classes:
         if c.spec.qos_policy is None:
             continue
-        q = policies.get(c.spec.qos_policy)
-        if q is None:
+        rates = policies.get(c.spec.qos_policy)
+        if rates is None:
             raise ConfigError(f"SubscriberClass {c.name}: QoSPolicy {c.spec.qos_policy} does "
                               "not exist")
-        shaping[c.name] = ShapingRates(c.spec.qos_policy, q.download.rate_bps,
-                                       q.download.burst_bytes, q.upload.rate_bps,
-                                       q.upload.burst_bytes, q.download.rate, q.upload.rate)
+        shaping[c.name] = rates
 
     nat, nat_pool_of = _nat(spec, pools)
     by_key = {k: r for r in reservations for k in r.keys}
@@ -238,7 +241,7 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
     return NodeConfig(spec.node_name, tuple(spec.interfaces.access), spec.max_leases, pools,
                       tuple(classes), tuple(reservations), by_key, frozenset(o82.trusted),
                       tuple(IPv4Network(r) for r in o82.trusted_relays), o82.untrusted,
-                      shaping, spec.interfaces.uplink, nat, nat_pool_of)
+                      shaping, spec.interfaces.uplink, nat, nat_pool_of, policies)
 
 
 def _nat(spec: BNGNodeSpec, pools: dict[str, PoolConfig],

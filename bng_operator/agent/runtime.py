@@ -34,10 +34,13 @@ from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.lock import Locks
 from bng_operator.agent.nat.feature import NatFeature, nat_programs
 from bng_operator.agent.qos.feature import QosFeature, shaping_programs
+from bng_operator.agent.radius.feature import RadiusFeature
+from bng_operator.agent.radius.secrets import FileSecrets, KubeSecrets, Secrets
 from bng_operator.agent.report.feature import KubeReporting, NodeView
 from bng_operator.agent.report.kube import KubeReporter, ReportSettings
 from bng_operator.agent.sessions.authorise import Authoriser
 from bng_operator.agent.sessions.events import SessionEvents
+from bng_operator.agent.sessions.session import EndReason
 from bng_operator.agent.sources import KubeSource, Source, load_node_config
 from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, ProgramStatus
 from bng_operator.api.common import DEFAULT_NAMESPACE
@@ -65,6 +68,7 @@ class AgentSettings:
     namespace: str = DEFAULT_NAMESPACE  # of Subscriber objects (Kubernetes mode)
     report: ReportSettings = field(default_factory=ReportSettings)
     status_interval: float = 1.0  # BNGNode status: at most one write this often, if changed
+    secrets_dir: Path = Path("/etc/bng/secrets")  # standalone: RADIUS secrets, <name>/<key>
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Agent:
     fast_path: FastPathFeature | None = None
     qos: QosFeature | None = None
     nat: NatFeature | None = None
+    radius: RadiusFeature | None = None
     reporting: KubeReporting | None = None
     _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     _nat_started: bool = False
@@ -121,6 +126,14 @@ class Agent:
             on_end=lambda reason: m.sessions_ended.labels(reason).inc())
         self.expiry = Expiry(server, sessions, commits, h,
                              st.expiry_grace if st.fast_path else 0.0)
+        if self.authoriser is None:  # RADIUS, for the classes with auth: radius
+            radius = self.radius = RadiusFeature(
+                m, self.config, self._secrets(), st.state_dir / f"radius-{st.node}.sqlite",
+                override=lambda lease, rates: self.qos.override(lease, rates)
+                if self.qos is not None else None,
+                changed=lambda: setattr(self.health, "dirty", True), end=self._end_session)
+            await loop.run_in_executor(None, radius.start)
+            self.authoriser = radius
         self.packets = PacketPath(server, store, sessions, m, h, commits, self.authoriser)
 
         leases, declines = store.load()
@@ -146,6 +159,9 @@ class Agent:
                                   changed=lambda: setattr(self.health, "dirty", True),
                                   granted=self._granted)
             m.watch_nat(self.nat.reading)
+        if self.radius is not None:  # before shaping warms: the rates RADIUS gave
+            self.radius.restore(server.sessions,
+                                lambda key: server.by_identity.get(key))
         server.expire()
         server.take_events()  # ended before anyone followed them: the store has them
         await store.commit()
@@ -159,6 +175,8 @@ class Agent:
         # The features that follow sessions, in the order they hear of them.
         if self.fast_path is not None:
             sessions.subscribe(self.fast_path)
+        if self.radius is not None:  # before shaping: its rates are in place when it hears
+            sessions.subscribe(self.radius)
         if self.qos is not None:
             sessions.subscribe(self.qos)
         if self.nat is not None:
@@ -212,6 +230,8 @@ class Agent:
                 self.qos.stop()
             if self.nat is not None:
                 self.nat.stop()
+            if self.radius is not None:
+                self.radius.close()
 
     async def _start_qos(self, qos: QosFeature) -> None:
         """Shaping's programs compile in seconds: loaded after DHCP is served, then
@@ -251,6 +271,21 @@ class Agent:
                 self.reporting.reporter.need_resync = True
         self.health.dirty = True
 
+    def _end_session(self, key: str) -> bool:
+        """End a bound session on demand (RADIUS Session-Timeout): its features hear it now,
+        the store commits it in the background."""
+        assert self.server is not None and self.sessions is not None
+        if not self.server.end_session(key, EndReason.DISCONNECTED):
+            return False
+        self._expiry.commits.quietly()
+        self.sessions.publish(self.server.take_events())
+        return True
+
+    def _secrets(self) -> Secrets:
+        if isinstance(self.source, KubeSource):
+            return KubeSecrets(self.source.api, self.settings.namespace)
+        return FileSecrets(self.settings.secrets_dir)
+
     def _granted(self, lease: Lease) -> None:
         """A NAT block was given (worker thread): the Subscriber shows it."""
         reporting, loop = self.reporting, self._loop
@@ -275,7 +310,8 @@ class Agent:
             degraded=self._degraded,
             orphans=lambda: list(self._expiry.orphans.values()),
             fast_path_on=lambda: self.fast_path is not None,
-            nat=lambda: self.nat.usage() if self.nat is not None else [])
+            nat=lambda: self.nat.usage() if self.nat is not None else [],
+            radius=lambda: self.radius.status() if self.radius is not None else [])
         assert self.server is not None
         return KubeReporting(reporter, self.server, self.health, view,
                              st.report.accounting_interval, st.status_interval)
@@ -318,6 +354,8 @@ class Agent:
 
     def _degraded(self) -> str:
         degraded = self.health.refused or self.health.reload_error
+        if self.radius is not None:
+            degraded = degraded or self.radius.problem
         if self.nat is not None and self.nat.problem and self._config.nat:
             degraded = degraded or self.nat.problem
         if self.settings.fast_path:
@@ -393,6 +431,9 @@ class Agent:
             self.fast_path.reconfigure(config)
         if self.qos is not None:
             self.qos.reconfigure(config)
+        if self.radius is not None:
+            self.radius.reconfigure(config)
+            asyncio.get_running_loop().create_task(self.radius.refresh_secrets())
         if self.nat is not None:
             if self.nat.path is not None:
                 self.nat.reconfigure(config)

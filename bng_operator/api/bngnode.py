@@ -134,11 +134,23 @@ class NATUsage(Model):
     blocks_total: int = Field(ge=0)
 
 
+class RadiusServerStatus(Model):
+    """A RADIUS server as this node sees it."""
+
+    server: str = Field(max_length=32, description="address:authPort")
+    up: bool = Field(description="False while marked dead (deadAfter timeouts in a row).")
+    timeouts_in_row: int = Field(default=0, ge=0)
+    last_error: str = Field(default="", max_length=1024)
+
+
 class BNGNodeStatus(Model):
     programs: list[ProgramStatus] = Field(default_factory=list, max_length=64)
     maps: list[MapFill] = Field(default_factory=list, max_length=64)
     blocks: list[BlockUsage] = Field(default_factory=list, max_length=4096)
     nat: list[NATUsage] = Field(default_factory=list, max_length=4096)
+    radius: list[RadiusServerStatus] = Field(
+        default_factory=list, max_length=256,
+        description="The RADIUS servers of the node's classes, and their health.")
     leases_active: int = Field(default=0, ge=0)
     last_sync: datetime | None = None
     observed_generation: int | None = None

@@ -15,7 +15,9 @@ from bng_operator.api.common import (
     ObjectName,
     Regex,
 )
+from bng_operator.api.radius import RadiusAuth
 from bng_operator.api.resource import AGE, PrinterColumn, Resource, ResourceInfo, ready_column
+from bng_operator.api.rules import Rule
 
 # client-id: option 61 when the client sends one, else the MAC (RFC 2131 §4.2).
 Identity = Literal["client-id", "mac", "circuit-id", "remote-id"]
@@ -45,6 +47,11 @@ class Limits(Model):
 
 
 class SubscriberClassSpec(Model):
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule("self.auth != 'radius' || has(self.radius)",
+             "auth: radius needs a radius section (its servers and their secret)",
+             lambda s: s.auth != "radius" or s.radius is not None, field_path=".radius"),
+    )
     priority: int = Field(default=1000, ge=0, le=1000000,
                           description="Classes are tried lowest first; the first match wins.")
     match: Match = Field(default=Match())
@@ -55,7 +62,12 @@ class SubscriberClassSpec(Model):
     pool: ObjectName = Field(description="IPPool the addresses come from.")
     qos_policy: ObjectName | None = None
     nat_pool: ObjectName | None = None
-    auth: Literal["none", "radius"] = "none"
+    auth: Literal["none", "radius"] = Field(
+        default="none",
+        description="radius: each new session is authenticated first (see radius); none: "
+                    "every subscriber the class matches is served.")
+    radius: RadiusAuth | None = Field(
+        default=None, description="The RADIUS servers and request of auth: radius.")
     lease_time: Duration("60s", "8760h") | None = Field(  # type: ignore[valid-type]
         default=None, description="Overrides the pool's lease time.")
     limits: Limits = Field(default=Limits())

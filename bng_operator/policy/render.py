@@ -69,6 +69,8 @@ def render_spec(node: NodeInfo, pools: Sequence[IPPool], classes: Sequence[Subsc
         if OPTION82_ANNOTATION in node.annotations else list(defaults.option82_trusted)
     served = {p.name: p for p in pools if blocks.get(p.name)}
     cls = sorted((c for c in classes if c.spec.pool in served), key=lambda c: c.name)
+    # RADIUS's Filter-Id may name any QoSPolicy for a session of a class with auth: radius
+    radius = any(c.spec.auth == "radius" for c in cls)
     used_qos = {c.spec.qos_policy for c in cls}
     used_nat = {c.spec.nat_pool for c in cls}
     return BNGNodeSpec(
@@ -84,7 +86,7 @@ def render_spec(node: NodeInfo, pools: Sequence[IPPool], classes: Sequence[Subsc
                for n, p in sorted(served.items())],
         classes=[NodeClass(name=c.name, spec=c.spec) for c in cls],
         qos_policies=[NodeQoSPolicy(name=q.name, spec=q.spec) for q in sorted(qos, key=_name)
-                      if q.name in used_qos],
+                      if radius or q.name in used_qos],
         nat_pools=[NodeNATPool(name=n.name, spec=n.spec) for n in sorted(nat, key=_name)
                    if n.name in used_nat],
     )

@@ -65,6 +65,8 @@ def test_only_one_module_talks_netlink() -> None:
     ("agent/sessions/", "bng_operator.agent.report"),
     ("agent/sessions/", "bng_operator.agent.audit"),
     ("agent/sessions/", "bng_operator.agent.dhcp.server"),
+    ("agent/dhcp/", "bng_operator.agent.radius"),
+    ("agent/sessions/", "bng_operator.agent.radius"),
 ])
 def test_rooms_keep_to_themselves(room: str, forbidden: str) -> None:
     offenders = _importers(forbidden) & _in(room)

@@ -34,6 +34,9 @@ class PoolAllocator:
     name: str
     blocks: list[Block] = field(default_factory=list)
     reserved: frozenset[int] = frozenset()  # handed out only to their subscriber
+    # never on a free list: gateways, excluded ranges (static addresses: RADIUS's
+    # Framed-IP-Address may hand one out), reservations
+    never: frozenset[int] = frozenset()
     declined: dict[int, float] = field(default_factory=dict)
     _decline_heap: list[tuple[float, int]] = field(default_factory=list)
 
@@ -42,8 +45,8 @@ class PoolAllocator:
               never: set[int], reserved: frozenset[int] = frozenset()) -> PoolAllocator:
         """``blocks`` are (block, subnet) pairs; ``never`` holds addresses never on a free
         list (gateways, excluded ranges, ``reserved``)."""
-        pool = cls(name, reserved=reserved)
         never = never | reserved
+        pool = cls(name, reserved=reserved, never=frozenset(never))
         for network, subnet in blocks:
             b = Block(network, subnet)
             edge = {int(subnet.network_address), int(subnet.broadcast_address)}
@@ -77,7 +80,7 @@ class PoolAllocator:
 
     def release(self, addr: int) -> None:
         b = self.block_of(addr)
-        if b is not None and addr not in self.declined and addr not in self.reserved:
+        if b is not None and addr not in self.declined and addr not in self.never:
             b.free[addr] = None
 
     def decline(self, addr: int, until: float) -> None:

@@ -146,6 +146,8 @@ class PacketPath:
             accept, why = False, f"authoriser failed: {e}"
         else:
             accept, why = verdict.accept, verdict.reason
+            if accept and verdict.grant is not None:
+                s.grant = verdict.grant  # the decision below and every later one use it
         if not accept:
             self.server.rejected(s)
             self._publish(self.server.take_events())

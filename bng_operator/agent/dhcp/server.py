@@ -13,11 +13,11 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from bng_operator.agent.config import NodeConfig, SubnetConfig
+from bng_operator.agent.config import NodeConfig, Reservation, SubnetConfig
 from bng_operator.agent.dhcp.allocator import PoolAllocator
 from bng_operator.agent.dhcp.classify import (
     Classified,
@@ -36,6 +36,9 @@ from bng_operator.agent.sessions.session import Change, EndReason, Identity, Ses
 log = logging.getLogger("bng.dhcp")
 
 OFFER_HOLD = 10.0  # seconds an offered address stays reserved for the client
+# Seconds the address of a session being authorised stays held: longer than an authoriser
+# that fails over between servers (RADIUS: timeout x tries x servers) takes to decide.
+AUTHORISE_HOLD = 120.0
 # Addresses one circuit-id (option 82) may hold at once, leases, offers and declines together,
 # when its class sets no limits.maxLeasesPerCircuit: one port cannot drain a pool.
 DEFAULT_CIRCUIT_CAP = 32
@@ -49,6 +52,7 @@ SUBNET_OPTIONS = [Opt.SUBNET_MASK, Opt.ROUTER, Opt.BROADCAST, Opt.DNS, Opt.DOMAI
 _LEASE_ORDER = [Opt.LEASE_TIME, Opt.RENEWAL_TIME, Opt.REBINDING_TIME]
 _TYPE_BYTES = {t: bytes([t]) for t in MessageType}
 _LABELS = {MessageType.OFFER: "offer", MessageType.NAK: "nak"}
+GRANTED = "the authoriser's grant"  # the name of a reservation made of a session's Grant
 
 
 class Store(Protocol):
@@ -167,7 +171,8 @@ class DhcpServer:
             if lease.state != "bound":
                 self._remember(lease.identity, lease.address)
                 continue
-            if pool is None or not (pool.take(lease.address) or lease.address in pool.reserved):
+            # never: a static address (RADIUS Framed-IP-Address) from an excluded range
+            if pool is None or not (pool.take(lease.address) or lease.address in pool.never):
                 orphans.append(lease)
                 continue
             self._bind(lease)
@@ -208,7 +213,24 @@ class DhcpServer:
         return Outcome("drop", drop="unexpected_message_type")
 
     def classify(self, msg: Message, ctx: Context) -> Classified | None:
-        return classify(self.config, msg, ctx.vlans)
+        c = classify(self.config, msg, ctx.vlans)
+        return self._granted(c, msg) if c is not None else None
+
+    def _granted(self, c: Classified, msg: Message) -> Classified:
+        """A session the authoriser granted an address or a pool of its own (RADIUS
+        Framed-IP-Address, Framed-Pool) is decided with them, until it ends: its address as
+        a reservation is, its pool instead of its class's."""
+        s = self.sessions.get(c.identity)
+        g = s.grant if s is not None else None
+        if g is None:
+            return c
+        pool = self.config.pools.get(g.pool) if g.pool else c.pool
+        if pool is None:  # gone in a reload: the class's, as for any other session
+            return c
+        reservation = Reservation(GRANTED, (), g.address, pool.name, None) if g.address \
+            else c.reservation if c.reservation and c.reservation.pool == pool.name else None
+        subnet = pool.subnet_config(msg.giaddr) if int(msg.giaddr) else None
+        return replace(c, pool=pool, reservation=reservation, subnet=subnet)
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -232,6 +254,10 @@ class DhcpServer:
     def _hold_for_authoriser(self, s: Session) -> Outcome:
         if s.state != State.AUTHORIZING:
             s.move(State.AUTHORIZING)
+        o = self.offers.get(s.key)
+        if o is not None:  # held while the authoriser decides; an OFFER holds it anew
+            o.expires = self.clock() + AUTHORISE_HOLD
+            heapq.heappush(self._offer_expiry, (o.expires, s.key))
         return Outcome("authorize", session=s)
 
     def authorised(self, s: Session, msg: Message, ctx: Context) -> Outcome:
@@ -300,6 +326,10 @@ class DhcpServer:
                             IPv4Address(c.reservation.address), c.reservation.name,
                             holder.identity)
                 return None, "reserved_address_in_use"
+            if c.reservation.name == GRANTED:  # from the pool's free list, if it is on it
+                if self.offered.get(c.reservation.address, c.identity) != c.identity:
+                    return None, "granted_address_in_use"
+                alloc.take(c.reservation.address)
             return c.reservation.address, ""
         lease = self.by_identity.get(c.identity)
         if lease and lease.pool == c.pool.name and self._in_subnet(c, lease.address):
@@ -555,6 +585,16 @@ class DhcpServer:
             return None
         return lease if lease.identity in {identity_of(m, msg) for m in
                                            ("client-id", "mac", "circuit-id", "remote-id")} else None
+
+    def end_session(self, identity: str, why: EndReason) -> bool:
+        """End a bound session on demand (RADIUS Session-Timeout; later a Disconnect): its
+        address is free again and its features hear ``ended``; the client's next request
+        starts a new session (and a new authorisation). False: no such bound session."""
+        lease = self.by_identity.get(identity)
+        if lease is None:
+            return False
+        self._end(lease, why)
+        return True
 
     def _end(self, lease: Lease, why: EndReason) -> None:
         self._unbind(lease)

@@ -23,7 +23,13 @@ from bng_operator.agent.report.kube import KubeReporter
 from bng_operator.agent.report.status import node_status
 from bng_operator.agent.report.subscribers import Event, object_name
 from bng_operator.agent.sessions.session import Change, EndReason, Session
-from bng_operator.api.bngnode import BNGNodeStatus, MapFill, NATUsage, ProgramStatus
+from bng_operator.api.bngnode import (
+    BNGNodeStatus,
+    MapFill,
+    NATUsage,
+    ProgramStatus,
+    RadiusServerStatus,
+)
 from bng_operator.api.common import Condition
 
 log = logging.getLogger("bng.agent")
@@ -44,6 +50,7 @@ class NodeView:
     orphans: Callable[[], list[Lease]]
     fast_path_on: Callable[[], bool]
     nat: Callable[[], list[NATUsage]] = list  # blocks in use per NAT public address
+    radius: Callable[[], list[RadiusServerStatus]] = list  # servers and their health
 
 
 @dataclass
@@ -133,7 +140,7 @@ class KubeReporting:
                          self.health.problem or self.health.store_problem, self.view.degraded(),
                          self.view.generation(),
                          self.health.last_sync, self._conditions, datetime.now(UTC),
-                         self.view.nat())
+                         self.view.nat(), self.view.radius())
         self._conditions = list(st.conditions)
         return st
 

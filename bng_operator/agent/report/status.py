@@ -8,7 +8,14 @@ from datetime import datetime
 
 from bng_operator.agent.config import NodeConfig
 from bng_operator.agent.dhcp.leases import Lease
-from bng_operator.api.bngnode import BlockUsage, BNGNodeStatus, MapFill, NATUsage, ProgramStatus
+from bng_operator.api.bngnode import (
+    BlockUsage,
+    BNGNodeStatus,
+    MapFill,
+    NATUsage,
+    ProgramStatus,
+    RadiusServerStatus,
+)
 from bng_operator.api.common import Condition, with_condition
 from bng_operator.policy.blocks import usable
 
@@ -40,7 +47,8 @@ def block_usage(config: NodeConfig, leases: Iterable[Lease]) -> list[BlockUsage]
 def node_status(config: NodeConfig, leases: Iterable[Lease], programs: list[ProgramStatus],
                 maps: list[MapFill], problem: str, degraded: str, generation: int | None,
                 last_sync: datetime | None, conditions: list[Condition],
-                now: datetime, nat: list[NATUsage] | None = None) -> BNGNodeStatus:
+                now: datetime, nat: list[NATUsage] | None = None,
+                radius: list[RadiusServerStatus] | None = None) -> BNGNodeStatus:
     """``problem`` keeps the node from serving (Ready=False); ``degraded`` is served around
     (Degraded=True), such as a fast path that could not load. Empty strings: all is well."""
     leases = list(leases)
@@ -52,6 +60,6 @@ def node_status(config: NodeConfig, leases: Iterable[Lease], programs: list[Prog
                            "FastPathDown" if degraded else "AllPathsUp",
                            degraded or "every program is attached", generation, now)
     return BNGNodeStatus(programs=programs, maps=maps, blocks=block_usage(config, leases),
-                         nat=nat or [],
+                         nat=nat or [], radius=radius or [],
                          leases_active=len(leases), last_sync=last_sync,
                          observed_generation=generation, conditions=conds)

@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from bng_operator.agent.sessions.session import Session
+from bng_operator.agent.sessions.session import Grant, Session
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     accept: bool
     reason: str = ""  # why not, for the log and the metric
+    grant: Grant | None = None  # accepted: an address or pool of its own (RADIUS)
 
 
 class Authoriser(Protocol):

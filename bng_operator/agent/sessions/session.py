@@ -79,6 +79,16 @@ class Identity:
     relay: int = 0  # giaddr, 0 when not relayed
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What the authoriser granted a session beyond its class's defaults (RADIUS
+    Framed-IP-Address, Framed-Pool): the DHCP server decides with it until the session
+    ends."""
+
+    address: int = 0  # a static address (wins over the pool); 0: one from the pool
+    pool: str = ""  # the IPPool it comes from; "": the class's
+
+
 @dataclass(eq=False, slots=True)
 class Session:
     key: str  # the identity key its class chose: "mac:...", "circuit:...", ...
@@ -89,6 +99,7 @@ class Session:
     subscriber_class: str = ""
     lease: Lease | None = None  # while bound: the committed lease (times, terms)
     authorised: bool = False  # the authoriser accepted this session (kept until it ends)
+    grant: Grant | None = None  # what the authoriser granted it (None: the class's defaults)
     end_reason: EndReason | None = None
     # What each feature attached to it, by feature name (a fast-path key, a QoS class,
     # a NAT block, a RADIUS session id and its counters).

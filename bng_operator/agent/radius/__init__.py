@@ -1,0 +1,1 @@
+"""RADIUS: authentication of new sessions (the session core's authoriser), per class."""

@@ -1,0 +1,242 @@
+"""The RADIUS client: one connected UDP socket per server, retransmissions, failover to the
+next server, and dead-server detection (RFC 5080 §2.2): a server whose requests timed out
+``deadAfter`` times in a row is skipped for ``deadTime``, then tried again.
+
+Packets are pyrad's (encoding, User-Password hiding, Message-Authenticator); the I/O is
+asyncio's, on the agent's loop: a request waiting for a server holds up nothing else.
+Every Access-Request carries a Message-Authenticator, and a reply without a valid one is
+dropped (counted as invalid), like one with a wrong Response Authenticator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+from pyrad.dictionary import Dictionary
+from pyrad.packet import AccessAccept, AccessRequest, AuthPacket, Packet, PacketError
+
+from bng_operator.metrics import AgentMetrics
+
+log = logging.getLogger("bng.agent.radius")
+DICTIONARY = Path(__file__).with_name("dictionary")
+MAX_OUTSTANDING = 255  # requests in flight per server: the Identifier is one octet
+
+
+@dataclass
+class Server:
+    """One server as this node sees it: where, how long to wait, and its health."""
+
+    address: str
+    port: int
+    timeout: float = 3.0
+    retries: int = 2
+    dead_after: int = 3
+    dead_time: float = 60.0
+    timeouts_in_row: int = 0
+    dead_until: float = 0.0  # monotonic; skipped until then
+    last_error: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    def alive(self, now: float) -> bool:
+        return now >= self.dead_until
+
+
+@dataclass
+class Answer:
+    """How a request ended: a verified reply from ``server``, or none from any."""
+
+    reply: Packet | None
+    server: str = ""
+    tried: tuple[str, ...] = ()  # the servers asked, in order
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply is not None and self.reply.code == AccessAccept
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """One server's socket: requests in flight by Identifier."""
+
+    def __init__(self, invalid: Callable[[str], None], key: str) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, tuple[Packet, asyncio.Future[Packet]]] = {}
+        self.slots = asyncio.Semaphore(MAX_OUTSTANDING)
+        self._next = 0
+        self._invalid = invalid
+        self._key = key
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):  # room for the replies of 255 requests at once
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+
+    @property
+    def local_address(self) -> str:
+        assert self.transport is not None
+        return str(self.transport.get_extra_info("sockname")[0])
+
+    def take_id(self) -> int:
+        for _ in range(256):
+            ident, self._next = self._next, (self._next + 1) % 256
+            if ident not in self.pending:
+                return ident
+        raise RuntimeError("no free RADIUS identifier")  # the semaphore prevents it
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) < 20:
+            self._invalid(self._key)
+            return
+        entry = self.pending.get(data[1])
+        if entry is None:  # late: its request timed out, or a duplicate
+            return
+        request, fut = entry
+        try:
+            reply = request.CreateReply(packet=data)
+        except PacketError as e:
+            log.warning("RADIUS server %s: undecodable reply: %s", self._key, e)
+            self._invalid(self._key)
+            return
+        if not request.VerifyReply(reply, data, enforce_ma=True):
+            log.warning("RADIUS server %s: a reply failed verification (wrong secret, or no "
+                        "valid Message-Authenticator); dropped", self._key)
+            self._invalid(self._key)
+            return
+        if not fut.done():
+            fut.set_result(reply)
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error (port unreachable): unauthenticated, so only the timeout counts.
+        log.debug("RADIUS server %s: %s", self._key, exc)
+
+
+@dataclass
+class RadiusClient:
+    metrics: AgentMetrics
+    clock: Callable[[], float] = time.monotonic
+    dictionary: Dictionary = field(default_factory=lambda: Dictionary(str(DICTIONARY)))
+    servers: dict[str, Server] = field(default_factory=dict)
+    _endpoints: dict[str, _Endpoint] = field(default_factory=dict)
+
+    def server(self, address: str, port: int, timeout: float, retries: int, dead_after: int,
+               dead_time: float) -> Server:
+        """The server at ``address:port``, its settings as the configuration says now (its
+        health kept: classes that list one server share it)."""
+        key = f"{address}:{port}"
+        s = self.servers.get(key)
+        if s is None:
+            s = self.servers[key] = Server(address, port)
+            self.metrics.radius_server_up.labels(key).set(1)
+        s.timeout, s.retries, s.dead_after, s.dead_time = timeout, retries, dead_after, dead_time
+        return s
+
+    def forget(self, keep: set[str]) -> None:
+        """Close the sockets of servers no class lists any more."""
+        for key in set(self.servers) - keep:
+            del self.servers[key]
+            ep = self._endpoints.pop(key, None)
+            if ep is not None and ep.transport is not None:
+                ep.transport.close()
+            with contextlib.suppress(KeyError):
+                self.metrics.radius_server_up.remove(key)
+
+    def close(self) -> None:
+        self.forget(set())
+
+    async def _endpoint(self, s: Server) -> _Endpoint:
+        ep = self._endpoints.get(s.key)
+        if ep is None:
+            loop = asyncio.get_running_loop()
+            _, ep = await loop.create_datagram_endpoint(
+                lambda: _Endpoint(self._invalid, s.key), remote_addr=(s.address, s.port))
+            self._endpoints[s.key] = ep
+        return ep
+
+    def _invalid(self, key: str) -> None:
+        self.metrics.radius_replies.labels(key, "invalid").inc()
+
+    async def access_request(self, servers: Sequence[tuple[Server, bytes]],
+                             attributes: Callable[[str], list[tuple[str, str | int]]],
+                             ) -> Answer:
+        """Ask each live server in turn (with its secret) until one answers.
+        ``attributes(nas_ip)``: the request's attributes, given the node's address towards
+        that server (NAS-IP-Address). No live server: no reply, at once."""
+        tried: list[str] = []
+        for s, secret in servers:
+            if not s.alive(self.clock()):
+                continue
+            tried.append(s.key)
+            reply = await self._ask(s, secret, attributes)
+            if reply is not None:
+                return Answer(reply, s.key, tuple(tried))
+        return Answer(None, "", tuple(tried))
+
+    async def _ask(self, s: Server, secret: bytes,
+                   attributes: Callable[[str], list[tuple[str, str | int]]]) -> Packet | None:
+        m = self.metrics
+        try:
+            ep = await self._endpoint(s)
+        except OSError as e:
+            s.last_error = f"cannot open a socket to it: {e}"
+            log.error("RADIUS server %s: %s", s.key, s.last_error)
+            self._timed_out(s)
+            return None
+        async with ep.slots:
+            pkt = AuthPacket(code=AccessRequest, id=ep.take_id(), secret=secret,
+                             dict=self.dictionary)
+            for name, value in attributes(ep.local_address):
+                pkt[name] = pkt.PwCrypt(str(value)) if name == "User-Password" else value
+            pkt.add_message_authenticator()
+            raw = pkt.RequestPacket()
+            fut: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()
+            ep.pending[pkt.id] = (pkt, fut)
+            m.radius_requests.labels(s.key).inc()
+            try:
+                for attempt in range(s.retries + 1):
+                    if attempt:
+                        m.radius_retransmits.labels(s.key).inc()
+                    t0 = time.perf_counter()
+                    assert ep.transport is not None
+                    ep.transport.sendto(raw)
+                    try:
+                        reply = await asyncio.wait_for(asyncio.shield(fut), s.timeout)
+                    except TimeoutError:
+                        continue
+                    m.radius_rtt.labels(s.key).observe(time.perf_counter() - t0)
+                    m.radius_replies.labels(
+                        s.key, "accept" if reply.code == AccessAccept else "reject").inc()
+                    self._answered(s)
+                    return reply
+            finally:
+                ep.pending.pop(pkt.id, None)
+                fut.cancel()
+        s.last_error = f"no answer in {s.retries + 1} x {s.timeout:g} s"
+        self._timed_out(s)
+        return None
+
+    def _answered(self, s: Server) -> None:
+        if s.dead_until or s.timeouts_in_row >= s.dead_after:
+            log.info("RADIUS server %s answers again", s.key)
+        s.timeouts_in_row, s.dead_until, s.last_error = 0, 0.0, ""
+        self.metrics.radius_server_up.labels(s.key).set(1)
+
+    def _timed_out(self, s: Server) -> None:
+        self.metrics.radius_timeouts.labels(s.key).inc()
+        s.timeouts_in_row += 1
+        if s.timeouts_in_row >= s.dead_after:
+            s.dead_until = self.clock() + s.dead_time
+            self.metrics.radius_server_up.labels(s.key).set(0)
+            log.warning("RADIUS server %s is dead: %d requests in a row without an answer "
+                        "(%s); skipped for %g s", s.key, s.timeouts_in_row, s.last_error,
+                        s.dead_time)
