@@ -145,13 +145,48 @@ class UdpGen:
         self.obj.close()
 
 
+# Runs that hold kernel.bpf_stats_enabled on: a file each, named by pid, holding the value
+# to restore when the last of them ends (or, after a crash, when the next run starts).
+STATS_HOLDERS = Path("/run/bng-bench/bpf-stats")
+
+
+def _holders() -> tuple[list[Path], list[Path]]:
+    """(live, dead) holder files."""
+    live: list[Path] = []
+    dead: list[Path] = []
+    for f in sorted(STATS_HOLDERS.glob("*")) if STATS_HOLDERS.is_dir() else []:
+        (live if f.name.isdigit() and os.path.exists(f"/proc/{f.name}") else dead).append(f)
+    return live, dead
+
+
+def restore_bpf_stats() -> bool:
+    """Put kernel.bpf_stats_enabled back as it was before a run that crashed while holding it
+    on, unless a live run holds it still. Returns whether it did."""
+    live, dead = _holders()
+    if not dead:
+        return False
+    if not live:
+        BPF_STATS.write_text(dead[0].read_text().strip() + "\n")
+    for f in dead:
+        f.unlink(missing_ok=True)
+    return not live
+
+
 @contextlib.contextmanager
 def bpf_stats() -> Iterator[None]:
-    """kernel.bpf_stats_enabled=1 for the block, then as it was. The stats add two clock
-    reads to every BPF program run on the machine: keep them out of the measured rounds."""
-    before = BPF_STATS.read_text().strip()
+    """kernel.bpf_stats_enabled=1 for the block, then as it was before the first of the runs
+    holding it (this one, or another bench running alongside). The stats add two clock reads
+    to every BPF program run on the machine: keep them out of the measured rounds."""
+    restore_bpf_stats()
+    STATS_HOLDERS.mkdir(parents=True, exist_ok=True)
+    live, _ = _holders()
+    original = live[0].read_text().strip() if live else BPF_STATS.read_text().strip()
+    me = STATS_HOLDERS / str(os.getpid())
+    me.write_text(original)
     BPF_STATS.write_text("1\n")
     try:
         yield
     finally:
-        BPF_STATS.write_text(before + "\n")
+        me.unlink(missing_ok=True)
+        if not _holders()[0]:
+            BPF_STATS.write_text(original + "\n")
