@@ -40,8 +40,11 @@ no conntrack entry after their traffic) and says so in "conntrack".
    ours / masq of it, steady state.
 3. Where ours goes: kernel.bpf_stats_enabled=1 (restored after) for a new-flow and a
    steady run of ours, and a TCP download: nat_out's run_time_ns / run_cnt (tail calls to
-   nat_new included), nat_in's per skb. Not during the rounds: the stats add two clock
-   reads to every BPF program run.
+   nat_new included), nat_in's per skb; and nat_out with two flows only, all in cache: the
+   difference is what memory stalls cost with many flows. Not during the rounds: the stats
+   add two clock reads to every BPF program run (the output counts the rounds' runs during
+   which another process had them on: ours, one BPF program more, paid for them).
+   --max-mappings sizes ours' tables otherwise than the agent does.
 4. Memory per 100k mappings: --mem-subscribers x --mem-ports new flows, from an empty
    state. Ours: the mapping tables' memlock (the kernel's own accounting of a map, in
    /proc/<pid>/fdinfo) before and after, per mapping made; the bucket arrays, allocated
@@ -50,7 +53,8 @@ no conntrack entry after their traffic) and says so in "conntrack".
    destination): conntrack entries made, the nf_conntrack slab's object size, and slab
    growth (/proc/slabinfo, all kmalloc caches and nf_conntrack, the entries' extensions
    included) per entry; the same slab growth for ours. Slab growth counts what other
-   processes allocate meanwhile: the kernel's accounting is the number to trust.
+   processes allocate and free meanwhile (the median of --mem-repeats runs): the kernel's
+   accounting is the number to trust.
 5. Log records per 1,000 flows. Ours logs one record per port block allocated to a
    subscriber (the agent's block log; the data path needs nothing more to tell who had a
    port), never one per flow: counted from the data path after the memory run, as the
@@ -490,30 +494,38 @@ def per_100k(x: float | None) -> float | None:
 
 
 def conntrack_memory(lab: NetLab, load: Load, stack: Stack, nft: Nft, subscribers: int,
-                     ports: int) -> dict[str, Any]:
-    """Slab growth per conntrack entry, subscribers x ports new flows from a flushed table."""
-    nft.reset()
-    time.sleep(0.5)  # RCU frees what the flush deleted
-    c0, n0 = slab_bytes(), conntrack_entries(lab, stack.bng)
-    rate = load.run(stack, subscribers * ports, MEM_PORT, subscribers, ports)
-    c1, n1 = slab_bytes(), conntrack_entries(lab, stack.bng)
-    nft.reset()
-    entries = n1 - n0
-    each = (sum(c1.values()) - sum(c0.values())) / entries if entries else None
-    ct = (c1.get("nf_conntrack", 0) - c0.get("nf_conntrack", 0)) / entries if entries else None
+                     ports: int, repeats: int) -> dict[str, Any]:
+    """Slab growth per conntrack entry, subscribers x ports new flows from a flushed table;
+    the median of ``repeats`` (other processes allocate and free meanwhile)."""
+    each, ct, made, delivered = [], [], [], []
+    for _ in range(repeats):
+        nft.reset()
+        time.sleep(0.5)  # RCU frees what the flush deleted
+        c0, n0 = slab_bytes(), conntrack_entries(lab, stack.bng)
+        rate = load.run(stack, subscribers * ports, MEM_PORT, subscribers, ports)
+        c1, n1 = slab_bytes(), conntrack_entries(lab, stack.bng)
+        nft.reset()
+        made.append(n1 - n0)
+        delivered.append(rate.received / rate.sent if rate.sent else 0)
+        if n1 > n0:
+            each.append((sum(c1.values()) - sum(c0.values())) / (n1 - n0))
+            ct.append((c1.get("nf_conntrack", 0) - c0.get("nf_conntrack", 0)) / (n1 - n0))
+    median = round(statistics.median(each), 1) if each else None
     return {
-        "conntrack_entries_made": entries,
+        "conntrack_entries_made": min(made),
         "nf_conntrack_object_bytes": slab_object_size("nf_conntrack"),
-        "bytes_per_entry_nf_conntrack_slab": round(ct, 1) if ct else None,
+        "bytes_per_entry_nf_conntrack_slab": round(statistics.median(ct), 1) if ct else None,
         # nf_conntrack and kmalloc (the entry's extensions: masquerade's NAT extension).
-        "bytes_per_entry_slab": round(each, 1) if each else None,
-        "mb_per_100k_slab": per_100k(each),
-        "delivered": rate.received / rate.sent if rate.sent else 0,
+        "bytes_per_entry_slab": median,
+        "bytes_per_entry_slab_runs": [round(x, 1) for x in each],
+        "mb_per_100k_slab": per_100k(median),
+        "delivered": min(delivered),
     }
 
 
 def memory_and_log(lab: NetLab, load: Load, stacks: dict[str, Stack], ours: Ours, snat: Nft,
-                   masq: Nft, subscribers: int, ports: int, say: Callable[..., None]) -> tuple[
+                   masq: Nft, subscribers: int, ports: int, repeats: int,
+                   say: Callable[..., None]) -> tuple[
                        dict[str, Any], dict[str, Any]]:
     half = ports // 2
 
@@ -555,23 +567,37 @@ def memory_and_log(lab: NetLab, load: Load, stacks: dict[str, Stack], ours: Ours
     records_all = len(used_all) + len(exhausted)
     flows_half, flows_all = len(mid_mappings), len(mappings)
 
+    # More runs of ours for the slab growth alone (other processes allocate meanwhile).
+    ours_slab_runs = [(sum(s1.values()) - sum(s0.values())) / made["new_mapping"]] \
+        if made.get("new_mapping") else []
+    for _ in range(repeats - 1):
+        time.sleep(0.5)
+        r0, n0 = slab_bytes(), ours.path.stats()["new_mapping"]
+        load.run(stacks["ours"], subscribers * ports, MEM_PORT, subscribers, ports)
+        r1, n1 = slab_bytes(), ours.path.stats()["new_mapping"]
+        ours.reset()
+        if n1 > n0:
+            ours_slab_runs.append((sum(r1.values()) - sum(r0.values())) / (n1 - n0))
+
     # nftables: conntrack entries for the same flows (masquerade: as many as its one address
     # holds to one destination), from a flushed table.
-    peers = {"snat": conntrack_memory(lab, load, stacks["snat"], snat, subscribers, ports),
+    peers = {"snat": conntrack_memory(lab, load, stacks["snat"], snat, subscribers, ports,
+                                      repeats),
              "masq": conntrack_memory(lab, load, stacks["masq"], masq, subscribers,
-                                      min(ports, MASQ_MEM_FLOWS // subscribers))}
+                                      min(ports, MASQ_MEM_FLOWS // subscribers), repeats)}
     for v, x in peers.items():
         say(f"  memory: {v} made {x['conntrack_entries_made']:,} conntrack entries")
 
     mapped = made.get("new_mapping", 0)
     ours_memlock = (m1 - m0) / mapped if mapped else None
-    ours_slab = (sum(s1.values()) - sum(s0.values())) / mapped if mapped else None
+    ours_slab = statistics.median(ours_slab_runs) if ours_slab_runs else None
     memory = {
         "flows": subscribers * ports,
         "ours": {
             "mappings_made": mapped, "tables": counts,
             "bytes_per_mapping_memlock": round(ours_memlock, 1) if ours_memlock else None,
             "bytes_per_mapping_slab": round(ours_slab, 1) if ours_slab else None,
+            "bytes_per_mapping_slab_runs": [round(x, 1) for x in ours_slab_runs],
             "mb_per_100k_memlock": per_100k(ours_memlock),
             "mb_per_100k_slab": per_100k(ours_slab),
             # Allocated when the tables are made, used or not: 2 x 16 B x max_entries (a
@@ -720,6 +746,8 @@ def main() -> int:
                     help="subscribers of the memory run (default 1000; quick: 200)")
     ap.add_argument("--mem-ports", type=int,
                     help="new flows each in the memory run (default 100: 100k flows)")
+    ap.add_argument("--mem-repeats", type=int, help="memory runs of each (median of their "
+                    "slab growth; default 3; quick: 1)")
     ap.add_argument("--max-mappings", type=int,
                     help="entries of ours' mapping tables (default: as the agent sizes them, "
                     "every public port of the pool once per protocol)")
@@ -736,6 +764,7 @@ def main() -> int:
     seconds = a.seconds or (2 if q else 5)
     mem_subs = a.mem_subscribers or (200 if q else 1000)
     mem_ports = a.mem_ports or 100
+    mem_repeats = a.mem_repeats or (1 if q else 3)
     total = max(subs, mem_subs)
     if os.geteuid() != 0:
         print("bench/nat.py needs root (namespaces, BPF, nftables)", file=sys.stderr)
@@ -799,7 +828,7 @@ def main() -> int:
             say(f"  bpf stats: {result['bpf']}")
         if "memory" not in a.skip:
             result["memory"], result["log"] = memory_and_log(
-                lab, load, stacks, ours, snat, masq, mem_subs, mem_ports, say)
+                lab, load, stacks, ours, snat, masq, mem_subs, mem_ports, mem_repeats, say)
     finally:
         for n in nats.values():
             with contextlib.suppress(Exception):
@@ -852,7 +881,8 @@ def main() -> int:
                           isinstance(nats["ours"], Ours) else None,
                           "pps_seconds": pps_seconds, "tcp_rounds": tcp_rounds,
                           "seconds": seconds, "mem_subscribers": mem_subs,
-                          "mem_ports": mem_ports, "frame_bytes": udpgen.FRAME_LEN + 4,
+                          "mem_ports": mem_ports, "mem_repeats": mem_repeats,
+                          "frame_bytes": udpgen.FRAME_LEN + 4,
                           "public_addresses": len(publics), "quick": q}
     report(out, result)
     if a.json:
