@@ -52,9 +52,10 @@ no conntrack entry after their traffic) and says so in "conntrack".
    are the same objects, but one address has too few ports for 100k flows to one
    destination): conntrack entries made, the nf_conntrack slab's object size, and slab
    growth (/proc/slabinfo, all kmalloc caches and nf_conntrack, the entries' extensions
-   included) per entry; the same slab growth for ours. Slab growth counts what other
-   processes allocate and free meanwhile (the median of --mem-repeats runs): the kernel's
-   accounting is the number to trust.
+   included) per entry, the median of --mem-repeats runs; the same slab growth for ours,
+   once (elements a reset frees stay in BPF's allocator, and a second fill takes them back
+   unseen). Slab growth counts what other processes allocate and free meanwhile: the
+   kernel's accounting is the number to trust.
 5. Log records per 1,000 flows. Ours logs one record per port block allocated to a
    subscriber (the agent's block log; the data path needs nothing more to tell who had a
    port), never one per flow: counted from the data path after the memory run, as the
@@ -479,6 +480,19 @@ def slab_bytes() -> dict[str, int]:
     return out
 
 
+def settle(timeout: float = 15.0) -> None:
+    """Wait for what a reset or flush freed to leave the slab caches (RCU, and BPF's memory
+    allocator, free it later): until two reads 0.5 s apart differ by less than 256 KiB."""
+    deadline = time.monotonic() + timeout
+    before = sum(slab_bytes().values())
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = sum(slab_bytes().values())
+        if abs(now - before) < 256 << 10:
+            return
+        before = now
+
+
 def slab_object_size(cache: str) -> int | None:
     with open(SLABINFO) as f:
         for line in f:
@@ -500,7 +514,7 @@ def conntrack_memory(lab: NetLab, load: Load, stack: Stack, nft: Nft, subscriber
     each, ct, made, delivered = [], [], [], []
     for _ in range(repeats):
         nft.reset()
-        time.sleep(0.5)  # RCU frees what the flush deleted
+        settle()
         c0, n0 = slab_bytes(), conntrack_entries(lab, stack.bng)
         rate = load.run(stack, subscribers * ports, MEM_PORT, subscribers, ports)
         c1, n1 = slab_bytes(), conntrack_entries(lab, stack.bng)
@@ -531,7 +545,7 @@ def memory_and_log(lab: NetLab, load: Load, stacks: dict[str, Stack], ours: Ours
 
     # Ours: the mapping tables from empty, in two halves of new flows.
     ours.reset()
-    time.sleep(0.5)  # RCU frees what the reset deleted
+    settle()
     m0, s0, st0 = ours.memlock(), slab_bytes(), ours.path.stats()
     a = load.run(stacks["ours"], subscribers * half, MEM_PORT, subscribers, half)
     mid_mappings = ours.path.mappings()
@@ -567,18 +581,6 @@ def memory_and_log(lab: NetLab, load: Load, stacks: dict[str, Stack], ours: Ours
     records_all = len(used_all) + len(exhausted)
     flows_half, flows_all = len(mid_mappings), len(mappings)
 
-    # More runs of ours for the slab growth alone (other processes allocate meanwhile).
-    ours_slab_runs = [(sum(s1.values()) - sum(s0.values())) / made["new_mapping"]] \
-        if made.get("new_mapping") else []
-    for _ in range(repeats - 1):
-        time.sleep(0.5)
-        r0, n0 = slab_bytes(), ours.path.stats()["new_mapping"]
-        load.run(stacks["ours"], subscribers * ports, MEM_PORT, subscribers, ports)
-        r1, n1 = slab_bytes(), ours.path.stats()["new_mapping"]
-        ours.reset()
-        if n1 > n0:
-            ours_slab_runs.append((sum(r1.values()) - sum(r0.values())) / (n1 - n0))
-
     # nftables: conntrack entries for the same flows (masquerade: as many as its one address
     # holds to one destination), from a flushed table.
     peers = {"snat": conntrack_memory(lab, load, stacks["snat"], snat, subscribers, ports,
@@ -590,14 +592,15 @@ def memory_and_log(lab: NetLab, load: Load, stacks: dict[str, Stack], ours: Ours
 
     mapped = made.get("new_mapping", 0)
     ours_memlock = (m1 - m0) / mapped if mapped else None
-    ours_slab = statistics.median(ours_slab_runs) if ours_slab_runs else None
+    # Once: the elements a reset frees stay in BPF's allocator, and a second fill takes them
+    # back without the slab caches seeing it.
+    ours_slab = (sum(s1.values()) - sum(s0.values())) / mapped if mapped else None
     memory = {
         "flows": subscribers * ports,
         "ours": {
             "mappings_made": mapped, "tables": counts,
             "bytes_per_mapping_memlock": round(ours_memlock, 1) if ours_memlock else None,
             "bytes_per_mapping_slab": round(ours_slab, 1) if ours_slab else None,
-            "bytes_per_mapping_slab_runs": [round(x, 1) for x in ours_slab_runs],
             "mb_per_100k_memlock": per_100k(ours_memlock),
             "mb_per_100k_slab": per_100k(ours_slab),
             # Allocated when the tables are made, used or not: 2 x 16 B x max_entries (a
@@ -746,8 +749,8 @@ def main() -> int:
                     help="subscribers of the memory run (default 1000; quick: 200)")
     ap.add_argument("--mem-ports", type=int,
                     help="new flows each in the memory run (default 100: 100k flows)")
-    ap.add_argument("--mem-repeats", type=int, help="memory runs of each (median of their "
-                    "slab growth; default 3; quick: 1)")
+    ap.add_argument("--mem-repeats", type=int, help="memory runs of each nftables NAT "
+                    "(median of their slab growth; default 3; quick: 1)")
     ap.add_argument("--max-mappings", type=int,
                     help="entries of ours' mapping tables (default: as the agent sizes them, "
                     "every public port of the pool once per protocol)")
