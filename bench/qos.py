@@ -24,7 +24,7 @@ packet-rate baseline. Subscriber i is 100.64.(i // 254).(i % 254 + 1), in class 
    at each rate, the sides alternating; goodput against the L2-overhead ideal
    1448/1514 x rate (HTB counts frames without FCS; a full frame carries 1448 bytes of TCP
    payload with timestamps). Burst: the agent's default, 10 ms of rate, >= 1514 bytes.
-2. Packets/s: bench/qos_gen.c sends 60-byte UDP frames (64 with the FCS) with
+2. Packets/s: bng_lab/udp_gen.c sends 60-byte UDP frames (64 with the FCS) with
    BPF_PROG_RUN's live frames into the bng's stack as if received on its uplink, to the
    installed subscribers in turn; they are forwarded to the access interface, shaped, and
    counted and dropped by XDP at the subscribers' end. Everything runs on one CPU in the
@@ -72,40 +72,34 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from bng_lab import udpgen
 from bng_lab.netlab import NetLab, in_netns, remove_leftovers
+from bng_lab.udpgen import GEN_DST, Rate, UdpGen, bpf_stats
 from bng_operator import netlink
-from bng_operator.agent.dataplane.loader import BPFObject, _prog_info, send_live
+from bng_operator.agent.dataplane.loader import run_stats
 from bng_operator.agent.dataplane.qos import QosPath
 from bng_operator.api.qospolicy import MIN_BURST_BYTES
 
-REPO = Path(__file__).resolve().parent.parent
-GEN_SOURCE = REPO / "bench" / "qos_gen.c"
-
 ACCESS, IFB, UPLINK = "access0", "bngu-access0", "uplink0"
 SUB_BASE = IPv4Address("100.64.0.0")  # the subscribers' /16
-PER_24 = 254  # subscribers per /24 (bench/qos_gen.c: PER_24)
-MAX_SIZE = 256 * PER_24 - 1  # the /16, and below 65,535 classes
+MAX_SIZE = 256 * udpgen.PER_24 - 1  # the /16, and below 65,535 classes
 ACCESS_LINK = ("10.255.0.1/30", "10.255.0.2/30")  # the bng's access0, the subscribers' eth0
 UPLINK_LINK = ("203.0.113.1/24", "203.0.113.2/24")  # the bng's uplink0, the internet's eth0
 IDEAL = 1448 / 1514
 PPS_RATE = 16_000_000  # bit/s per class in the packet-rate and install runs (see above)
-FRAME_LEN = 60  # bench/qos_gen.c
 PRIO = 5  # the peer's u32 filters
 ROOT_HT, FIRST_HT = 0x100, 0x101  # the peer's u32 tables: third octet; each /24's
-# struct bpf_prog_info (include/uapi/linux/bpf.h)
-_RUN_TIME_NS, _RUN_CNT = 192, 200
-BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 def address(i: int) -> IPv4Address:
-    return SUB_BASE + ((i // PER_24) << 8) + i % PER_24 + 1
+    return udpgen.subscriber(SUB_BASE, i)
 
 
 def minor(i: int) -> int:
@@ -242,7 +236,7 @@ class Peer:
             return [*cmds, f"filter add {dev} handle {FIRST_HT:x}: protocol ip u32 divisor 256",
                     f"filter add {dev} protocol ip u32 ht 800:: match ip dst {SUB_BASE}/16 "
                     f"hashkey mask 0x000000ff at 16 link {FIRST_HT:x}:"]
-        nets = math.ceil(n / PER_24)
+        nets = math.ceil(n / udpgen.PER_24)
         cmds.append(f"filter add {dev} handle {ROOT_HT:x}: protocol ip u32 divisor 256")
         cmds += [f"filter add {dev} handle {FIRST_HT + j:x}: protocol ip u32 divisor 256"
                  for j in range(nets)]
@@ -256,7 +250,7 @@ class Peer:
     def _subscriber(self, i: int, rate: int, verb: str = "add") -> list[str]:
         """One subscriber's class and filter, as tc commands (without the leading ``tc``)."""
         m, a, b = minor(i), address(i), burst_of(rate)
-        ht = FIRST_HT + (i // PER_24 if self.levels == 2 else 0)
+        ht = FIRST_HT + (i // udpgen.PER_24 if self.levels == 2 else 0)
         return [f"class {verb} dev {ACCESS} parent 1: classid 1:{m:x} htb rate {rate}bit "
                 f"ceil {rate}bit burst {b} cburst {b}",
                 f"filter add dev {ACCESS} parent 1: prio {PRIO} protocol ip u32 "
@@ -350,96 +344,27 @@ def accuracy(lab: NetLab, ours: Ours, peer: Peer, rates: list[int], seconds: int
 # --- 2. packets/s ------------------------------------------------------------------------------
 
 
-@dataclass
-class Rate:
-    pps: float  # frames received per second of the sending thread's CPU time
-    pps_wall: float  # frames received per second between the first and the last (kernel)
-    sent: int
-    received: int
-    seconds: float  # wall time of the sending call
-
-
 class Load:
-    """bench/qos_gen.c: the generator, and the counter at the subscribers' end."""
+    """bng_lab/udp_gen.c: the generator, as if from the internet on the bng's uplink, and the
+    counter at the subscribers' end."""
 
     def __init__(self) -> None:
-        self.obj = BPFObject(GEN_SOURCE)
-        self.gen_fd = self.obj.load_xdp("generate")
-        self.recv_fd = self.obj.load_xdp("receive")
-        self.cpu = max(os.sched_getaffinity(0))
+        self.gen = UdpGen()
 
     def attach(self, stack: Stack) -> None:
-        netlink.attach_xdp("eth0", self.recv_fd, stack.subs, "native")
+        self.gen.attach_counter("eth0", stack.subs)
 
     def detach(self, stack: Stack) -> None:
-        netlink.detach_xdp("eth0", stack.subs, "native")
-
-    def _template(self, stack: Stack) -> tuple[bytes, int]:
-        """The frame to subscriber 0.0 (daddr 0), and its IP header's partial sum."""
-        payload = bytes(FRAME_LEN - 14 - 20 - 8)
-        udp = (9).to_bytes(2, "big") * 2 + (8 + len(payload)).to_bytes(2, "big") + bytes(2)
-        ip = bytes([0x45, 0]) + (20 + len(udp) + len(payload)).to_bytes(2, "big") + \
-            bytes(4) + bytes([64, 17]) + bytes(2) + \
-            IPv4Address(UPLINK_LINK[1].split("/")[0]).packed + bytes(4)
-        eth = stack.uplink_mac + stack.inet_mac + b"\x08\x00"
-        frame = eth + ip + udp + payload
-        assert len(frame) == FRAME_LEN
-        return frame, sum(int.from_bytes(ip[k:k + 2], "little") for k in range(0, 20, 2))
+        self.gen.detach_counter("eth0", stack.subs)
 
     def run(self, stack: Stack, subscribers: int, frames: int) -> Rate:
-        frame, partial = self._template(stack)
-        tpl = self.obj.map("template")
-        leaf = tpl.Leaf()
-        leaf.data[:] = list(frame)
-        tpl[tpl.Key(0)] = leaf
-        cfg = self.obj.map("config")
-        c = cfg.Leaf()
-        c.subscribers, c.base, c.csum_partial = subscribers, int(SUB_BASE), partial
-        cfg[cfg.Key(0)] = c
-        self.obj.map("sent").clear()
-        self.obj.map("received").clear()
-        affinity = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {self.cpu})
-        try:
-            with in_netns(stack.bng):
-                t0, c0 = time.perf_counter(), time.thread_time_ns()
-                send_live(self.gen_fd, frame, frames, stack.uplink_index)
-                cpu_ns = time.thread_time_ns() - c0
-                wall = time.perf_counter() - t0
-        finally:
-            os.sched_setaffinity(0, affinity)
-        sent_map = self.obj.map("sent")
-        sent = int(sum(sent_map[sent_map.Key(0)]))
-        rx = self.obj.map("received")
-        per_cpu = [r for r in rx[rx.Key(0)] if r.packets]
-        received = sum(int(r.packets) for r in per_cpu)
-        if not per_cpu:
-            return Rate(0.0, 0.0, sent, 0, wall)
-        window = max(int(r.stamped_ns) for r in per_cpu) - min(int(r.first_ns) for r in per_cpu)
-        counted = sum(int(r.stamped) - 1 for r in per_cpu)
-        return Rate(received / cpu_ns * 1e9, counted / window * 1e9 if window > 0 else 0.0,
-                    sent, received, wall)
+        frame = udpgen.template(stack.uplink_mac, stack.inet_mac,
+                                IPv4Address(UPLINK_LINK[1].split("/")[0]), IPv4Address(0))
+        return self.gen.run(stack.bng, stack.uplink_index, frame, subscribers, SUB_BASE, frames,
+                            GEN_DST)
 
     def close(self) -> None:
-        self.obj.close()
-
-
-@contextlib.contextmanager
-def bpf_stats() -> Iterator[None]:
-    """kernel.bpf_stats_enabled=1 for the block, then as it was."""
-    before = BPF_STATS.read_text().strip()
-    BPF_STATS.write_text("1\n")
-    try:
-        yield
-    finally:
-        BPF_STATS.write_text(before + "\n")
-
-
-def run_stats(fd: int) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) of the BPF program behind ``fd``."""
-    raw = _prog_info(fd)
-    return (int.from_bytes(raw[_RUN_TIME_NS:_RUN_TIME_NS + 8], "little"),
-            int.from_bytes(raw[_RUN_CNT:_RUN_CNT + 8], "little"))
+        self.gen.close()
 
 
 def packet_rates(load: Load, stacks: dict[str, Stack], ours: Ours, n: int, rounds: int,
@@ -739,7 +664,7 @@ def main() -> int:
                           "rounds": rounds,
                           "install_rounds": {n: install_rounds(n) for n in sizes},
                           "pps_seconds": pps_seconds, "class_rate_pps_install": PPS_RATE,
-                          "frame_bytes": FRAME_LEN + 4, "quick": q}
+                          "frame_bytes": udpgen.FRAME_LEN + 4, "quick": q}
     report(out, result)
     if a.json:
         print(json.dumps(result))

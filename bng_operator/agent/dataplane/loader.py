@@ -220,9 +220,9 @@ def pin_fd(fd: int, path: Path) -> None:
         raise DataplaneError(f"pinning {path}: {os.strerror(-rc)}")
 
 
-# Offsets in struct bpf_prog_info (include/uapi/linux/bpf.h): id after type; verified_insns
-# (Linux 5.16+) after run_time_ns, run_cnt and recursion_misses.
-_INFO_ID, _INFO_VERIFIED_INSNS = 4, 216
+# Offsets in struct bpf_prog_info (include/uapi/linux/bpf.h): id after type; run_time_ns
+# and run_cnt (Linux 5.1+); verified_insns (Linux 5.16+) after them and recursion_misses.
+_INFO_ID, _INFO_RUN_TIME_NS, _INFO_RUN_CNT, _INFO_VERIFIED_INSNS = 4, 192, 200, 216
 
 
 def _prog_info(fd: int) -> bytes:
@@ -245,6 +245,14 @@ def verified_instructions(fd: int) -> int | None:
     if len(raw) < _INFO_VERIFIED_INSNS + 4:
         return None
     return int.from_bytes(raw[_INFO_VERIFIED_INSNS : _INFO_VERIFIED_INSNS + 4], "little")
+
+
+def run_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of the program behind ``fd``: what it has cost so far, counted
+    only while kernel.bpf_stats_enabled is 1."""
+    raw = _prog_info(fd)
+    return (int.from_bytes(raw[_INFO_RUN_TIME_NS : _INFO_RUN_TIME_NS + 8], "little"),
+            int.from_bytes(raw[_INFO_RUN_CNT : _INFO_RUN_CNT + 8], "little"))
 
 
 def program_exists(prog_id: int) -> bool:
