@@ -60,8 +60,17 @@ def list_netns() -> list[str]:
     return sorted(netns.listnetns())
 
 
-def create_netns(name: str) -> None:
-    netns.create(name)
+def create_netns(name: str, tries: int = 3) -> None:
+    """Create a named namespace. pyroute2 makes it in a child process that it gives 2 s to
+    answer; on a machine busy enough to miss that, try again (a half-made one removed)."""
+    for attempt in range(tries):
+        try:
+            netns.create(name)
+            return
+        except TimeoutError:
+            remove_netns(name)
+            if attempt == tries - 1:
+                raise
 
 
 def remove_netns(name: str) -> None:
