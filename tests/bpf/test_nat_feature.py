@@ -271,3 +271,26 @@ def test_the_status_fields_fit_the_subscriber_schema(where: tuple[Path, Path]) -
             "203.0.113.0", 1024, "1024-1279")
     finally:
         h.feature.stop()
+
+
+def test_a_pool_that_outgrows_the_tables_gets_new_ones_with_its_flows(
+        where: tuple[Path, Path]) -> None:
+    h = Harness(*where, config()).start()
+    try:
+        a = lease(0)
+        h.bind(a)
+        old = h.feature.path
+        assert old is not None
+        inside = A(a.address)
+        sport = fields(out(old, udp(inside, REMOTE, 40000, 53)).ip)[2]
+        # 64 addresses x 1,024 ports: the tables grow from 8,192 to 262,144 entries
+        h.feature.reconfigure(config(addresses=["203.0.113.0/26"]))
+        h.sync()
+        new = h.feature.path
+        assert new is not None and new is not old and new.generation != old.generation
+        [m] = new.mappings(inside)
+        assert (m.inside_port, m.public_port) == (40000, sport)  # carried over
+        assert fields(out(new, udp(inside, REMOTE, 40000, 53)).ip)[2] == sport
+        assert h.kernel()[inside].public == A("203.0.113.0")  # the binding kept its block
+    finally:
+        h.feature.stop()

@@ -569,6 +569,23 @@ class NatPath:
             ("inbound", self.inbound), ("filters", self.filters),
             ("fragments", self.fragments))}
 
+    def copy_mappings(self, old: NatPath) -> tuple[int, int]:
+        """Copy every mapping, held port and filter of ``old`` (this code, other table sizes:
+        a NATPool grew past them) into this generation's tables, so its flows go on once
+        these programs replace old's. Returns (entries copied, entries that did not fit)."""
+        copied = lost = 0
+        for name in ("outbound", "inbound", "filters"):
+            src, dst = getattr(old, name), getattr(self, name)
+            for k, v in _items(src):
+                key = dst.Key.from_buffer_copy(bytes(k))
+                leaf = dst.Leaf(v) if isinstance(v, int) else dst.Leaf.from_buffer_copy(bytes(v))
+                try:
+                    dst[key] = leaf
+                    copied += 1
+                except Exception:  # BCC raises bare Exception when the table is full
+                    lost += 1
+        return copied, lost
+
     # --- lifecycle -----------------------------------------------------------------------------
 
     def remove_other_generations(self) -> list[str]:

@@ -228,7 +228,12 @@ class NatFeature:
                 if kind == "config":
                     self._write(batch)  # the old configuration's work first
                     batch = _Batch()
+                    resized = self._sizes(item) != self._sizes(self.config)
+                    if resized:
+                        self._resize(item)
                     self._reconcile(item, "NATPool changed")
+                    if resized:
+                        self._attach()  # at once: new flows meanwhile would be lost
                 elif kind == "lease":
                     self._bind(item, batch, now, "session bound")
                     leases.append(item)
@@ -329,6 +334,22 @@ class NatFeature:
         self.path.put_binding(inside, self._binding(b))
 
     # --- configuration (start and reload) -------------------------------------------------
+
+    def _resize(self, config: NodeConfig) -> None:
+        """The NATPools outgrew the tables (or need more blocks a binding): a generation
+        of the new sizes, the old one's mappings copied in; once it has the bindings, its
+        programs replace the old ones on the uplink and the old pins go."""
+        from bng_operator.agent.dataplane.nat import NatPath
+
+        old = self.path
+        assert old is not None
+        new = NatPath(**self._sizes(config))
+        copied, lost = new.copy_mappings(old)
+        log.warning("NAT tables resized for the new NATPools: generation %s -> %s, %d "
+                    "entries carried over%s", old.generation, new.generation, copied,
+                    f", {lost} did not fit" if lost else "")
+        self.path, self.attached = new, None
+        old.close()
 
     def _reconcile(self, config: NodeConfig, reason: str) -> None:
         """Bring the NAT file and the kernel in line with ``config`` and the bound leases."""
