@@ -329,12 +329,14 @@ class Agent:
                              st.report.accounting_interval, st.status_interval)
 
     def _status_of(self, lease: Lease) -> dict[str, Any]:
-        """A bound session's status fields of the features (QoS, counters, NAT)."""
+        """A bound session's status fields of the features (QoS, counters, NAT, RADIUS)."""
         out: dict[str, Any] = {}
         if self.qos is not None:
             out |= self.qos.status(lease)
         if self.nat is not None:
             out |= self.nat.status(lease)
+        if self.radius is not None:
+            out |= self.radius.status_of(lease.identity)
         return out
 
     @property

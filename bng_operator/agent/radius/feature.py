@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pyrad.packet import AccessAccept
@@ -590,8 +591,11 @@ class RadiusFeature:
         st = self.sessions.get(key)
         if st is None:
             return {}
-        return {"acctSessionId": st.acct_session_id,
-                "lastAccounting": st.last_accounting or None}
+        out: dict[str, object] = {"acctSessionId": st.acct_session_id}
+        if st.last_accounting:
+            out["lastAccounting"] = datetime.fromtimestamp(
+                st.last_accounting, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"radius": out}
 
     # --- status -----------------------------------------------------------------------------
 

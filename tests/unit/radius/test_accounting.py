@@ -216,6 +216,8 @@ def test_start_interims_and_stop_with_the_counters(tmp_path: Path) -> None:
         aid = f.sessions[s.key].acct_session_id
         await _until(lambda: len(acct.got) >= 3)  # Start and two Interims
         traffic["up"] += 100
+        shown = f.status_of(s.key)["radius"]
+        assert shown["acctSessionId"] == aid and "lastAccounting" in shown  # type: ignore[index]
         s.end_reason = EndReason.RELEASED
         f.on_ended(s)
         await _until(lambda: _one(acct.got[-1], "Acct-Status-Type") == "Stop")
