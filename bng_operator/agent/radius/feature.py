@@ -120,6 +120,7 @@ class RadiusFeature:
     _interims: dict[str, asyncio.TimerHandle] = field(default_factory=dict, init=False)
     _acct: dict[str, list[tuple[Server, bytes]]] = field(default_factory=dict, init=False)
     _outage_logged: bool = field(default=False, init=False)
+    _queued_interims: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.client = RadiusClient(self.metrics, self.clock)
@@ -135,6 +136,7 @@ class RadiusFeature:
         self.store = RadiusStore(self.state_path)
         self.queue = deque(self.store.load_queue())
         self._seq = self.queue[-1].seq if self.queue else 0
+        self._queued_interims = sum(1 for r in self.queue if r.status == INTERIM)
         self.metrics.radius_acct_queue_depth.set(len(self.queue))
         self.read_secrets()
         self._servers()
@@ -469,18 +471,16 @@ class RadiusFeature:
         self._seq += 1
         r = AcctRecord(self._seq, status, cls_name, now, st.acct_session_id, attrs)
         self.metrics.radius_acct_queued.labels(status).inc()
-        interims = sum(1 for q in self.queue if q.status == INTERIM)
-        what = overflow(len(self.queue), self.acct_limit, status, interims)
+        what = overflow(len(self.queue), self.acct_limit, status, self._queued_interims)
         if what == "drop_new":
             self._dropped(r)
             return
         if what == "drop_oldest_interim":
             old = next(q for q in self.queue if q.status == INTERIM)
-            self.queue.remove(old)
-            if self.store is not None:
-                self.store.dequeue(old.seq)
+            self._forget(old)
             self._dropped(old)
         self.queue.append(r)
+        self._queued_interims += r.status == INTERIM
         if self.store is not None:
             self.store.enqueue(r, key, st if status != STOP else None)
         self.metrics.radius_acct_queue_depth.set(len(self.queue))
@@ -525,6 +525,19 @@ class RadiusFeature:
             self._sender = asyncio.get_running_loop().create_task(self._send_all())
 
     async def _send_all(self) -> None:
+        """Send the queue (``_send_queue``); a failure of its own is logged, and it goes on
+        after a pause: the queue must never stall."""
+        while True:
+            try:
+                await self._send_queue()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("RADIUS accounting: the sender failed; it goes on in %g s",
+                              ACCT_RETRY_MAX)
+                await asyncio.sleep(ACCT_RETRY_MAX)
+
+    async def _send_queue(self) -> None:
         """Send the queue, oldest first, one record at a time: a record is sent again (to
         each live server in turn) until a server acknowledges it; the next waits."""
         assert self._wake is not None
@@ -571,7 +584,11 @@ class RadiusFeature:
 
     def _forget(self, r: AcctRecord) -> None:
         with contextlib.suppress(ValueError):  # dropped by an overflow meanwhile
-            self.queue.remove(r)
+            if self.queue and self.queue[0] is r:
+                self.queue.popleft()
+            else:
+                self.queue.remove(r)
+            self._queued_interims -= r.status == INTERIM
             if self.store is not None:
                 self.store.dequeue(r.seq)
         self.metrics.radius_acct_queue_depth.set(len(self.queue))

@@ -326,3 +326,32 @@ def test_a_full_queue_keeps_starts_and_stops_and_counts_what_it_drops(tmp_path: 
         f.close()
 
     asyncio.run(run())
+
+
+def test_a_session_that_ended_while_the_agent_was_away_gets_its_stop(tmp_path: Path) -> None:
+    async def run() -> None:
+        acct = await acct_server()
+        auth = await serve(accept({"Acct-Interim-Interval": 1}))
+        cfg = acct_config(auth.port, acct.port)
+        f = acct_feature(cfg, tmp_path, lambda a: Usage(3 * G, 2, 5, 4))
+        f.restore({}, lambda key: None)
+        s = await _bound(f)
+        await _until(lambda: [_one(p, "Acct-Status-Type") for p in acct.got]
+                     == ["Start", INTERIM])
+        assert f.store is not None
+        f.store.flush()
+        f.close()
+
+        g = acct_feature(cfg, tmp_path, lambda a: None)
+        g.restore({}, lambda key: None)  # its lease expired meanwhile
+        await _until(lambda: len(acct.got) == 3)
+        stop = acct.got[-1]
+        assert _one(stop, "Acct-Status-Type") == "Stop"
+        assert _one(stop, "Acct-Terminate-Cause") == "Lost-Carrier"
+        assert _one(stop, "Acct-Session-Id") == _one(acct.got[0], "Acct-Session-Id")
+        assert _octets(stop, "Input") == 3 * G  # the last record's counters
+        assert _one(stop, "Calling-Station-Id") == s.identity.mac
+        assert g.sessions == {} and g.store is not None and g.store.load() == {}
+        g.close()
+
+    asyncio.run(run())
