@@ -355,3 +355,20 @@ def test_a_session_that_ended_while_the_agent_was_away_gets_its_stop(tmp_path: P
         g.close()
 
     asyncio.run(run())
+
+
+def test_a_queued_record_and_the_session_state_round_trip_through_json() -> None:
+    from bng_operator.agent.radius.store import AcctRecord, RadiusSession
+
+    r = AcctRecord(7, STOP, "residential", 1700000000.25, "00AB",
+                   [("Acct-Status-Type", STOP), ("Class", b"\x00gold\xff"),
+                    ("Acct-Input-Gigawords", 5), ("Acct-Terminate-Cause", "Lost-Carrier")])
+    back = AcctRecord.from_json(7, r.to_json())
+    assert back == r
+    st = RadiusSession("00AB", "u", classes=(b"gold",), start_queued=True,
+                       carried=(1, 2, 3, 4), last_usage=(5, 6, 7, 8),
+                       identity={"mac": "02:00:00:00:00:01", "circuit_id": "", "remote_id": ""})
+    assert RadiusSession.from_json(st.to_json()) == st
+    # state written before accounting existed reads with its defaults
+    old = RadiusSession.from_json('{"acct_session_id": "00AB", "user_name": "u"}')
+    assert not old.start_queued and old.carried == (0, 0, 0, 0)
