@@ -152,7 +152,7 @@ class AgentMetrics:
             "Access-Requests a server left unanswered after every retransmission.", ["server"],
             registry=r)
         self.radius_rtt = Histogram(
-            "bng_radius_rtt_seconds", "Round-trip time of answered Access-Requests.",
+            "bng_radius_rtt_seconds", "Round-trip time of answered requests (Access, Accounting).",
             ["server"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
         self.radius_server_up = Gauge(
