@@ -82,6 +82,13 @@ modules {{
     always ok {{
         rcode = ok
     }}
+    detail {{
+        filename = {dir}/acct/detail
+        escape_filenames = no
+        permissions = 0644
+        header = "%t"
+        locking = no
+    }}
 }}
 server default {{
     listen {{
@@ -89,6 +96,7 @@ server default {{
         ipaddr = {address}
         port = {port}
     }}
+{acct}
     authorize {{
         files
         pap
@@ -112,10 +120,26 @@ server default {{
 """
 
 
+ACCT = """\
+    listen {{
+        type = acct
+        ipaddr = {address}
+        port = {port}
+    }}
+    accounting {{
+        detail
+    }}
+"""
+
+
 class FreeRadius:
     def __init__(self, port: int, users: str, namespace: str | None = None,
-                 address: str = "127.0.0.1", secret: str = SECRET) -> None:
+                 address: str = "127.0.0.1", secret: str = SECRET,
+                 acct_port: int | None = None) -> None:
+        """``acct_port``: also an accounting listener, whose records go to the detail file
+        (``detail()``)."""
         self.port, self.users, self.namespace = port, users, namespace
+        self.acct_port = acct_port
         self.address, self.secret = address, secret
         # Readable by the unprivileged server: its own directory, not a test's 0700 tmp.
         self.dir = Path(tempfile.mkdtemp(prefix="bng-freeradius-"))
@@ -127,7 +151,9 @@ class FreeRadius:
     def write(self) -> None:
         d = self.dir
         (d / "radiusd.conf").write_text(RADIUSD_CONF.format(
-            dir=d, address=self.address, port=self.port, secret=self.secret))
+            dir=d, address=self.address, port=self.port, secret=self.secret,
+            acct=ACCT.format(address=self.address, port=self.acct_port)
+            if self.acct_port else ""))
         (d / "dictionary").write_text("$INCLUDE /usr/share/freeradius/dictionary\n")
         (d / "users").write_text(self.users)
         (d / "acct").mkdir(exist_ok=True)
@@ -179,6 +205,24 @@ class FreeRadius:
     def log(self) -> str:
         p = self.dir / "radius.log"
         return p.read_text(errors="replace") if p.exists() else ""
+
+    def detail(self) -> list[dict[str, str]]:
+        """The accounting records the server acknowledged, in the order it wrote them
+        (its detail file): attribute name -> value as FreeRADIUS prints it (strings
+        unquoted)."""
+        p = self.dir / "acct" / "detail"
+        if not p.exists():
+            return []
+        out = []
+        for block in p.read_text(errors="replace").split("\n\n"):
+            rec: dict[str, str] = {}
+            for line in block.splitlines():
+                if line.startswith("\t") and " = " in line:
+                    k, v = line.strip().split(" = ", 1)
+                    rec[k] = v.strip('"')
+            if rec:
+                out.append(rec)
+        return out
 
     def log_lines(self, *words: str) -> list[str]:
         """Lines of the server's log (auth = yes: one per Access-Request answered) that

@@ -91,7 +91,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
                              qos=not args.no_qos and not args.no_fast_path,
                              nat=not args.no_nat,
                              namespace=args.namespace, report=report,
-                             fast_path_authority=authority, secrets_dir=args.secrets_dir)
+                             fast_path_authority=authority, secrets_dir=args.secrets_dir,
+                             radius_acct_queue=args.radius_acct_queue)
     return asyncio.run(run_agent(settings, source))
 
 
@@ -251,6 +252,10 @@ def parser() -> argparse.ArgumentParser:
                    help="standalone mode: RADIUS secrets, as <name>/<key> files (the layout of "
                         "a mounted Secret; default: %(default)s). Kubernetes mode reads the "
                         "Secrets of --namespace")
+    a.add_argument("--radius-acct-queue", type=int, default=100_000, metavar="RECORDS",
+                   help="RADIUS accounting records kept (on disk) until a server acknowledges "
+                        "them; when full, Interim-Updates are dropped first, counted in "
+                        "bng_radius_acct_dropped_total (default: %(default)s)")
     a.add_argument("--metrics-host", default="0.0.0.0")
     a.add_argument("--metrics-port", type=int, default=9641,
                    help="/metrics, /healthz, /readyz (default: %(default)s)")

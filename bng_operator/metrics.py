@@ -152,7 +152,7 @@ class AgentMetrics:
             "Access-Requests a server left unanswered after every retransmission.", ["server"],
             registry=r)
         self.radius_rtt = Histogram(
-            "bng_radius_rtt_seconds", "Round-trip time of answered Access-Requests.",
+            "bng_radius_rtt_seconds", "Round-trip time of answered requests (Access, Accounting).",
             ["server"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
         self.radius_server_up = Gauge(
@@ -173,6 +173,33 @@ class AgentMetrics:
         self.radius_unknown_attributes = Counter(
             "bng_radius_unknown_attributes_total",
             "Attributes of an Access-Accept that bng does not honour (ignored).", registry=r)
+        # RADIUS accounting (agent/radius/feature.py): per accounting server, and the queue.
+        self.radius_acct_requests = Counter(
+            "bng_radius_acct_requests_total",
+            "Accounting-Requests sent to a server (retransmissions not counted).", ["server"],
+            registry=r)
+        self.radius_acct_retransmits = Counter(
+            "bng_radius_acct_retransmits_total",
+            "Accounting-Requests sent again after a timeout.", ["server"], registry=r)
+        self.radius_acct_responses = Counter(
+            "bng_radius_acct_responses_total",
+            "Accounting-Responses (acknowledgements, verified) from a server.", ["server"],
+            registry=r)
+        self.radius_acct_timeouts = Counter(
+            "bng_radius_acct_timeouts_total",
+            "Accounting-Requests a server left unanswered after every retransmission.",
+            ["server"], registry=r)
+        self.radius_acct_queued = Counter(
+            "bng_radius_acct_records_total",
+            "Accounting records queued, by Acct-Status-Type.", ["type"], registry=r)
+        self.radius_acct_queue_depth = Gauge(
+            "bng_radius_acct_queue_depth",
+            "Accounting records waiting for a server's acknowledgement (on disk).", registry=r)
+        self.radius_acct_dropped = Counter(
+            "bng_radius_acct_dropped_total",
+            "Accounting records dropped unsent, by Acct-Status-Type and reason: overflow (the "
+            "queue was full; Interim-Updates go first), no_class (their class has no RADIUS "
+            "servers any more).", ["type", "reason"], registry=r)
         self._kernel: dict[str, int] = {}
         # Run before each scrape: readings that must be current when scraped, into counters.
         self.before_scrape: list[Callable[[], None]] = []

@@ -34,6 +34,7 @@ from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.lock import Locks
 from bng_operator.agent.nat.feature import NatFeature, nat_programs
 from bng_operator.agent.qos.feature import QosFeature, shaping_programs
+from bng_operator.agent.radius.accounting import Usage
 from bng_operator.agent.radius.feature import RadiusFeature
 from bng_operator.agent.radius.secrets import FileSecrets, KubeSecrets, Secrets
 from bng_operator.agent.report.feature import KubeReporting, NodeView
@@ -69,6 +70,7 @@ class AgentSettings:
     report: ReportSettings = field(default_factory=ReportSettings)
     status_interval: float = 1.0  # BNGNode status: at most one write this often, if changed
     secrets_dir: Path = Path("/etc/bng/secrets")  # standalone: RADIUS secrets, <name>/<key>
+    radius_acct_queue: int = 100_000  # accounting records kept until acknowledged
 
 
 @dataclass
@@ -131,7 +133,8 @@ class Agent:
                 m, self.config, self._secrets(), st.state_dir / f"radius-{st.node}.sqlite",
                 override=lambda lease, rates: self.qos.override(lease, rates)
                 if self.qos is not None else None,
-                changed=lambda: setattr(self.health, "dirty", True), end=self._end_session)
+                changed=lambda: setattr(self.health, "dirty", True), end=self._end_session,
+                usage=self._usage, acct_limit=st.radius_acct_queue)
             await loop.run_in_executor(None, radius.start)
             self.authoriser = radius
         self.packets = PacketPath(server, store, sessions, m, h, commits, self.authoriser)
@@ -159,11 +162,12 @@ class Agent:
                                   changed=lambda: setattr(self.health, "dirty", True),
                                   granted=self._granted)
             m.watch_nat(self.nat.reading)
-        if self.radius is not None:  # before shaping warms: the rates RADIUS gave
-            self.radius.restore(server.sessions,
-                                lambda key: server.by_identity.get(key))
         server.expire()
         server.take_events()  # ended before anyone followed them: the store has them
+        if self.radius is not None:  # before shaping warms: the rates RADIUS gave; after
+            # the expiry: sessions that ended while the agent was away get their Stop
+            self.radius.restore(server.sessions,
+                                lambda key: server.by_identity.get(key))
         await store.commit()
         if self.fast_path is not None:
             self.fast_path.warm()
@@ -281,6 +285,14 @@ class Agent:
         self.sessions.publish(self.server.take_events())
         return True
 
+    def _usage(self, address: int) -> Usage | None:
+        """A session's traffic from shaping's per-session counters (None: not loaded)."""
+        qos = self.qos
+        if qos is None or qos.path is None:
+            return None
+        c = qos.path.counters(address)
+        return Usage(c.bytes_up, c.packets_up, c.bytes_down, c.packets_down)
+
     def _secrets(self) -> Secrets:
         if isinstance(self.source, KubeSource):
             return KubeSecrets(self.source.api, self.settings.namespace)
@@ -317,12 +329,14 @@ class Agent:
                              st.report.accounting_interval, st.status_interval)
 
     def _status_of(self, lease: Lease) -> dict[str, Any]:
-        """A bound session's status fields of the features (QoS, counters, NAT)."""
+        """A bound session's status fields of the features (QoS, counters, NAT, RADIUS)."""
         out: dict[str, Any] = {}
         if self.qos is not None:
             out |= self.qos.status(lease)
         if self.nat is not None:
             out |= self.nat.status(lease)
+        if self.radius is not None:
+            out |= self.radius.status_of(lease.identity)
         return out
 
     @property

@@ -55,7 +55,7 @@ class RadiusServer(Model):
     address: IPv4 = Field(description="The server's IPv4 address.")
     auth_port: int = Field(default=1812, ge=1, le=65535)
     acct_port: int = Field(default=1813, ge=1, le=65535,
-                           description="Accounting (not sent yet: authentication only).")
+                           description="Accounting-Requests go to this port.")
     timeout: Duration("1s", "60s") = Field(  # type: ignore[valid-type]
         default="3s", description="How long one try waits for the reply.")
     retries: int = Field(default=2, ge=0, le=10,
@@ -99,3 +99,7 @@ class RadiusAuth(Model):
                     "dead, and skipped for deadTime.")
     dead_time: Duration("1s", "1h") = Field(  # type: ignore[valid-type]
         default="60s", description="How long a dead server is skipped.")
+    interim_interval: Duration("0s", "24h") = Field(  # type: ignore[valid-type]
+        default="0s",
+        description="Seconds between a session's accounting Interim-Updates when its "
+                    "Access-Accept carries no Acct-Interim-Interval; 0s: none.")

@@ -60,6 +60,14 @@ class Counters(Model):
     tx_packets: int = Field(default=0, ge=0)
 
 
+class RadiusSessionStatus(Model):
+    """The session's RADIUS accounting: its Acct-Session-Id, and when its last accounting
+    record (Start, Interim-Update) was made (queued; sent when a server answers)."""
+
+    acct_session_id: str | None = None
+    last_accounting: datetime | None = None
+
+
 class SubscriberStatus(Model):
     state: State | None = None
     address: IPv4 | None = None
@@ -71,6 +79,7 @@ class SubscriberStatus(Model):
     qos: QoSStatus | None = None
     nat: NATBlock | None = None
     counters: Counters | None = None
+    radius: RadiusSessionStatus | None = None
     conditions: Conditions
 
 

@@ -12,8 +12,8 @@ picks a class, and each class shows one behaviour:
     s4 rad-refuse-4    no server answers, fallback refuse: no lease
     s5 rad-slow-5      its server never answers, slowly: while it waits, s0 renews through
                        the fast path
-    s6 rad-ok-6        Session-Timeout 4: the session ends, and its next request is
-                       authorised anew
+    s6 rad-ok-6        Session-Timeout 4: the session ends (its accounting Stop says
+                       Session-Timeout), and its next request is authorised anew
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ DEFAULT Auth-Type := Reject
 
 def _class(name: str, priority: int, servers: list[int], fallback: str = "refuse",
            timeout: str = "1s") -> str:
-    listed = ", ".join(f"{{address: 127.0.0.1, authPort: {p}, timeout: {timeout}, retries: 0, "
-                       f"secret: {{name: radius}}}}" for p in servers)
+    listed = ", ".join(f"{{address: 127.0.0.1, authPort: {p}, acctPort: {p + 1}, "
+                       f"timeout: {timeout}, retries: 0, secret: {{name: radius}}}}"
+                       for p in servers)
     return f"""
 apiVersion: bng.dev/v1alpha1
 kind: SubscriberClass
@@ -104,7 +105,7 @@ def radius_site(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[
     secrets = tmp_path / "secrets" / "radius"
     secrets.mkdir(parents=True)
     (secrets / "secret").write_text(SECRET + "\n")
-    fr = FreeRadius(PORT, USERS, namespace=site.bng).start()
+    fr = FreeRadius(PORT, USERS, namespace=site.bng, acct_port=PORT + 1).start()
     try:
         site.start_agent("--secrets-dir", str(tmp_path / "secrets"))
         yield site, fr
@@ -204,6 +205,19 @@ def test_a_session_timeout_ends_the_session_and_the_next_request_asks_again(
         "bng_radius_session_timeouts_total", 0) >= 1, timeout=15)
     assert site.metrics().get('bng_sessions_ended_total{reason="disconnected"}', 0) >= 1
     assert len(fr.log_lines("Login OK", subscriber_mac(6))) == 1
+    # its accounting: a Start, and a Stop that says why it ended
+    def records() -> list[dict[str, str]]:
+        return [r for r in fr.detail() if r.get("Calling-Station-Id") == subscriber_mac(6)]
+
+    wait("the session's Stop", lambda: [r["Acct-Status-Type"] for r in records()] ==
+         ["Start", "Stop"])
+    start, stop = records()
+    assert stop["Acct-Terminate-Cause"] == "Session-Timeout"
+    assert stop["Acct-Session-Id"] == start["Acct-Session-Id"]
+    assert 3 <= int(stop["Acct-Session-Time"]) <= 8
     again = clients.dhclient(site.subscribers[6], "eth0", tmp_path)
     assert again.address == first.address
     assert len(fr.log_lines("Login OK", subscriber_mac(6))) == 2
+    wait("the new session's Start", lambda: len(records()) == 3)
+    assert records()[2]["Acct-Status-Type"] == "Start"
+    assert records()[2]["Acct-Session-Id"] != start["Acct-Session-Id"]  # a new session

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import cast
 
 from pyrad.dictionary import Dictionary
-from pyrad.packet import AccessAccept, AccessRequest, AuthPacket, Packet, PacketError
+from pyrad.packet import (
+    AccessAccept,
+    AccessRequest,
+    AccountingRequest,
+    AcctPacket,
+    AuthPacket,
+    Packet,
+    PacketError,
+)
 
 from bng_operator.metrics import AgentMetrics
 
@@ -108,7 +116,9 @@ class _Endpoint(asyncio.DatagramProtocol):
             log.warning("RADIUS server %s: undecodable reply: %s", self._key, e)
             self._invalid(self._key)
             return
-        if not request.VerifyReply(reply, data, enforce_ma=True):
+        # Access-Requests' replies must carry a Message-Authenticator (BlastRADIUS); an
+        # Accounting-Response is verified by its Response Authenticator (RFC 2866).
+        if not request.VerifyReply(reply, data, enforce_ma=request.code == AccessRequest):
             log.warning("RADIUS server %s: a reply failed verification (wrong secret, or no "
                         "valid Message-Authenticator); dropped", self._key)
             self._invalid(self._key)
@@ -182,8 +192,26 @@ class RadiusClient:
                 return Answer(reply, s.key, tuple(tried))
         return Answer(None, "", tuple(tried))
 
+    async def accounting_request(self, servers: Sequence[tuple[Server, bytes]],
+                                 attributes: Callable[[str], list[tuple[str, object]]],
+                                 ) -> Answer:
+        """An Accounting-Request, to each live accounting server in turn until one
+        acknowledges it (an Accounting-Response). ``attributes(nas_ip)`` is called for each
+        server (NAS-IP-Address, and an Acct-Delay-Time up to date)."""
+        tried: list[str] = []
+        for s, secret in servers:
+            if not s.alive(self.clock()):
+                continue
+            tried.append(s.key)
+            reply = await self._ask(s, secret, attributes, accounting=True)
+            if reply is not None:
+                return Answer(reply, s.key, tuple(tried))
+        return Answer(None, "", tuple(tried))
+
     async def _ask(self, s: Server, secret: bytes,
-                   attributes: Callable[[str], list[tuple[str, str | int]]]) -> Packet | None:
+                   attributes: Callable[[str], list[tuple[str, str | int]]]
+                   | Callable[[str], list[tuple[str, object]]],
+                   accounting: bool = False) -> Packet | None:
         m = self.metrics
         try:
             ep = await self._endpoint(s)
@@ -193,19 +221,27 @@ class RadiusClient:
             self._timed_out(s)
             return None
         async with ep.slots:
-            pkt = AuthPacket(code=AccessRequest, id=ep.take_id(), secret=secret,
-                             dict=self.dictionary)
-            for name, value in attributes(ep.local_address):
-                pkt[name] = pkt.PwCrypt(str(value)) if name == "User-Password" else value
-            pkt.add_message_authenticator()
+            pkt: Packet
+            if accounting:
+                pkt = AcctPacket(code=AccountingRequest, id=ep.take_id(), secret=secret,
+                                 dict=self.dictionary)
+                for name, value in attributes(ep.local_address):
+                    pkt.AddAttribute(name, value)
+            else:
+                pkt = AuthPacket(code=AccessRequest, id=ep.take_id(), secret=secret,
+                                 dict=self.dictionary)
+                for name, value in attributes(ep.local_address):
+                    pkt[name] = pkt.PwCrypt(str(value)) if name == "User-Password" else value
+                pkt.add_message_authenticator()
             raw = pkt.RequestPacket()
             fut: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()
             ep.pending[pkt.id] = (pkt, fut)
-            m.radius_requests.labels(s.key).inc()
+            (m.radius_acct_requests if accounting else m.radius_requests).labels(s.key).inc()
             try:
                 for attempt in range(s.retries + 1):
                     if attempt:
-                        m.radius_retransmits.labels(s.key).inc()
+                        (m.radius_acct_retransmits if accounting
+                         else m.radius_retransmits).labels(s.key).inc()
                     t0 = time.perf_counter()
                     assert ep.transport is not None
                     ep.transport.sendto(raw)
@@ -214,15 +250,20 @@ class RadiusClient:
                     except TimeoutError:
                         continue
                     m.radius_rtt.labels(s.key).observe(time.perf_counter() - t0)
-                    m.radius_replies.labels(
-                        s.key, "accept" if reply.code == AccessAccept else "reject").inc()
+                    if accounting:
+                        m.radius_acct_responses.labels(s.key).inc()
+                    else:
+                        m.radius_replies.labels(
+                            s.key, "accept" if reply.code == AccessAccept else "reject").inc()
                     self._answered(s)
                     return reply
             finally:
                 ep.pending.pop(pkt.id, None)
                 fut.cancel()
         s.last_error = f"no answer in {s.retries + 1} x {s.timeout:g} s"
-        self._timed_out(s)
+        if accounting:
+            m.radius_acct_timeouts.labels(s.key).inc()
+        self._timed_out(s, counted=not accounting)
         return None
 
     def _answered(self, s: Server) -> None:
@@ -231,8 +272,9 @@ class RadiusClient:
         s.timeouts_in_row, s.dead_until, s.last_error = 0, 0.0, ""
         self.metrics.radius_server_up.labels(s.key).set(1)
 
-    def _timed_out(self, s: Server) -> None:
-        self.metrics.radius_timeouts.labels(s.key).inc()
+    def _timed_out(self, s: Server, counted: bool = True) -> None:
+        if counted:
+            self.metrics.radius_timeouts.labels(s.key).inc()
         s.timeouts_in_row += 1
         if s.timeouts_in_row >= s.dead_after:
             s.dead_until = self.clock() + s.dead_time

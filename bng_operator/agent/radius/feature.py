@@ -14,21 +14,40 @@ are answered meanwhile) for an Access-Request to the class's servers:
   refuse; logged, counted, and shown in the BNGNode status.
 
 A session is authorised once: renewals (mostly answered in XDP) never ask again.
+
+Accounting (RFC 2866): a Start when a session is bound, an Interim-Update every
+Acct-Interim-Interval (the Accept's, else the class's ``interimInterval``), a Stop when it
+ends. Records go to a durable queue (a table of the state file) and are sent one at a
+time, oldest first, to the class's servers (their acctPort; failover and dead servers as
+for authentication) until one acknowledges; an outage keeps them queued, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pyrad.packet import AccessAccept
 
 from bng_operator.agent.config import ClassConfig, NodeConfig, ShapingRates
 from bng_operator.agent.dhcp.leases import Lease
+from bng_operator.agent.radius.accounting import (
+    INTERIM,
+    START,
+    STOP,
+    Usage,
+    acct_attributes,
+    delay_time,
+    overflow,
+    terminate_cause,
+)
 from bng_operator.agent.radius.attributes import (
     Authorisation,
     MissingField,
@@ -38,9 +57,20 @@ from bng_operator.agent.radius.attributes import (
 )
 from bng_operator.agent.radius.client import Answer, RadiusClient, Server
 from bng_operator.agent.radius.secrets import SecretError, Secrets
-from bng_operator.agent.radius.store import RadiusSession, RadiusStore, new_acct_session_id
+from bng_operator.agent.radius.store import (
+    AcctRecord,
+    RadiusSession,
+    RadiusStore,
+    new_acct_session_id,
+)
 from bng_operator.agent.sessions.authorise import Verdict
-from bng_operator.agent.sessions.session import Change, Grant, Session
+from bng_operator.agent.sessions.session import (
+    Change,
+    EndReason,
+    Grant,
+    Identity,
+    Session,
+)
 from bng_operator.api.bngnode import RadiusServerStatus
 from bng_operator.api.common import parse_duration
 from bng_operator.api.radius import RadiusAuth, SecretRef
@@ -51,6 +81,7 @@ NAME = "radius"
 PRUNE_EVERY = 60.0  # seconds between sweeps of ended hold-downs
 FALLBACK_LOG_EVERY = 10.0  # a fallback is logged at most this often per class (all counted)
 FALLBACK_SHOWN = 300.0  # seconds a fallback keeps the BNGNode Degraded
+ACCT_RETRY_MIN, ACCT_RETRY_MAX = 1.0, 10.0  # seconds between tries while no server acks
 
 
 @dataclass
@@ -65,6 +96,10 @@ class RadiusFeature:
     # Ends a bound session by its key (Session-Timeout); False: it is not bound any more
     end: Callable[[str], bool] = lambda key: False
     clock: Callable[[], float] = time.monotonic
+    # a session's traffic by its address (shaping's per-session counters); None: unknown
+    usage: Callable[[int], Usage | None] = lambda address: None
+    acct_limit: int = 100_000  # accounting records queued at most
+    wall: Callable[[], float] = time.time
     name: str = NAME
     client: RadiusClient = field(init=False)
     store: RadiusStore | None = field(default=None, init=False)
@@ -77,6 +112,15 @@ class RadiusFeature:
     fallbacks: int = field(default=0, init=False)  # sessions decided by the fallback
     last_fallback: str = field(default="", init=False)
     last_fallback_at: float = field(default=-1e18, init=False)
+    queue: deque[AcctRecord] = field(default_factory=deque, init=False)
+    _seq: int = field(default=0, init=False)
+    _wake: asyncio.Event | None = field(default=None, init=False)
+    _sender: asyncio.Task[None] | None = field(default=None, init=False)
+    _bound: dict[str, Session] = field(default_factory=dict, init=False)  # accounted, by key
+    _interims: dict[str, asyncio.TimerHandle] = field(default_factory=dict, init=False)
+    _acct: dict[str, list[tuple[Server, bytes]]] = field(default_factory=dict, init=False)
+    _outage_logged: bool = field(default=False, init=False)
+    _queued_interims: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.client = RadiusClient(self.metrics, self.clock)
@@ -90,6 +134,10 @@ class RadiusFeature:
     def start(self) -> None:
         """Open the state store (blocking: before serving) and read the secrets."""
         self.store = RadiusStore(self.state_path)
+        self.queue = deque(self.store.load_queue())
+        self._seq = self.queue[-1].seq if self.queue else 0
+        self._queued_interims = sum(1 for r in self.queue if r.status == INTERIM)
+        self.metrics.radius_acct_queue_depth.set(len(self.queue))
         self.read_secrets()
         self._servers()
 
@@ -129,25 +177,33 @@ class RadiusFeature:
             auth = self._auth(c)
             if auth is None:
                 continue
-            servers = []
+            servers: list[tuple[Server, bytes]] = []
+            acct: list[tuple[Server, bytes]] = []
             for srv in auth.servers:
-                s = self.client.server(srv.address, srv.auth_port,
-                                       float(parse_duration(srv.timeout)), srv.retries,
-                                       auth.dead_after, float(parse_duration(auth.dead_time)))
-                keep.add(s.key)
                 secret = self._secrets.get(srv.secret)
-                if isinstance(secret, bytes):
-                    servers.append((s, secret))
-                else:
-                    s.last_error = secret or "secret not read yet"
+                for port, where in ((srv.auth_port, servers), (srv.acct_port, acct)):
+                    s = self.client.server(srv.address, port,
+                                           float(parse_duration(srv.timeout)), srv.retries,
+                                           auth.dead_after,
+                                           float(parse_duration(auth.dead_time)))
+                    keep.add(s.key)
+                    if isinstance(secret, bytes):
+                        where.append((s, secret))
+                    else:
+                        s.last_error = secret or "secret not read yet"
             out.append((c, servers))
+            self._acct[c.name] = acct
+        self._acct = {k: v for k, v in self._acct.items() if k in {c.name for c, _ in out}}
         self.client.forget(keep)
         return out
 
     def close(self) -> None:
-        for timer in self._timers.values():
+        for timer in [*self._timers.values(), *self._interims.values()]:
             timer.cancel()
         self._timers.clear()
+        self._interims.clear()
+        if self._sender is not None:
+            self._sender.cancel()
         self.client.close()
         if self.store is not None:
             self.store.close()
@@ -158,19 +214,32 @@ class RadiusFeature:
         granted them (their Acct-Session-Id, address, pool and rates); state of sessions
         that ended meanwhile is dropped."""
         assert self.store is not None
+        self._start_sender()
         kept = 0
         for key, st in self.store.load().items():
             s, lease = sessions.get(key), bound(key)
             if s is None or lease is None:
+                # ended while the agent was away (its lease ran out): its Stop, with the
+                # counters of its last record
+                if st.start_queued:
+                    self._record(STOP, key, st, None, st.bound_address,
+                                 Usage(*st.last_usage), terminate_cause(EndReason.EXPIRED))
                 self.store.delete(key)
                 continue
             self._attach(s, st)
             if st.rates is not None:
                 self.override(lease, st.rates)
             self._arm(key, st)
+            self._bound[key] = s
+            if not st.start_queued:  # bound before its state said so (or before accounting)
+                self._start(s, st, lease)
+            self._arm_interim(key, st)
             kept += 1
         if kept:
             log.info("RADIUS: %d sessions' state restored", kept)
+        if self.queue:
+            log.info("RADIUS accounting: %d records queued from before the restart",
+                     len(self.queue))
 
     # --- the authoriser ---------------------------------------------------------------------
 
@@ -291,23 +360,39 @@ class RadiusFeature:
         st = self.sessions.get(s.key)
         if st is None or s.lease is None:
             return
-        if self.store is not None:
+        self._bound[s.key] = s
+        if not st.start_queued:
+            self._start(s, st)  # writes the state with the Start, in one transaction
+        elif self.store is not None:
             self.store.put(s.key, st)
         if st.rates is not None:
             self.override(s.lease, st.rates)
         self._arm(s.key, st)
+        self._arm_interim(s.key, st)
 
     def on_changed(self, s: Session, what: Change, before: Lease | None) -> None:
         st = self.sessions.get(s.key)
+        if st is not None and before is not None and what == Change.ADDRESS:
+            # the counters are per address: the old address's traffic is carried over
+            u = self.usage(before.address)
+            if u is not None:
+                st.carried = tuple(a + b for a, b in zip(  # type: ignore[assignment]
+                    st.carried, (u.bytes_up, u.packets_up, u.bytes_down, u.packets_down),
+                    strict=True))
         if st is not None and st.rates is not None and s.lease is not None \
                 and what == Change.ADDRESS:
             self.override(s.lease, st.rates)  # shaping forgot the old address's
 
     def on_ended(self, s: Session) -> None:
         st = self.sessions.pop(s.key, None)
-        timer = self._timers.pop(s.key, None)
-        if timer is not None:
-            timer.cancel()
+        self._bound.pop(s.key, None)
+        for timers in (self._timers, self._interims):
+            timer = timers.pop(s.key, None)
+            if timer is not None:
+                timer.cancel()
+        if st is not None and st.start_queued and s.lease is not None:
+            self._record(STOP, s.key, st, s, s.lease.address, self._usage(st, s.lease.address),
+                         terminate_cause(s.end_reason, st.session_timed_out))
         if st is not None and self.store is not None:
             self.store.delete(s.key)
 
@@ -327,11 +412,207 @@ class RadiusFeature:
         st = self.sessions.get(key)
         if st is None or st.acct_session_id != acct_session_id:
             return
+        st.session_timed_out = True  # its Stop says Session-Timeout
         if self.end(key):
             self.metrics.radius_session_timeouts.inc()
             log.info("RADIUS: session %s (Acct-Session-Id %s) reached its Session-Timeout of "
                      "%d s and ended; its next request is authorised anew", key,
                      acct_session_id, st.session_timeout)
+
+    # --- accounting -------------------------------------------------------------------------
+
+    def _usage(self, st: RadiusSession, address: int) -> Usage:
+        """The session's traffic so far: its address's counters plus what earlier addresses
+        carried, never less than its last record said (counters not loaded yet, after a
+        restart, read as zero)."""
+        u = self.usage(address) if address else None
+        now = Usage(*st.carried) + u if u is not None else Usage(*st.carried)
+        last = Usage(*st.last_usage)
+        return Usage(max(now.bytes_up, last.bytes_up), max(now.packets_up, last.packets_up),
+                     max(now.bytes_down, last.bytes_down),
+                     max(now.packets_down, last.packets_down))
+
+    def _start(self, s: Session, st: RadiusSession, lease: Lease | None = None) -> None:
+        lease = lease or s.lease
+        st.started_at = self.wall()
+        st.start_queued = True
+        self._record(START, s.key, st, s, lease.address if lease else st.address, None, "")
+
+    def _record(self, status: str, key: str, st: RadiusSession, s: Session | None,
+                address: int, usage: Usage | None, cause: str) -> None:
+        """Queue one Accounting-Request of session ``key`` (``s``: None when it ended while
+        the agent was away; its identity then comes from the Start it queued)."""
+        now = self.wall()
+        cls_name = s.subscriber_class if s is not None else st.subscriber_class
+        auth = self._auth(self._class(cls_name))
+        identity = s.identity if s is not None else (
+            Identity(st.identity["mac"], circuit_id=st.identity.get("circuit_id") or None,
+                     remote_id=st.identity.get("remote_id") or None)
+            if st.identity.get("mac") else None)
+        if auth is None or identity is None:
+            self.metrics.radius_acct_dropped.labels(status, "no_class").inc()
+            log.warning("RADIUS accounting: session %s (Acct-Session-Id %s): its class %s has "
+                        "no RADIUS servers now; its %s is not sent", key, st.acct_session_id,
+                        cls_name or "?", status)
+            return
+        address = address or st.bound_address
+        attrs = acct_attributes(
+            status, acct_session_id=st.acct_session_id, user_name=st.user_name,
+            identity=identity, auth=auth, node=self.config.node_name, address=address,
+            classes=st.classes, event_time=now, session_time=now - st.started_at,
+            usage=usage, cause=cause)
+        st.subscriber_class = cls_name
+        st.identity = {"mac": identity.mac, "circuit_id": identity.circuit_id or "",
+                       "remote_id": identity.remote_id or ""}
+        st.bound_address, st.last_accounting = address, now
+        if usage is not None:
+            st.last_usage = (usage.bytes_up, usage.packets_up, usage.bytes_down,
+                             usage.packets_down)
+        self._seq += 1
+        r = AcctRecord(self._seq, status, cls_name, now, st.acct_session_id, attrs)
+        self.metrics.radius_acct_queued.labels(status).inc()
+        what = overflow(len(self.queue), self.acct_limit, status, self._queued_interims)
+        if what == "drop_new":
+            self._dropped(r)
+            return
+        if what == "drop_oldest_interim":
+            old = next(q for q in self.queue if q.status == INTERIM)
+            self._forget(old)
+            self._dropped(old)
+        self.queue.append(r)
+        self._queued_interims += r.status == INTERIM
+        if self.store is not None:
+            self.store.enqueue(r, key, st if status != STOP else None)
+        self.metrics.radius_acct_queue_depth.set(len(self.queue))
+        if self._wake is not None:
+            self._wake.set()
+
+    def _dropped(self, r: AcctRecord) -> None:
+        self.metrics.radius_acct_dropped.labels(r.status, "overflow").inc()
+        log.error("RADIUS accounting: the queue is full (%d records, --radius-acct-queue); "
+                  "the %s of Acct-Session-Id %s is dropped (Interim-Updates go first)",
+                  self.acct_limit, r.status, r.acct_session_id)
+
+    def _interval(self, st: RadiusSession) -> float:
+        if st.interim_interval:
+            return float(st.interim_interval)
+        auth = self._auth(self._class(st.subscriber_class))
+        return float(parse_duration(auth.interim_interval)) if auth is not None else 0.0
+
+    def _arm_interim(self, key: str, st: RadiusSession) -> None:
+        s = self._bound.get(key)
+        if s is not None:
+            st.subscriber_class = s.subscriber_class
+        every = self._interval(st)
+        if every <= 0 or key in self._interims:
+            return
+        delay = max(1.0, every - (self.wall() - st.last_accounting)) \
+            if st.last_accounting else every
+        self._interims[key] = asyncio.get_running_loop().call_later(
+            min(delay, every), self._interim, key, st.acct_session_id)
+
+    def _interim(self, key: str, acct_session_id: str) -> None:
+        self._interims.pop(key, None)
+        st, s = self.sessions.get(key), self._bound.get(key)
+        if st is None or s is None or s.lease is None or st.acct_session_id != acct_session_id:
+            return
+        self._record(INTERIM, key, st, s, s.lease.address, self._usage(st, s.lease.address), "")
+        self._arm_interim(key, st)
+
+    def _start_sender(self) -> None:
+        if self._sender is None:
+            self._wake = asyncio.Event()
+            self._sender = asyncio.get_running_loop().create_task(self._send_all())
+
+    async def _send_all(self) -> None:
+        """Send the queue (``_send_queue``); a failure of its own is logged, and it goes on
+        after a pause: the queue must never stall."""
+        while True:
+            try:
+                await self._send_queue()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("RADIUS accounting: the sender failed; it goes on in %g s",
+                              ACCT_RETRY_MAX)
+                await asyncio.sleep(ACCT_RETRY_MAX)
+
+    async def _send_queue(self) -> None:
+        """Send the queue, oldest first, one record at a time: a record is sent again (to
+        each live server in turn) until a server acknowledges it; the next waits."""
+        assert self._wake is not None
+        retry = ACCT_RETRY_MIN
+        while True:
+            if not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            r = self.queue[0]
+            servers = self._acct.get(r.subscriber_class)
+            if servers is None:  # no such class of auth: radius any more
+                self._forget(r)
+                self.metrics.radius_acct_dropped.labels(r.status, "no_class").inc()
+                log.warning("RADIUS accounting: class %s has no RADIUS servers any more; the "
+                            "%s of Acct-Session-Id %s is dropped", r.subscriber_class,
+                            r.status, r.acct_session_id)
+                continue
+            try:
+                answer = await self.client.accounting_request(
+                    servers, lambda nas_ip, r=r: self._wire(r, nas_ip))  # type: ignore[misc]
+            except (ValueError, TypeError) as e:  # cannot be encoded: never will be
+                self._forget(r)
+                self.metrics.radius_acct_dropped.labels(r.status, "invalid").inc()
+                log.error("RADIUS accounting: the %s of Acct-Session-Id %s cannot be encoded, "
+                          "dropped: %s", r.status, r.acct_session_id, e)
+                continue
+            if answer.reply is None:
+                if not self._outage_logged:
+                    self._outage_logged = True
+                    log.warning("RADIUS accounting: no server of class %s acknowledges (%s); "
+                                "%d records queued, sent again in order when one answers",
+                                r.subscriber_class, ", ".join(answer.tried) or "none usable",
+                                len(self.queue))
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, ACCT_RETRY_MAX)
+                continue
+            if self._outage_logged:
+                self._outage_logged = False
+                log.info("RADIUS accounting: %s acknowledges again; %d records queued",
+                         answer.server, len(self.queue))
+            retry = ACCT_RETRY_MIN
+            self._forget(r)
+
+    def _forget(self, r: AcctRecord) -> None:
+        with contextlib.suppress(ValueError):  # dropped by an overflow meanwhile
+            if self.queue and self.queue[0] is r:
+                self.queue.popleft()
+            else:
+                self.queue.remove(r)
+            self._queued_interims -= r.status == INTERIM
+            if self.store is not None:
+                self.store.dequeue(r.seq)
+        self.metrics.radius_acct_queue_depth.set(len(self.queue))
+
+    def _wire(self, r: AcctRecord, nas_ip: str) -> list[tuple[str, object]]:
+        """The record as sent now: NAS-IP-Address towards this server, and how long it
+        waited (Acct-Delay-Time)."""
+        attrs: list[tuple[str, object]] = list(r.attributes)
+        at = next(i for i, (k, _) in enumerate(attrs) if k == "NAS-Identifier") + 1
+        attrs.insert(at, ("NAS-IP-Address", nas_ip))
+        attrs.append(("Acct-Delay-Time", delay_time(r.event_time, self.wall())))
+        return attrs
+
+    def status_of(self, key: str) -> dict[str, object]:
+        """A session's Subscriber status fields of RADIUS: its Acct-Session-Id and the time
+        of its last accounting record."""
+        st = self.sessions.get(key)
+        if st is None:
+            return {}
+        out: dict[str, object] = {"acctSessionId": st.acct_session_id}
+        if st.last_accounting:
+            out["lastAccounting"] = datetime.fromtimestamp(
+                st.last_accounting, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"radius": out}
 
     # --- status -----------------------------------------------------------------------------
 

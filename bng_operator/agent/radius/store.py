@@ -1,8 +1,11 @@
 """What RADIUS said about each session, kept on disk so that it survives an agent
-restart: the Acct-Session-Id, the granted address or pool, rates, timeouts and Class.
-Accounting (later) reads the same records.
+restart: the Acct-Session-Id, the granted address or pool, rates, timeouts and Class; and
+the accounting queue: every Accounting-Request not yet acknowledged, in order.
 
-Writes go to one worker thread, in order; the file is SQLite in the state directory.
+Both are tables of one SQLite file in the state directory (``radius-<node>.sqlite``, beside
+the lease store), so that a session's state ("its Start is queued") and the queue are
+written by one worker thread, in order: a record is never queued twice across a restart.
+Writes go to that thread; a kill -9 loses at most the writes of the last milliseconds.
 """
 
 from __future__ import annotations
@@ -44,6 +47,18 @@ class RadiusSession:
     idle_timeout: int | None = None
     interim_interval: int | None = None
     classes: tuple[bytes, ...] = ()  # Class attributes, to echo in accounting
+    # accounting: when it was bound (Acct-Session-Time), whether its Start is queued (never
+    # queued twice, also across a restart), the traffic of the addresses it held before
+    # (the counters are per address), and the last record queued (wall-clock)
+    started_at: float = 0.0
+    start_queued: bool = False
+    carried: tuple[int, int, int, int] = (0, 0, 0, 0)
+    last_accounting: float = 0.0
+    session_timed_out: bool = False
+    last_usage: tuple[int, int, int, int] = (0, 0, 0, 0)  # of its last record
+    bound_address: int = 0  # its address when last accounted
+    subscriber_class: str = ""
+    identity: dict[str, str] = field(default_factory=dict)  # for a Stop after a restart
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -54,9 +69,41 @@ class RadiusSession:
     def from_json(cls, text: str) -> RadiusSession:
         d: dict[str, Any] = json.loads(text)
         d["classes"] = tuple(bytes.fromhex(c) for c in d.get("classes", ()))
+        d["carried"] = tuple(d.get("carried", (0, 0, 0, 0)))
+        d["last_usage"] = tuple(d.get("last_usage", (0, 0, 0, 0)))
         if d.get("rates"):
             d["rates"] = ShapingRates(**d["rates"])
         return cls(**d)
+
+
+@dataclass
+class AcctRecord:
+    """One queued Accounting-Request: its attributes (without NAS-IP-Address and
+    Acct-Delay-Time, added when sent), the class whose servers it goes to, and when its
+    event happened (for Acct-Delay-Time)."""
+
+    seq: int
+    status: str  # Start, Interim-Update, Stop
+    subscriber_class: str
+    event_time: float
+    acct_session_id: str
+    attributes: list[tuple[str, str | int | bytes]]
+    sends: int = 0  # servers tried so far (in memory)
+
+    def to_json(self) -> str:
+        attrs = [[k, {"hex": v.hex()} if isinstance(v, bytes) else v]
+                 for k, v in self.attributes]
+        return json.dumps({"status": self.status, "class": self.subscriber_class,
+                           "time": self.event_time, "id": self.acct_session_id,
+                           "attributes": attrs})
+
+    @classmethod
+    def from_json(cls, seq: int, text: str) -> AcctRecord:
+        d = json.loads(text)
+        attrs: list[tuple[str, str | int | bytes]] = [
+            (k, bytes.fromhex(v["hex"]) if isinstance(v, dict) else v)
+            for k, v in d["attributes"]]
+        return cls(seq, d["status"], d["class"], float(d["time"]), d["id"], attrs)
 
 
 class RadiusStore:
@@ -71,6 +118,8 @@ class RadiusStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS sessions "
                          "(identity TEXT PRIMARY KEY, data TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS acct_queue (seq INTEGER PRIMARY KEY, "
+                         "data TEXT NOT NULL)")
         self._db.commit()
 
     def load(self) -> dict[str, RadiusSession]:
@@ -86,6 +135,47 @@ class RadiusStore:
 
         return self._work.submit(read).result()
 
+    def load_queue(self) -> list[AcctRecord]:
+        """The accounting records not yet acknowledged, oldest first."""
+        def read() -> list[AcctRecord]:
+            assert self._db is not None
+            out = []
+            for seq, data in self._db.execute("SELECT seq, data FROM acct_queue ORDER BY seq"):
+                try:
+                    out.append(AcctRecord.from_json(seq, data))
+                except (ValueError, TypeError, KeyError) as e:
+                    log.error("RADIUS accounting record %d unreadable, dropped: %s", seq, e)
+            return out
+
+        return self._work.submit(read).result()
+
+    def enqueue(self, r: AcctRecord, identity: str = "", s: RadiusSession | None = None,
+                ) -> None:
+        """Queue ``r``, and write ``identity``'s state ``s`` in the same transaction (a
+        Start and "its Start is queued" are on disk together, or neither is)."""
+        writes: list[tuple[str, tuple[object, ...]]] = [
+            ("INSERT OR REPLACE INTO acct_queue VALUES (?, ?)", (r.seq, r.to_json()))]
+        if s is not None:
+            writes.append(("INSERT OR REPLACE INTO sessions VALUES (?, ?)",
+                           (identity, s.to_json())))
+        self._work.submit(self._write_many, writes)
+
+    def _write_many(self, writes: list[tuple[str, tuple[object, ...]]]) -> None:
+        assert self._db is not None
+        try:
+            for sql, args in writes:
+                self._db.execute(sql, args)
+            self._db.commit()
+        except sqlite3.Error as e:
+            log.error("RADIUS state store %s: %s", self.path, e)
+
+    def dequeue(self, seq: int) -> None:
+        self._work.submit(self._write, "DELETE FROM acct_queue WHERE seq = ?", (seq,))
+
+    def flush(self) -> None:
+        """Wait for the writes submitted so far (tests)."""
+        self._work.submit(lambda: None).result()
+
     def put(self, identity: str, s: RadiusSession) -> None:
         self._work.submit(self._write, "INSERT OR REPLACE INTO sessions VALUES (?, ?)",
                           (identity, s.to_json()))
@@ -93,7 +183,7 @@ class RadiusStore:
     def delete(self, identity: str) -> None:
         self._work.submit(self._write, "DELETE FROM sessions WHERE identity = ?", (identity,))
 
-    def _write(self, sql: str, args: tuple[str, ...]) -> None:
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
         assert self._db is not None
         try:
             self._db.execute(sql, args)

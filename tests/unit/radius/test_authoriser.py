@@ -178,8 +178,10 @@ def test_failover_and_a_dead_server_is_skipped_for_its_dead_time(tmp_path: Path)
         assert len(silent.asked) == 2 and len(real.asked) == 2
         key = f"127.0.0.1:{silent.port}"
         assert sample(f, "bng_radius_server_up", server=key) == 0
+        # the accounting port (both servers' default 1813) is a server of its own, unasked
         assert {s.server: s.up for s in f.status()} == {key: False,
-                                                        f"127.0.0.1:{real.port}": True}
+                                                        f"127.0.0.1:{real.port}": True,
+                                                        "127.0.0.1:1813": True}
         assert "dead" in f.problem
         t0 = time.monotonic()
         assert (await f.authorise(session(3))).accept  # skipped: no wait for it
