@@ -126,11 +126,37 @@ static __always_inline int is_icmp_error(__u8 type)
            type == ICMP_PARAMETERPROB || type == ICMP_SOURCE_QUENCH;
 }
 
+// ``len`` bytes at ``off``: read from the packet directly when they lie in its linear
+// part (a load of a few words instead of a helper call), else by bpf_skb_load_bytes.
+// ``len`` is a constant: these are inlined.
+#define DIRECT_MAX_OFF 255
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    if (off <= DIRECT_MAX_OFF && data + off + len <= end) {
+        __builtin_memcpy(to, data + off, len);
+        return 0;
+    }
+    return bpf_skb_load_bytes(skb, off, to, len);
+}
+
+// The same for a write (flags 0: as bpf_skb_store_bytes with none). A program that writes
+// directly has the verifier unclone a cloned skb first, as the helper would.
+static __always_inline int store(struct __sk_buff *skb, __u32 off, void *from, __u32 len)
+{
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    if (off <= DIRECT_MAX_OFF && data + off + len <= end) {
+        __builtin_memcpy(data + off, from, len);
+        return 0;
+    }
+    return bpf_skb_store_bytes(skb, off, from, len, 0);
+}
+
 // Returns 0, or the stat of a packet that cannot be translated.
 static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 {
     struct iphdr ip;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+    if (load(skb, ETH_HLEN, &ip, sizeof(ip)))
         return NAT_MALFORMED;
     if (ip.version != 4 || ip.ihl < 5)
         return NAT_MALFORMED;
@@ -156,14 +182,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
     // A first fragment must hold the L4 header up to its checksum (RFC 1858).
     if (ip.protocol == IPPROTO_TCP) {
         struct tcphdr th;
-        if (p->l4 + sizeof(th) > p->end || bpf_skb_load_bytes(skb, p->l4, &th, sizeof(th)))
+        if (p->l4 + sizeof(th) > p->end || load(skb, p->l4, &th, sizeof(th)))
             return NAT_MALFORMED;
         p->sport = th.source;
         p->dport = th.dest;
         p->tcp_flags = ((__u8 *)&th)[13];
     } else if (ip.protocol == IPPROTO_UDP || ip.protocol == IPPROTO_ICMP) {
         struct l4_words h;
-        if (p->l4 + sizeof(h) > p->end || bpf_skb_load_bytes(skb, p->l4, &h, sizeof(h)))
+        if (p->l4 + sizeof(h) > p->end || load(skb, p->l4, &h, sizeof(h)))
             return NAT_MALFORMED;
         if (ip.protocol == IPPROTO_UDP) {
             p->sport = h.w[0];
@@ -253,11 +279,11 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct packet *p, int 
             return -1;
         if (port != old_port &&
             (bpf_l4_csum_replace(skb, csum_off, old_port, port, mangled | sizeof(port)) ||
-             bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0)))
+             store(skb, port_off, &port, sizeof(port))))
             return -1;
     }
     if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, addr, sizeof(addr)) ||
-        bpf_skb_store_bytes(skb, src ? IP_SRC_OFF : IP_DST_OFF, &addr, sizeof(addr), 0))
+        store(skb, src ? IP_SRC_OFF : IP_DST_OFF, &addr, sizeof(addr)))
         return -1;
     return 0;
 }
@@ -805,7 +831,7 @@ int nat_in(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     __be32 daddr;
-    if (bpf_skb_load_bytes(skb, IP_DST_OFF, &daddr, sizeof(daddr)))
+    if (load(skb, IP_DST_OFF, &daddr, sizeof(daddr)))
         return drop(NAT_MALFORMED);
     struct nat_address *a = nat_addresses.lookup(&daddr);
     if (!a) {
