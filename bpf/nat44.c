@@ -701,6 +701,21 @@ static __always_inline int icmp_error_out(struct __sk_buff *skb, struct packet *
     return sent_out(skb, p);
 }
 
+// A packet of a mapped inside endpoint leaves by mapping ``m`` (to_addr, to_port).
+static __always_inline int translate_out(struct __sk_buff *skb, struct packet *p,
+                                         struct nat_mapping *m, __u8 filtering,
+                                         __be32 to_addr, __be16 to_port, __u64 now)
+{
+    refresh(m, p, now);
+    if (filtering != NAT_FILTER_ENDPOINT_INDEPENDENT)
+        allow(p, to_addr, to_port, filtering, now);
+    if (p->frag == FRAG_FIRST)
+        remember_fragment(NAT_FRAG_OUT, p, to_addr, now);
+    if (rewrite(skb, p, 1, to_addr, to_port))
+        return drop(NAT_WRITE_ERROR);
+    return sent_out(skb, p);
+}
+
 int nat_out(struct __sk_buff *skb)
 {
     if (skb->protocol != bpf_htons(ETH_P_IP)) {
@@ -712,6 +727,26 @@ int nat_out(struct __sk_buff *skb)
     if (r)
         return drop(r);
     __be32 saddr = p.saddr;
+    // A known flow's packet (the steady state) needs its mapping only: its pool comes by
+    // its public address (as nat_in finds it), and the binding, a likely cache miss among
+    // many subscribers', is left unread. The binding goes before its mappings (the agent
+    // deletes it, then flushes them); until they go, they translate both ways as before.
+    if (p.frag != FRAG_LATER &&
+        (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP ||
+         (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO))) {
+        struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
+        struct nat_mapping *m = nat_outbound.lookup(&inside);
+        if (m) {
+            __be32 to_addr = m->addr;
+            __be16 to_port = m->port;
+            struct nat_address *a = nat_addresses.lookup(&to_addr);
+            __u32 pool_idx = a ? a->pool : 0;
+            struct nat_pool *pool = a ? nat_pools.lookup(&pool_idx) : 0;
+            if (pool)
+                return translate_out(skb, &p, m, pool->filtering, to_addr, to_port,
+                                     bpf_ktime_get_coarse_ns());
+        }
+    }
     struct nat_binding *b = nat_bindings.lookup(&saddr);
     if (p.proto == IPPROTO_ICMP && p.frag == FRAG_NONE && is_icmp_error(p.icmp_type))
         return icmp_error_out(skb, &p, b);
@@ -752,16 +787,7 @@ int nat_out(struct __sk_buff *skb)
         nat_progs.call(skb, NAT_PROG_NEW);
         return drop(NAT_INTERNAL);
     }
-    __be32 to_addr = m->addr;
-    __be16 to_port = m->port;
-    refresh(m, &p, now);
-    if (pool->filtering != NAT_FILTER_ENDPOINT_INDEPENDENT)
-        allow(&p, to_addr, to_port, pool->filtering, now);
-    if (p.frag == FRAG_FIRST)
-        remember_fragment(NAT_FRAG_OUT, &p, to_addr, now);
-    if (rewrite(skb, &p, 1, to_addr, to_port))
-        return drop(NAT_WRITE_ERROR);
-    return sent_out(skb, &p);
+    return translate_out(skb, &p, m, pool->filtering, m->addr, m->port, now);
 }
 
 // The first packet of an inside endpoint (tail-called by nat_out, which has checked it):
