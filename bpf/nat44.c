@@ -15,8 +15,10 @@
 //            translated. Anything else to a public address is dropped: the node never
 //            routes it back out.
 //
-// Checksums are updated incrementally: bpf_l3/l4_csum_replace for the headers the kernel
-// may have left to the device (CHECKSUM_PARTIAL, GSO), by hand inside ICMP errors.
+// Checksums are updated incrementally: bpf_l4_csum_replace for the L4 headers the kernel
+// may have left to the device (CHECKSUM_PARTIAL, GSO); by hand for the IP header of a
+// translated packet, and inside ICMP errors. Headers are read and written directly where
+// they lie in the skb's linear part, by the helpers otherwise.
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
@@ -50,6 +52,7 @@ struct packet {
     __u32 l4;              // the L4 header
     __u32 end;             // just past the datagram (its total length)
     __be16 id;
+    __be16 ip_check;       // the IP header's checksum as parsed
     __be16 sport;          // TCP/UDP ports; ICMP echo: the identifier, in both
     __be16 dport;
     __u8 proto;
@@ -170,6 +173,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
     p->daddr = ip.daddr;
     p->proto = ip.protocol;
     p->id = ip.id;
+    p->ip_check = ip.check;
     p->hlen = hlen;
     p->l4 = ETH_HLEN + hlen;
     p->end = ETH_HLEN + tot;
@@ -282,9 +286,13 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct packet *p, int 
              store(skb, port_off, &port, sizeof(port))))
             return -1;
     }
-    if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, addr, sizeof(addr)) ||
+    // The IP header's checksum is never left to the device: computed here (as
+    // bpf_l3_csum_replace would, RFC 1624) and written with the address.
+    __be16 ip_check = csum_apply(p->ip_check, diff32(0, old_addr, addr));
+    if (store(skb, IP_CSUM_OFF, &ip_check, sizeof(ip_check)) ||
         store(skb, src ? IP_SRC_OFF : IP_DST_OFF, &addr, sizeof(addr)))
         return -1;
+    p->ip_check = ip_check;
     return 0;
 }
 
