@@ -561,6 +561,10 @@ static __always_inline int sent_out(struct __sk_buff *skb, struct packet *p)
 {
     stat(NAT_OUT_TRANSLATED);
     __be32 daddr = p->daddr;
+    __u32 zero = 0, d = bpf_ntohl(daddr);
+    struct nat_span *span = nat_public_span.lookup(&zero);
+    if (span && (d < span->lo || d > span->hi))
+        return TC_ACT_OK;  // most packets: no hash lookup
     if (!nat_addresses.lookup(&daddr))
         return TC_ACT_OK;
     stat(NAT_HAIRPIN);

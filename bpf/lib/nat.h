@@ -140,6 +140,14 @@ struct nat_frag {
     __u64 seen_ns;
 };
 
+// The span of the addresses in nat_addresses, in host order (hi 0: none yet), widened by
+// the agent as it adds them (never narrowed: it only spares lookups). A destination
+// outside it is none of ours, and nat_out does not look it up to hairpin it.
+struct nat_span {
+    __u32 lo;
+    __u32 hi;
+};
+
 // A subscriber whose blocks were full, by inside address: the agent reads these to give it
 // another block (up to blocksPerSubscriber) and to report exhaustion.
 struct nat_exhaustion {
@@ -188,6 +196,7 @@ enum nat_stat {
 BPF_TABLE("hash", __be32, struct nat_binding, nat_bindings, MAX_SUBSCRIBERS);
 BPF_TABLE("array", __u32, struct nat_pool, nat_pools, NAT_MAX_POOLS);
 BPF_TABLE("hash", __be32, struct nat_address, nat_addresses, NAT_MAX_ADDRESSES);
+BPF_TABLE("array", __u32, struct nat_span, nat_public_span, 1);
 BPF_F_TABLE("lpm_trie", struct nat_prefix, __u8, nat_inside, NAT_MAX_INSIDE, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct nat_endpoint, struct nat_mapping, nat_outbound, NAT_MAX_MAPPINGS,
             BPF_F_NO_PREALLOC);

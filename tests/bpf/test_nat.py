@@ -672,6 +672,25 @@ def test_a_full_block_drops_the_next_flow_and_says_so(
 # --- hairpinning ---------------------------------------------------------------------------
 
 
+def test_hairpinning_reaches_an_address_added_past_the_others(
+        path: nat.NatPath, bind: Callable[..., Binding]) -> None:
+    """nat_out looks a destination up only within the span of the public addresses: one
+    added later, above them, widens it, and is hairpinned as well; one past it is not."""
+    lo, hi = path.public_span()
+    assert (lo, hi) == (int(min(PUBLIC.values())), int(max(PUBLIC.values())))
+    later = IPv4Address(hi + 16)
+    path.put_address(later, EIF)
+    try:
+        assert path.public_span() == (lo, int(later))
+        bind(SUB)
+        r = out(path, udp(SUB, later, 5000, 3478))
+        assert r.action == TC_ACT_REDIRECT  # back in: the address is ours
+        r = out(path, udp(SUB, IPv4Address(int(later) + 1), 5000, 3478))
+        assert r.action == TC_ACT_OK  # out: past the span
+    finally:
+        path.delete_address(later)
+
+
 @pytest.mark.parametrize("proto", [UDP, TCP])
 def test_hairpinning_reaches_another_subscriber_by_its_public_endpoint(
         path: nat.NatPath, bind: Callable[..., Binding], proto: int) -> None:

@@ -52,9 +52,9 @@ SOURCE = Path(BPF_DIR) / "nat44.c"
 PROGRAMS = {"egress": "nat_out", "ingress": "nat_in"}
 # Slots of nat_progs (NAT_PROG_*): nat_out tail-calls the port search, which calls it back.
 TAIL_CALLS = {0: "nat_out", 1: "nat_new"}
-MAPS = ("nat_bindings", "nat_pools", "nat_addresses", "nat_inside", "nat_outbound",
-        "nat_inbound", "nat_filters", "nat_fragments", "nat_exhausted", "nat_stats",
-        "nat_progs")
+MAPS = ("nat_bindings", "nat_pools", "nat_addresses", "nat_public_span", "nat_inside",
+        "nat_outbound", "nat_inbound", "nat_filters", "nat_fragments", "nat_exhausted",
+        "nat_stats", "nat_progs")
 # enum nat_stat, in order.
 STATS = ("out_translated", "in_translated", "out_passed", "in_passed", "not_ipv4",
          "no_binding", "no_mapping", "filtered", "block_full", "map_full",
@@ -229,6 +229,7 @@ class NatPath:
         self.bindings_map = self.obj.map("nat_bindings")
         self.pools_map = self.obj.map("nat_pools")
         self.addresses_map = self.obj.map("nat_addresses")
+        self.span_map = self.obj.map("nat_public_span")
         self.inside_map = self.obj.map("nat_inside")
         self.outbound = self.obj.map("nat_outbound")
         self.inbound = self.obj.map("nat_inbound")
@@ -283,9 +284,20 @@ class NatPath:
     def put_address(self, public: IPv4Address, pool: int) -> None:
         """Serve ``public`` (of pool ``pool``): traffic to it is translated by its mappings
         and dropped without one (so the node never routes it back out)."""
+        lo, hi = self.public_span()
+        a = int(public)
+        span = self.span_map.Leaf()
+        span.lo, span.hi = (min(lo, a), max(hi, a)) if hi else (a, a)
+        self.span_map[self.span_map.Key(0)] = span  # first: nat_out then looks it up
         leaf = self.addresses_map.Leaf()
         leaf.pool = pool
         self.addresses_map[self.addresses_map.Key(_be32(public))] = leaf
+
+    def public_span(self) -> tuple[int, int]:
+        """(lowest, highest) address nat_out looks up in the addresses to hairpin (integers;
+        (0, 0): none). Widened by ``put_address``, never narrowed: it only spares lookups."""
+        v = self.span_map[self.span_map.Key(0)]
+        return int(v.lo), int(v.hi)
 
     def delete_address(self, public: IPv4Address) -> None:
         with contextlib.suppress(KeyError):
