@@ -562,8 +562,8 @@ static __always_inline int sent_out(struct __sk_buff *skb, struct packet *p)
     stat(NAT_OUT_TRANSLATED);
     __be32 daddr = p->daddr;
     __u32 zero = 0, d = bpf_ntohl(daddr);
-    struct nat_span *span = nat_public_span.lookup(&zero);
-    if (span && (d < span->lo || d > span->hi))
+    struct nat_node *node = nat_node.lookup(&zero);
+    if (node && (d < node->lo || d > node->hi))
         return TC_ACT_OK;  // most packets: no hash lookup
     if (!nat_addresses.lookup(&daddr))
         return TC_ACT_OK;
@@ -739,8 +739,8 @@ int nat_out(struct __sk_buff *skb)
     if (r)
         return drop(r);
     __be32 saddr = p.saddr;
-    // A known flow's packet (the steady state) needs its mapping only: its pool comes by
-    // its public address (as nat_in finds it), and the binding, a likely cache miss among
+    // A known flow's packet (the steady state) needs its mapping only: its pool (when any
+    // pool filters, nat_node) comes by its public address (as nat_in finds it), and the binding, a likely cache miss among
     // many subscribers', is left unread. The binding goes before its mappings (the agent
     // deletes it, then flushes them); until they go, they translate both ways as before.
     if (p.frag != FRAG_LATER &&
@@ -751,6 +751,11 @@ int nat_out(struct __sk_buff *skb)
         if (m) {
             __be32 to_addr = m->addr;
             __be16 to_port = m->port;
+            __u32 zero = 0;
+            struct nat_node *node = nat_node.lookup(&zero);
+            if (node && !node->filters)
+                return translate_out(skb, &p, m, NAT_FILTER_ENDPOINT_INDEPENDENT, to_addr,
+                                     to_port, bpf_ktime_get_coarse_ns());
             struct nat_address *a = nat_addresses.lookup(&to_addr);
             __u32 pool_idx = a ? a->pool : 0;
             struct nat_pool *pool = a ? nat_pools.lookup(&pool_idx) : 0;

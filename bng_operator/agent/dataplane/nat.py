@@ -52,7 +52,7 @@ SOURCE = Path(BPF_DIR) / "nat44.c"
 PROGRAMS = {"egress": "nat_out", "ingress": "nat_in"}
 # Slots of nat_progs (NAT_PROG_*): nat_out tail-calls the port search, which calls it back.
 TAIL_CALLS = {0: "nat_out", 1: "nat_new"}
-MAPS = ("nat_bindings", "nat_pools", "nat_addresses", "nat_public_span", "nat_inside",
+MAPS = ("nat_bindings", "nat_pools", "nat_addresses", "nat_node", "nat_inside",
         "nat_outbound", "nat_inbound", "nat_filters", "nat_fragments", "nat_exhausted",
         "nat_stats", "nat_progs")
 # enum nat_stat, in order.
@@ -229,7 +229,7 @@ class NatPath:
         self.bindings_map = self.obj.map("nat_bindings")
         self.pools_map = self.obj.map("nat_pools")
         self.addresses_map = self.obj.map("nat_addresses")
-        self.span_map = self.obj.map("nat_public_span")
+        self.node_map = self.obj.map("nat_node")
         self.inside_map = self.obj.map("nat_inside")
         self.outbound = self.obj.map("nat_outbound")
         self.inbound = self.obj.map("nat_inbound")
@@ -273,6 +273,10 @@ class NatPath:
         leaf.udp, leaf.tcp_established, leaf.tcp_transitory = t.udp, t.tcp_established, \
             t.tcp_transitory
         leaf.icmp, leaf.hold = t.icmp, t.hold
+        if pool.filtering != FILTERING[0]:
+            node = self.node_map[self.node_map.Key(0)]
+            node.filters = 1
+            self.node_map[self.node_map.Key(0)] = node  # first: nat_out then reads the pool
         self.pools_map[self.pools_map.Key(index)] = leaf
 
     def pool(self, index: int) -> Pool:
@@ -284,11 +288,10 @@ class NatPath:
     def put_address(self, public: IPv4Address, pool: int) -> None:
         """Serve ``public`` (of pool ``pool``): traffic to it is translated by its mappings
         and dropped without one (so the node never routes it back out)."""
-        lo, hi = self.public_span()
+        node = self.node_map[self.node_map.Key(0)]
         a = int(public)
-        span = self.span_map.Leaf()
-        span.lo, span.hi = (min(lo, a), max(hi, a)) if hi else (a, a)
-        self.span_map[self.span_map.Key(0)] = span  # first: nat_out then looks it up
+        node.lo, node.hi = (min(node.lo, a), max(node.hi, a)) if node.hi else (a, a)
+        self.node_map[self.node_map.Key(0)] = node  # first: nat_out then looks it up
         leaf = self.addresses_map.Leaf()
         leaf.pool = pool
         self.addresses_map[self.addresses_map.Key(_be32(public))] = leaf
@@ -296,8 +299,13 @@ class NatPath:
     def public_span(self) -> tuple[int, int]:
         """(lowest, highest) address nat_out looks up in the addresses to hairpin (integers;
         (0, 0): none). Widened by ``put_address``, never narrowed: it only spares lookups."""
-        v = self.span_map[self.span_map.Key(0)]
+        v = self.node_map[self.node_map.Key(0)]
         return int(v.lo), int(v.hi)
+
+    def filtering_anywhere(self) -> bool:
+        """Whether nat_out looks up a mapped packet's pool: set once a pool filters, never
+        cleared (it only spares lookups)."""
+        return bool(self.node_map[self.node_map.Key(0)].filters)
 
     def delete_address(self, public: IPv4Address) -> None:
         with contextlib.suppress(KeyError):
