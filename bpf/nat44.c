@@ -739,10 +739,11 @@ int nat_out(struct __sk_buff *skb)
     if (r)
         return drop(r);
     __be32 saddr = p.saddr;
-    // A known flow's packet (the steady state) needs its mapping only: its pool (when any
-    // pool filters, nat_node) comes by its public address (as nat_in finds it), and the binding, a likely cache miss among
-    // many subscribers', is left unread. The binding goes before its mappings (the agent
-    // deletes it, then flushes them); until they go, they translate both ways as before.
+    // A known flow's packet (the steady state) needs its mapping only: its pool (looked
+    // up only when some pool filters: nat_node) comes by its public address, as nat_in
+    // finds it, and the binding, a likely cache miss among many subscribers', is left
+    // unread. The binding goes before its mappings (the agent deletes it, then flushes
+    // them); until they go, they translate both ways, as nat_in always did.
     if (p.frag != FRAG_LATER &&
         (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP ||
          (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO))) {
