@@ -15,8 +15,10 @@
 //            translated. Anything else to a public address is dropped: the node never
 //            routes it back out.
 //
-// Checksums are updated incrementally: bpf_l3/l4_csum_replace for the headers the kernel
-// may have left to the device (CHECKSUM_PARTIAL, GSO), by hand inside ICMP errors.
+// Checksums are updated incrementally: bpf_l4_csum_replace for the L4 headers the kernel
+// may have left to the device (CHECKSUM_PARTIAL, GSO); by hand for the IP header of a
+// translated packet, and inside ICMP errors. Headers are read and written directly where
+// they lie in the skb's linear part, by the helpers otherwise.
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
@@ -50,6 +52,7 @@ struct packet {
     __u32 l4;              // the L4 header
     __u32 end;             // just past the datagram (its total length)
     __be16 id;
+    __be16 ip_check;       // the IP header's checksum as parsed
     __be16 sport;          // TCP/UDP ports; ICMP echo: the identifier, in both
     __be16 dport;
     __u8 proto;
@@ -126,11 +129,37 @@ static __always_inline int is_icmp_error(__u8 type)
            type == ICMP_PARAMETERPROB || type == ICMP_SOURCE_QUENCH;
 }
 
+// ``len`` bytes at ``off``: read from the packet directly when they lie in its linear
+// part (a load of a few words instead of a helper call), else by bpf_skb_load_bytes.
+// ``len`` is a constant: these are inlined.
+#define DIRECT_MAX_OFF 255
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    if (off <= DIRECT_MAX_OFF && data + off + len <= end) {
+        __builtin_memcpy(to, data + off, len);
+        return 0;
+    }
+    return bpf_skb_load_bytes(skb, off, to, len);
+}
+
+// The same for a write (flags 0: as bpf_skb_store_bytes with none). A program that writes
+// directly has the verifier unclone a cloned skb first, as the helper would.
+static __always_inline int store(struct __sk_buff *skb, __u32 off, void *from, __u32 len)
+{
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    if (off <= DIRECT_MAX_OFF && data + off + len <= end) {
+        __builtin_memcpy(data + off, from, len);
+        return 0;
+    }
+    return bpf_skb_store_bytes(skb, off, from, len, 0);
+}
+
 // Returns 0, or the stat of a packet that cannot be translated.
 static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 {
     struct iphdr ip;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+    if (load(skb, ETH_HLEN, &ip, sizeof(ip)))
         return NAT_MALFORMED;
     if (ip.version != 4 || ip.ihl < 5)
         return NAT_MALFORMED;
@@ -144,6 +173,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
     p->daddr = ip.daddr;
     p->proto = ip.protocol;
     p->id = ip.id;
+    p->ip_check = ip.check;
     p->hlen = hlen;
     p->l4 = ETH_HLEN + hlen;
     p->end = ETH_HLEN + tot;
@@ -156,14 +186,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
     // A first fragment must hold the L4 header up to its checksum (RFC 1858).
     if (ip.protocol == IPPROTO_TCP) {
         struct tcphdr th;
-        if (p->l4 + sizeof(th) > p->end || bpf_skb_load_bytes(skb, p->l4, &th, sizeof(th)))
+        if (p->l4 + sizeof(th) > p->end || load(skb, p->l4, &th, sizeof(th)))
             return NAT_MALFORMED;
         p->sport = th.source;
         p->dport = th.dest;
         p->tcp_flags = ((__u8 *)&th)[13];
     } else if (ip.protocol == IPPROTO_UDP || ip.protocol == IPPROTO_ICMP) {
         struct l4_words h;
-        if (p->l4 + sizeof(h) > p->end || bpf_skb_load_bytes(skb, p->l4, &h, sizeof(h)))
+        if (p->l4 + sizeof(h) > p->end || load(skb, p->l4, &h, sizeof(h)))
             return NAT_MALFORMED;
         if (ip.protocol == IPPROTO_UDP) {
             p->sport = h.w[0];
@@ -253,12 +283,16 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct packet *p, int 
             return -1;
         if (port != old_port &&
             (bpf_l4_csum_replace(skb, csum_off, old_port, port, mangled | sizeof(port)) ||
-             bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0)))
+             store(skb, port_off, &port, sizeof(port))))
             return -1;
     }
-    if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, addr, sizeof(addr)) ||
-        bpf_skb_store_bytes(skb, src ? IP_SRC_OFF : IP_DST_OFF, &addr, sizeof(addr), 0))
+    // The IP header's checksum is never left to the device: computed here (as
+    // bpf_l3_csum_replace would, RFC 1624) and written with the address.
+    __be16 ip_check = csum_apply(p->ip_check, diff32(0, old_addr, addr));
+    if (store(skb, IP_CSUM_OFF, &ip_check, sizeof(ip_check)) ||
+        store(skb, src ? IP_SRC_OFF : IP_DST_OFF, &addr, sizeof(addr)))
         return -1;
+    p->ip_check = ip_check;
     return 0;
 }
 
@@ -527,6 +561,10 @@ static __always_inline int sent_out(struct __sk_buff *skb, struct packet *p)
 {
     stat(NAT_OUT_TRANSLATED);
     __be32 daddr = p->daddr;
+    __u32 zero = 0, d = bpf_ntohl(daddr);
+    struct nat_node *node = nat_node.lookup(&zero);
+    if (node && (d < node->lo || d > node->hi))
+        return TC_ACT_OK;  // most packets: no hash lookup
     if (!nat_addresses.lookup(&daddr))
         return TC_ACT_OK;
     stat(NAT_HAIRPIN);
@@ -675,6 +713,21 @@ static __always_inline int icmp_error_out(struct __sk_buff *skb, struct packet *
     return sent_out(skb, p);
 }
 
+// A packet of a mapped inside endpoint leaves by mapping ``m`` (to_addr, to_port).
+static __always_inline int translate_out(struct __sk_buff *skb, struct packet *p,
+                                         struct nat_mapping *m, __u8 filtering,
+                                         __be32 to_addr, __be16 to_port, __u64 now)
+{
+    refresh(m, p, now);
+    if (filtering != NAT_FILTER_ENDPOINT_INDEPENDENT)
+        allow(p, to_addr, to_port, filtering, now);
+    if (p->frag == FRAG_FIRST)
+        remember_fragment(NAT_FRAG_OUT, p, to_addr, now);
+    if (rewrite(skb, p, 1, to_addr, to_port))
+        return drop(NAT_WRITE_ERROR);
+    return sent_out(skb, p);
+}
+
 int nat_out(struct __sk_buff *skb)
 {
     if (skb->protocol != bpf_htons(ETH_P_IP)) {
@@ -686,6 +739,32 @@ int nat_out(struct __sk_buff *skb)
     if (r)
         return drop(r);
     __be32 saddr = p.saddr;
+    // A known flow's packet (the steady state) needs its mapping only: its pool (looked
+    // up only when some pool filters: nat_node) comes by its public address, as nat_in
+    // finds it, and the binding, a likely cache miss among many subscribers', is left
+    // unread. The binding goes before its mappings (the agent deletes it, then flushes
+    // them); until they go, they translate both ways, as nat_in always did.
+    if (p.frag != FRAG_LATER &&
+        (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP ||
+         (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO))) {
+        struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
+        struct nat_mapping *m = nat_outbound.lookup(&inside);
+        if (m) {
+            __be32 to_addr = m->addr;
+            __be16 to_port = m->port;
+            __u32 zero = 0;
+            struct nat_node *node = nat_node.lookup(&zero);
+            if (node && !node->filters)
+                return translate_out(skb, &p, m, NAT_FILTER_ENDPOINT_INDEPENDENT, to_addr,
+                                     to_port, bpf_ktime_get_coarse_ns());
+            struct nat_address *a = nat_addresses.lookup(&to_addr);
+            __u32 pool_idx = a ? a->pool : 0;
+            struct nat_pool *pool = a ? nat_pools.lookup(&pool_idx) : 0;
+            if (pool)
+                return translate_out(skb, &p, m, pool->filtering, to_addr, to_port,
+                                     bpf_ktime_get_coarse_ns());
+        }
+    }
     struct nat_binding *b = nat_bindings.lookup(&saddr);
     if (p.proto == IPPROTO_ICMP && p.frag == FRAG_NONE && is_icmp_error(p.icmp_type))
         return icmp_error_out(skb, &p, b);
@@ -726,16 +805,7 @@ int nat_out(struct __sk_buff *skb)
         nat_progs.call(skb, NAT_PROG_NEW);
         return drop(NAT_INTERNAL);
     }
-    __be32 to_addr = m->addr;
-    __be16 to_port = m->port;
-    refresh(m, &p, now);
-    if (pool->filtering != NAT_FILTER_ENDPOINT_INDEPENDENT)
-        allow(&p, to_addr, to_port, pool->filtering, now);
-    if (p.frag == FRAG_FIRST)
-        remember_fragment(NAT_FRAG_OUT, &p, to_addr, now);
-    if (rewrite(skb, &p, 1, to_addr, to_port))
-        return drop(NAT_WRITE_ERROR);
-    return sent_out(skb, &p);
+    return translate_out(skb, &p, m, pool->filtering, m->addr, m->port, now);
 }
 
 // The first packet of an inside endpoint (tail-called by nat_out, which has checked it):
@@ -805,7 +875,7 @@ int nat_in(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     __be32 daddr;
-    if (bpf_skb_load_bytes(skb, IP_DST_OFF, &daddr, sizeof(daddr)))
+    if (load(skb, IP_DST_OFF, &daddr, sizeof(daddr)))
         return drop(NAT_MALFORMED);
     struct nat_address *a = nat_addresses.lookup(&daddr);
     if (!a) {

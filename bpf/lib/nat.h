@@ -140,6 +140,20 @@ struct nat_frag {
     __u64 seen_ns;
 };
 
+// What nat_out's fast path needs to know of the node, in one entry that spares it
+// lookups. Both are kept by the agent, and only ever widened (never narrowed: a wide one
+// costs a lookup, never a wrong answer):
+// - lo .. hi: the span of the addresses in nat_addresses, in host order (hi 0: none yet).
+//   A destination outside it is none of ours, and is not looked up to hairpin it;
+// - filters: 1 once any pool filters (address(-and-port)-dependent). While 0, a mapped
+//   packet's pool is not looked up (endpoint-independent lets every remote in).
+struct nat_node {
+    __u32 lo;
+    __u32 hi;
+    __u8 filters;
+    __u8 pad[3];
+};
+
 // A subscriber whose blocks were full, by inside address: the agent reads these to give it
 // another block (up to blocksPerSubscriber) and to report exhaustion.
 struct nat_exhaustion {
@@ -188,6 +202,7 @@ enum nat_stat {
 BPF_TABLE("hash", __be32, struct nat_binding, nat_bindings, MAX_SUBSCRIBERS);
 BPF_TABLE("array", __u32, struct nat_pool, nat_pools, NAT_MAX_POOLS);
 BPF_TABLE("hash", __be32, struct nat_address, nat_addresses, NAT_MAX_ADDRESSES);
+BPF_TABLE("array", __u32, struct nat_node, nat_node, 1);
 BPF_F_TABLE("lpm_trie", struct nat_prefix, __u8, nat_inside, NAT_MAX_INSIDE, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct nat_endpoint, struct nat_mapping, nat_outbound, NAT_MAX_MAPPINGS,
             BPF_F_NO_PREALLOC);

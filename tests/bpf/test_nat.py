@@ -669,7 +669,57 @@ def test_a_full_block_drops_the_next_flow_and_says_so(
     assert b.holds(min(ports))
 
 
+def test_a_pool_that_filters_makes_mapped_packets_look_their_pool_up() -> None:
+    """While every pool is endpoint-independent, nat_out translates a mapped packet without
+    looking its pool up; once one filters, its mapped packets let their remotes in (and
+    only those come back), on mappings made before as well."""
+    p = nat.NatPath(max_subscribers=4, max_mappings=1024)
+
+    def send(src: IPv4Address, dst: IPv4Address, sport: int, dport: int) -> Run:
+        if src == SUB:
+            return run(p.fds["nat_out"], frame(udp(src, dst, sport, dport)))
+        return run(p.fds["nat_in"], frame(udp(src, dst, sport, dport), UPLINK_MAC,
+                                          NEXT_HOP_MAC))
+
+    try:
+        p.set_pool(0, Pool())
+        p.put_address(PUBLIC[EIF], 0)
+        p.put_binding(SUB, Binding(PUBLIC[EIF], 0, 64, (4096,)))
+        assert not p.filtering_anywhere()
+        pub = fields(send(SUB, REMOTE, 5000, 53).ip)[2]  # the mapping is made
+        assert send(SUB, REMOTE, 5000, 53).action == TC_ACT_OK
+        assert send(REMOTE2, PUBLIC[EIF], 53, pub).action == TC_ACT_OK
+        p.set_pool(0, Pool("address-dependent"))
+        assert p.filtering_anywhere()
+        assert send(SUB, REMOTE, 5000, 53).action == TC_ACT_OK  # lets REMOTE in
+        assert send(REMOTE, PUBLIC[EIF], 53, pub).action == TC_ACT_OK
+        assert send(REMOTE2, PUBLIC[EIF], 53, pub).action == TC_ACT_SHOT
+        p.set_pool(0, Pool())
+        assert p.filtering_anywhere()  # never cleared
+    finally:
+        p.close()
+
+
 # --- hairpinning ---------------------------------------------------------------------------
+
+
+def test_hairpinning_reaches_an_address_added_past_the_others(
+        path: nat.NatPath, bind: Callable[..., Binding]) -> None:
+    """nat_out looks a destination up only within the span of the public addresses: one
+    added later, above them, widens it, and is hairpinned as well; one past it is not."""
+    lo, hi = path.public_span()
+    assert (lo, hi) == (int(min(PUBLIC.values())), int(max(PUBLIC.values())))
+    later = IPv4Address(hi + 16)
+    path.put_address(later, EIF)
+    try:
+        assert path.public_span() == (lo, int(later))
+        bind(SUB)
+        r = out(path, udp(SUB, later, 5000, 3478))
+        assert r.action == TC_ACT_REDIRECT  # back in: the address is ours
+        r = out(path, udp(SUB, IPv4Address(int(later) + 1), 5000, 3478))
+        assert r.action == TC_ACT_OK  # out: past the span
+    finally:
+        path.delete_address(later)
 
 
 @pytest.mark.parametrize("proto", [UDP, TCP])

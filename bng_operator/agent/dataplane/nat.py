@@ -52,9 +52,9 @@ SOURCE = Path(BPF_DIR) / "nat44.c"
 PROGRAMS = {"egress": "nat_out", "ingress": "nat_in"}
 # Slots of nat_progs (NAT_PROG_*): nat_out tail-calls the port search, which calls it back.
 TAIL_CALLS = {0: "nat_out", 1: "nat_new"}
-MAPS = ("nat_bindings", "nat_pools", "nat_addresses", "nat_inside", "nat_outbound",
-        "nat_inbound", "nat_filters", "nat_fragments", "nat_exhausted", "nat_stats",
-        "nat_progs")
+MAPS = ("nat_bindings", "nat_pools", "nat_addresses", "nat_node", "nat_inside",
+        "nat_outbound", "nat_inbound", "nat_filters", "nat_fragments", "nat_exhausted",
+        "nat_stats", "nat_progs")
 # enum nat_stat, in order.
 STATS = ("out_translated", "in_translated", "out_passed", "in_passed", "not_ipv4",
          "no_binding", "no_mapping", "filtered", "block_full", "map_full",
@@ -229,6 +229,7 @@ class NatPath:
         self.bindings_map = self.obj.map("nat_bindings")
         self.pools_map = self.obj.map("nat_pools")
         self.addresses_map = self.obj.map("nat_addresses")
+        self.node_map = self.obj.map("nat_node")
         self.inside_map = self.obj.map("nat_inside")
         self.outbound = self.obj.map("nat_outbound")
         self.inbound = self.obj.map("nat_inbound")
@@ -272,6 +273,10 @@ class NatPath:
         leaf.udp, leaf.tcp_established, leaf.tcp_transitory = t.udp, t.tcp_established, \
             t.tcp_transitory
         leaf.icmp, leaf.hold = t.icmp, t.hold
+        if pool.filtering != FILTERING[0]:
+            node = self.node_map[self.node_map.Key(0)]
+            node.filters = 1
+            self.node_map[self.node_map.Key(0)] = node  # first: nat_out then reads the pool
         self.pools_map[self.pools_map.Key(index)] = leaf
 
     def pool(self, index: int) -> Pool:
@@ -283,9 +288,24 @@ class NatPath:
     def put_address(self, public: IPv4Address, pool: int) -> None:
         """Serve ``public`` (of pool ``pool``): traffic to it is translated by its mappings
         and dropped without one (so the node never routes it back out)."""
+        node = self.node_map[self.node_map.Key(0)]
+        a = int(public)
+        node.lo, node.hi = (min(node.lo, a), max(node.hi, a)) if node.hi else (a, a)
+        self.node_map[self.node_map.Key(0)] = node  # first: nat_out then looks it up
         leaf = self.addresses_map.Leaf()
         leaf.pool = pool
         self.addresses_map[self.addresses_map.Key(_be32(public))] = leaf
+
+    def public_span(self) -> tuple[int, int]:
+        """(lowest, highest) address nat_out looks up in the addresses to hairpin (integers;
+        (0, 0): none). Widened by ``put_address``, never narrowed: it only spares lookups."""
+        v = self.node_map[self.node_map.Key(0)]
+        return int(v.lo), int(v.hi)
+
+    def filtering_anywhere(self) -> bool:
+        """Whether nat_out looks up a mapped packet's pool: set once a pool filters, never
+        cleared (it only spares lookups)."""
+        return bool(self.node_map[self.node_map.Key(0)].filters)
 
     def delete_address(self, public: IPv4Address) -> None:
         with contextlib.suppress(KeyError):
