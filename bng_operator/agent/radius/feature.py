@@ -521,10 +521,13 @@ class RadiusFeature:
         now = self.clock()
         u = self.usage(s.lease.address)
         last, since = self._idle.get(key, (-1, now))
-        if u is None:  # no counters (shaping off or not loaded yet): never idle
-            self._idle[key] = (-1, now)
+        log.debug("RADIUS: session %s: packets up %s (was %d, since %.1f s)", key,
+                  u.packets_up if u is not None else "unknown", last, now - since)
+        if u is None:  # no counters (shaping off or not loaded yet): never ended meanwhile
+            self._idle[key] = (-1, since)
         elif u.packets_up != last:
-            self._idle[key] = (u.packets_up, now)
+            # counters seen at last: none counted yet is no activity (the clock runs on)
+            self._idle[key] = (u.packets_up, since if last == -1 and not u.packets_up else now)
         elif now - since >= st.idle_timeout:
             st.end_cause = "Idle-Timeout"  # its Stop says so
             if self.end(key):

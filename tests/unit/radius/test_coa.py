@@ -376,6 +376,23 @@ def test_an_idle_session_ends_on_time_an_active_one_does_not(tmp_path: Path) -> 
     asyncio.run(run())
 
 
+def test_counters_that_appear_late_and_count_nothing_leave_the_idle_clock_running(
+        tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept({"Idle-Timeout": 2}))
+        node = Node(feature(config([srv.port]), tmp_path))
+        loaded = {"now": False}
+        node.f.usage = lambda a: Usage() if loaded["now"] else None  # shaping loads late
+        s = await node.bind(1)
+        await asyncio.sleep(1.2)
+        loaded["now"] = True
+        await asyncio.sleep(2.0)
+        assert node.ended == [s.key]  # 2 s after it was bound, not after the counters came
+        node.f.close()
+
+    asyncio.run(run())
+
+
 def test_idle_timeout_needs_counters(tmp_path: Path) -> None:
     async def run() -> None:
         srv = await serve(accept({"Idle-Timeout": 1}))
