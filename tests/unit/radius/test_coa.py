@@ -43,6 +43,7 @@ from bng_operator.agent.radius.coa import (
 from bng_operator.agent.radius.feature import RadiusFeature
 from bng_operator.agent.radius.listener import CoaListener
 from bng_operator.agent.sessions.session import EndReason, Session
+from bng_operator.api.radius import SecretRef
 from tests.unit.radius.test_authoriser import DICT, SECRET, accept, config, feature, sample, serve, session
 
 NOW = 1_800_000_000.0
@@ -348,6 +349,14 @@ def test_the_class_servers_are_clients_with_their_secrets(tmp_path: Path) -> Non
         srv = await serve(accept())
         f = feature(config([srv.port]), tmp_path)
         assert f._coa_secrets == {"127.0.0.1": SECRET}
+        # another client, its secret read the same way (a file as a mounted Secret's key)
+        (tmp_path / "secrets" / "policy").mkdir()
+        (tmp_path / "secrets" / "policy" / "coa").write_bytes(b"other\n")
+        f.coa_clients = (("192.0.2.7", SecretRef(name="policy", key="coa")),
+                         ("192.0.2.8", SecretRef(name="missing")))
+        f.read_secrets()
+        f._servers()
+        assert f._coa_secrets == {"127.0.0.1": SECRET, "192.0.2.7": b"other"}  # not .8
         f.close()
 
     asyncio.run(run())
@@ -405,3 +414,24 @@ def test_idle_timeout_needs_counters(tmp_path: Path) -> None:
 
     asyncio.run(run())
 
+
+
+# --- the CLI's extra clients ----------------------------------------------------------------
+
+@pytest.mark.parametrize("text, want", [
+    ("192.0.2.7=policy", ("192.0.2.7", "policy", "secret")),
+    ("192.0.2.7=policy/coa-key", ("192.0.2.7", "policy", "coa-key")),
+    ("not-an-address=policy", None),
+    ("192.0.2.7", None),  # no Secret named
+])
+def test_coa_client_flag(text: str, want: tuple[str, str, str] | None) -> None:
+    import argparse
+
+    from bng_operator.cli import _coa_client
+
+    if want is None:
+        with pytest.raises(argparse.ArgumentTypeError):
+            _coa_client(text)
+        return
+    address, ref = _coa_client(text)
+    assert (address, ref.name, ref.key) == want
