@@ -224,6 +224,17 @@ class FreeRadius:
                 out.append(rec)
         return out
 
+    def radclient(self, port: int, command: str, attrs: dict[str, str | int],
+                  secret: str | None = None, address: str = "127.0.0.1",
+                  timeout: float = 1, retries: int = 1) -> subprocess.CompletedProcess[str]:
+        """``radclient`` (from this server's namespace) sends one request, ``command``
+        (coa, disconnect, ...), to ``address:port`` and prints the reply (-x)."""
+        text = "".join(f"{k} = {v}\n" for k, v in attrs.items())
+        return subprocess.run(self._ns("radclient", "-x", "-r", str(retries), "-t",
+                                       str(timeout), f"{address}:{port}", command,
+                                       secret if secret is not None else self.secret),
+                              input=text, capture_output=True, text=True, check=False)
+
     def log_lines(self, *words: str) -> list[str]:
         """Lines of the server's log (auth = yes: one per Access-Request answered) that
         contain every one of ``words``."""

@@ -20,6 +20,19 @@ def _duration(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 60}m" if s % 60 == 0 else f"{s}s"
 
+def _coa_client(text: str) -> tuple[str, Any]:
+    """``ADDRESS=SECRET[/KEY]``: a CoA/Disconnect client and its Secret reference."""
+    from bng_operator.api.radius import SecretRef
+
+    address, _, ref = text.partition("=")
+    name, _, key = ref.partition("/")
+    try:
+        ipaddress.IPv4Address(address)
+        return address, SecretRef(name=name, key=key or "secret")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: want ADDRESS=SECRET[/KEY] ({e})") from e
+
+
 def _cmd_crds(args: argparse.Namespace) -> int:
     from bng_operator.api.crd import crd_file_name, crds, render_yaml
 
@@ -92,7 +105,10 @@ def _cmd_agent(args: argparse.Namespace) -> int:
                              nat=not args.no_nat,
                              namespace=args.namespace, report=report,
                              fast_path_authority=authority, secrets_dir=args.secrets_dir,
-                             radius_acct_queue=args.radius_acct_queue)
+                             radius_acct_queue=args.radius_acct_queue,
+                             radius_coa_address=args.radius_coa_address,
+                             radius_coa_port=args.radius_coa_port,
+                             radius_coa_clients=tuple(args.radius_coa_client or ()))
     return asyncio.run(run_agent(settings, source))
 
 
@@ -256,6 +272,16 @@ def parser() -> argparse.ArgumentParser:
                    help="RADIUS accounting records kept (on disk) until a server acknowledges "
                         "them; when full, Interim-Updates are dropped first, counted in "
                         "bng_radius_acct_dropped_total (default: %(default)s)")
+    a.add_argument("--radius-coa-port", type=int, default=3799, metavar="PORT",
+                   help="the RADIUS CoA/Disconnect listener (RFC 5176), opened when a class "
+                        "uses RADIUS; 0: none (default: %(default)s)")
+    a.add_argument("--radius-coa-address", default="0.0.0.0", metavar="ADDRESS",
+                   help="the address it listens on (default: %(default)s)")
+    a.add_argument("--radius-coa-client", type=_coa_client, action="append",
+                   metavar="ADDRESS=SECRET[/KEY]",
+                   help="a CoA/Disconnect client besides the classes' RADIUS servers (which "
+                        "are clients with their own secrets), its secret read as theirs: the "
+                        "Secret SECRET, key KEY (default: secret); repeatable")
     a.add_argument("--metrics-host", default="0.0.0.0")
     a.add_argument("--metrics-port", type=int, default=9641,
                    help="/metrics, /healthz, /readyz (default: %(default)s)")

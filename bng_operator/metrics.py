@@ -170,6 +170,18 @@ class AgentMetrics:
             "bng_radius_session_timeouts_total",
             "Bound sessions ended by their Session-Timeout (bng_sessions_ended_total counts "
             "them as disconnected).", registry=r)
+        self.radius_dynauth = Counter(
+            "bng_radius_dynauth_requests_total",
+            "CoA-Requests and Disconnect-Requests (RFC 5176) by type (coa, disconnect) and "
+            "result: ack; a NAK's Error-Cause (session_not_found, unsupported_attribute, "
+            "missing_attribute, invalid_request); or dropped without a reply (unknown_client, "
+            "bad_authenticator: a wrong secret, replay: Event-Timestamp out of the window, "
+            "malformed), or duplicate (a retransmission, answered again).",
+            ["type", "result"], registry=r)
+        self.radius_idle_timeouts = Counter(
+            "bng_radius_idle_timeouts_total",
+            "Bound sessions ended by their Idle-Timeout: no packet from the subscriber for "
+            "that long (bng_sessions_ended_total counts them as disconnected).", registry=r)
         self.radius_unknown_attributes = Counter(
             "bng_radius_unknown_attributes_total",
             "Attributes of an Access-Accept that bng does not honour (ignored).", registry=r)

@@ -45,6 +45,7 @@ from bng_operator.agent.sessions.session import EndReason
 from bng_operator.agent.sources import KubeSource, Source, load_node_config
 from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, ProgramStatus
 from bng_operator.api.common import DEFAULT_NAMESPACE
+from bng_operator.api.radius import SecretRef
 from bng_operator.metrics import AgentMetrics
 
 log = logging.getLogger("bng.agent")
@@ -71,6 +72,11 @@ class AgentSettings:
     status_interval: float = 1.0  # BNGNode status: at most one write this often, if changed
     secrets_dir: Path = Path("/etc/bng/secrets")  # standalone: RADIUS secrets, <name>/<key>
     radius_acct_queue: int = 100_000  # accounting records kept until acknowledged
+    # the CoA/Disconnect listener (RFC 5176): address and port (0: none), and clients other
+    # than the classes' RADIUS servers: (address, Secret reference)
+    radius_coa_address: str = "0.0.0.0"
+    radius_coa_port: int = 3799
+    radius_coa_clients: tuple[tuple[str, SecretRef], ...] = ()
 
 
 @dataclass
@@ -134,7 +140,9 @@ class Agent:
                 override=lambda lease, rates: self.qos.override(lease, rates)
                 if self.qos is not None else None,
                 changed=lambda: setattr(self.health, "dirty", True), end=self._end_session,
-                usage=self._usage, acct_limit=st.radius_acct_queue)
+                usage=self._usage, acct_limit=st.radius_acct_queue,
+                coa_address=st.radius_coa_address, coa_port=st.radius_coa_port,
+                coa_clients=st.radius_coa_clients, shaping=lambda: self.qos is not None)
             await loop.run_in_executor(None, radius.start)
             self.authoriser = radius
         self.packets = PacketPath(server, store, sessions, m, h, commits, self.authoriser)
@@ -168,6 +176,7 @@ class Agent:
             # the expiry: sessions that ended while the agent was away get their Stop
             self.radius.restore(server.sessions,
                                 lambda key: server.by_identity.get(key))
+            await self.radius.listen()
         await store.commit()
         if self.fast_path is not None:
             self.fast_path.warm()
@@ -274,6 +283,10 @@ class Agent:
             if self.reporting is not None:
                 self.reporting.reporter.need_resync = True
         self.health.dirty = True
+
+    async def _radius_reload(self, radius: RadiusFeature) -> None:
+        await radius.refresh_secrets()
+        await radius.listen()  # a class that uses RADIUS now: its CoA clients are heard
 
     def _end_session(self, key: str) -> bool:
         """End a bound session on demand (RADIUS Session-Timeout): its features hear it now,
@@ -447,7 +460,7 @@ class Agent:
             self.qos.reconfigure(config)
         if self.radius is not None:
             self.radius.reconfigure(config)
-            asyncio.get_running_loop().create_task(self.radius.refresh_secrets())
+            asyncio.get_running_loop().create_task(self._radius_reload(self.radius))
         if self.nat is not None:
             if self.nat.path is not None:
                 self.nat.reconfigure(config)

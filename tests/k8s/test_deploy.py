@@ -221,8 +221,9 @@ def test_agent_daemonset_is_unprivileged_with_only_its_capabilities(helm: Helm) 
         "bng", "agent", "--node", "$(NODE_NAME)", "--namespace", NS, "--state-dir", "/var/lib/bng",
         "--bpf-dir", "/sys/fs/bpf/bng", "--metrics-port", "9641", "--xdp-mode", "native",
         "--subscriber-write-rate", "20", "--subscriber-ttl", "24h", "--accounting-interval", "5m",
-        "--radius-acct-queue", "100000"]
-    assert c["ports"] == [{"name": "metrics", "containerPort": 9641, "protocol": "TCP"}]
+        "--radius-acct-queue", "100000", "--radius-coa-port", "3799"]
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9641, "protocol": "TCP"},
+                          {"name": "radius-coa", "containerPort": 3799, "protocol": "UDP"}]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
 

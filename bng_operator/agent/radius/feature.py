@@ -56,6 +56,19 @@ from bng_operator.agent.radius.attributes import (
     request_attributes,
 )
 from bng_operator.agent.radius.client import Answer, RadiusClient, Server
+from bng_operator.agent.radius.coa import (
+    COA,
+    INVALID_REQUEST,
+    SESSION_NOT_FOUND,
+    UNSUPPORTED_ATTRIBUTE,
+    Candidate,
+    Request,
+    identify,
+    matches,
+    rate_attributes,
+    unsupported,
+)
+from bng_operator.agent.radius.listener import CoaListener
 from bng_operator.agent.radius.secrets import SecretError, Secrets
 from bng_operator.agent.radius.store import (
     AcctRecord,
@@ -100,6 +113,12 @@ class RadiusFeature:
     usage: Callable[[int], Usage | None] = lambda address: None
     acct_limit: int = 100_000  # accounting records queued at most
     wall: Callable[[], float] = time.time
+    # the CoA/Disconnect listener (RFC 5176): where (port 0: none), and the clients other
+    # than the classes' servers (address, secret)
+    coa_address: str = "0.0.0.0"
+    coa_port: int = 3799
+    coa_clients: tuple[tuple[str, SecretRef], ...] = ()
+    shaping: Callable[[], bool] = lambda: True  # whether rates can be changed (QoS is on)
     name: str = NAME
     client: RadiusClient = field(init=False)
     store: RadiusStore | None = field(default=None, init=False)
@@ -121,6 +140,12 @@ class RadiusFeature:
     _acct: dict[str, list[tuple[Server, bytes]]] = field(default_factory=dict, init=False)
     _outage_logged: bool = field(default=False, init=False)
     _queued_interims: int = field(default=0, init=False)
+    _coa_secrets: dict[str, bytes] = field(default_factory=dict, init=False)  # by address
+    _listener: CoaListener | None = field(default=None, init=False)
+    _listen_error: str = field(default="", init=False)
+    # Idle-Timeout: the subscriber's packets up when last seen to change, and when (monotonic)
+    _idle: dict[str, tuple[int, float]] = field(default_factory=dict, init=False)
+    _idle_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.client = RadiusClient(self.metrics, self.clock)
@@ -156,6 +181,13 @@ class RadiusFeature:
                     out[srv.secret] = str(e)
                     log.error("RADIUS: class %s: %s; its servers that use it are not asked",
                               c.name, e)
+        for address, ref in self.coa_clients:
+            if ref not in out:
+                try:
+                    out[ref] = self.secrets.read(ref)
+                except SecretError as e:
+                    out[ref] = str(e)
+                    log.error("RADIUS CoA client %s: %s; its requests are dropped", address, e)
         self._secrets = out
         self.changed()
 
@@ -194,14 +226,51 @@ class RadiusFeature:
             out.append((c, servers))
             self._acct[c.name] = acct
         self._acct = {k: v for k, v in self._acct.items() if k in {c.name for c, _ in out}}
+        # CoA/Disconnect clients: every class's servers, with their secrets, and the others
+        coa: dict[str, bytes] = {}
+        for c, _ in out:
+            auth = self._auth(c)
+            for srv in auth.servers if auth else ():
+                secret = self._secrets.get(srv.secret)
+                if isinstance(secret, bytes):
+                    coa.setdefault(srv.address, secret)
+        for address, ref in self.coa_clients:
+            secret = self._secrets.get(ref)
+            if isinstance(secret, bytes):
+                coa[address] = secret
+        self._coa_secrets = coa
         self.client.forget(keep)
         return out
 
+    async def listen(self) -> None:
+        """Open the CoA/Disconnect listener, when a class uses RADIUS (and a port is set).
+        A port that cannot be bound is said, and shown in the BNGNode status."""
+        if self._listener is not None or not self.coa_port or not self.wanted:
+            return
+        try:
+            _, self._listener = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: CoaListener(self.metrics, self.client.dictionary,
+                                    lambda: self._coa_secrets, self.dynauth, self.wall),
+                local_addr=(self.coa_address, self.coa_port))
+        except OSError as e:
+            self._listen_error = f"the CoA/Disconnect listener cannot bind " \
+                                 f"{self.coa_address}:{self.coa_port}: {e}"
+            log.error("RADIUS: %s", self._listen_error)
+            self.changed()
+            return
+        self._listen_error = ""
+        log.info("RADIUS: CoA/Disconnect listener on %s:%d", self.coa_address, self.coa_port)
+
     def close(self) -> None:
-        for timer in [*self._timers.values(), *self._interims.values()]:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for timer in [*self._timers.values(), *self._interims.values(),
+                      *self._idle_timers.values()]:
             timer.cancel()
         self._timers.clear()
         self._interims.clear()
+        self._idle_timers.clear()
         if self._sender is not None:
             self._sender.cancel()
         self.client.close()
@@ -229,8 +298,8 @@ class RadiusFeature:
             self._attach(s, st)
             if st.rates is not None:
                 self.override(lease, st.rates)
-            self._arm(key, st)
             self._bound[key] = s
+            self._arm(key, st)
             if not st.start_queued:  # bound before its state said so (or before accounting)
                 self._start(s, st, lease)
             self._arm_interim(key, st)
@@ -379,6 +448,8 @@ class RadiusFeature:
                 st.carried = tuple(a + b for a, b in zip(  # type: ignore[assignment]
                     st.carried, (u.bytes_up, u.packets_up, u.bytes_down, u.packets_down),
                     strict=True))
+        if st is not None and what == Change.ADDRESS and s.key in self._idle:
+            self._idle[s.key] = (-1, self.clock())  # the new address's counters start anew
         if st is not None and st.rates is not None and s.lease is not None \
                 and what == Change.ADDRESS:
             self.override(s.lease, st.rates)  # shaping forgot the old address's
@@ -386,13 +457,14 @@ class RadiusFeature:
     def on_ended(self, s: Session) -> None:
         st = self.sessions.pop(s.key, None)
         self._bound.pop(s.key, None)
-        for timers in (self._timers, self._interims):
+        self._idle.pop(s.key, None)
+        for timers in (self._timers, self._interims, self._idle_timers):
             timer = timers.pop(s.key, None)
             if timer is not None:
                 timer.cancel()
         if st is not None and st.start_queued and s.lease is not None:
             self._record(STOP, s.key, st, s, s.lease.address, self._usage(st, s.lease.address),
-                         terminate_cause(s.end_reason, st.session_timed_out))
+                         st.end_cause or terminate_cause(s.end_reason, st.session_timed_out))
         if st is not None and self.store is not None:
             self.store.delete(s.key)
 
@@ -400,7 +472,9 @@ class RadiusFeature:
 
     def _arm(self, key: str, st: RadiusSession) -> None:
         """A session with a Session-Timeout ends that long after it was authorised (a
-        restart keeps the time: it is counted from ``authorised_at``, wall-clock)."""
+        restart keeps the time: it is counted from ``authorised_at``, wall-clock); one with
+        an Idle-Timeout is watched for activity."""
+        self._arm_idle(key, st)
         if not st.session_timeout or key in self._timers:
             return
         delay = max(0.0, st.authorised_at + st.session_timeout - time.time())
@@ -418,6 +492,118 @@ class RadiusFeature:
             log.info("RADIUS: session %s (Acct-Session-Id %s) reached its Session-Timeout of "
                      "%d s and ended; its next request is authorised anew", key,
                      acct_session_id, st.session_timeout)
+
+    # --- Idle-Timeout -----------------------------------------------------------------------
+
+    def _idle_tick(self, st: RadiusSession) -> float:
+        """How often an idle-watched session's counters are read: a tenth of its timeout,
+        between 1 and 30 s (it ends at most a tick or two after its Idle-Timeout)."""
+        return max(1.0, min(30.0, (st.idle_timeout or 0) / 10))
+
+    def _arm_idle(self, key: str, st: RadiusSession) -> None:
+        """Activity is the subscriber's upload: its packets up in shaping's per-session
+        counters (what it sends; what it is sent proves nothing about it being there)."""
+        if not st.idle_timeout or key in self._idle_timers:
+            return
+        s = self._bound.get(key)
+        u = self.usage(s.lease.address) if s is not None and s.lease is not None else None
+        self._idle[key] = (u.packets_up if u is not None else -1, self.clock())
+        self._idle_timers[key] = asyncio.get_running_loop().call_later(
+            self._idle_tick(st), self._idle_check, key, st.acct_session_id)
+
+    def _idle_check(self, key: str, acct_session_id: str) -> None:
+        self._idle_timers.pop(key, None)
+        st, s = self.sessions.get(key), self._bound.get(key)
+        if st is None or s is None or s.lease is None or st.acct_session_id != acct_session_id \
+                or not st.idle_timeout:
+            self._idle.pop(key, None)
+            return
+        now = self.clock()
+        u = self.usage(s.lease.address)
+        last, since = self._idle.get(key, (-1, now))
+        log.debug("RADIUS: session %s: packets up %s (was %d, since %.1f s)", key,
+                  u.packets_up if u is not None else "unknown", last, now - since)
+        if u is None:  # no counters (shaping off or not loaded yet): never ended meanwhile
+            self._idle[key] = (-1, since)
+        elif u.packets_up != last:
+            # counters seen at last: none counted yet is no activity (the clock runs on)
+            self._idle[key] = (u.packets_up, since if last == -1 and not u.packets_up else now)
+        elif now - since >= st.idle_timeout:
+            st.end_cause = "Idle-Timeout"  # its Stop says so
+            if self.end(key):
+                self.metrics.radius_idle_timeouts.inc()
+                log.info("RADIUS: session %s (Acct-Session-Id %s) sent nothing for its "
+                         "Idle-Timeout of %d s and ended", key, acct_session_id,
+                         st.idle_timeout)
+            return
+        self._idle_timers[key] = asyncio.get_running_loop().call_later(
+            self._idle_tick(st), self._idle_check, key, acct_session_id)
+
+    # --- CoA and Disconnect (RFC 5176) -----------------------------------------------------
+
+    def candidates(self) -> list[Candidate]:
+        out = []
+        for key, s in self._bound.items():
+            st = self.sessions.get(key)
+            if st is not None and s.lease is not None:
+                out.append(Candidate(key, st.acct_session_id, st.user_name, s.lease.address,
+                                     s.identity.mac))
+        return out
+
+    def dynauth(self, r: Request) -> int | None:
+        """Act on a verified CoA-Request or Disconnect-Request: None (ACK) or the NAK's
+        Error-Cause. Every session it identifies is changed, or ended."""
+        bad = unsupported(r.kind, r.attrs, r.unknown)
+        if bad:
+            log.warning("RADIUS %s: attributes not supported: %s; NAK", r.kind, ", ".join(bad))
+            return UNSUPPORTED_ATTRIBUTE
+        ident = identify(r.attrs)
+        if isinstance(ident, int):
+            return ident
+        keys = matches(ident, self.candidates())
+        if not keys:
+            log.info("RADIUS %s: no session matches %s; NAK", r.kind, ident)
+            return SESSION_NOT_FOUND
+        if r.kind == COA:
+            return self._coa(keys, rate_attributes(r.attrs))
+        ended = 0
+        for key in keys:
+            st = self.sessions.get(key)
+            if st is not None:
+                st.end_cause = "Admin-Reset"
+            if self.end(key):
+                ended += 1
+                log.info("RADIUS: session %s (Acct-Session-Id %s) ended by a "
+                         "Disconnect-Request", key, st.acct_session_id if st else "?")
+        return None if ended else SESSION_NOT_FOUND
+
+    def _coa(self, keys: list[str], attrs: dict[str, list[object]]) -> int | None:
+        if not attrs:
+            return None  # nothing to change
+        if not self.shaping():
+            log.warning("RADIUS CoA: rates asked but shaping is off on this node; NAK")
+            return UNSUPPORTED_ATTRIBUTE
+        changes = []
+        for key in keys:
+            s, st = self._bound[key], self.sessions[key]
+            a = read_accept(attrs, self.config, "", self.config.shaping.get(s.subscriber_class))
+            if isinstance(a, Refusal) or a.warnings:
+                log.warning("RADIUS CoA for session %s: %s; NAK", key,
+                            a.message if isinstance(a, Refusal) else "; ".join(a.warnings))
+                return INVALID_REQUEST
+            changes.append((s, st, a))
+        for s, st, a in changes:
+            st.rates = a.rates
+            if "Filter-Id" in attrs:
+                st.filter_id = str(attrs["Filter-Id"][0])
+            if self.store is not None:
+                self.store.put(s.key, st)
+            assert s.lease is not None
+            self.override(s.lease, st.rates)
+            log.info("RADIUS: session %s (Acct-Session-Id %s): CoA, rates now %s", s.key,
+                     st.acct_session_id, f"{st.rates.down_bps} bit/s down, {st.rates.up_bps} bit/s up"
+                     if st.rates else "its class's")
+        return None
 
     # --- accounting -------------------------------------------------------------------------
 
@@ -635,6 +821,8 @@ class RadiusFeature:
             parts.append(f"RADIUS servers dead: {', '.join(sorted(dead))}")
         if bad:
             parts.append(f"RADIUS secret unreadable: {bad[0]}")
+        if self._listen_error:
+            parts.append(self._listen_error)
         if now - self.last_fallback_at < FALLBACK_SHOWN:
             parts.append(f"RADIUS fallback ({self.fallbacks} sessions so far), the last "
                          f"{now - self.last_fallback_at:.0f} s ago: {self.last_fallback}")

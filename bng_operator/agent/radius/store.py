@@ -55,6 +55,7 @@ class RadiusSession:
     carried: tuple[int, int, int, int] = (0, 0, 0, 0)
     last_accounting: float = 0.0
     session_timed_out: bool = False
+    end_cause: str = ""  # the Acct-Terminate-Cause of an end it chose (Idle-Timeout, ...)
     last_usage: tuple[int, int, int, int] = (0, 0, 0, 0)  # of its last record
     bound_address: int = 0  # its address when last accounted
     subscriber_class: str = ""

@@ -1,0 +1,437 @@
+"""CoA and Disconnect (RFC 5176): request checks (secret, Message-Authenticator, replay
+window, duplicates), session lookup by each identifier, the NAK causes, and the listener
+acting through the RADIUS feature; and Idle-Timeout on the upload counters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyrad.packet import (
+    CoAACK,
+    CoANAK,
+    CoAPacket,
+    CoARequest,
+    DisconnectACK,
+    DisconnectNAK,
+    DisconnectRequest,
+)
+
+from bng_lab.dhcp_env import bound_lease
+from bng_operator.agent.config import ShapingRates
+from bng_operator.agent.radius.accounting import Usage
+from bng_operator.agent.radius.coa import (
+    COA,
+    DISCONNECT,
+    INVALID_REQUEST,
+    MISSING_ATTRIBUTE,
+    SESSION_NOT_FOUND,
+    UNSUPPORTED_ATTRIBUTE,
+    Candidate,
+    Drop,
+    Duplicates,
+    Ident,
+    check,
+    identify,
+    matches,
+    unsupported,
+)
+from bng_operator.agent.radius.feature import RadiusFeature
+from bng_operator.agent.radius.listener import CoaListener
+from bng_operator.agent.sessions.session import EndReason, Session
+from bng_operator.api.radius import SecretRef
+from tests.unit.radius.test_authoriser import DICT, SECRET, accept, config, feature, sample, serve, session
+
+NOW = 1_800_000_000.0
+
+
+def request(code: int = CoARequest, secret: bytes = SECRET, ma: bool = False,
+            ident: int = 7, **attrs: Any) -> bytes:
+    p = CoAPacket(code=code, id=ident, secret=secret, dict=DICT)
+    for k, v in attrs.items():
+        p.AddAttribute(k.replace("_", "-"), v)
+    if ma:
+        p.add_message_authenticator()
+    return p.RequestPacket()  # type: ignore[no-any-return]
+
+
+def stamp(t: float) -> int:
+    return int(t)
+
+
+# --- checks: secret, Message-Authenticator, replay window --------------------------------
+
+@pytest.mark.parametrize("data, result", [
+    (request(User_Name="u"), COA),
+    (request(DisconnectRequest, User_Name="u"), DISCONNECT),
+    (request(User_Name="u", ma=True), COA),  # verified when present
+    (request(User_Name="u", secret=b"wrong"), "bad_authenticator"),
+    (request(User_Name="u", secret=b"wrong", ma=True), "bad_authenticator"),
+    (request(User_Name="u", Event_Timestamp=stamp(NOW - 10)), COA),
+    (request(User_Name="u", Event_Timestamp=stamp(NOW + 299)), COA),
+    (request(User_Name="u", Event_Timestamp=stamp(NOW - 301)), "replay"),
+    (request(User_Name="u", Event_Timestamp=stamp(NOW + 400)), "replay"),
+    (b"\x2b\x01\x00", "malformed"),
+    (bytes([1]) + request(User_Name="u")[1:], "malformed"),  # an Access-Request
+])
+def test_check(data: bytes, result: str) -> None:
+    r = check(data, SECRET, DICT, NOW)
+    got = r.reason if isinstance(r, Drop) else r.kind
+    assert got == result, r
+
+
+def test_a_tampered_message_authenticator_is_dropped() -> None:
+    good = bytearray(request(User_Name="u", ma=True))
+    # a valid Request Authenticator over a wrong Message-Authenticator: recompute the former
+    import hashlib
+    at = good.index(bytes([80, 18])) + 2
+    good[at] ^= 1
+    good[4:20] = hashlib.md5(bytes(good[:4]) + bytes(16) + bytes(good[20:]) + SECRET).digest()
+    r = check(bytes(good), SECRET, DICT, NOW)
+    assert isinstance(r, Drop) and r.reason == "bad_authenticator"
+
+
+def test_duplicates_are_remembered_for_the_window() -> None:
+    d = Duplicates(window=300, limit=2)
+    k1, k2, k3 = ("a", 1, b"x"), ("a", 2, b"x"), ("a", 3, b"x")
+    d.put(k1, 0, None)
+    d.put(k1, 1, b"reply")
+    assert d.get(k1, 299) == (0, b"reply")
+    assert d.get(k1, 301) is None  # out of the window
+    d.put(k1, 400, None)
+    d.put(k2, 400, None)
+    d.put(k3, 400, None)  # over the limit: the oldest goes
+    assert d.get(k1, 400) is None and d.get(k3, 400) is not None
+
+
+# --- identification and lookup ------------------------------------------------------------
+
+CANDIDATES = [
+    Candidate("mac:a", "AAAA", "alice", int(IPv4Address("100.64.0.1")), "02:00:00:00:00:0a"),
+    Candidate("mac:b", "BBBB", "bob", int(IPv4Address("100.64.0.2")), "02-00-00-00-00-0B"),
+    Candidate("mac:c", "CCCC", "bob", int(IPv4Address("100.64.0.3")), "020000000000c"),
+]
+
+
+@pytest.mark.parametrize("attrs, keys", [
+    ({"Acct-Session-Id": ["BBBB"]}, ["mac:b"]),
+    ({"User-Name": ["alice"]}, ["mac:a"]),
+    ({"User-Name": ["bob"]}, ["mac:b", "mac:c"]),  # every session it names
+    ({"Framed-IP-Address": ["100.64.0.3"]}, ["mac:c"]),
+    ({"Calling-Station-Id": ["02:00:00:00:00:0B"]}, ["mac:b"]),  # any MAC format
+    ({"Calling-Station-Id": ["0200.0000.000a"]}, ["mac:a"]),
+    ({"User-Name": ["bob"], "Framed-IP-Address": ["100.64.0.2"]}, ["mac:b"]),  # all must match
+    ({"User-Name": ["alice"], "Acct-Session-Id": ["BBBB"]}, []),
+    ({"Acct-Session-Id": ["ZZZZ"]}, []),
+])
+def test_lookup_by_each_identifier(attrs: dict[str, list[object]], keys: list[str]) -> None:
+    ident = identify(attrs)
+    assert isinstance(ident, Ident)
+    assert matches(ident, CANDIDATES) == keys
+
+
+@pytest.mark.parametrize("attrs, cause", [
+    ({}, MISSING_ATTRIBUTE),
+    ({"NAS-Identifier": ["bng-1"]}, MISSING_ATTRIBUTE),
+    ({"Framed-IP-Address": ["not an address"]}, INVALID_REQUEST),
+])
+def test_identification_errors(attrs: dict[str, list[object]], cause: int) -> None:
+    assert identify(attrs) == cause
+
+
+@pytest.mark.parametrize("kind, names, bad", [
+    (COA, ["User-Name", "Filter-Id", "WISPr-Bandwidth-Max-Up", "Event-Timestamp"], []),
+    (COA, ["User-Name", "Session-Timeout"], ["Session-Timeout"]),
+    (COA, ["User-Name", "Acct-Terminate-Cause"], ["Acct-Terminate-Cause"]),
+    (DISCONNECT, ["Acct-Session-Id", "Acct-Terminate-Cause", "NAS-IP-Address"], []),
+    (DISCONNECT, ["Acct-Session-Id", "Filter-Id"], ["Filter-Id"]),
+])
+def test_unsupported_attributes(kind: str, names: list[str], bad: list[str]) -> None:
+    assert unsupported(kind, {n: ["x"] for n in names}, ()) == bad
+    assert unsupported(kind, {n: ["x"] for n in names}, ("250",)) == sorted([*bad, "250"])
+
+
+# --- the listener with the feature ----------------------------------------------------------
+
+class Node:
+    """A RADIUS feature with bound sessions, and what it did to them."""
+
+    def __init__(self, f: RadiusFeature) -> None:
+        self.f = f
+        self.ended: list[str] = []
+        self.rates: dict[int, ShapingRates | None] = {}
+        f.end = self._end
+        f.override = lambda lease, rates: self.rates.__setitem__(lease.address, rates)
+        self.sessions: dict[str, Session] = {}
+
+    def _end(self, key: str) -> bool:
+        if key not in self.sessions:
+            return False
+        s = self.sessions.pop(key)
+        self.ended.append(key)
+        s.end_reason = EndReason.DISCONNECTED
+        self.f.on_ended(s)
+        return True
+
+    async def bind(self, i: int) -> Session:
+        s = session(i)
+        assert (await self.f.authorise(s)).accept
+        s.lease = bound_lease(address=0x64400000 + i, identity=s.key)
+        self.f.on_bound(s)
+        self.sessions[s.key] = s
+        return s
+
+
+class Client(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.replies.put_nowait(data)
+
+    async def ask(self, data: bytes, secret: bytes = SECRET, wait: float = 1.0,
+                  ) -> CoAPacket | None:
+        self.transport.sendto(data)
+        try:
+            raw = await asyncio.wait_for(self.replies.get(), wait)
+        except TimeoutError:
+            return None
+        req = CoAPacket(packet=data, secret=secret, dict=DICT)
+        reply = req.CreateReply(packet=raw)
+        assert req.VerifyReply(reply, raw), "the reply is signed with the client's secret"
+        return reply  # type: ignore[no-any-return]
+
+
+async def listening(f: RadiusFeature, clients: dict[str, bytes] | None = None,
+                    ) -> tuple[CoaListener, Client]:
+    loop = asyncio.get_running_loop()
+    _, listener = await loop.create_datagram_endpoint(
+        lambda: CoaListener(f.metrics, DICT, lambda: clients if clients is not None
+                            else f._coa_secrets, f.dynauth),
+        local_addr=("127.0.0.1", 0))
+    port = listener.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+    _, client = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+    return listener, client
+
+
+def _nak_cause(reply: CoAPacket | None) -> int | None:
+    assert reply is not None
+    return int(reply["Error-Cause"][0]) if "Error-Cause" in reply else None
+
+
+@pytest.mark.parametrize("code, attrs, answer, cause", [
+    (CoARequest, {"User-Name": "02:00:00:00:01:01", "Filter-Id": "business-1g"}, CoAACK, None),
+    (CoARequest, {"Acct-Session-Id": "NOPE", "Filter-Id": "business-1g"}, CoANAK,
+     SESSION_NOT_FOUND),
+    (CoARequest, {"Framed-IP-Address": "100.64.0.1", "Session-Timeout": 10}, CoANAK,
+     UNSUPPORTED_ATTRIBUTE),
+    (CoARequest, {"Framed-IP-Address": "100.64.0.1", "Filter-Id": "no-such-policy"}, CoANAK,
+     INVALID_REQUEST),
+    (CoARequest, {"NAS-Identifier": "x"}, CoANAK, MISSING_ATTRIBUTE),
+    (DisconnectRequest, {"Calling-Station-Id": "02-00-00-00-01-01"}, DisconnectACK, None),
+    (DisconnectRequest, {"Framed-IP-Address": "100.64.0.9"}, DisconnectNAK, SESSION_NOT_FOUND),
+    (DisconnectRequest, {"Framed-IP-Address": "100.64.0.1", "Filter-Id": "x"}, DisconnectNAK,
+     UNSUPPORTED_ATTRIBUTE),
+])
+def test_answers_and_nak_causes(tmp_path: Path, code: int, attrs: dict[str, Any], answer: int,
+                                cause: int | None) -> None:
+    async def run() -> None:
+        srv = await serve(accept())
+        node = Node(feature(config([srv.port]), tmp_path))
+        await node.bind(1)
+        listener, client = await listening(node.f)
+        reply = await client.ask(request(code, **{k.replace("-", "_"): v
+                                                  for k, v in attrs.items()}))
+        assert reply is not None and reply.code == answer
+        assert _nak_cause(reply) == cause
+        kind = "disconnect" if code == DisconnectRequest else "coa"
+        label = "ack" if cause is None else {401: "unsupported_attribute",
+                                             402: "missing_attribute", 404: "invalid_request",
+                                             503: "session_not_found"}[cause]
+        assert sample(node.f, "bng_radius_dynauth_requests_total", type=kind,
+                      result=label) == 1
+        if answer != CoAACK:
+            assert node.rates == {}  # a NAK changes nothing
+        if answer != DisconnectACK:
+            assert node.ended == []
+        listener.close()
+        node.f.close()
+
+    asyncio.run(run())
+
+
+def test_coa_changes_rates_live_and_survives_a_restart(tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept())
+        cfg = config([srv.port])
+        node = Node(feature(cfg, tmp_path))
+        s = await node.bind(1)
+        assert s.lease is not None
+        listener, client = await listening(node.f)
+        aid = node.f.sessions[s.key].acct_session_id
+        reply = await client.ask(request(Acct_Session_Id=aid,
+                                         WISPr_Bandwidth_Max_Down=50_000_000))
+        assert reply is not None and reply.code == CoAACK
+        r = node.rates[s.lease.address]
+        assert r is not None and (r.down_bps, r.up_bps) == (50_000_000, 20_000_000)
+        reply = await client.ask(request(ident=8, Acct_Session_Id=aid, Filter_Id="business-1g"))
+        assert reply is not None and reply.code == CoAACK
+        r = node.rates[s.lease.address]
+        assert r is not None and r.down_bps == 1_000_000_000
+        listener.close()
+        node.f.close()
+        g = Node(feature(cfg, tmp_path))  # after a restart: the CoA's rates, not the Accept's
+        g.f.restore({s.key: s}, lambda key: s.lease)
+        assert g.rates[s.lease.address] == r
+        g.f.close()
+
+    asyncio.run(run())
+
+
+def test_disconnect_ends_with_admin_reset_and_duplicates_are_answered_once(
+        tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept())
+        node = Node(feature(config([srv.port]), tmp_path))
+        s = await node.bind(1)
+        await node.bind(2)
+        listener, client = await listening(node.f)
+        data = request(DisconnectRequest, User_Name="02:00:00:00:01:01",
+                       Event_Timestamp=stamp(time.time()))
+        first = await client.ask(data)
+        assert first is not None and first.code == DisconnectACK
+        assert node.ended == [s.key]
+        stop = [r for r in node.f.queue if r.status == "Stop"]
+        assert dict(stop[0].attributes)["Acct-Terminate-Cause"] == "Admin-Reset"
+        again = await client.ask(data)  # a retransmission: the same answer, not a NAK 503
+        assert again is not None and again.code == DisconnectACK
+        assert sample(node.f, "bng_radius_dynauth_requests_total", type="disconnect",
+                      result="duplicate") == 1
+        assert node.ended == [s.key]
+        listener.close()
+        node.f.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("clients, secret, reason", [
+    ({"127.0.0.1": SECRET}, b"wrong", "bad_authenticator"),
+    ({"127.0.0.9": SECRET}, SECRET, "unknown_client"),
+])
+def test_dropped_without_a_reply(tmp_path: Path, clients: dict[str, bytes], secret: bytes,
+                                 reason: str) -> None:
+    async def run() -> None:
+        srv = await serve(accept())
+        node = Node(feature(config([srv.port]), tmp_path))
+        await node.bind(1)
+        listener, client = await listening(node.f, clients)
+        reply = await client.ask(request(DisconnectRequest, secret=secret,
+                                         Framed_IP_Address="100.64.0.1"), wait=0.3)
+        assert reply is None and node.ended == []
+        assert sample(node.f, "bng_radius_dynauth_requests_total", type="disconnect",
+                      result=reason) == 1
+        listener.close()
+        node.f.close()
+
+    asyncio.run(run())
+
+
+def test_the_class_servers_are_clients_with_their_secrets(tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept())
+        f = feature(config([srv.port]), tmp_path)
+        assert f._coa_secrets == {"127.0.0.1": SECRET}
+        # another client, its secret read the same way (a file as a mounted Secret's key)
+        (tmp_path / "secrets" / "policy").mkdir()
+        (tmp_path / "secrets" / "policy" / "coa").write_bytes(b"other\n")
+        f.coa_clients = (("192.0.2.7", SecretRef(name="policy", key="coa")),
+                         ("192.0.2.8", SecretRef(name="missing")))
+        f.read_secrets()
+        f._servers()
+        assert f._coa_secrets == {"127.0.0.1": SECRET, "192.0.2.7": b"other"}  # not .8
+        f.close()
+
+    asyncio.run(run())
+
+
+# --- Idle-Timeout -------------------------------------------------------------------------
+
+def test_an_idle_session_ends_on_time_an_active_one_does_not(tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept({"Idle-Timeout": 2}))
+        up: dict[int, int] = {}
+        node = Node(feature(config([srv.port]), tmp_path))
+        node.f.usage = lambda a: Usage(0, up.get(a, 0), 0, 0)
+        idle, busy = await node.bind(1), await node.bind(2)
+        assert busy.lease is not None
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.6:
+            up[busy.lease.address] = up.get(busy.lease.address, 0) + 1  # it sends
+            await asyncio.sleep(0.2)
+        assert node.ended == [idle.key]  # 2 s idle, noticed within a tick or two (1 s)
+        stop = [r for r in node.f.queue if r.status == "Stop"]
+        assert dict(stop[0].attributes)["Acct-Terminate-Cause"] == "Idle-Timeout"
+        assert sample(node.f, "bng_radius_idle_timeouts_total") == 1
+        node.f.close()
+
+    asyncio.run(run())
+
+
+def test_counters_that_appear_late_and_count_nothing_leave_the_idle_clock_running(
+        tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept({"Idle-Timeout": 2}))
+        node = Node(feature(config([srv.port]), tmp_path))
+        loaded = {"now": False}
+        node.f.usage = lambda a: Usage() if loaded["now"] else None  # shaping loads late
+        s = await node.bind(1)
+        await asyncio.sleep(1.2)
+        loaded["now"] = True
+        await asyncio.sleep(2.0)
+        assert node.ended == [s.key]  # 2 s after it was bound, not after the counters came
+        node.f.close()
+
+    asyncio.run(run())
+
+
+def test_idle_timeout_needs_counters(tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept({"Idle-Timeout": 1}))
+        node = Node(feature(config([srv.port]), tmp_path))
+        node.f.usage = lambda a: None  # shaping off: nothing says it is idle
+        await node.bind(1)
+        await asyncio.sleep(2.5)
+        assert node.ended == []
+        node.f.close()
+
+    asyncio.run(run())
+
+
+
+# --- the CLI's extra clients ----------------------------------------------------------------
+
+@pytest.mark.parametrize("text, want", [
+    ("192.0.2.7=policy", ("192.0.2.7", "policy", "secret")),
+    ("192.0.2.7=policy/coa-key", ("192.0.2.7", "policy", "coa-key")),
+    ("not-an-address=policy", None),
+    ("192.0.2.7", None),  # no Secret named
+])
+def test_coa_client_flag(text: str, want: tuple[str, str, str] | None) -> None:
+    import argparse
+
+    from bng_operator.cli import _coa_client
+
+    if want is None:
+        with pytest.raises(argparse.ArgumentTypeError):
+            _coa_client(text)
+        return
+    address, ref = _coa_client(text)
+    assert (address, ref.name, ref.key) == want
