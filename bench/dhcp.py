@@ -178,12 +178,12 @@ class Servers:
             self.kea = None
 
 
-def _perfdhcp(site: Site, rate: int, seconds: int, clients: list[str]) -> \
-        subprocess.CompletedProcess[str]:
+def _perfdhcp(site: Site, rate: int, seconds: int, clients: list[str],
+              extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """Replies are counted at the end of the period (the rate) and after 0.5 s more (drops)."""
     return site.lab.run(site.subscribers[0], "perfdhcp", "-4", "-g", "single", "-l", RELAY,
                         "-r", str(rate), *perfdhcp.timed(seconds), *clients, "-W", "500000",
-                        GATEWAY, check=False, timeout=seconds + 60)
+                        *extra, GATEWAY, check=False, timeout=seconds + 60)
 
 
 def replies_by_path(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -346,6 +346,21 @@ def _kernel_trial(r: dhcpgen.Result) -> tuple[int | str, float, float]:
     return (r.rate or "unpaced", round(r.leases_rate), round(r.drops, 2))
 
 
+def relay_site(workdir: Path, configs: dict[str, str]) -> Site:
+    """A site with one subscriber namespace, where perfdhcp plays a relay, and a bng
+    namespace for the server. ``configs``: directory name (under ``workdir``) -> its
+    configuration; the agent starts with the first (``Site.config`` chooses another)."""
+    dirs = []
+    for name, text in configs.items():
+        (workdir / name).mkdir()
+        (workdir / name / "bench.yaml").write_text(text)
+        dirs.append(workdir / name)
+    site = Site(NetLab(), workdir, dirs[:1]).build(subscribers=1)
+    # perfdhcp (v4) plays a relay: it binds this address and puts it in giaddr.
+    netlink.add_address("eth0", f"{RELAY}/20", site.subscribers[0])
+    return site
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scenario", choices=["new", "known"], default="new")
@@ -359,11 +374,7 @@ def main() -> int:
         return 2
     remove_leftovers()
     workdir = Path(tempfile.mkdtemp(prefix="bng-bench-"))
-    (workdir / "config").mkdir()
-    (workdir / "config" / "bench.yaml").write_text(POOL)
-    site = Site(NetLab(), workdir, [workdir / "config"]).build(subscribers=1)
-    # perfdhcp (v4) plays a relay: it binds this address and puts it in giaddr.
-    netlink.add_address("eth0", f"{RELAY}/20", site.subscribers[0])
+    site = relay_site(workdir, {"config": POOL})
     servers = Servers(site, workdir)
     macs = None
     if args.scenario == "known":

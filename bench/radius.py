@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""New sessions/s with RADIUS authentication (FreeRADIUS 3.2 on the node's loopback) against
+the same run without, and whether accounting keeps up with its load (issue 17).
+
+    sudo .venv/bin/python bench/radius.py --json
+
+One site (bench/dhcp.py's: perfdhcp as a relay in front of the bng namespace), one
+FreeRADIUS in the bng namespace (bng_lab/radius.py, as the e2e tests run it; it accepts
+everyone). Two configurations differ in one thing, the class's ``auth``:
+
+  plain: the class has no auth;
+  auth:  ``auth: radius`` against that FreeRADIUS (its Access-Request, then the session's
+         accounting Start, are part of each new session's cost).
+
+Each round searches each configuration's best rate of new sessions (bench/dhcp.py's search:
+the highest DORA rate with at most 2.5% drops; every trial starts the agent afresh, every
+exchange is a new client: the MACs come from a range 50x the exchanges), the two in
+alternating order. ``auth_ratio`` is the median over rounds of auth / plain.
+``auth_overhead_us`` is what authorisation adds per session at those rates (1/auth - 1/plain).
+``offer_p99_ms``: DISCOVER to OFFER, p99 over the exchanges of each configuration's best
+trial (perfdhcp's timers, ``-x t``), for the worst round.
+
+Accounting: SESSIONS sessions (``--sessions``) bound in the auth configuration with the
+class's interimInterval set to ``--interim`` seconds (60 s at 2,000 subscribers is ~33
+records/s; the run states its own load in ``records_per_s_offered``). Once their Starts
+are acknowledged, the queue depth (``bng_radius_acct_queue_depth``) is read at the start
+and the end of a steady period of ``--steady`` seconds (and sampled every second between);
+``accounting_backlog_growth`` is end - start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.dhcp import CIDR, Servers, Trial, _perfdhcp, relay_site, step_search
+from bng_lab import dhcpgen, perfdhcp
+from bng_lab.netlab import remove_leftovers
+from bng_lab.radius import SECRET, FreeRadius
+from bng_lab.site import Site
+
+PORT = 18140  # FreeRADIUS auth; PORT + 1 accounting
+USERS = "DEFAULT Auth-Type := Accept\n"
+CLIENTS_FACTOR = 50  # MAC range per exchange sent: nearly every exchange a new client
+
+
+def radius_spec(interim: int = 0) -> str:
+    return (f"{{pool: residential, auth: radius, radius: {{servers: [{{address: 127.0.0.1, "
+            f"authPort: {PORT}, acctPort: {PORT + 1}, timeout: 2s, retries: 1, "
+            f"secret: {{name: radius}}}}], interimInterval: {interim}s}}}}")
+
+
+def configs(interim: int) -> dict[str, str]:
+    return {mode: dhcpgen.site_config(CIDR, 16, "1h", spec) for mode, spec in (
+        ("plain", "{pool: residential}"), ("auth", radius_spec()),
+        ("acct", radius_spec(interim)))}
+
+
+class Modes(Servers):
+    """The agent afresh in one of the configurations ("plain", "auth", "acct"). Its metrics
+    are kept as the agent stops (``last_metrics``)."""
+
+    def __init__(self, site: Site, workdir: Path, secrets: Path) -> None:
+        super().__init__(site, workdir)
+        self.secrets = secrets
+        self.last_metrics: dict[str, float] = {}
+
+    def start(self, which: str, xdp_mode: str = "generic") -> None:
+        shutil.rmtree(self.site.state_dir, ignore_errors=True)
+        self.site.config = [self.workdir / which]
+        self.site.start_agent("--log-level", "warning", "--xdp-mode", xdp_mode,
+                              "--secrets-dir", str(self.secrets))
+
+    def stop(self, which: str) -> None:
+        try:
+            self.last_metrics = self.site.metrics()
+        finally:
+            self.site.stop_agent()
+
+
+def offer_delays(out: str) -> list[float]:
+    """DISCOVER to OFFER of each exchange, ms, from perfdhcp's ``-x t`` timers."""
+    part = out.split("DISCOVER-OFFER", 1)[-1].split("REQUEST-ACK", 1)[0]
+    return [float(d) for d in re.findall(r"delay:\s*([\d.]+)", part)]
+
+
+def p99(values: list[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(0.99 * len(s)))], 3)
+
+
+def _kept(values: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in values.items() if k.startswith(prefix))
+
+
+def trial(site: Site, modes: Modes, which: str, rate: int, seconds: int) -> dict[str, Any]:
+    modes.start(which)
+    try:
+        r = _perfdhcp(site, rate, seconds, ["-R", str(rate * seconds * CLIENTS_FACTOR)],
+                      extra=("-x", "t"))
+    finally:
+        modes.stop(which)
+    try:
+        report = perfdhcp.parse(r.stdout)
+    except ValueError as e:
+        raise RuntimeError(f"perfdhcp failed ({r.returncode}): {r.stderr[-1500:]}") from e
+    if report.acks_in_period is None:
+        raise RuntimeError(f"perfdhcp printed no report at the end of its period:\n"
+                           f"{r.stdout[-1500:]}")
+    m = modes.last_metrics
+    return {"trial": Trial(rate, seconds, report), "offer_ms": offer_delays(r.stdout),
+            "access_requests": _kept(m, "bng_radius_requests_total{"),
+            "radius_rtt_s": (_kept(m, "bng_radius_rtt_seconds_sum{"),
+                             _kept(m, "bng_radius_rtt_seconds_count{"))}
+
+
+def search(site: Site, modes: Modes, which: str, seconds: int, start: int,
+           say: Any) -> tuple[dict[str, Any] | None, int]:
+    """The best trial of ``which`` (as bench/dhcp.py searches), and the Access-Requests its
+    trials sent."""
+    asked = 0
+
+    def run(rate: int) -> dict[str, Any]:
+        nonlocal asked
+        t = trial(site, modes, which, rate, seconds)
+        asked += int(t["access_requests"])
+        tr = t["trial"]
+        say(f"  {which:5} {rate:6}/s -> {tr.done:7.0f}/s done, drops {tr.drops:5.2f}% "
+            f"{'ok' if tr.ok else 'too many'}, offer p99 {p99(t['offer_ms'])} ms")
+        return t
+
+    best = step_search(run, lambda t: t["trial"].ok, 64000, start=start)
+    return best, asked
+
+
+def accounting(site: Site, modes: Modes, sessions: int, interim: int, steady: int,
+               say: Any) -> dict[str, Any]:
+    """Bind ``sessions`` sessions, wait for their Starts, then watch the queue for
+    ``steady`` seconds of Interim-Updates."""
+    modes.start("acct")
+    try:
+        rate = min(1000, max(200, sessions // 4))
+        seconds = max(2, -(-sessions * 5 // rate))  # ~5 draws per MAC: ~99% of them bound
+        _perfdhcp(site, rate, seconds, ["-R", str(sessions)])
+
+        def depth() -> float:
+            return site.metrics().get("bng_radius_acct_queue_depth", 0.0)
+
+        deadline = time.monotonic() + 60
+        while depth() > 0 and time.monotonic() < deadline:  # the Starts drain
+            time.sleep(0.5)
+        m0 = site.metrics()
+        bound = _kept(m0, 'bng_radius_acct_records_total{type="Start"')
+        say(f"  accounting: {bound:.0f} sessions bound, interim {interim} s, "
+            f"steady for {steady} s")
+        t0 = time.monotonic()
+        samples = [m0.get("bng_radius_acct_queue_depth", 0.0)]
+        while time.monotonic() - t0 < steady:
+            time.sleep(1)
+            samples.append(depth())
+        m1 = site.metrics()
+        elapsed = time.monotonic() - t0
+        samples.append(m1.get("bng_radius_acct_queue_depth", 0.0))
+    finally:
+        modes.stop("acct")
+
+    def delta(prefix: str) -> float:
+        return _kept(m1, prefix) - _kept(m0, prefix)
+
+    interims = delta('bng_radius_acct_records_total{type="Interim-Update"')
+    acked = delta("bng_radius_acct_responses_total{")
+    return {
+        "sessions": round(bound), "interim_s": interim, "steady_s": round(elapsed, 1),
+        "records_per_s_offered": round(bound / interim, 1),
+        "records_per_s_queued": round(interims / elapsed, 1),
+        "records_per_s_acked": round(acked / elapsed, 1),
+        "equivalent_subscribers_at_60s": round(60 * acked / elapsed),
+        "queue_depth": {"start": samples[0], "end": samples[-1], "max": max(samples)},
+        "backlog_growth": samples[-1] - samples[0],
+        "dropped": _kept(m1, "bng_radius_acct_dropped_total{"),
+        "timeouts": delta("bng_radius_acct_timeouts_total{"),
+    }
+
+
+_MAIN_PID = os.getpid()
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _MAIN_PID:  # a child forked by pyroute2 (NetNS), stopped by it
+        os._exit(128 + signum)
+    raise SystemExit(128 + signum)  # through the finally blocks: namespaces and servers go
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="searches of each configuration")
+    ap.add_argument("--seconds", type=int, default=3, help="length of each trial")
+    ap.add_argument("--sessions", type=int, default=2000, help="accounting: sessions bound")
+    ap.add_argument("--interim", type=int, default=10, help="accounting: interim interval, s")
+    ap.add_argument("--steady", type=int, default=30, help="accounting: steady period, s")
+    ap.add_argument("--quick", action="store_true",
+                    help="one round of 2 s trials; 500 sessions at a 5 s interim for 12 s")
+    ap.add_argument("--json", action="store_true", help="progress on stderr, JSON last")
+    a = ap.parse_args()
+    if a.quick:
+        a.rounds, a.seconds, a.sessions, a.interim, a.steady = 1, 2, 500, 5, 12
+    if os.geteuid() != 0:
+        print("bench/radius.py needs root (network namespaces)", file=sys.stderr)
+        return 2
+    began = time.monotonic()
+
+    def say(*x: object) -> None:
+        print(f"[{time.monotonic() - began:6.1f} s]", *x, file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    remove_leftovers()
+    workdir = Path(tempfile.mkdtemp(prefix="bng-bench-radius-"))
+    secrets = workdir / "secrets"
+    (secrets / "radius").mkdir(parents=True)
+    (secrets / "radius" / "secret").write_text(SECRET + "\n")
+    site: Site | None = None
+    fr: FreeRadius | None = None
+    rounds: list[dict[str, Any]] = []
+    asked = 0
+    try:
+        site = relay_site(workdir, configs(a.interim))
+        fr = FreeRadius(PORT, USERS, namespace=site.bng, acct_port=PORT + 1).start()
+        modes = Modes(site, workdir, secrets)
+        start = {"plain": 1000, "auth": 1000}
+        for r in range(a.rounds):
+            order = ("plain", "auth") if r % 2 == 0 else ("auth", "plain")
+            got: dict[str, Any] = {}
+            for which in order:
+                best, n = search(site, modes, which, a.seconds, start[which], say)
+                asked += n if which == "auth" else 0
+                got[which] = best
+                if best is not None:  # the next round starts near this one's result
+                    start[which] = _grid_start(best["trial"].rate)
+            rounds.append(got)
+        acct = accounting(site, modes, a.sessions, a.interim, a.steady, say)
+        answered = len(fr.log_lines("Login OK"))
+    finally:
+        if fr is not None:
+            fr.close()
+        if site is not None:
+            site.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(result(rounds, acct, asked, answered, a)))
+    return 0
+
+
+def _grid_start(rate: int) -> int:
+    start = 250
+    while start * 4 <= rate:
+        start *= 2
+    return start
+
+
+def result(rounds: list[dict[str, Any]], acct: dict[str, Any], asked: int, answered: int,
+           a: argparse.Namespace) -> dict[str, Any]:
+    def rate(t: dict[str, Any] | None) -> float:
+        return t["trial"].done if t else 0.0
+
+    per_round = []
+    for got in rounds:
+        p, q = rate(got.get("plain")), rate(got.get("auth"))
+        per_round.append({
+            "plain": round(p), "auth": round(q), "ratio": round(q / p, 3) if p else None,
+            "overhead_us": round(1e6 / q - 1e6 / p, 1) if p and q else None,
+            "offer_p99_ms": {w: p99(got[w]["offer_ms"]) if got.get(w) else None
+                             for w in ("plain", "auth")},
+            "offer_avg_ms": {w: got[w]["trial"].report.discover.avg_ms if got.get(w) else None
+                             for w in ("plain", "auth")},
+            "radius_rtt_avg_ms": _rtt(got.get("auth")),
+        })
+    ratios = [r["ratio"] for r in per_round if r["ratio"] is not None]
+    overheads = [r["overhead_us"] for r in per_round if r["overhead_us"] is not None]
+
+    def worst(w: str) -> float | None:
+        v = [r["offer_p99_ms"][w] for r in per_round if r["offer_p99_ms"][w] is not None]
+        return max(v) if v else None
+
+    ratio = round(statistics.median(ratios), 3) if ratios else None
+    return {
+        "auth_ratio": ratio,
+        "offer_p99_ms": {"auth": worst("auth"), "plain": worst("plain")},
+        "accounting_backlog_growth": acct["backlog_growth"],
+        "auth_overhead_us": round(statistics.median(overheads), 1) if overheads else None,
+        "sessions_per_s": {w: round(statistics.median([r[w] for r in per_round]))
+                           for w in ("plain", "auth")},
+        "unit": "new sessions/s: DORAs of new clients completed (ACKs within the timed "
+                "period), the best rate with at most 2.5% drops",
+        "rounds": per_round,
+        # Access-Requests bng sent in the auth trials, and FreeRADIUS's "Login OK" lines
+        "access_requests": asked, "freeradius_accepts": answered,
+        "accounting": acct,
+        "goals": {"auth_ratio_min": 0.8, "auth_ratio_met": bool(ratio and ratio >= 0.8),
+                  "no_backlog_growth": acct["backlog_growth"] <= 0},
+        "settings": {"rounds": a.rounds, "seconds": a.seconds, "quick": a.quick},
+    }
+
+
+def _rtt(t: dict[str, Any] | None) -> float | None:
+    if not t or not t["radius_rtt_s"][1]:
+        return None
+    total, n = t["radius_rtt_s"]
+    return round(1000 * total / n, 3)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
