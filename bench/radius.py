@@ -352,7 +352,7 @@ def result(rounds: list[dict[str, Any]], acct: dict[str, Any], asked: int, answe
     def rate(t: dict[str, Any] | None) -> float:
         return t["trial"].done if t else 0.0
 
-    per_round = []
+    per_round: list[dict[str, Any]] = []
     for got in rounds:
         p, q = rate(got.get("plain")), rate(got.get("auth"))
         per_round.append({
@@ -397,7 +397,7 @@ def _rtt(t: dict[str, Any] | None) -> float | None:
     if not t or not t["radius_rtt_s"][1]:
         return None
     total, n = t["radius_rtt_s"]
-    return round(1000 * total / n, 3)
+    return round(1000 * float(total) / float(n), 3)
 
 
 if __name__ == "__main__":
