@@ -193,11 +193,12 @@ def replies_by_path(before: dict[str, float], after: dict[str, float]) -> dict[s
 
 
 def step_search(run: Callable[[int], T], ok: Callable[[T], bool], top: int,
-                stop: Callable[[], bool] = lambda: False, start: int = 1000) -> T | None:
+                stop: Callable[[], bool] = lambda: False, start: int = 1000,
+                step: int = 250) -> T | None:
     """Double the rate from ``start`` until a trial is not ``ok`` (or ``stop()`` says there
     is no point going on); if the first is not, halve it until one is (down to 250). Then
-    bisect three times between the last good and the failed rate. Returns the best good
-    trial."""
+    bisect three times between the last good and the failed rate, to within ``step`` (or a
+    tenth of the good rate). Returns the best good trial."""
     best: T | None = None
     good, rate, fail = 0, start, None
     while rate <= top:
@@ -216,7 +217,7 @@ def step_search(run: Callable[[int], T], ok: Callable[[T], bool], top: int,
             fail //= 2
     hi = fail or rate
     for _ in range(3):
-        if hi - good <= max(250, good // 10):
+        if hi - good <= max(step, good // 10):
             break
         mid = (good + hi) // 2
         t = run(mid)

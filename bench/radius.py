@@ -14,7 +14,8 @@ everyone). Two configurations differ in one thing, the class's ``auth``:
 
 Each round searches each configuration's best rate of new sessions (bench/dhcp.py's search:
 the highest DORA rate with at most 2.5% drops; every trial starts the agent afresh, every
-exchange is a new client: the MACs come from a range 50x the exchanges), the two in
+exchange is a new client: the MACs come from a range 50x the exchanges; bisected to 50/s
+or a tenth), the two in
 alternating order. ``auth_ratio`` is the median over rounds of auth / plain.
 ``auth_overhead_us`` is what authorisation adds per session at those rates (1/auth - 1/plain).
 ``offer_p99_ms``: DISCOVER to OFFER, p99 over the exchanges of each configuration's best
@@ -148,7 +149,7 @@ def search(site: Site, modes: Modes, which: str, seconds: int, start: int,
 
     if fixed:
         return run(fixed), asked
-    best = step_search(run, lambda t: t["trial"].ok, 64000, start=start)
+    best = step_search(run, lambda t: t["trial"].ok, 64000, start=start, step=50)
     return best, asked
 
 
@@ -272,6 +273,28 @@ def freeradius_rate(fr: FreeRadius, n: int = 2000, parallel: int = 64) -> dict[s
             "per_s": round(n / elapsed)}
 
 
+def profile(site: Site, modes: Modes, rate: int, seconds: int, top: int = 25) -> None:
+    """One trial of each configuration at ``rate`` with the agent under cProfile
+    (bng_lab/profiled.py: its event loop's thread); the functions with the most own time, on
+    stderr."""
+    import io
+    import pstats
+
+    for which in ("plain", "auth"):
+        out = modes.workdir / f"{which}.prof"
+        site.wrap = (sys.executable, "-m", "bng_lab.profiled", str(out))
+        try:
+            t = trial(site, modes, which, rate, seconds)
+        finally:
+            site.wrap = ()
+        buf = io.StringIO()
+        st = pstats.Stats(str(out), stream=buf)
+        st.sort_stats("tottime").print_stats(top)
+        print(f"--- {which}: {rate}/s for {seconds} s, {t['trial'].done:.0f}/s done, drops "
+              f"{t['trial'].drops:.2f}%, {t['access_requests']:.0f} Access-Requests\n"
+              f"{buf.getvalue()}", file=sys.stderr)
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     if os.getpid() != _MAIN_PID:  # a child forked by pyroute2 (NetNS), stopped by it
         os._exit(128 + signum)
@@ -289,6 +312,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true",
                     help="the smoke run: one round, one 2 s trial at 200/s each (no search: "
                          "its ratio means nothing); 200 sessions at a 2 s interim for 4 s")
+    ap.add_argument("--profile", type=int, metavar="RATE",
+                    help="only: one trial each at RATE with the agent under cProfile, the top "
+                         "functions on stderr")
     ap.add_argument("--json", action="store_true", help="progress on stderr, JSON last")
     a = ap.parse_args()
     if a.quick:
@@ -315,6 +341,9 @@ def main() -> int:
         site = relay_site(workdir, configs(a.interim))
         fr = FreeRadius(PORT, USERS, namespace=site.bng, acct_port=PORT + 1).start()
         modes = Modes(site, workdir, secrets)
+        if a.profile:
+            profile(site, modes, a.profile, a.seconds)
+            return 0
         start = {"plain": 1000, "auth": 1000}
         for r in range(a.rounds):
             order = ("plain", "auth") if r % 2 == 0 else ("auth", "plain")
