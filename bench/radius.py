@@ -290,6 +290,7 @@ def profile(site: Site, modes: Modes, rate: int, seconds: int, top: int = 25) ->
         buf = io.StringIO()
         st = pstats.Stats(str(out), stream=buf)
         st.sort_stats("tottime").print_stats(top)
+        st.sort_stats("cumulative").print_stats("bng_operator|pyrad|sqlite", top)
         print(f"--- {which}: {rate}/s for {seconds} s, {t['trial'].done:.0f}/s done, drops "
               f"{t['trial'].drops:.2f}%, {t['access_requests']:.0f} Access-Requests\n"
               f"{buf.getvalue()}", file=sys.stderr)
