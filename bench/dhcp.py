@@ -178,12 +178,12 @@ class Servers:
             self.kea = None
 
 
-def _perfdhcp(site: Site, rate: int, seconds: int, clients: list[str]) -> \
-        subprocess.CompletedProcess[str]:
+def _perfdhcp(site: Site, rate: int, seconds: int, clients: list[str],
+              extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """Replies are counted at the end of the period (the rate) and after 0.5 s more (drops)."""
     return site.lab.run(site.subscribers[0], "perfdhcp", "-4", "-g", "single", "-l", RELAY,
                         "-r", str(rate), *perfdhcp.timed(seconds), *clients, "-W", "500000",
-                        GATEWAY, check=False, timeout=seconds + 60)
+                        *extra, GATEWAY, check=False, timeout=seconds + 60)
 
 
 def replies_by_path(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -193,11 +193,12 @@ def replies_by_path(before: dict[str, float], after: dict[str, float]) -> dict[s
 
 
 def step_search(run: Callable[[int], T], ok: Callable[[T], bool], top: int,
-                stop: Callable[[], bool] = lambda: False, start: int = 1000) -> T | None:
+                stop: Callable[[], bool] = lambda: False, start: int = 1000,
+                step: int = 250) -> T | None:
     """Double the rate from ``start`` until a trial is not ``ok`` (or ``stop()`` says there
     is no point going on); if the first is not, halve it until one is (down to 250). Then
-    bisect three times between the last good and the failed rate. Returns the best good
-    trial."""
+    bisect three times between the last good and the failed rate, to within ``step`` (or a
+    tenth of the good rate). Returns the best good trial."""
     best: T | None = None
     good, rate, fail = 0, start, None
     while rate <= top:
@@ -216,7 +217,7 @@ def step_search(run: Callable[[int], T], ok: Callable[[T], bool], top: int,
             fail //= 2
     hi = fail or rate
     for _ in range(3):
-        if hi - good <= max(250, good // 10):
+        if hi - good <= max(step, good // 10):
             break
         mid = (good + hi) // 2
         t = run(mid)
@@ -346,6 +347,21 @@ def _kernel_trial(r: dhcpgen.Result) -> tuple[int | str, float, float]:
     return (r.rate or "unpaced", round(r.leases_rate), round(r.drops, 2))
 
 
+def relay_site(workdir: Path, configs: dict[str, str]) -> Site:
+    """A site with one subscriber namespace, where perfdhcp plays a relay, and a bng
+    namespace for the server. ``configs``: directory name (under ``workdir``) -> its
+    configuration; the agent starts with the first (``Site.config`` chooses another)."""
+    dirs = []
+    for name, text in configs.items():
+        (workdir / name).mkdir()
+        (workdir / name / "bench.yaml").write_text(text)
+        dirs.append(workdir / name)
+    site = Site(NetLab(), workdir, dirs[:1]).build(subscribers=1)
+    # perfdhcp (v4) plays a relay: it binds this address and puts it in giaddr.
+    netlink.add_address("eth0", f"{RELAY}/20", site.subscribers[0])
+    return site
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scenario", choices=["new", "known"], default="new")
@@ -359,11 +375,7 @@ def main() -> int:
         return 2
     remove_leftovers()
     workdir = Path(tempfile.mkdtemp(prefix="bng-bench-"))
-    (workdir / "config").mkdir()
-    (workdir / "config" / "bench.yaml").write_text(POOL)
-    site = Site(NetLab(), workdir, [workdir / "config"]).build(subscribers=1)
-    # perfdhcp (v4) plays a relay: it binds this address and puts it in giaddr.
-    netlink.add_address("eth0", f"{RELAY}/20", site.subscribers[0])
+    site = relay_site(workdir, {"config": POOL})
     servers = Servers(site, workdir)
     macs = None
     if args.scenario == "known":

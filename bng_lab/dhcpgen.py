@@ -244,9 +244,11 @@ class Generator:
 GATEWAY, RELAY = "100.64.0.1", "100.64.0.2"
 
 
-def site_config(cidr: str, block_size: int, lease_time: str) -> str:
+def site_config(cidr: str, block_size: int, lease_time: str,
+                class_spec: str = "{pool: residential}") -> str:
     """A node's whole configuration for the generator's clients: one pool on ``cidr``
-    (gateway GATEWAY, the relay's RELAY excluded) and one class for everyone."""
+    (gateway GATEWAY, the relay's RELAY excluded) and one class for everyone, whose spec is
+    ``class_spec`` (flow-style YAML)."""
     return f"""apiVersion: bng.dev/v1alpha1
 kind: IPPool
 metadata: {{name: residential}}
@@ -259,7 +261,7 @@ spec:
 apiVersion: bng.dev/v1alpha1
 kind: SubscriberClass
 metadata: {{name: everyone}}
-spec: {{pool: residential}}
+spec: {class_spec}
 ---
 apiVersion: bng.dev/v1alpha1
 kind: BNGNode
