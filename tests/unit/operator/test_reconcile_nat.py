@@ -191,8 +191,9 @@ def test_an_overlapping_nat_pool_is_refused_and_its_classes_not_served() -> None
 
 
 def test_a_deterministic_pool_gives_every_node_every_address() -> None:
+    # 16 addresses x 504 blocks of 128 ports hold the residential pool's 4,096
     det = natpool("cgnat", "203.0.113.0/28", mode="deterministic",
-                  insidePrefixes=["100.64.0.0/20"])
+                  insidePrefixes=["100.64.0.0/20"], portsPerBlock=128)
     p = plan(state(nat=[det]), SETTINGS, NOW)
     assert addresses(p.specs["n1"]) == addresses(p.specs["n2"]) == CGNAT
     assert nat_cond(p) == ("True", "Serving")

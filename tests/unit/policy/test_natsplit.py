@@ -192,7 +192,7 @@ def test_a_zero_hold_hands_over_as_soon_as_the_giver_has_let_go() -> None:
 
 def test_deterministic_pools_are_not_split() -> None:
     pool = spec("203.0.113.8/29", "203.0.113.0/30", mode="deterministic",
-                insidePrefixes=["100.64.0.0/16"])
+                insidePrefixes=["100.64.0.0/22"])  # 1,024 inside at 126 an address: 9
     p = plan_addresses(pool, ["b", "a"], [share("gone", [0, 1])],
                        dict([report("a", {8: 3, 9: 1})]), {}, NOW, DRAIN)
     everything = tuple(A(*range(8, 16), 0, 1, 2, 3))  # in the formula's order
