@@ -4,11 +4,11 @@ functions, no cluster. The counterpart of ``blocks.py`` for NAT44.
 **port-block** pools: a public address belongs to one node at a time, so no public
 address+port is ever used by two nodes. Every node that needs the pool gets an even share
 (nodes holding the most get the remainder, so the fewest addresses move), lowest free
-addresses first, in runs. A node keeps what it has: an address only leaves a live node for another
-one when the node is over its share and reports no port block on it, and then only after a
-handover: it is taken out of the node's spec (``releasing``), and goes to another node once
-the node has applied that spec, still reports no block on it, and the pool's hold has
-passed. A node that leaves keeps its addresses, marked ``releaseAfter``, for as long as a
+addresses first, in runs. A node keeps what it has: an address only leaves a live node for
+another one when the node is over its share and reports no port block on it, and then only
+after a handover: it is taken out of the node's spec (``releasing``), and goes to another
+node once the node has applied that spec, still reports no block on it, and the pool's hold
+has passed. A node that leaves keeps its addresses, marked ``releaseAfter``, for as long as a
 departed node's IPPool blocks are held (its fast path may still translate for its
 subscribers), plus the hold; one that reported no block in use (an agent counts a block in
 its hold as in use) gives them back at once, as an IPPool block without leases goes back.
