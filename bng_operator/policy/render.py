@@ -70,11 +70,10 @@ def render_spec(node: NodeInfo, pools: Sequence[IPPool], classes: Sequence[Subsc
     access = _names(node.annotations.get(ACCESS_ANNOTATION)) or list(defaults.access)
     trusted = _names(node.annotations.get(OPTION82_ANNOTATION)) \
         if OPTION82_ANNOTATION in node.annotations else list(defaults.option82_trusted)
-    served = {p.name: p for p in pools if blocks.get(p.name)}
     public = {name: list(a) for name, a in (nat_addresses or {}).items() if a}
-    cls = sorted((c for c in classes if c.spec.pool in served
-                  and (c.spec.nat_pool is None or c.spec.nat_pool in public)),
-                 key=lambda c: c.name)
+    classes = [c for c in classes if c.spec.nat_pool is None or c.spec.nat_pool in public]
+    served = {p.name: p for p in pools if blocks.get(p.name)}
+    cls = sorted((c for c in classes if c.spec.pool in served), key=lambda c: c.name)
     used_qos = {c.spec.qos_policy for c in cls}
     used_nat = {c.spec.nat_pool for c in cls}
     return BNGNodeSpec(
