@@ -71,7 +71,8 @@ def render_spec(node: NodeInfo, pools: Sequence[IPPool], classes: Sequence[Subsc
     trusted = _names(node.annotations.get(OPTION82_ANNOTATION)) \
         if OPTION82_ANNOTATION in node.annotations else list(defaults.option82_trusted)
     public = {name: list(a) for name, a in (nat_addresses or {}).items() if a}
-    classes = [c for c in classes if c.spec.nat_pool is None or c.spec.nat_pool in public]
+    known_nat = {n.name for n in nat}
+    classes = [c for c in classes if c.spec.nat_pool not in known_nat or c.spec.nat_pool in public]
     served = {p.name: p for p in pools if blocks.get(p.name)}
     cls = sorted((c for c in classes if c.spec.pool in served), key=lambda c: c.name)
     used_qos = {c.spec.qos_policy for c in cls}
