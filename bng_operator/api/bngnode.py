@@ -9,7 +9,7 @@ from pydantic import Field
 
 from bng_operator.api.common import Conditions, IPv4CIDR, Model, ObjectName
 from bng_operator.api.ippool import IPPoolSpec
-from bng_operator.api.natpool import NATPoolSpec
+from bng_operator.api.natpool import MAX_NODE_ADDRESSES, NATPoolSpec
 from bng_operator.api.qospolicy import QoSPolicySpec
 from bng_operator.api.resource import AGE, PrinterColumn, Resource, ResourceInfo, ready_column
 from bng_operator.api.rules import Rule
@@ -88,9 +88,11 @@ class NodeNATPool(Model):
     name: ObjectName
     spec: NATPoolSpec
     addresses: list[str] = Field(
-        default_factory=list, max_length=4096,
-        description="Public addresses this node translates to (port-block mode). Empty: "
-                    "the node owns every address of the pool (standalone mode).")
+        default_factory=list, max_length=MAX_NODE_ADDRESSES,
+        description="Public addresses this node translates to, in the pool's order. The "
+                    "operator always lists them: a port-block pool's share of this node, or "
+                    "every address of a deterministic pool. Empty: the node owns every "
+                    "address of the pool (standalone mode).")
 
 
 class BNGNodeSpec(Model):

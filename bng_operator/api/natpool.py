@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -23,6 +24,9 @@ PublicPrefix = Annotated[
              "has host bits set: write the network address", is_masked),
     ),
 ]
+
+# Public addresses one node may hold of one pool: the data path's NAT_MAX_ADDRESSES.
+MAX_NODE_ADDRESSES = 4096
 
 Behavior = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
 
@@ -101,18 +105,34 @@ class NATPoolSpec(Model):
 
 
 class NATNodeUsage(Model):
-    """One node's share of a NATPool: the public addresses it holds, its blocks in use."""
+    """One node's share of a NATPool: the public addresses it holds, its blocks in use.
+
+    The operator keeps the split here, so that a restarted operator splits the same way."""
 
     node: str = Field(max_length=253)
-    addresses: list[str] = Field(default_factory=list, max_length=4096)
+    addresses: list[str] = Field(
+        default_factory=list, max_length=MAX_NODE_ADDRESSES,
+        description="Public addresses the node translates to (port-block mode; empty in "
+                    "deterministic mode, where every node holds every address).")
+    releasing: list[str] = Field(
+        default_factory=list, max_length=MAX_NODE_ADDRESSES,
+        description="Addresses taken from the node for another one: in no node's spec, and "
+                    "free once the node has applied that, reports no block on them, and "
+                    "releaseAfter has passed.")
+    release_after: datetime | None = Field(
+        default=None,
+        description="When releasing addresses may go to another node; when the node no "
+                    "longer uses the pool, when all its addresses return to the pool (every "
+                    "subscriber it may still translate for has ended).")
     blocks_total: int = Field(default=0, ge=0)
-    blocks_used: int = Field(default=0, ge=0)
+    blocks_used: int = Field(default=0, ge=0, description="As the node last reported them.")
 
 
 class NATPoolStatus(Model):
-    blocks_total: int = Field(default=0, ge=0)
+    blocks_total: int = Field(default=0, ge=0, description="Port blocks of the whole pool.")
     blocks_used: int = Field(default=0, ge=0)
     nodes: list[NATNodeUsage] = Field(default_factory=list, max_length=1024)
+    observed_generation: int | None = None
     conditions: Conditions
 
 

@@ -73,7 +73,8 @@ class ClusterIO:
                 w[("BNGNode", "delete")] += 1
         for kind, plural, objs, statuses in (
                 ("IPPool", "ippools", state.pools, plan.pool_status),
-                ("SubscriberClass", "subscriberclasses", state.classes, plan.class_status)):
+                ("SubscriberClass", "subscriberclasses", state.classes, plan.class_status),
+                ("NATPool", "natpools", state.nat, plan.nat_status)):
             for o in objs:
                 new = statuses.get(o.name)
                 if new is None or new == o.status:
@@ -90,7 +91,7 @@ class ClusterIO:
     def _event(self, e: Event, state: ClusterState) -> None:
         from kubernetes import client
 
-        objs: list[Resource] = [*state.pools, *state.classes]
+        objs: list[Resource] = [*state.pools, *state.classes, *state.nat]
         uid = next((o.metadata.uid for o in objs if o.kind == e.kind and o.name == e.name), None)
         now = datetime.now(UTC)
         body = client.CoreV1Event(

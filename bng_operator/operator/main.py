@@ -91,9 +91,13 @@ class Reconciler:
         if writes:
             log.info("reconciled: %s", ", ".join(f"{v} {k} x{n}" for (k, v), n in
                                                  sorted(writes.items())))
-        # Come back when a departed node's block is due to return to its pool.
+        # Come back when a departed node's block or public address is due to return to its
+        # pool, or an address handed over between nodes is past its hold. (One past its
+        # hold that waits for its node's agent is looked at again when the agent reports.)
         due = [b.release_after for st in p.pool_status.values() for b in st.blocks
                if b.release_after is not None]
+        due += [n.release_after for st in p.nat_status.values() for n in st.nodes
+                if n.release_after is not None and n.release_after > now]
         if due and self.loop is not None:
             delay = max(1.0, (min(due) - now).total_seconds() + 1)
             self.loop.call_soon_threadsafe(self.loop.call_later, delay, self.poke)

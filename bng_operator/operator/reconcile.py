@@ -6,17 +6,24 @@ with tables of cases and no cluster. The kopf layer only gathers the state and w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from bng_operator.api import BNGNode, IPPool, NATPool, QoSPolicy, SubscriberClass
-from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, BNGNodeSpec
+from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, BNGNodeSpec, NATUsage
 from bng_operator.api.common import Condition, parse_duration, with_condition
 from bng_operator.api.ippool import IPPoolStatus, NodeBlocks
+from bng_operator.api.natpool import NATPoolStatus
 from bng_operator.api.subscriberclass import SubscriberClassStatus
-from bng_operator.operator.validation import Finding, dangling_references, overlapping_pools
+from bng_operator.operator.validation import (
+    Finding,
+    dangling_references,
+    overlapping_nat_pools,
+    overlapping_pools,
+)
 from bng_operator.policy.blocks import plan_blocks, pool_size
+from bng_operator.policy.natsplit import address_count, blocks_per_address, plan_addresses
 from bng_operator.policy.render import NodeDefaults, NodeInfo, render_spec, selects
 
 # Set on an IPPool to let it go although nodes still report leases in it.
@@ -68,6 +75,7 @@ class Plan:
     class_status: dict[str, SubscriberClassStatus]
     releasable: frozenset[str]  # deleted IPPools whose finalizer can go
     events: tuple[Event, ...]
+    nat_status: dict[str, NATPoolStatus] = field(default_factory=dict)
 
 
 def bng_nodes(nodes: Sequence[NodeInfo], label: tuple[str, str | None]) -> list[NodeInfo]:
@@ -102,8 +110,10 @@ def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
     refused = {f.name for f in findings}
     deleting = {p.name for p in state.pools if p.metadata.deletion_timestamp is not None}
     live = [p for p in state.pools if p.name not in deleting]
+    nat_findings = overlapping_nat_pools(state.nat)
+    refused_nat = frozenset(f.name for f in nat_findings)
     class_findings = dangling_references(state.classes, live, state.qos, state.nat,
-                                         refused | deleting)
+                                         refused | deleting, refused_nat)
     bad_classes = {f.name: f for f in class_findings}
     valid_classes = [c for c in state.classes if c.name not in bad_classes]
     reported = {n.name: n.status for n in state.bngnodes if n.status is not None}
@@ -184,6 +194,105 @@ def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
         events += _events("SubscriberClass", c.name, old_c.conditions, conds, {"Ready": False})
 
     served = [p for p in live if p.name not in refused]
+    nat_status, nat_addresses = _plan_nat(state, settings, now, nat_findings, valid_classes,
+                                          served, blocks, {n.name for n in nodes})
+    for np in sorted(state.nat, key=lambda np: np.name):
+        events += _events("NATPool", np.name, (np.status or NATPoolStatus()).conditions,
+                          nat_status[np.name].conditions, {"Ready": False, "Exhausted": True})
     specs = {n.name: render_spec(n, served, valid_classes, state.qos, state.nat,
-                                 blocks.get(n.name, {}), settings.defaults) for n in nodes}
-    return Plan(specs, pool_status, class_status, frozenset(releasable), tuple(events))
+                                 blocks.get(n.name, {}), settings.defaults,
+                                 nat_addresses=nat_addresses.get(n.name, {})) for n in nodes}
+    return Plan(specs, pool_status, class_status, frozenset(releasable), tuple(events),
+                nat_status)
+
+
+def _in_use(node: BNGNode, pool: str) -> Set[str] | None:
+    """The public addresses of ``pool`` that ``node``'s agent may still translate to: those
+    of its spec, and any it reports a block on; None while it has not applied its latest
+    spec (or its spec gives it the whole pool). A BNGNode no agent reported on yet: its
+    spec's only."""
+    mine = next((p for p in node.spec.nat_pools if p.name == pool), None)
+    if mine is not None and not mine.addresses:
+        return None
+    spec = set(mine.addresses) if mine is not None else set()
+    st = node.status
+    if st is None:
+        return spec
+    if st.observed_generation is None or st.observed_generation != node.metadata.generation:
+        return None
+    return spec | {u.address for u in st.nat if u.pool == pool and u.blocks_used > 0}
+
+
+def _plan_nat(state: ClusterState, settings: Settings, now: datetime, findings: list[Finding],
+              classes: Sequence[SubscriberClass], served: Sequence[IPPool],
+              blocks: Mapping[str, Mapping[str, Sequence[str]]], bng: set[str],
+              ) -> tuple[dict[str, NATPoolStatus], dict[str, dict[str, Sequence[str]]]]:
+    """Every NATPool's split and status; and per node, per pool, the node's addresses."""
+    served_names = {p.name for p in served}
+    need: dict[str, set[str]] = {}  # NAT pool -> the nodes that serve a class naming it
+    for node, held in blocks.items():
+        for c in classes:
+            if c.spec.nat_pool and c.spec.pool in served_names and held.get(c.spec.pool):
+                need.setdefault(c.spec.nat_pool, set()).add(node)
+    pools = {p.name: p for p in state.pools}
+    refused = {f.name: f for f in findings}
+    status: dict[str, NATPoolStatus] = {}
+    addresses: dict[str, dict[str, Sequence[str]]] = {}
+    for n in sorted(state.nat, key=lambda n: n.name):
+        old = n.status or NATPoolStatus()
+        nodes = sorted(need.get(n.name, ())) if n.name not in refused else []
+        reports: dict[str, list[NATUsage]] = {
+            b.name: [u for u in b.status.nat if u.pool == n.name]
+            for b in state.bngnodes if b.name in bng and b.status is not None}
+        in_use = {b.name: _in_use(b, n.name) for b in state.bngnodes}
+        # A departed node's subscribers may hold on as long as their IPPool blocks are held.
+        ippools = {c.spec.pool for c in state.classes if c.spec.nat_pool == n.name}
+        drain = max((_drain_seconds(pools[p], state.classes) for p in ippools if p in pools),
+                    default=0) + int(settings.fast_path_authority)
+        ap = plan_addresses(n.spec, nodes, old.nodes, reports, in_use, now, drain)
+        for node, mine in ap.assigned.items():
+            if mine:
+                addresses.setdefault(node, {})[n.name] = mine
+        total = address_count(n.spec) * blocks_per_address(n.spec)
+        reported = sum(u.blocks_used for us in reports.values() for u in us)
+        used = max(reported, sum(u.blocks_used for u in ap.nodes))
+        gen = n.metadata.generation
+        conds = list(old.conditions)
+        det = n.spec.mode == "deterministic"
+        if n.name in refused:
+            ready = (False, "Overlaps", refused[n.name].message)
+        elif ap.too_large is not None:
+            ready = (False, "TooLarge",
+                     f"{address_count(n.spec)} addresses: a {n.spec.mode} pool may have at "
+                     f"most {ap.too_large}" + (" (every node holds all of them)" if det else ""))
+        elif ap.starved:
+            who = ", ".join(ap.starved)
+            ready = (False, "Rebalancing",
+                     f"node(s) {who} hold no public address yet: {ap.pending} are being "
+                     "released by other nodes or held for nodes that left, and come free "
+                     "after the pool's hold") if ap.pending else                 (False, "TooSmall",
+                 f"no free public address for node(s) {who}: " + (
+                     f"the pool has {address_count(n.spec)} for {len(nodes)} nodes"
+                     if address_count(n.spec) < len(nodes) else
+                     "the other nodes have port blocks in use on every address they hold "
+                     "(an address moves only when no block is in use on it)"))
+        elif not nodes:
+            ready = (False, "NoNodes", "no bng node serves a class that uses this pool")
+        elif det:
+            ready = (True, "Serving", f"{len(nodes)} node(s) translate by RFC 7422's formula "
+                                      "over every address")
+        else:
+            ready = (True, "Serving", f"split between {len(nodes)} node(s)")
+        conds = with_condition(conds, "Ready", *ready, gen, now)
+        if ap.starved:
+            ex = (True, "NoFreeAddress",
+                  f"node(s) {', '.join(ap.starved)} hold no public address: their "
+                  "subscribers of classes using this pool are not served")
+        elif total and used >= total:
+            ex = (True, "NoFreeBlock", "every port block is in use")
+        else:
+            ex = (False, "BlocksAvailable", "free port blocks remain")
+        conds = with_condition(conds, "Exhausted", *ex, gen, now)
+        status[n.name] = NATPoolStatus(blocks_total=total, blocks_used=used, nodes=list(ap.nodes),
+                                       observed_generation=gen, conditions=conds)
+    return status, addresses

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from ipaddress import IPv4Network
 
 from bng_operator.api import IPPool, NATPool, QoSPolicy, SubscriberClass
 
@@ -21,7 +22,7 @@ class Finding:
     message: str
 
 
-def _age_order(p: IPPool) -> tuple[datetime, str]:
+def _age_order(p: IPPool | NATPool) -> tuple[datetime, str]:
     return (p.metadata.creation_timestamp or _EPOCH, p.name)
 
 
@@ -43,12 +44,32 @@ def overlapping_pools(pools: Sequence[IPPool]) -> list[Finding]:
     return out
 
 
+def overlapping_nat_pools(pools: Sequence[NATPool]) -> list[Finding]:
+    """A NATPool sharing a public address with an older one is refused: two pools with one
+    address would put it (and its ports) on two nodes."""
+    out: list[Finding] = []
+    accepted: list[tuple[NATPool, list[IPv4Network]]] = []
+    for p in sorted(pools, key=_age_order):
+        nets = [IPv4Network(a) for a in p.spec.addresses]
+        clash = next(((q, a, b) for q, theirs in accepted for a in nets for b in theirs
+                      if a.overlaps(b)), None)
+        if clash is None:
+            accepted.append((p, nets))
+            continue
+        q, a, b = clash
+        out.append(Finding("NATPool", p.name, "Overlaps",
+                           f"address {a} overlaps address {b} of NATPool {q.name}, which is "
+                           "older; this pool is not served until the overlap is removed"))
+    return out
+
+
 def dangling_references(classes: Sequence[SubscriberClass], pools: Sequence[IPPool],
                         qos: Sequence[QoSPolicy], nat: Sequence[NATPool],
-                        refused_pools: set[str]) -> list[Finding]:
+                        refused_pools: set[str],
+                        refused_nat: frozenset[str] = frozenset()) -> list[Finding]:
     """Classes that name a pool, QoS policy or NAT pool that does not exist (or is refused)."""
     known = {"IPPool": {p.name for p in pools} - refused_pools,
-             "QoSPolicy": {q.name for q in qos}, "NATPool": {n.name for n in nat}}
+             "QoSPolicy": {q.name for q in qos}, "NATPool": {n.name for n in nat} - refused_nat}
     out = []
     for c in classes:
         refs = (("IPPool", c.spec.pool), ("QoSPolicy", c.spec.qos_policy),

@@ -1,8 +1,8 @@
 """Rendering policy objects into the spec of one BNGNode: pure functions, no cluster.
 
 ``render_spec`` is the operator's: one node, the pools it serves with the blocks it holds,
-and the classes and policies they need. ``render_node`` is the standalone form, where one
-node owns every pool whole.
+the NAT pools with the public addresses it holds, and the classes and policies they need.
+``render_node`` is the standalone form, where one node owns every pool whole.
 """
 
 from __future__ import annotations
@@ -60,13 +60,19 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 def render_spec(node: NodeInfo, pools: Sequence[IPPool], classes: Sequence[SubscriberClass],
                 qos: Sequence[QoSPolicy], nat: Sequence[NATPool],
-                blocks: Mapping[str, Sequence[str]], defaults: NodeDefaults) -> BNGNodeSpec:
+                blocks: Mapping[str, Sequence[str]], defaults: NodeDefaults, *,
+                nat_addresses: Mapping[str, Sequence[str]] | None = None) -> BNGNodeSpec:
     """The BNGNode spec of ``node``. ``pools`` and ``classes`` are the valid ones; ``blocks``
-    maps a pool to the cidrs this node holds in it. A pool the node holds no block of is left
-    out (with the classes that use it): an empty block list would mean "the whole pool"."""
+    maps a pool to the cidrs this node holds in it, ``nat_addresses`` a NATPool to the public
+    addresses this node translates to. A pool the node holds no block of, or a NATPool it
+    holds no address of, is left out (with the classes that use it): an empty list would
+    mean "the whole pool"."""
     access = _names(node.annotations.get(ACCESS_ANNOTATION)) or list(defaults.access)
     trusted = _names(node.annotations.get(OPTION82_ANNOTATION)) \
         if OPTION82_ANNOTATION in node.annotations else list(defaults.option82_trusted)
+    public = {name: list(a) for name, a in (nat_addresses or {}).items() if a}
+    known_nat = {n.name for n in nat}
+    classes = [c for c in classes if c.spec.nat_pool not in known_nat or c.spec.nat_pool in public]
     served = {p.name: p for p in pools if blocks.get(p.name)}
     cls = sorted((c for c in classes if c.spec.pool in served), key=lambda c: c.name)
     # RADIUS's Filter-Id may name any QoSPolicy for a session of a class with auth: radius
@@ -87,8 +93,8 @@ def render_spec(node: NodeInfo, pools: Sequence[IPPool], classes: Sequence[Subsc
         classes=[NodeClass(name=c.name, spec=c.spec) for c in cls],
         qos_policies=[NodeQoSPolicy(name=q.name, spec=q.spec) for q in sorted(qos, key=_name)
                       if radius or q.name in used_qos],
-        nat_pools=[NodeNATPool(name=n.name, spec=n.spec) for n in sorted(nat, key=_name)
-                   if n.name in used_nat],
+        nat_pools=[NodeNATPool(name=n.name, spec=n.spec, addresses=public[n.name])
+                   for n in sorted(nat, key=_name) if n.name in used_nat],
     )
 
 

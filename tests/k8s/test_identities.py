@@ -95,6 +95,8 @@ CAN = [  # (identity, verb, resource, namespace or "" for cluster-wide, allowed)
     (OPERATOR, "patch", "bngnodes/status", "", False),
     *((OPERATOR, "watch", p, "", True) for p in POLICY),
     (OPERATOR, "patch", "ippools/status", "", True),
+    (OPERATOR, "patch", "natpools/status", "", True),  # the split of its addresses
+    (OPERATOR, "patch", "natpools", "", False),
     (OPERATOR, "create", "ippools", "", False),
     (OPERATOR, "delete", "subscriberclasses", "", False),
     (OPERATOR, "create", "subscribers", NAMESPACE, False),
