@@ -149,7 +149,11 @@ def test_each_agent_reports_its_bngnode_status(site: K8sSite) -> None:
         node = wait_for(f"{name} reports its 3 leases", reported, 10, 0.3)
         st = node["status"]
         conds = {c["type"]: c for c in st["conditions"]}
-        assert conds["Ready"]["status"] == "True" and conds["Degraded"]["status"] == "False", conds
+        assert conds["Ready"]["status"] == "True", conds
+        # The samples' residential class NATs behind cgnat, and these nodes have no uplink:
+        # every program is attached, and the node says what it cannot do.
+        assert conds["Degraded"]["status"] == "True", conds
+        assert "no uplink interface" in conds["Degraded"]["message"], conds
         assert conds["Ready"]["observedGeneration"] == node["metadata"]["generation"]
         assert st["observedGeneration"] == node["metadata"]["generation"]
         access = site.nodes[name].access
