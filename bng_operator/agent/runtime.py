@@ -167,6 +167,7 @@ class Agent:
             self.nat = NatFeature(m, st.bpf_pin_root, self.config,
                                   st.state_dir / f"nat-{st.node}.sqlite",
                                   lambda: list(server.by_address.values()),
+                                  server.by_address.get,
                                   changed=lambda: setattr(self.health, "dirty", True),
                                   granted=self._granted)
             m.watch_nat(self.nat.reading)

@@ -66,7 +66,7 @@ class Harness:
         self.leases: dict[int, Lease] = {}
         self.granted: list[str] = []
         self.feature = NatFeature(AgentMetrics(), root, cfg, file,
-                                  lambda: list(self.leases.values()),
+                                  lambda: list(self.leases.values()), self.leases.get,
                                   granted=lambda lease: self.granted.append(lease.identity))
 
     def start(self) -> Harness:

@@ -81,6 +81,7 @@ class NatFeature:
     config: NodeConfig
     file: Path  # the NAT file: bindings and the block log
     leases: Callable[[], Iterable[Lease]]  # the bound leases now (the DHCP server's)
+    lease_of: Callable[[int], Lease | None] = lambda address: None  # one, by its address
     changed: Callable[[], None] = lambda: None  # what the BNGNode status shows changed
     granted: Callable[[Lease], None] = lambda lease: None  # its Subscriber status changed
     name: str = "nat"
@@ -195,13 +196,12 @@ class NatFeature:
         if s.lease is None:
             return
         if before is not None and before.address != s.lease.address:
-            self._submit("end", (IPv4Address(before.address), "address changed"))
+            self._submit("end", (before, "address changed"))
         self._submit("lease", s.lease)
 
     def on_ended(self, s: Session) -> None:
         if s.lease is not None:
-            self._submit("end", (IPv4Address(s.lease.address), f"session ended "
-                                                               f"({s.end_reason})"))
+            self._submit("end", (s.lease, f"session ended ({s.end_reason})"))
 
     def reconfigure(self, config: NodeConfig) -> None:
         """A reload: NATPool edits (addresses, blocks, timeouts, filtering) apply live;
@@ -238,8 +238,8 @@ class NatFeature:
                     self._bind(item, batch, now, "session bound")
                     leases.append(item)
                 else:
-                    inside, reason = item
-                    self._release(inside, batch, now, reason)
+                    ended, reason = item
+                    self._release(IPv4Address(ended.address), batch, now, reason, ended)
             self._write(batch)
         except Exception as e:
             self.metrics.nat_errors.labels("bind").inc()
@@ -263,7 +263,7 @@ class NatFeature:
             return  # valid: reconcile checked it against the pool
         if have is not None:
             self._release(inside, batch, now, "another subscriber"
-                          if have.identity != lease.identity else "class changed")
+                          if have.identity != lease.identity else "class changed", lease)
         if nc is None:
             return
         g = self._grant(nc, inside, now)
@@ -284,7 +284,9 @@ class NatFeature:
             return g if g is not None and g.public in nc.served else None
         return self.allocators[nc.name].grant(now)
 
-    def _release(self, inside: IPv4Address, batch: _Batch, now: float, reason: str) -> None:
+    def _release(self, inside: IPv4Address, batch: _Batch, now: float, reason: str,
+                 lease: Lease | None = None) -> None:
+        """``lease``: the session's, if known, for the record's MAC and line ids."""
         have = self.bound.pop(inside, None)
         if have is None:
             return
@@ -295,15 +297,9 @@ class NatFeature:
         if alloc is not None:
             alloc.release(have.grant, now)
         if nc is None or not nc.deterministic:
-            who = Holder(inside, have.identity)
-            lease = self._lease(inside)
-            if lease is not None and lease.identity == have.identity:
-                who = holder(lease)
+            who = holder(lease) if lease is not None and lease.identity == have.identity \
+                else Holder(inside, have.identity)
             batch.records += records("released", have.pool, have.grant, who, reason, now)
-
-    def _lease(self, inside: IPv4Address) -> Lease | None:
-        want = int(inside)
-        return next((lease for lease in self.leases() if lease.address == want), None)
 
     def _write(self, batch: _Batch) -> None:
         """The batch to the NAT file (fsync'd), then to the kernel."""
@@ -422,7 +418,7 @@ class NatFeature:
                 ok = self.allocators[b.pool].adopt(b.grant)
             if not ok:
                 why = "session ended while the agent was down" if lease is None else reason
-                self._release(inside, batch, now, why)
+                self._release(inside, batch, now, why, lease)
         for inside, lease in leases.items():
             self._bind(lease, batch, now, reason if inside in batch.gone else "session bound")
         # The kernel's bindings: exactly the file's.
@@ -469,7 +465,7 @@ class NatFeature:
             g = alloc.grow(b.grant, now) if alloc is not None else None
             if g is None:
                 continue
-            lease = self._lease(inside)
+            lease = self.lease_of(int(inside))
             nb = Bound(b.pool, g, b.identity)
             self.bound[inside] = batch.put[inside] = nb
             who = holder(lease) if lease is not None else Holder(inside, b.identity)
