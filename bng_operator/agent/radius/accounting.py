@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from bng_operator.agent.radius.attributes import NAS_PORT_TYPE, format_mac
+from bng_operator.agent.radius.attributes import NAS_PORT_TYPE, line_attributes
 from bng_operator.agent.sessions.session import EndReason, Identity
 from bng_operator.api.radius import RadiusAuth
 
@@ -84,13 +84,7 @@ def acct_attributes(status: str, *, acct_session_id: str, user_name: str,
         ("NAS-Identifier", auth.nas_identifier or node),
         ("NAS-Port-Type", NAS_PORT_TYPE),
     ]
-    if identity.circuit_id:
-        attrs.append(("NAS-Port-Id", identity.circuit_id))
-    attrs.append(("Calling-Station-Id", format_mac(identity.mac, auth.mac_format)))
-    if identity.circuit_id:
-        attrs.append(("Agent-Circuit-Id", identity.circuit_id))
-    if identity.remote_id:
-        attrs.append(("Agent-Remote-Id", identity.remote_id))
+    attrs += line_attributes(identity, auth)
     attrs += [("Service-Type", "Framed-User"),
               ("Framed-IP-Address", str(IPv4Address(address))),
               ("Event-Timestamp", int(event_time))]

@@ -69,6 +69,13 @@ def request_attributes(identity: Identity, auth: RadiusAuth, node: str, nas_ip: 
               ("NAS-Identifier", auth.nas_identifier or node),
               ("NAS-IP-Address", nas_ip),
               ("NAS-Port-Type", NAS_PORT_TYPE)]
+    return attrs + line_attributes(identity, auth)
+
+
+def line_attributes(identity: Identity, auth: RadiusAuth) -> list[tuple[str, str | int]]:
+    """The subscriber's line, as every request names it: NAS-Port-Id (the circuit-id),
+    Calling-Station-Id (the MAC) and the option 82 sub-options (RFC 4679)."""
+    attrs: list[tuple[str, str | int]] = []
     if identity.circuit_id:
         attrs.append(("NAS-Port-Id", identity.circuit_id))
     attrs.append(("Calling-Station-Id", format_mac(identity.mac, auth.mac_format)))
