@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bng_lab.netlab import NetLab
+from bng_lab.radius import SECRET, FreeRadius
 from bng_lab.site import Site
 
 SAMPLES = Path(__file__).resolve().parents[2] / "config" / "samples"
@@ -52,6 +54,23 @@ def wait_natted(site: Site, sessions: int) -> None:
     wait(f"{sessions} sessions with a NAT block",
          lambda: site.metrics().get('bng_nat_block_events_total{event="allocated",'
                                     'pool="cgnat"}', 0) >= sessions)
+
+
+@contextlib.contextmanager
+def radius_served(site: Site, tmp_path: Path, port: int, users: str,
+                  acct_port: int | None = None) -> Iterator[FreeRadius]:
+    """FreeRADIUS in the node's namespace answering on ``port`` from ``users``, and the
+    agent reading the servers' secret from a file (--secrets-dir); both stopped after."""
+    secrets = tmp_path / "secrets" / "radius"
+    secrets.mkdir(parents=True)
+    (secrets / "secret").write_text(SECRET + "\n")
+    fr = FreeRadius(port, users, namespace=site.bng, acct_port=acct_port).start()
+    try:
+        site.start_agent("--secrets-dir", str(tmp_path / "secrets"))
+        yield fr
+    finally:
+        site.stop_agent()
+        fr.close()
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 
 from bng_lab import clients
-from bng_lab.radius import SECRET, FreeRadius
+from bng_lab.radius import FreeRadius
 from bng_lab.site import Site, requests, subscriber_mac
 from bng_operator.agent.qos.feature import ifb_name
-from tests.e2e.conftest import DEFAULT_CLASS, wait
+from tests.e2e.conftest import DEFAULT_CLASS, radius_served, wait
 
 PORT, SILENT, SLOW = 18120, 18199, 18198  # FreeRADIUS; ports nobody answers on
 STATIC = "100.64.9.9"
@@ -102,16 +102,8 @@ OPTION82 = {0: ("rad-ok-0", "line-0"), 1: ("rad-ok-1", "line-1"),
 def radius_site(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[
         tuple[Site, FreeRadius]]:
     site = make_site(subscribers=len(OPTION82), extra=CLASSES, option82=OPTION82)
-    secrets = tmp_path / "secrets" / "radius"
-    secrets.mkdir(parents=True)
-    (secrets / "secret").write_text(SECRET + "\n")
-    fr = FreeRadius(PORT, USERS, namespace=site.bng, acct_port=PORT + 1).start()
-    try:
-        site.start_agent("--secrets-dir", str(tmp_path / "secrets"))
+    with radius_served(site, tmp_path, PORT, USERS, acct_port=PORT + 1) as fr:
         yield site, fr
-    finally:
-        site.stop_agent()
-        fr.close()
 
 
 def _tc_rates(site: Site, dev: str) -> list[str]:

@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from bng_lab import clients
-from bng_lab.radius import SECRET, FreeRadius
+from bng_lab.radius import FreeRadius
 from bng_lab.site import INTERNET_ADDRESS, Site, subscriber_mac
 from bng_operator.agent.qos.feature import ifb_name
-from tests.e2e.conftest import DEFAULT_CLASS, wait
+from tests.e2e.conftest import DEFAULT_CLASS, radius_served, wait
 
 PORT, ACCT_PORT = 18130, 18131
 INTERIM = 5
@@ -66,20 +66,14 @@ def acct_site(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[
     site = make_site(subscribers=1, extra="---".join([DEFAULT_CLASS, CLASS]),
                      option82={0: ("rad-acct-0", "line-0")})
     inet = site.add_internet()
-    secrets = tmp_path / "secrets" / "radius"
-    secrets.mkdir(parents=True)
-    (secrets / "secret").write_text(SECRET + "\n")
-    fr = FreeRadius(PORT, USERS, namespace=site.bng, acct_port=ACCT_PORT).start()
     iperf = site.lab.popen(inet, "iperf3", "-s", "-p", "5201", stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
-        site.start_agent("--secrets-dir", str(tmp_path / "secrets"))
-        yield site, fr, inet
+        with radius_served(site, tmp_path, PORT, USERS, acct_port=ACCT_PORT) as fr:
+            yield site, fr, inet
     finally:
         iperf.kill()
         iperf.wait()
-        site.stop_agent()
-        fr.close()
 
 
 def _iperf(site: Site, ns: str, *argv: str) -> dict:  # type: ignore[type-arg]

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from bng_lab import clients
-from bng_lab.radius import SECRET, FreeRadius
+from bng_lab.radius import FreeRadius
 from bng_lab.site import Site, subscriber_mac
-from tests.e2e.conftest import DEFAULT_CLASS, wait
+from tests.e2e.conftest import DEFAULT_CLASS, radius_served, wait
 
 PORT, COA_PORT = 18140, 3799
 IDLE = 4
@@ -58,16 +58,8 @@ def coa_site(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[
         tuple[Site, FreeRadius]]:
     site = make_site(subscribers=2, extra="---".join([DEFAULT_CLASS, CLASS]),
                      option82=OPTION82)
-    secrets = tmp_path / "secrets" / "radius"
-    secrets.mkdir(parents=True)
-    (secrets / "secret").write_text(SECRET + "\n")
-    fr = FreeRadius(PORT, USERS, namespace=site.bng, acct_port=PORT + 1).start()
-    try:
-        site.start_agent("--secrets-dir", str(tmp_path / "secrets"))
+    with radius_served(site, tmp_path, PORT, USERS, acct_port=PORT + 1) as fr:
         yield site, fr
-    finally:
-        site.stop_agent()
-        fr.close()
 
 
 def _download_rate(site: Site) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pyrad.packet import AccountingResponse, AcctPacket, Packet
 
-from bng_lab.dhcp_env import bound_lease, sample_config
+from bng_lab.dhcp_env import bound_lease
 from bng_operator.agent.config import NodeConfig
 from bng_operator.agent.radius.accounting import (
     INTERIM,
@@ -30,10 +30,9 @@ from bng_operator.agent.radius.accounting import (
 from bng_operator.agent.radius.feature import RadiusFeature
 from bng_operator.agent.radius.secrets import FileSecrets
 from bng_operator.agent.sessions.session import EndReason, Identity, Session
-from bng_operator.api import SubscriberClass
 from bng_operator.api.radius import RadiusAuth
 from bng_operator.metrics import AgentMetrics
-from tests.unit.radius.test_authoriser import DICT, SECRET, accept, sample, serve, session
+from tests.unit.radius.test_authoriser import DICT, SECRET, accept, config, sample, serve, session
 
 G = 1 << 32
 
@@ -153,22 +152,7 @@ async def acct_server() -> AcctServer:
 
 
 def acct_config(auth_port: int, acct_port: int, **radius: Any) -> NodeConfig:
-    def edit(objects: list[Any]) -> list[Any]:
-        out = []
-        for o in objects:
-            if isinstance(o, SubscriberClass) and o.name == "residential":
-                spec = o.spec.model_dump(by_alias=True, exclude_none=True)
-                spec["auth"] = "radius"
-                spec["radius"] = {"servers": [
-                    {"address": "127.0.0.1", "authPort": auth_port, "acctPort": acct_port,
-                     "timeout": "1s", "retries": 0, "secret": {"name": "radius"}}],
-                    "deadAfter": 100, **radius}
-                o = SubscriberClass.model_validate({**o.model_dump(by_alias=True),
-                                                    "spec": spec})
-            out.append(o)
-        return out
-
-    return sample_config(edit)  # type: ignore[no-any-return]
+    return config([auth_port], acct_port, **{"deadAfter": 100, **radius})
 
 
 def acct_feature(cfg: NodeConfig, tmp_path: Path, usage: Callable[[int], Usage | None],

@@ -77,8 +77,9 @@ def accept(attrs: dict[str, Any] | None = None) -> Callable[[Packet], tuple[int,
     return lambda req: (AccessAccept, attrs or {})
 
 
-def config(ports: list[int], **radius: Any) -> NodeConfig:
-    """The samples, with the residential class authenticated by servers on ``ports``."""
+def config(ports: list[int], acct_port: int | None = None, **radius: Any) -> NodeConfig:
+    """The samples, with the residential class authenticated by servers on ``ports`` (and
+    accounted on ``acct_port``)."""
     def edit(objects: list[Any]) -> list[Any]:
         out = []
         for o in objects:
@@ -87,7 +88,9 @@ def config(ports: list[int], **radius: Any) -> NodeConfig:
                 spec["auth"] = "radius"
                 spec["radius"] = {"servers": [
                     {"address": "127.0.0.1", "authPort": p, "timeout": "1s", "retries": 0,
-                     "secret": {"name": "radius"}} for p in ports], **radius}
+                     "secret": {"name": "radius"},
+                     **({"acctPort": acct_port} if acct_port is not None else {})}
+                    for p in ports], **radius}
                 o = SubscriberClass.model_validate({**o.model_dump(by_alias=True),
                                                     "spec": spec})
             out.append(o)
