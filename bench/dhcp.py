@@ -178,6 +178,18 @@ class Servers:
             self.kea = None
 
 
+def perfdhcp_report(r: subprocess.CompletedProcess[str]) -> perfdhcp.Report:
+    """perfdhcp's report of its timed period; RuntimeError with its output if it gave none."""
+    try:
+        report = perfdhcp.parse(r.stdout)
+    except ValueError as e:
+        raise RuntimeError(f"perfdhcp failed ({r.returncode}): {r.stderr[-1500:]}") from e
+    if report.acks_in_period is None:
+        raise RuntimeError(f"perfdhcp printed no report at the end of its period:\n"
+                           f"{r.stdout[-1500:]}")
+    return report
+
+
 def _perfdhcp(site: Site, rate: int, seconds: int, clients: list[str],
               extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """Replies are counted at the end of the period (the rate) and after 0.5 s more (drops)."""
@@ -241,14 +253,7 @@ def trial(site: Site, servers: Servers, which: str, rate: int, seconds: int,
         by_path = {}
         if macs is not None and which == "bng":
             by_path = replies_by_path(before, servers.fast_counters(which))
-        try:
-            report = perfdhcp.parse(r.stdout)
-        except ValueError as e:
-            raise RuntimeError(f"perfdhcp failed ({r.returncode}): {r.stderr[-1500:]}") from e
-        if report.acks_in_period is None:
-            raise RuntimeError(f"perfdhcp printed no report at the end of its period:\n"
-                               f"{r.stdout[-1500:]}")
-        return Trial(rate, seconds, report, by_path)
+        return Trial(rate, seconds, perfdhcp_report(r), by_path)
     finally:
         servers.stop(which)
 

@@ -79,7 +79,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -88,12 +87,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 from pyroute2 import NFCTSocket
 
 from bng_lab import udpgen
+from bng_lab.benchrun import progress, unwind_on_sigterm
 from bng_lab.netlab import NetLab, in_netns, remove_leftovers
 from bng_lab.udpgen import GEN_SRC, Rate, UdpGen, bpf_stats
 from bng_operator import netlink
@@ -723,15 +722,6 @@ def report(out: TextIO, result: dict[str, Any]) -> None:
           f"{g['log_records_per_flow']}", file=out)
 
 
-_MAIN_PID = os.getpid()
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    if os.getpid() != _MAIN_PID:  # a child forked by pyroute2, stopped by it
-        os._exit(128 + signum)
-    raise SystemExit(128 + signum)  # through the finally blocks: the namespaces go
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true",
@@ -786,12 +776,8 @@ def main() -> int:
             print(f"bench/nat.py needs {tool}", file=sys.stderr)
             return 2
     out = sys.stderr if a.json else sys.stdout
-    began = time.monotonic()
-
-    def say(*x: object) -> None:
-        print(f"[{time.monotonic() - began:6.1f} s]", *x, file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGTERM, _terminate)
+    say = progress()
+    unwind_on_sigterm()
     remove_leftovers()
     udpgen.restore_bpf_stats()
     publics = [PUBLIC_FIRST + k for k in range(math.ceil(total / PER_ADDRESS))]

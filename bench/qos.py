@@ -66,7 +66,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -76,10 +75,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 from bng_lab import udpgen
+from bng_lab.benchrun import progress, unwind_on_sigterm
 from bng_lab.netlab import NetLab, in_netns, remove_leftovers
 from bng_lab.udpgen import GEN_DST, Rate, UdpGen, bpf_stats
 from bng_operator import netlink
@@ -537,15 +536,6 @@ def report(out: TextIO, result: dict[str, Any]) -> None:
           f"install >= 2x faster: {g['install']}", file=out)
 
 
-_MAIN_PID = os.getpid()
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    if os.getpid() != _MAIN_PID:  # a child forked by pyroute2 (NetNS), stopped by it
-        os._exit(128 + signum)
-    raise SystemExit(128 + signum)  # through the finally blocks: the namespaces go
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true",
@@ -589,12 +579,8 @@ def main() -> int:
             return 2
     out = sys.stderr if a.json else sys.stdout
 
-    began = time.monotonic()
-
-    def say(*x: object) -> None:
-        print(f"[{time.monotonic() - began:6.1f} s]", *x, file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGTERM, _terminate)
+    say = progress()
+    unwind_on_sigterm()
     remove_leftovers()
     lab = NetLab()
     workdir = Path(tempfile.mkdtemp(prefix="bng-bench-qos-"))

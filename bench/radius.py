@@ -39,18 +39,25 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from bench.dhcp import CIDR, Servers, Trial, _perfdhcp, relay_site, step_search
-from bng_lab import dhcpgen, perfdhcp
+from bench.dhcp import (
+    CIDR,
+    Servers,
+    Trial,
+    _perfdhcp,
+    perfdhcp_report,
+    relay_site,
+    step_search,
+)
+from bng_lab import dhcpgen
+from bng_lab.benchrun import progress, unwind_on_sigterm
 from bng_lab.netlab import remove_leftovers
 from bng_lab.radius import SECRET, FreeRadius
 from bng_lab.site import Site
@@ -118,13 +125,7 @@ def trial(site: Site, modes: Modes, which: str, rate: int, seconds: int) -> dict
                       extra=("-x", "t"))
     finally:
         modes.stop(which)
-    try:
-        report = perfdhcp.parse(r.stdout)
-    except ValueError as e:
-        raise RuntimeError(f"perfdhcp failed ({r.returncode}): {r.stderr[-1500:]}") from e
-    if report.acks_in_period is None:
-        raise RuntimeError(f"perfdhcp printed no report at the end of its period:\n"
-                           f"{r.stdout[-1500:]}")
+    report = perfdhcp_report(r)
     m = modes.last_metrics
     return {"trial": Trial(rate, seconds, report), "offer_ms": offer_delays(r.stdout),
             "access_requests": _kept(m, "bng_radius_requests_total{"),
@@ -207,9 +208,6 @@ def accounting(site: Site, modes: Modes, sessions: int, interim: int, steady: in
         "dropped": _kept(m1, "bng_radius_acct_dropped_total{"),
         "timeouts": delta("bng_radius_acct_timeouts_total{"),
     }
-
-
-_MAIN_PID = os.getpid()
 
 
 def pyrad_cost_us(n: int = 2000) -> dict[str, float]:
@@ -296,12 +294,6 @@ def profile(site: Site, modes: Modes, rate: int, seconds: int, top: int = 25) ->
               f"{buf.getvalue()}", file=sys.stderr)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    if os.getpid() != _MAIN_PID:  # a child forked by pyroute2 (NetNS), stopped by it
-        os._exit(128 + signum)
-    raise SystemExit(128 + signum)  # through the finally blocks: namespaces and servers go
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="searches of each configuration")
@@ -323,12 +315,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/radius.py needs root (network namespaces)", file=sys.stderr)
         return 2
-    began = time.monotonic()
-
-    def say(*x: object) -> None:
-        print(f"[{time.monotonic() - began:6.1f} s]", *x, file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGTERM, _terminate)
+    say = progress()
+    unwind_on_sigterm()
     remove_leftovers()
     workdir = Path(tempfile.mkdtemp(prefix="bng-bench-radius-"))
     secrets = workdir / "secrets"
