@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -230,6 +231,10 @@ class RadiusClient:
             else:
                 pkt = AuthPacket(code=AccessRequest, id=ep.take_id(), secret=secret,
                                  dict=self.dictionary)
+                # pyrad draws the Request Authenticator a byte at a time from SystemRandom
+                # (16 getrandom calls per request); one read of 16 bytes is the same
+                # randomness.
+                pkt.authenticator = os.urandom(16)
                 for name, value in attributes(ep.local_address):
                     pkt[name] = pkt.PwCrypt(str(value)) if name == "User-Password" else value
                 pkt.add_message_authenticator()
