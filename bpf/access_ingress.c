@@ -18,6 +18,7 @@
 #include "lib/maps.h"
 #include "lib/access.h"
 #include "lib/dhcp_reply.h"
+#include "lib/flow.h"
 
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
@@ -32,6 +33,13 @@ static __always_inline void count(int idx)
     __u64 *c = counters.lookup(&idx);
     if (c)
         *c += 1;
+#if FLOW_EVENTS
+    // The packet's outcome so far, for its flow event: the last count is the verdict's.
+    __u32 zero = 0;
+    __u32 *why = flow_outcome.lookup(&zero);
+    if (why)
+        *why = idx;
+#endif
 }
 
 static __always_inline int pass(int idx)
@@ -437,9 +445,52 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
     return XDP_TX;
 }
 
+#if FLOW_EVENTS
+// The flow event of a DHCP request: a reply sent (the frame is the reply now), or a pass to
+// the slow path or a drop, with the reason counted. Traffic that is not DHCP has none.
+static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
+{
+    __u32 zero = 0;
+    __u32 *why = flow_outcome.lookup(&zero);
+    struct parse_state *st = parse_scratch.lookup(&zero);
+    if (!why || !st || *why == CNT_PASS_NOT_DHCP || *why >= CNT_MAX)
+        return;
+    struct flow_event ev = {};
+    ev.ktime_ns = bpf_ktime_get_ns();
+    ev.ifindex = ctx->ingress_ifindex;
+    ev.source = FLOW_SRC_DHCP;
+    ev.reason = *why;
+    ev.verdict = verdict == XDP_TX || verdict == XDP_PASS ? FLOW_FORWARDED : FLOW_DROPPED;
+    ev.point = verdict == XDP_TX ? FLOW_TO_NETWORK : verdict == XDP_PASS ? FLOW_TO_STACK
+                                                                         : FLOW_NONE;
+    // The walk's message type is this packet's only once the walk ended (a reason past
+    // it); before, it may be the last packet's.
+    __u32 walked = *why != CNT_PASS_MALFORMED && *why != CNT_PASS_LAYOUT;
+    ev.dhcp_type = verdict == XDP_TX ? (*why == CNT_OFFER ? 2 : 5) : walked ? st->msg_type : 0;
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    __u32 at = flow_from_frame(data, end, &ev);
+    struct bootp *b = data + (at & 0xff);
+    if (at && (void *)(b + 1) <= end) {
+        ev.xid = b->xid;
+        ev.dhcp_yiaddr = b->yiaddr;
+    }
+    flow_events.ringbuf_output(&ev, sizeof(ev), 0);
+}
+#endif
+
 int xdp_dhcp(struct xdp_md *ctx)
 {
-    return handle(ctx);
+    int verdict = handle(ctx);
+#if FLOW_EVENTS
+    // Nobody watching: this lookup is all the events cost. Looked up after the request is
+    // handled, not before: a branch on it there would have the verifier walk handle() twice.
+    __u32 zero = 0;
+    struct flow_ctl *fc = flow_ctl.lookup(&zero);
+    if (fc && fc->observers)
+        flow_dhcp(ctx, verdict);
+#endif
+    return verdict;
 }
 
 // Run by the agent (BPF_PROG_RUN), never attached: the clock the program reads, beside

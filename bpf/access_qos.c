@@ -26,6 +26,7 @@
 #include <uapi/linux/pkt_cls.h>
 
 #include "lib/qos.h"
+#include "lib/flow.h"
 
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
@@ -63,6 +64,31 @@ static __always_inline void stat(__u32 idx)
         *c += 1;
 }
 
+static __always_inline int observed(void)
+{
+#if FLOW_EVENTS
+    __u32 zero = 0;
+    struct flow_ctl *fc = flow_ctl.lookup(&zero);
+    return fc && fc->observers;
+#else
+    return 0;
+#endif
+}
+
+static __always_inline void flow_drop_skb(struct __sk_buff *skb, __u32 reason)
+{
+#if FLOW_EVENTS
+    struct flow_event ev = {};
+    ev.ktime_ns = bpf_ktime_get_ns();
+    ev.ifindex = skb->ifindex;
+    ev.source = FLOW_SRC_ACCESS;
+    ev.verdict = FLOW_DROPPED;
+    ev.reason = reason;
+    flow_from_skb(skb, &ev);
+    flow_events.ringbuf_output(&ev, sizeof(ev), 0);
+#endif
+}
+
 static __always_inline int is_vlan(__be16 proto)
 {
     return proto == bpf_htons(ETH_P_8021Q_) || proto == bpf_htons(ETH_P_8021AD_);
@@ -84,10 +110,24 @@ static __always_inline int same_tags(const struct tags *t, const struct qos_sess
 
 // --- ARP (XDP) ---------------------------------------------------------------------------
 
-static __always_inline int arp_verdict(__u32 stat_idx)
+static __always_inline int arp_verdict(struct xdp_md *ctx, __u32 stat_idx)
 {
     stat(stat_idx);
-    return stat_idx == QOS_ARP_PASSED ? XDP_PASS : XDP_DROP;
+    if (stat_idx == QOS_ARP_PASSED)
+        return XDP_PASS;
+#if FLOW_EVENTS
+    if (observed()) {
+        struct flow_event ev = {};
+        ev.ktime_ns = bpf_ktime_get_ns();
+        ev.ifindex = ctx->ingress_ifindex;
+        ev.source = FLOW_SRC_ACCESS;
+        ev.verdict = FLOW_DROPPED;
+        ev.reason = stat_idx;
+        flow_from_frame((void *)(long)ctx->data, (void *)(long)ctx->data_end, &ev);
+        flow_events.ringbuf_output(&ev, sizeof(ev), 0);
+    }
+#endif
+    return XDP_DROP;
 }
 
 int access_arp(struct xdp_md *ctx)
@@ -121,22 +161,22 @@ int access_arp(struct xdp_md *ctx)
         return XDP_PASS;
     struct arp_eth *arp = data + l3;
     if ((void *)(arp + 1) > end)
-        return arp_verdict(t.count ? QOS_ARP_DROPPED : QOS_ARP_PASSED);
+        return arp_verdict(ctx, t.count ? QOS_ARP_DROPPED : QOS_ARP_PASSED);
     __be32 spa = arp->spa;
     struct qos_session *s = qos_sessions.lookup(&spa);
     if (!s)
-        return arp_verdict(t.count ? QOS_ARP_DROPPED : QOS_ARP_PASSED);
+        return arp_verdict(ctx, t.count ? QOS_ARP_DROPPED : QOS_ARP_PASSED);
     // A session's: answered when it asks for its gateway as itself, else dropped (the
     // kernel would learn a neighbour from it, and nothing else of a session's is ARP's).
     if (s->routed || arp->htype != bpf_htons(1) || arp->ptype != bpf_htons(ETH_P_IP) ||
         arp->hlen != 6 || arp->plen != 4 || arp->op != bpf_htons(1) ||
         arp->tpa != s->gateway || !same_mac(arp->sha, s->mac) ||
         !same_mac(eth->h_source, s->mac) || !same_tags(&t, s))
-        return arp_verdict(QOS_ARP_DROPPED);
+        return arp_verdict(ctx, QOS_ARP_DROPPED);
     __u32 ifindex = ctx->ingress_ifindex;
     struct access_interface *ai = access_interfaces.lookup(&ifindex);
     if (!ai)
-        return arp_verdict(QOS_ARP_PASSED);
+        return arp_verdict(ctx, QOS_ARP_PASSED);
     // The reply, in place: on the request's tags, from the interface's MAC.
     __builtin_memcpy(eth->h_dest, s->mac, 6);
     __builtin_memcpy(eth->h_source, ai->mac, 6);
@@ -230,9 +270,11 @@ static __always_inline void count(struct __sk_buff *skb, struct qos_session *s, 
     c->last_seen_ns = bpf_ktime_get_coarse_ns();
 }
 
-static __always_inline int drop(__u32 reason)
+static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
 {
     stat(reason);
+    if (observed())
+        flow_drop_skb(skb, reason);
     return TC_ACT_SHOT;
 }
 
@@ -251,7 +293,7 @@ int qos_down(struct __sk_buff *skb)
         // itself was routed to the subscribers, and no session has its address.
         __u8 macs[12];
         if (!bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)) && same_mac(macs, macs + 6))
-            return drop(QOS_DOWN_NO_SESSION);
+            return drop(skb, QOS_DOWN_NO_SESSION);
         stat(QOS_DOWN_UNKNOWN);
         return TC_ACT_OK;
     }
@@ -281,17 +323,17 @@ int qos_up(struct __sk_buff *skb)
     __be16 proto;
     int l3 = tc_tags(skb, &t, &proto);
     if (l3 < 0)
-        return drop(QOS_SPOOF_NOT_IPV4);
+        return drop(skb, QOS_SPOOF_NOT_IPV4);
     if (proto != bpf_htons(ETH_P_IP)) {
         if (t.count)
-            return drop(proto == bpf_htons(ETH_P_ARP) ? QOS_ARP_DROPPED : QOS_SPOOF_NOT_IPV4);
+            return drop(skb, proto == bpf_htons(ETH_P_ARP) ? QOS_ARP_DROPPED : QOS_SPOOF_NOT_IPV4);
         stat(QOS_UP_NOT_IPV4);
         return TC_ACT_OK;
     }
     l3 &= 0xff;
     struct iphdr ip;
     if (bpf_skb_load_bytes(skb, l3, &ip, sizeof(ip)))
-        return drop(QOS_SPOOF_NOT_IPV4);
+        return drop(skb, QOS_SPOOF_NOT_IPV4);
     // DHCP to the server is the agent's (its packet socket saw it already) and never queued:
     // after the IFB a request would pass that socket again, and be answered twice.
     if (ip.protocol == IPPROTO_UDP) {
@@ -305,14 +347,14 @@ int qos_up(struct __sk_buff *skb)
     __be32 src = ip.saddr;
     struct qos_session *s = qos_sessions.lookup(&src);
     if (!s)
-        return drop(QOS_SPOOF_SOURCE);
+        return drop(skb, QOS_SPOOF_SOURCE);
     __u32 prio = s->up_class;
     if (!s->routed) {
         __u8 from[6];
         if (bpf_skb_load_bytes(skb, 6, from, 6) || !same_mac(from, s->mac))
-            return drop(QOS_SPOOF_MAC);
+            return drop(skb, QOS_SPOOF_MAC);
         if (!same_tags(&t, s))
-            return drop(QOS_SPOOF_VLAN);
+            return drop(skb, QOS_SPOOF_VLAN);
         // Terminated: the stack routes it untagged.
         for (int i = 0; i < 2; i++)
             if (i < t.count && bpf_skb_vlan_pop(skb))

@@ -29,6 +29,7 @@
 #include <uapi/linux/pkt_cls.h>
 
 #include "lib/nat.h"
+#include "lib/flow.h"
 
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
@@ -89,9 +90,41 @@ static __always_inline void stat(__u32 idx)
         *c += 1;
 }
 
-static __always_inline int drop(__u32 reason)
+static __always_inline int observed(void)
+{
+#if FLOW_EVENTS
+    __u32 zero = 0;
+    struct flow_ctl *fc = flow_ctl.lookup(&zero);
+    return fc && fc->observers;
+#else
+    return 0;
+#endif
+}
+
+// A flow event of the packet in ``skb`` (as it is now: before a translation's rewrite, or
+// after it), with what NAT did and, translated, the public endpoint.
+static __always_inline void flow_nat(struct __sk_buff *skb, __u8 verdict, __u32 reason,
+                                     __be32 xlated_addr, __be16 xlated_port)
+{
+#if FLOW_EVENTS
+    struct flow_event ev = {};
+    ev.ktime_ns = bpf_ktime_get_ns();
+    ev.ifindex = skb->ifindex;
+    ev.source = FLOW_SRC_NAT;
+    ev.verdict = verdict;
+    ev.reason = reason;
+    ev.xlated_addr = xlated_addr;
+    ev.xlated_port = xlated_port;
+    flow_from_skb(skb, &ev);
+    flow_events.ringbuf_output(&ev, sizeof(ev), 0);
+#endif
+}
+
+static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
 {
     stat(reason);
+    if (observed())
+        flow_nat(skb, FLOW_DROPPED, reason, 0, 0);
     return TC_ACT_SHOT;
 }
 
@@ -687,12 +720,12 @@ static __always_inline int icmp_error_out(struct __sk_buff *skb, struct packet *
     struct inner in = {};
     int r = parse_inner(skb, p, &in);
     if (r)
-        return drop(r);
+        return drop(skb, r);
     struct nat_endpoint inside = {.addr = in.daddr, .port = in.dport, .proto = in.proto};
     struct nat_mapping *m = nat_outbound.lookup(&inside);
     if (!m) {
         if (b)
-            return drop(NAT_ICMP_ERROR_UNKNOWN);
+            return drop(skb, NAT_ICMP_ERROR_UNKNOWN);
         stat(NAT_OUT_PASSED);  // not about a mapping of ours: the node's own
         return TC_ACT_OK;
     }
@@ -705,10 +738,10 @@ static __always_inline int icmp_error_out(struct __sk_buff *skb, struct packet *
     } else {
         struct nat_prefix k = {.prefixlen = 32, .addr = p->saddr};
         if (nat_inside.lookup(&k))
-            return drop(NAT_NO_BINDING);  // never out with an inside source
+            return drop(skb, NAT_NO_BINDING);  // never out with an inside source
     }
     if (rewrite_inner(skb, p, &in, 0, to_addr, to_port) || rewrite_addr(skb, 1, p->saddr, src))
-        return drop(NAT_WRITE_ERROR);
+        return drop(skb, NAT_WRITE_ERROR);
     stat(NAT_ICMP_ERROR);
     return sent_out(skb, p);
 }
@@ -724,7 +757,7 @@ static __always_inline int translate_out(struct __sk_buff *skb, struct packet *p
     if (p->frag == FRAG_FIRST)
         remember_fragment(NAT_FRAG_OUT, p, to_addr, now);
     if (rewrite(skb, p, 1, to_addr, to_port))
-        return drop(NAT_WRITE_ERROR);
+        return drop(skb, NAT_WRITE_ERROR);
     return sent_out(skb, p);
 }
 
@@ -737,7 +770,7 @@ int nat_out(struct __sk_buff *skb)
     struct packet p = {};
     int r = parse(skb, &p);
     if (r)
-        return drop(r);
+        return drop(skb, r);
     __be32 saddr = p.saddr;
     // A known flow's packet (the steady state) needs its mapping only: its pool (looked
     // up only when some pool filters: nat_node) comes by its public address, as nat_in
@@ -771,29 +804,29 @@ int nat_out(struct __sk_buff *skb)
     if (!b) {
         struct nat_prefix k = {.prefixlen = 32, .addr = saddr};
         if (nat_inside.lookup(&k))
-            return drop(NAT_NO_BINDING);
+            return drop(skb, NAT_NO_BINDING);
         stat(NAT_OUT_PASSED);
         return TC_ACT_OK;
     }
     __u32 pool_idx = b->pool;
     struct nat_pool *pool = nat_pools.lookup(&pool_idx);
     if (!pool)
-        return drop(NAT_NO_BINDING);
+        return drop(skb, NAT_NO_BINDING);
     __u64 now = bpf_ktime_get_coarse_ns();
     if (p.frag == FRAG_LATER) {
         struct nat_frag *f = fragment(NAT_FRAG_OUT, &p);
         if (!f)
-            return drop(NAT_FRAGMENT_UNKNOWN);
+            return drop(skb, NAT_FRAGMENT_UNKNOWN);
         if (rewrite(skb, &p, 1, f->addr, 0))
-            return drop(NAT_WRITE_ERROR);
+            return drop(skb, NAT_WRITE_ERROR);
         stat(NAT_FRAGMENT);
         return sent_out(skb, &p);
     }
     if (p.proto == IPPROTO_ICMP) {
         if (p.icmp_type != ICMP_ECHO)
-            return drop(NAT_UNSUPPORTED);
+            return drop(skb, NAT_UNSUPPORTED);
     } else if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) {
-        return drop(NAT_UNSUPPORTED);
+        return drop(skb, NAT_UNSUPPORTED);
     }
     struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
     struct nat_mapping *m = nat_outbound.lookup(&inside);
@@ -801,9 +834,9 @@ int nat_out(struct __sk_buff *skb)
         // A reset of no mapping resets nothing outside (what came in for it was dropped):
         // it takes no port.
         if (p.proto == IPPROTO_TCP && (p.tcp_flags & TCP_FLAG_RST_))
-            return drop(NAT_NO_MAPPING);
+            return drop(skb, NAT_NO_MAPPING);
         nat_progs.call(skb, NAT_PROG_NEW);
-        return drop(NAT_INTERNAL);
+        return drop(skb, NAT_INTERNAL);
     }
     return translate_out(skb, &p, m, pool->filtering, m->addr, m->port, now);
 }
@@ -815,15 +848,15 @@ int nat_new(struct __sk_buff *skb)
 {
     struct packet p = {};
     if (parse(skb, &p))
-        return drop(NAT_MALFORMED);
+        return drop(skb, NAT_MALFORMED);
     __be32 saddr = p.saddr;
     struct nat_binding *b = nat_bindings.lookup(&saddr);
     if (!b)
-        return drop(NAT_NO_BINDING);
+        return drop(skb, NAT_NO_BINDING);
     __u32 pool_idx = b->pool;
     struct nat_pool *pool = nat_pools.lookup(&pool_idx);
     if (!pool)
-        return drop(NAT_NO_BINDING);
+        return drop(skb, NAT_NO_BINDING);
     __u64 now = bpf_ktime_get_coarse_ns();
     struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
     struct nat_mapping made;
@@ -831,9 +864,12 @@ int nat_new(struct __sk_buff *skb)
     if (r == NAT_BLOCK_FULL)
         return block_full(skb, &p, b, now);
     if (r > 0)
-        return drop(r);
+        return drop(skb, r);
+    // One event per mapping made, not per packet: who had this public address and port.
+    if (observed())
+        flow_nat(skb, FLOW_TRANSLATED, NAT_NEW_MAPPING, made.addr, made.port);
     nat_progs.call(skb, NAT_PROG_OUT);
-    return drop(NAT_INTERNAL);
+    return drop(skb, NAT_INTERNAL);
 }
 
 // --- ingress -----------------------------------------------------------------------------
@@ -849,20 +885,20 @@ static __always_inline int icmp_error_in(struct __sk_buff *skb, struct packet *p
     struct inner in = {};
     int r = parse_inner(skb, p, &in);
     if (r)
-        return drop(r);
+        return drop(skb, r);
     if (in.saddr != p->daddr)
-        return drop(NAT_ICMP_ERROR_UNKNOWN);
+        return drop(skb, NAT_ICMP_ERROR_UNKNOWN);
     struct nat_endpoint pub = {.addr = in.saddr, .port = in.sport, .proto = in.proto};
     struct nat_mapping *m = nat_inbound.lookup(&pub);
     if (!m || (m->flags & NAT_F_HELD))
-        return drop(NAT_ICMP_ERROR_UNKNOWN);
+        return drop(skb, NAT_ICMP_ERROR_UNKNOWN);
     if (!permitted(pool->filtering, in.saddr, in.sport, in.proto, in.daddr, in.dport))
-        return drop(NAT_FILTERED);
+        return drop(skb, NAT_FILTERED);
     __be32 to_addr = m->addr;
     __be16 to_port = m->port;
     if (rewrite_inner(skb, p, &in, 1, to_addr, to_port) ||
         rewrite_addr(skb, 0, p->daddr, to_addr))
-        return drop(NAT_WRITE_ERROR);
+        return drop(skb, NAT_WRITE_ERROR);
     stat(NAT_ICMP_ERROR);
     stat(NAT_IN_TRANSLATED);
     return TC_ACT_OK;
@@ -876,7 +912,7 @@ int nat_in(struct __sk_buff *skb)
     }
     __be32 daddr;
     if (load(skb, IP_DST_OFF, &daddr, sizeof(daddr)))
-        return drop(NAT_MALFORMED);
+        return drop(skb, NAT_MALFORMED);
     struct nat_address *a = nat_addresses.lookup(&daddr);
     if (!a) {
         stat(NAT_IN_PASSED);
@@ -885,17 +921,17 @@ int nat_in(struct __sk_buff *skb)
     __u32 pool_idx = a->pool;
     struct nat_pool *pool = nat_pools.lookup(&pool_idx);
     if (!pool)
-        return drop(NAT_NO_MAPPING);
+        return drop(skb, NAT_NO_MAPPING);
     struct packet p = {};
     int r = parse(skb, &p);
     if (r)
-        return drop(r);
+        return drop(skb, r);
     if (p.frag == FRAG_LATER) {
         struct nat_frag *f = fragment(NAT_FRAG_IN, &p);
         if (!f)
-            return drop(NAT_FRAGMENT_UNKNOWN);
+            return drop(skb, NAT_FRAGMENT_UNKNOWN);
         if (rewrite(skb, &p, 0, f->addr, 0))
-            return drop(NAT_WRITE_ERROR);
+            return drop(skb, NAT_WRITE_ERROR);
         stat(NAT_FRAGMENT);
         stat(NAT_IN_TRANSLATED);
         return TC_ACT_OK;
@@ -904,16 +940,16 @@ int nat_in(struct __sk_buff *skb)
         if (p.frag == FRAG_NONE && is_icmp_error(p.icmp_type))
             return icmp_error_in(skb, &p, pool);
         if (p.icmp_type != ICMP_ECHOREPLY)
-            return drop(p.icmp_type == ICMP_ECHO ? NAT_NO_MAPPING : NAT_UNSUPPORTED);
+            return drop(skb, p.icmp_type == ICMP_ECHO ? NAT_NO_MAPPING : NAT_UNSUPPORTED);
     } else if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) {
-        return drop(NAT_UNSUPPORTED);
+        return drop(skb, NAT_UNSUPPORTED);
     }
     struct nat_endpoint pub = {.addr = p.daddr, .port = p.dport, .proto = p.proto};
     struct nat_mapping *m = nat_inbound.lookup(&pub);
     if (!m || (m->flags & NAT_F_HELD))
-        return drop(NAT_NO_MAPPING);
+        return drop(skb, NAT_NO_MAPPING);
     if (!permitted(pool->filtering, p.daddr, p.dport, p.proto, p.saddr, p.sport))
-        return drop(NAT_FILTERED);
+        return drop(skb, NAT_FILTERED);
     __be32 to_addr = m->addr;
     __be16 to_port = m->port;
     __u64 now = bpf_ktime_get_coarse_ns();
@@ -921,7 +957,7 @@ int nat_in(struct __sk_buff *skb)
     if (p.frag == FRAG_FIRST)
         remember_fragment(NAT_FRAG_IN, &p, to_addr, now);
     if (rewrite(skb, &p, 0, to_addr, to_port))
-        return drop(NAT_WRITE_ERROR);
+        return drop(skb, NAT_WRITE_ERROR);
     stat(NAT_IN_TRANSLATED);
     return TC_ACT_OK;
 }

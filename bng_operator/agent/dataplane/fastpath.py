@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from bng_operator import netlink
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
+from bng_operator.agent.dataplane.flows import FLOW_MAPS
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
     BPFObject,
@@ -40,6 +41,7 @@ from bng_operator.agent.dataplane.loader import (
     program_id,
     test_run,
 )
+from bng_operator.agent.dataplane.names import DHCP_COUNTERS
 from bng_operator.agent.fastpath.entries import FastEntry, SubnetOptions, circuit_hash
 from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, MAX_LEASES_PER_NODE
 from bng_operator.netlink import XDPMode
@@ -50,11 +52,7 @@ MIN_REPLY_DHCP_LEN = 300
 MAX_SUBNETS = 1024
 INTERFACE_SLOTS, INTERFACE_PROBES = 256, 4
 NO_SLOT = 0xFFFF  # a lease whose subnet has no slot: the program's lookup finds nothing
-# enum fastpath_counter, in order.
-COUNTERS = ("offer", "ack", "pass_not_dhcp", "pass_malformed", "pass_miss", "pass_expired",
-            "pass_wrong_address", "pass_changed", "pass_other_type", "pass_layout",
-            "pass_no_interface", "pass_no_subnet", "pass_no_room", "drop", "refresh_lost",
-            "pass_no_agent", "pass_untrusted_82")
+COUNTERS = DHCP_COUNTERS  # enum fastpath_counter, in order
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 REFRESH_CLOCK_MONOTONIC_NS, REFRESH_CLOCK_JIFFIES = 0, 1  # enum refresh_clock
 Attached = Literal["adopted", "attached", "replaced"]
@@ -204,7 +202,7 @@ def sweep_generations(pin_dir: Path | None) -> list[str]:
 # The maps that outlive the agent: per generation, but the refresh log above them all.
 GENERATION_MAPS = ("subscribers", "circuits", "subnet_options", "interfaces", "counters",
                    "heartbeat")
-LASTING_MAPS = ("refresh_heads", "refresh_log", "access_next")
+LASTING_MAPS = ("refresh_heads", "refresh_log", "access_next", *FLOW_MAPS)
 
 
 def pinned_maps(pin_root: Path, generation: str) -> dict[str, Path]:

@@ -40,6 +40,7 @@ from bcc import BPF
 
 from bng_operator import netlink
 from bng_operator.agent.dataplane.fastpath import generation, sweep_generations
+from bng_operator.agent.dataplane.flows import flow_pins
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
     BPFObject,
@@ -47,6 +48,7 @@ from bng_operator.agent.dataplane.loader import (
     bpf_mount_of,
     pinned_program,
 )
+from bng_operator.agent.dataplane.names import NAT_STATS
 
 SOURCE = Path(BPF_DIR) / "nat44.c"
 PROGRAMS = {"egress": "nat_out", "ingress": "nat_in"}
@@ -55,12 +57,7 @@ TAIL_CALLS = {0: "nat_out", 1: "nat_new"}
 MAPS = ("nat_bindings", "nat_pools", "nat_addresses", "nat_node", "nat_inside",
         "nat_outbound", "nat_inbound", "nat_filters", "nat_fragments", "nat_exhausted",
         "nat_stats", "nat_progs")
-# enum nat_stat, in order.
-STATS = ("out_translated", "in_translated", "out_passed", "in_passed", "not_ipv4",
-         "no_binding", "no_mapping", "filtered", "block_full", "map_full",
-         "fragment_unknown", "icmp_error_unknown", "malformed", "unsupported", "write_error",
-         "internal", "new_mapping", "taken_over", "icmp_error", "fragment", "hairpin",
-         "icmp_sent", "filter_full")
+STATS = NAT_STATS  # enum nat_stat, in order
 # Packets dropped, by reason: the stats above that are drops (the rest are verdicts that
 # pass, and events).
 DROPS = ("no_binding", "no_mapping", "filtered", "block_full", "map_full",
@@ -224,6 +221,7 @@ class NatPath:
                 raise DataplaneError(f"{self.pin_dir} is not on a bpf filesystem")
             self.pin_dir.mkdir(parents=True, exist_ok=True)
             pins = {m: self.pin_dir / m for m in MAPS}
+            pins.update(flow_pins(pin_root))
         self.obj = BPFObject(SOURCE, cflags=cflags, pins=pins)
         self.adopted = "nat_outbound" in self.obj.adopted
         self.bindings_map = self.obj.map("nat_bindings")

@@ -24,6 +24,7 @@ from bcc import BPF
 
 from bng_operator import netlink
 from bng_operator.agent.dataplane.fastpath import generation, sweep_generations
+from bng_operator.agent.dataplane.flows import flow_pins
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
     BPFObject,
@@ -31,6 +32,7 @@ from bng_operator.agent.dataplane.loader import (
     bpf_mount_of,
     pinned_program,
 )
+from bng_operator.agent.dataplane.names import QOS_STATS
 from bng_operator.agent.qos.plan import Access
 
 SOURCE = Path(BPF_DIR) / "access_qos.c"
@@ -39,11 +41,7 @@ GROUP_FILTER = "qos_group"  # on each HTB root: classic cls_bpf, returns the cla
 ARP_PROGRAM = "access_arp"  # XDP, in slot ACCESS_NEXT_ARP of access_next
 ACCESS_NEXT_ARP = 0
 MAPS = ("qos_sessions", "qos_counters", "access_interfaces", "qos_stats")
-# enum qos_stat, in order.
-STATS = ("down_shaped", "down_not_ipv4", "down_unknown", "up_shaped", "up_not_ipv4",
-         "up_no_ifb", "up_dhcp", "down_no_session", "spoof_source",
-         "spoof_mac", "spoof_vlan", "spoof_not_ipv4", "arp_answered", "arp_passed",
-         "arp_dropped")
+STATS = QOS_STATS  # enum qos_stat, in order
 QOS_INTERFACES = 64
 
 
@@ -90,6 +88,7 @@ class QosPath:
             self.pin_dir.mkdir(parents=True, exist_ok=True)
             pins = {m: self.pin_dir / m for m in MAPS}
             pins["access_next"] = pin_root / "access_next"  # type: ignore[operator]
+            pins.update(flow_pins(pin_root))  # type: ignore[arg-type]
         self.obj = BPFObject(SOURCE, cflags=cflags, pins=pins)
         self.adopted = "qos_sessions" in self.obj.adopted
         self.sessions = self.obj.map("qos_sessions")

@@ -28,6 +28,8 @@ from bng_operator.agent.dhcp.transport import (
     reply_destination,
 )
 from bng_operator.agent.health import Commits, Health
+from bng_operator.agent.observe.hub import FlowHub
+from bng_operator.agent.observe.slowpath import drop_flow, radius_flow, reply_flow
 from bng_operator.agent.sessions.authorise import Authoriser
 from bng_operator.agent.sessions.events import Event, SessionEvents
 from bng_operator.agent.sessions.session import Session
@@ -57,6 +59,7 @@ class PacketPath:
     health: Health
     commits: Commits
     authoriser: Authoriser | None = None
+    flows: FlowHub | None = None  # the flows observers see (observe/)
     interfaces: dict[str, AccessInterface] = field(default_factory=dict)
     _after_commit: dict[asyncio.Future[None], list[_Pending]] = field(default_factory=dict)
     _authorising: set[asyncio.Task[None]] = field(default_factory=set)
@@ -110,7 +113,7 @@ class PacketPath:
             frame = parse_frame(data, tag)
             msg = decode(frame.payload)
         except Malformed as e:
-            self._dropped("invalid", e.reason)
+            self._dropped("invalid", e.reason, iface.ifname)
             log.debug("dropped frame on %s: %s", iface.ifname, e)
             return
         mtype = msg.type.name.lower() if msg.type else "unknown"
@@ -121,7 +124,7 @@ class PacketPath:
         except Exception:  # a bug must cost one request, never the agent
             log.exception("internal error handling %s from %s", mtype, msg.mac)
             self._publish(self.server.take_events())
-            self._dropped(mtype, "internal_error")
+            self._dropped(mtype, "internal_error", iface.ifname, frame, msg)
             return
         if out.stripped:
             m.option82_stripped.inc()
@@ -153,14 +156,19 @@ class PacketPath:
             self._publish(self.server.take_events())
             log.info("session %s (%s) not authorised: %s", s.key, s.identity.mac,
                      why or "rejected")
-            self._dropped(mtype, "not_authorised")
+            if self.flows is not None:
+                self.flows.add_lazy(radius_flow, time.time_ns(), s.identity.mac, "reject",
+                                    why or "rejected")
+            self._dropped(mtype, "not_authorised", iface.ifname, frame, msg)
             return
+        if self.flows is not None:
+            self.flows.add_lazy(radius_flow, time.time_ns(), s.identity.mac, "accept", why)
         try:
             out = self.server.authorised(s, msg, ctx)
         except Exception:
             log.exception("internal error committing %s of session %s", mtype, s.key)
             self._publish(self.server.take_events())
-            self._dropped(mtype, "internal_error")
+            self._dropped(mtype, "internal_error", iface.ifname, frame, msg)
             return
         self._respond(out, iface, frame, msg, mtype, t0)
 
@@ -171,7 +179,7 @@ class PacketPath:
         events = self.server.take_events()
         if out.drop:
             self._publish(events)
-            self._dropped(mtype, out.drop)
+            self._dropped(mtype, out.drop, iface.ifname, frame, msg)
             log.debug("dropped %s from %s on %s: %s", mtype, msg.mac, iface.ifname, out.drop)
             return
         wire = None
@@ -210,11 +218,16 @@ class PacketPath:
             return
         if not iface.send(wire):
             self.metrics.send_failures.labels(iface.ifname).inc()
+        elif self.flows is not None:
+            self.flows.add_lazy(reply_flow, time.time_ns(), iface.ifname, wire)
         self.metrics.duration_of(mtype, time.perf_counter() - t0)
 
-    def _dropped(self, mtype: str, reason: str) -> None:
+    def _dropped(self, mtype: str, reason: str, ifname: str = "", frame: Frame | None = None,
+                 msg: Message | None = None) -> None:
         self.metrics.drop(reason)
         self.metrics.request(mtype, "slow", "drop")
+        if self.flows is not None:
+            self.flows.add_lazy(drop_flow, time.time_ns(), ifname, frame, msg, reason)
 
     def _publish(self, events: list[Event]) -> None:
         if events:

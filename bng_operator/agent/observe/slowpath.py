@@ -1,0 +1,61 @@
+"""The slow path's flows, built when read (FlowHub.add_lazy): a reply it sent, a request it
+dropped, a RADIUS decision. Recording one costs the slow path an append."""
+
+from __future__ import annotations
+
+import struct
+
+from bng_operator.agent.dhcp.codec import Malformed, Message, decode
+from bng_operator.agent.dhcp.transport import Frame, parse_frame
+from bng_operator.agent.observe.flow import Flow, Point, Source, Verdict
+
+
+def _mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _ports(wire: bytes) -> tuple[int, int]:
+    off = 12
+    while wire[off:off + 2] in (b"\x81\x00", b"\x88\xa8"):
+        off += 4
+    ihl = (wire[off + 2] & 0x0F) * 4
+    sport, dport = struct.unpack_from("!HH", wire, off + 2 + ihl)
+    return sport, dport
+
+
+def reply_flow(time_ns: int, interface: str, wire: bytes) -> Flow | None:
+    """A reply the slow path sent: ``wire`` is the whole frame."""
+    try:
+        frame = parse_frame(wire)
+        msg = decode(frame.payload)
+    except Malformed:
+        return None
+    sport, dport = _ports(wire)
+    return Flow(time_ns=time_ns, source=Source.SLOW_PATH, verdict=Verdict.FORWARDED,
+                point=Point.TO_NETWORK, reason=(msg.type.name.lower() if msg.type else ""),
+                interface=interface, src_mac=_mac(frame.src_mac), dst_mac=_mac(frame.dst_mac),
+                vlans=frame.vlans, saddr=str(frame.src_ip), daddr=str(frame.dst_ip), proto=17,
+                sport=sport, dport=dport, dhcp_type=int(msg.type or 0), yiaddr=str(msg.yiaddr),
+                xid=msg.xid)
+
+
+def drop_flow(time_ns: int, interface: str, frame: Frame | None, msg: Message | None,
+              reason: str) -> Flow:
+    """A request the slow path dropped, and why (bng_dhcp_drops_total's reason)."""
+    return Flow(time_ns=time_ns, source=Source.SLOW_PATH, verdict=Verdict.DROPPED,
+                point=Point.NONE, reason=reason, interface=interface,
+                src_mac=_mac(frame.src_mac) if frame else "",
+                dst_mac=_mac(frame.dst_mac) if frame else "",
+                vlans=frame.vlans if frame else (), saddr=str(frame.src_ip) if frame else "",
+                daddr=str(frame.dst_ip) if frame else "", proto=17 if frame else 0,
+                sport=68 if frame else 0, dport=67 if frame else 0,
+                dhcp_type=int(msg.type or 0) if msg else 0, xid=msg.xid if msg else 0)
+
+
+def radius_flow(time_ns: int, mac: str, decision: str, note: str = "",
+                address: str = "") -> Flow:
+    """A RADIUS decision on a session: accept, reject, fallback_admit, fallback_refuse."""
+    return Flow(time_ns=time_ns, source=Source.RADIUS,
+                verdict=Verdict.FORWARDED if decision in ("accept", "fallback_admit")
+                else Verdict.DROPPED, point=Point.NONE, reason=decision, src_mac=mac,
+                saddr=address, note=note)
