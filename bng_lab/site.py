@@ -58,6 +58,7 @@ class Site:
     access: str = "access0"  # the agent's access interface
     in_root: bool = False  # agent in this process's namespace (to reach a loopback apiserver)
     metrics_port: int = METRICS_PORT
+    hubble_port: int = 4245  # Hubble's API (in the bng namespace; in_root: a free port)
     wrap: tuple[str, ...] = ()  # argv the agent runs under, e.g. setpriv with the chart's caps
 
     def build(self, subscribers: int = 3, relay: bool = False,
@@ -73,6 +74,7 @@ class Site:
             self.in_root, self.bng = True, ""
             self.access = f"bt{lab.tag.removeprefix(lab.prefix)}"[:15]
             self.metrics_port = free_port()
+            self.hubble_port = free_port()
         else:
             self.bng = lab.namespace("bng")
         lab.link(self.switch, "up0", self.bng or None, self.access)
@@ -141,7 +143,7 @@ class Site:
         cmd = [*self.wrap, sys.executable, "-m", "bng_operator", "agent", "--node", self.node,
                "--state-dir", str(self.state_dir), "--log-level", "debug",
                "--metrics-port", str(self.metrics_port), "--bpf-dir", str(self.lab.bpf_dir),
-               *extra]
+               "--hubble-listen", f"0.0.0.0:{self.hubble_port}", *extra]
         for c in self.config:
             cmd += ["--config", str(c)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process

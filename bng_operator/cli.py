@@ -20,6 +20,13 @@ def _duration(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 60}m" if s % 60 == 0 else f"{s}s"
 
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+    return n
+
+
 def _coa_client(text: str) -> tuple[str, Any]:
     """``ADDRESS=SECRET[/KEY]``: a CoA/Disconnect client and its Secret reference."""
     from bng_operator.api.radius import SecretRef
@@ -108,7 +115,10 @@ def _cmd_agent(args: argparse.Namespace) -> int:
                              radius_acct_queue=args.radius_acct_queue,
                              radius_coa_address=args.radius_coa_address,
                              radius_coa_port=args.radius_coa_port,
-                             radius_coa_clients=tuple(args.radius_coa_client or ()))
+                             radius_coa_clients=tuple(args.radius_coa_client or ()),
+                             hubble_listen=args.hubble_listen,
+                             hubble_peer_address=args.hubble_peer_address,
+                             flows_kept=args.flows, flows_linger=args.flows_linger)
     return asyncio.run(run_agent(settings, source))
 
 
@@ -285,6 +295,17 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics-host", default="0.0.0.0")
     a.add_argument("--metrics-port", type=int, default=9641,
                    help="/metrics, /healthz, /readyz (default: %(default)s)")
+    a.add_argument("--hubble-listen", default="0.0.0.0:4245", metavar="HOST:PORT|unix:///PATH",
+                   help="Hubble's Observer API, for `hubble observe --server` and "
+                        "hubble-relay; '' serves none (default: %(default)s)")
+    a.add_argument("--hubble-peer-address", default="", metavar="HOST:PORT",
+                   help="the address hubble-relay dials for this node (default: the node's "
+                        "name and the --hubble-listen port)")
+    a.add_argument("--flows", type=_positive_int, default=4096,
+                   help="flows kept in memory for `hubble observe` (default: %(default)s)")
+    a.add_argument("--flows-linger", type=float, default=300.0, metavar="SECONDS",
+                   help="how long the programs go on reporting flows after the last observer "
+                        "left (default: %(default)s)")
     a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a.add_argument("--log-format", default="json", choices=["json", "text"])
     a.add_argument("--no-fast-path", action="store_true",

@@ -26,6 +26,15 @@ class AgentMetrics:
                      1.0))
         self.drops = Counter("bng_dhcp_drops_total", "Requests dropped, by reason.", ["reason"],
                              registry=r)
+        self.flow_observers = Gauge(
+            "bng_flow_observers", "Hubble API clients following or reading flows now.",
+            registry=r)
+        self.flow_events = Counter(
+            "bng_flow_events_total", "Flow events read from the programs' ring buffer, by "
+            "program (dhcp, access, nat).", ["source"], registry=r)
+        self.flow_events_undecoded = Counter(
+            "bng_flow_events_undecoded_total", "Flow events from the kernel that could not be "
+            "decoded (a layout from another program generation).", registry=r)
         self.option82_stripped = Counter(
             "bng_dhcp_option82_stripped_total",
             "Requests whose option 82 came from an untrusted place and was ignored.", registry=r)

@@ -33,6 +33,7 @@ from bng_operator.agent.fastpath.feature import FastPathFeature, RxVlanOffload, 
 from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.lock import Locks
 from bng_operator.agent.nat.feature import NatFeature, nat_programs
+from bng_operator.agent.observe.feature import ObserveFeature
 from bng_operator.agent.qos.feature import QosFeature, shaping_programs
 from bng_operator.agent.radius.accounting import Usage
 from bng_operator.agent.radius.feature import RadiusFeature
@@ -77,6 +78,13 @@ class AgentSettings:
     radius_coa_address: str = "0.0.0.0"
     radius_coa_port: int = 3799
     radius_coa_clients: tuple[tuple[str, SecretRef], ...] = ()
+    # Hubble's API (observe/): where it listens ("": off), the address hubble-relay dials
+    # for this node ("": the node's name and the port), the flows kept, and how long the
+    # programs keep reporting after the last observer left
+    hubble_listen: str = "0.0.0.0:4245"
+    hubble_peer_address: str = ""
+    flows_kept: int = 4096
+    flows_linger: float = 300.0
 
 
 @dataclass
@@ -97,6 +105,7 @@ class Agent:
     nat: NatFeature | None = None
     radius: RadiusFeature | None = None
     reporting: KubeReporting | None = None
+    observe: ObserveFeature | None = None
     _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     _nat_started: bool = False
     _loop: asyncio.AbstractEventLoop | None = None
@@ -145,7 +154,11 @@ class Agent:
                 coa_clients=st.radius_coa_clients, shaping=lambda: self.qos is not None)
             await loop.run_in_executor(None, radius.start)
             self.authoriser = radius
-        self.packets = PacketPath(server, store, sessions, m, h, commits, self.authoriser)
+        observe = self.observe = ObserveFeature(
+            m, st.node, st.namespace, st.hubble_listen, self._peer_address(),
+            server.by_address.get, server.by_identity.get, st.flows_kept, st.flows_linger)
+        self.packets = PacketPath(server, store, sessions, m, h, commits, self.authoriser,
+                                  flows=observe.hub)
 
         leases, declines = store.load()
         self.expiry.adopt_orphans(server.load(leases, declines))
@@ -207,6 +220,12 @@ class Agent:
             raise ConfigError(f"cannot serve metrics on {st.metrics_host}:{st.metrics_port}: "
                               f"{e.strerror or e}; is another agent or program using the "
                               "port? (--metrics-port)") from e
+        try:
+            await observe.serve()
+        except OSError as e:
+            site.close()
+            store.close()
+            raise ConfigError(f"{e}: is another agent using the port? (--hubble-listen)") from e
         loop.add_signal_handler(signal.SIGHUP, self._reload_wanted.set)
         tasks = [asyncio.create_task(self._tick(stop)), asyncio.create_task(self._reloader(stop))]
         tasks.append(asyncio.create_task(self._start_features()))
@@ -232,6 +251,7 @@ class Agent:
             if self.reporting is not None:
                 await loop.run_in_executor(None, self.reporting.stop)
             site.close()
+            await observe.stop()
             self.packets.close()
             if self.fast_path is not None:
                 self.fast_path.persist_renewals()
@@ -258,8 +278,12 @@ class Agent:
         self.health.dirty = True
 
     async def _start_features(self) -> None:
-        """Shaping first (it answers the subscribers' ARP on tagged access), then NAT:
+        """The flow reader first (the programs' events have their ring buffer before they
+        load), then shaping (it answers the subscribers' ARP on tagged access), then NAT:
         one compile at a time."""
+        if self.observe is not None and self.settings.fast_path:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.observe.start_kernel, self.settings.bpf_pin_root)
         if self.qos is not None:
             await self._start_qos(self.qos)
         await self._nat_wanted()
@@ -306,6 +330,13 @@ class Agent:
             return None
         c = qos.path.counters(address)
         return Usage(c.bytes_up, c.packets_up, c.bytes_down, c.packets_down)
+
+    def _peer_address(self) -> str:
+        st = self.settings
+        if st.hubble_peer_address or not st.hubble_listen or \
+                st.hubble_listen.startswith("unix:"):
+            return st.hubble_peer_address or st.hubble_listen
+        return f"{st.node}:{st.hubble_listen.rpartition(':')[2]}"
 
     def _secrets(self) -> Secrets:
         if isinstance(self.source, KubeSource):

@@ -24,7 +24,7 @@ enum flow_source {
 enum flow_verdict {
     FLOW_FORWARDED = 1,
     FLOW_DROPPED = 2,
-    FLOW_TRANSLATED = 3,
+    FLOW_TRANSLATED = 7,   // the values are Hubble's (flow.Verdict)
 };
 
 // Hubble's trace observation points for a forwarded packet.

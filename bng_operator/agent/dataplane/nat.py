@@ -221,7 +221,7 @@ class NatPath:
                 raise DataplaneError(f"{self.pin_dir} is not on a bpf filesystem")
             self.pin_dir.mkdir(parents=True, exist_ok=True)
             pins = {m: self.pin_dir / m for m in MAPS}
-            pins.update(flow_pins(pin_root))
+            pins.update(flow_pins(self.pin_dir.parent.parent))
         self.obj = BPFObject(SOURCE, cflags=cflags, pins=pins)
         self.adopted = "nat_outbound" in self.obj.adopted
         self.bindings_map = self.obj.map("nat_bindings")

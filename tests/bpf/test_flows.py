@@ -1,0 +1,136 @@
+"""Flow events from the programs (bpf/lib/flow.h): the layout both sides read, one event
+per decision while someone watches, none while nobody does, and one ring buffer for every
+program, pinned above the generations."""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+import re
+import shutil
+import struct
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from bng_operator.agent.dataplane import flows as kflows
+from bng_operator.agent.dataplane import qos
+from bng_operator.agent.dataplane.fastpath import XDP_TX, FastPath
+from bng_operator.agent.dataplane.loader import BPF_DIR
+from bng_operator.agent.observe import flow
+from bng_operator.agent.observe.flow import Point, Source, Verdict, from_kernel
+from tests.bpf.test_fastpath import SERVER_MAC, _slow_and_fast
+from tests.bpf.test_qos import DOT1Q, IF_MAC, LO, OTHER, SERVER, TC_ACT_SHOT, _udp, run_tc
+
+HEADER = Path(BPF_DIR) / "lib" / "flow.h"
+# struct flow_event's fields, in the order of flow.EVENT's format
+FIELDS = ("ktime_ns", "ifindex", "source", "verdict", "point", "reason", "src_mac", "dst_mac",
+          "vlan_outer", "vlan_inner", "saddr", "daddr", "sport", "dport", "proto", "dhcp_type",
+          "pad", "dhcp_yiaddr", "xid", "xlated_addr", "xlated_port", "pad2")
+
+
+def test_the_layout_and_enums_agree_with_the_c_header(bpffs: Path) -> None:
+    from bcc import BPF
+
+    # the ring buffer has no Leaf type: the layout is read from an array of the struct
+    b = BPF(text=(f'#include <uapi/linux/bpf.h>\n#include <uapi/linux/in.h>\n'
+                 f'#include <uapi/linux/ip.h>\n#include "{HEADER}"\n'
+                 'BPF_ARRAY(layout, struct flow_event, 1);').encode(),
+            cflags=[f"-I{BPF_DIR}"])
+    try:
+        leaf = b[b"layout"].Leaf
+        assert ctypes.sizeof(leaf) == flow.EVENT.size == 64
+        fmt = flow.EVENT.format.lstrip("<")
+        items = re.findall(r"\d*[A-Za-z]", fmt)
+        assert len(items) == len(FIELDS)
+        for i, name in enumerate(FIELDS):
+            if name.startswith("pad"):
+                continue
+            want = struct.calcsize("<" + "".join(items[:i]))
+            assert getattr(leaf, name).offset == want, name
+    finally:
+        b.cleanup()
+    h = HEADER.read_text()
+    for enum, members in (("flow_source", {"FLOW_SRC_" + s.name: s.value for s in Source
+                                           if s.value < 16}),
+                          ("flow_verdict", {"FLOW_" + v.name: v.value for v in Verdict}),
+                          ("flow_point", {"FLOW_" + p.name: p.value for p in Point})):
+        body = re.search(rf"enum {enum} \{{(.*?)\}};", h, re.S)
+        assert body is not None, enum
+        found = {n: int(v) for n, v in re.findall(r"(FLOW_\w+) = (\d+)", body.group(1))}
+        assert found == members, enum
+    assert f"#define FLOW_RING_PAGES {kflows.FLOW_RING_PAGES}" in h
+
+
+@pytest.fixture
+def root(bpffs: Path) -> Iterator[Path]:
+    r = bpffs / "bngtest-flows"
+    shutil.rmtree(r, ignore_errors=True)  # a crashed run's
+    r.mkdir()
+    yield r
+    shutil.rmtree(r, ignore_errors=True)
+
+
+def _events(got: queue.Queue[bytes], n: int, timeout: float = 2.0) -> list[flow.Flow]:
+    out = []
+    for _ in range(n):
+        out.append(from_kernel(got.get(timeout=timeout), 0))
+    return out
+
+
+def test_the_fast_path_reports_its_reply_only_while_watched(root: Path) -> None:
+    got: queue.Queue[bytes] = queue.Queue()
+    reader = kflows.KernelFlows(root, got.put)
+    fp = FastPath(max_subscribers=1024, pin_root=root)
+    try:
+        fp.put_interface(1, SERVER_MAC)
+        assert (root / "flow_events").exists() and (root / "flow_ctl").exists()
+        _slow_and_fast(fp, "discover", b"", None, relayed=False)  # nobody watching
+        reader.watch(True)
+        _, _, frame, _ = _slow_and_fast(fp, "discover", DOT1Q, None, relayed=False)
+        (ev,) = _events(got, 1)
+        assert (ev.source, ev.verdict, ev.point, ev.reason, ev.dhcp) == \
+            (Source.DHCP, Verdict.FORWARDED, Point.TO_NETWORK, "offer", "OFFER")
+        assert ev.vlans == (100,) and ev.dport == 68 and ev.sport == 67
+        assert ev.yiaddr.startswith("100.64.") and ev.xid == 0xFEDCBA98
+        assert ev.src_mac == SERVER_MAC.hex(":")
+        # a request that is not answered: to the slow path, with the reason
+        unknown = frame.replace(bytes.fromhex("020000000001"), bytes.fromhex("020000000099"))
+        assert fp.run(unknown).action != XDP_TX
+        (ev,) = _events(got, 1)
+        assert (ev.point, ev.reason, ev.dhcp) == (Point.TO_STACK, "pass_miss", "DISCOVER")
+        # traffic that is not DHCP has no event
+        fp.run(_udp(OTHER, SERVER))
+        reader.watch(False)
+        _slow_and_fast(fp, "discover", b"", None, relayed=False)
+        with pytest.raises(queue.Empty):
+            got.get(timeout=0.5)
+    finally:
+        fp.close()
+        reader.close()
+
+
+def test_the_access_data_path_reports_its_drops_into_the_same_ring(root: Path) -> None:
+    got: queue.Queue[bytes] = queue.Queue()
+    reader = kflows.KernelFlows(root, got.put)
+    path = qos.QosPath(max_subscribers=64, pin_root=root)
+    try:
+        leaf = path.interfaces.Leaf()
+        leaf.ifb = LO
+        for i, b in enumerate(IF_MAC):
+            leaf.mac[i] = b
+        path.interfaces[path.interfaces.Key(LO)] = leaf
+        reader.watch(True)
+        assert run_tc(path._fds["qos_up"], _udp(OTHER, SERVER, tags=DOT1Q)).action == \
+            TC_ACT_SHOT
+        (ev,) = _events(got, 1)
+        assert (ev.source, ev.verdict, ev.reason) == \
+            (Source.ACCESS, Verdict.DROPPED, "spoof_source")
+        assert (IPv4Address(ev.saddr), IPv4Address(ev.daddr), ev.dport) == \
+            (OTHER, SERVER, 5001)
+        assert ev.vlans == (100,) and ev.summary() == "dropped: spoof_source"
+    finally:
+        path.close()
+        reader.close()
