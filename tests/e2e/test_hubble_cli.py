@@ -19,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import UInt32Value
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from bng_lab.hubble import HubbleMissing, hubble, hubble_binary
+from bng_lab.hubble import REPO, HubbleMissing, hubble, hubble_binary
 from bng_operator._hubble.flow import flow_pb2
 from bng_operator._hubble.observer import observer_pb2, observer_pb2_grpc
 
@@ -80,6 +80,11 @@ def _ok(*args: str) -> str:
     r = hubble(*args)
     assert r.returncode == 0, f"hubble {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
     return r.stdout
+
+
+def test_cli_is_the_pinned_release(server: tuple[str, Observer]) -> None:
+    version = (REPO / "hack" / "hubble" / "VERSION").read_text().strip()
+    assert _ok("version").startswith(f"hubble v{version} "), "rebuild: hack/hubble/build.sh"
 
 
 def test_status_reads_server_status(server: tuple[str, Observer]) -> None:
