@@ -113,7 +113,11 @@ def test_hubble_observe_shows_the_fast_path_acks_the_slow_path_offers_and_a_spoo
     assert {f["Summary"].split()[2] for f in offers} >= set(addresses), past[:5]
     assert any("(fast path)" in f.get("Summary", "") for f in past)
 
-    # A spoofed source: dropped by the access data path, with its reason.
+    # A spoofed source: dropped by the access data path (attached once it compiled, after
+    # DHCP is served), with its reason.
+    wait("the access data path attached", lambda: any(
+        "access data path on access0" in str(e.get("msg")) for e in site.log_events()),
+        timeout=120)
     gw_mac = bytes.fromhex(site.access_mac().replace(":", ""))
     mine = bytes.fromhex(subscriber_mac(0).replace(":", ""))
     unassigned = IPv4Address(addresses[0]) + 201

@@ -4,10 +4,11 @@ dropped, a RADIUS decision. Recording one costs the slow path an append."""
 from __future__ import annotations
 
 import struct
+from ipaddress import IPv4Address
 
-from bng_operator.agent.dhcp.codec import Malformed, Message, decode
+from bng_operator.agent.dhcp.codec import HEADER_LEN, Malformed, Message, Opt, walk_options
 from bng_operator.agent.dhcp.transport import Frame, parse_frame
-from bng_operator.agent.observe.flow import Flow, Point, Source, Verdict
+from bng_operator.agent.observe.flow import DHCP_TYPES, Flow, Point, Source, Verdict
 
 
 def _mac(raw: bytes) -> str:
@@ -27,16 +28,19 @@ def reply_flow(time_ns: int, interface: str, wire: bytes) -> Flow | None:
     """A reply the slow path sent: ``wire`` is the whole frame."""
     try:
         frame = parse_frame(wire)
-        msg = decode(frame.payload)
-    except Malformed:
+        p = frame.payload  # a BOOTREPLY: the codec decodes requests only
+        options: dict[int, bytes] = {}
+        walk_options(p[HEADER_LEN + 4:], "options", options, allow_overload=False)
+    except (Malformed, IndexError):
         return None
+    mtype = options.get(Opt.MESSAGE_TYPE, b"\0")[0]
     sport, dport = _ports(wire)
     return Flow(time_ns=time_ns, source=Source.SLOW_PATH, verdict=Verdict.FORWARDED,
-                point=Point.TO_NETWORK, reason=(msg.type.name.lower() if msg.type else ""),
+                point=Point.TO_NETWORK, reason=DHCP_TYPES.get(mtype, "").lower(),
                 interface=interface, src_mac=_mac(frame.src_mac), dst_mac=_mac(frame.dst_mac),
                 vlans=frame.vlans, saddr=str(frame.src_ip), daddr=str(frame.dst_ip), proto=17,
-                sport=sport, dport=dport, dhcp_type=int(msg.type or 0), yiaddr=str(msg.yiaddr),
-                xid=msg.xid)
+                sport=sport, dport=dport, dhcp_type=mtype,
+                yiaddr=str(IPv4Address(p[16:20])), xid=int.from_bytes(p[4:8], "big"))
 
 
 def drop_flow(time_ns: int, interface: str, frame: Frame | None, msg: Message | None,
