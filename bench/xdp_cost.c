@@ -39,5 +39,5 @@ int bench_restore(struct xdp_md *ctx)
 
 int bench_reply(struct xdp_md *ctx)
 {
-    return restore(ctx) ? XDP_ABORTED : handle(ctx);
+    return restore(ctx) ? XDP_ABORTED : serve(ctx);
 }

@@ -13,7 +13,12 @@ figure is the median of those differences ("detail_ns" also has their best, and 
 best-of-each estimate). The slow path
 is timed in this process on the same requests: frame parsing, decoding, the state machine,
 encoding and framing (the lease store's fsync is not included).
-One JSON line: {"offer_ns", "ack_ns", "slow_path_us_per_request", ...}.
+Flow events (issue 18) are measured in three configurations, interleaved: built without
+them (FLOW_EVENTS 0), as shipped with nobody watching ("idle_overhead_pct" against the
+first), and with an observer connected ("observer_overhead_pct" against idle: every reply
+writes its event; the ring is drained between chunks of 10,000 repeats, so none is lost).
+One JSON line: {"offer_ns", "ack_ns", "slow_path_us_per_request", "idle_overhead_pct",
+"observer_overhead_pct", ...}; offer_ns and ack_ns are the shipped program's, idle.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ ORDER = [Opt.MESSAGE_TYPE, Opt.REQUESTED_IP, Opt.SERVER_ID, Opt.CLIENT_ID, Opt.P
 KW = {"giaddr": str(RELAY), "remote": "res-4711", "circuit": "olt1 xpon 0/1/2:3",
       "client_id": b"\x01\x02\x00\x00\x00\x00\x01", "prl": bytes([1, 3, 6, 15, 28])}
 CTX = Context("access0", (SERVER_ID,))
+CONFIGS = ("no_events", "idle", "watched")
+CHUNK = 10_000  # repeats per BPF_PROG_RUN: their flow events fit the ring (16k)
 
 
 def frame_of(msg) -> bytes:  # type: ignore[no-untyped-def]
@@ -78,50 +85,86 @@ def main() -> int:
     req = frame_of(request(MessageType.REQUEST, CLIENT, requested=addr,  # type: ignore[arg-type]
                            server_id=str(SERVER_ID), **KW))
 
-    # The program and the benchmark's wrappers as one file (see bench/xdp_cost.c).
-    joined = Path(tempfile.mkdtemp(prefix="bng-xdp-cost-")) / "xdp_cost_joined.c"
-    joined.write_text((REPO / "bpf" / "access_ingress.c").read_text() +
-                      (REPO / "bench" / "xdp_cost.c").read_text())
-    fp = FastPath(max_subscribers=1024, source=joined)
-    try:
-        fp.put_interface(1, SERVER_MAC)  # BPF_PROG_TEST_RUN runs as if received on lo
-        entry = entry_for(lease, s.config)
-        so = subnet_options(s.config.pools[lease.pool].subnet_config(lease.address))
-        assert entry is not None and so is not None
-        fp.put_subnet(so)
-        fp.put(replace(entry, expires=time.time() + 3600))
-        restore_fd, reply_fd = fp.obj.load_xdp("bench_restore"), fp.obj.load_xdp("bench_reply")
-        frames = fp.obj.map("bench_frame")
+    # The program and the benchmark's wrappers as one file (see bench/xdp_cost.c), twice: as
+    # it ships (flow events built in) and without flow events (FLOW_EVENTS 0).
+    workdir = Path(tempfile.mkdtemp(prefix="bng-xdp-cost-"))
+    program = (REPO / "bpf" / "access_ingress.c").read_text() + \
+        (REPO / "bench" / "xdp_cost.c").read_text()
+    builds: dict[str, FastPath] = {}
+    drained = [0]
 
-        def load(frame: bytes) -> None:
+    def drain_one(_ctx: object, _data: int, _size: int) -> int:
+        drained[0] += 1
+        return 0
+
+    try:
+        for build, prefix in (("off", "#define FLOW_EVENTS 0\n"), ("on", "")):
+            joined = workdir / f"xdp_cost_{build}.c"
+            joined.write_text(prefix + program)
+            builds[build] = fp = FastPath(max_subscribers=1024, source=joined)
+            fp.put_interface(1, SERVER_MAC)  # BPF_PROG_TEST_RUN runs as if received on lo
+            entry = entry_for(lease, s.config)
+            so = subnet_options(s.config.pools[lease.pool].subnet_config(lease.address))
+            assert entry is not None and so is not None
+            fp.put_subnet(so)
+            fp.put(replace(entry, expires=time.time() + 3600))
+        on = builds["on"]
+        on.obj.map("flow_events").open_ring_buffer(drain_one)
+        ctl = on.obj.map("flow_ctl")
+
+        def watch(flag: bool) -> None:
+            leaf = ctl[ctl.Key(0)]
+            leaf.observers = int(flag)
+            ctl[ctl.Key(0)] = leaf
+
+        def load(fp: FastPath, frame: bytes) -> None:
+            frames = fp.obj.map("bench_frame")
             leaf = frames.Leaf()
             leaf.len = len(frame)
             leaf.data[: len(frame)] = list(frame)
             frames[frames.Key(0)] = leaf
 
-        def ns_per_run(fd: int, frame: bytes) -> int:
-            r = fp.run(frame, repeat=args.repeat, fd=fd)
-            if r.action != XDP_TX:
-                raise RuntimeError(f"no reply: action {r.action}, counters {fp.counters()}")
-            return r.ns_per_run
+        def ns_per_run(fp: FastPath, fn: str, frame: bytes, drain: bool) -> float:
+            """--repeat runs in chunks that fit the flow ring, drained between chunks (the
+            kernel times only the runs), so that a watched run writes every event."""
+            total, chunks = 0, args.repeat // CHUNK
+            for _ in range(chunks):
+                r = fp.run(frame, repeat=CHUNK, fd=fp.obj.load_xdp(fn))
+                if r.action != XDP_TX:
+                    raise RuntimeError(f"no reply: action {r.action}, counters {fp.counters()}")
+                total += r.ns_per_run
+                if drain:
+                    fp.obj.bpf.ring_buffer_consume()
+            return total / chunks
 
-        before = fp.counters()
-        # Rounds interleave the baseline and the program, so a busy spell of the machine
-        # hits both; the best round of each is the estimate, the medians are reported too.
-        runs: dict[str, dict[str, list[int]]] = {k: {"restore": [], "reply": []}
-                                                 for k in ("offer", "ack")}
+        before = {b: fp.counters() for b, fp in builds.items()}
+        # Rounds interleave the configurations, so a busy spell of the machine hits all.
+        runs: dict[str, dict[str, dict[str, list[float]]]] = {
+            c: {k: {"restore": [], "reply": []} for k in ("offer", "ack")} for c in CONFIGS}
         for _ in range(args.rounds):
             for name, frame in (("offer", discover), ("ack", req)):
-                load(frame)
-                runs[name]["restore"].append(ns_per_run(restore_fd, frame))
-                runs[name]["reply"].append(ns_per_run(reply_fd, frame))
-        after = fp.counters()
+                for config in CONFIGS:
+                    fp = builds["off" if config == "no_events" else "on"]
+                    watched = config == "watched"
+                    watch(watched)
+                    load(fp, frame)
+                    runs[config][name]["restore"].append(
+                        ns_per_run(fp, "bench_restore", frame, watched))
+                    runs[config][name]["reply"].append(
+                        ns_per_run(fp, "bench_reply", frame, watched))
+        watch(False)
+        on.obj.bpf.ring_buffer_consume()
+        after = {b: fp.counters() for b, fp in builds.items()}
+        lost = int(ctl[ctl.Key(0)].lost)
     finally:
-        fp.close()
-        shutil.rmtree(joined.parent, ignore_errors=True)
-    replies = {k: after[k] - before[k] for k in ("offer", "ack")}
-    assert replies["offer"] >= args.repeat * args.rounds and replies["ack"] >= args.repeat * \
-        args.rounds, replies  # every repeat was answered, not passed
+        for fp in builds.values():
+            fp.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    for b in builds:
+        replies = {k: after[b][k] - before[b][k] for k in ("offer", "ack")}
+        per_build = args.repeat * args.rounds * (2 if b == "on" else 1)
+        assert replies["offer"] >= per_build and replies["ack"] >= per_build, replies
+    watched_events = args.repeat * args.rounds * 2  # offers and acks of the watched runs
 
     # The slow path: CPU per request, in process, on the same frames.
     n = 20000
@@ -135,26 +178,43 @@ def main() -> int:
                     encode(out.reply, out.reply_order), 67)
     slow_us = (time.perf_counter() - t0) / n * 1e6
 
-    def median(xs: list[int]) -> float:
+    def median(xs: list[float]) -> float:
         return float(sorted(xs)[len(xs) // 2])
 
-    def paired(v: dict[str, list[int]]) -> list[int]:
+    def paired(v: dict[str, list[float]]) -> list[float]:
         return [p - r for p, r in zip(v["reply"], v["restore"], strict=True)]
 
-    cost = {k: {"median": median(paired(v)), "best": min(paired(v)),
-                "best_of_each": min(v["reply"]) - min(v["restore"]),
-                "with_restore": {"best": min(v["reply"]), "median": median(v["reply"])},
-                "restore_only": {"best": min(v["restore"]), "median": median(v["restore"])}}
-            for k, v in runs.items()}
+    cost = {c: {k: {"median": round(median(paired(v)), 1), "best": round(min(paired(v)), 1),
+                    "with_restore": {"best": min(v["reply"]), "median": median(v["reply"])},
+                    "restore_only": {"best": min(v["restore"]),
+                                     "median": median(v["restore"])}}
+                for k, v in kinds.items()}
+            for c, kinds in runs.items()}
+
+    def pct(config: str, base: str) -> float:
+        """The mean over OFFER and ACK of config's cost over base's, in %."""
+        return round(sum(100 * (cost[config][k]["median"] / cost[base][k]["median"] - 1)
+                         for k in ("offer", "ack")) / 2, 1)
+
+    idle, observer = pct("idle", "no_events"), pct("watched", "idle")
     out_json = {
-        "offer_ns": cost["offer"]["median"], "ack_ns": cost["ack"]["median"],
+        "offer_ns": cost["idle"]["offer"]["median"], "ack_ns": cost["idle"]["ack"]["median"],
         "slow_path_us_per_request": round(slow_us, 2),
         "goal_ns": 150,
-        "goal_met": cost["offer"]["median"] <= 150 and cost["ack"]["median"] <= 150,
+        "goal_met": cost["idle"]["offer"]["median"] <= 150 and
+        cost["idle"]["ack"]["median"] <= 150,
+        "idle_overhead_pct": idle,
+        "observer_overhead_pct": observer,
+        "observer_goal_pct": 20, "observer_goal_met": observer <= 20,
+        "flow_events_written": drained[0], "flow_events_lost": lost,
+        "flow_events_expected": watched_events,
         "detail_ns": cost,
-        "repeat": args.repeat, "rounds": args.rounds,
+        "repeat": args.repeat, "rounds": args.rounds, "chunk": CHUNK,
         "note": "ns per reply = median over rounds of (restore + program) - restore, each "
-                "program round paired with the restore round just before it",
+                "program round paired with the restore round just before it; configurations: "
+                "no_events (built with FLOW_EVENTS 0), idle (as shipped, nobody watching), "
+                "watched (an observer connected: every reply writes its flow event, the ring "
+                "drained between chunks of repeats)",
     }
     print(json.dumps(out_json))
     return 0

@@ -291,6 +291,10 @@ class AgentMetrics:
         """The NAT programs' verdicts and mapping tables, read when scraped."""
         self.registry.register(_NatCollector(read))
 
+    def watch_flows_lost(self, read: Callable[[], int]) -> None:
+        """The flow events the programs could not write (a full ring), read when scraped."""
+        self.registry.register(_FlowsLostCollector(read))
+
     def drop(self, reason: str) -> None:
         c = self._drops.get(reason)
         if c is None:
@@ -391,6 +395,20 @@ class NatReading:
     stats: dict[str, int]  # the NAT programs' nat_stats, by name
     drops: tuple[str, ...]  # which of them are drops (translation failures)
     tables: dict[str, int]  # entries of each mapping table
+
+
+class _FlowsLostCollector:
+    def __init__(self, read: Callable[[], int]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        try:
+            n = self.read()
+        except Exception:
+            logging.getLogger("bng.metrics").exception("reading the flow events' control map")
+            return
+        yield CounterMetricFamily("bng_flow_events_lost", "Flow events the programs could "
+                                  "not write: the ring buffer was full.", value=n)
 
 
 class _NatCollector:

@@ -75,6 +75,18 @@ static __always_inline int observed(void)
 #endif
 }
 
+static __always_inline void flow_send(struct flow_event *ev)
+{
+#if FLOW_EVENTS
+    if (flow_events.ringbuf_output(ev, sizeof(*ev), BPF_RB_NO_WAKEUP)) {
+        __u32 zero = 0;
+        struct flow_ctl *fc = flow_ctl.lookup(&zero);
+        if (fc)
+            __sync_fetch_and_add(&fc->lost, 1);
+    }
+#endif
+}
+
 static __always_inline void flow_drop_skb(struct __sk_buff *skb, __u32 reason)
 {
 #if FLOW_EVENTS
@@ -85,7 +97,7 @@ static __always_inline void flow_drop_skb(struct __sk_buff *skb, __u32 reason)
     ev.verdict = FLOW_DROPPED;
     ev.reason = reason;
     flow_from_skb(skb, &ev);
-    flow_events.ringbuf_output(&ev, sizeof(ev), 0);
+    flow_send(&ev);
 #endif
 }
 
@@ -124,7 +136,7 @@ static __always_inline int arp_verdict(struct xdp_md *ctx, __u32 stat_idx)
         ev.verdict = FLOW_DROPPED;
         ev.reason = stat_idx;
         flow_from_frame((void *)(long)ctx->data, (void *)(long)ctx->data_end, &ev);
-        flow_events.ringbuf_output(&ev, sizeof(ev), 0);
+        flow_send(&ev);
     }
 #endif
     return XDP_DROP;

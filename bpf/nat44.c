@@ -101,6 +101,18 @@ static __always_inline int observed(void)
 #endif
 }
 
+static __always_inline void flow_send(struct flow_event *ev)
+{
+#if FLOW_EVENTS
+    if (flow_events.ringbuf_output(ev, sizeof(*ev), BPF_RB_NO_WAKEUP)) {
+        __u32 zero = 0;
+        struct flow_ctl *fc = flow_ctl.lookup(&zero);
+        if (fc)
+            __sync_fetch_and_add(&fc->lost, 1);
+    }
+#endif
+}
+
 // A flow event of the packet in ``skb`` (as it is now: before a translation's rewrite, or
 // after it), with what NAT did and, translated, the public endpoint.
 static __always_inline void flow_nat(struct __sk_buff *skb, __u8 verdict, __u32 reason,
@@ -116,7 +128,7 @@ static __always_inline void flow_nat(struct __sk_buff *skb, __u8 verdict, __u32 
     ev.xlated_addr = xlated_addr;
     ev.xlated_port = xlated_port;
     flow_from_skb(skb, &ev);
-    flow_events.ringbuf_output(&ev, sizeof(ev), 0);
+    flow_send(&ev);
 #endif
 }
 

@@ -5,8 +5,8 @@
 // array lookup per event it could have sent. Mirrored in bng_operator/agent/observe/kernel.py;
 // tests/bpf/test_flows.py checks that both sides agree.
 //
-// BCC rewrites map calls in a program's own C file only, so each program has its two
-// map-touching lines (flow_observed(), the ring buffer output); the header fills events.
+// BCC rewrites map calls in a program's own C file only, so each program has its own
+// observed() and flow_send() (a few lines each); the header fills events.
 #pragma once
 
 #ifndef FLOW_EVENTS
@@ -59,11 +59,14 @@ struct flow_event {
     __u16 pad2;
 };
 
-// Whether anyone watches (the agent counts its observers here).
+// Whether anyone watches (the agent sets it while it has observers), and the events lost
+// to a full ring (the reader is woken by none: it drains the ring every FLOW_READ_MS, so a
+// program never pays for a wake-up).
 struct flow_ctl {
     __u32 observers;
-    __u32 pad;
+    __u32 lost;
 };
+#define FLOW_READ_MS 50
 
 BPF_RINGBUF_OUTPUT(flow_events, FLOW_RING_PAGES);
 BPF_TABLE("array", __u32, struct flow_ctl, flow_ctl, 1);

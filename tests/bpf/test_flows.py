@@ -62,6 +62,7 @@ def test_the_layout_and_enums_agree_with_the_c_header(bpffs: Path) -> None:
         found = {n: int(v) for n, v in re.findall(r"(FLOW_\w+) = (\d+)", body.group(1))}
         assert found == members, enum
     assert f"#define FLOW_RING_PAGES {kflows.FLOW_RING_PAGES}" in h
+    assert f"#define FLOW_READ_MS {kflows.FLOW_READ_MS}" in h
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from bng_operator.agent.dataplane.loader import BPF_DIR, BPFObject, DataplaneErr
 SOURCE = Path(BPF_DIR) / "flows.c"
 FLOW_MAPS = ("flow_events", "flow_ctl")
 FLOW_RING_PAGES = 256  # mirrors lib/flow.h
+FLOW_READ_MS = 50  # mirrors lib/flow.h
 
 log = logging.getLogger("bng.agent.observe")
 
@@ -41,13 +42,13 @@ class KernelFlows:
         self._ctl = self.obj.map("flow_ctl")
         self._on_event = on_event
         self._stop = threading.Event()
-        self.lost = 0  # events the callback failed on
+        self.failed = 0  # events the callback failed on
 
         def on_ring(_ctx: object, data: int, size: int) -> int:
             try:
                 self._on_event(ctypes.string_at(data, size))
             except Exception:  # one bad event must not stop the reader
-                self.lost += 1
+                self.failed += 1
                 log.debug("flow event not decoded", exc_info=True)
             return 0
 
@@ -58,16 +59,24 @@ class KernelFlows:
 
     def watch(self, on: bool) -> None:
         """Tell the programs whether to emit events."""
-        leaf = self._ctl.Leaf()
+        key = self._ctl.Key(0)
+        leaf = self._ctl[key]
         leaf.observers = int(on)
-        self._ctl[self._ctl.Key(0)] = leaf
+        self._ctl[key] = leaf
 
     def watched(self) -> bool:
         return bool(self._ctl[self._ctl.Key(0)].observers)
 
+    def lost(self) -> int:
+        """Events the programs could not write: the ring was full (the reader fell behind)."""
+        return int(self._ctl[self._ctl.Key(0)].lost)
+
     def _read(self) -> None:
-        while not self._stop.is_set():
-            self.obj.bpf.ring_buffer_poll(200)
+        # The programs wake nobody (BPF_RB_NO_WAKEUP: a wake-up per event would cost more
+        # than the event); the ring is drained on a clock instead.
+        while not self._stop.wait(FLOW_READ_MS / 1000):
+            self.obj.bpf.ring_buffer_consume()
+        self.obj.bpf.ring_buffer_consume()
 
     def close(self) -> None:
         """Stop reading; events stop too (the programs keep the pinned maps)."""

@@ -58,6 +58,7 @@ class ObserveFeature:
             log.error("%s; the slow path's flows are still kept", self.problem)
             return False
         self.kernel.watch(self.hub.watching)
+        self.metrics.watch_flows_lost(self.kernel.lost)
         return True
 
     def _on_kernel_event(self, raw: bytes) -> None:
