@@ -104,39 +104,51 @@ class Converter:
         self.interfaces = interfaces
 
     def to_proto(self, f: Flow, subscriber: str) -> flow_pb2.Flow:
-        p = flow_pb2.Flow(node_name=self.node, Type=flow_pb2.L3_L4)
+        return self.response(f, subscriber).flow
+
+    def response(self, f: Flow, subscriber: str) -> observer_pb2.GetFlowsResponse:
+        """The GetFlowsResponse of a flow, built in place: a message assigned whole, or
+        through a constructor, is copied (that took half the time per flow)."""
+        r = observer_pb2.GetFlowsResponse(node_name=self.node)
+        secs, nanos = divmod(f.time_ns, 1_000_000_000)
+        r.time.seconds, r.time.nanos = secs, nanos
+        p = r.flow
+        p.node_name = self.node
+        p.Type = flow_pb2.L3_L4
         p.verdict = int(f.verdict)  # type: ignore[assignment]  # Verdict's values are Hubble's
-        p.time.FromNanoseconds(f.time_ns)
+        p.time.seconds, p.time.nanos = secs, nanos
         if f.src_mac or f.dst_mac:
-            p.ethernet.source, p.ethernet.destination = f.src_mac, f.dst_mac
+            e = p.ethernet
+            e.source, e.destination = f.src_mac, f.dst_mac
         if f.saddr or f.daddr:
-            p.IP.source, p.IP.destination = f.saddr, f.daddr
-            p.IP.ipVersion = flow_pb2.IPv4
+            ip = p.IP
+            ip.source, ip.destination, ip.ipVersion = f.saddr, f.daddr, flow_pb2.IPv4
             if f.xlated_addr and f.verdict == Verdict.TRANSLATED:
-                p.IP.source_xlated = f.xlated_addr
-        if f.proto == 17:
-            p.l4.UDP.source_port, p.l4.UDP.destination_port = f.sport, f.dport
-        elif f.proto == 6:
-            p.l4.TCP.source_port, p.l4.TCP.destination_port = f.sport, f.dport
+                ip.source_xlated = f.xlated_addr
+        if f.proto in (6, 17):
+            ports = p.l4.UDP if f.proto == 17 else p.l4.TCP
+            ports.source_port, ports.destination_port = f.sport, f.dport
         elif f.proto == 1:
             p.l4.ICMPv4.type = 0
         etype, sub = event_type(f)
-        p.event_type.type, p.event_type.sub_type = etype, sub
+        et = p.event_type
+        et.type, et.sub_type = etype, sub
         if f.verdict == Verdict.DROPPED:
             p.drop_reason_desc = DROP_REASONS.get(f.reason, flow_pb2.DROP_REASON_UNKNOWN)
         else:
             p.trace_observation_point = flow_pb2.TO_STACK if f.point == Point.TO_STACK \
                 else flow_pb2.TO_NETWORK
-        p.is_reply.CopyFrom(wrappers_pb2.BoolValue(value=f.point == Point.TO_NETWORK))
+        p.is_reply.value = f.point == Point.TO_NETWORK
         name = f.interface or (self.interfaces(f.ifindex) if f.ifindex else "")
         if f.ifindex or name:
-            p.interface.index, p.interface.name = f.ifindex, name
+            i = p.interface
+            i.index, i.name = f.ifindex, name
         if subscriber:
-            ep = flow_pb2.Endpoint(namespace=self.namespace, pod_name=subscriber,
-                                   labels=[f"bng.dev/source={f.source.name.lower()}"])
-            (p.source if subscriber_is_source(f) else p.destination).CopyFrom(ep)
+            ep = p.source if subscriber_is_source(f) else p.destination
+            ep.namespace, ep.pod_name = self.namespace, subscriber
+            ep.labels.append(f"bng.dev/source={f.source.name.lower()}")
         p.Summary = f.summary()
-        return p
+        return r
 
 
 # --- filters ---------------------------------------------------------------------------------
@@ -279,8 +291,8 @@ class Observer(observer_pb2_grpc.ObserverServicer):
             yield Resolved(f, self.conv.resolve(f))
 
     async def GetFlows(self, request: observer_pb2.GetFlowsRequest,
-                       context: Context) -> AsyncIterator[
-                           observer_pb2.GetFlowsResponse]:
+                       context: Context) -> None:
+        # context.write(), not an async generator: about half the cost per message
         try:
             match = compile_filters(request.whitelist, request.blacklist, self.conv.node,
                                     self.conv.namespace)
@@ -301,13 +313,11 @@ class Observer(observer_pb2_grpc.ObserverServicer):
             return (since is None or t >= since) and (until is None or t <= until) and match(r)
 
         def response(r: Resolved) -> observer_pb2.GetFlowsResponse:
-            p = self.conv.to_proto(r.flow, r.subscriber)
+            resp = self.conv.response(r.flow, r.subscriber)
             if mask is not None:
                 out = flow_pb2.Flow()
-                mask.MergeMessage(p, out)
-                p = out
-            resp = observer_pb2.GetFlowsResponse(node_name=self.conv.node, flow=p)
-            resp.time.FromNanoseconds(r.flow.time_ns)
+                mask.MergeMessage(resp.flow, out)
+                resp.flow.CopyFrom(out)
             return resp
 
         with self.hub.observer():
@@ -320,7 +330,7 @@ class Observer(observer_pb2_grpc.ObserverServicer):
                 if n:
                     past = past[:n] if request.first else past[-n:]
                 for r in past:
-                    yield response(r)
+                    await context.write(response(r))
             if not request.follow:
                 return
             async for f in self.hub.follow(position):
@@ -328,7 +338,7 @@ class Observer(observer_pb2_grpc.ObserverServicer):
                 if until is not None and f.time_ns > until:
                     return
                 if wanted(r):
-                    yield response(r)
+                    await context.write(response(r))
 
     async def ServerStatus(self, request: observer_pb2.ServerStatusRequest,
                            context: Context) -> observer_pb2.ServerStatusResponse:
