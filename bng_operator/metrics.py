@@ -244,6 +244,11 @@ class AgentMetrics:
         """Pool and lease gauges, computed when scraped (always current, free otherwise)."""
         self.registry.register(_LeaseCollector(usage, active))
 
+    def watch_ready(self, ready: Callable[[], tuple[bool, str]]) -> None:
+        """bng_agent_ready: what /readyz says, computed when scraped, so that an alert sees
+        a node that runs but does not serve."""
+        self.registry.register(_ReadyCollector(ready))
+
     def kernel_counters(self, now: dict[str, int]) -> None:
         """Fold the XDP program's cumulative counters in (a smaller value: a new program).
         The first reading is the base: what an adopted program counted before this agent
@@ -310,6 +315,16 @@ class _LeaseCollector:
         yield pools
         yield GaugeMetricFamily("bng_leases_active", "Bound leases on this node.",
                                 value=self.active())
+
+
+class _ReadyCollector:
+    def __init__(self, ready: Callable[[], tuple[bool, str]]) -> None:
+        self.ready = ready
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("bng_agent_ready", "1 when the agent serves (its /readyz says "
+                                "ready), else 0 (starting, lease store failing, ...).",
+                                value=1 if self.ready()[0] else 0)
 
 
 class _MapCollector:
