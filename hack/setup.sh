@@ -61,4 +61,5 @@ fi
 # 5. The test control plane (kube-apiserver + etcd), built once and cached in ~/.cache/bng.
 hack/kube/build.sh >/dev/null
 hack/helm/build.sh >/dev/null   # helm, for the chart tests (tests/k8s/test_deploy.py)
+hack/prometheus/build.sh >/dev/null   # promtool and prometheus: the alert rules and dashboards
 say "ready"
