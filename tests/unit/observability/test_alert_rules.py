@@ -51,8 +51,8 @@ def test_promtool_unit_tests_pass(promtool: None) -> None:
 def test_promtool_unit_tests_fail_on_a_wrong_expectation(promtool: None,
                                                          tmp_path: Path) -> None:
     # the harness can fail: the same tests with one alert expected too early
-    text = TESTS.read_text().replace("{eval_time: 6m, alertname: BNGAgentNotReady, "
-                                     "exp_alerts: []}", "")
+    text = TESTS.read_text().replace("      - {eval_time: 6m, alertname: BNGAgentNotReady, "
+                                     "exp_alerts: []}\n", "")
     text = text.replace("      - eval_time: 7m\n        alertname: BNGAgentNotReady",
                         "      - eval_time: 6m\n        alertname: BNGAgentNotReady")
     text = text.replace("../../../charts", str(prometheus.REPO / "charts"))
