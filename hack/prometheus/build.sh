@@ -13,7 +13,7 @@ command -v go >/dev/null || { echo "build.sh: Go is needed to build prometheus (
 mkdir -p "$out"
 tmp=$(mktemp -d "$out/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-echo "building prometheus and promtool v$v into $out (first time only, ~15 min)" >&2
+echo "building prometheus and promtool v$v into $out (first time only, ~12 min on 2 cores)" >&2
 # Prometheus's go.mod has no replace directives, so `go install module@version` builds it as
 # released. Both commands in one go: they share most packages, so the second costs little.
 # remove_all_sd drops the cloud service discoveries (AWS, Azure, Kubernetes, ...), which are
