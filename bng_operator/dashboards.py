@@ -235,8 +235,12 @@ def datapath() -> dash.Dashboard:
             .with_panel(ts("NAT drops by reason", "Packets the NAT dropped.",
                            [Q(_rate("bng_nat_translation_failures_total", "reason"),
                               "{{reason}}")], unit="pps"))
-            .with_panel(ts("Map entries", "Entries in each map of the fast path.",
-                           [Q(f"sum by (map) (bng_ebpf_map_entries{{{SEL}}})", "{{map}}")]))
+            .with_panel(ts("Fast path map fill", "Entries of each fast-path map over the "
+                           "entries it was made for: a full map sends new subscribers to the "
+                           "slow path.",
+                           [Q(f"bng_ebpf_map_entries{{{SEL}}} / "
+                              f"bng_ebpf_map_capacity{{{SEL}}}", "{{map}} on {{instance}}")],
+                           unit="percentunit"))
             .with_panel(ts("NAT tables", "Entries of the NAT mapping tables.",
                            [Q(f"sum by (table) (bng_nat_mappings{{{SEL}}})", "{{table}}")]))
             .with_panel(ts("Shaped subscribers", "Bound sessions with an HTB class each way.",

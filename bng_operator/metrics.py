@@ -274,9 +274,11 @@ class AgentMetrics:
         if hits + misses:
             self.fast_hit_ratio.set(hits / (hits + misses))
 
-    def watch_maps(self, counts: Callable[[], dict[str, int]]) -> None:
-        """bng_ebpf_map_entries{map}, computed when scraped."""
-        self.registry.register(_MapCollector(counts))
+    def watch_maps(self, counts: Callable[[], dict[str, int]], capacity: int | None = None,
+                   ) -> None:
+        """bng_ebpf_map_entries{map}, computed when scraped, and bng_ebpf_map_capacity{map}
+        (the entries each map was made for) when ``capacity`` is given."""
+        self.registry.register(_MapCollector(counts, capacity))
 
     def watch_access(self, read: Callable[[], AccessReading]) -> None:
         """The access data path's drops, ARP answers and bytes by class, read when scraped
@@ -328,15 +330,24 @@ class _ReadyCollector:
 
 
 class _MapCollector:
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
-        self.counts = counts
+    def __init__(self, counts: Callable[[], dict[str, int]], capacity: int | None) -> None:
+        self.counts, self.capacity = counts, capacity
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self.counts()
         g = GaugeMetricFamily("bng_ebpf_map_entries", "Entries in each map of the fast path.",
                               labels=["map"])
-        for name, n in self.counts().items():
+        for name, n in counts.items():
             g.add_metric([name], n)
         yield g
+        if self.capacity is not None:
+            # a full map sends every new subscriber to the slow path: the fill is the ratio
+            cap = GaugeMetricFamily("bng_ebpf_map_capacity", "Entries each map of the fast "
+                                    "path was made for (--max-leases of the node).",
+                                    labels=["map"])
+            for name in counts:
+                cap.add_metric([name], self.capacity)
+            yield cap
 
 
 # qos_stats names (bng_operator/agent/dataplane/qos.py STATS) -> the reason label

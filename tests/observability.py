@@ -99,7 +99,7 @@ def agent_exposition() -> str:
     m = AgentMetrics()
     m.watch_leases(dict, lambda: 0)
     m.watch_ready(lambda: (True, "ready"))
-    m.watch_maps(dict)
+    m.watch_maps(dict, 1)
     m.watch_access(lambda: AccessReading({}, {}, {}))
     m.watch_nat(lambda: NatReading({}, (), {}))
     return m.render().decode()
