@@ -59,16 +59,26 @@ class Prometheus:
                  rules: tuple[Path, ...] = (), port: int = PORT) -> None:
         self.lab, self.ns, self.workdir, self.port = lab, ns, workdir, port
         workdir.mkdir(parents=True, exist_ok=True)
+        self.targets = targets
+        self.write_config(rules)
+        self.log_path = workdir / "prometheus.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, rules: tuple[Path, ...]) -> None:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s",
                        "scrape_timeout": "1s"},
             "rule_files": [str(r) for r in rules],
             "scrape_configs": [{"job_name": "bng-agent",
-                                "static_configs": [{"targets": targets}]}],
+                                "static_configs": [{"targets": self.targets}]}],
         }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log_path = workdir / "prometheus.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    def reload(self, rules: tuple[Path, ...]) -> None:
+        """Load other rule files (SIGHUP: Prometheus re-reads its config and rules)."""
+        self.write_config(rules)
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGHUP)
 
     def start(self) -> Prometheus:
         cmd = [str(binary_dir() / "prometheus"),

@@ -5,6 +5,7 @@ answers every dashboard query and raises the pool alerts when real DHCP clients 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,3 +162,15 @@ def _fill_and_scrape(site: Site, tmp_path: Path) -> None:
         # nothing else is wrong on this site
         others = {a["labels"]["alertname"] for a in prom.alerts()} - set(pool_alerts())
         assert others == set()
+
+        # and fires once its `for` has passed: the same rules with `for` cut to 2 s
+        quick = tmp_path / "quick-rules.yaml"
+        quick.write_text(re.sub(r"(?m)^(\s+for: )\d+m$", r"\g<1>2s", RULES.read_text()))
+        assert quick.read_text().count("for: 2s") >= 8
+        prom.reload((quick,))
+
+        def firing() -> set[str]:
+            return {a["labels"]["alertname"] for a in prom.alerts() if a["state"] == "firing"}
+
+        pool = {"BNGPoolAbove80Percent", "BNGPoolAbove95Percent", "BNGPoolExhausted"}
+        prom.wait_for("the pool alerts firing", lambda: firing() == pool, timeout=30)
