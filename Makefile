@@ -4,7 +4,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup test unit lint crds lab lab-down clean
+.PHONY: help setup test unit lint crds dashboards lab lab-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -18,13 +18,17 @@ test: setup lint  ## the whole suite: unit, bpf (root), k8s (real apiserver), e2
 unit:  ## only the unit tier (no root, no network)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
-lint:  ## ruff + mypy, and the generated CRDs must match the models
+lint:  ## ruff + mypy, and the generated CRDs and dashboards must match their sources
 	$(BIN)/ruff check bng_operator tests bench
 	$(BIN)/mypy bng_operator
 	$(BIN)/bng crds --check crds
+	$(BIN)/bng dashboards --check charts/bng/dashboards
 
 crds:  ## regenerate crds/ from bng_operator/api
 	$(BIN)/bng crds --write crds
+
+dashboards:  ## regenerate charts/bng/dashboards/ from bng_operator/dashboards.py
+	$(BIN)/bng dashboards --write charts/bng/dashboards
 
 SUBSCRIBERS ?= 20
 lab: setup  ## run a small ISP site here: bng node, OLT, $(SUBSCRIBERS) dhclient subscribers, live table

@@ -253,6 +253,11 @@ class AgentMetrics:
         """Pool and lease gauges, computed when scraped (always current, free otherwise)."""
         self.registry.register(_LeaseCollector(usage, active))
 
+    def watch_ready(self, ready: Callable[[], tuple[bool, str]]) -> None:
+        """bng_agent_ready: what /readyz says, computed when scraped, so that an alert sees
+        a node that runs but does not serve."""
+        self.registry.register(_ReadyCollector(ready))
+
     def kernel_counters(self, now: dict[str, int]) -> None:
         """Fold the XDP program's cumulative counters in (a smaller value: a new program).
         The first reading is the base: what an adopted program counted before this agent
@@ -278,9 +283,11 @@ class AgentMetrics:
         if hits + misses:
             self.fast_hit_ratio.set(hits / (hits + misses))
 
-    def watch_maps(self, counts: Callable[[], dict[str, int]]) -> None:
-        """bng_ebpf_map_entries{map}, computed when scraped."""
-        self.registry.register(_MapCollector(counts))
+    def watch_maps(self, counts: Callable[[], dict[str, int]], capacity: int | None = None,
+                   ) -> None:
+        """bng_ebpf_map_entries{map}, computed when scraped, and bng_ebpf_map_capacity{map}
+        (the entries each map was made for) when ``capacity`` is given."""
+        self.registry.register(_MapCollector(counts, capacity))
 
     def watch_access(self, read: Callable[[], AccessReading]) -> None:
         """The access data path's drops, ARP answers and bytes by class, read when scraped
@@ -325,16 +332,35 @@ class _LeaseCollector:
                                 value=self.active())
 
 
-class _MapCollector:
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
-        self.counts = counts
+class _ReadyCollector:
+    def __init__(self, ready: Callable[[], tuple[bool, str]]) -> None:
+        self.ready = ready
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("bng_agent_ready", "1 when the agent serves (its /readyz says "
+                                "ready), else 0 (starting, lease store failing, ...).",
+                                value=1 if self.ready()[0] else 0)
+
+
+class _MapCollector:
+    def __init__(self, counts: Callable[[], dict[str, int]], capacity: int | None) -> None:
+        self.counts, self.capacity = counts, capacity
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self.counts()
         g = GaugeMetricFamily("bng_ebpf_map_entries", "Entries in each map of the fast path.",
                               labels=["map"])
-        for name, n in self.counts().items():
+        for name, n in counts.items():
             g.add_metric([name], n)
         yield g
+        if self.capacity is not None:
+            # a full map sends every new subscriber to the slow path: the fill is the ratio
+            cap = GaugeMetricFamily("bng_ebpf_map_capacity", "Entries each map of the fast "
+                                    "path was made for (--max-leases of the node).",
+                                    labels=["map"])
+            for name in counts:
+                cap.add_metric([name], self.capacity)
+            yield cap
 
 
 # qos_stats names (bng_operator/agent/dataplane/qos.py STATS) -> the reason label

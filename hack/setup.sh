@@ -62,4 +62,5 @@ fi
 hack/kube/build.sh >/dev/null
 hack/helm/build.sh >/dev/null   # helm, for the chart tests (tests/k8s/test_deploy.py)
 hack/hubble/build.sh >/dev/null # the hubble CLI, for the Hubble API tests
+hack/prometheus/build.sh >/dev/null   # promtool and prometheus: the alert rules and dashboards
 say "ready"

@@ -137,6 +137,7 @@ class Agent:
         store = self.store = LeaseStore(path)
         server = self.server = DhcpServer(self.config, store)
         m.watch_leases(server.pool_usage, lambda: len(server.by_address))
+        m.watch_ready(h.ready)
         commits = Commits(store, m, h)
         sessions = self.sessions = SessionEvents(
             on_error=lambda f: m.feature_errors.labels(f).inc(),

@@ -8,6 +8,7 @@ objects, and the kustomize base must equal the chart's default render.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -85,7 +86,9 @@ def assert_least_privilege(objs: list[Obj]) -> None:
 # --- the chart -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sets", [(), ("serviceMonitor.enabled=true",)], ids=["default", "monitor"])
+@pytest.mark.parametrize("sets", [(), ("serviceMonitor.enabled=true", "prometheusRule.enabled=true",
+                                         "dashboards.enabled=true")],
+                         ids=["default", "monitoring"])
 def test_helm_lint_passes(helm: Helm, sets: tuple[str, ...]) -> None:
     out = helm("lint", "--strict", str(CHART), *[a for s in sets for a in ("--set", s)])
     assert "0 chart(s) failed" in out, out
@@ -186,6 +189,88 @@ def test_servicemonitor_render_applies_with_its_crd(helm: Helm, k8s: Cluster,
     assert "servicemonitor.monitoring.coreos.com/bng-agent created (server dry run)" in out, out
 
 
+# A cut-down PrometheusRule CRD, typed as in the Prometheus operator's, for the dry run.
+PROMETHEUSRULE_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules,
+          singular: prometheusrule}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          required: [spec]
+          properties:
+            spec:
+              type: object
+              properties:
+                groups:
+                  type: array
+                  items:
+                    type: object
+                    required: [name]
+                    properties:
+                      name: {type: string, minLength: 1}
+                      interval: {type: string}
+                      rules:
+                        type: array
+                        items:
+                          type: object
+                          required: [expr]
+                          properties:
+                            alert: {type: string}
+                            record: {type: string}
+                            expr: {x-kubernetes-int-or-string: true}
+                            for: {type: string}
+                            labels: {type: object, additionalProperties: {type: string}}
+                            annotations: {type: object, additionalProperties: {type: string}}
+"""
+
+
+@pytest.fixture
+def prometheusrule_crd(k8s: Cluster) -> Iterator[None]:
+    k8s.kubectl("apply", "-f", "-", input=PROMETHEUSRULE_CRD)
+    try:
+        k8s.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/prometheusrules.monitoring.coreos.com")
+        yield
+    finally:
+        k8s.kubectl("delete", "crd", "prometheusrules.monitoring.coreos.com", "--wait=true",
+                    "--timeout=60s")
+
+
+def test_prometheusrule_is_the_rules_file(helm: Helm, k8s: Cluster,
+                                          prometheusrule_crd: None) -> None:
+    objs = render(helm, "prometheusRule.enabled=true", "prometheusRule.labels.release=prom")
+    rule = one(objs, "PrometheusRule", "bng")
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    assert rule["spec"] == yaml.safe_load((CHART / "rules" / "bng-alerts.yaml").read_text())
+    out = dry_run(k8s, [rule])
+    assert "prometheusrule.monitoring.coreos.com/bng created (server dry run)" in out, out
+
+
+def test_dashboards_are_configmaps_for_grafanas_sidecar(helm: Helm, k8s: Cluster) -> None:
+    objs = render(helm, "dashboards.enabled=true", "dashboards.annotations.grafana_folder=bng")
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    maps = [o for o in objs if o["kind"] == "ConfigMap"]
+    assert len(files) == len(maps) == 5
+    for f in files:
+        cm = one(objs, "ConfigMap", f"bng-dashboard-{f.stem.removeprefix('bng-')}")
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["metadata"]["annotations"] == {"grafana_folder": "bng"}
+        assert list(cm["data"]) == [f.name]
+        assert json.loads(cm["data"][f.name]) == json.loads(f.read_text())
+    out = dry_run(k8s, maps)
+    assert "configmap/bng-dashboard-overview created (server dry run)" in out, out
+
+
 def test_agent_daemonset_is_unprivileged_with_only_its_capabilities(helm: Helm) -> None:
     ds = one(render(helm), "DaemonSet", "bng-agent")
     pod = ds["spec"]["template"]["spec"]
@@ -265,7 +350,9 @@ def test_operator_deployment_args_follow_the_values(helm: Helm) -> None:
     assert "generic" in pod["containers"][0]["args"]
 
 
-@pytest.mark.parametrize("sets", [(), ("serviceMonitor.enabled=true",)], ids=["default", "monitor"])
+@pytest.mark.parametrize("sets", [(), ("serviceMonitor.enabled=true", "prometheusRule.enabled=true",
+                                         "dashboards.enabled=true")],
+                         ids=["default", "monitoring"])
 def test_rbac_is_least_privilege(helm: Helm, sets: tuple[str, ...]) -> None:
     objs = render(helm, *sets)
     assert_least_privilege(objs)

@@ -83,3 +83,10 @@ def test_the_rules_see_real_imports() -> None:
     assert _importers("bng_operator.policy") & _in("operator/")
     assert _importers("bng_operator.agent.sessions") & _in("agent/dhcp/")
     assert _importers("bng_lab") == {"cli.py"}
+
+
+def test_only_the_dashboard_generator_imports_the_grafana_sdk() -> None:
+    # a dev dependency: the agent and operator images do not have it
+    assert _importers("grafana_foundation_sdk") == {"dashboards.py"}
+    assert "bng_operator.dashboards" not in {n for p in PKG.rglob("*.py") if p.name != "cli.py"
+                                             for n in _imports(p)}

@@ -81,7 +81,7 @@ class FastPathFeature:
         self.metrics.kernel_counters(self._counted_before(fp))  # the base for later readings
         self.read_counters()  # what the program answered while no agent ran
         self.metrics.before_scrape.append(self.read_counters)
-        self.metrics.watch_maps(self.cache.counts)
+        self.metrics.watch_maps(self.cache.counts, config.max_leases)  # sized at load
         return True
 
     def _counted_before(self, fp: FastPath) -> dict[str, int]:
