@@ -184,6 +184,53 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host, metrics_port=args.metrics_port))
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    import urllib.error
+
+    from bng_operator.status import fetch, render
+
+    try:
+        st = fetch(args.metrics)
+    except (urllib.error.URLError, OSError) as e:
+        print(f"no agent answers at {args.metrics}: {e}", file=sys.stderr)
+        return 2
+    print(render(st))
+    return 0 if st.ready else 1
+
+
+def _cmd_observe(args: argparse.Namespace) -> int:
+    from bng_operator.agent.observe.client import (
+        as_json,
+        compact,
+        flows,
+        request,
+        site_servers,
+    )
+
+    servers = list(args.server or [])
+    if args.site:
+        host, _, port = args.site.rpartition(":")
+        try:
+            servers += site_servers(host or args.site, int(port or 4245))
+        except OSError as e:
+            print(f"cannot resolve {args.site}: {e}", file=sys.stderr)
+            return 2
+    if not servers:
+        print("no agent to ask: give --server HOST:PORT (repeatable) or --site", file=sys.stderr)
+        return 2
+    req = request(args.last, args.follow, args.verdict or [], args.ip or [], args.port or [])
+    show = as_json if args.output == "json" else compact
+    try:
+        for r in flows(servers, req):
+            print(show(r), flush=True)
+    except RuntimeError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def _cmd_fastpath_remove(args: argparse.Namespace) -> int:
     from bng_operator.agent.dataplane import nat, qos
     from bng_operator.agent.dataplane.fastpath import remove
@@ -408,6 +455,28 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     o.add_argument("--log-format", default="json", choices=["json", "text"])
     o.set_defaults(func=_cmd_operator)
+
+    st = sub.add_parser("status", help="one node's health at a glance, from its agent's "
+                        "/metrics and /readyz (exit 1: not ready)")
+    st.add_argument("--metrics", default="http://127.0.0.1:9641",
+                    help="the agent's metrics endpoint (default: %(default)s)")
+    st.set_defaults(func=_cmd_status)
+
+    ob = sub.add_parser("observe", help="flows of several agents, merged by time (Hubble's "
+                        "API; `hubble observe --server` for one)")
+    ob.add_argument("--server", action="append", metavar="HOST:PORT",
+                    help="an agent's Hubble API; repeatable")
+    ob.add_argument("--site", metavar="NAME[:PORT]",
+                    help="every agent behind this DNS name (the chart's headless Service "
+                         "bng-hubble.<namespace>)")
+    ob.add_argument("--last", type=int, default=20, help="the last N flows of all agents")
+    ob.add_argument("-f", "--follow", action="store_true", help="then stream new flows")
+    ob.add_argument("--verdict", action="append", choices=["FORWARDED", "DROPPED",
+                                                           "TRANSLATED"])
+    ob.add_argument("--ip", action="append", help="source or destination address or CIDR")
+    ob.add_argument("--port", action="append", type=int, help="source or destination port")
+    ob.add_argument("-o", "--output", choices=["compact", "json"], default="compact")
+    ob.set_defaults(func=_cmd_observe)
 
     r = sub.add_parser(
         "fastpath-remove", help="detach the XDP fast path and shaping, unpin their maps "

@@ -283,7 +283,8 @@ class AgentMetrics:
         if hits + misses:
             self.fast_hit_ratio.set(hits / (hits + misses))
 
-    def watch_maps(self, counts: Callable[[], dict[str, int]], capacity: int | None = None,
+    def watch_maps(self, counts: Callable[[], dict[str, int]],
+                   capacity: int | dict[str, int] | None = None,
                    ) -> None:
         """bng_ebpf_map_entries{map}, computed when scraped, and bng_ebpf_map_capacity{map}
         (the entries each map was made for) when ``capacity`` is given."""
@@ -343,7 +344,8 @@ class _ReadyCollector:
 
 
 class _MapCollector:
-    def __init__(self, counts: Callable[[], dict[str, int]], capacity: int | None) -> None:
+    def __init__(self, counts: Callable[[], dict[str, int]],
+                 capacity: int | dict[str, int] | None) -> None:
         self.counts, self.capacity = counts, capacity
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -359,7 +361,10 @@ class _MapCollector:
                                     "path was made for (--max-leases of the node).",
                                     labels=["map"])
             for name in counts:
-                cap.add_metric([name], self.capacity)
+                size = self.capacity.get(name) if isinstance(self.capacity, dict) \
+                    else self.capacity
+                if size is not None:
+                    cap.add_metric([name], size)
             yield cap
 
 

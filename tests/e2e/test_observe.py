@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -138,6 +139,23 @@ def test_hubble_observe_shows_the_fast_path_acks_the_slow_path_offers_and_a_spoo
     assert _get(d, "drop_reason_desc", "dropReasonDesc") == "INVALID_SOURCE_IP"
     assert d["Summary"] == "dropped: spoof_source"
     assert _get(d["event_type"] if "event_type" in d else d["eventType"], "type") == 1
+
+    # bng's own client, for several agents at once (one here), and `bng status`.
+    bng = [sys.executable, "-m", "bng_operator"]
+    merged = site.lab.run(site.bng, *bng, "observe", "--server",
+                          f"127.0.0.1:{site.hubble_port}", "--verdict", "DROPPED", "--last", "3")
+    lines = merged.stdout.splitlines()
+    # the spoofed source is nobody's, but its frames came from subscriber 0's MAC: the drop
+    # names the Subscriber that sent it
+    sender = "mac-" + subscriber_mac(0).replace(":", "-")
+    assert len(lines) == 3 and all(f"{site.node}: {sender} -> {INTERNET_ADDRESS} DROPPED "
+                                   "dropped: spoof_source" in line for line in lines), \
+        merged.stdout
+    status = site.lab.run(site.bng, *bng, "status", "--metrics",
+                          f"http://127.0.0.1:{site.metrics_port}")
+    assert "agent:      ready" in status.stdout, status.stdout
+    assert "program xdp_dhcp on access0: attached" in status.stdout, status.stdout
+    assert "flow observers: 0" in status.stdout, status.stdout
 
     # The server evaluates filters; one it does not know is refused, clearly.
     bad = _hubble(site, "observe", "--fqdn", "example.com", "--last", "1", check=False)

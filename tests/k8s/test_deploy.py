@@ -101,11 +101,16 @@ def test_default_render_applies_on_the_apiserver(helm: Helm, k8s: Cluster) -> No
         "ServiceAccount/bng-operator", "ClusterRole/bng-operator", "ClusterRoleBinding/bng-operator",
         "Deployment/bng-operator",
         "ServiceAccount/bng-agent", "ClusterRole/bng-agent", "ClusterRoleBinding/bng-agent",
-        "Role/bng-agent", "RoleBinding/bng-agent", "DaemonSet/bng-agent",
+        "Role/bng-agent", "RoleBinding/bng-agent", "DaemonSet/bng-agent", "Service/bng-hubble",
         "ValidatingAdmissionPolicy/bng-agent-node-restriction",
         "ValidatingAdmissionPolicyBinding/bng-agent-node-restriction",
         "ClusterKopfPeering/bng"])
-    assert not any(o["kind"] in ("ServiceMonitor", "Service") for o in objs)
+    assert not any(o["kind"] == "ServiceMonitor" for o in objs)
+    # the one Service: every agent's Hubble API, headless (one DNS record per agent)
+    (hubble,) = [o for o in objs if o["kind"] == "Service"]
+    assert hubble["spec"]["clusterIP"] == "None"
+    assert hubble["spec"]["ports"] == [{"name": "hubble", "port": 4245, "targetPort": "hubble",
+                                        "protocol": "TCP"}]
     out = dry_run(k8s, objs)
     assert "daemonset.apps/bng-agent created (server dry run)" in out, out
     # "configured" when an earlier test (the e2e operator site) made the peering object
@@ -306,8 +311,12 @@ def test_agent_daemonset_is_unprivileged_with_only_its_capabilities(helm: Helm) 
         "bng", "agent", "--node", "$(NODE_NAME)", "--namespace", NS, "--state-dir", "/var/lib/bng",
         "--bpf-dir", "/sys/fs/bpf/bng", "--metrics-port", "9641", "--xdp-mode", "native",
         "--subscriber-write-rate", "20", "--subscriber-ttl", "24h", "--accounting-interval", "5m",
-        "--radius-acct-queue", "100000", "--radius-coa-port", "3799"]
+        "--radius-acct-queue", "100000", "--radius-coa-port", "3799",
+        "--hubble-listen", "0.0.0.0:4245", "--hubble-peer-address", "$(NODE_IP):4245",
+        "--flows", "4096"]
+    assert env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
     assert c["ports"] == [{"name": "metrics", "containerPort": 9641, "protocol": "TCP"},
+                          {"name": "hubble", "containerPort": 4245, "protocol": "TCP"},
                           {"name": "radius-coa", "containerPort": 3799, "protocol": "UDP"}]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}

@@ -58,7 +58,7 @@ class FastPathFeature:
     def start(self, config: NodeConfig) -> bool:
         """Load or adopt the XDP program and its maps; take in the renewals it answered while
         no agent ran. False: it could not load, and the slow path serves alone."""
-        from bng_operator.agent.dataplane.fastpath import FastPath
+        from bng_operator.agent.dataplane.fastpath import MAX_SUBNETS, FastPath
         from bng_operator.agent.dataplane.loader import DataplaneError
         from bng_operator.agent.fastpath.cache import SubscriberCache
 
@@ -81,7 +81,10 @@ class FastPathFeature:
         self.metrics.kernel_counters(self._counted_before(fp))  # the base for later readings
         self.read_counters()  # what the program answered while no agent ran
         self.metrics.before_scrape.append(self.read_counters)
-        self.metrics.watch_maps(self.cache.counts, config.max_leases)  # sized at load
+        # sized at load: the leases' maps by --max-leases, the subnets' by its constant
+        self.metrics.watch_maps(self.cache.counts, {
+            "subscribers": config.max_leases, "circuits": config.max_leases,
+            "subnet_options": MAX_SUBNETS})
         return True
 
     def _counted_before(self, fp: FastPath) -> dict[str, int]:

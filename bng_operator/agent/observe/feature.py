@@ -45,7 +45,8 @@ class ObserveFeature:
     _ifnames: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.hub = FlowHub(self.capacity, self.linger, on_watch=self._watch)
+        self.hub = FlowHub(self.capacity, self.linger, on_watch=self._watch,
+                           on_observers=self.metrics.flow_observers.set)
 
     def start_kernel(self, pin_root: Path | None) -> bool:
         """Read the programs' flow events (worker thread: it compiles bpf/flows.c)."""
@@ -72,7 +73,6 @@ class ObserveFeature:
         self.hub.add(f)
 
     def _watch(self, on: bool) -> None:
-        self.metrics.flow_observers.set(self.hub.observers)
         if self.kernel is not None:
             self.kernel.watch(on)
         log.info("flow events from the programs %s", "on: an observer is connected" if on

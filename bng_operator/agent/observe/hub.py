@@ -29,6 +29,7 @@ Builder = tuple[Callable[..., Flow | None], tuple[Any, ...]]
 class FlowHub:
     def __init__(self, capacity: int = DEFAULT_CAPACITY, linger: float = DEFAULT_LINGER,
                  on_watch: Callable[[bool], None] = lambda on: None,
+                 on_observers: Callable[[int], None] = lambda n: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = capacity
         self.linger = linger
@@ -39,6 +40,7 @@ class FlowHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_pending = False
         self._on_watch = on_watch
+        self._on_observers = on_observers
         self._clock = clock
         self.observers = 0
         self._watching = False
@@ -116,6 +118,7 @@ class FlowHub:
     def observer(self) -> Any:
         """Held while an observer is connected: the programs emit events meanwhile."""
         self.observers += 1
+        self._on_observers(self.observers)
         if self._unwatch is not None:
             self._unwatch.cancel()
             self._unwatch = None
@@ -126,6 +129,7 @@ class FlowHub:
             yield
         finally:
             self.observers -= 1
+            self._on_observers(self.observers)
             if self.observers == 0:
                 self._schedule_unwatch()
 

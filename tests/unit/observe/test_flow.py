@@ -99,9 +99,11 @@ def test_the_hub_keeps_the_last_n_and_builds_lazy_flows_when_read() -> None:
 
 def test_followers_get_new_flows_and_observers_switch_the_programs_on_and_off() -> None:
     switched: list[bool] = []
+    counts: list[int] = []
 
     async def scenario() -> list[int]:
-        hub = FlowHub(capacity=10, linger=0.01, on_watch=switched.append)
+        hub = FlowHub(capacity=10, linger=0.01, on_watch=switched.append,
+                      on_observers=counts.append)
         got: list[int] = []
 
         async def follow() -> None:
@@ -123,6 +125,7 @@ def test_followers_get_new_flows_and_observers_switch_the_programs_on_and_off() 
 
     assert asyncio.run(scenario()) == [1, 2]
     assert switched == [True, False]
+    assert counts == [1, 0]
 
 
 CONV = Converter("node-a", "bng-system")
