@@ -446,16 +446,6 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
 }
 
 #if FLOW_EVENTS
-static __always_inline void flow_send(struct flow_event *ev)
-{
-    if (flow_events.ringbuf_output(ev, sizeof(*ev), BPF_RB_NO_WAKEUP)) {
-        __u32 zero = 0;
-        struct flow_ctl *fc = flow_ctl.lookup(&zero);
-        if (fc)
-            __sync_fetch_and_add(&fc->lost, 1);
-    }
-}
-
 // The flow event of a DHCP request: a reply sent (the frame is the reply now), or a pass to
 // the slow path or a drop, with the reason counted. Traffic that is not DHCP has none.
 static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
@@ -465,27 +455,35 @@ static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
     struct parse_state *st = parse_scratch.lookup(&zero);
     if (!why || !st || *why == CNT_PASS_NOT_DHCP || *why >= CNT_MAX)
         return;
-    struct flow_event ev = {};
-    ev.ktime_ns = bpf_ktime_get_ns();
-    ev.ifindex = ctx->ingress_ifindex;
-    ev.source = FLOW_SRC_DHCP;
-    ev.reason = *why;
-    ev.verdict = verdict == XDP_TX || verdict == XDP_PASS ? FLOW_FORWARDED : FLOW_DROPPED;
-    ev.point = verdict == XDP_TX ? FLOW_TO_NETWORK : verdict == XDP_PASS ? FLOW_TO_STACK
-                                                                         : FLOW_NONE;
+    // Written in place in the ring (no copy of an event built on the stack).
+    struct flow_event *ev = flow_events.ringbuf_reserve(sizeof(struct flow_event));
+    if (!ev) {
+        struct flow_ctl *fc = flow_ctl.lookup(&zero);
+        if (fc)
+            __sync_fetch_and_add(&fc->lost, 1);
+        return;
+    }
+    __builtin_memset(ev, 0, sizeof(*ev));
+    ev->ktime_ns = bpf_ktime_get_ns();
+    ev->ifindex = ctx->ingress_ifindex;
+    ev->source = FLOW_SRC_DHCP;
+    ev->reason = *why;
+    ev->verdict = verdict == XDP_TX || verdict == XDP_PASS ? FLOW_FORWARDED : FLOW_DROPPED;
+    ev->point = verdict == XDP_TX ? FLOW_TO_NETWORK : verdict == XDP_PASS ? FLOW_TO_STACK
+                                                                          : FLOW_NONE;
     // The walk's message type is this packet's only once the walk ended (a reason past
     // it); before, it may be the last packet's.
     __u32 walked = *why != CNT_PASS_MALFORMED && *why != CNT_PASS_LAYOUT;
-    ev.dhcp_type = verdict == XDP_TX ? (*why == CNT_OFFER ? 2 : 5) : walked ? st->msg_type : 0;
+    ev->dhcp_type = verdict == XDP_TX ? (*why == CNT_OFFER ? 2 : 5) : walked ? st->msg_type : 0;
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
-    __u32 at = flow_from_frame(data, end, &ev);
+    __u32 at = flow_from_frame(data, end, ev);
     struct bootp *b = data + (at & 0xff);
     if (at && (void *)(b + 1) <= end) {
-        ev.xid = b->xid;
-        ev.dhcp_yiaddr = b->yiaddr;
+        ev->xid = b->xid;
+        ev->dhcp_yiaddr = b->yiaddr;
     }
-    flow_send(&ev);
+    flow_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 #endif
 
