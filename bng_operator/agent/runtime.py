@@ -34,6 +34,7 @@ from bng_operator.agent.health import Commits, Health
 from bng_operator.agent.lock import Locks
 from bng_operator.agent.nat.feature import NatFeature, nat_programs
 from bng_operator.agent.observe.feature import ObserveFeature
+from bng_operator.agent.observe.slowpath import block_flow
 from bng_operator.agent.qos.feature import QosFeature, shaping_programs
 from bng_operator.agent.radius.accounting import Usage
 from bng_operator.agent.radius.feature import RadiusFeature
@@ -183,7 +184,8 @@ class Agent:
                                   lambda: list(server.by_address.values()),
                                   server.by_address.get,
                                   changed=lambda: setattr(self.health, "dirty", True),
-                                  granted=self._granted)
+                                  granted=self._granted,
+                                  on_block=lambda r: observe.hub.add_lazy(block_flow, r))
             m.watch_nat(self.nat.reading)
         server.expire()
         server.take_events()  # ended before anyone followed them: the store has them

@@ -84,6 +84,7 @@ class NatFeature:
     lease_of: Callable[[int], Lease | None] = lambda address: None  # one, by its address
     changed: Callable[[], None] = lambda: None  # what the BNGNode status shows changed
     granted: Callable[[Lease], None] = lambda lease: None  # its Subscriber status changed
+    on_block: Callable[[Record], None] = lambda r: None  # a block given or taken (flows)
     name: str = "nat"
     path: NatPath | None = field(default=None, init=False)
     blocklog: BlockLog | None = field(default=None, init=False)
@@ -310,6 +311,7 @@ class NatFeature:
                             batch.formulas)
         for r in batch.records:
             self.metrics.nat_block_events.labels(r.pool, r.event).inc()
+            self.on_block(r)
         for inside in batch.gone:
             if inside not in batch.put:
                 self.path.delete_binding(inside)

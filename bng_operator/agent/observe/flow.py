@@ -91,6 +91,8 @@ class Flow:
             if self.point == Point.TO_STACK:
                 return f"{text} to the slow path: {self.reason}"
             return f"{text} ({where})"
+        if self.verdict == Verdict.TRANSLATED and self.reason.startswith("block_"):
+            return f"NAT block {self.note}"
         if self.verdict == Verdict.TRANSLATED:
             return f"NAT {PROTOCOLS.get(self.proto, self.proto)} {self.saddr}:{self.sport} " \
                    f"as {self.xlated_addr}:{self.xlated_port}"

@@ -1,5 +1,6 @@
-"""The slow path's flows, built when read (FlowHub.add_lazy): a reply it sent, a request it
-dropped, a RADIUS decision. Recording one costs the slow path an append."""
+"""The agent's own flows, built when read (FlowHub.add_lazy): a reply the slow path sent, a
+request it dropped, a RADIUS decision, a NAT block given or taken. Recording one costs an
+append."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from ipaddress import IPv4Address
 
 from bng_operator.agent.dhcp.codec import HEADER_LEN, Malformed, Message, Opt, walk_options
 from bng_operator.agent.dhcp.transport import Frame, parse_frame
+from bng_operator.agent.nat.log import Record
 from bng_operator.agent.observe.flow import DHCP_TYPES, Flow, Point, Source, Verdict
 
 
@@ -63,3 +65,14 @@ def radius_flow(time_ns: int, mac: str, decision: str, note: str = "",
                 verdict=Verdict.FORWARDED if decision in ("accept", "fallback_admit")
                 else Verdict.DROPPED, point=Point.NONE, reason=decision, src_mac=mac,
                 saddr=address, note=note)
+
+
+def block_flow(r: Record) -> Flow:
+    """A NAT port block given to (or taken from) a subscriber: who had these ports."""
+    h = r.holder
+    return Flow(time_ns=int(r.time * 1e9), source=Source.NAT, verdict=Verdict.TRANSLATED,
+                point=Point.NONE, reason=f"block_{r.event}", src_mac=h.mac or "",
+                saddr=str(h.inside), xlated_addr=str(r.public), xlated_port=r.first_port,
+                note=f"{r.public}:{r.first_port}-{r.last_port} {r.event} "
+                     f"{'to' if r.event == 'allocated' else 'from'} {h.inside}"
+                     + (f" ({r.reason})" if r.reason else ""))

@@ -210,3 +210,20 @@ def test_the_proto_of_each_kind() -> None:
     nat = CONV.to_proto(NAT, "x")
     assert nat.verdict == flow_pb2.TRANSLATED and nat.IP.source_xlated == "203.0.113.1"
     assert nat.source.pod_name == "x"
+
+
+def test_a_nat_block_reads_as_who_had_which_ports() -> None:
+    from ipaddress import IPv4Address
+
+    from bng_operator.agent.nat.log import Holder, Record
+    from bng_operator.agent.observe.slowpath import block_flow
+
+    r = Record(1.5, "allocated", "cgnat", IPv4Address("203.0.113.1"), 1024, 1535,
+               Holder(IPv4Address("100.64.0.20"), "mac:02:00:00:00:00:01", "02:00:00:00:00:01"),
+               "bound")
+    f = block_flow(r)
+    assert (f.time_ns, f.verdict, f.saddr, f.xlated_addr, f.xlated_port) == \
+        (1_500_000_000, Verdict.TRANSLATED, "100.64.0.20", "203.0.113.1", 1024)
+    assert f.summary() == "NAT block 203.0.113.1:1024-1535 allocated to 100.64.0.20 (bound)"
+    p = CONV.to_proto(f, "mac-02-00-00-00-00-01")
+    assert p.IP.source_xlated == "203.0.113.1" and p.source.pod_name == "mac-02-00-00-00-00-01"
