@@ -158,7 +158,8 @@ class Agent:
             self.authoriser = radius
         observe = self.observe = ObserveFeature(
             m, st.node, st.namespace, st.hubble_listen, self._peer_address(),
-            server.by_address.get, server.by_identity.get, st.flows_kept, st.flows_linger)
+            server.by_address.get, server.by_identity.get, st.flows_kept, st.flows_linger,
+            peers=self.source.hubble_peers if isinstance(self.source, KubeSource) else None)
         self.packets = PacketPath(server, store, sessions, m, h, commits, self.authoriser,
                                   flows=observe.hub)
 
@@ -371,7 +372,8 @@ class Agent:
             orphans=lambda: list(self._expiry.orphans.values()),
             fast_path_on=lambda: self.fast_path is not None,
             nat=lambda: self.nat.usage() if self.nat is not None else [],
-            radius=lambda: self.radius.status() if self.radius is not None else [])
+            radius=lambda: self.radius.status() if self.radius is not None else [],
+            hubble=lambda: self._peer_address() if self.settings.hubble_listen else "")
         assert self.server is not None
         return KubeReporting(reporter, self.server, self.health, view,
                              st.report.accounting_interval, st.status_interval)

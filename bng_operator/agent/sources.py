@@ -94,6 +94,12 @@ class KubeSource:
         return list(self.custom.list_cluster_custom_object(
             GROUP, VERSION, plural, _request_timeout=TIMEOUT)["items"])
 
+    def hubble_peers(self) -> list[tuple[str, str]]:
+        """(node, address) of every node whose agent published its Hubble API."""
+        return sorted((o["metadata"]["name"], (o.get("status") or {}).get("hubble", ""))
+                      for o in self._list("bngnodes")
+                      if (o.get("status") or {}).get("hubble"))
+
     def _read(self) -> list[dict[str, Any]]:
         from kubernetes.client.exceptions import ApiException
 

@@ -154,6 +154,9 @@ class BNGNodeStatus(Model):
         default_factory=list, max_length=256,
         description="The RADIUS servers of the node's classes, and their health.")
     leases_active: int = Field(default=0, ge=0)
+    hubble: str = Field(default="", max_length=256, description=(
+        "Where this node's agent serves Hubble's API (host:port, as hubble-relay dials it); "
+        "every agent's Peer service lists every node's."))
     last_sync: datetime | None = None
     observed_generation: int | None = None
     conditions: Conditions

@@ -9,6 +9,7 @@ and DHCP with the operator killed.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
@@ -168,6 +169,33 @@ def test_each_agent_reports_its_bngnode_status(site: K8sSite) -> None:
         assert maps["qos_sessions"] == 3  # every class of the samples has a QoSPolicy
         held = {c for p in node["spec"]["pools"] for c in p["blocks"]}
         assert {b["cidr"] for b in st["blocks"]} == held
+
+
+_NOTIFY = """
+import sys, grpc
+from bng_operator._hubble.peer import peer_pb2, peer_pb2_grpc
+want = int(sys.argv[1])
+with grpc.insecure_channel(sys.argv[2]) as ch:
+    stream = peer_pb2_grpc.PeerStub(ch).Notify(peer_pb2.NotifyRequest(), timeout=10)
+    for n, change in enumerate(stream, 1):
+        print(peer_pb2.ChangeNotificationType.Name(change.type), change.name, change.address)
+        if n == want:
+            break
+"""
+
+
+def test_every_agent_publishes_its_hubble_api_and_lists_every_nodes(site: K8sSite) -> None:
+    # the default address: the node's name and the port (the chart gives the node's IP)
+    want = {name: f"{name}:{n.hubble_port}" for name, n in site.nodes.items()}
+    wait_for("every BNGNode to show its Hubble address", lambda: all(
+        (site.get("bngnode", name).get("status") or {}).get("hubble") == address
+        for name, address in want.items()) or None, 15, 0.3)
+    # hubble-relay asks any agent's Peer service and learns every node's
+    for n in site.nodes.values():
+        r = n.lab.run(n.bng or "", sys.executable, "-c", _NOTIFY, str(len(want)),
+                      f"127.0.0.1:{n.hubble_port}")
+        assert sorted(r.stdout.splitlines()) == sorted(
+            f"PEER_ADDED {name} {address}" for name, address in want.items()), r.stdout
 
 
 def test_pool_dns_edit_reaches_both_nodes_next_reply(site: K8sSite) -> None:

@@ -38,6 +38,7 @@ class ObserveFeature:
     by_identity: Callable[[str], Lease | None]
     capacity: int = 4096
     linger: float = 300.0
+    peers: Callable[[], list[tuple[str, str]]] | None = None  # every node's Hubble address
     hub: FlowHub = field(init=False)
     kernel: Any = None  # dataplane.flows.KernelFlows, once loaded
     problem: str = ""
@@ -107,7 +108,7 @@ class ObserveFeature:
         from bng_operator.agent.observe.hubble import Converter, serve
         conv = Converter(self.node, self.namespace, self.resolve, self.interface_name)
         self._server = await serve(self.hub, conv, self.listen, f"bng {__version__}",
-                                   self.peer_address)
+                                   self.peer_address, self.peers)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -364,28 +364,60 @@ class Observer(observer_pb2_grpc.ObserverServicer):
             namespaces=[observer_pb2.Namespace(namespace=self.conv.namespace)])
 
 
-class Peer(peer_pb2_grpc.PeerServicer):
-    """This node as its own only peer: hubble-relay, pointed at every agent (a headless
-    Service, docs/observe.md), learns each one's address from it."""
+PEER_POLL = 10.0  # seconds between two readings of the peers
 
-    def __init__(self, node: str, address: str) -> None:
+
+def peer_changes(before: dict[str, str], now: dict[str, str]
+                 ) -> list[tuple[str, str, peer_pb2.ChangeNotificationType]]:
+    """(name, address, ChangeNotificationType) taking ``before`` to ``now`` (node ->
+    address)."""
+    out = [(n, a, peer_pb2.PEER_ADDED) for n, a in sorted(now.items()) if n not in before]
+    out += [(n, a, peer_pb2.PEER_UPDATED) for n, a in sorted(now.items())
+            if n in before and before[n] != a]
+    out += [(n, a, peer_pb2.PEER_DELETED) for n, a in sorted(before.items()) if n not in now]
+    return out
+
+
+class Peer(peer_pb2_grpc.PeerServicer):
+    """The nodes whose agents serve Hubble's API, as hubble-relay learns them: in
+    Kubernetes mode every BNGNode that published its address (status.hubble), else this
+    node alone. Changes follow every PEER_POLL seconds."""
+
+    def __init__(self, node: str, address: str,
+                 peers: Callable[[], list[tuple[str, str]]] | None = None) -> None:
         self.node = node
         self.address = address
+        self.peers = peers
+
+    async def _read(self) -> dict[str, str]:
+        if self.peers is None:
+            return {self.node: self.address}
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, self.peers)
+        except Exception as e:  # the apiserver away: this node at least
+            log.warning("listing the Hubble peers failed: %s", e)
+            return {self.node: self.address}
+        return dict(found) | {self.node: self.address}
 
     async def Notify(self, request: peer_pb2.NotifyRequest,
-                     context: Context) -> AsyncIterator[
-                         peer_pb2.ChangeNotification]:
-        yield peer_pb2.ChangeNotification(name=self.node, address=self.address,
-                                          type=peer_pb2.PEER_ADDED)
-        await asyncio.Event().wait()  # until the client leaves
+                     context: Context) -> AsyncIterator[peer_pb2.ChangeNotification]:
+        known: dict[str, str] = {}
+        while True:
+            now = await self._read()
+            for name, address, kind in peer_changes(known, now):
+                yield peer_pb2.ChangeNotification(name=name, address=address,
+                                                  type=kind)
+            known = now
+            await asyncio.sleep(PEER_POLL)
 
 
 async def serve(hub: FlowHub, conv: Converter, listen: str, version: str,
-                peer_address: str) -> grpc.aio.Server:
+                peer_address: str,
+                peers: Callable[[], list[tuple[str, str]]] | None = None) -> grpc.aio.Server:
     """Start the Hubble API on ``listen`` ("host:port" or "unix:///path")."""
     server = grpc.aio.server()
     observer_pb2_grpc.add_ObserverServicer_to_server(Observer(hub, conv, version), server)
-    peer_pb2_grpc.add_PeerServicer_to_server(Peer(conv.node, peer_address), server)
+    peer_pb2_grpc.add_PeerServicer_to_server(Peer(conv.node, peer_address, peers), server)
     checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     await checks.set(HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)

@@ -51,6 +51,7 @@ class NodeView:
     fast_path_on: Callable[[], bool]
     nat: Callable[[], list[NATUsage]] = list  # blocks in use per NAT public address
     radius: Callable[[], list[RadiusServerStatus]] = list  # servers and their health
+    hubble: Callable[[], str] = str  # where its Hubble API is dialled
 
 
 @dataclass
@@ -140,7 +141,7 @@ class KubeReporting:
                          self.health.problem or self.health.store_problem, self.view.degraded(),
                          self.view.generation(),
                          self.health.last_sync, self._conditions, datetime.now(UTC),
-                         self.view.nat(), self.view.radius())
+                         self.view.nat(), self.view.radius(), self.view.hubble())
         self._conditions = list(st.conditions)
         return st
 

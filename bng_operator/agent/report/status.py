@@ -48,7 +48,8 @@ def node_status(config: NodeConfig, leases: Iterable[Lease], programs: list[Prog
                 maps: list[MapFill], problem: str, degraded: str, generation: int | None,
                 last_sync: datetime | None, conditions: list[Condition],
                 now: datetime, nat: list[NATUsage] | None = None,
-                radius: list[RadiusServerStatus] | None = None) -> BNGNodeStatus:
+                radius: list[RadiusServerStatus] | None = None,
+                hubble: str = "") -> BNGNodeStatus:
     """``problem`` keeps the node from serving (Ready=False); ``degraded`` is served around
     (Degraded=True), such as a fast path that could not load. Empty strings: all is well."""
     leases = list(leases)
@@ -61,5 +62,5 @@ def node_status(config: NodeConfig, leases: Iterable[Lease], programs: list[Prog
                            degraded or "every program is attached", generation, now)
     return BNGNodeStatus(programs=programs, maps=maps, blocks=block_usage(config, leases),
                          nat=nat or [], radius=radius or [],
-                         leases_active=len(leases), last_sync=last_sync,
+                         leases_active=len(leases), hubble=hubble, last_sync=last_sync,
                          observed_generation=generation, conditions=conds)

@@ -80,3 +80,19 @@ def test_compact_lines_name_the_subscriber() -> None:
     r.flow.Summary = "DHCP ACK 100.64.0.20 (fast path)"
     assert compact(r).endswith("node-a: 100.64.0.1 -> mac-02-00-00-00-00-01 FORWARDED "
                                "DHCP ACK 100.64.0.20 (fast path)")
+
+
+@pytest.mark.parametrize(("before", "now", "changes"), [
+    ({}, {"a": "1:4245"}, [("a", "1:4245", "PEER_ADDED")]),
+    ({"a": "1:4245"}, {"a": "1:4245"}, []),
+    ({"a": "1:4245"}, {"a": "2:4245"}, [("a", "2:4245", "PEER_UPDATED")]),
+    ({"a": "1:4245", "b": "3:4245"}, {"a": "1:4245"}, [("b", "3:4245", "PEER_DELETED")]),
+])
+def test_peer_changes(before: dict[str, str], now: dict[str, str],
+                      changes: list[tuple[str, str, str]]) -> None:
+    from bng_operator._hubble.peer import peer_pb2
+    from bng_operator.agent.observe.hubble import peer_changes
+
+    got = [(n, a, peer_pb2.ChangeNotificationType.Name(t))
+           for n, a, t in peer_changes(before, now)]
+    assert got == changes
