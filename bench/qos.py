@@ -208,8 +208,7 @@ class Ours:
             self.tc.close()
             self.tc = None
         netlink.remove_shaping(ACCESS, self.stack.bng)
-        self.path.sessions.clear()
-        self.path.counters_map.clear()
+        self.path.clear()
 
     def prog_fd(self) -> int:
         return self.path.obj.load_tc("qos_down")  # loaded already: its fd

@@ -11,6 +11,7 @@ import re
 import shutil
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -49,6 +50,16 @@ def test_constants_agree_with_the_c_headers() -> None:
             int(re.search(rf"#define {name} (\S+)", h).group(1), 0) == value  # type: ignore[union-attr]
     access = (Path(BPF_DIR) / "lib" / "access.h").read_text()
     assert f"#define ACCESS_NEXT_ARP {qos.ACCESS_NEXT_ARP}" in access
+    assert re.findall(r'BPF_TABLE\("\w+", [^,]+, [^,]+, (\w+),', h) == list(qos.MAPS)
+
+
+def test_a_slot_holds_a_session_as_the_hash_does(path: qos.QosPath) -> None:
+    # qos_slots's entries are qos_sessions's values: 36 bytes per subscriber of capacity
+    # (docs/qos.md), written by put() from the one Leaf
+    assert path.slots_map.Leaf is path.sessions.Leaf or \
+        path.slots_map.Leaf._fields_ == path.sessions.Leaf._fields_
+    assert ctypes.sizeof(path.slots_map.Leaf) == 36
+    assert path.slots_map.max_entries == path.max_subscribers
 
 
 @pytest.mark.parametrize(("tags", "vlans"), [
@@ -147,7 +158,7 @@ def test_download_gets_the_sessions_mac_and_tags_and_its_class(
     assert _delta(path, before) == {"down_shaped": 1}
     c = path.counters(int(SUB))
     assert (c.packets_down, c.bytes_down, c.packets_up) == (1, len(frame) - 14, 0)  # IP bytes
-    assert c.last_seen_ns > 0
+    assert abs(c.last_seen_ns - time.monotonic_ns()) < 500_000_000  # jiffies, converted
     assert path.installed()[int(SUB)] == 0x10007
 
 
@@ -303,6 +314,37 @@ def test_a_removed_session_returns_its_counters_and_its_traffic_is_dropped(
     assert path.counters(int(OTHER)).packets_down == 0
     assert run_tc(path._fds["qos_down"], frame).action == TC_ACT_SHOT
     assert run_tc(path._fds["qos_up"], _udp(OTHER, SERVER)).action == TC_ACT_SHOT
+
+
+def test_a_session_whose_own_slot_is_taken_is_found_by_the_hash(path: qos.QosPath) -> None:
+    first = IPv4Address(int(OTHER) + 64 * 3)  # the same slot as OTHER's (64 slots)
+    path.put(int(first), 5, Access(mac=MAC_A, gateway=int(GATEWAY)))
+    path.put(int(OTHER), 6, Access(mac=MAC_B, gateway=int(GATEWAY)))
+    try:
+        slot = int(OTHER) % path.max_subscribers
+        assert path.slots_map[path.slots_map.Key(slot)].address == qos._u32(int(first))
+        for address, priority, mac in ((first, 0x10005, MAC_A), (OTHER, 0x10006, MAC_B)):
+            frame = build_frame(IF_MAC, IF_MAC, b"", SERVER, address, 5001, bytes(64),
+                                src_port=5001)
+            r = run_tc(path._fds["qos_down"], frame)
+            assert (r.action, r.priority, r.frame[:6]) == (TC_ACT_OK, priority, mac)
+            assert path.counters(int(address)).packets_down == 1
+        path.delete(int(first))  # its slot is cleared: OTHER is still found, by the hash
+        assert not path.slots_map[path.slots_map.Key(slot)].used
+        frame = build_frame(IF_MAC, IF_MAC, b"", SERVER, OTHER, 5001, bytes(64), src_port=5001)
+        assert run_tc(path._fds["qos_down"], frame).priority == 0x10006
+        assert run_tc(path._fds["qos_up"], _udp(OTHER, SERVER, src_mac=MAC_B)).action \
+            == TC_ACT_REDIRECT
+    finally:
+        for address in (first, OTHER):
+            path.delete(int(address))
+
+
+def test_slots_give_a_session_its_own_slot_when_free() -> None:
+    slots = qos.Slots(8, {3})
+    assert [slots.take(5), slots.take(5), slots.take(3), slots.take()] == [5, 0, 1, 2]
+    slots.release(5)
+    assert slots.take(5) == 5 and slots.take() == 4
 
 
 # --- ARP (XDP) ----------------------------------------------------------------------------

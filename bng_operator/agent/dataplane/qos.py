@@ -31,6 +31,7 @@ from bng_operator.agent.dataplane.loader import (
     bpf_mount_of,
     pinned_program,
 )
+from bng_operator.agent.qos.jiffies import clock, to_monotonic_ns
 from bng_operator.agent.qos.plan import Access
 
 SOURCE = Path(BPF_DIR) / "access_qos.c"
@@ -38,7 +39,7 @@ PROGRAMS = {"egress": "qos_down", "ingress": "qos_up"}
 GROUP_FILTER = "qos_group"  # on each HTB root: classic cls_bpf, returns the class id
 ARP_PROGRAM = "access_arp"  # XDP, in slot ACCESS_NEXT_ARP of access_next
 ACCESS_NEXT_ARP = 0
-MAPS = ("qos_sessions", "qos_counters", "access_interfaces", "qos_stats")
+MAPS = ("qos_sessions", "qos_slots", "qos_counters", "access_interfaces", "qos_stats")
 # enum qos_stat, in order.
 STATS = ("down_shaped", "down_not_ipv4", "down_unknown", "up_shaped", "up_not_ipv4",
          "up_no_ifb", "up_dhcp", "down_no_session", "spoof_source",
@@ -48,16 +49,28 @@ QOS_INTERFACES = 64
 
 
 class Slots:
-    """Free slots of the counters array, lowest first."""
+    """Free slots of the counters array (and of qos_slots): the one asked for if free,
+    else the lowest."""
 
     def __init__(self, size: int, taken: set[int]) -> None:
-        self._free = [i for i in range(size) if i not in taken]  # already a heap: sorted
+        self._free = set(range(size)) - taken
+        self._heap = sorted(self._free)  # a heap; entries no longer free are skipped
 
-    def take(self) -> int | None:
-        return heapq.heappop(self._free) if self._free else None
+    def take(self, wanted: int | None = None) -> int | None:
+        if wanted is not None and wanted in self._free:
+            self._free.discard(wanted)
+            return wanted
+        while self._heap:
+            slot = heapq.heappop(self._heap)
+            if slot in self._free:
+                self._free.discard(slot)
+                return slot
+        return None
 
     def release(self, slot: int) -> None:
-        heapq.heappush(self._free, slot)
+        if slot not in self._free:
+            self._free.add(slot)
+            heapq.heappush(self._heap, slot)
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,7 @@ class Counters:
     bytes_down: int = 0
     packets_up: int = 0
     bytes_up: int = 0
-    last_seen_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns); 0: never
+    last_seen_ns: int = 0  # CLOCK_MONOTONIC (from the programs' jiffies); 0: never
 
 
 def _u32(address: int) -> int:
@@ -93,6 +106,7 @@ class QosPath:
         self.obj = BPFObject(SOURCE, cflags=cflags, pins=pins)
         self.adopted = "qos_sessions" in self.obj.adopted
         self.sessions = self.obj.map("qos_sessions")
+        self.slots_map = self.obj.map("qos_slots")
         self.counters_map = self.obj.map("qos_counters")
         self.interfaces = self.obj.map("access_interfaces")
         self.stats_map = self.obj.map("qos_stats")
@@ -166,24 +180,40 @@ class QosPath:
         leaf.routed = int(a.routed)
         slot = self._slot_of.get(address)
         if slot is None:
-            slot = self._slots.take()
+            # its own slot (the programs look there first), else any: then found by the hash
+            slot = self._slots.take(address % self.max_subscribers)
             if slot is None:
                 raise DataplaneError(f"no counter slot left for {address} (the maps hold "
                                      f"{self.max_subscribers} sessions)")
             self.counters_map[self.counters_map.Key(slot)] = self.counters_map.Leaf()
             self._slot_of[address] = slot
         leaf.slot = slot
+        leaf.address = key.value
         self.sessions[key] = leaf
+        # The hash first: a packet that meets the slot mid-write (an array entry is written
+        # in place) at worst misses it, and finds the hash's whole entry.
+        leaf.used = 1
+        self.slots_map[self.slots_map.Key(slot)] = leaf
 
     def delete(self, address: int) -> Counters:
         """Forget ``address``; returns its last counters."""
         last = self.counters(address)
+        slot = self._slot_of.pop(address, None)
+        if slot is not None:  # the slot first: the programs must not find it there alone
+            self.slots_map[self.slots_map.Key(slot)] = self.slots_map.Leaf()
         with contextlib.suppress(KeyError):
             del self.sessions[self.sessions.Key(_u32(address))]
-        slot = self._slot_of.pop(address, None)
         if slot is not None:
             self._slots.release(slot)
         return last
+
+    def clear(self) -> None:
+        """Forget every session (the slots before the hash, as delete does)."""
+        self.slots_map.clear()
+        self.sessions.clear()
+        self.counters_map.clear()
+        self._slot_of.clear()
+        self._slots = Slots(self.max_subscribers, set())
 
     def installed(self) -> dict[int, int]:
         """address -> HTB class id of every session in the maps (adopted ones too; 0:
@@ -200,7 +230,7 @@ class QosPath:
                         sum(int(c.bytes_down) for c in per_cpu),
                         sum(int(c.packets_up) for c in per_cpu),
                         sum(int(c.bytes_up) for c in per_cpu),
-                        max(int(c.last_seen_ns) for c in per_cpu))
+                        to_monotonic_ns(max(int(c.last_seen) for c in per_cpu), clock()))
 
     def counters(self, address: int) -> Counters:
         """``address``'s counters (zero without a session), by the slot its entry names:
