@@ -467,3 +467,101 @@ def test_a_session_past_the_roots_class_ids_is_shaped_in_its_group(
     finally:
         tc.close()
         p.close()
+
+
+# --- attaching: tcx links, or clsact without tcx --------------------------------------------
+
+
+def _tcx(ns: str, dev: str) -> dict[str, list[int]]:
+    from bng_operator import netlink
+    from bng_operator.agent.dataplane.loader import TCX_ATTACH_TYPES, tcx_program_ids
+
+    index = netlink.interface_info(dev, ns)[0]
+    with netlink.in_netns(ns):
+        return {d: tcx_program_ids(index, t) for d, t in TCX_ATTACH_TYPES.items()}
+
+
+def _qdiscs(ns: str, dev: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", dev],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_the_classifiers_are_pinned_tcx_links_adopted_swapped_and_removed(
+        two_hosts: tuple[str, str], bpffs: Path) -> None:
+    from bng_operator import netlink
+    from bng_operator.agent.dataplane.loader import program_id
+
+    ns_a, _ = two_hosts
+    root = bpffs / "bngtest-qos-tcx"
+    shutil.rmtree(root, ignore_errors=True)  # a crashed run's
+    subprocess.run(["ip", "netns", "exec", ns_a, "tc", "qdisc", "add", "dev", "a0", "clsact"],
+                   check=True)  # an older agent's: would run ours a second time
+    paths: list[qos.QosPath] = []
+    try:
+        p = qos.QosPath(max_subscribers=64, pin_root=root)
+        paths.append(p)
+        p.attach("a0", "bngu-a0", ns=ns_a)
+        ids = {d: [program_id(p._fds[fn])] for d, fn in qos.PROGRAMS.items()}
+        assert _tcx(ns_a, "a0") == ids
+        assert p.attached("a0", ns_a) and "clsact" not in _qdiscs(ns_a, "a0")
+        assert p.pin_dir is not None and (p.pin_dir / "tcx_a0_egress").exists()
+        p.close()  # the agent stops: the pinned links stay
+        assert _tcx(ns_a, "a0") == ids
+
+        again = qos.QosPath(max_subscribers=64, pin_root=root)  # restarted: adopts them
+        paths.append(again)
+        again.attach("a0", "bngu-a0", ns=ns_a)
+        assert _tcx(ns_a, "a0") == ids
+
+        new = qos.QosPath(max_subscribers=65, pin_root=root)  # another generation
+        paths.append(new)
+        assert new.generation != p.generation
+        new.attach("a0", "bngu-a0", ns=ns_a)  # swaps the program in the old link
+        assert _tcx(ns_a, "a0") == {d: [program_id(new._fds[fn])]
+                                    for d, fn in qos.PROGRAMS.items()}
+        assert new.remove_other_generations() == [p.generation]
+        assert new.attached("a0", ns_a)  # pinned by the new generation now
+
+        qos.remove(root, [("a0", "bngu-a0")], ns_a)
+        assert _tcx(ns_a, "a0") == {"ingress": [], "egress": []}
+        assert not new.attached("a0", ns_a) and not (root / "qos").exists()
+        assert netlink.tc_program_name("a0", "egress", ns_a) is None
+    finally:
+        for path in paths:
+            path.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_unpinned_link_goes_with_its_path(two_hosts: tuple[str, str]) -> None:
+    ns_a, _ = two_hosts
+    p = qos.QosPath(max_subscribers=64)
+    try:
+        p.attach("a0", "bngu-a0", ns=ns_a)
+        p.attach("a0", "bngu-a0", ns=ns_a)  # again: the same links, none added
+        assert [len(ids) for ids in _tcx(ns_a, "a0").values()] == [1, 1]
+    finally:
+        p.close()
+    assert _tcx(ns_a, "a0") == {"ingress": [], "egress": []}
+
+
+def test_without_tcx_the_classifiers_go_on_clsact(
+        two_hosts: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from bng_operator import netlink
+
+    ns_a, _ = two_hosts
+    monkeypatch.setattr(qos, "attach_tcx", lambda *_: None)  # what a kernel < 6.6 says
+    p = qos.QosPath(max_subscribers=64)
+    try:
+        p.attach("a0", "bngu-a0", ns=ns_a)
+        assert _tcx(ns_a, "a0") == {"ingress": [], "egress": []}
+        assert "clsact" in _qdiscs(ns_a, "a0")
+        assert netlink.tc_program_name("a0", "egress", ns_a) == "qos_down"
+        assert p.attached("a0", ns_a)
+        p.put(int(IPv4Address("10.9.0.2")), 0)  # routed, unshaped: still classified
+        subprocess.run(["ip", "netns", "exec", ns_a, "ping", "-c", "2", "-i", "0.2", "-W", "1",
+                        "10.9.0.2"], check=True, capture_output=True)
+        assert p.stats()["down_shaped"] >= 2
+    finally:
+        p.close()
+    qos.remove(Path("/nonexistent"), [("a0", "bngu-a0")], ns_a)
+    assert not p.attached("a0", ns_a) and "clsact" not in _qdiscs(ns_a, "a0")
