@@ -257,8 +257,15 @@ int qos_down(struct __sk_buff *skb)
         stat(QOS_DOWN_NOT_IPV4);
         return TC_ACT_OK;
     }
+    // Read in place when the header is in the linear part (always, but for a crafted skb):
+    // bpf_skb_load_bytes is a helper call a packet.
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct iphdr *iph = data + ETH_HLEN;
     __be32 dst = 0;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), &dst, 4))
+    if ((void *)(iph + 1) <= end)
+        dst = iph->daddr;
+    else if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), &dst, 4))
         return TC_ACT_OK;
     struct qos_session *s = qos_session_of(dst);
     if (!s) {
