@@ -504,6 +504,7 @@ def test_the_classifiers_are_pinned_tcx_links_adopted_swapped_and_removed(
         ids = {d: [program_id(p._fds[fn])] for d, fn in qos.PROGRAMS.items()}
         assert _tcx(ns_a, "a0") == ids
         assert p.attached("a0", ns_a) and "clsact" not in _qdiscs(ns_a, "a0")
+        assert qos.tc_program_name("a0", "egress", ns_a) == "qos_down"
         assert p.pin_dir is not None and (p.pin_dir / "tcx_a0_egress").exists()
         p.close()  # the agent stops: the pinned links stay
         assert _tcx(ns_a, "a0") == ids

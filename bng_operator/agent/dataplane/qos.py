@@ -228,7 +228,16 @@ class QosPath:
         return False
 
     def attached(self, ifname: str, ns: str | None = None) -> bool:
-        return all(tc_program_name(ifname, d, ns) == fn for d, fn in PROGRAMS.items())
+        """Whether this generation's classifiers classify ``ifname``: first on its tcx hooks
+        (by program id: naming one by its id needs CAP_SYS_ADMIN, which the agent lacks),
+        else on its clsact hooks (by name)."""
+        index = netlink.interface_info(ifname, ns)[0]
+        with netlink.in_netns(ns):
+            first = {d: tcx_program_ids(index, TCX_ATTACH_TYPES[d])[:1] for d in PROGRAMS}
+        if any(first.values()):
+            return all(first[d] == [program_id(self._fds[fn])] for d, fn in PROGRAMS.items())
+        return all(netlink.tc_program_name(ifname, d, ns) == fn  # type: ignore[arg-type]
+                   for d, fn in PROGRAMS.items())
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -338,7 +347,8 @@ class QosPath:
 
 def tc_program_name(ifname: str, direction: str, ns: str | None = None) -> str | None:
     """The name of the program classifying ``ifname``'s ``direction``: the first on its
-    tcx hook (the one whose verdict counts), else the clsact filter's; None: neither."""
+    tcx hook (the one whose verdict counts), else the clsact filter's; None: neither.
+    Naming a tcx program needs CAP_SYS_ADMIN (for tools and tests)."""
     index = netlink.interface_info(ifname, ns)[0]
     with netlink.in_netns(ns):
         ids = tcx_program_ids(index, TCX_ATTACH_TYPES[direction])
