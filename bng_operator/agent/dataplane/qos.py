@@ -12,10 +12,9 @@ The classifiers are tcx links (Linux 6.6+): a bpf() link per hook, pinned as
 (BPF_LINK_UPDATE). Unpinned (no ``pin_root``) a link lives as long as this object. On a
 kernel without tcx they are cls_bpf filters on a clsact qdisc, as before; with tcx any
 clsact qdisc on the access interface is removed (a cls_bpf program left there would run
-after ours whenever ours said "next"). The
-HTB classes themselves are tc objects (``netlink``); the caller makes them. The ARP
-program is reached by a tail call from the DHCP fast path, through
-``<pin_root>/access_next``.
+after ours whenever ours said "next"). The HTB classes themselves are tc objects
+(``netlink``); the caller makes them. The ARP program is reached by a tail call from the
+DHCP fast path, through ``<pin_root>/access_next``.
 """
 
 from __future__ import annotations
@@ -189,6 +188,8 @@ class QosPath:
                 if link_program_id(held) != program_id(prog_fd):
                     update_link(held, prog_fd)
                 return True
+            if held is not None:  # off its hook (the interface was made again): gone
+                os.close(self._links.pop((ns, name)))
             if self.pin_dir is not None and self._adopt_link(name, on_hook, prog_fd):
                 return True
             fd = attach_tcx(prog_fd, index, attach_type)
