@@ -4,12 +4,12 @@
     sudo .venv/bin/python bench/qos.py --json [--quick]
 
 Ours is what the agent makes per access interface: an HTB root, the classifier qos_down
-(bpf/access_qos.c) on clsact egress, which finds the session's class with one hash-map
-lookup by destination and names it in skb->priority, and per subscriber one HTB class
-(netlink.Tc.htb_class) and one map entry (QosPath.put). The peer is the classic Linux ISP
-shaper (LARTC's "hashing filters", what ISP shaping scripts build): the same HTB root and
-classes, classified by u32 filters in hash tables, one filter per subscriber
-pointing at its class. By default two levels: the root table hashes the third octet of the
+(bpf/access_qos.c) on tcx egress (clsact without tcx), which finds the session by
+destination (its array slot, else the hash) and names its class in skb->priority, and
+per subscriber one HTB class (netlink.Tc.htb_class) and one map entry (QosPath.put). The
+peer is the classic Linux ISP shaper (LARTC's "hashing filters", what ISP shaping scripts
+build): the same HTB root and classes, classified by u32 filters in hash tables, one filter
+per subscriber pointing at its class. By default two levels: the root table hashes the third octet of the
 destination to the /24's table, which hashes the last octet to a bucket holding that
 subscriber's one filter (``--peer-levels 1``: one table on the last octet, N/256 filters in
 a bucket). Download only, on both sides: the agent also makes each session an upload class
@@ -208,8 +208,7 @@ class Ours:
             self.tc.close()
             self.tc = None
         netlink.remove_shaping(ACCESS, self.stack.bng)
-        self.path.sessions.clear()
-        self.path.counters_map.clear()
+        self.path.clear()
 
     def prog_fd(self) -> int:
         return self.path.obj.load_tc("qos_down")  # loaded already: its fd
@@ -643,7 +642,7 @@ def main() -> int:
     }
     result["compares"] = (
         "download only on both sides (the agent also makes an upload class on the IFB per "
-        "session); ours: HTB + qos_down (one hash lookup) + Tc.htb_class/QosPath.put in "
+        "session); ours: HTB + qos_down (tcx; one array lookup) + Tc.htb_class/QosPath.put in "
         f"process; peer: HTB + u32 hashing filters ({a.peer_levels} level"
         f"{'s' if a.peer_levels == 2 else ''}), installed with tc")
     result["settings"] = {"rates_mbit": [r / 1e6 for r in rates], "seconds": seconds,

@@ -56,6 +56,24 @@ def route(ns: str | None = None) -> Iterator[Any]:
 # --- namespaces ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def in_netns(ns: str | None) -> Iterator[None]:
+    """The block with the calling thread in ``ns`` (None: where it is), then back: for
+    calls outside netlink that name an interface by ifindex (tcx's bpf())."""
+    if ns is None:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        netns.setns(ns, flags=0)
+        try:
+            yield
+        finally:
+            netns.setns(own)
+    finally:
+        os.close(own)
+
+
 def list_netns() -> list[str]:
     return sorted(netns.listnetns())
 
@@ -483,6 +501,19 @@ def htb_root_drops(ifname: str, ns: str | None = None) -> int:
                 stats = q.get_attr("TCA_STATS")
                 return int(stats["drop"]) if stats is not None else 0
     return 0
+
+
+def remove_clsact(ifname: str, ns: str | None = None) -> bool:
+    """Take the clsact qdisc (and every filter on it) off ``ifname``; True if there was
+    one."""
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        for q in ipr.get_qdiscs(idx):
+            if q.get_attr("TCA_KIND") == "clsact":
+                with contextlib.suppress(NetlinkError):
+                    ipr.tc("del", index=idx, handle=q["handle"], parent=q["parent"])
+                    return True
+    return False
 
 
 def remove_shaping(ifname: str, ns: str | None = None) -> None:

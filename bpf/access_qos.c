@@ -1,6 +1,6 @@
 // The access data path: subscriber traffic on the access interface, terminated here, with
 // no kernel subinterface and no neighbour entry per subscriber. Every program finds the
-// session with one lookup by the subscriber's address in qos_sessions.
+// session by the subscriber's address: in its slot of qos_slots, else in qos_sessions.
 //
 //   access_arp  XDP, tail-called by the DHCP fast path (lib/access.h) for ARP: a session's
 //               request for its gateway is answered in place (XDP_TX), on its tags, with
@@ -120,6 +120,17 @@ static __always_inline int same_tags(const struct tags *t, const struct qos_sess
            t->inner_vid == s->inner_vid;
 }
 
+// The session holding ``addr`` (network order), or NULL: its own slot if the session there
+// is it, else the hash (a session whose slot was taken by another's address).
+static __always_inline struct qos_session *qos_session_of(__be32 addr)
+{
+    __u32 idx = bpf_ntohl(addr) % MAX_SUBSCRIBERS;
+    struct qos_session *s = qos_slots.lookup(&idx);
+    if (s && s->used && s->address == addr)
+        return s;
+    return qos_sessions.lookup(&addr);
+}
+
 // --- ARP (XDP) ---------------------------------------------------------------------------
 
 static __always_inline int arp_verdict(struct xdp_md *ctx, __u32 stat_idx)
@@ -175,7 +186,7 @@ int access_arp(struct xdp_md *ctx)
     if ((void *)(arp + 1) > end)
         return arp_verdict(ctx, t.count ? QOS_ARP_DROPPED : QOS_ARP_PASSED);
     __be32 spa = arp->spa;
-    struct qos_session *s = qos_sessions.lookup(&spa);
+    struct qos_session *s = qos_session_of(spa);
     if (!s)
         return arp_verdict(ctx, t.count ? QOS_ARP_DROPPED : QOS_ARP_PASSED);
     // A session's: answered when it asks for its gateway as itself, else dropped (the
@@ -279,7 +290,11 @@ static __always_inline void count(struct __sk_buff *skb, struct qos_session *s, 
         c->packets_down += segs;
         c->bytes_down += bytes;
     }
-    c->last_seen_ns = bpf_ktime_get_coarse_ns();
+    // jiffies: a load of a variable (bpf_ktime_get_coarse_ns was a helper call a packet),
+    // stored only when it moved (one store a tick per CPU, not one a packet)
+    __u64 now = bpf_jiffies64();
+    if (c->last_seen != now)
+        c->last_seen = now;
 }
 
 static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
@@ -296,10 +311,17 @@ int qos_down(struct __sk_buff *skb)
         stat(QOS_DOWN_NOT_IPV4);
         return TC_ACT_OK;
     }
+    // Read in place when the header is in the linear part (always, but for a crafted skb):
+    // bpf_skb_load_bytes is a helper call a packet.
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct iphdr *iph = data + ETH_HLEN;
     __be32 dst = 0;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), &dst, 4))
+    if ((void *)(iph + 1) <= end)
+        dst = iph->daddr;
+    else if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), &dst, 4))
         return TC_ACT_OK;
-    struct qos_session *s = qos_sessions.lookup(&dst);
+    struct qos_session *s = qos_session_of(dst);
     if (!s) {
         // The access route's fixed neighbour has the interface's own MAC: a frame from it to
         // itself was routed to the subscribers, and no session has its address.
@@ -357,7 +379,7 @@ int qos_up(struct __sk_buff *skb)
         }
     }
     __be32 src = ip.saddr;
-    struct qos_session *s = qos_sessions.lookup(&src);
+    struct qos_session *s = qos_session_of(src);
     if (!s)
         return drop(skb, QOS_SPOOF_SOURCE);
     __u32 prio = s->up_class;

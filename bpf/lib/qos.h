@@ -28,9 +28,11 @@ struct qos_session {
     __u16 inner_vid;       // 0: one tag (or none)
     __u8 routed;           // 1: behind an L3 relay: its frames carry the relay's MAC, and
                            //   the kernel routes to it; its address is all that is checked
-    __u8 pad[3];
-    __u32 slot;            // its counters: the index into qos_counters (an array lookup is
-                           //   inlined; a second hash lookup cost ~600 ns a packet)
+    __u8 used;             // 1: an entry of qos_slots in use (0: a free slot)
+    __u8 pad[2];
+    __u32 slot;            // its counters: the index into qos_counters and qos_slots (an
+                           //   array lookup is inlined; a second hash lookup cost ~600 ns)
+    __be32 address;        // its own address: qos_slots is indexed by address, not keyed
 };
 
 // An access interface, by ifindex: its MAC (ARP answers) and its IFB (the upload's queue).
@@ -47,7 +49,8 @@ struct qos_counters {
     __u64 bytes_down;      // IP bytes as on the wire (every segment's headers; no Ethernet
     __u64 packets_up;      //   header, VLAN tags or FCS), counted before HTB: a packet HTB
     __u64 bytes_up;        //   drops is counted
-    __u64 last_seen_ns;    // CLOCK_MONOTONIC (coarse) of this CPU's last packet, either way
+    __u64 last_seen;       // jiffies (bpf_jiffies64) of this CPU's last packet, either way;
+                           //   the agent converts to CLOCK_MONOTONIC (agent/qos/jiffies.py)
 };
 
 // What the access data path did with a packet (index into qos_stats).
@@ -71,7 +74,13 @@ enum qos_stat {
     QOS_STATS_MAX,
 };
 
+// The sessions: the hash is the source of truth (adopted on restart); qos_slots holds each
+// session again at its counters slot, which is its address % MAX_SUBSCRIBERS whenever that
+// was free (a pool's addresses are contiguous: nearly always). Programs look there first:
+// an array lookup the verifier inlines, against a hash lookup's call and hashing
+// (qos_session_of in access_qos.c: BCC rewrites map calls in the main file only).
 BPF_TABLE("hash", __be32, struct qos_session, qos_sessions, MAX_SUBSCRIBERS);
+BPF_TABLE("array", __u32, struct qos_session, qos_slots, MAX_SUBSCRIBERS);
 BPF_TABLE("percpu_array", __u32, struct qos_counters, qos_counters, MAX_SUBSCRIBERS);
 BPF_TABLE("hash", __u32, struct access_interface, access_interfaces, QOS_INTERFACES);
 BPF_TABLE("percpu_array", __u32, __u64, qos_stats, QOS_STATS_MAX);

@@ -11,6 +11,7 @@ import re
 import shutil
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -49,6 +50,16 @@ def test_constants_agree_with_the_c_headers() -> None:
             int(re.search(rf"#define {name} (\S+)", h).group(1), 0) == value  # type: ignore[union-attr]
     access = (Path(BPF_DIR) / "lib" / "access.h").read_text()
     assert f"#define ACCESS_NEXT_ARP {qos.ACCESS_NEXT_ARP}" in access
+    assert re.findall(r'BPF_TABLE\("\w+", [^,]+, [^,]+, (\w+),', h) == list(qos.MAPS)
+
+
+def test_a_slot_holds_a_session_as_the_hash_does(path: qos.QosPath) -> None:
+    # qos_slots's entries are qos_sessions's values: 36 bytes per subscriber of capacity
+    # (docs/qos.md), written by put() from the one Leaf
+    assert path.slots_map.Leaf is path.sessions.Leaf or \
+        path.slots_map.Leaf._fields_ == path.sessions.Leaf._fields_
+    assert ctypes.sizeof(path.slots_map.Leaf) == 36
+    assert path.slots_map.max_entries == path.max_subscribers
 
 
 @pytest.mark.parametrize(("tags", "vlans"), [
@@ -147,7 +158,7 @@ def test_download_gets_the_sessions_mac_and_tags_and_its_class(
     assert _delta(path, before) == {"down_shaped": 1}
     c = path.counters(int(SUB))
     assert (c.packets_down, c.bytes_down, c.packets_up) == (1, len(frame) - 14, 0)  # IP bytes
-    assert c.last_seen_ns > 0
+    assert abs(c.last_seen_ns - time.monotonic_ns()) < 500_000_000  # jiffies, converted
     assert path.installed()[int(SUB)] == 0x10007
 
 
@@ -305,6 +316,37 @@ def test_a_removed_session_returns_its_counters_and_its_traffic_is_dropped(
     assert run_tc(path._fds["qos_up"], _udp(OTHER, SERVER)).action == TC_ACT_SHOT
 
 
+def test_a_session_whose_own_slot_is_taken_is_found_by_the_hash(path: qos.QosPath) -> None:
+    first = IPv4Address(int(OTHER) + 64 * 3)  # the same slot as OTHER's (64 slots)
+    path.put(int(first), 5, Access(mac=MAC_A, gateway=int(GATEWAY)))
+    path.put(int(OTHER), 6, Access(mac=MAC_B, gateway=int(GATEWAY)))
+    try:
+        slot = int(OTHER) % path.max_subscribers
+        assert path.slots_map[path.slots_map.Key(slot)].address == qos._u32(int(first))
+        for address, priority, mac in ((first, 0x10005, MAC_A), (OTHER, 0x10006, MAC_B)):
+            frame = build_frame(IF_MAC, IF_MAC, b"", SERVER, address, 5001, bytes(64),
+                                src_port=5001)
+            r = run_tc(path._fds["qos_down"], frame)
+            assert (r.action, r.priority, r.frame[:6]) == (TC_ACT_OK, priority, mac)
+            assert path.counters(int(address)).packets_down == 1
+        path.delete(int(first))  # its slot is cleared: OTHER is still found, by the hash
+        assert not path.slots_map[path.slots_map.Key(slot)].used
+        frame = build_frame(IF_MAC, IF_MAC, b"", SERVER, OTHER, 5001, bytes(64), src_port=5001)
+        assert run_tc(path._fds["qos_down"], frame).priority == 0x10006
+        assert run_tc(path._fds["qos_up"], _udp(OTHER, SERVER, src_mac=MAC_B)).action \
+            == TC_ACT_REDIRECT
+    finally:
+        for address in (first, OTHER):
+            path.delete(int(address))
+
+
+def test_slots_give_a_session_its_own_slot_when_free() -> None:
+    slots = qos.Slots(8, {3})
+    assert [slots.take(5), slots.take(5), slots.take(3), slots.take()] == [5, 0, 1, 2]
+    slots.release(5)
+    assert slots.take(5) == 5 and slots.take() == 4
+
+
 # --- ARP (XDP) ----------------------------------------------------------------------------
 
 
@@ -425,3 +467,102 @@ def test_a_session_past_the_roots_class_ids_is_shaped_in_its_group(
     finally:
         tc.close()
         p.close()
+
+
+# --- attaching: tcx links, or clsact without tcx --------------------------------------------
+
+
+def _tcx(ns: str, dev: str) -> dict[str, list[int]]:
+    from bng_operator import netlink
+    from bng_operator.agent.dataplane.loader import TCX_ATTACH_TYPES, tcx_program_ids
+
+    index = netlink.interface_info(dev, ns)[0]
+    with netlink.in_netns(ns):
+        return {d: tcx_program_ids(index, t) for d, t in TCX_ATTACH_TYPES.items()}
+
+
+def _qdiscs(ns: str, dev: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", dev],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_the_classifiers_are_pinned_tcx_links_adopted_swapped_and_removed(
+        two_hosts: tuple[str, str], bpffs: Path) -> None:
+    from bng_operator import netlink
+    from bng_operator.agent.dataplane.loader import program_id
+
+    ns_a, _ = two_hosts
+    root = bpffs / "bngtest-qos-tcx"
+    shutil.rmtree(root, ignore_errors=True)  # a crashed run's
+    subprocess.run(["ip", "netns", "exec", ns_a, "tc", "qdisc", "add", "dev", "a0", "clsact"],
+                   check=True)  # an older agent's: would run ours a second time
+    paths: list[qos.QosPath] = []
+    try:
+        p = qos.QosPath(max_subscribers=64, pin_root=root)
+        paths.append(p)
+        p.attach("a0", "bngu-a0", ns=ns_a)
+        ids = {d: [program_id(p._fds[fn])] for d, fn in qos.PROGRAMS.items()}
+        assert _tcx(ns_a, "a0") == ids
+        assert p.attached("a0", ns_a) and "clsact" not in _qdiscs(ns_a, "a0")
+        assert qos.tc_program_name("a0", "egress", ns_a) == "qos_down"
+        assert p.pin_dir is not None and (p.pin_dir / "tcx_a0_egress").exists()
+        p.close()  # the agent stops: the pinned links stay
+        assert _tcx(ns_a, "a0") == ids
+
+        again = qos.QosPath(max_subscribers=64, pin_root=root)  # restarted: adopts them
+        paths.append(again)
+        again.attach("a0", "bngu-a0", ns=ns_a)
+        assert _tcx(ns_a, "a0") == ids
+
+        new = qos.QosPath(max_subscribers=65, pin_root=root)  # another generation
+        paths.append(new)
+        assert new.generation != p.generation
+        new.attach("a0", "bngu-a0", ns=ns_a)  # swaps the program in the old link
+        assert _tcx(ns_a, "a0") == {d: [program_id(new._fds[fn])]
+                                    for d, fn in qos.PROGRAMS.items()}
+        assert new.remove_other_generations() == [p.generation]
+        assert new.attached("a0", ns_a)  # pinned by the new generation now
+
+        qos.remove(root, [("a0", "bngu-a0")], ns_a)
+        assert _tcx(ns_a, "a0") == {"ingress": [], "egress": []}
+        assert not new.attached("a0", ns_a) and not (root / "qos").exists()
+        assert netlink.tc_program_name("a0", "egress", ns_a) is None
+    finally:
+        for path in paths:
+            path.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_unpinned_link_goes_with_its_path(two_hosts: tuple[str, str]) -> None:
+    ns_a, _ = two_hosts
+    p = qos.QosPath(max_subscribers=64)
+    try:
+        p.attach("a0", "bngu-a0", ns=ns_a)
+        p.attach("a0", "bngu-a0", ns=ns_a)  # again: the same links, none added
+        assert [len(ids) for ids in _tcx(ns_a, "a0").values()] == [1, 1]
+    finally:
+        p.close()
+    assert _tcx(ns_a, "a0") == {"ingress": [], "egress": []}
+
+
+def test_without_tcx_the_classifiers_go_on_clsact(
+        two_hosts: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from bng_operator import netlink
+
+    ns_a, _ = two_hosts
+    monkeypatch.setattr(qos, "attach_tcx", lambda *_: None)  # what a kernel < 6.6 says
+    p = qos.QosPath(max_subscribers=64)
+    try:
+        p.attach("a0", "bngu-a0", ns=ns_a)
+        assert _tcx(ns_a, "a0") == {"ingress": [], "egress": []}
+        assert "clsact" in _qdiscs(ns_a, "a0")
+        assert netlink.tc_program_name("a0", "egress", ns_a) == "qos_down"
+        assert p.attached("a0", ns_a)
+        p.put(int(IPv4Address("10.9.0.2")), 0)  # routed, unshaped: still classified
+        subprocess.run(["ip", "netns", "exec", ns_a, "ping", "-c", "2", "-i", "0.2", "-W", "1",
+                        "10.9.0.2"], check=True, capture_output=True)
+        assert p.stats()["down_shaped"] >= 2
+    finally:
+        p.close()
+    qos.remove(Path("/nonexistent"), [("a0", "bngu-a0")], ns_a)
+    assert not p.attached("a0", ns_a) and "clsact" not in _qdiscs(ns_a, "a0")

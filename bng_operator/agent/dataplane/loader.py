@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import threading
 from collections.abc import Mapping
@@ -262,6 +263,85 @@ def program_exists(prog_id: int) -> bool:
         os.close(fd)
         return True
     return False
+
+
+# --- tcx: tc programs as BPF links (Linux 6.6+) ----------------------------------------------
+
+# enum bpf_attach_type (include/uapi/linux/bpf.h)
+BPF_TCX_INGRESS, BPF_TCX_EGRESS = 46, 47
+TCX_ATTACH_TYPES = {"ingress": BPF_TCX_INGRESS, "egress": BPF_TCX_EGRESS}
+# What BPF_LINK_CREATE says on a kernel without tcx (an unknown attach type, no
+# CONFIG_NET_XGRESS): the caller falls back to a clsact qdisc.
+_NO_TCX = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.E2BIG}
+_PROG_INFO_NAME = slice(64, 80)  # struct bpf_prog_info: name[BPF_OBJ_NAME_LEN]
+_LINK_INFO_PROG_ID = slice(8, 12)  # struct bpf_link_info: type, id, prog_id
+
+_link_create = libbcc.lib.bpf_link_create
+_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_link_update = libbcc.lib.bpf_link_update
+_link_update.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_link_detach = libbcc.lib.bpf_link_detach
+_link_detach.argtypes = [ctypes.c_int]
+_prog_query = libbcc.lib.bpf_prog_query
+_prog_query.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint32,
+                        ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
+                        ctypes.POINTER(ctypes.c_uint32)]
+
+
+def attach_tcx(prog_fd: int, ifindex: int, attach_type: int) -> int | None:
+    """A tcx link of the program ``prog_fd`` on ``ifindex`` (of the calling thread's
+    namespace), appended after any there; its fd (closing the last fd of an unpinned link
+    detaches it). None: this kernel has no tcx."""
+    fd = int(_link_create(prog_fd, ifindex, attach_type, None))
+    if fd >= 0:
+        return fd
+    if -fd in _NO_TCX:
+        return None
+    raise DataplaneError(f"attaching a tcx link on ifindex {ifindex}: {os.strerror(-fd)}")
+
+
+def update_link(link_fd: int, prog_fd: int) -> None:
+    """Swap the link's program for ``prog_fd`` in one step (BPF_LINK_UPDATE): no moment
+    without one."""
+    rc = int(_link_update(link_fd, prog_fd, None))
+    if rc != 0:
+        raise DataplaneError(f"updating BPF link fd {link_fd}: {os.strerror(-rc)}")
+
+
+def detach_link(link_fd: int) -> None:
+    """Detach the link now, whoever else holds or pins it (BPF_LINK_DETACH)."""
+    rc = int(_link_detach(link_fd))
+    if rc != 0 and -rc != errno.ENOLINK:  # ENOLINK: its interface is gone, so is it
+        raise DataplaneError(f"detaching BPF link fd {link_fd}: {os.strerror(-rc)}")
+
+
+def link_program_id(link_fd: int) -> int:
+    """The id of the program the link ``link_fd`` runs (0: detached)."""
+    raw = _prog_info(link_fd)
+    return int.from_bytes(raw[_LINK_INFO_PROG_ID], "little")
+
+
+def tcx_program_ids(ifindex: int, attach_type: int) -> list[int]:
+    """The programs on ``ifindex``'s tcx hook (of the calling thread's namespace), in the
+    order they run; [] without tcx."""
+    ids = (ctypes.c_uint32 * 64)()
+    count, flags = ctypes.c_uint32(len(ids)), ctypes.c_uint32(0)
+    rc = int(_prog_query(ifindex, attach_type, 0, ctypes.byref(flags), ids,
+                         ctypes.byref(count)))
+    if rc != 0:
+        return []
+    return list(ids[: count.value])
+
+
+def program_name(prog_id: int) -> str | None:
+    """The name of the program with this id (as loaded: 15 characters at most), or None."""
+    fd = int(libbcc.lib.bpf_prog_get_fd_by_id(ctypes.c_uint(prog_id)))
+    if fd < 0:
+        return None
+    try:
+        return _prog_info(fd)[_PROG_INFO_NAME].split(b"\0", 1)[0].decode()
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -3,11 +3,18 @@ interfaces, and keep its maps: each bound session's L2 (MAC, VLAN tags), its HTB
 its counters.
 
 Pinned (``pin_root`` given), the maps of one program generation live in
-``<pin_root>/qos/<generation>/`` with the programs, so a restarted agent adopts them: the
-programs stay attached, the HTB classes stay in the kernel, and the counters go on. The
-HTB classes themselves are tc objects (``netlink``); the caller makes them. The ARP
-program is reached by a tail call from the DHCP fast path, through
-``<pin_root>/access_next``.
+``<pin_root>/qos/<generation>/`` with the programs and the tcx links, so a restarted agent
+adopts them: the programs stay attached, the HTB classes stay in the kernel, and the
+counters go on.
+
+The classifiers are tcx links (Linux 6.6+): a bpf() link per hook, pinned as
+``tcx_<interface>_<direction>``, where a new generation swaps the program in place
+(BPF_LINK_UPDATE). Unpinned (no ``pin_root``) a link lives as long as this object. On a
+kernel without tcx they are cls_bpf filters on a clsact qdisc, as before; with tcx any
+clsact qdisc on the access interface is removed (a cls_bpf program left there would run
+after ours whenever ours said "next"). The HTB classes themselves are tc objects
+(``netlink``); the caller makes them. The ARP program is reached by a tail call from the
+DHCP fast path, through ``<pin_root>/access_next``.
 """
 
 from __future__ import annotations
@@ -27,12 +34,23 @@ from bng_operator.agent.dataplane.fastpath import generation, sweep_generations
 from bng_operator.agent.dataplane.flows import flow_pins
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
+    TCX_ATTACH_TYPES,
     BPFObject,
     DataplaneError,
+    attach_tcx,
     bpf_mount_of,
+    detach_link,
+    link_program_id,
+    pin_fd,
+    pinned_fd,
     pinned_program,
+    program_id,
+    program_name,
+    tcx_program_ids,
+    update_link,
 )
 from bng_operator.agent.dataplane.names import QOS_STATS
+from bng_operator.agent.qos.jiffies import clock, to_monotonic_ns
 from bng_operator.agent.qos.plan import Access
 
 SOURCE = Path(BPF_DIR) / "access_qos.c"
@@ -40,22 +58,34 @@ PROGRAMS = {"egress": "qos_down", "ingress": "qos_up"}
 GROUP_FILTER = "qos_group"  # on each HTB root: classic cls_bpf, returns the class id
 ARP_PROGRAM = "access_arp"  # XDP, in slot ACCESS_NEXT_ARP of access_next
 ACCESS_NEXT_ARP = 0
-MAPS = ("qos_sessions", "qos_counters", "access_interfaces", "qos_stats")
+MAPS = ("qos_sessions", "qos_slots", "qos_counters", "access_interfaces", "qos_stats")
 STATS = QOS_STATS  # enum qos_stat, in order
 QOS_INTERFACES = 64
 
 
 class Slots:
-    """Free slots of the counters array, lowest first."""
+    """Free slots of the counters array (and of qos_slots): the one asked for if free,
+    else the lowest."""
 
     def __init__(self, size: int, taken: set[int]) -> None:
-        self._free = [i for i in range(size) if i not in taken]  # already a heap: sorted
+        self._free = set(range(size)) - taken
+        self._heap = sorted(self._free)  # a heap; entries no longer free are skipped
 
-    def take(self) -> int | None:
-        return heapq.heappop(self._free) if self._free else None
+    def take(self, wanted: int | None = None) -> int | None:
+        if wanted is not None and wanted in self._free:
+            self._free.discard(wanted)
+            return wanted
+        while self._heap:
+            slot = heapq.heappop(self._heap)
+            if slot in self._free:
+                self._free.discard(slot)
+                return slot
+        return None
 
     def release(self, slot: int) -> None:
-        heapq.heappush(self._free, slot)
+        if slot not in self._free:
+            self._free.add(slot)
+            heapq.heappush(self._heap, slot)
 
 
 @dataclass(frozen=True)
@@ -68,7 +98,7 @@ class Counters:
     bytes_down: int = 0
     packets_up: int = 0
     bytes_up: int = 0
-    last_seen_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns); 0: never
+    last_seen_ns: int = 0  # CLOCK_MONOTONIC (from the programs' jiffies); 0: never
 
 
 def _u32(address: int) -> int:
@@ -92,6 +122,7 @@ class QosPath:
         self.obj = BPFObject(SOURCE, cflags=cflags, pins=pins)
         self.adopted = "qos_sessions" in self.obj.adopted
         self.sessions = self.obj.map("qos_sessions")
+        self.slots_map = self.obj.map("qos_slots")
         self.counters_map = self.obj.map("qos_counters")
         self.interfaces = self.obj.map("access_interfaces")
         self.stats_map = self.obj.map("qos_stats")
@@ -102,6 +133,7 @@ class QosPath:
         self._slots = Slots(max_subscribers, set(self._slot_of.values()))
         self._fds: dict[str, int] = {}
         self._own: list[int] = []
+        self._links: dict[tuple[str | None, str], int] = {}  # unpinned tcx links, ours
         for fn in (*PROGRAMS.values(), GROUP_FILTER):
             self._fds[fn] = self._program(fn, xdp=False)
         self._fds[ARP_PROGRAM] = self._program(ARP_PROGRAM, xdp=True)
@@ -135,11 +167,75 @@ class QosPath:
         for dev in (ifname, ifb):
             netlink.attach_class_filter(dev, self._fds[GROUP_FILTER], GROUP_FILTER, ns)
         routed = netlink.route_access_subnets(ifname, subnets or [], ns)
-        for direction, fn in PROGRAMS.items():
-            netlink.attach_tc(ifname, self._fds[fn], direction, fn, ns)  # type: ignore[arg-type]
+        hooks = {self._attach_tcx(ifname, index, direction, fn, ns)
+                 for direction, fn in PROGRAMS.items()}
+        if hooks == {True}:
+            netlink.remove_clsact(ifname, ns)  # after ours are on: never a moment without
         return routed
 
+    def _attach_tcx(self, ifname: str, index: int, direction: str, fn: str,
+                    ns: str | None) -> bool:
+        """``fn`` on ``ifname``'s ``direction`` as a tcx link: the one pinned for it (by this
+        generation or an older one: its program swapped in place), else a new one. On a
+        kernel without tcx, on clsact instead; False then."""
+        prog_fd, attach_type = self._fds[fn], TCX_ATTACH_TYPES[direction]
+        name = f"tcx_{ifname}_{direction}"
+        with netlink.in_netns(ns):
+            on_hook = set(tcx_program_ids(index, attach_type))
+            held = self._links.get((ns, name))
+            if held is not None and link_program_id(held) in on_hook:
+                if link_program_id(held) != program_id(prog_fd):
+                    update_link(held, prog_fd)
+                return True
+            if held is not None:  # off its hook (the interface was made again): gone
+                os.close(self._links.pop((ns, name)))
+            if self.pin_dir is not None and self._adopt_link(name, on_hook, prog_fd):
+                return True
+            fd = attach_tcx(prog_fd, index, attach_type)
+        if fd is None:
+            netlink.attach_tc(ifname, prog_fd, direction, fn, ns)  # type: ignore[arg-type]
+            return False
+        if self.pin_dir is None:
+            self._links[(ns, name)] = fd
+            return True
+        try:
+            pin_fd(fd, self.pin_dir / name)
+        finally:
+            os.close(fd)  # the pin holds it
+        return True
+
+    def _adopt_link(self, name: str, on_hook: set[int], prog_fd: int) -> bool:
+        """Take over the link pinned as ``name`` by this generation or an older one, if it
+        is still on its hook: this program in it, pinned here (the old pin goes with its
+        generation's sweep). Stale pins (the interface was made again) are removed."""
+        assert self.pin_dir is not None
+        mine = self.pin_dir / name
+        for pin in sorted(self.pin_dir.parent.glob(f"*/{name}"), key=lambda p: p != mine):
+            fd = pinned_fd(pin)
+            if fd is None:
+                continue
+            try:
+                if link_program_id(fd) not in on_hook:
+                    pin.unlink(missing_ok=True)
+                    continue
+                if link_program_id(fd) != program_id(prog_fd):
+                    update_link(fd, prog_fd)
+                if pin != mine:
+                    pin_fd(fd, mine)
+                return True
+            finally:
+                os.close(fd)
+        return False
+
     def attached(self, ifname: str, ns: str | None = None) -> bool:
+        """Whether this generation's classifiers classify ``ifname``: first on its tcx hooks
+        (by program id: naming one by its id needs CAP_SYS_ADMIN, which the agent lacks),
+        else on its clsact hooks (by name)."""
+        index = netlink.interface_info(ifname, ns)[0]
+        with netlink.in_netns(ns):
+            first = {d: tcx_program_ids(index, TCX_ATTACH_TYPES[d])[:1] for d in PROGRAMS}
+        if any(first.values()):
+            return all(first[d] == [program_id(self._fds[fn])] for d, fn in PROGRAMS.items())
         return all(netlink.tc_program_name(ifname, d, ns) == fn  # type: ignore[arg-type]
                    for d, fn in PROGRAMS.items())
 
@@ -165,24 +261,40 @@ class QosPath:
         leaf.routed = int(a.routed)
         slot = self._slot_of.get(address)
         if slot is None:
-            slot = self._slots.take()
+            # its own slot (the programs look there first), else any: then found by the hash
+            slot = self._slots.take(address % self.max_subscribers)
             if slot is None:
                 raise DataplaneError(f"no counter slot left for {address} (the maps hold "
                                      f"{self.max_subscribers} sessions)")
             self.counters_map[self.counters_map.Key(slot)] = self.counters_map.Leaf()
             self._slot_of[address] = slot
         leaf.slot = slot
+        leaf.address = key.value
         self.sessions[key] = leaf
+        # The hash first: a packet that meets the slot mid-write (an array entry is written
+        # in place) at worst misses it, and finds the hash's whole entry.
+        leaf.used = 1
+        self.slots_map[self.slots_map.Key(slot)] = leaf
 
     def delete(self, address: int) -> Counters:
         """Forget ``address``; returns its last counters."""
         last = self.counters(address)
+        slot = self._slot_of.pop(address, None)
+        if slot is not None:  # the slot first: the programs must not find it there alone
+            self.slots_map[self.slots_map.Key(slot)] = self.slots_map.Leaf()
         with contextlib.suppress(KeyError):
             del self.sessions[self.sessions.Key(_u32(address))]
-        slot = self._slot_of.pop(address, None)
         if slot is not None:
             self._slots.release(slot)
         return last
+
+    def clear(self) -> None:
+        """Forget every session (the slots before the hash, as delete does)."""
+        self.slots_map.clear()
+        self.sessions.clear()
+        self.counters_map.clear()
+        self._slot_of.clear()
+        self._slots = Slots(self.max_subscribers, set())
 
     def installed(self) -> dict[int, int]:
         """address -> HTB class id of every session in the maps (adopted ones too; 0:
@@ -199,7 +311,7 @@ class QosPath:
                         sum(int(c.bytes_down) for c in per_cpu),
                         sum(int(c.packets_up) for c in per_cpu),
                         sum(int(c.bytes_up) for c in per_cpu),
-                        max(int(c.last_seen_ns) for c in per_cpu))
+                        to_monotonic_ns(max(int(c.last_seen) for c in per_cpu), clock()))
 
     def counters(self, address: int) -> Counters:
         """``address``'s counters (zero without a session), by the slot its entry names:
@@ -224,16 +336,38 @@ class QosPath:
         return sweep_generations(self.pin_dir)
 
     def close(self) -> None:
-        """Free this process's handles. Pins, classifiers and classes stay."""
-        for fd in self._own:
+        """Free this process's handles. Pins, pinned (or clsact) classifiers and classes
+        stay; unpinned tcx links go."""
+        for fd in (*self._own, *self._links.values()):
             os.close(fd)
         self._own.clear()
+        self._links.clear()
         self.obj.close(keep=True)
 
 
+def tc_program_name(ifname: str, direction: str, ns: str | None = None) -> str | None:
+    """The name of the program classifying ``ifname``'s ``direction``: the first on its
+    tcx hook (the one whose verdict counts), else the clsact filter's; None: neither.
+    Naming a tcx program needs CAP_SYS_ADMIN (for tools and tests)."""
+    index = netlink.interface_info(ifname, ns)[0]
+    with netlink.in_netns(ns):
+        ids = tcx_program_ids(index, TCX_ATTACH_TYPES[direction])
+        if ids:
+            return program_name(ids[0])
+    return netlink.tc_program_name(ifname, direction, ns)  # type: ignore[arg-type]
+
+
 def remove(pin_root: Path, interfaces: list[tuple[str, str]], ns: str | None = None) -> None:
-    """Take the access data path away: the HTB roots and classifiers from each (interface,
-    IFB), the IFBs, the access routes, and the pins."""
+    """Take the access data path away: the HTB roots and classifiers (tcx links, clsact)
+    from each (interface, IFB), the IFBs, the access routes, and the pins."""
+    for ifname, _ in interfaces:
+        for pin in (pin_root / "qos").glob(f"*/tcx_{ifname}_*"):
+            fd = pinned_fd(pin)
+            if fd is not None:
+                try:
+                    detach_link(fd)  # now, even if a process still holds it
+                finally:
+                    os.close(fd)
     for ifname, ifb in interfaces:
         netlink.remove_shaping(ifname, ns)
         netlink.unroute_access_subnets(ifname, ns)
