@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Flows per second the agent's Hubble API serves to Cilium's hubble CLI (issue 18).
 
-    sudo .venv/bin/python -m bench.observe --json
+    sudo .venv/bin/python bench/observe.py --json
 
 The agent's own server (bng_operator/agent/observe/hubble.py) on loopback, its FlowHub
 filled with --flows flows of the kinds the node reports (fast-path ACKs, slow-path OFFERs,

@@ -2,7 +2,7 @@
 """New sessions/s with RADIUS authentication (FreeRADIUS 3.2 on the node's loopback) against
 the same run without, and whether accounting keeps up with its load (issue 17).
 
-    sudo .venv/bin/python bench/radius.py --json
+    sudo .venv/bin/python -m bench.radius --json     # from the repository: it imports bench.dhcp
 
 One site (bench/dhcp.py's: perfdhcp as a relay in front of the bng namespace), one
 FreeRADIUS in the bng namespace (bng_lab/radius.py, as the e2e tests run it; it accepts
