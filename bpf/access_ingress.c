@@ -464,7 +464,7 @@ static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
         return;
     }
     __builtin_memset(ev, 0, sizeof(*ev));
-    ev->ktime_ns = bpf_ktime_get_ns();
+    ev->jiffies = bpf_jiffies64();
     ev->ifindex = ctx->ingress_ifindex;
     ev->source = FLOW_SRC_DHCP;
     ev->reason = *why;

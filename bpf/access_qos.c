@@ -91,7 +91,7 @@ static __always_inline void flow_drop_skb(struct __sk_buff *skb, __u32 reason)
 {
 #if FLOW_EVENTS
     struct flow_event ev = {};
-    ev.ktime_ns = bpf_ktime_get_ns();
+    ev.jiffies = bpf_jiffies64();
     ev.ifindex = skb->ifindex;
     ev.source = FLOW_SRC_ACCESS;
     ev.verdict = FLOW_DROPPED;
@@ -141,7 +141,7 @@ static __always_inline int arp_verdict(struct xdp_md *ctx, __u32 stat_idx)
 #if FLOW_EVENTS
     if (observed()) {
         struct flow_event ev = {};
-        ev.ktime_ns = bpf_ktime_get_ns();
+        ev.jiffies = bpf_jiffies64();
         ev.ifindex = ctx->ingress_ifindex;
         ev.source = FLOW_SRC_ACCESS;
         ev.verdict = FLOW_DROPPED;

@@ -120,7 +120,7 @@ static __always_inline void flow_nat(struct __sk_buff *skb, __u8 verdict, __u32 
 {
 #if FLOW_EVENTS
     struct flow_event ev = {};
-    ev.ktime_ns = bpf_ktime_get_ns();
+    ev.jiffies = bpf_jiffies64();
     ev.ifindex = skb->ifindex;
     ev.source = FLOW_SRC_NAT;
     ev.verdict = verdict;

@@ -35,7 +35,9 @@ enum flow_point {
 };
 
 struct flow_event {
-    __u64 ktime_ns;        // bpf_ktime_get_ns(): CLOCK_MONOTONIC
+    __u64 jiffies;         // bpf_jiffies64(): an inlined load; a clock helper (~40 ns a
+                           //   call here) cost more than the rest of the event. The agent
+                           //   turns it into wall time, to a tick (4 ms at HZ=250)
     __u32 ifindex;
     __u8 source;           // enum flow_source
     __u8 verdict;          // enum flow_verdict

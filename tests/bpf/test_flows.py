@@ -26,7 +26,7 @@ from tests.bpf.test_qos import DOT1Q, IF_MAC, LO, OTHER, SERVER, TC_ACT_SHOT, _u
 
 HEADER = Path(BPF_DIR) / "lib" / "flow.h"
 # struct flow_event's fields, in the order of flow.EVENT's format
-FIELDS = ("ktime_ns", "ifindex", "source", "verdict", "point", "reason", "src_mac", "dst_mac",
+FIELDS = ("jiffies", "ifindex", "source", "verdict", "point", "reason", "src_mac", "dst_mac",
           "vlan_outer", "vlan_inner", "saddr", "daddr", "sport", "dport", "proto", "dhcp_type",
           "pad", "dhcp_yiaddr", "xid", "xlated_addr", "xlated_port", "pad2")
 
@@ -77,7 +77,7 @@ def root(bpffs: Path) -> Iterator[Path]:
 def _events(got: queue.Queue[bytes], n: int, timeout: float = 2.0) -> list[flow.Flow]:
     out = []
     for _ in range(n):
-        out.append(from_kernel(got.get(timeout=timeout), 0))
+        out.append(from_kernel(got.get(timeout=timeout), int))
     return out
 
 

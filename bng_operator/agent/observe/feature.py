@@ -21,6 +21,8 @@ from bng_operator import __version__
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.agent.observe.flow import Flow, from_kernel
 from bng_operator.agent.observe.hub import FlowHub
+from bng_operator.agent.qos.jiffies import clock as jiffy_clock
+from bng_operator.agent.qos.jiffies import to_monotonic_ns
 from bng_operator.agent.report.subscribers import object_name
 from bng_operator.metrics import AgentMetrics
 
@@ -65,8 +67,9 @@ class ObserveFeature:
 
     def _on_kernel_event(self, raw: bytes) -> None:
         offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.monotonic_ns()
+        tick = jiffy_clock()
         try:
-            f = from_kernel(raw, offset)
+            f = from_kernel(raw, lambda j: to_monotonic_ns(j, tick) + offset)
         except (ValueError, IndexError):
             self.metrics.flow_events_undecoded.inc()
             return

@@ -8,6 +8,7 @@ tests/bpf/test_flows.py holds ``EVENT`` to the C layout.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -115,14 +116,14 @@ def reason_name(source: int, reason: int) -> str:
     return names[reason] if reason < len(names) else f"reason_{reason}"
 
 
-def from_kernel(raw: bytes, wall_offset_ns: int) -> Flow:
-    """A kernel flow event; ``wall_offset_ns``: CLOCK_REALTIME - CLOCK_MONOTONIC.
+def from_kernel(raw: bytes, wall_ns: Callable[[int], int]) -> Flow:
+    """A kernel flow event; ``wall_ns`` turns the event's jiffies into wall-clock ns.
     Raises ValueError for an event of another layout or an unknown source."""
-    (ktime, ifindex, source, verdict, point, reason, src_mac, dst_mac, outer, inner, saddr,
+    (jiffies, ifindex, source, verdict, point, reason, src_mac, dst_mac, outer, inner, saddr,
      daddr, sport, dport, proto, dhcp_type, _, yiaddr, xid, xaddr, xport, _) = \
         EVENT.unpack_from(raw)
     return Flow(
-        time_ns=ktime + wall_offset_ns, source=Source(source), verdict=Verdict(verdict),
+        time_ns=wall_ns(jiffies), source=Source(source), verdict=Verdict(verdict),
         point=Point(point), reason=reason_name(source, reason), ifindex=ifindex,
         src_mac=_mac(src_mac), dst_mac=_mac(dst_mac),
         vlans=tuple(v for v in (outer, inner) if v), saddr=_ip(saddr), daddr=_ip(daddr),
