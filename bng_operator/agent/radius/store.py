@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +64,12 @@ class RadiusSession:
     identity: dict[str, str] = field(default_factory=dict)  # for a Stop after a restart
 
     def to_json(self) -> str:
-        d = asdict(self)
+        # Field by field, not asdict(): asdict deep-copies every value (29 us a call
+        # against 8 here), and every accounting record of a session writes its state.
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         d["classes"] = [c.hex() for c in self.classes]
+        if self.rates is not None:
+            d["rates"] = asdict(self.rates)
         return json.dumps(d)
 
     @classmethod
