@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from bng_lab.cache import built
+
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "bng"
 NAMESPACE = "bng-system"
@@ -24,13 +26,7 @@ class HelmMissing(RuntimeError):
 
 def helm_binary() -> Path:
     """The helm that hack/helm/build.sh builds into the cache."""
-    version = (REPO / "hack" / "helm" / "VERSION").read_text().strip()
-    cache = Path(os.environ.get("BNG_CACHE", Path.home() / ".cache" / "bng"))
-    helm = cache / f"helm-{version}" / "helm"
-    if not os.access(helm, os.X_OK):
-        raise HelmMissing(f"helm not found at {helm}. Build it with `make setup` (or "
-                          "`hack/helm/build.sh`); it needs Go and the Go module proxy.")
-    return helm
+    return built("helm", "helm-", ("helm",), HelmMissing) / "helm"
 
 
 def helm(*args: str, home: Path | None = None) -> str:

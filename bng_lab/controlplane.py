@@ -7,7 +7,6 @@ directory, writes a kubeconfig there, and kills both processes on ``stop()``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -20,8 +19,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bng_lab.cache import built
+
 REPO = Path(__file__).resolve().parents[1]
-VERSION_FILE = REPO / "hack" / "kube" / "VERSION"
 TOKEN = "bng-test-admin-token"
 
 
@@ -40,22 +40,9 @@ class ControlPlaneMissing(RuntimeError):
     """The binaries are not built: the message says how to get them."""
 
 
-def binaries_dir() -> Path:
-    version = VERSION_FILE.read_text().strip()
-    cache = Path(os.environ.get("BNG_CACHE", Path.home() / ".cache" / "bng"))
-    return cache / f"k8s-{version}"
-
-
 def find_binaries() -> tuple[Path, Path]:
-    d = binaries_dir()
-    apiserver, etcd = d / "kube-apiserver", d / "etcd"
-    missing = [p.name for p in (apiserver, etcd) if not os.access(p, os.X_OK)]
-    if missing:
-        raise ControlPlaneMissing(
-            f"{' and '.join(missing)} not found in {d}. Build them with `make setup` "
-            "(or `hack/kube/build.sh`); it needs Go and the Go module proxy."
-        )
-    return apiserver, etcd
+    d = built("kube", "k8s-", ("kube-apiserver", "etcd"), ControlPlaneMissing)
+    return d / "kube-apiserver", d / "etcd"
 
 
 def free_port() -> int:

@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from bng_lab.cache import built
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -20,13 +22,7 @@ class HubbleMissing(RuntimeError):
 
 def hubble_binary() -> Path:
     """The hubble CLI that hack/hubble/build.sh builds into the cache."""
-    version = (REPO / "hack" / "hubble" / "VERSION").read_text().strip()
-    cache = Path(os.environ.get("BNG_CACHE", Path.home() / ".cache" / "bng"))
-    binary = cache / f"hubble-v{version}" / "hubble"
-    if not os.access(binary, os.X_OK):
-        raise HubbleMissing(f"hubble not found at {binary}. Build it with `make setup` (or "
-                            "`hack/hubble/build.sh`); it needs Go and the Go module proxy.")
-    return binary
+    return built("hubble", "hubble-v", ("hubble",), HubbleMissing) / "hubble"
 
 
 def hubble(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from bng_lab.cache import built
 from bng_lab.netlab import NetLab
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,15 +34,7 @@ class PrometheusMissing(RuntimeError):
 
 def binary_dir() -> Path:
     """Where hack/prometheus/build.sh put prometheus and promtool."""
-    version = (REPO / "hack" / "prometheus" / "VERSION").read_text().strip()
-    cache = Path(os.environ.get("BNG_CACHE", Path.home() / ".cache" / "bng"))
-    d = cache / f"prometheus-{version}"
-    for name in ("prometheus", "promtool"):
-        if not os.access(d / name, os.X_OK):
-            raise PrometheusMissing(f"{name} not found in {d}. Build it with `make setup` (or "
-                                    "`hack/prometheus/build.sh`); it needs Go and the Go "
-                                    "module proxy.")
-    return d
+    return built("prometheus", "prometheus-", ("prometheus", "promtool"), PrometheusMissing)
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
