@@ -40,47 +40,42 @@ def _coa_client(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"{text!r}: want ADDRESS=SECRET[/KEY] ({e})") from e
 
 
-def _cmd_crds(args: argparse.Namespace) -> int:
-    from bng_operator.api.crd import crd_file_name, crds, render_yaml
-
-    rendered = {crd_file_name(c): render_yaml(c) for c in crds()}
+def _generated(args: argparse.Namespace, command: str, what: str, rendered: dict[str, str],
+               separator: str, extra_glob: str = "") -> int:
+    """Print ``rendered`` (file name -> text), or --write it to a directory, or --check
+    that directory holds exactly it (files matching ``extra_glob`` and not rendered count as
+    stale too)."""
     if args.write:
         args.write.mkdir(parents=True, exist_ok=True)
         for name, text in rendered.items():
             (args.write / name).write_text(text)
-        print(f"wrote {len(rendered)} CRDs to {args.write}/", file=sys.stderr)
+        print(f"wrote {len(rendered)} {what} to {args.write}/", file=sys.stderr)
     elif args.check:
         stale = [n for n, t in rendered.items()
                  if not (args.check / n).exists() or (args.check / n).read_text() != t]
+        if extra_glob:
+            stale += sorted(p.name for p in args.check.glob(extra_glob)
+                            if p.name not in rendered)
         if stale:
-            print(f"out of date: {', '.join(stale)}; run: bng crds --write {args.check}",
-                  file=sys.stderr)
+            print(f"out of date: {', '.join(stale)}; run: bng {command} --write "
+                  f"{args.check}", file=sys.stderr)
             return 1
     else:
-        sys.stdout.write("---\n".join(rendered.values()))
+        sys.stdout.write(separator.join(rendered.values()))
     return 0
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from bng_operator.api.crd import crd_file_name, crds, render_yaml
+
+    return _generated(args, "crds", "CRDs", {crd_file_name(c): render_yaml(c) for c in crds()},
+                      "---\n")
 
 
 def _cmd_dashboards(args: argparse.Namespace) -> int:
     from bng_operator.dashboards import render  # needs the dev dependency grafana-foundation-sdk
 
-    rendered = render()
-    if args.write:
-        args.write.mkdir(parents=True, exist_ok=True)
-        for name, text in rendered.items():
-            (args.write / name).write_text(text)
-        print(f"wrote {len(rendered)} dashboards to {args.write}/", file=sys.stderr)
-    elif args.check:
-        stale = [n for n, t in rendered.items()
-                 if not (args.check / n).exists() or (args.check / n).read_text() != t]
-        extra = sorted(p.name for p in args.check.glob("*.json") if p.name not in rendered)
-        if stale or extra:
-            print(f"out of date: {', '.join(stale + extra)}; run: bng dashboards --write "
-                  f"{args.check}", file=sys.stderr)
-            return 1
-    else:
-        sys.stdout.write("\n".join(rendered.values()))
-    return 0
+    return _generated(args, "dashboards", "dashboards", render(), "\n", extra_glob="*.json")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
