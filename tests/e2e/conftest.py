@@ -17,6 +17,18 @@ from bng_lab.site import Site
 SAMPLES = Path(__file__).resolve().parents[2] / "config" / "samples"
 
 # Plain clients (no option 82) land in the residential pool; relayed ones by giaddr.
+# The residential pool cut to five addresses (a /29 less network, gateway, broadcast): five
+# subscribers fill it, a sixth is refused.
+TINY_POOL = """apiVersion: bng.dev/v1alpha1
+kind: IPPool
+metadata: {name: residential}
+spec:
+  subnets: [{cidr: 100.64.0.0/29, gateway: 100.64.0.1}]
+  blockSize: 29
+  leaseTime: 1h
+  dns: [192.0.2.53]
+"""
+
 DEFAULT_CLASS = """
 apiVersion: bng.dev/v1alpha1
 kind: SubscriberClass

@@ -15,6 +15,7 @@ from bng_lab.capture import capture, dhcp_payloads
 from bng_lab.messages import relay82
 from bng_lab.site import Site, subscriber_mac
 from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, MessageType, Opt, walk_options
+from tests.e2e.conftest import TINY_POOL
 
 BUSINESS = ipaddress.ip_network("198.51.100.0/24")
 RESIDENTIAL = ipaddress.ip_network("100.64.0.0/20")
@@ -61,17 +62,6 @@ def test_two_classes_pick_two_pools_and_a_reservation_holds(make_site: Callable[
     assert acme.address == "198.51.100.10"  # the Subscriber acme-hq's reservation
     assert biz.routers == ("198.51.100.1",) and biz.server_id == "198.51.100.1"
     assert biz.domain == "biz.example.net"
-
-
-TINY_POOL = """apiVersion: bng.dev/v1alpha1
-kind: IPPool
-metadata: {name: residential}
-spec:
-  subnets: [{cidr: 100.64.0.0/29, gateway: 100.64.0.1}]
-  blockSize: 29
-  leaseTime: 1h
-  dns: [192.0.2.53]
-"""
 
 
 def test_exhaustion_sends_no_offer_and_says_so(make_site: Callable[..., Site],

@@ -14,7 +14,7 @@ import pytest
 from bng_lab import clients, prometheus
 from bng_lab.prometheus import RULES, Prometheus
 from bng_lab.site import INTERNET_ADDRESS, Site
-from tests.e2e.conftest import wait, wait_natted
+from tests.e2e.conftest import TINY_POOL, wait, wait_natted
 from tests.observability import (
     dashboard_queries,
     exported_names,
@@ -24,17 +24,6 @@ from tests.observability import (
     undefined,
 )
 
-# Five addresses (a /29 less network, gateway, broadcast): five subscribers fill it, a sixth
-# is refused.
-TINY_POOL = """apiVersion: bng.dev/v1alpha1
-kind: IPPool
-metadata: {name: residential}
-spec:
-  subnets: [{cidr: 100.64.0.0/29, gateway: 100.64.0.1}]
-  blockSize: 29
-  leaseTime: 1h
-  dns: [192.0.2.53]
-"""
 SUBSCRIBERS = 6
 
 # Metrics a query may find no series of on this site, and why. A labelled counter has no
