@@ -64,9 +64,6 @@ class KernelFlows:
         leaf.observers = int(on)
         self._ctl[key] = leaf
 
-    def watched(self) -> bool:
-        return bool(self._ctl[self._ctl.Key(0)].observers)
-
     def lost(self) -> int:
         """Events the programs could not write: the ring was full (the reader fell behind)."""
         return int(self._ctl[self._ctl.Key(0)].lost)

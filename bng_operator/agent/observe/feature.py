@@ -43,7 +43,6 @@ class ObserveFeature:
     peers: Callable[[], list[tuple[str, str]]] | None = None  # every node's Hubble address
     hub: FlowHub = field(init=False)
     kernel: Any = None  # dataplane.flows.KernelFlows, once loaded
-    problem: str = ""
     _server: Any = None
     _ifnames: dict[int, str] = field(default_factory=dict)
 
@@ -58,8 +57,8 @@ class ObserveFeature:
         try:
             self.kernel = KernelFlows(pin_root, self._on_kernel_event)
         except (DataplaneError, OSError) as e:
-            self.problem = f"flow events from the programs unavailable: {e}"
-            log.error("%s; the slow path's flows are still kept", self.problem)
+            log.error("flow events from the programs unavailable: %s; the slow path's flows "
+                      "are still kept", e)
             return False
         self.kernel.watch(self.hub.watching)
         self.metrics.watch_flows_lost(self.kernel.lost)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -29,8 +28,7 @@ Builder = tuple[Callable[..., Flow | None], tuple[Any, ...]]
 class FlowHub:
     def __init__(self, capacity: int = DEFAULT_CAPACITY, linger: float = DEFAULT_LINGER,
                  on_watch: Callable[[bool], None] = lambda on: None,
-                 on_observers: Callable[[int], None] = lambda n: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 on_observers: Callable[[int], None] = lambda n: None) -> None:
         self.capacity = capacity
         self.linger = linger
         self._ring: deque[Flow | Builder] = deque(maxlen=capacity)
@@ -41,11 +39,9 @@ class FlowHub:
         self._wake_pending = False
         self._on_watch = on_watch
         self._on_observers = on_observers
-        self._clock = clock
         self.observers = 0
         self._watching = False
         self._unwatch: asyncio.TimerHandle | None = None
-        self.lost_to_followers = 0  # flows a slow follower missed (the ring went round)
 
     # --- in --------------------------------------------------------------------------------
 
@@ -101,8 +97,7 @@ class FlowHub:
             at = self.seen if position is None else position
         try:
             while True:
-                flows, at, lost = self.since(at)
-                self.lost_to_followers += lost
+                flows, at, _ = self.since(at)
                 for f in flows:
                     yield f
                 ready.clear()
