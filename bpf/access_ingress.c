@@ -464,11 +464,8 @@ static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
         return;
     }
     __builtin_memset(ev, 0, sizeof(*ev));
-    ev->jiffies = bpf_jiffies64();
-    ev->ifindex = ctx->ingress_ifindex;
-    ev->source = FLOW_SRC_DHCP;
-    ev->reason = *why;
-    ev->verdict = verdict == XDP_TX || verdict == XDP_PASS ? FLOW_FORWARDED : FLOW_DROPPED;
+    flow_head(ev, ctx->ingress_ifindex, FLOW_SRC_DHCP,
+              verdict == XDP_TX || verdict == XDP_PASS ? FLOW_FORWARDED : FLOW_DROPPED, *why);
     ev->point = verdict == XDP_TX ? FLOW_TO_NETWORK : verdict == XDP_PASS ? FLOW_TO_STACK
                                                                           : FLOW_NONE;
     // The walk's message type is this packet's only once the walk ended (a reason past

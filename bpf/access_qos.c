@@ -91,11 +91,7 @@ static __always_inline void flow_drop_skb(struct __sk_buff *skb, __u32 reason)
 {
 #if FLOW_EVENTS
     struct flow_event ev = {};
-    ev.jiffies = bpf_jiffies64();
-    ev.ifindex = skb->ifindex;
-    ev.source = FLOW_SRC_ACCESS;
-    ev.verdict = FLOW_DROPPED;
-    ev.reason = reason;
+    flow_head(&ev, skb->ifindex, FLOW_SRC_ACCESS, FLOW_DROPPED, reason);
     flow_from_skb(skb, &ev);
     flow_send(&ev);
 #endif
@@ -141,11 +137,7 @@ static __always_inline int arp_verdict(struct xdp_md *ctx, __u32 stat_idx)
 #if FLOW_EVENTS
     if (observed()) {
         struct flow_event ev = {};
-        ev.jiffies = bpf_jiffies64();
-        ev.ifindex = ctx->ingress_ifindex;
-        ev.source = FLOW_SRC_ACCESS;
-        ev.verdict = FLOW_DROPPED;
-        ev.reason = stat_idx;
+        flow_head(&ev, ctx->ingress_ifindex, FLOW_SRC_ACCESS, FLOW_DROPPED, stat_idx);
         flow_from_frame((void *)(long)ctx->data, (void *)(long)ctx->data_end, &ev);
         flow_send(&ev);
     }

@@ -120,11 +120,7 @@ static __always_inline void flow_nat(struct __sk_buff *skb, __u8 verdict, __u32 
 {
 #if FLOW_EVENTS
     struct flow_event ev = {};
-    ev.jiffies = bpf_jiffies64();
-    ev.ifindex = skb->ifindex;
-    ev.source = FLOW_SRC_NAT;
-    ev.verdict = verdict;
-    ev.reason = reason;
+    flow_head(&ev, skb->ifindex, FLOW_SRC_NAT, verdict, reason);
     ev.xlated_addr = xlated_addr;
     ev.xlated_port = xlated_port;
     flow_from_skb(skb, &ev);

@@ -73,6 +73,17 @@ struct flow_ctl {
 BPF_RINGBUF_OUTPUT(flow_events, FLOW_RING_PAGES);
 BPF_TABLE("array", __u32, struct flow_ctl, flow_ctl, 1);
 
+// What every event starts with: when, where, which program, and what it did.
+static __always_inline void flow_head(struct flow_event *ev, __u32 ifindex, __u8 source,
+                                      __u8 verdict, __u8 reason)
+{
+    ev->jiffies = bpf_jiffies64();
+    ev->ifindex = ifindex;
+    ev->source = source;
+    ev->verdict = verdict;
+    ev->reason = reason;
+}
+
 struct flow_vlan {
     __be16 tci;
     __be16 proto;
