@@ -56,6 +56,7 @@ class Reconciler:
         self.settings, self.io, self.metrics = settings, io, metrics
         self.dirty = asyncio.Event()
         self.releasable: frozenset[str] = frozenset()
+        self.releasable_nat: frozenset[str] = frozenset()
         self.rounds = 0
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -84,7 +85,7 @@ class Reconciler:
         state = self.io.state()
         p = plan(state, self.settings.reconcile, now)
         writes = self.io.apply(p, state)
-        self.releasable = p.releasable
+        self.releasable, self.releasable_nat = p.releasable, p.releasable_nat
         self.rounds += 1
         for (kind, verb), n in writes.items():
             self.metrics.writes.labels(kind, verb).inc(n)
@@ -137,18 +138,30 @@ def register(registry: kopf.OperatorRegistry, ours: OperatorSettings, metrics: M
         if cls is not Subscriber:
             kopf.on.event(GROUP, VERSION, cls.info.plural, registry=registry)(poke)
 
-    @kopf.on.delete(GROUP, VERSION, "ippools", registry=registry)
-    async def pool_deleted(name: str, **_: Any) -> None:
+    async def released(name: str, which: str) -> bool:
+        """Whether a fresh round (one that sees the deletion timestamp) lets ``name`` go:
+        ``which`` is the plan's set of deleted objects whose finalizer may be removed."""
         rec: Reconciler = state["reconciler"]
         rounds = rec.rounds
         rec.poke()
-        for _i in range(100):  # a fresh round sees the deletion timestamp
+        for _i in range(100):
             if rec.rounds > rounds:
                 break
             await asyncio.sleep(0.1)
-        if name not in rec.releasable:
+        return name in getattr(rec, which)
+
+    @kopf.on.delete(GROUP, VERSION, "ippools", registry=registry)
+    async def pool_deleted(name: str, **_: Any) -> None:
+        if not await released(name, "releasable"):
             raise kopf.TemporaryError(f"IPPool {name} still has leases on nodes; waiting for "
                                       "them to end (see its Ready condition)", delay=10)
+
+    @kopf.on.delete(GROUP, VERSION, "natpools", registry=registry)
+    async def nat_pool_deleted(name: str, **_: Any) -> None:
+        if not await released(name, "releasable_nat"):
+            raise kopf.TemporaryError(f"NATPool {name}: nodes may still translate to its "
+                                      "addresses; waiting for them to release its port blocks "
+                                      "(see its Ready condition)", delay=10)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:

@@ -21,6 +21,7 @@ from bng_operator.operator.validation import (
     dangling_references,
     overlapping_nat_pools,
     overlapping_pools,
+    undersized_nat_pools,
 )
 from bng_operator.policy.blocks import plan_blocks, pool_size
 from bng_operator.policy.natsplit import address_count, blocks_per_address, plan_addresses
@@ -76,6 +77,7 @@ class Plan:
     releasable: frozenset[str]  # deleted IPPools whose finalizer can go
     events: tuple[Event, ...]
     nat_status: dict[str, NATPoolStatus] = field(default_factory=dict)
+    releasable_nat: frozenset[str] = frozenset()  # deleted NATPools whose finalizer can go
 
 
 def bng_nodes(nodes: Sequence[NodeInfo], label: tuple[str, str | None]) -> list[NodeInfo]:
@@ -111,7 +113,10 @@ def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
     deleting = {p.name for p in state.pools if p.metadata.deletion_timestamp is not None}
     live = [p for p in state.pools if p.name not in deleting]
     nat_findings = overlapping_nat_pools(state.nat)
-    refused_nat = frozenset(f.name for f in nat_findings)
+    nat_findings += undersized_nat_pools(
+        [n for n in state.nat if n.name not in {f.name for f in nat_findings}])
+    deleting_nat = {n.name for n in state.nat if n.metadata.deletion_timestamp is not None}
+    refused_nat = frozenset(f.name for f in nat_findings) | deleting_nat
     class_findings = dangling_references(state.classes, live, state.qos, state.nat,
                                          refused | deleting, refused_nat)
     bad_classes = {f.name: f for f in class_findings}
@@ -194,8 +199,9 @@ def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
         events += _events("SubscriberClass", c.name, old_c.conditions, conds, {"Ready": False})
 
     served = [p for p in live if p.name not in refused]
-    nat_status, nat_addresses = _plan_nat(state, settings, now, nat_findings, valid_classes,
-                                          served, blocks, {n.name for n in nodes})
+    nat_status, nat_addresses, releasable_nat = _plan_nat(
+        state, settings, now, nat_findings, valid_classes, served, blocks,
+        {n.name for n in nodes})
     for np in sorted(state.nat, key=lambda np: np.name):
         events += _events("NATPool", np.name, (np.status or NATPoolStatus()).conditions,
                           nat_status[np.name].conditions, {"Ready": False, "Exhausted": True})
@@ -203,7 +209,7 @@ def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
                                  blocks.get(n.name, {}), settings.defaults,
                                  nat_addresses=nat_addresses.get(n.name, {})) for n in nodes}
     return Plan(specs, pool_status, class_status, frozenset(releasable), tuple(events),
-                nat_status)
+                nat_status, releasable_nat)
 
 
 def _in_use(node: BNGNode, pool: str) -> Set[str] | None:
@@ -226,8 +232,10 @@ def _in_use(node: BNGNode, pool: str) -> Set[str] | None:
 def _plan_nat(state: ClusterState, settings: Settings, now: datetime, findings: list[Finding],
               classes: Sequence[SubscriberClass], served: Sequence[IPPool],
               blocks: Mapping[str, Mapping[str, Sequence[str]]], bng: set[str],
-              ) -> tuple[dict[str, NATPoolStatus], dict[str, dict[str, Sequence[str]]]]:
-    """Every NATPool's split and status; and per node, per pool, the node's addresses."""
+              ) -> tuple[dict[str, NATPoolStatus], dict[str, dict[str, Sequence[str]]],
+                         frozenset[str]]:
+    """Every NATPool's split and status; per node, per pool, the node's addresses; and the
+    deleted pools no node translates to any more (their finalizer can go)."""
     served_names = {p.name for p in served}
     need: dict[str, set[str]] = {}  # NAT pool -> the nodes that serve a class naming it
     for node, held in blocks.items():
@@ -238,9 +246,11 @@ def _plan_nat(state: ClusterState, settings: Settings, now: datetime, findings: 
     refused = {f.name: f for f in findings}
     status: dict[str, NATPoolStatus] = {}
     addresses: dict[str, dict[str, Sequence[str]]] = {}
+    releasable: set[str] = set()
     for n in sorted(state.nat, key=lambda n: n.name):
         old = n.status or NATPoolStatus()
-        nodes = sorted(need.get(n.name, ())) if n.name not in refused else []
+        deleting = n.metadata.deletion_timestamp is not None
+        nodes = sorted(need.get(n.name, ())) if n.name not in refused and not deleting else []
         reports: dict[str, list[NATUsage]] = {
             b.name: [u for u in b.status.nat if u.pool == n.name]
             for b in state.bngnodes if b.name in bng and b.status is not None}
@@ -259,8 +269,19 @@ def _plan_nat(state: ClusterState, settings: Settings, now: datetime, findings: 
         gen = n.metadata.generation
         conds = list(old.conditions)
         det = n.spec.mode == "deterministic"
-        if n.name in refused:
-            ready = (False, "Overlaps", refused[n.name].message)
+        if deleting:
+            # Deleted: no node is given it; it goes once every agent has applied a spec
+            # without it and reports no block on it (each release is in its block log).
+            busy = sorted(b for b, use in in_use.items() if b in bng and use != set())
+            force = n.metadata.annotations.get(FORCE_DELETE_ANNOTATION) == "true"
+            if not busy or force:
+                releasable.add(n.name)
+            ready = (False, "Deleting",
+                     f"node(s) {', '.join(busy) or 'none'} may still translate to its "
+                     "addresses; the pool is deleted once they have released its port blocks "
+                     f"(or at once with the annotation {FORCE_DELETE_ANNOTATION}=true)")
+        elif n.name in refused:
+            ready = (False, refused[n.name].reason, refused[n.name].message)
         elif ap.too_large is not None:
             ready = (False, "TooLarge",
                      f"{address_count(n.spec)} addresses: a {n.spec.mode} pool may have at "
@@ -295,4 +316,4 @@ def _plan_nat(state: ClusterState, settings: Settings, now: datetime, findings: 
         conds = with_condition(conds, "Exhausted", *ex, gen, now)
         status[n.name] = NATPoolStatus(blocks_total=total, blocks_used=used, nodes=list(ap.nodes),
                                        observed_generation=gen, conditions=conds)
-    return status, addresses
+    return status, addresses, frozenset(releasable)

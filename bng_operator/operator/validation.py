@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Network
 
 from bng_operator.api import IPPool, NATPool, QoSPolicy, SubscriberClass
+from bng_operator.policy.natsplit import capacity_error
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -61,6 +62,14 @@ def overlapping_nat_pools(pools: Sequence[NATPool]) -> list[Finding]:
                            f"address {a} overlaps address {b} of NATPool {q.name}, which is "
                            "older; this pool is not served until the overlap is removed"))
     return out
+
+
+def undersized_nat_pools(pools: Sequence[NATPool]) -> list[Finding]:
+    """A deterministic NATPool whose addresses cannot give every inside address its blocks
+    is refused: the formula would leave the last subscribers without a public address."""
+    return [Finding("NATPool", p.name, "TooSmall", f"deterministic mode: {why}; add "
+                    "addresses, or shrink insidePrefixes, portsPerBlock or blocksPerSubscriber")
+            for p in pools if (why := capacity_error(p.spec))]
 
 
 def dangling_references(classes: Sequence[SubscriberClass], pools: Sequence[IPPool],

@@ -65,6 +65,28 @@ def blocks_per_address(spec: NATPoolSpec) -> int:
     return spec.port_range.size // spec.ports_per_block
 
 
+def deterministic_shortfall(inside: int, public: int, blocks_per_address: int,
+                            per_subscriber: int, block_size: int) -> str:
+    """RFC 7422 mode: why ``public`` addresses of ``blocks_per_address`` blocks cannot give
+    each of ``inside`` addresses its ``per_subscriber`` blocks ("" when they can). The
+    operator refuses such a pool; an agent refuses it too, on its own copy of the spec."""
+    slots = blocks_per_address // per_subscriber
+    need = -(-inside // slots) if slots else 0
+    if slots and need <= public:
+        return ""
+    return (f"{inside} inside addresses at {per_subscriber} blocks of {block_size} ports need "
+            f"{need or 'more'} public addresses; the pool has {public}")
+
+
+def capacity_error(spec: NATPoolSpec) -> str:
+    """A deterministic pool too small for its insidePrefixes: why ("" otherwise)."""
+    if spec.mode != "deterministic":
+        return ""
+    inside = sum(IPv4Network(p).num_addresses for p in spec.inside_prefixes)
+    return deterministic_shortfall(inside, address_count(spec), blocks_per_address(spec),
+                                   spec.blocks_per_subscriber, spec.ports_per_block)
+
+
 def too_large(spec: NATPoolSpec) -> int | None:
     """The most addresses a pool of this mode may have, when it has more; else None."""
     limit = MAX_SPLIT_ADDRESSES if spec.mode == "port-block" else MAX_NODE_ADDRESSES

@@ -1,6 +1,7 @@
 """The operator against the real apiserver, no network: BNGNodes follow the labelled Nodes,
 refused pools get a condition and an Event, and a pool with leases is held by its finalizer
-until the nodes drain it or the force annotation lets it go."""
+until the nodes drain it or the force annotation lets it go; a NATPool, until no node
+translates to its addresses."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def site(k8s: Cluster, tmp_path: Path) -> Iterator[K8sSite]:
     s.start_operator("--access-interface", "eth9")
     yield s
     s.close()
-    for kind, name in (("ippool", "op-pool"), ("ippool", "op-pool-2"), ("node", "op-a"),
+    for kind, name in (("natpool", "op-nat"), ("subscriberclass", "op-nat-class"),
+                       ("ippool", "op-pool"), ("ippool", "op-pool-2"), ("node", "op-a"),
                        ("node", "op-b"), ("bngnode", "op-a"), ("bngnode", "op-b")):
         s.kubectl("patch", kind, name, "--type", "merge", "-p", '{"metadata":{"finalizers":null}}',
                   check=False)
@@ -115,3 +117,61 @@ def test_a_pool_with_leases_is_held_until_forced(site: K8sSite) -> None:
     assert "op-pool" not in served  # no longer served: no new leases, clients move
     site.kubectl("annotate", "ippool", "op-pool", "bng.dev/force-delete=true")
     wait_for("pool gone", lambda: get(site, "ippool", "op-pool") is None, 30, 0.3)
+
+
+NAT = """apiVersion: bng.dev/v1alpha1
+kind: NATPool
+metadata: {name: op-nat}
+spec:
+  addresses: [198.51.100.64/30]
+---
+apiVersion: bng.dev/v1alpha1
+kind: SubscriberClass
+metadata: {name: op-nat-class}
+spec:
+  priority: 10
+  match: {remoteId: "^op-"}
+  identity: remote-id
+  pool: op-pool
+  natPool: op-nat
+"""
+
+
+def nat_addresses(s: K8sSite, node: str) -> list[str]:
+    spec = (get(s, "bngnode", node) or {}).get("spec", {})
+    return next((p["addresses"] for p in spec.get("natPools", []) if p["name"] == "op-nat"), [])
+
+
+def report(s: K8sSite, node: str, nat: list[dict[str, Any]]) -> None:
+    """What the node's agent would write: it applied its spec, and these blocks are in use."""
+    gen = get(s, "bngnode", node)["metadata"]["generation"]
+    s.kubectl("patch", "bngnode", node, "--subresource", "status", "--type", "merge", "-p",
+              json.dumps({"status": {"observedGeneration": gen, "nat": nat}}))
+
+
+def test_a_nat_pool_is_held_until_its_nodes_release_its_blocks(site: K8sSite) -> None:
+    site.kubectl("apply", "-f", "-", input=NAT)
+    mine = wait_for("op-a's public addresses", lambda: nat_addresses(site, "op-a"), 20, 0.2)
+    report(site, "op-a", [{"pool": "op-nat", "address": mine[0], "blocksUsed": 2,
+                           "blocksTotal": 126}])
+    wait_for("blocks counted", lambda: (get(site, "natpool", "op-nat").get("status") or {})
+             .get("blocksUsed") == 2, 20, 0.2)
+    site.kubectl("delete", "natpool", "op-nat", "--wait=false")
+    wait_for("Deleting condition", lambda: condition(get(site, "natpool", "op-nat"), "Ready")
+             == ("False", "Deleting"), 20, 0.2)
+    pool = get(site, "natpool", "op-nat")
+    assert "bng.dev/leases" in pool["metadata"]["finalizers"]
+    assert "op-a" in next(c["message"] for c in pool["status"]["conditions"]
+                          if c["type"] == "Ready")
+    # no node is given it any more; its class says why
+    wait_for("taken from the specs", lambda: not nat_addresses(site, "op-a")
+             and not nat_addresses(site, "op-b"), 20, 0.2)
+    assert condition(get(site, "subscriberclass", "op-nat-class"), "Ready") == \
+        ("False", "MissingReference")
+    # held while op-a's agent, on its new spec, still reports a block
+    report(site, "op-a", [{"pool": "op-nat", "address": mine[0], "blocksUsed": 1,
+                           "blocksTotal": 126}])
+    with pytest.raises(TimeoutError):
+        wait_for("pool gone", lambda: get(site, "natpool", "op-nat") is None, 12, 0.5)
+    report(site, "op-a", [])  # released (and logged) on the node
+    wait_for("pool gone", lambda: get(site, "natpool", "op-nat") is None, 40, 0.5)

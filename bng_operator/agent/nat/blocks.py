@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from bng_operator.policy.natsplit import deterministic_shortfall
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -116,13 +118,9 @@ class Layout:
     def capacity_error(self) -> str:
         """Deterministic mode: why the public addresses cannot serve every inside address
         ("" when they can)."""
-        slots = self.slots_per_address
-        need = -(-self.inside_size // slots) if slots else 0
-        if slots == 0 or need > len(self.addresses):
-            return (f"{self.inside_size} inside addresses at {self.per_subscriber} blocks of "
-                    f"{self.block_size} ports need {need or 'more'} public addresses; the "
-                    f"pool has {len(self.addresses)}")
-        return ""
+        return deterministic_shortfall(self.inside_size, len(self.addresses),
+                                       self.blocks_per_address, self.per_subscriber,
+                                       self.block_size)
 
     def describe(self) -> dict[str, Any]:
         """The formula's configuration, as the log records it (``from_description``)."""

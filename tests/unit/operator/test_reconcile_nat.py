@@ -10,7 +10,13 @@ import pytest
 
 from bng_operator.api import BNGNode, NATPool
 from bng_operator.api.bngnode import BNGNodeSpec
-from bng_operator.operator.reconcile import ClusterState, Plan, _in_use, plan
+from bng_operator.operator.reconcile import (
+    FORCE_DELETE_ANNOTATION,
+    ClusterState,
+    Plan,
+    _in_use,
+    plan,
+)
 from bng_operator.policy.render import NodeInfo
 from tests.unit.operator.test_reconcile import LABEL, NOW, SETTINGS, samples, state
 
@@ -217,3 +223,73 @@ def test_a_pool_no_node_needs() -> None:
     p = plan(state(classes=[samples()["SubscriberClass/business"]]), SETTINGS, NOW)
     assert nat_cond(p) == ("False", "NoNodes")
     assert all(not sp.nat_pools for sp in p.specs.values())
+
+
+@pytest.mark.parametrize(("inside", "per_block", "served"), [
+    ("100.64.0.0/20", 128, True),  # 4,096 inside; 16 x 504 blocks: fits
+    ("100.64.0.0/20", 512, False),  # 126 slots an address: 33 addresses needed, 16 given
+    ("100.64.0.0/16", 128, False),
+])
+def test_a_deterministic_pool_too_small_for_its_inside_prefixes_is_refused(
+        inside: str, per_block: int, served: bool) -> None:
+    det = natpool("cgnat", "203.0.113.0/28", mode="deterministic", insidePrefixes=[inside],
+                  portsPerBlock=per_block)
+    p = plan(state(nat=[det]), SETTINGS, NOW)
+    assert nat_cond(p) == (("True", "Serving") if served else ("False", "TooSmall"))
+    assert bool(addresses(p.specs["n1"])) is served
+    assert (p.class_status["residential"].conditions[0].reason == "MissingReference") is \
+        (not served)
+    if not served:
+        msg = p.nat_status["cgnat"].conditions[0].message
+        assert "the pool has 16" in msg and "insidePrefixes" in msg
+        assert ("NATPool", "Warning", "TooSmall") in {(e.kind, e.type, e.reason)
+                                                      for e in p.events}
+
+
+def _deleting(pool: NATPool, **annotations: str) -> NATPool:
+    meta = pool.metadata.model_copy(update={"deletion_timestamp": NOW,
+                                            "annotations": annotations})
+    return pool.model_copy(update={"metadata": meta})
+
+
+def test_a_deleted_nat_pool_is_held_until_no_node_translates_to_it() -> None:
+    first = plan(state(), SETTINGS, NOW)
+    s = fed_back(first, state())
+    gone = [_deleting(n) for n in s.nat]
+    # the nodes still hold blocks, on specs that still give them the pool
+    busy = ClusterState(**{**s.__dict__, "nat": gone, "bngnodes": [
+        bngnode("n1", first.specs["n1"], [(CGNAT[0], 3)]), bngnode("n2", first.specs["n2"], [])]})
+    p = plan(busy, SETTINGS, NOW)
+    assert "cgnat" not in p.releasable_nat
+    assert nat_cond(p) == ("False", "Deleting")
+    assert "node(s) n1, n2 may still translate" in p.nat_status["cgnat"].conditions[0].message
+    # no node is given it any more, and its classes say why
+    assert all(not sp.nat_pools for sp in p.specs.values())
+    assert p.class_status["residential"].conditions[0].reason == "MissingReference"
+    # written, not yet applied by the agents: still held
+    written = [bngnode(n, p.specs[n], [], observed=1) for n in ("n1", "n2")]
+    assert "cgnat" not in plan(ClusterState(**{**busy.__dict__, "bngnodes": written}),
+                               SETTINGS, NOW).releasable_nat
+    # one agent applied it and released its blocks; the other still reports one
+    half = [bngnode("n1", p.specs["n1"], []), bngnode("n2", p.specs["n2"], [(CGNAT[8], 1)])]
+    later = plan(ClusterState(**{**busy.__dict__, "bngnodes": half}), SETTINGS, NOW)
+    assert "cgnat" not in later.releasable_nat
+    assert "node(s) n2 may" in later.nat_status["cgnat"].conditions[0].message
+    done = [bngnode(n, p.specs[n], []) for n in ("n1", "n2")]
+    assert "cgnat" in plan(ClusterState(**{**busy.__dict__, "bngnodes": done}),
+                           SETTINGS, NOW).releasable_nat
+    # the annotation lets it go at once
+    forced = ClusterState(**{**busy.__dict__, "nat": [
+        _deleting(n, **{FORCE_DELETE_ANNOTATION: "true"}) for n in s.nat]})
+    assert "cgnat" in plan(forced, SETTINGS, NOW).releasable_nat
+
+
+def test_a_new_pool_with_a_deleted_pools_addresses_waits_for_it() -> None:
+    """The finalizer's point: while a deleted pool's nodes may still translate to its
+    addresses, no other pool (so no other node) gets them."""
+    s = samples()
+    again = natpool("cgnat-new", "203.0.113.0/28", created=60)
+    p = plan(state(nat=[_deleting(s["NATPool/cgnat"]), again]), SETTINGS, NOW)
+    assert nat_cond(p, "cgnat-new") == ("False", "Overlaps")
+    p = plan(state(nat=[again]), SETTINGS, NOW)  # once it is gone
+    assert nat_cond(p, "cgnat-new") == ("False", "NoNodes")  # no class names it yet
