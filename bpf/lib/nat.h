@@ -210,6 +210,10 @@ BPF_F_TABLE("hash", struct nat_endpoint, struct nat_mapping, nat_inbound, NAT_MA
             BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct nat_filter_key, __u64, nat_filters, NAT_MAX_FILTERS,
             BPF_F_NO_PREALLOC);
+// The layout of the three tables above, as the agent hashed it (their structs and flags):
+// a new generation (other table sizes, other code) carries their entries over from the old
+// one only when this matches, so flows survive a resize, a restart and an upgrade.
+BPF_TABLE("array", __u32, __u64, nat_layout, 1);
 // Fragments and exhaustion are hints, not state: LRU may drop the oldest.
 BPF_TABLE("lru_hash", struct nat_frag_key, struct nat_frag, nat_fragments, NAT_MAX_FRAGMENTS);
 BPF_TABLE("lru_hash", __be32, struct nat_exhaustion, nat_exhausted, NAT_MAX_EXHAUSTED);

@@ -1040,3 +1040,15 @@ def test_real_traffic_through_veths_with_checksum_offload_and_gso(netlab: object
             proc.kill()
             proc.wait()
         p.close()
+
+
+def test_the_carried_layout_covers_the_carried_tables_structs_and_flags() -> None:
+    """A renamed struct or flag must not drop silently out of the hash that decides whether
+    a new generation may take the old one's mappings."""
+    found = nat._CARRIED_LAYOUT.findall((Path(nat.BPF_DIR) / "lib" / "nat.h").read_text())
+    structs = sorted(f.split()[1] for f in found if f.startswith("struct"))
+    assert structs == ["nat_endpoint", "nat_filter_key", "nat_mapping"]
+    assert {f.split()[1] for f in found if f.startswith("#define")} >= {
+        "NAT_TCP_SYN", "NAT_TCP_FIN", "NAT_TCP_RST", "NAT_F_HELD"}
+    assert all(f.endswith("};") for f in found if f.startswith("struct"))
+    assert nat.carried_layout() == nat.carried_layout()

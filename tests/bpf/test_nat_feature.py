@@ -213,6 +213,28 @@ def test_a_natpool_edit_applies_live_and_is_logged(where: tuple[Path, Path]) -> 
         h.feature.stop()
 
 
+def test_a_natpool_removed_releases_its_blocks_with_that_reason(
+        where: tuple[Path, Path]) -> None:
+    from bng_operator.api import SubscriberClass
+
+    def without_nat(objs):  # type: ignore[no-untyped-def]
+        return [o.model_copy(update={"spec": o.spec.model_copy(update={"nat_pool": None})})
+                if isinstance(o, SubscriberClass) else o
+                for o in objs if not isinstance(o, NATPool)]
+
+    h = Harness(*where, config()).start()
+    try:
+        a = lease(0)
+        h.bind(a)
+        h.feature.reconfigure(sample_config(without_nat))
+        h.sync()
+        assert h.kernel() == {}
+        assert h.log()[-1] == ("released", "203.0.113.0", 1024, "remote:res-0",
+                               "NATPool cgnat removed")
+    finally:
+        h.feature.stop()
+
+
 def test_a_class_without_nat_loses_its_binding(where: tuple[Path, Path]) -> None:
     h = Harness(*where, config()).start()
     try:
@@ -294,3 +316,41 @@ def test_a_pool_that_outgrows_the_tables_gets_new_ones_with_its_flows(
         assert h.kernel()[inside].public == A("203.0.113.0")  # the binding kept its block
     finally:
         h.feature.stop()
+
+
+@pytest.mark.parametrize("same_layout", [True, False])
+def test_a_restart_with_other_table_sizes_carries_the_flows_over(
+        where: tuple[Path, Path], same_layout: bool) -> None:
+    h = Harness(*where, config()).start()
+    a = lease(0)
+    inside = A(a.address)
+    try:
+        h.bind(a)
+        old = h.feature.path
+        assert old is not None
+        sport = fields(out(old, udp(inside, REMOTE, 40000, 53)).ip)[2]
+        gen = old.generation
+        if not same_layout:  # as if an agent whose mappings mean something else made it
+            stamp = old.obj.map("nat_layout")
+            stamp[stamp.Key(0)] = stamp.Leaf(old.layout ^ 1)
+    finally:
+        h.feature.stop()
+    # The agent comes back with a NATPool that grew while it was down: other table sizes.
+    again = Harness(*where, config(addresses=["203.0.113.0/26"]))
+    again.leases[a.address] = a
+    again.start()
+    try:
+        new = again.feature.path
+        assert new is not None and not new.adopted and new.generation != gen
+        assert again.kernel()[inside].public == A("203.0.113.0")  # the binding kept its block
+        errors = again.feature.metrics.nat_errors.labels("carry-over")._value.get()
+        if same_layout:
+            [m] = new.mappings(inside)
+            assert (m.inside_port, m.public_port) == (40000, sport)
+            assert fields(out(new, udp(inside, REMOTE, 40000, 53)).ip)[2] == sport
+            assert errors == 0
+        else:  # nothing of it is trusted: the flow gets a new mapping, and it is counted
+            assert new.mappings(inside) == []
+            assert errors == 1
+    finally:
+        again.feature.stop()

@@ -27,7 +27,10 @@ Addresses are ``IPv4Address``es, ports host-order ints; the maps hold both in ne
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import hashlib
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -36,16 +39,17 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from bcc import BPF
+from bcc import BPF, libbcc
 
 from bng_operator import netlink
-from bng_operator.agent.dataplane.fastpath import generation, sweep_generations
+from bng_operator.agent.dataplane.fastpath import generation, is_generation, sweep_generations
 from bng_operator.agent.dataplane.flows import flow_pins
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
     BPFObject,
     DataplaneError,
     bpf_mount_of,
+    pinned_map_items,
     pinned_program,
 )
 from bng_operator.agent.dataplane.names import NAT_STATS
@@ -56,8 +60,21 @@ PROGRAMS = {"egress": "nat_out", "ingress": "nat_in"}
 TAIL_CALLS = {0: "nat_out", 1: "nat_new"}
 MAPS = ("nat_bindings", "nat_pools", "nat_addresses", "nat_node", "nat_inside",
         "nat_outbound", "nat_inbound", "nat_filters", "nat_fragments", "nat_exhausted",
-        "nat_stats", "nat_progs")
+        "nat_stats", "nat_progs", "nat_layout")
+# The tables whose entries only the programs make: a new generation carries them over.
+CARRIED = ("nat_outbound", "nat_inbound", "nat_filters")
+_CARRIED_LAYOUT = re.compile(r"^struct nat_(?:endpoint|mapping|filter_key) \{.*?^\};$|"
+                             r"^#define NAT_(?:F|TCP)_\w+ .*?$", re.M | re.S)
+
+
+def carried_layout(header: Path = Path(BPF_DIR) / "lib" / "nat.h") -> int:
+    """A hash of what the carried tables' entries mean: the structs of their keys and values
+    (comments included) and the flags in them. Two generations with the same hash can
+    share entries byte for byte, whatever else differs."""
+    parts = _CARRIED_LAYOUT.findall(header.read_text())
+    return int.from_bytes(hashlib.sha256("\n".join(parts).encode()).digest()[:8], "little")
 STATS = NAT_STATS  # enum nat_stat, in order
+_BPF_NOEXIST = 1
 # Packets dropped, by reason: the stats above that are drops (the rest are verdicts that
 # pass, and events).
 DROPS = ("no_binding", "no_mapping", "filtered", "block_full", "map_full",
@@ -236,6 +253,9 @@ class NatPath:
         self.exhausted_map = self.obj.map("nat_exhausted")
         self.stats_map = self.obj.map("nat_stats")
         self.progs = self.obj.map("nat_progs")
+        self.layout = carried_layout()
+        layout_map = self.obj.map("nat_layout")
+        layout_map[layout_map.Key(0)] = layout_map.Leaf(self.layout)
         self._own: list[int] = []
         self.fds = {fn: self._program(fn) for fn in ("nat_out", "nat_in", "nat_new")}
         for slot, fn in TAIL_CALLS.items():
@@ -587,21 +607,47 @@ class NatPath:
             ("inbound", self.inbound), ("filters", self.filters),
             ("fragments", self.fragments))}
 
-    def copy_mappings(self, old: NatPath) -> tuple[int, int]:
-        """Copy every mapping, held port and filter of ``old`` (this code, other table sizes:
-        a NATPool grew past them) into this generation's tables, so its flows go on once
-        these programs replace old's. Returns (entries copied, entries that did not fit)."""
+    def mapping_entries(self) -> dict[str, list[tuple[bytes, bytes]]]:
+        """The carried tables' entries, raw (for another generation: ``put_entries``)."""
+        return {name: [(bytes(k), bytes(v) if not isinstance(v, int) else
+                        v.to_bytes(8, "little")) for k, v in _items(self.obj.map(name))]
+                for name in CARRIED}
+
+    def sibling_entries(self) -> list[tuple[str, dict[str, list[tuple[bytes, bytes]]] | None]]:
+        """Per other pinned generation: its carried tables' entries, raw; None when their
+        layout is not this one's (or it predates the layout stamp), so none can be kept."""
+        if self.pin_dir is None:
+            return []
+        out: list[tuple[str, dict[str, list[tuple[bytes, bytes]]] | None]] = []
+        for d in sorted(self.pin_dir.parent.iterdir()):
+            if d == self.pin_dir or not is_generation(d.name) or not d.is_dir():
+                continue
+            stamp = pinned_map_items(d / "nat_layout")
+            same = bool(stamp) and int.from_bytes(stamp[0][1], "little") == self.layout
+            out.append((d.name, {n: pinned_map_items(d / n) for n in CARRIED} if same
+                        else None))
+        return out
+
+    def put_entries(self, entries: dict[str, list[tuple[bytes, bytes]]]) -> tuple[int, int]:
+        """Add another generation's mappings, held ports and filters to this one's tables,
+        so its flows go on once these programs replace its. An entry this generation
+        already has is kept (its own programs made it). Returns (copied, did not fit)."""
         copied = lost = 0
-        for name in ("outbound", "inbound", "filters"):
-            src, dst = getattr(old, name), getattr(self, name)
-            for k, v in _items(src):
-                key = dst.Key.from_buffer_copy(bytes(k))
-                leaf = dst.Leaf(v) if isinstance(v, int) else dst.Leaf.from_buffer_copy(bytes(v))
-                try:
-                    dst[key] = leaf
-                    copied += 1
-                except Exception:  # BCC raises bare Exception when the table is full
+        for name, items in entries.items():
+            table = self.obj.map(name)
+            ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+            for k, v in items:
+                if len(k) != ksize or len(v) != vsize:
                     lost += 1
+                    continue
+                key = ctypes.create_string_buffer(k, ksize)
+                if libbcc.lib.bpf_update_elem(table.map_fd, key,
+                                              ctypes.create_string_buffer(v, vsize),
+                                              _BPF_NOEXIST) == 0:
+                    copied += 1
+                elif libbcc.lib.bpf_lookup_elem(table.map_fd, key,
+                                                ctypes.create_string_buffer(vsize)) != 0:
+                    lost += 1  # not there, and no room for it
         return copied, lost
 
     # --- lifecycle -----------------------------------------------------------------------------

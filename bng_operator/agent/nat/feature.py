@@ -132,6 +132,8 @@ class NatFeature:
         log.info("NAT: %s generation %s, %d bindings in its maps, %d in %s",
                  "adopted" if self.path.adopted else "loaded", self.path.generation,
                  len(self.path.bindings()), len(self.bound), self.file)
+        if not self.path.adopted:  # other sizes or other code: the old tables' flows go on
+            self._carry_over("restart")
         self._reconcile(self.config, "restart")
         return True
 
@@ -182,6 +184,8 @@ class NatFeature:
             self.attached = None
             return
         self.attached, self.problem = uplink, ""
+        # What the old programs made while this generation was being readied, last.
+        self._carry_over("attach", quiet=True)
         for gen in self.path.remove_other_generations():
             log.info("NAT: removed the pins of generation %s", gen)
         self.changed()
@@ -342,12 +346,33 @@ class NatFeature:
         old = self.path
         assert old is not None
         new = NatPath(**self._sizes(config))
-        copied, lost = new.copy_mappings(old)
+        copied, lost = new.put_entries(old.mapping_entries())
         log.warning("NAT tables resized for the new NATPools: generation %s -> %s, %d "
                     "entries carried over%s", old.generation, new.generation, copied,
                     f", {lost} did not fit" if lost else "")
+        if lost:
+            self.metrics.nat_errors.labels("carry-over").inc()
         self.path, self.attached = new, None
         old.close()
+
+    def _carry_over(self, when: str, quiet: bool = False) -> None:
+        """Copy the mappings, held ports and filters of the other pinned generations (a
+        restart with other table sizes, or an upgrade) into this one's tables."""
+        assert self.path is not None
+        for gen, entries in self.path.sibling_entries():
+            if entries is None:
+                if not quiet:
+                    log.warning("NAT: generation %s has another mapping layout; its flows "
+                                "start over (new mappings) once this one translates", gen)
+                    self.metrics.nat_errors.labels("carry-over").inc()
+                continue
+            copied, lost = self.path.put_entries(entries)
+            if lost:
+                self.metrics.nat_errors.labels("carry-over").inc()
+            if copied or lost or not quiet:
+                log.info("NAT (%s): %d entries of generation %s carried over to %s%s", when,
+                         copied, gen, self.path.generation,
+                         f", {lost} did not fit" if lost else "")
 
     def _reconcile(self, config: NodeConfig, reason: str) -> None:
         """Bring the NAT file and the kernel in line with ``config`` and the bound leases."""
@@ -419,7 +444,8 @@ class NatFeature:
             elif ok and b.pool in fresh:
                 ok = self.allocators[b.pool].adopt(b.grant)
             if not ok:
-                why = "session ended while the agent was down" if lease is None else reason
+                why = "session ended while the agent was down" if lease is None else \
+                    f"NATPool {b.pool} removed" if pc is None else reason
                 self._release(inside, batch, now, why, lease)
         for inside, lease in leases.items():
             self._bind(lease, batch, now, reason if inside in batch.gone else "session bound")
