@@ -116,6 +116,13 @@ class Trial:
     seconds: int
     report: perfdhcp.Report
     by_path: dict[str, float] = field(default_factory=dict)  # bng, known: replies by path
+    cpu_s: float = 0.0  # the server process's CPU (all threads, user and system) in the run
+
+    @property
+    def cpu_us(self) -> float:
+        """The server's CPU an exchange (a DORA), in us: over the perfdhcp run, all ACKs.
+        CPU time, not wall time, so a busy machine changes it far less than the rates."""
+        return self.cpu_s * 1e6 / max(self.report.request.received, 1)
 
     @property
     def done(self) -> float:
@@ -147,6 +154,14 @@ class Servers:
             return {}
         return {k: v for k, v in self.site.metrics().items()
                 if k.startswith(("bng_dhcp_requests_total{", "bng_fastpath_passes_total{"))}
+
+    def cpu_seconds(self, which: str) -> float:
+        """The running server's CPU so far: user and system, all its threads."""
+        proc = self.site.agent if which == "bng" else self.kea
+        if proc is None:
+            return 0.0
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def start(self, which: str, xdp_mode: str = "generic") -> None:
         if which == "bng":
@@ -249,11 +264,13 @@ def trial(site: Site, servers: Servers, which: str, rate: int, seconds: int,
             clients = ["-M", str(macs)]
             _perfdhcp(site, 1000, KNOWN_CLIENTS * 7 // 1000 + 1, clients)
         before = servers.fast_counters(which)
+        cpu0 = servers.cpu_seconds(which)
         r = _perfdhcp(site, rate, seconds, clients)
+        cpu = servers.cpu_seconds(which) - cpu0
         by_path = {}
         if macs is not None and which == "bng":
             by_path = replies_by_path(before, servers.fast_counters(which))
-        return Trial(rate, seconds, perfdhcp_report(r), by_path)
+        return Trial(rate, seconds, perfdhcp_report(r), by_path, cpu)
     finally:
         servers.stop(which)
 
@@ -282,7 +299,8 @@ def search(site: Site, servers: Servers, which: str, seconds: int, log: bool,
                 fast = " (replies by path: " + ", ".join(
                     f"{p} {n:.0f}" for p, n in t.by_path.items()) + ")"
             print(f"  {which:15} {rate:6}/s -> {t.done:8.0f}/s done, drops {t.drops:5.2f}% "
-                  f"{'ok' if t.ok else 'too many'}{fast}", file=sys.stderr)
+                  f"{'ok' if t.ok else 'too many'}, {t.cpu_us:5.0f} us CPU a DORA{fast}",
+                  file=sys.stderr)
         return t
 
     # perfdhcp cannot send faster: nothing to bisect
@@ -352,6 +370,34 @@ def _kernel_trial(r: dhcpgen.Result) -> tuple[int | str, float, float]:
     return (r.rate or "unpaced", round(r.leases_rate), round(r.drops, 2))
 
 
+def profile(site: Site, servers: Servers, rate: int, seconds: int, macs: Path | None,
+            top: int = 30) -> None:
+    """One trial of bng at ``rate`` under cProfile (bng_lab/profiled.py); its own time per
+    exchange by function, on stderr: where a DORA's CPU goes."""
+    import io
+    import pstats
+
+    out = servers.workdir / "agent.prof"
+    site.wrap = (sys.executable, "-m", "bng_lab.profiled", str(out))
+    try:
+        t = trial(site, servers, "bng", rate, seconds, macs)
+    finally:
+        site.wrap = ()
+    buf = io.StringIO()
+    st = pstats.Stats(str(out), stream=buf)
+    st.sort_stats("tottime").print_stats(top)
+    st.sort_stats("cumulative").print_stats("bng_operator|sqlite", top)
+    exchanges = max(t.done * seconds, 1)
+    # The loop's work for requests (start-up excluded): frames read and decided, and the
+    # replies sent (with their session events) once their commit is on disk.
+    per = {f[2]: v[3] * 1e6 / exchanges for f, v in st.stats.items()  # type: ignore[attr-defined]
+           if f[2] in ("_on_readable", "_send_committed")}
+    print(f"--- bng: {rate}/s for {seconds} s, {t.done:.0f}/s done, drops {t.drops:.2f}%; "
+          f"us of the loop's CPU an exchange (DORA), profiler overhead included: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in sorted(per.items()))
+          + f", together {sum(per.values()):.1f}\n{buf.getvalue()}", file=sys.stderr)
+
+
 def relay_site(workdir: Path, configs: dict[str, str]) -> Site:
     """A site with one subscriber namespace, where perfdhcp plays a relay, and a bng
     namespace for the server. ``configs``: directory name (under ``workdir``) -> its
@@ -374,6 +420,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     ap.add_argument("--skip-perfdhcp", action="store_true",
                     help="known: only the in-kernel generator")
+    ap.add_argument("--profile", type=int, metavar="RATE",
+                    help="only: one trial at RATE with the agent under cProfile (its event "
+                         "loop's thread), the functions with the most own time on stderr")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/dhcp.py needs root (network namespaces)", file=sys.stderr)
@@ -391,6 +440,9 @@ def main() -> int:
     kernel: dict[str, KernelRun] = {}
     first = next(iter(KEA_CONFIGS))
     try:
+        if args.profile:
+            profile(site, servers, args.profile, args.seconds, macs)
+            return 0
         if not (args.skip_perfdhcp and args.scenario == "known"):
             perf["bng"] = search(site, servers, "bng", args.seconds, True, macs)
             for name in KEA_CONFIGS:
@@ -419,6 +471,12 @@ def main() -> int:
         # Kea's result in each configuration; "peer" is the best of them
         "peer_configs": {n: round(r) for n, r in peer_rates.items()},
         "unit": "DORA/s (ACKs received within the timed period)",
+        # Each server's CPU (all threads, user + system) a DORA in its best trial: what the
+        # rates come from, and far steadier than them on a busy machine.
+        "cpu_us_per_dora": {"bng": round(bng.cpu_us, 1) if bng else None,
+                            "peer": round(kea.cpu_us, 1) if kea else None,
+                            "peer_configs": {n: round(t.cpu_us, 1) if t else None
+                                             for n, (t, _) in perf.items() if n != "bng"}},
         "bng_delay_ms": {
             "discover_offer": _delays(bng.report.discover) if bng else None,
             "request_ack": _delays(bng.report.request) if bng else None,
