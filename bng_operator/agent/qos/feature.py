@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -84,6 +85,10 @@ class QosFeature:
     _work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bng-qos"), init=False)
     _tc: netlink.Tc | None = field(default=None, init=False)  # the worker's socket
+    # Steps wait here for the worker, which takes them all at once: one hand-over a burst
+    # of binds, not one a session (each costs a thread wake-up and a GIL switch).
+    _pending: list[Step] = field(default_factory=list, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     # metrics: read off the event loop; the bytes by class kept from the last read
     _read: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="bng-qos-read"),
@@ -291,8 +296,19 @@ class QosFeature:
     # --- the worker ---------------------------------------------------------------------------
 
     def _submit(self, step: Step) -> None:
-        if self.path is not None:
-            self._work.submit(self._apply, step)
+        if self.path is None:
+            return
+        with self._lock:
+            self._pending.append(step)
+            first = len(self._pending) == 1
+        if first:
+            self._work.submit(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            steps, self._pending = self._pending, []
+        for step in steps:
+            self._apply(step)
 
     def _apply(self, step: Step) -> None:
         assert self.path is not None
