@@ -96,7 +96,8 @@ CAN = [  # (identity, verb, resource, namespace or "" for cluster-wide, allowed)
     *((OPERATOR, "watch", p, "", True) for p in POLICY),
     (OPERATOR, "patch", "ippools/status", "", True),
     (OPERATOR, "patch", "natpools/status", "", True),  # the split of its addresses
-    (OPERATOR, "patch", "natpools", "", False),
+    (OPERATOR, "patch", "natpools", "", True),  # kopf's finalizer: a deleted one is held
+    (OPERATOR, "patch", "subscriberclasses", "", False),
     (OPERATOR, "create", "ippools", "", False),
     (OPERATOR, "delete", "subscriberclasses", "", False),
     (OPERATOR, "create", "subscribers", NAMESPACE, False),
