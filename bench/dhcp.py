@@ -437,6 +437,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     ap.add_argument("--skip-perfdhcp", action="store_true",
                     help="known: only the in-kernel generator")
+    ap.add_argument("--bng-only", action="store_true",
+                    help="search bng's rate alone (no Kea, so no ratio): to compare two "
+                         "versions of bng, run one after the other")
     ap.add_argument("--profile", type=int, metavar="RATE",
                     help="only: one trial at RATE with the agent under cProfile (its event "
                          "loop's thread), the functions with the most own time on stderr")
@@ -462,11 +465,11 @@ def main() -> int:
             return 0
         if not (args.skip_perfdhcp and args.scenario == "known"):
             perf["bng"] = search(site, servers, "bng", args.seconds, True, macs)
-            for name in KEA_CONFIGS:
+            for name in () if args.bng_only else KEA_CONFIGS:
                 b0 = perf[first][0] if name != first else None
                 perf[name] = search(site, servers, name, args.seconds, True, macs,
                                     start=grid_start(b0.rate if b0 else None))
-        if args.scenario == "known":
+        if args.scenario == "known" and not args.bng_only:
             kernel["bng"] = kernel_search(site, servers, "bng", min(args.seconds, 3))
             for name in KEA_CONFIGS:
                 k0 = kernel[first][0] if name != first else None
@@ -488,8 +491,8 @@ def main() -> int:
         # Kea's result in each configuration; "peer" is the best of them
         "peer_configs": {n: round(r) for n, r in peer_rates.items()},
         "unit": "DORA/s (ACKs received within the timed period)",
-        # Each server's CPU (all threads, user + system) a DORA in its best trial: what the
-        # rates come from, and far steadier than them on a busy machine.
+        # Each server's CPU (all threads, user + system; network softirqs that land on its
+        # threads too) a DORA in its best trial: what its rate is made of.
         "cpu_us_per_dora": {"bng": round(bng.cpu_us, 1) if bng else None,
                             "peer": round(kea.cpu_us, 1) if kea else None,
                             "peer_configs": {n: round(t.cpu_us, 1) if t else None

@@ -79,8 +79,7 @@ class PacketPath:
                 continue
             try:
                 # pyroute2 turns asynchronous inside a running loop: netlink runs in a thread.
-                failed = self.metrics.send_failures.labels(name).inc
-                iface = await loop.run_in_executor(None, AccessInterface, name, failed)
+                iface = await loop.run_in_executor(None, AccessInterface, name)
             except (netlink.InterfaceMissing, OSError) as e:
                 missing.append(f"{name} ({e})")
                 continue

@@ -10,11 +10,6 @@ unicast requests with ICMP port-unreachable; its own filter drops everything.
 Requests are read in batches, up to 64 frames a ``recvmmsg`` call, with their VLAN
 auxdata: one system call (and one release of the GIL) a batch, where ``socket.recvmsg``
 made two a frame (it looks up the interface's name for an address nobody reads).
-
-Replies leave from a thread of their own. Sending a frame on a veth or a bridge runs the
-receiving side's whole stack in the sender's system call, about a third of the event loop's
-time per exchange when it was done there; the call releases the GIL, so in a thread it runs
-on the other CPU while the loop decides the next requests.
 """
 
 from __future__ import annotations
@@ -23,11 +18,8 @@ import array
 import ctypes
 import errno
 import os
-import queue
 import socket
 import struct
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -265,11 +257,8 @@ def build_frame(dst_mac: bytes, src_mac: bytes, tags: bytes, src_ip: IPv4Address
 class AccessInterface:
     """The sockets of one access interface."""
 
-    def __init__(self, ifname: str, send_failed: Callable[[], None] = lambda: None) -> None:
-        """``send_failed``: called (from the sending thread) for each reply the kernel did
-        not take."""
+    def __init__(self, ifname: str) -> None:
         self.ifname = ifname
-        self.send_failed = send_failed
         self.index, mac, addrs = netlink.interface_info(ifname)
         self.mac = bytes.fromhex(mac.replace(":", ""))
         self.addresses = tuple(IPv4Address(a) for a in addrs)
@@ -287,10 +276,6 @@ class AccessInterface:
         attach_filter(self.udp, [(_RET, 0, 0, 0)])
         self.udp.bind(("0.0.0.0", SERVER_PORT))
         self._batch = _Batch(BATCH)
-        self._out: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._sender = threading.Thread(target=self._send_loop, name=f"bng-send-{ifname}",
-                                        daemon=True)
-        self._sender.start()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -300,21 +285,12 @@ class AccessInterface:
         return self._batch.receive(self.sock.fileno(), limit)
 
     def send(self, frame: bytes) -> bool:
-        """Queue ``frame`` for the sending thread (True: queued). A frame the kernel then
-        refuses (a full transmit queue) is counted through ``send_failed``."""
-        self._out.put(frame)
+        try:
+            self.sock.send(frame)
+        except (BlockingIOError, OSError):
+            return False
         return True
 
-    def _send_loop(self) -> None:
-        while (frame := self._out.get()) is not None:
-            try:
-                self.sock.send(frame)
-            except OSError:
-                self.send_failed()
-
     def close(self) -> None:
-        """Send what is queued, then close."""
-        self._out.put(None)
-        self._sender.join(timeout=5)
         self.sock.close()
         self.udp.close()
