@@ -90,6 +90,12 @@ class FlowHub:
     async def follow(self, position: int | None = None) -> AsyncIterator[Flow]:
         """The flows added from ``position`` (default: now) on, as they come, until the
         caller stops iterating."""
+        async for flows in self.follow_batches(position):
+            for f in flows:
+                yield f
+
+    async def follow_batches(self, position: int | None = None) -> AsyncIterator[list[Flow]]:
+        """``follow``'s flows in the batches they came in (never an empty one)."""
         self._loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         with self._lock:
@@ -98,8 +104,8 @@ class FlowHub:
         try:
             while True:
                 flows, at, _ = self.since(at)
-                for f in flows:
-                    yield f
+                if flows:
+                    yield flows
                 ready.clear()
                 if self.seen == at:
                     await ready.wait()
