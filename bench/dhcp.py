@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from bng_lab import dhcpgen, perfdhcp
+from bng_lab import dhcpgen, perfdhcp, profiled
 from bng_lab.netlab import NetLab, remove_leftovers
 from bng_lab.site import Site
 from bng_operator import netlink
@@ -391,19 +391,13 @@ def profile(site: Site, servers: Servers, rate: int, seconds: int, macs: Path | 
             top: int = 30) -> None:
     """One trial of bng at ``rate`` under cProfile (bng_lab/profiled.py); its own time per
     exchange by function, on stderr: where a DORA's CPU goes."""
-    import io
-    import pstats
-
     out = servers.workdir / "agent.prof"
     site.wrap = (sys.executable, "-m", "bng_lab.profiled", str(out))
     try:
         t = trial(site, servers, "bng", rate, seconds, macs)
     finally:
         site.wrap = ()
-    buf = io.StringIO()
-    st = pstats.Stats(str(out), stream=buf)
-    st.sort_stats("tottime").print_stats(top)
-    st.sort_stats("cumulative").print_stats("bng_operator|sqlite", top)
+    text, st = profiled.summary(str(out), top, "bng_operator|sqlite")
     exchanges = max(t.done * seconds, 1)
     # The loop's work for requests (start-up excluded): frames read and decided, and the
     # replies sent (with their session events) once their commit is on disk.
@@ -412,7 +406,7 @@ def profile(site: Site, servers: Servers, rate: int, seconds: int, macs: Path | 
     print(f"--- bng: {rate}/s for {seconds} s, {t.done:.0f}/s done, drops {t.drops:.2f}%; "
           f"us of the loop's CPU an exchange (DORA), profiler overhead included: "
           + ", ".join(f"{k} {v:.1f}" for k, v in sorted(per.items()))
-          + f", together {sum(per.values()):.1f}\n{buf.getvalue()}", file=sys.stderr)
+          + f", together {sum(per.values()):.1f}\n{text}", file=sys.stderr)
 
 
 def relay_site(workdir: Path, configs: dict[str, str]) -> Site:

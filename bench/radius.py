@@ -56,7 +56,7 @@ from bench.dhcp import (
     relay_site,
     step_search,
 )
-from bng_lab import dhcpgen
+from bng_lab import dhcpgen, profiled
 from bng_lab.benchrun import progress, unwind_on_sigterm
 from bng_lab.netlab import remove_leftovers
 from bng_lab.radius import SECRET, FreeRadius
@@ -275,9 +275,6 @@ def profile(site: Site, modes: Modes, rate: int, seconds: int, top: int = 25) ->
     """One trial of each configuration at ``rate`` with the agent under cProfile
     (bng_lab/profiled.py: its event loop's thread); the functions with the most own time, on
     stderr."""
-    import io
-    import pstats
-
     for which in ("plain", "auth"):
         out = modes.workdir / f"{which}.prof"
         site.wrap = (sys.executable, "-m", "bng_lab.profiled", str(out))
@@ -285,13 +282,10 @@ def profile(site: Site, modes: Modes, rate: int, seconds: int, top: int = 25) ->
             t = trial(site, modes, which, rate, seconds)
         finally:
             site.wrap = ()
-        buf = io.StringIO()
-        st = pstats.Stats(str(out), stream=buf)
-        st.sort_stats("tottime").print_stats(top)
-        st.sort_stats("cumulative").print_stats("bng_operator|pyrad|sqlite", top)
+        text, _ = profiled.summary(str(out), top, "bng_operator|pyrad|sqlite")
         print(f"--- {which}: {rate}/s for {seconds} s, {t['trial'].done:.0f}/s done, drops "
               f"{t['trial'].drops:.2f}%, {t['access_requests']:.0f} Access-Requests\n"
-              f"{buf.getvalue()}", file=sys.stderr)
+              f"{text}", file=sys.stderr)
 
 
 def main() -> int:

@@ -10,8 +10,20 @@ Only the thread that runs the program (the agent's event loop) is profiled.
 from __future__ import annotations
 
 import cProfile
+import io
+import pstats
 import runpy
 import sys
+
+
+def summary(path: str, top: int, ours: str) -> tuple[str, pstats.Stats]:
+    """The stats written at ``path``: the ``top`` functions by own time, then those matching
+    ``ours`` (a regex on file names) by time with callees; as text, and the stats."""
+    buf = io.StringIO()
+    st = pstats.Stats(path, stream=buf)
+    st.sort_stats("tottime").print_stats(top)
+    st.sort_stats("cumulative").print_stats(ours, top)
+    return buf.getvalue(), st
 
 
 def main() -> None:

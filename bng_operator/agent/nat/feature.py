@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bng_operator.agent.bursts import Bursts
 from bng_operator.agent.config import NatConfig, NodeConfig
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.agent.nat.blocks import BlockAllocator, Grant
@@ -93,13 +93,15 @@ class NatFeature:
     slots: dict[str, int] = field(default_factory=dict, init=False)  # pool -> kernel index
     attached: str | None = field(default=None, init=False)  # the uplink translated on
     problem: str = field(default="", init=False)  # why NAT is not running, for the status
-    _pending: list[tuple[str, Any]] = field(default_factory=list, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _items: Bursts[tuple[str, Any]] = field(init=False)  # to the worker, in bursts
     _work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bng-nat"), init=False)
     _tables: dict[str, int] = field(default_factory=dict, init=False)  # the collector's count
     _collected_at: float = field(default=0.0, init=False)
     _pruned_at: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self._items = Bursts(self._work, self._drain)
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -214,17 +216,11 @@ class NatFeature:
         self._submit("config", config)
 
     def _submit(self, kind: str, item: Any) -> None:
-        with self._lock:
-            self._pending.append((kind, item))
-            first = len(self._pending) == 1
-        if first:
-            self._work.submit(self._drain)
+        self._items.add((kind, item))
 
     # --- the worker ---------------------------------------------------------------------------
 
-    def _drain(self) -> None:
-        with self._lock:
-            steps, self._pending = self._pending, []
+    def _drain(self, steps: list[tuple[str, Any]]) -> None:
         if self.path is None or self.blocklog is None:
             return
         batch, now, leases = _Batch(), time.time(), []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bng_operator import netlink
+from bng_operator.agent.bursts import Bursts
 from bng_operator.agent.config import NodeConfig, ShapingRates
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.agent.qos.plan import (
@@ -85,10 +85,7 @@ class QosFeature:
     _work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bng-qos"), init=False)
     _tc: netlink.Tc | None = field(default=None, init=False)  # the worker's socket
-    # Steps wait here for the worker, which takes them all at once: one hand-over a burst
-    # of binds, not one a session (each costs a thread wake-up and a GIL switch).
-    _pending: list[Step] = field(default_factory=list, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _steps: Bursts[Step] = field(init=False)  # to the worker, in bursts
     # metrics: read off the event loop; the bytes by class kept from the last read
     _read: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="bng-qos-read"),
@@ -98,6 +95,9 @@ class QosFeature:
     _by_class_run: Future[None] | None = field(default=None, init=False)
     _drops: dict[str, int] = field(default_factory=lambda: {"down": 0, "up": 0}, init=False)
     _drops_run: Future[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._steps = Bursts(self._work, self._apply_all)
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -296,17 +296,10 @@ class QosFeature:
     # --- the worker ---------------------------------------------------------------------------
 
     def _submit(self, step: Step) -> None:
-        if self.path is None:
-            return
-        with self._lock:
-            self._pending.append(step)
-            first = len(self._pending) == 1
-        if first:
-            self._work.submit(self._drain)
+        if self.path is not None:
+            self._steps.add(step)
 
-    def _drain(self) -> None:
-        with self._lock:
-            steps, self._pending = self._pending, []
+    def _apply_all(self, steps: list[Step]) -> None:
         for step in steps:
             self._apply(step)
 
