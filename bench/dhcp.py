@@ -121,7 +121,8 @@ class Trial:
     @property
     def cpu_us(self) -> float:
         """The server's CPU an exchange (a DORA), in us: over the perfdhcp run, all ACKs.
-        CPU time, not wall time, so a busy machine changes it far less than the rates."""
+        CPU time, not wall time; the VM's speed still moves it (88-132 us for Kea, one quiet
+        hour apart)."""
         return self.cpu_s * 1e6 / max(self.report.request.received, 1)
 
     @property

@@ -113,8 +113,8 @@ def plan(state: ClusterState, settings: Settings, now: datetime) -> Plan:
     deleting = {p.name for p in state.pools if p.metadata.deletion_timestamp is not None}
     live = [p for p in state.pools if p.name not in deleting]
     nat_findings = overlapping_nat_pools(state.nat)
-    nat_findings += undersized_nat_pools(
-        [n for n in state.nat if n.name not in {f.name for f in nat_findings}])
+    overlapping = {f.name for f in nat_findings}
+    nat_findings += undersized_nat_pools([n for n in state.nat if n.name not in overlapping])
     deleting_nat = {n.name for n in state.nat if n.metadata.deletion_timestamp is not None}
     refused_nat = frozenset(f.name for f in nat_findings) | deleting_nat
     class_findings = dangling_references(state.classes, live, state.qos, state.nat,
