@@ -23,7 +23,7 @@ class AuditLog:
         self._log("allocate", s.lease)
 
     def on_changed(self, s: Session, what: Change, before: Lease | None) -> None:
-        if what != Change.POLICY:
+        if what in (Change.ADDRESS, Change.CLASS):
             self._log("allocate", s.lease)
 
     def on_ended(self, s: Session) -> None:

@@ -156,7 +156,9 @@ class DhcpServer:
         orphans = self.load(leases, declines)
         for lease in orphans:  # the client is moved on its next request; no event
             self.sessions.pop(lease.identity, None)
-        self._events.extend(Event("changed", s, Change.POLICY, s.lease) for s in changed)
+        for s in changed:
+            s.reclassify = True
+            self._events.append(Event("changed", s, Change.POLICY, s.lease))
         return orphans
 
 
@@ -501,6 +503,9 @@ class DhcpServer:
             self._events.append(Event("changed", s, Change.ADDRESS, old))
         elif old.subscriber_class != lease.subscriber_class:
             self._events.append(Event("changed", s, Change.CLASS, old))
+        elif s.reclassify:
+            self._events.append(Event("changed", s, Change.RECLASSIFIED, old))
+        s.reclassify = False
 
     def _lease_seconds(self, c: Classified) -> int:
         return (c.cls.lease_seconds if c.cls and c.cls.lease_seconds else None) \

@@ -71,7 +71,7 @@ class KubeReporting:
         self._write(s.lease, "allocate")
 
     def on_changed(self, s: Session, what: Change, before: Lease | None) -> None:
-        if what != Change.POLICY:  # the object shows address and class, not the policy
+        if what in (Change.ADDRESS, Change.CLASS):  # the object shows those, not the policy
             self._write(s.lease, "allocate")
 
     def on_ended(self, s: Session) -> None:

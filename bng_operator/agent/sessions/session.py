@@ -50,6 +50,9 @@ class Change(enum.StrEnum):
     ADDRESS = "address"  # re-bound on another address (the old lease is in the event)
     CLASS = "class"  # renewed under another SubscriberClass
     POLICY = "policy"  # its class's or pool's definition changed (a reload)
+    # ACKed by the slow path after a POLICY change, in the same class on the same address:
+    # classified anew, its lease is current again (the fast path may answer it again).
+    RECLASSIFIED = "reclassified"
 
 
 # None: the session does not exist yet.
@@ -101,6 +104,7 @@ class Session:
     authorised: bool = False  # the authoriser accepted this session (kept until it ends)
     grant: Grant | None = None  # what the authoriser granted it (None: the class's defaults)
     end_reason: EndReason | None = None
+    reclassify: bool = False  # a POLICY change awaits the slow path's next ACK
     # What each feature attached to it, by feature name (a fast-path key, a QoS class,
     # a NAT block, a RADIUS session id and its counters).
     attached: dict[str, object] = field(default_factory=dict)

@@ -109,3 +109,60 @@ def test_a_pool_change_on_reload_removes_its_leases_entries() -> None:
     left = {e.address for e in maps.entries.values()}
     business = {a for a, lease in s.by_address.items() if lease.pool == "business"}
     assert len(business) == 1 and left == business  # the residential entry left the maps
+
+
+def test_a_subscriber_classified_anew_after_a_reload_is_answered_by_the_kernel_again() -> None:
+    """A reload that redefines a subscriber's class or pool (a new block from the operator
+    does) takes its entry out of the maps, so the slow path classifies its next request. That
+    ACK, in the same class on the same address, puts the entry back: without it the
+    subscriber would be answered by the slow path for good."""
+    from bng_lab.dhcp_env import server
+    from bng_lab.messages import request
+    from bng_operator.agent.dhcp.codec import MessageType
+    from bng_operator.agent.dhcp.server import Context
+    from bng_operator.agent.fastpath.feature import FastPathFeature
+    from bng_operator.agent.sessions.events import SessionEvents
+    from bng_operator.agent.sessions.session import Change
+    from bng_operator.api import SubscriberClass
+
+    s, _, _ = server()
+    ctx = Context("access0", (IPv4Address("100.64.0.1"),))
+    mac, who = "02:00:00:00:0e:01", {"remote": "res-7"}
+    offer = s.handle(request(MessageType.DISCOVER, mac, **who), ctx).reply  # type: ignore[arg-type]
+    assert offer is not None
+    address = str(offer.yiaddr)
+    s.handle(request(MessageType.REQUEST, mac, requested=address,  # type: ignore[arg-type]
+                     server_id="100.64.0.1", **who), ctx)
+    maps = FlakyMaps()
+    feature = FastPathFeature(s, None, None, None, None, "native")  # type: ignore[arg-type]
+    feature.cache = SubscriberCache(maps, s.config)  # type: ignore[arg-type]
+    feature.cache.warm(s.by_address.values())
+    bus = SessionEvents()
+    bus.subscribe(feature)
+    s.take_events()
+
+    def longer_leases(objs):  # type: ignore[no-untyped-def]
+        return [o.model_copy(update={"spec": o.spec.model_copy(update={"lease_time": "2h"})})
+                if isinstance(o, SubscriberClass) and o.name == "residential" else o
+                for o in objs]
+
+    s.reconfigure(sample_config(longer_leases))
+    feature.cache.config = s.config
+    events = s.take_events()
+    assert [e.what for e in events] == [Change.POLICY]
+    bus.publish(events)
+    assert maps.entries == {}
+
+    renewal = request(MessageType.REQUEST, mac, ciaddr=address, **who)  # type: ignore[arg-type]
+    ack = s.handle(renewal, ctx).reply
+    assert ack is not None and str(ack.yiaddr) == address
+    events = s.take_events()
+    assert [e.what for e in events] == [Change.RECLASSIFIED]
+    bus.publish(events)
+    (entry,) = maps.entries.values()
+    assert str(IPv4Address(entry.address)) == address
+    assert entry.lease_seconds == 7200  # the new policy's
+
+    # Renewed again, nothing changed: no event (the kernel answers it from now on).
+    s.handle(renewal, ctx)
+    assert s.take_events() == []
