@@ -44,7 +44,7 @@ from bng_operator.agent.report.kube import KubeReporter, ReportSettings
 from bng_operator.agent.sessions.authorise import Authoriser
 from bng_operator.agent.sessions.events import SessionEvents
 from bng_operator.agent.sessions.session import EndReason
-from bng_operator.agent.sources import KubeSource, Source, load_node_config
+from bng_operator.agent.sources import KubeSource, NodeMissing, Source, load_node_config
 from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, ProgramStatus
 from bng_operator.api.common import DEFAULT_NAMESPACE
 from bng_operator.api.radius import SecretRef
@@ -120,6 +120,27 @@ class Agent:
         finally:
             locks.release()
 
+    async def _first_config(self, stop: asyncio.Event) -> NodeConfig | None:
+        """The node's configuration; None if stopped first. In Kubernetes mode the operator
+        writes the node's BNGNode seconds after the node is labelled, often after the
+        DaemonSet started this agent: wait for it (said once), rather than exit into a
+        crash loop. From files, a missing BNGNode is the user's error: raised."""
+        loop = asyncio.get_running_loop()
+        said = False
+        while True:
+            try:
+                return await loop.run_in_executor(None, load_node_config, self.source,
+                                                  self.settings.node)
+            except NodeMissing as e:
+                if not isinstance(self.source, KubeSource):
+                    raise
+                if not said:
+                    log.warning("%s; waiting for the operator to write it", e)
+                    said = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+                return None
+
     async def _run(self, stop: asyncio.Event, locks: Locks) -> None:
         st, m, h = self.settings, self.metrics, self.health
         loop = self._loop = asyncio.get_running_loop()
@@ -130,7 +151,10 @@ class Agent:
                 st.bpf_pin_root.mkdir(parents=True, exist_ok=True)
             if st.bpf_pin_root.is_dir():
                 locks.hold(st.bpf_pin_root, "the BPF directory")
-        self.config = await loop.run_in_executor(None, load_node_config, self.source, st.node)
+        config = await self._first_config(stop)
+        if config is None:
+            return
+        self.config = config
         self._read_source()
         h.last_sync = datetime.now(UTC)
         m.config_loaded.set(1)

@@ -235,12 +235,17 @@ class KubeSource:
                 stop.wait(2.0)
 
 
+class NodeMissing(ConfigError):
+    """The source has no BNGNode of this node (yet: in Kubernetes mode the operator writes
+    it once it sees the labelled node)."""
+
+
 def load_node_config(source: Source, node: str) -> NodeConfig:
     objects = source.objects()
     nodes = {o.name: o for o in objects if isinstance(o, BNGNode)}
     if node not in nodes:
         have = ", ".join(sorted(nodes)) or "none"
-        raise ConfigError(f"no BNGNode named {node!r} in {source.describe()} (found: {have})")
+        raise NodeMissing(f"no BNGNode named {node!r} in {source.describe()} (found: {have})")
     try:
         spec = render_node(nodes[node], objects)
     except RenderError as e:

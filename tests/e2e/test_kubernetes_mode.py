@@ -50,9 +50,35 @@ spec:
         k8s.kubectl("delete", "subscriberclass", "default", "--ignore-not-found")
 
 
-def test_missing_bngnode_is_a_clear_error(k8s: Cluster, site: Site) -> None:
+def test_an_agent_started_before_its_bngnode_waits_for_it(k8s: Cluster, site: Site) -> None:
+    """The DaemonSet starts the agent as soon as the node is labelled; the operator writes the
+    node's BNGNode a moment later. The agent waits, not ready, and says why, rather than
+    exiting into a crash loop; then it serves."""
+    site.node = "late-node"
+    with pytest.raises(TimeoutError):
+        site.start_agent("--kubeconfig", str(k8s.kubeconfig), timeout=5)
+    assert site.agent is not None and site.agent.poll() is None, site.log()
+    assert "no BNGNode named 'late-node'" in site.log()
+    assert "waiting for the operator to write it" in site.log()
+    k8s.kubectl("apply", "-f", str(SAMPLES))
+    node = f"""apiVersion: bng.dev/v1alpha1
+kind: BNGNode
+metadata: {{name: late-node}}
+spec:
+  nodeName: late-node
+  interfaces: {{access: [{site.access}]}}
+"""
+    try:
+        k8s.kubectl("apply", "-f", "-", input=node)
+        site.wait_ready(timeout=60)
+        assert "Traceback" not in site.log()
+    finally:
+        k8s.kubectl("delete", "bngnode", "late-node", "--ignore-not-found")
+
+
+def test_missing_bngnode_in_files_is_a_clear_error(site: Site) -> None:
     site.node = "no-such-node"
     with pytest.raises(RuntimeError) as e:
-        site.start_agent("--kubeconfig", str(k8s.kubeconfig))
+        site.start_agent("--config", str(SAMPLES))
     assert "no BNGNode named 'no-such-node'" in str(e.value)
     assert "Traceback" not in str(e.value)
