@@ -5,10 +5,12 @@ plan. Rounds are level-triggered and coalesced, so a burst of changes costs one 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -126,7 +128,11 @@ def register(registry: kopf.OperatorRegistry, ours: OperatorSettings, metrics: M
     def login(**kw: Any) -> Any:
         if ours.kubeconfig:
             return kopf.login_with_kubeconfig(**kw)  # reads $KUBECONFIG, set by run()
-        return kopf.login_with_service_account(**kw)
+        info = kopf.login_with_service_account(**kw)
+        server = in_cluster_server(os.environ)
+        if info is None or server is None:
+            return info
+        return dataclasses.replace(info, server=server)
 
     def poke(**_: Any) -> None:
         rec = state.get("reconciler")
@@ -189,3 +195,14 @@ def run(settings: OperatorSettings) -> int:
     asyncio.run(kopf.operator(registry=registry, clusterwide=True,
                               peering_name=settings.peering, priority=settings.priority))
     return 0
+
+
+def in_cluster_server(env: Mapping[str, str]) -> str | None:
+    """The apiserver a pod reaches, from the variables the kubelet gives every container (as
+    client-go's in-cluster config reads them), or None outside a pod. kopf's own login names
+    https://kubernetes.default.svc, which needs the cluster's DNS: an operator on a cluster
+    whose DNS is down, or not yet up, would never start."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
