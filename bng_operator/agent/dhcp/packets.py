@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,12 @@ class PacketPath:
         missing = []
         for name in names:
             if name in self.interfaces:
-                continue
+                if _still_there(self.interfaces[name]):
+                    continue
+                # Gone (a NIC removed, a veth deleted) or replaced by a new one of that name:
+                # its sockets serve nothing; open the new one, or say it is missing.
+                self._close_interface(name)
+                log.error("access interface %s disappeared", name)
             try:
                 # pyroute2 turns asynchronous inside a running loop: netlink runs in a thread.
                 iface = await loop.run_in_executor(None, AccessInterface, name)
@@ -93,13 +99,16 @@ class PacketPath:
         self.health.problem = problem
 
     def close(self) -> None:
-        loop = asyncio.get_running_loop()
         for t in self._authorising:
             t.cancel()
-        for iface in self.interfaces.values():
-            loop.remove_reader(iface.fileno())
-            iface.close()
-        self.interfaces.clear()
+        for name in list(self.interfaces):
+            self._close_interface(name)
+
+    def _close_interface(self, name: str) -> None:
+        iface = self.interfaces.pop(name)
+        asyncio.get_running_loop().remove_reader(iface.fileno())
+        iface.close()
+        self.health.attached.discard(name)
 
     def _on_readable(self, iface: AccessInterface) -> None:
         for data, tag in iface.receive():
@@ -234,3 +243,10 @@ class PacketPath:
             self.sessions.publish(events)
 
 
+def _still_there(iface: AccessInterface) -> bool:
+    """Whether the interface the sockets were opened on still has its name (one ioctl; no
+    netlink on the event loop)."""
+    try:
+        return socket.if_nametoindex(iface.ifname) == iface.index
+    except OSError:
+        return False
