@@ -51,8 +51,7 @@ def test_the_agent_keeps_its_fast_path_with_only_the_charts_capabilities(
     site.wrap = chart.with_capabilities(caps)
     site.start_agent(timeout=60)
     assert site.agent is not None
-    # Not more than the chart's; fewer only where this machine's root lacks one itself (a
-    # sandbox without SYS_RESOURCE: kernels >= 5.11 charge map memory to the cgroup anyway).
+    # Not more than the chart's; fewer only where this machine's root lacks one itself.
     expected = set(caps) & _capabilities(os.getpid(), "CapBnd")
     for which in ("CapEff", "CapBnd"):
         assert _capabilities(site.agent.pid, which) == expected, which
