@@ -4,7 +4,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup test unit lint crds dashboards lab lab-down clean
+.PHONY: help setup test unit lint crds dashboards lab lab-down cluster cluster-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -12,8 +12,8 @@ help:  ## list the targets
 setup:  ## install everything (apt packages, kernel headers link, .venv, kube-apiserver/etcd)
 	@hack/setup.sh
 
-test: setup lint  ## the whole suite: unit, bpf (root), k8s (real apiserver), e2e
-	BNG_REQUIRE_TIERS=unit,bpf,k8s,e2e PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+test: setup lint  ## the whole suite: unit, bpf (root), k8s (real apiserver), e2e, cluster (kubelet)
+	BNG_REQUIRE_TIERS=unit,bpf,k8s,e2e,cluster PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 unit:  ## only the unit tier (no root, no network)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
@@ -36,6 +36,12 @@ lab: setup  ## run a small ISP site here: bng node, OLT, $(SUBSCRIBERS) dhclient
 
 lab-down:  ## remove what a crashed lab or test run left behind
 	$(BIN)/bng lab --down
+
+cluster: setup  ## bng installed by helm on a one-node cluster here (kubelet, containerd), samples applied
+	$(BIN)/bng lab --kubernetes --subscribers 5
+
+cluster-down:  ## remove what a crashed `make cluster` or cluster test left behind
+	$(BIN)/bng lab --kubernetes --down
 
 clean:  ## remove the venv and caches (not the cached kube binaries in ~/.cache/bng)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -59,6 +59,14 @@ class ControlPlane:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     url: str = ""
     port: int = 0
+    # Where kube-apiserver listens (port 0: a free one). A cluster with a kubelet (bng_lab.
+    # cluster) listens on the `kubernetes` Service IP, where pods look for it.
+    address: str = "127.0.0.1"
+    # For real nodes: Node authorization, NodeRestriction, ServiceAccount tokens in pods, and
+    # kubelets reached at their InternalIP (kubectl logs/exec).
+    with_nodes: bool = False
+    # More lines of the token file ("TOKEN,USER,UID,GROUP"), e.g. a kubelet's.
+    tokens: tuple[str, ...] = ()
     _apiserver_argv: list[str] = field(default_factory=list)
 
     @property
@@ -67,9 +75,11 @@ class ControlPlane:
 
     def start(self, timeout: float = 90.0) -> ControlPlane:
         apiserver, etcd = find_binaries()
-        etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
+        etcd_client, etcd_peer = free_port(), free_port()
+        api_port = self.port or free_port()
         self._keys()
-        (self.workdir / "tokens.csv").write_text(f"{TOKEN},bng-admin,1,system:masters\n")
+        (self.workdir / "tokens.csv").write_text(
+            "".join(f"{t}\n" for t in (f"{TOKEN},bng-admin,1,system:masters", *self.tokens)))
         (self.workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         self._spawn("etcd", [
             str(etcd), "--data-dir", str(self.workdir / "etcd"),
@@ -84,16 +94,18 @@ class ControlPlane:
         self._apiserver_argv = [
             str(apiserver),
             "--etcd-servers", f"http://127.0.0.1:{etcd_client}",
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--bind-address", self.address, "--advertise-address", self.address,
             "--secure-port", str(api_port),
             "--cert-dir", str(self.workdir / "certs"),
             "--token-auth-file", str(self.workdir / "tokens.csv"),
-            "--authorization-mode", "RBAC",
+            *(["--authorization-mode", "Node,RBAC", "--enable-admission-plugins",
+               "NodeRestriction", "--kubelet-preferred-address-types", "InternalIP"]
+              if self.with_nodes else
+              ["--authorization-mode", "RBAC", "--disable-admission-plugins", "ServiceAccount"]),
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--service-account-key-file", str(self.workdir / "sa.pub"),
             "--service-account-signing-key-file", str(self.workdir / "sa.key"),
             "--service-cluster-ip-range", "10.96.0.0/16",
-            "--disable-admission-plugins", "ServiceAccount",
             "--enable-priority-and-fairness=false",
             "--audit-policy-file", str(self.workdir / "audit-policy.yaml"),
             "--audit-log-path", str(self.audit_log), "--audit-log-mode", "blocking",
@@ -101,7 +113,7 @@ class ControlPlane:
         ]
         self._spawn("kube-apiserver", self._apiserver_argv)
         self.port = api_port
-        self.url = f"https://127.0.0.1:{api_port}"
+        self.url = f"https://{self.address}:{api_port}"
         self._write_kubeconfig()
         self._wait_ready(timeout)
         return self

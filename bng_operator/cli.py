@@ -292,13 +292,15 @@ def _answer(a: Any) -> dict[str, Any]:
 
 def _cmd_lab(args: argparse.Namespace) -> int:
     try:
-        from bng_lab import lab
+        from bng_lab import cluster_lab, lab
     except ImportError:  # the image ships the product only
         print("bng lab: the lab (package bng_lab) is not installed here; run it from a "
               "checkout: make lab", file=sys.stderr)
         return 2
 
-    return lab.down() if args.down else lab.run(args.subscribers, args.config)
+    if args.kubernetes:
+        return cluster_lab.down() if args.down else cluster_lab.run(args.subscribers or 5)
+    return lab.down() if args.down else lab.run(args.subscribers or 20, args.config)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -513,9 +515,14 @@ def parser() -> argparse.ArgumentParser:
                     "network namespaces running dhclient; serve them with the agent in "
                     "standalone mode and show a live table of subscribers. Ctrl-C tears it "
                     "all down.")
-    lb.add_argument("--subscribers", type=int, default=20, metavar="N")
+    lb.add_argument("--subscribers", type=int, metavar="N",
+                    help="dhclient subscribers (default: 20; with --kubernetes 5)")
     lb.add_argument("--config", type=Path, action="append", metavar="PATH",
                     help="standalone config (default: config/samples/)")
+    lb.add_argument("--kubernetes", action="store_true",
+                    help="instead: a one-node Kubernetes cluster (kubelet, containerd) with "
+                         "bng installed by its Helm chart from an image built here, and the "
+                         "samples applied (make cluster)")
     lb.add_argument("--down", action="store_true", help="only remove what a crashed lab left")
     lb.set_defaults(func=_cmd_lab)
     return p

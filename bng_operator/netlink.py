@@ -74,6 +74,12 @@ def in_netns(ns: str | None) -> Iterator[None]:
         os.close(own)
 
 
+def list_links(ns: str | None = None) -> list[str]:
+    """The names of the links in ``ns``."""
+    with route(ns) as ipr:
+        return [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+
+
 def list_netns() -> list[str]:
     return sorted(netns.listnetns())
 
@@ -203,6 +209,15 @@ def add_bridge(name: str, ns: str | None = None) -> None:
     with route(ns) as ipr:
         ipr.link("add", ifname=name, kind="bridge")
         ipr.link("set", index=_index(ipr, name, ns), state="up")
+
+
+def rename(ifname: str, new: str, ns: str | None = None) -> None:
+    """Give the link another name (taken down for it, as the kernel asks, then up again)."""
+    with route(ns) as ipr:
+        idx = _index(ipr, ifname, ns)
+        ipr.link("set", index=idx, state="down")
+        ipr.link("set", index=idx, ifname=new)
+        ipr.link("set", index=idx, state="up")
 
 
 def set_master(ifname: str, bridge: str, ns: str | None = None) -> None:

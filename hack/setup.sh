@@ -9,6 +9,9 @@ APT_PACKAGES=(
   iproute2 iputils-ping curl openssl tcpdump nftables iperf3 traceroute
   isc-dhcp-client udhcpc dhcpcd-base kea-admin kea-dhcp4-server
   freeradius freeradius-utils
+  # the cluster tier (tests/cluster, make cluster): a kubelet's runtime and pod network, and
+  # the images built without docker (mmdebstrap; the pause binary, static)
+  containerd runc containernetworking-plugins mmdebstrap gcc libc6-dev libcap2-bin
 )
 
 sudo_() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
@@ -58,7 +61,8 @@ if [[ ! -f .venv/.installed || pyproject.toml -nt .venv/.installed ]]; then
 fi
 .venv/bin/python -c 'import bcc' || { say "bcc is not importable from .venv"; exit 1; }
 
-# 5. The test control plane (kube-apiserver + etcd), built once and cached in ~/.cache/bng.
+# 5. The test control plane (kube-apiserver + etcd) and the cluster tier's node
+#    (kube-controller-manager, kube-scheduler, kubelet), built once and cached in ~/.cache/bng.
 hack/kube/build.sh >/dev/null
 hack/helm/build.sh >/dev/null   # helm, for the chart tests (tests/k8s/test_deploy.py)
 hack/hubble/build.sh >/dev/null # the hubble CLI, for the Hubble API tests

@@ -2,7 +2,8 @@
 
 Each directory is a tier and gets its marker automatically: tests/unit (no root, no network),
 tests/bpf (root, BPF, network namespaces), tests/k8s (a real kube-apiserver and etcd),
-tests/e2e (the whole system). Run one tier with ``pytest -m unit``.
+tests/e2e (the whole system), tests/cluster (the Helm chart's pods on a real kubelet). Run
+one tier with ``pytest -m unit``.
 
 A tier whose prerequisites are missing fails with instructions; it never skips silently.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TIERS = ("unit", "bpf", "k8s", "e2e")
+TIERS = ("unit", "bpf", "k8s", "e2e", "cluster")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -122,7 +123,7 @@ def k8s() -> Iterator[Cluster]:
 
 
 # --- tier accounting -----------------------------------------------------------------------------
-# `make test` sets BNG_REQUIRE_TIERS=unit,bpf,k8s: the run fails unless each of those tiers
+# `make test` sets BNG_REQUIRE_TIERS=unit,bpf,k8s,e2e,cluster: the run fails unless each of those tiers
 # ran tests and none of them skipped, so CI cannot go green on a tier that silently did not run.
 
 _outcomes: dict[str, dict[str, int]] = {t: {"passed": 0, "failed": 0, "skipped": 0} for t in TIERS}
