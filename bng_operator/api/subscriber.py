@@ -95,7 +95,9 @@ class Subscriber(Resource):
             PrinterColumn("Node", "string", ".status.node"),
             PrinterColumn("Class", "string", ".status.class"),
             PrinterColumn("State", "string", ".status.state"),
-            PrinterColumn("Expires", "date", ".status.leaseExpiry"),
+            # A string: kubectl prints a "date" as the time since it, and "<invalid>" for
+            # every lease, whose end is in the future.
+            PrinterColumn("Expires", "string", ".status.leaseExpiry"),
             PrinterColumn("Reserved", "string", ".spec.address", priority=1),
             PrinterColumn("Circuit-ID", "string", ".spec.identity.circuitId", priority=1),
             PrinterColumn("Remote-ID", "string", ".spec.identity.remoteId", priority=1),

@@ -171,6 +171,7 @@ def test_dhclient_subscribers_get_leases_and_kubectl_shows_them(release: Release
     wait("kubectl get subscribers lists them", lambda: addresses <= listed(), timeout=60)
     table = r.kubectl("get", "subscribers", "-n", NS).stdout
     assert all(a in table for a in addresses), table
+    assert "<invalid>" not in table, table  # the lease's end, not kubectl's "time since"
     wait("renewals answered by the kernel", lambda: r.metrics().get(
         'bng_dhcp_requests_total{path="fast",result="ack",type="request"}', 0) >= SUBSCRIBERS,
          why=r.diagnosis)
