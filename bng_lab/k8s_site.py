@@ -56,15 +56,16 @@ def kubectl_binary() -> str | None:
     return shutil.which("kubectl", path=f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}")
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
-    """``check()``'s first truthy value, or TimeoutError naming ``what``."""
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.1,
+             why: Callable[[], str] | None = None) -> Any:
+    """``check()``'s first truthy value, or TimeoutError naming ``what`` (and ``why()``)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s")
+            raise TimeoutError(f"{what}: not within {timeout}s" + (f":\n{why()}" if why else ""))
         time.sleep(every)
 
 

@@ -26,6 +26,7 @@ import pytest
 from bng_lab import chart, clients
 from bng_lab.cluster import NODE, Cluster
 from bng_lab.cluster_lab import NS, RELEASE, ClusterSite
+from bng_lab.k8s_site import wait_for
 from bng_lab.site import Site
 from bng_operator import netlink
 
@@ -41,16 +42,11 @@ CLUSTER_KINDS = ("clusterroles,clusterrolebindings,validatingadmissionpolicies,"
 
 def wait(what: str, pred: Callable[[], object], timeout: float = 120, every: float = 0.5,
          why: Callable[[], str] | None = None) -> Any:
-    """``pred()``'s first truthy value; else fails naming ``what``, with ``why()``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} ({timeout}s)"
-                                 + (f":\n{why()}" if why else ""))
-        time.sleep(every)
+    """``pred()``'s first truthy value; else the test fails naming ``what``, with ``why()``."""
+    try:
+        return wait_for(what, pred, timeout, every, why)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
 
 
 class Release(ClusterSite):

@@ -25,16 +25,22 @@ def site(netlab: NetLab, tmp_path: Path, bpffs: Path) -> Iterator[Site]:
     s.close()  # the agent, and what it made beside the lab in this namespace (its IFB)
 
 
+def bngnode(name: str, access: str) -> str:
+    """A BNGNode as the operator writes it, serving ``access``; its interfaces block last."""
+    return f"""apiVersion: bng.dev/v1alpha1
+kind: BNGNode
+metadata: {{name: {name}}}
+spec:
+  nodeName: {name}
+  interfaces:
+    access: [{access}]
+"""
+
+
 def test_agent_serves_from_objects_in_the_apiserver(k8s: Cluster, site: Site,
                                                      tmp_path: Path) -> None:
     k8s.kubectl("apply", "-f", str(SAMPLES))
-    node = f"""apiVersion: bng.dev/v1alpha1
-kind: BNGNode
-metadata: {{name: edge-k8s}}
-spec:
-  nodeName: edge-k8s
-  interfaces: {{access: [{site.access}], option82: {{trusted: [{site.access}]}}}}
-"""
+    node = bngnode("edge-k8s", site.access) + f"    option82: {{trusted: [{site.access}]}}\n"
     k8s.kubectl("apply", "-f", "-", input=node + "---\n" + DEFAULT_CLASS)
     try:
         site.start_agent("--kubeconfig", str(k8s.kubeconfig))
@@ -61,15 +67,8 @@ def test_an_agent_started_before_its_bngnode_waits_for_it(k8s: Cluster, site: Si
     assert "no BNGNode named 'late-node'" in site.log()
     assert "waiting for the operator to write it" in site.log()
     k8s.kubectl("apply", "-f", str(SAMPLES))
-    node = f"""apiVersion: bng.dev/v1alpha1
-kind: BNGNode
-metadata: {{name: late-node}}
-spec:
-  nodeName: late-node
-  interfaces: {{access: [{site.access}]}}
-"""
     try:
-        k8s.kubectl("apply", "-f", "-", input=node)
+        k8s.kubectl("apply", "-f", "-", input=bngnode("late-node", site.access))
         site.wait_ready(timeout=60)
         assert "Traceback" not in site.log()
     finally:
