@@ -15,6 +15,11 @@ A trial's rate counts only the ACKs that arrive within its timed period (perfdhc
 "Rate" also counts those of its exit wait); its drops count every reply up to 0.5 s later.
 The highest rate with at most 2.5% drops (on DISCOVER-OFFER and REQUEST-ACK alike) is that
 server's result. One JSON line: {"scenario", "bng", "peer", "ratio", "bng_delay_ms", ...}.
+new then runs bng and Kea's best configuration twice more each, around that result (the
+peak): at 80% of it with every exchange timed (perfdhcp -x t), for "p99_ms_at_80pct" and
+"at_80pct"; and offered twice its rate, for "overload_2x" (the goodput past saturation, as a
+fraction of the peak; "sent" says what perfdhcp managed to send). "bng_cores" is the CPUs'
+worth bng kept busy in its best trial; "cores" says that and the CPUs each server may use.
 perfdhcp tops out near 30k DISCOVER/s here; "generator_limited" says when bng's best trial
 still had no drops at the highest rate perfdhcp could send (bng is then faster than shown).
 With perfdhcp, bng's XDP program runs in generic mode: on veth, native mode leaves too
@@ -117,6 +122,14 @@ class Trial:
     report: perfdhcp.Report
     by_path: dict[str, float] = field(default_factory=dict)  # bng, known: replies by path
     cpu_s: float = 0.0  # the server process's CPU (all threads, user and system) in the run
+    wall_s: float = 0.0  # how long perfdhcp ran (its exit wait too): cpu_s's period
+    cores_allowed: int = 0  # the CPUs the server may run on
+    timers: dict[str, list[float]] = field(default_factory=dict)  # with -x t: delays in ms
+
+    @property
+    def cores_used(self) -> float:
+        """The CPUs the server kept busy on average while perfdhcp ran."""
+        return self.cpu_s / self.wall_s if self.wall_s else 0.0
 
     @property
     def cpu_us(self) -> float:
@@ -163,6 +176,11 @@ class Servers:
             return 0.0
         fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def cores_allowed(self, which: str) -> int:
+        """The CPUs the running server may use (its affinity)."""
+        proc = self.site.agent if which == "bng" else self.kea
+        return len(os.sched_getaffinity(proc.pid)) if proc is not None else 0
 
     def settle(self, timeout: float = 60) -> None:
         """Wait for the agent's start-up work to end: DHCP is served (ready) before the fast
@@ -274,7 +292,9 @@ def step_search(run: Callable[[int], T], ok: Callable[[T], bool], top: int,
 
 
 def trial(site: Site, servers: Servers, which: str, rate: int, seconds: int,
-          macs: Path | None) -> Trial:
+          macs: Path | None, timed_exchanges: bool = False) -> Trial:
+    """One perfdhcp run against a fresh server; with ``timed_exchanges``, every exchange's
+    delay too (perfdhcp -x t)."""
     servers.start(which)
     try:
         clients = ["-R", str(rate * seconds * 2)]
@@ -282,15 +302,73 @@ def trial(site: Site, servers: Servers, which: str, rate: int, seconds: int,
             clients = ["-M", str(macs)]
             _perfdhcp(site, 1000, KNOWN_CLIENTS * 7 // 1000 + 1, clients)
         before = servers.fast_counters(which)
-        cpu0 = servers.cpu_seconds(which)
-        r = _perfdhcp(site, rate, seconds, clients)
+        cpu0, t0 = servers.cpu_seconds(which), time.monotonic()
+        r = _perfdhcp(site, rate, seconds, clients, ("-x", "t") if timed_exchanges else ())
+        wall = time.monotonic() - t0
         cpu = servers.cpu_seconds(which) - cpu0
         by_path = {}
         if macs is not None and which == "bng":
             by_path = replies_by_path(before, servers.fast_counters(which))
-        return Trial(rate, seconds, perfdhcp_report(r), by_path, cpu)
+        return Trial(rate, seconds, perfdhcp_report(r), by_path, cpu, wall,
+                     servers.cores_allowed(which),
+                     perfdhcp.timers(r.stdout) if timed_exchanges else {})
     finally:
         servers.stop(which)
+
+
+LATENCY_LOAD = 0.8  # the seed's slow-path delay bound holds at 80% of the peak
+OVERLOAD = 2
+EXCHANGES = (("discover_offer", "DISCOVER-OFFER"), ("request_ack", "REQUEST-ACK"))
+
+
+@dataclass
+class Beyond:
+    """A server's two runs past its search, around its peak (its best trial): delays at
+    LATENCY_LOAD of the peak, and goodput when offered OVERLOAD times it."""
+    peak: Trial
+    at_load: Trial
+    overloaded: Trial
+
+    def p99_ms(self) -> dict[str, float]:
+        """The 99th percentile delay at LATENCY_LOAD, by exchange."""
+        return {key: round(perfdhcp.percentile(self.at_load.timers.get(name, []), 99), 3)
+                for key, name in EXCHANGES}
+
+    def summary(self) -> dict[str, object]:
+        delays = {}
+        for key, name in EXCHANGES:
+            ms = self.at_load.timers.get(name, [])
+            delays[key] = {"p50": round(perfdhcp.percentile(ms, 50), 3),
+                           "p99": round(perfdhcp.percentile(ms, 99), 3),
+                           "max": round(max(ms), 3) if ms else None, "exchanges": len(ms)}
+        o = self.overloaded
+        return {
+            "at_80pct": {"rate": self.at_load.rate, "done": round(self.at_load.done),
+                         "drops": round(self.at_load.drops, 2), "delay_ms": delays},
+            "overload_2x": {"offered": o.rate, "sent": round(o.report.discover.sent / o.seconds),
+                            "served": round(o.done), "peak": round(self.peak.done),
+                            "of_peak": round(o.done / self.peak.done, 3),
+                            "drops": round(o.drops, 2)},
+        }
+
+
+
+
+def beyond(site: Site, servers: Servers, which: str, peak: Trial, seconds: int,
+           log: bool) -> Beyond:
+    """Delays at LATENCY_LOAD of ``peak`` (every exchange timed), then OVERLOAD times its
+    rate offered, new clients each time."""
+    at_load = trial(site, servers, which, round(LATENCY_LOAD * peak.done), seconds, None,
+                    timed_exchanges=True)
+    over = trial(site, servers, which, OVERLOAD * peak.rate, seconds, None)
+    b = Beyond(peak, at_load, over)
+    if log:
+        p99 = b.p99_ms()
+        print(f"  {which:15} at {at_load.rate}/s: p99 DISCOVER-OFFER "
+              f"{p99['discover_offer']} ms, REQUEST-ACK {p99['request_ack']} ms; "
+              f"offered {over.rate}/s: {over.done:.0f}/s served "
+              f"({over.done / peak.done:.0%} of its peak)", file=sys.stderr)
+    return b
 
 
 def generator_limited(trials: list[Trial]) -> bool:
@@ -435,6 +513,9 @@ def main() -> int:
     ap.add_argument("--bng-only", action="store_true",
                     help="search bng's rate alone (no Kea, so no ratio): to compare two "
                          "versions of bng, run one after the other")
+    ap.add_argument("--no-beyond", action="store_true",
+                    help="new: skip the runs past the search (delays at 80%% of each "
+                         "server's peak, goodput at twice it)")
     ap.add_argument("--profile", type=int, metavar="RATE",
                     help="only: one trial at RATE with the agent under cProfile (its event "
                          "loop's thread), the functions with the most own time on stderr")
@@ -453,6 +534,7 @@ def main() -> int:
                                 for i in range(KNOWN_CLIENTS)))
     perf: dict[str, tuple[Trial | None, list[Trial]]] = {}
     kernel: dict[str, KernelRun] = {}
+    past: dict[str, Beyond] = {}
     first = next(iter(KEA_CONFIGS))
     try:
         if args.profile:
@@ -464,6 +546,13 @@ def main() -> int:
                 b0 = perf[first][0] if name != first else None
                 perf[name] = search(site, servers, name, args.seconds, True, macs,
                                     start=grid_start(b0.rate if b0 else None))
+        if args.scenario == "new" and not args.no_beyond:
+            kea_best = best_config({n: t.done if t else 0.0 for n, (t, _) in perf.items()
+                                    if n != "bng"})
+            for side in ["bng"] + ([kea_best] if kea_best else []):
+                peak = perf[side][0]
+                if peak:
+                    past[side] = beyond(site, servers, side, peak, args.seconds, True)
         if args.scenario == "known" and not args.bng_only:
             kernel["bng"] = kernel_search(site, servers, "bng", min(args.seconds, 3))
             for name in KEA_CONFIGS:
@@ -501,6 +590,11 @@ def main() -> int:
             "request_ack": _delays(kea.report.request) if kea else None,
         },
         "max_drops_percent": MAX_DROPS,
+        # What each server ran on in its best trial: the CPUs it may use and the CPUs' worth
+        # it kept busy (perfdhcp, on the same machine, takes most of one).
+        "bng_cores": round(bng.cores_used, 2) if bng else None,
+        "cores": {n: {"allowed": t.cores_allowed, "used": round(t.cores_used, 2)}
+                  for n, t in (("bng", bng), ("peer", kea)) if t},
         # bng had no drops at the top rate and perfdhcp sent less than was asked of it.
         "generator_limited": generator_limited(bng_trials),
         "bng_replies_by_path": bng.by_path if bng else None,
@@ -509,6 +603,12 @@ def main() -> int:
                    "peer_configs": {n: [(t.rate, round(t.drops, 2)) for t in ts]
                                     for n, (_, ts) in perf.items() if n != "bng"}},
     }
+    if past:
+        role = {n: "bng" if n == "bng" else "peer" for n in past}
+        summaries = {role[n]: b.summary() for n, b in past.items()}
+        out["p99_ms_at_80pct"] = {role[n]: b.p99_ms() for n, b in past.items()}
+        for key in ("at_80pct", "overload_2x"):
+            out[key] = {r: s[key] for r, s in summaries.items()}
     if kernel:
         kb, kb_trials, by_path = kernel["bng"]
         kpeer_rates = {n: r.leases_rate if r else 0.0 for n, (r, _, _) in kernel.items()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -57,3 +58,22 @@ def parse(out: str) -> Report:
     periodic = re.findall(r"^sent: \d+/\d+; received: \d+/(\d+);", out, re.MULTILINE)
     return Report(float(rate.group(1)), by["DISCOVER-OFFER"], by["REQUEST-ACK"],
                   int(periodic[0]) if periodic else None)
+
+
+def timers(out: str) -> dict[str, list[float]]:
+    """Each successful exchange's delay in ms, by exchange ("DISCOVER-OFFER", "REQUEST-ACK"),
+    from the timestamps that ``-x t`` makes perfdhcp print when it finishes."""
+    found: dict[str, list[float]] = {}
+    for section in re.split(r"\*\*\*Timestamps for packets: ", out)[1:]:
+        name = section.split("***")[0]
+        found[name] = [(float(rcvd) - float(sent)) * 1e3 for sent, rcvd in re.findall(
+            r"^sent / received: ([\d.]+) / ([\d.]+)$", section, re.MULTILINE)]
+    return found
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``values``; NaN if there are none."""
+    if not values:
+        return float("nan")
+    ranked = sorted(values)
+    return ranked[max(0, min(len(ranked) - 1, math.ceil(p / 100 * len(ranked)) - 1))]
