@@ -26,6 +26,11 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+# Audit trails, written whatever --log-level says: who held an address (RFC 6888 REQ-12 for
+# NAT blocks) must not depend on how chatty the operator asked the rest of the log to be.
+AUDIT_LOGGERS = ("bng.audit", "bng.nat.blocks")
+
+
 def setup(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else
@@ -33,3 +38,5 @@ def setup(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in AUDIT_LOGGERS:
+        logging.getLogger(name).setLevel(min(logging.INFO, root.level))
