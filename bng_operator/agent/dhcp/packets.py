@@ -1,6 +1,7 @@
 """The slow path's packet I/O: frames in, decide -> (authorise) -> commit -> reply out.
 
-Requests are handled one at a time on the event loop by the state machine (``server.py``).
+Requests are handled one at a time on the event loop by the state machine (``server.py``),
+in batches from a backlog that puts exchanges in progress before new ones (``backlog.py``).
 A reply that binds a lease waits for the lease store's commit (many share one fsync); the
 session events of a request are published when its commit is done, just before its reply
 goes out, so a feature never acts on a lease that is not on disk. A decision that waits for
@@ -17,14 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bng_operator import netlink
+from bng_operator.agent.dhcp.backlog import Backlog
 from bng_operator.agent.dhcp.codec import Malformed, Message, decode, encode
 from bng_operator.agent.dhcp.leases import LeaseStore
 from bng_operator.agent.dhcp.server import Context, DhcpServer, Outcome
 from bng_operator.agent.dhcp.transport import (
+    BATCH,
     BROADCAST_IP,
     AccessInterface,
     Frame,
     build_frame,
+    is_discover,
     parse_frame,
     reply_destination,
 )
@@ -37,6 +41,10 @@ from bng_operator.agent.sessions.session import Session
 from bng_operator.metrics import AgentMetrics
 
 log = logging.getLogger("bng.agent")
+
+
+_Read = tuple[AccessInterface, bytes, bytes, float]  # a frame read: where, it, its tag, when
+DRAIN_BATCHES = 16  # recvmmsg calls a wake-up at most: the socket's queue, ~1,000 frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,8 @@ class PacketPath:
     interfaces: dict[str, AccessInterface] = field(default_factory=dict)
     _after_commit: dict[asyncio.Future[None], list[_Pending]] = field(default_factory=dict)
     _authorising: set[asyncio.Task[None]] = field(default_factory=set)
+    _backlog: Backlog[_Read] = field(default_factory=Backlog)
+    _step_due: bool = False
 
     def __post_init__(self) -> None:
         if self.authoriser is not None:
@@ -101,6 +111,7 @@ class PacketPath:
     def close(self) -> None:
         for t in self._authorising:
             t.cancel()
+        self._backlog.clear()
         for name in list(self.interfaces):
             self._close_interface(name)
 
@@ -111,8 +122,32 @@ class PacketPath:
         self.health.attached.discard(name)
 
     def _on_readable(self, iface: AccessInterface) -> None:
-        for data, tag in iface.receive():
-            self.handle(iface, data, tag, time.perf_counter())
+        """Drain the socket into the backlog (DISCOVERs past its bound are dropped there,
+        not in the kernel's FIFO), then make sure a step of handling is due."""
+        t0 = time.perf_counter()
+        for _ in range(DRAIN_BATCHES):
+            frames = iface.receive()
+            for data, tag in frames:
+                discover = is_discover(data)
+                out = self._backlog.add((iface, data, tag, t0), discover)
+                if out is not None:  # the oldest of its kind
+                    self._dropped("discover" if discover else "unknown", "overload",
+                                  out[0].ifname)
+            if len(frames) < BATCH:
+                break
+        if not self._step_due:
+            self._step_due = True
+            asyncio.get_running_loop().call_soon(self._step)
+
+    def _step(self) -> None:
+        """Handle one batch of the backlog; the rest waits for the next turn of the loop,
+        so that commits, replies and the sockets' reading go on meanwhile."""
+        self._step_due = False
+        for iface, data, tag, t0 in self._backlog.take(BATCH):
+            self.handle(iface, data, tag, t0)
+        if self._backlog:
+            self._step_due = True
+            asyncio.get_running_loop().call_soon(self._step)
 
     # --- decide --------------------------------------------------------------------------------
 

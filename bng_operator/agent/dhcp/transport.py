@@ -214,6 +214,37 @@ def parse_frame(data: bytes, stripped_tag: bytes = b"") -> Frame:
                  data[start : start + ulen - 8])
 
 
+_OPTIONS_AT = 8 + 236 + 4  # past the UDP header, BOOTP's fixed part and the magic cookie
+_TPID_BYTES = tuple(t.to_bytes(2, "big") for t in VLAN_TPIDS)
+# Option 53 comes first in practice. A DISCOVER with it further on is taken for another
+# request: it gets their priority, nothing worse.
+_PEEK_OPTIONS = 4
+
+
+def is_discover(data: bytes) -> bool:
+    """Whether a frame is a DHCPDISCOVER, from a quick look (no validation): option 53 among
+    the first few options. The overload backlog uses it to put other requests first."""
+    n, off = len(data), 12
+    while n >= off + 4 and data[off:off + 2] in _TPID_BYTES:
+        off += 4
+    if n < off + 3:
+        return False
+    o = off + 2 + (data[off + 2] & 0x0F) * 4 + _OPTIONS_AT
+    for _ in range(_PEEK_OPTIONS):
+        if o + 2 >= n:
+            return False
+        code = data[o]
+        if code == 53:
+            return data[o + 1] == 1 and data[o + 2] == MessageType.DISCOVER
+        if code == 0:
+            o += 1
+        elif code == 255:
+            return False
+        else:
+            o += 2 + data[o + 1]
+    return False
+
+
 def _checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of ``data``."""
     if len(data) % 2:

@@ -16,6 +16,7 @@ from bng_operator.agent.dhcp.transport import (
     Malformed,
     build_frame,
     dhcp_server_filter,
+    is_discover,
     parse_frame,
     reply_destination,
 )
@@ -99,3 +100,36 @@ def test_socket_filter_is_well_formed() -> None:
         if code in (0x15, 0x45):  # conditional jumps stay inside the program
             assert i + 1 + max(jt, jf) < len(prog)
     struct.pack("=HBBI", *prog[0])
+
+
+def _wire(kind: MessageType, order: list[int], tags: bytes = b"") -> bytes:
+    msg = request(kind, hostname="cpe", requested="100.64.0.9")
+    return build_frame(BROADCAST_MAC, MAC, tags, IPv4Address(0), BROADCAST_IP, 67,
+                       encode(msg, order), 68)
+
+
+FIRST = [Opt.MESSAGE_TYPE, Opt.HOSTNAME]
+LATER = [Opt.HOSTNAME, Opt.REQUESTED_IP, Opt.MESSAGE_TYPE]
+
+
+@pytest.mark.parametrize(("wire", "expected"), [
+    (_wire(MessageType.DISCOVER, FIRST), True),
+    (_wire(MessageType.DISCOVER, FIRST, b"\x81\x00\x00\x64"), True),
+    (_wire(MessageType.DISCOVER, FIRST, b"\x88\xa8\x00\x0a\x81\x00\x00\x14"), True),
+    (_wire(MessageType.DISCOVER, LATER), True),  # third option: still seen
+    (_wire(MessageType.REQUEST, FIRST), False),
+    (_wire(MessageType.RELEASE, LATER, b"\x81\x00\x00\x64"), False),
+    (_wire(MessageType.DISCOVER, FIRST)[:280], False),  # cut before its options
+    (b"", False),
+    (b"\x00" * 14, False),
+])
+def test_is_discover_looks_at_option_53_only(wire: bytes, expected: bool) -> None:
+    assert is_discover(wire) is expected
+    if expected:  # the quick look agrees with the full decode
+        assert decode(parse_frame(wire).payload).type == MessageType.DISCOVER
+
+
+def test_a_discover_with_option_53_far_down_is_taken_for_another_request() -> None:
+    fifth = [Opt.REQUESTED_IP, Opt.HOSTNAME, Opt.REQUESTED_IP, Opt.HOSTNAME, Opt.MESSAGE_TYPE]
+    wire = _wire(MessageType.DISCOVER, fifth)
+    assert not is_discover(wire)  # handled first with the REQUESTs: never worse off
