@@ -481,7 +481,7 @@ def profile(site: Site, servers: Servers, rate: int, seconds: int, macs: Path | 
     # The loop's work for requests (start-up excluded): frames read and decided, and the
     # replies sent (with their session events) once their commit is on disk.
     per = {f[2]: v[3] * 1e6 / exchanges for f, v in st.stats.items()  # type: ignore[attr-defined]
-           if f[2] in ("_on_readable", "_send_committed")}
+           if f[2] in ("_on_readable", "_step", "_send_committed")}
     print(f"--- bng: {rate}/s for {seconds} s, {t.done:.0f}/s done, drops {t.drops:.2f}%; "
           f"us of the loop's CPU an exchange (DORA), profiler overhead included: "
           + ", ".join(f"{k} {v:.1f}" for k, v in sorted(per.items()))
