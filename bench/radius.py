@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -56,7 +55,7 @@ from bench.dhcp import (
     relay_site,
     step_search,
 )
-from bng_lab import dhcpgen, profiled
+from bng_lab import dhcpgen, perfdhcp, profiled
 from bng_lab.benchrun import progress, unwind_on_sigterm
 from bng_lab.netlab import remove_leftovers
 from bng_lab.radius import SECRET, FreeRadius
@@ -101,17 +100,8 @@ class Modes(Servers):
             self.site.stop_agent()
 
 
-def offer_delays(out: str) -> list[float]:
-    """DISCOVER to OFFER of each exchange, ms, from perfdhcp's ``-x t`` timers."""
-    part = out.split("DISCOVER-OFFER", 1)[-1].split("REQUEST-ACK", 1)[0]
-    return [float(d) for d in re.findall(r"delay:\s*([\d.]+)", part)]
-
-
 def p99(values: list[float]) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(0.99 * len(s)))], 3)
+    return round(perfdhcp.percentile(values, 99), 3) if values else None
 
 
 def _kept(values: dict[str, float], prefix: str) -> float:
@@ -127,7 +117,8 @@ def trial(site: Site, modes: Modes, which: str, rate: int, seconds: int) -> dict
         modes.stop(which)
     report = perfdhcp_report(r)
     m = modes.last_metrics
-    return {"trial": Trial(rate, seconds, report), "offer_ms": offer_delays(r.stdout),
+    return {"trial": Trial(rate, seconds, report),
+            "offer_ms": perfdhcp.timers(r.stdout).get("DISCOVER-OFFER", []),
             "access_requests": _kept(m, "bng_radius_requests_total{"),
             "radius_rtt_s": (_kept(m, "bng_radius_rtt_seconds_sum{"),
                              _kept(m, "bng_radius_rtt_seconds_count{"))}
