@@ -169,9 +169,12 @@ class Servers:
         return {k: v for k, v in self.site.metrics().items()
                 if k.startswith(("bng_dhcp_requests_total{", "bng_fastpath_passes_total{"))}
 
+    def _process(self, which: str) -> subprocess.Popen[bytes] | None:
+        return self.site.agent if which == "bng" else self.kea
+
     def cpu_seconds(self, which: str) -> float:
         """The running server's CPU so far: user and system, all its threads."""
-        proc = self.site.agent if which == "bng" else self.kea
+        proc = self._process(which)
         if proc is None:
             return 0.0
         fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -179,7 +182,7 @@ class Servers:
 
     def cores_allowed(self, which: str) -> int:
         """The CPUs the running server may use (its affinity)."""
-        proc = self.site.agent if which == "bng" else self.kea
+        proc = self._process(which)
         return len(os.sched_getaffinity(proc.pid)) if proc is not None else 0
 
     def settle(self, timeout: float = 60) -> None:
@@ -329,29 +332,26 @@ class Beyond:
     at_load: Trial
     overloaded: Trial
 
-    def p99_ms(self) -> dict[str, float]:
-        """The 99th percentile delay at LATENCY_LOAD, by exchange."""
-        return {key: round(perfdhcp.percentile(self.at_load.timers.get(name, []), 99), 3)
-                for key, name in EXCHANGES}
-
-    def summary(self) -> dict[str, object]:
-        delays = {}
+    def delays_ms(self) -> dict[str, dict[str, float | None]]:
+        """p50, p99 and max delay at LATENCY_LOAD, and how many exchanges, by exchange."""
+        out: dict[str, dict[str, float | None]] = {}
         for key, name in EXCHANGES:
             ms = self.at_load.timers.get(name, [])
-            delays[key] = {"p50": round(perfdhcp.percentile(ms, 50), 3),
-                           "p99": round(perfdhcp.percentile(ms, 99), 3),
-                           "max": round(max(ms), 3) if ms else None, "exchanges": len(ms)}
+            out[key] = {"p50": round(perfdhcp.percentile(ms, 50), 3),
+                        "p99": round(perfdhcp.percentile(ms, 99), 3),
+                        "max": round(max(ms), 3) if ms else None, "exchanges": len(ms)}
+        return out
+
+    def at_load_summary(self) -> dict[str, object]:
+        t = self.at_load
+        return {"rate": t.rate, "done": round(t.done), "drops": round(t.drops, 2),
+                "delay_ms": self.delays_ms()}
+
+    def overload_summary(self) -> dict[str, object]:
         o = self.overloaded
-        return {
-            "at_80pct": {"rate": self.at_load.rate, "done": round(self.at_load.done),
-                         "drops": round(self.at_load.drops, 2), "delay_ms": delays},
-            "overload_2x": {"offered": o.rate, "sent": round(o.report.discover.sent / o.seconds),
-                            "served": round(o.done), "peak": round(self.peak.done),
-                            "of_peak": round(o.done / self.peak.done, 3),
-                            "drops": round(o.drops, 2)},
-        }
-
-
+        return {"offered": o.rate, "sent": round(o.report.discover.sent / o.seconds),
+                "served": round(o.done), "peak": round(self.peak.done),
+                "of_peak": round(o.done / self.peak.done, 3), "drops": round(o.drops, 2)}
 
 
 def beyond(site: Site, servers: Servers, which: str, peak: Trial, seconds: int,
@@ -363,9 +363,9 @@ def beyond(site: Site, servers: Servers, which: str, peak: Trial, seconds: int,
     over = trial(site, servers, which, OVERLOAD * peak.rate, seconds, None)
     b = Beyond(peak, at_load, over)
     if log:
-        p99 = b.p99_ms()
+        d = b.delays_ms()
         print(f"  {which:15} at {at_load.rate}/s: p99 DISCOVER-OFFER "
-              f"{p99['discover_offer']} ms, REQUEST-ACK {p99['request_ack']} ms; "
+              f"{d['discover_offer']['p99']} ms, REQUEST-ACK {d['request_ack']['p99']} ms; "
               f"offered {over.rate}/s: {over.done:.0f}/s served "
               f"({over.done / peak.done:.0%} of its peak)", file=sys.stderr)
     return b
@@ -534,7 +534,7 @@ def main() -> int:
                                 for i in range(KNOWN_CLIENTS)))
     perf: dict[str, tuple[Trial | None, list[Trial]]] = {}
     kernel: dict[str, KernelRun] = {}
-    past: dict[str, Beyond] = {}
+    past: dict[str, Beyond] = {}  # by role: "bng", "peer" (Kea's best configuration)
     first = next(iter(KEA_CONFIGS))
     try:
         if args.profile:
@@ -549,10 +549,11 @@ def main() -> int:
         if args.scenario == "new" and not args.no_beyond:
             kea_best = best_config({n: t.done if t else 0.0 for n, (t, _) in perf.items()
                                     if n != "bng"})
-            for side in ["bng"] + ([kea_best] if kea_best else []):
-                peak = perf[side][0]
-                if peak:
-                    past[side] = beyond(site, servers, side, peak, args.seconds, True)
+            sides: list[tuple[str, str | None]] = [("bng", "bng"), ("peer", kea_best)]
+            for role, server in sides:
+                peak = perf[server][0] if server else None
+                if server and peak:
+                    past[role] = beyond(site, servers, server, peak, args.seconds, True)
         if args.scenario == "known" and not args.bng_only:
             kernel["bng"] = kernel_search(site, servers, "bng", min(args.seconds, 3))
             for name in KEA_CONFIGS:
@@ -604,11 +605,10 @@ def main() -> int:
                                     for n, (_, ts) in perf.items() if n != "bng"}},
     }
     if past:
-        role = {n: "bng" if n == "bng" else "peer" for n in past}
-        summaries = {role[n]: b.summary() for n, b in past.items()}
-        out["p99_ms_at_80pct"] = {role[n]: b.p99_ms() for n, b in past.items()}
-        for key in ("at_80pct", "overload_2x"):
-            out[key] = {r: s[key] for r, s in summaries.items()}
+        out["p99_ms_at_80pct"] = {r: {k: d["p99"] for k, d in b.delays_ms().items()}
+                                  for r, b in past.items()}
+        out["at_80pct"] = {r: b.at_load_summary() for r, b in past.items()}
+        out["overload_2x"] = {r: b.overload_summary() for r, b in past.items()}
     if kernel:
         kb, kb_trials, by_path = kernel["bng"]
         kpeer_rates = {n: r.leases_rate if r else 0.0 for n, (r, _, _) in kernel.items()
