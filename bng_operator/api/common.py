@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -108,6 +109,7 @@ Regex = Annotated[
 DURATION_RE = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 
 
+@lru_cache(maxsize=256)  # a handful of distinct strings, parsed per request by the agent
 def parse_duration(s: str) -> int:
     """Seconds in a duration such as ``12h``, ``90m`` or ``1h30m``."""
     m = re.fullmatch(DURATION_RE, s)
