@@ -25,9 +25,13 @@ HONOURED = frozenset({"Framed-IP-Address", "Framed-Pool", "Session-Timeout", "Id
                       "WISPr-Bandwidth-Max-Down"})
 
 
+_NOT_HEX = re.compile(r"[^0-9a-fA-F]")
+_FIELD = re.compile(r"\{(mac|circuit-id|remote-id)\}")
+
+
 def format_mac(mac: str, fmt: str) -> str:
     """``mac`` (any case, ``:`` or ``-`` separated, or bare) in the class's macFormat."""
-    digits = re.sub(r"[^0-9a-fA-F]", "", mac)
+    digits = _NOT_HEX.sub("", mac)
     digits = digits.upper() if fmt.endswith("-upper") else digits.lower()
     style = fmt.split("-", 1)[0]
     if style == "bare":
@@ -54,7 +58,7 @@ def render(template: str, identity: Identity, mac_format: str) -> str:
                                f"template {template!r}")
         return value
 
-    return re.sub(r"\{(mac|circuit-id|remote-id)\}", one, template)
+    return _FIELD.sub(one, template)
 
 
 def request_attributes(identity: Identity, auth: RadiusAuth, node: str, nas_ip: str,

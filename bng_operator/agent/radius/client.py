@@ -92,6 +92,12 @@ class Answer:
         return self.reply is not None and self.reply.code == AccessAccept
 
 
+def _expire(waiter: asyncio.Future[Packet | None]) -> None:
+    """An attempt's timeout: its waiter wakes with no reply."""
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class _Endpoint:
     """One server's socket: requests in flight by Identifier.
 
@@ -102,7 +108,7 @@ class _Endpoint:
 
     def __init__(self, invalid: Callable[[str], None], key: str, address: str,
                  port: int) -> None:
-        self.pending: dict[int, tuple[Packet, asyncio.Future[Packet]]] = {}
+        self.pending: dict[int, tuple[Packet, asyncio.Future[Packet | None]]] = {}
         self.slots = asyncio.Semaphore(MAX_OUTSTANDING)
         self._next = 0
         self._invalid = invalid
@@ -286,19 +292,26 @@ class RadiusClient:
                     pkt[name] = pkt.PwCrypt(str(value)) if name == "User-Password" else value
                 pkt.add_message_authenticator()
             raw = pkt.RequestPacket()
-            fut: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()
-            ep.pending[pkt.id] = (pkt, fut)
+            loop = asyncio.get_running_loop()
             (m.radius_acct_requests if accounting else m.radius_requests).labels(s.key).inc()
+            waiter: asyncio.Future[Packet | None] | None = None
+            timer: asyncio.TimerHandle | None = None
             try:
                 for attempt in range(s.retries + 1):
                     if attempt:
                         (m.radius_acct_retransmits if accounting
                          else m.radius_retransmits).labels(s.key).inc()
+                    # One future per attempt, resolved by the reply or by its timer with None:
+                    # wait_for(shield(...)) took three turns of the loop to wake this task,
+                    # and under load a turn takes milliseconds.
+                    waiter = loop.create_future()
+                    ep.pending[pkt.id] = (pkt, waiter)
+                    timer = loop.call_later(s.timeout, _expire, waiter)
                     t0 = time.perf_counter()
                     ep.send(raw)
-                    try:
-                        reply = await asyncio.wait_for(asyncio.shield(fut), s.timeout)
-                    except TimeoutError:
+                    reply = await waiter
+                    timer.cancel()
+                    if reply is None:
                         continue
                     m.radius_rtt.labels(s.key).observe(time.perf_counter() - t0)
                     if accounting:
@@ -310,7 +323,10 @@ class RadiusClient:
                     return reply
             finally:
                 ep.pending.pop(pkt.id, None)
-                fut.cancel()
+                if timer is not None:
+                    timer.cancel()
+                if waiter is not None:
+                    waiter.cancel()
         s.last_error = f"no answer in {s.retries + 1} x {s.timeout:g} s"
         if accounting:
             m.radius_acct_timeouts.labels(s.key).inc()

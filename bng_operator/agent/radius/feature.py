@@ -344,7 +344,8 @@ class RadiusFeature:
             decided.labels(cls.name, "held_down").inc()
             return Verdict(False, f"rejected by RADIUS; held down {until - now:.0f} s more")
         try:
-            user = request_attributes(s.identity, auth, self.config.node_name, "0.0.0.0")[0]
+            asked = request_attributes(s.identity, auth, self.config.node_name, "0.0.0.0")
+            user = asked[0]
         except MissingField as e:
             decided.labels(cls.name, "error").inc()
             return Verdict(False, f"class {cls.name}: {e}")
@@ -353,8 +354,8 @@ class RadiusFeature:
         servers = self._auth_servers.get(cls.name, [])
         try:
             answer = await self.client.access_request(
-                servers, lambda nas_ip: request_attributes(s.identity, auth,
-                                                           self.config.node_name, nas_ip))
+                servers, lambda nas_ip: [(k, nas_ip if k == "NAS-IP-Address" else v)
+                                         for k, v in asked])
         except (ValueError, TypeError) as e:  # an attribute pyrad cannot encode (too long)
             decided.labels(cls.name, "error").inc()
             return Verdict(False, f"class {cls.name}: cannot build the Access-Request: {e}")
