@@ -27,7 +27,7 @@ from bng_operator.agent.radius.accounting import (
     split64,
     terminate_cause,
 )
-from bng_operator.agent.radius.feature import RadiusFeature
+from bng_operator.agent.radius.feature import ACCT_WINDOW, RadiusFeature
 from bng_operator.agent.radius.secrets import FileSecrets
 from bng_operator.agent.sessions.session import EndReason, Identity, Session
 from bng_operator.api.radius import RadiusAuth
@@ -256,6 +256,64 @@ def test_an_outage_loses_nothing_and_the_queue_drains_in_order(tmp_path: Path) -
             assert kinds[0] == "Start" and kinds.count("Start") == 1
             assert kinds[-1] == "Stop" and kinds.count("Stop") == 1
         assert _one(acct.got[0], "Acct-Delay-Time") >= 3  # it waited out the outage
+        f.close()
+
+    asyncio.run(run())
+
+
+@dataclass
+class SlowAcctServer(AcctServer):
+    """An accounting server ``delay`` seconds away, answering requests concurrently; notes
+    a request that arrives while an earlier one of its session is still unanswered."""
+
+    delay: float = 0.05
+    open_sessions: set[str] = field(default_factory=set)
+    overlaps: int = 0
+    most_in_flight: int = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        req = AcctPacket(packet=data, secret=SECRET, dict=DICT)
+        assert req.VerifyAcctRequest()
+        sid = _one(req, "Acct-Session-Id")
+        self.overlaps += sid in self.open_sessions
+        self.open_sessions.add(sid)
+        self.most_in_flight = max(self.most_in_flight, len(self.open_sessions))
+        asyncio.get_running_loop().call_later(self.delay, self._answer, req, sid, addr)
+
+    def _answer(self, req: AcctPacket, sid: str, addr: tuple[str, int]) -> None:
+        self.open_sessions.discard(sid)
+        self.got.append(req)
+        reply = req.CreateReply()
+        reply.code = AccountingResponse
+        self.transport.sendto(reply.ReplyPacket(), addr)
+
+
+def test_a_distant_server_gets_a_window_of_records_and_each_session_in_order(
+        tmp_path: Path) -> None:
+    async def run() -> None:
+        _, acct = await asyncio.get_running_loop().create_datagram_endpoint(
+            SlowAcctServer, local_addr=("127.0.0.1", 0))
+        auth = await serve(accept({}))
+        f = acct_feature(acct_config(auth.port, acct.port), tmp_path,
+                         lambda a: Usage(1, 1, 1, 1), limit=1000)
+        f.restore({}, lambda key: None)
+        n = 40
+        for i in range(1, n + 1):  # a Start and a Stop of each session, queued at once
+            s = await _bound(f, i)
+            s.end_reason = EndReason.RELEASED
+            f.on_ended(s)
+        t0 = time.monotonic()
+        await _until(lambda: len(acct.got) >= 2 * n, timeout=10)
+        took = time.monotonic() - t0
+        # one at a time: 80 x 50 ms = 4 s; a window of 32: a few round trips
+        assert took < 2.0, f"{2 * n} records took {took:.2f} s"
+        assert 1 < acct.most_in_flight <= ACCT_WINDOW
+        assert acct.overlaps == 0  # never two records of one session in flight
+        kinds: dict[str, list[str]] = {}
+        for p in acct.got:
+            kinds.setdefault(_one(p, "Acct-Session-Id"), []).append(_one(p, "Acct-Status-Type"))
+        assert len(kinds) == n and all(k == ["Start", "Stop"] for k in kinds.values())
+        await _until(lambda: not f.queue)
         f.close()
 
     asyncio.run(run())
