@@ -143,11 +143,12 @@ class _Endpoint:
             self.sock = None
 
     def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
         for _ in range(READ_BATCH):
-            if self.sock is None:
-                return
             try:
-                data = self.sock.recv(RADIUS_MAX)
+                data = sock.recv(RADIUS_MAX)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -222,7 +223,7 @@ class RadiusClient:
     def close(self) -> None:
         self.forget(set())
 
-    async def _endpoint(self, s: Server) -> _Endpoint:
+    def _endpoint(self, s: Server) -> _Endpoint:
         ep = self._endpoints.get(s.key)
         if ep is None:
             ep = self._endpoints[s.key] = _Endpoint(self._invalid, s.key, s.address, s.port)
@@ -269,7 +270,7 @@ class RadiusClient:
                    accounting: bool = False) -> Packet | None:
         m = self.metrics
         try:
-            ep = await self._endpoint(s)
+            ep = self._endpoint(s)
         except OSError as e:
             s.last_error = f"cannot open a socket to it: {e}"
             log.error("RADIUS server %s: %s", s.key, s.last_error)

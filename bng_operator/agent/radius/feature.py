@@ -215,15 +215,19 @@ class RadiusFeature:
         await asyncio.get_running_loop().run_in_executor(None, self.read_secrets)
         self._servers()
 
-    def _servers(self) -> list[tuple[ClassConfig, list[tuple[Server, bytes]]]]:
-        out = []
+    def _servers(self) -> None:
+        """Each class's authentication and accounting servers with their secrets, and the
+        CoA/Disconnect clients, as the configuration and the secrets read say now."""
+        auth_servers: dict[str, list[tuple[Server, bytes]]] = {}
+        acct_servers: dict[str, list[tuple[Server, bytes]]] = {}
+        coa: dict[str, bytes] = {}
         keep: set[str] = set()
         for c in self.config.classes:
             auth = self._auth(c)
             if auth is None:
                 continue
-            servers: list[tuple[Server, bytes]] = []
-            acct: list[tuple[Server, bytes]] = []
+            servers = auth_servers[c.name] = []
+            acct = acct_servers[c.name] = []
             for srv in auth.servers:
                 secret = self._secrets.get(srv.secret)
                 for port, where in ((srv.auth_port, servers), (srv.acct_port, acct)):
@@ -236,26 +240,16 @@ class RadiusFeature:
                         where.append((s, secret))
                     else:
                         s.last_error = secret or "secret not read yet"
-            out.append((c, servers))
-            self._acct[c.name] = acct
-        self._acct = {k: v for k, v in self._acct.items() if k in {c.name for c, _ in out}}
-        # CoA/Disconnect clients: every class's servers, with their secrets, and the others
-        coa: dict[str, bytes] = {}
-        for c, _ in out:
-            auth = self._auth(c)
-            for srv in auth.servers if auth else ():
-                secret = self._secrets.get(srv.secret)
-                if isinstance(secret, bytes):
+                if isinstance(secret, bytes):  # a CoA/Disconnect client too
                     coa.setdefault(srv.address, secret)
-        for address, ref in self.coa_clients:
+        for address, ref in self.coa_clients:  # and the other CoA clients
             secret = self._secrets.get(ref)
             if isinstance(secret, bytes):
                 coa[address] = secret
         self._coa_secrets = coa
         self.client.forget(keep)
-        self._auth_servers = {c.name: sv for c, sv in out}
+        self._auth_servers, self._acct = auth_servers, acct_servers
         self._servers_stale = False
-        return out
 
     async def listen(self) -> None:
         """Open the CoA/Disconnect listener, when a class uses RADIUS (and a port is set).
@@ -807,11 +801,15 @@ class RadiusFeature:
             log.exception("RADIUS accounting: sending the %s of Acct-Session-Id %s failed",
                           r.status, r.acct_session_id)
             self._failed = True
-            return
+        else:
+            self._acknowledged(r, answer)
         finally:
             self._flying.pop(r.seq, None)
             if self._wake is not None:
                 self._wake.set()
+
+    def _acknowledged(self, r: AcctRecord, answer: Answer) -> None:
+        """A record's request ended: acknowledged (forgotten), or by no server (an outage)."""
         if answer.reply is None:
             self._failed = True
             if not self._outage_logged:
