@@ -2,10 +2,11 @@
 next server, and dead-server detection (RFC 5080 §2.2): a server whose requests timed out
 ``deadAfter`` times in a row is skipped for ``deadTime``, then tried again.
 
-Packets are pyrad's (encoding, User-Password hiding, Message-Authenticator); the I/O is
-asyncio's, on the agent's loop: a request waiting for a server holds up nothing else.
-Every Access-Request carries a Message-Authenticator, and a reply without a valid one is
-dropped (counted as invalid), like one with a wrong Response Authenticator.
+Requests are encoded and replies verified by ``wire`` (User-Password hiding,
+Message-Authenticator); replies are decoded by pyrad. The I/O is on the agent's loop: a
+request waiting for a server holds up nothing else. Every Access-Request carries a
+Message-Authenticator, and a reply without a valid one is dropped (counted as invalid), like
+one with a wrong Response Authenticator.
 """
 
 from __future__ import annotations
@@ -21,16 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyrad.dictionary import Dictionary
-from pyrad.packet import (
-    AccessAccept,
-    AccessRequest,
-    AccountingRequest,
-    AcctPacket,
-    AuthPacket,
-    Packet,
-    PacketError,
-)
+from pyrad.packet import AccessAccept, Packet, PacketError
 
+from bng_operator.agent.radius.wire import (
+    ACCESS_REQUEST,
+    ACCOUNTING_REQUEST,
+    Encoder,
+    verify_reply,
+)
 from bng_operator.metrics import AgentMetrics
 
 log = logging.getLogger("bng.agent.radius")
@@ -92,6 +91,15 @@ class Answer:
         return self.reply is not None and self.reply.code == AccessAccept
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """What a reply is checked against: the request's code and authenticator, the secret."""
+
+    code: int
+    authenticator: bytes
+    secret: bytes
+
+
 def _expire(waiter: asyncio.Future[Packet | None]) -> None:
     """An attempt's timeout: its waiter wakes with no reply."""
     if not waiter.done():
@@ -107,8 +115,9 @@ class _Endpoint:
     (the agent's round trip reached 240 ms against a server answering in well under 1)."""
 
     def __init__(self, invalid: Callable[[str], None], key: str, address: str,
-                 port: int) -> None:
-        self.pending: dict[int, tuple[Packet, asyncio.Future[Packet | None]]] = {}
+                 port: int, dictionary: Dictionary) -> None:
+        self.pending: dict[int, tuple[_Sent, asyncio.Future[Packet | None]]] = {}
+        self._dictionary = dictionary
         self.slots = asyncio.Semaphore(MAX_OUTSTANDING)
         self._next = 0
         self._invalid = invalid
@@ -171,18 +180,21 @@ class _Endpoint:
         entry = self.pending.get(data[1])
         if entry is None:  # late: its request timed out, or a duplicate
             return
-        request, fut = entry
-        try:
-            reply = request.CreateReply(packet=data)
-        except PacketError as e:
-            log.warning("RADIUS server %s: undecodable reply: %s", self._key, e)
-            self._invalid(self._key)
-            return
+        sent, fut = entry
         # Access-Requests' replies must carry a Message-Authenticator (BlastRADIUS); an
         # Accounting-Response is verified by its Response Authenticator (RFC 2866).
-        if not request.VerifyReply(reply, data, enforce_ma=request.code == AccessRequest):
-            log.warning("RADIUS server %s: a reply failed verification (wrong secret, or no "
-                        "valid Message-Authenticator); dropped", self._key)
+        raw = verify_reply(data, sent.code, sent.authenticator, sent.secret,
+                           require_message_authenticator=sent.code == ACCESS_REQUEST)
+        if raw is None:
+            log.warning("RADIUS server %s: a reply failed verification (wrong secret, no "
+                        "valid Message-Authenticator, or malformed); dropped", self._key)
+            self._invalid(self._key)
+            return
+        try:
+            reply = Packet(secret=sent.secret, authenticator=sent.authenticator,
+                           dict=self._dictionary, packet=raw)
+        except PacketError as e:
+            log.warning("RADIUS server %s: undecodable reply: %s", self._key, e)
             self._invalid(self._key)
             return
         if not fut.done():
@@ -197,6 +209,10 @@ class RadiusClient:
     servers: dict[str, Server] = field(default_factory=dict)
     _endpoints: dict[str, _Endpoint] = field(default_factory=dict)
     _authenticators: Authenticators = field(default_factory=Authenticators)
+    _encoder: Encoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._encoder = Encoder(self.dictionary)
 
     def server(self, address: str, port: int, timeout: float, retries: int, dead_after: int,
                dead_time: float) -> Server:
@@ -226,7 +242,8 @@ class RadiusClient:
     def _endpoint(self, s: Server) -> _Endpoint:
         ep = self._endpoints.get(s.key)
         if ep is None:
-            ep = self._endpoints[s.key] = _Endpoint(self._invalid, s.key, s.address, s.port)
+            ep = self._endpoints[s.key] = _Endpoint(self._invalid, s.key, s.address, s.port,
+                                                    self.dictionary)
         return ep
 
     def _invalid(self, key: str) -> None:
@@ -277,22 +294,16 @@ class RadiusClient:
             self._timed_out(s)
             return None
         async with ep.slots:
-            pkt: Packet
+            ident = ep.take_id()
             if accounting:
-                pkt = AcctPacket(code=AccountingRequest, id=ep.take_id(), secret=secret,
-                                 dict=self.dictionary)
-                for name, value in attributes(ep.local_address):
-                    pkt.AddAttribute(name, value)
+                raw, authenticator = self._encoder.accounting_request(
+                    ident, secret, attributes(ep.local_address))
+                sent = _Sent(ACCOUNTING_REQUEST, authenticator, secret)
             else:
-                pkt = AuthPacket(code=AccessRequest, id=ep.take_id(), secret=secret,
-                                 dict=self.dictionary)
-                # pyrad draws the Request Authenticator a byte at a time from SystemRandom
-                # (16 getrandom calls per request); the same randomness, read in bulk
-                pkt.authenticator = self._authenticators.next()
-                for name, value in attributes(ep.local_address):
-                    pkt[name] = pkt.PwCrypt(str(value)) if name == "User-Password" else value
-                pkt.add_message_authenticator()
-            raw = pkt.RequestPacket()
+                authenticator = self._authenticators.next()
+                raw = self._encoder.access_request(ident, authenticator, secret,
+                                                   attributes(ep.local_address))
+                sent = _Sent(ACCESS_REQUEST, authenticator, secret)
             loop = asyncio.get_running_loop()
             (m.radius_acct_requests if accounting else m.radius_requests).labels(s.key).inc()
             waiter: asyncio.Future[Packet | None] | None = None
@@ -306,7 +317,7 @@ class RadiusClient:
                     # wait_for(shield(...)) took three turns of the loop to wake this task,
                     # and under load a turn takes milliseconds.
                     waiter = loop.create_future()
-                    ep.pending[pkt.id] = (pkt, waiter)
+                    ep.pending[ident] = (sent, waiter)
                     timer = loop.call_later(s.timeout, _expire, waiter)
                     t0 = time.perf_counter()
                     ep.send(raw)
@@ -323,7 +334,7 @@ class RadiusClient:
                     self._answered(s)
                     return reply
             finally:
-                ep.pending.pop(pkt.id, None)
+                ep.pending.pop(ident, None)
                 if timer is not None:
                     timer.cancel()
                 if waiter is not None:
