@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from bng_operator.agent.radius.wire import (
     ACCESS_REQUEST,
     ACCOUNTING_REQUEST,
     Encoder,
+    RandomBytes,
     verify_reply,
 )
 from bng_operator.metrics import AgentMetrics
@@ -37,23 +38,6 @@ DICTIONARY = Path(__file__).with_name("dictionary")
 MAX_OUTSTANDING = 255  # requests in flight per server: the Identifier is one octet
 READ_BATCH = 256  # replies read from a server's socket in one wake-up of the event loop
 RADIUS_MAX = 4096  # RFC 2865 §3: the largest packet
-AUTHENTICATOR_POOL = 4096  # bytes of os.urandom read at once: 256 Request Authenticators
-
-
-class Authenticators:
-    """Request Authenticators (RFC 2865 §3: unpredictable, never reused), 16 bytes at a time
-    from one read of the kernel's CSPRNG per 256. A read per request was ~30 us of the event
-    loop: each getrandom gives up the GIL, and under load another thread takes it."""
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
-
-    def next(self) -> bytes:
-        if self._at + 16 > len(self._pool):
-            self._pool, self._at = os.urandom(AUTHENTICATOR_POOL), 0
-        self._at += 16
-        return self._pool[self._at - 16:self._at]
 
 
 @dataclass
@@ -100,6 +84,40 @@ class _Sent:
     secret: bytes
 
 
+class _Slots:
+    """At most ``n`` holders; the others wait, first come first served. asyncio.Semaphore
+    (3.11) looks through all its waiters at every acquire: with hundreds of requests
+    waiting for an Identifier, under overload, that was 6% of the event loop."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot as it was cancelled
+                self._release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():  # a cancelled waiter is passed over
+                fut.set_result(None)  # the slot goes to it
+                return
+        self._free += 1
+
+
 def _expire(waiter: asyncio.Future[Packet | None]) -> None:
     """An attempt's timeout: its waiter wakes with no reply."""
     if not waiter.done():
@@ -118,7 +136,7 @@ class _Endpoint:
                  port: int, dictionary: Dictionary) -> None:
         self.pending: dict[int, tuple[_Sent, asyncio.Future[Packet | None]]] = {}
         self._dictionary = dictionary
-        self.slots = asyncio.Semaphore(MAX_OUTSTANDING)
+        self.slots = _Slots(MAX_OUTSTANDING)
         self._next = 0
         self._invalid = invalid
         self._key = key
@@ -208,7 +226,7 @@ class RadiusClient:
     dictionary: Dictionary = field(default_factory=lambda: Dictionary(str(DICTIONARY)))
     servers: dict[str, Server] = field(default_factory=dict)
     _endpoints: dict[str, _Endpoint] = field(default_factory=dict)
-    _authenticators: Authenticators = field(default_factory=Authenticators)
+    _authenticators: RandomBytes = field(default_factory=RandomBytes)
     _encoder: Encoder = field(init=False)
 
     def __post_init__(self) -> None:
@@ -300,7 +318,7 @@ class RadiusClient:
                     ident, secret, attributes(ep.local_address))
                 sent = _Sent(ACCOUNTING_REQUEST, authenticator, secret)
             else:
-                authenticator = self._authenticators.next()
+                authenticator = self._authenticators.take(16)
                 raw = self._encoder.access_request(ident, authenticator, secret,
                                                    attributes(ep.local_address))
                 sent = _Sent(ACCESS_REQUEST, authenticator, secret)

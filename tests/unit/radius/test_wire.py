@@ -4,6 +4,7 @@ verify)."""
 
 from __future__ import annotations
 
+import hmac
 import os
 from typing import Any
 
@@ -26,6 +27,7 @@ from bng_operator.agent.radius.wire import (
     ACCOUNTING_REQUEST,
     Encoder,
     hide_password,
+    hmac_md5,
     verify_reply,
 )
 
@@ -188,3 +190,9 @@ def test_an_accounting_response_is_verified_with_or_without_message_authenticato
     reply = _reply(request, AccountingResponse, sign=sign)
     assert verify_reply(reply, ACCOUNTING_REQUEST, authenticator, SECRET, False) == reply
     assert verify_reply(reply, ACCOUNTING_REQUEST, bytes(16), SECRET, False) is None
+
+
+@pytest.mark.parametrize("secret", [b"", b"s", b"testing123", b"k" * 64, b"k" * 65, os.urandom(200)])
+def test_hmac_md5_is_rfc_2104s(secret: bytes) -> None:
+    for message in (b"", b"m", os.urandom(300)):
+        assert hmac_md5(secret, message) == hmac.digest(secret, message, "md5")
