@@ -8,8 +8,9 @@ A UDP socket on port 67 stays open only so that the kernel does not answer relay
 unicast requests with ICMP port-unreachable; its own filter drops everything.
 
 Requests are read in batches, up to 64 frames a ``recvmmsg`` call, with their VLAN
-auxdata: one system call (and one release of the GIL) a batch, where ``socket.recvmsg``
-made two a frame (it looks up the interface's name for an address nobody reads).
+auxdata: one system call a batch, where ``socket.recvmsg`` made two a frame (it looks up
+the interface's name for an address nobody reads). Reads and sends keep the GIL
+(``syscalls``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from bng_operator import netlink
+from bng_operator.agent import syscalls
 from bng_operator.agent.dhcp.codec import Malformed, Message, MessageType
 
 ETH_P_ALL = 0x0003
@@ -61,8 +63,7 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_recvmmsg = _libc.recvmmsg
+_recvmmsg = syscalls.LIBC.recvmmsg  # with MSG_DONTWAIT: the GIL is kept (syscalls.py)
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, ctypes.c_int,
                       ctypes.c_void_p]
 _recvmmsg.restype = ctypes.c_int
@@ -317,8 +318,8 @@ class AccessInterface:
 
     def send(self, frame: bytes) -> bool:
         try:
-            self.sock.send(frame)
-        except (BlockingIOError, OSError):
+            syscalls.send(self.sock.fileno(), frame)
+        except OSError:  # ENOBUFS, EAGAIN, the interface gone: counted by the caller
             return False
         return True
 

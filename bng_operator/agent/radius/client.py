@@ -24,6 +24,7 @@ from pathlib import Path
 from pyrad.dictionary import Dictionary
 from pyrad.packet import AccessAccept, Packet, PacketError
 
+from bng_operator.agent import syscalls
 from bng_operator.agent.radius.wire import (
     ACCESS_REQUEST,
     ACCOUNTING_REQUEST,
@@ -136,6 +137,7 @@ class _Endpoint:
                  port: int, dictionary: Dictionary) -> None:
         self.pending: dict[int, tuple[_Sent, asyncio.Future[Packet | None]]] = {}
         self._dictionary = dictionary
+        self._receiver = syscalls.Receiver(RADIUS_MAX)
         self.slots = _Slots(MAX_OUTSTANDING)
         self._next = 0
         self._invalid = invalid
@@ -159,7 +161,7 @@ class _Endpoint:
         if self.sock is None:
             return
         try:
-            self.sock.send(raw)
+            syscalls.send(self.sock.fileno(), raw)
         except OSError as e:  # ENOBUFS, EAGAIN, or an ICMP error reported on this send
             log.debug("RADIUS server %s: send: %s", self._key, e)
 
@@ -173,15 +175,16 @@ class _Endpoint:
         sock = self.sock
         if sock is None:
             return
+        fd = sock.fileno()
         for _ in range(READ_BATCH):
             try:
-                data = sock.recv(RADIUS_MAX)
-            except (BlockingIOError, InterruptedError):
-                return
+                data = self._receiver.receive(fd)
             except OSError as e:
                 # An ICMP error (port unreachable): unauthenticated, so only the timeout counts.
                 log.debug("RADIUS server %s: %s", self._key, e)
                 continue
+            if data is None:
+                return
             self.datagram_received(data)
 
     def take_id(self) -> int:
