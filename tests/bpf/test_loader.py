@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from bcc import BPF
 
 from bng_lab.netlab import NetLab, remove_leftovers
 from bng_operator import netlink
@@ -13,6 +14,7 @@ from bng_operator.agent.dataplane.loader import (
     BPFObject,
     DataplaneError,
     program_exists,
+    update_elem,
 )
 from bng_operator.agent.dataplane.loader import test_run as run_xdp
 
@@ -142,3 +144,19 @@ def test_a_pinned_map_of_another_layout_is_refused(tmp_path: Path, bpffs: Path) 
         first.close()
         pin.unlink()
         pin.parent.rmdir()
+
+
+def test_map_writes_that_keep_the_gil_land_and_say_why_when_they_cannot() -> None:
+    b = BPF(text="BPF_HASH(entries, u32, u64, 4);")
+    try:
+        t = b["entries"]
+        for k in range(4):
+            update_elem(t, t.Key(k), t.Leaf(1000 + k))
+        assert {int(k.value): int(v.value) for k, v in t.items()} == {
+            0: 1000, 1: 1001, 2: 1002, 3: 1003}
+        update_elem(t, t.Key(2), t.Leaf(7))  # an existing key is overwritten
+        assert t[t.Key(2)].value == 7
+        with pytest.raises(OSError, match="could not update map: Argument list too long"):
+            update_elem(t, t.Key(99), t.Leaf(1))  # full: E2BIG
+    finally:
+        b.cleanup()

@@ -40,6 +40,7 @@ from bng_operator.agent.dataplane.loader import (
     pinned_fd,
     program_id,
     test_run,
+    update_elem,
 )
 from bng_operator.agent.dataplane.names import DHCP_COUNTERS
 from bng_operator.agent.fastpath.entries import FastEntry, SubnetOptions, circuit_hash
@@ -411,7 +412,7 @@ class FastPath:
         return leaf
 
     def put(self, e: FastEntry) -> None:
-        self._table(e.by_circuit)[self._key(*e.key)] = self._leaf(e)
+        update_elem(self._table(e.by_circuit), self._key(*e.key), self._leaf(e))
 
     def put_many(self, entries: list[FastEntry]) -> None:
         """Write many entries with one batch syscall per map (the start-up warm)."""
