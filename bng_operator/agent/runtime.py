@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bng_operator import http, netlink
+from bng_operator.agent import syscalls
 from bng_operator.agent.audit import AuditLog
 from bng_operator.agent.config import ConfigError, NodeConfig
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
@@ -534,6 +536,7 @@ class Agent:
 
 
 async def run_agent(settings: AgentSettings, source: Source) -> int:
+    sys.setswitchinterval(syscalls.GIL_SWITCH_INTERVAL)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
