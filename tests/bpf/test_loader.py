@@ -147,9 +147,9 @@ def test_a_pinned_map_of_another_layout_is_refused(tmp_path: Path, bpffs: Path) 
 
 
 def test_map_writes_that_keep_the_gil_land_and_say_why_when_they_cannot() -> None:
-    b = BPF(text="BPF_HASH(entries, u32, u64, 4);")
+    b = BPF(text=b"BPF_HASH(entries, u32, u64, 4);")
     try:
-        t = b["entries"]
+        t = b[b"entries"]
         for k in range(4):
             update_elem(t, t.Key(k), t.Leaf(1000 + k))
         assert {int(k.value): int(v.value) for k, v in t.items()} == {
