@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 
 from bng_operator.agent.nat.blocks import Layout, expand
@@ -139,6 +140,11 @@ class NodeConfig:
     nat_pool_of: dict[str, str] = field(default_factory=dict)  # SubscriberClass -> NATPool
     # Every QoSPolicy the node knows, by name: RADIUS's Filter-Id names one for a session
     qos_policies: dict[str, ShapingRates] = field(default_factory=dict)
+
+    @cached_property
+    def class_by_name(self) -> dict[str, ClassConfig]:
+        """The classes by name (made once per configuration: looked up per request)."""
+        return {c.name: c for c in self.classes}
 
 
 def _compile(pattern: str | None) -> re.Pattern[str] | None:

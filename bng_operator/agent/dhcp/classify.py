@@ -76,7 +76,7 @@ def classify(config: NodeConfig, msg: Message, vlans: tuple[int, ...]) -> Classi
                             and all(key in keys for key in r.keys)), None)
     cls = None
     if reservation and reservation.subscriber_class:
-        cls = next((c for c in config.classes if c.name == reservation.subscriber_class), None)
+        cls = config.class_by_name.get(reservation.subscriber_class)
     if cls is None:
         cls = next((c for c in config.classes if matches(c, msg, vlans)), None)
     relayed = int(msg.giaddr) != 0

@@ -43,7 +43,6 @@ BROADCAST_MAC = b"\xff" * 6
 BROADCAST_IP = IPv4Address("255.255.255.255")
 _AUX = struct.Struct("=IIIHHHH")
 _CMSG_HDR = struct.Struct("=QiI")  # struct cmsghdr on a 64-bit kernel: len, level, type
-MSG_DONTWAIT = 0x40
 FRAME_MAX = 2048  # a DHCP request is at most 576 bytes (plus tags); longer frames are cut
 BATCH = 64
 
@@ -93,7 +92,7 @@ class _Batch:
         n = min(limit, self.n)
         for i in range(n):  # the kernel shortens these to what it wrote
             self.msgs[i].hdr.controllen = self.control_len
-        got = _recvmmsg(fd, self.msgs, n, MSG_DONTWAIT, None)
+        got = _recvmmsg(fd, self.msgs, n, syscalls.MSG_DONTWAIT, None)
         if got < 0:
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EINTR):

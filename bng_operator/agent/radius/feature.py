@@ -132,8 +132,6 @@ class RadiusFeature:
     _pruned: float = field(default=0.0, init=False)
     _fallback_logged: dict[str, float] = field(default_factory=dict, init=False)
     _timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict, init=False)
-    _classes: dict[str, ClassConfig] = field(default_factory=dict, init=False)
-    _classes_of: NodeConfig | None = field(default=None, init=False)
     fallbacks: int = field(default=0, init=False)  # sessions decided by the fallback
     last_fallback: str = field(default="", init=False)
     last_fallback_at: float = field(default=-1e18, init=False)
@@ -332,10 +330,7 @@ class RadiusFeature:
         return c.spec.radius
 
     def _class(self, name: str) -> ClassConfig | None:
-        if self._classes_of is not self.config:  # a dict per configuration, not a scan a call
-            self._classes = {c.name: c for c in self.config.classes}
-            self._classes_of = self.config
-        return self._classes.get(name)
+        return self.config.class_by_name.get(name)
 
     def applies(self, s: Session) -> bool:
         return self._auth(self._class(s.subscriber_class)) is not None
