@@ -23,8 +23,7 @@ from typing import Any
 
 from pyrad.dictionary import Dictionary
 
-ACCESS_REQUEST, ACCESS_ACCEPT, ACCESS_REJECT = 1, 2, 3
-ACCOUNTING_REQUEST, ACCOUNTING_RESPONSE = 4, 5
+ACCESS_REQUEST, ACCOUNTING_REQUEST = 1, 4  # the codes of the requests sent
 VENDOR_SPECIFIC = 26
 PROXY_STATE = 33
 MESSAGE_AUTHENTICATOR = 80
