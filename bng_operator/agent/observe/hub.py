@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -83,8 +84,10 @@ class FlowHub:
         with self._lock:
             new = self.seen - position
             kept = min(new, len(self._ring))
-            items = list(self._ring)[len(self._ring) - kept:] if kept else []
+            # from the right end: a copy of the whole ring was most of a follower's time
+            items = list(itertools.islice(reversed(self._ring), kept))
             seen = self.seen
+        items.reverse()
         return [f for f in map(_built, items) if f is not None], seen, new - kept
 
     async def follow(self, position: int | None = None) -> AsyncIterator[Flow]:

@@ -97,6 +97,23 @@ def test_the_hub_keeps_the_last_n_and_builds_lazy_flows_when_read() -> None:
     assert ([f.time_ns for f in flows], at, lost) == ([2, 3, 4], 5, 1)
 
 
+@pytest.mark.parametrize("added, position, expected", [
+    (5, 5, ([], 5, 0)),           # nothing new
+    (5, 4, ([4], 5, 0)),          # the newest alone
+    (5, 3, ([3, 4], 5, 0)),
+    (5, 2, ([2, 3, 4], 5, 0)),    # exactly what the ring holds
+    (5, 0, ([2, 3, 4], 5, 2)),    # two went round before they were read
+    (2, 0, ([0, 1], 2, 0)),       # a ring not yet full
+])
+def test_since_reads_the_new_flows_in_order(added: int, position: int,
+                                            expected: tuple[list[int], int, int]) -> None:
+    hub = FlowHub(capacity=3)
+    for n in range(added):
+        hub.add(flow(time_ns=n))
+    flows, at, lost = hub.since(position)
+    assert ([f.time_ns for f in flows], at, lost) == expected
+
+
 def test_followers_get_new_flows_and_observers_switch_the_programs_on_and_off() -> None:
     switched: list[bool] = []
     counts: list[int] = []
