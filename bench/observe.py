@@ -1,21 +1,30 @@
 #!/usr/bin/env python3
 """Flows per second the agent's Hubble API serves to Cilium's hubble CLI (issue 18).
 
-    sudo .venv/bin/python bench/observe.py --json
+    .venv/bin/python -m bench.observe --json
 
 The agent's own server (bng_operator/agent/observe/hubble.py) on loopback, its FlowHub
 filled with --flows flows of the kinds the node reports (fast-path ACKs, slow-path OFFERs,
 anti-spoofing drops, NAT mappings), each naming a subscriber. Two measurements, each the
-median of --rounds runs of the real CLI (hack/hubble/build.sh), its output read and thrown
-away as a user's pipe would:
+median of --rounds runs of the real CLI (hack/hubble/build.sh), its output written to a
+file as a user's `> flows.json` would, and counted after:
 
   last:   `hubble observe --last N -o json`: the kept flows, converted, filtered (none),
-          streamed and decoded;
-  follow: `hubble observe --follow -o json` while flows are added as fast as the hub takes
-          them, for --seconds: what a live observer keeps up with.
+          streamed and decoded, from the CLI's start to its exit;
+  follow: `hubble observe --follow -o json` while a thread adds --offer flows/s (as the
+          agent's kernel reader does; by default twice the goal, more than the server
+          streams) for --seconds: the flows/s the CLI printed, from the first added to the
+          last printed. What it could not keep up with the ring drops, oldest first.
+
+The server runs as in the agent (any CPU, the agent's GIL switch interval). The CLI runs
+on one CPU of its own (--cli-cpu, by default the last), as on the operator's own machine:
+given every CPU, Go's runtime runs as many threads, and their spinning and cross-CPU
+wake-ups take the server's CPU here (this VM has two). The same run measures that too, the
+CLI on any CPU, as "shared_*" (--no-shared skips it).
 
 The peer is no server: the goal is absolute (>= 10,000 flows/s, the issue's). One JSON line:
-{"flows_per_s": <the lower of the two>, "last_flows_per_s", "follow_flows_per_s", ...}.
+{"flows_per_s": <the lower of the two>, "last_flows_per_s", "follow_flows_per_s",
+"shared_flows_per_s", ...}.
 
 --server-cpu N runs the server (this process: its event loop and gRPC's threads) on CPU N
 alone and the CLI on the others, as an agent given a CPU of its own: each streamed message
@@ -36,6 +45,7 @@ import time
 
 from bng_lab.controlplane import free_port
 from bng_lab.hubble import hubble_binary
+from bng_operator.agent import syscalls
 from bng_operator.agent.observe.flow import Flow, Point, Source, Verdict
 from bng_operator.agent.observe.hub import FlowHub
 from bng_operator.agent.observe.hubble import Converter, serve
@@ -65,86 +75,114 @@ def sample(i: int) -> Flow:
                 xlated_addr="203.0.113.1", xlated_port=1024 + i % 60000)
 
 
-CLI_CPUS: list[str] = []  # the CLI's `taskset` prefix, with --server-cpu
-
-
 def _env(home: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBLE_")}
     return {**env, "HOME": home, "XDG_CONFIG_HOME": f"{home}/.config"}
 
 
-async def last_run(port: int, flows: int) -> float:
+def printed(path: str) -> int:
+    """The flows the CLI printed into ``path``: its JSON lines."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return data.count(b"\n{") + data.startswith(b"{")
+
+
+async def cli(port: int, cpus: list[str], home: str, out: str,
+              *args: str) -> asyncio.subprocess.Process:
+    """The hubble CLI observing the server on ``port`` (``cpus``: a `taskset` prefix),
+    printing JSON into ``out`` (and its errors into ``out``.err)."""
+    with open(out, "wb") as sink, open(f"{out}.err", "wb") as errors:
+        return await asyncio.create_subprocess_exec(
+            *cpus, str(hubble_binary()), "observe", "--server", f"127.0.0.1:{port}",
+            "-o", "json", *args, stdout=sink, stderr=errors, env=_env(home))
+
+
+async def last_run(port: int, cpus: list[str], flows: int) -> float:
     """`hubble observe --last N`: flows/s from start to the CLI's exit."""
     with tempfile.TemporaryDirectory(prefix="bng-hubble-") as home:
+        out = f"{home}/flows.json"
         t0 = time.perf_counter()
-        p = await asyncio.create_subprocess_exec(
-            *CLI_CPUS, str(hubble_binary()), "observe", "--server", f"127.0.0.1:{port}",
-            "-o", "json", "--last", str(flows), stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=_env(home))
-        assert p.stdout is not None and p.stderr is not None
-        n = sum([1 async for line in p.stdout if line.startswith(b"{")])
+        p = await cli(port, cpus, home, out, "--last", str(flows))
         await p.wait()
         secs = time.perf_counter() - t0
+        n = printed(out)
         if p.returncode != 0 or n != flows:
-            err = (await p.stderr.read()).decode()[-500:]
+            with open(f"{out}.err") as f:
+                err = f.read()[-500:]
             raise RuntimeError(f"hubble observe printed {n} of {flows} flows "
                                f"(exit {p.returncode}): {err}")
     return n / secs
 
 
-async def follow_run(hub: FlowHub, port: int, seconds: float) -> float:
-    """`hubble observe --follow` while flows are added as fast as the hub takes them:
-    flows/s the CLI printed, from the first added to the last printed."""
+def produce(hub: FlowHub, rate: float, seconds: float, t0: float) -> int:
+    """Add ``rate`` flows/s for ``seconds`` from ``t0`` on, from this thread, in the small
+    batches a reader of the kernel's ring buffer makes; the number added."""
+    made = 0
+    while (now := time.perf_counter()) - t0 < seconds:
+        due = int((now - t0) * rate)
+        while made < due:
+            hub.add(sample(made))
+            made += 1
+        time.sleep(0.001)
+    return made
+
+
+async def follow_run(hub: FlowHub, port: int, cpus: list[str], seconds: float,
+                     rate: float) -> float:
+    """`hubble observe --follow` while a thread adds ``rate`` flows/s: the flows/s the CLI
+    printed, from the first added to the last printed."""
     with tempfile.TemporaryDirectory(prefix="bng-hubble-") as home:
-        p = await asyncio.create_subprocess_exec(
-            *CLI_CPUS, str(hubble_binary()), "observe", "--server", f"127.0.0.1:{port}",
-            "-o", "json", "--follow", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            env=_env(home))
-        printed, last_at = [0], [0.0]
-
-        async def read() -> None:
-            assert p.stdout is not None
-            async for line in p.stdout:
-                if line.startswith(b"{"):
-                    printed[0] += 1
-                    last_at[0] = time.perf_counter()
-
-        reader = asyncio.create_task(read())
+        out = f"{home}/flows.json"
+        p = await cli(port, cpus, home, out, "--follow")
         await asyncio.sleep(1.5)  # connected and following
-        made, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            for _ in range(100):
-                hub.add(sample(made))
-                made += 1
-            await asyncio.sleep(0)  # the server's turn
-        deadline = time.perf_counter() + 10
-        while printed[0] < made and time.perf_counter() < deadline:
-            await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        producer = asyncio.get_running_loop().run_in_executor(
+            None, produce, hub, rate, seconds, t0)
+        # the file's growth, read by its size: counting lines as they come would take
+        # the server's CPU
+        size, last_at = 0, t0
+        while not producer.done() or time.perf_counter() - last_at < 1.0:
+            await asyncio.sleep(0.02)
+            if (now := os.stat(out).st_size) != size:
+                size, last_at = now, time.perf_counter()
+        made = await producer
         p.terminate()
         await p.wait()
-        reader.cancel()
-    if printed[0] < made:
-        print(f"follow: the CLI printed {printed[0]} of {made} flows (the hub's ring went "
-              "round: a slower consumer loses the oldest)", file=sys.stderr)
-    return printed[0] / (last_at[0] - t0)
+        n = printed(out)
+    if n < made:
+        print(f"follow: the CLI printed {n} of {made} flows offered at {rate:.0f}/s (the "
+              "hub's ring went round: a slower consumer loses the oldest)", file=sys.stderr)
+    return n / (last_at - t0)
 
 
-async def bench(a: argparse.Namespace) -> dict[str, object]:
+async def bench(a: argparse.Namespace, setups: dict[str, list[str]]) -> dict[str, object]:
+    """Each setup (a prefix for the results' keys -> the CLI's `taskset` prefix) measured
+    --rounds times, the setups taking turns."""
     hub = FlowHub(capacity=a.flows)
     for i in range(a.flows):
         hub.add(sample(i))
     port = free_port()
     server = await serve(hub, Converter("bench-node", "bng-system", lambda f: "mac-02-00"),
                          f"127.0.0.1:{port}", "bench", f"127.0.0.1:{port}")
-    last, follow = [], []
+    last: dict[str, list[float]] = {name: [] for name in setups}
+    follow: dict[str, list[float]] = {name: [] for name in setups}
     try:
         for _ in range(a.rounds):
-            last.append(await last_run(port, a.flows))
-            follow.append(await follow_run(hub, port, a.seconds))
+            for name, cpus in setups.items():
+                last[name].append(await last_run(port, cpus, a.flows))
+                follow[name].append(await follow_run(hub, port, cpus, a.seconds, a.offer))
     finally:
         await server.stop(0)
-    return {"last_flows_per_s": round(statistics.median(last)),
-            "follow_flows_per_s": round(statistics.median(follow))}
+    out: dict[str, object] = {}
+    for name in setups:
+        out[f"{name}last_flows_per_s"] = lo = round(statistics.median(last[name]))
+        out[f"{name}follow_flows_per_s"] = hi = round(statistics.median(follow[name]))
+        out[f"{name}flows_per_s"] = min(lo, hi)
+    return out
+
+
+def taskset(cpus: set[int]) -> list[str]:
+    return ["taskset", "-c", ",".join(map(str, sorted(cpus)))]
 
 
 def main() -> int:
@@ -152,19 +190,32 @@ def main() -> int:
     ap.add_argument("--flows", type=int, default=50_000, help="flows kept and read with --last")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="length of a follow run")
+    ap.add_argument("--offer", type=float, default=2 * GOAL,
+                    help="flows/s added while --follow runs")
     ap.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
-    ap.add_argument("--server-cpu", type=int, help="the one CPU the server runs on")
+    ap.add_argument("--cli-cpu", type=int, help="the one CPU the CLI runs on (default: the "
+                    "last this process may use)")
+    ap.add_argument("--no-shared", action="store_true",
+                    help="skip the runs with the CLI on any CPU")
+    ap.add_argument("--server-cpu", type=int, help="the one CPU the server runs on (the CLI "
+                    "on the others)")
     a = ap.parse_args()
+    cpus = os.sched_getaffinity(0)
     if a.server_cpu is not None:
-        others = os.sched_getaffinity(0) - {a.server_cpu}
-        CLI_CPUS[:] = ["taskset", "-c", ",".join(map(str, sorted(others)))]
+        setups = {"": taskset(cpus - {a.server_cpu})}
         for tid in os.listdir("/proc/self/task"):  # the threads gRPC started at import too
             os.sched_setaffinity(int(tid), {a.server_cpu})
-    out = asyncio.run(bench(a))
-    out["flows_per_s"] = min(out["last_flows_per_s"], out["follow_flows_per_s"])  # type: ignore[type-var]
+    else:
+        a.cli_cpu = max(cpus) if a.cli_cpu is None else a.cli_cpu
+        setups = {"": taskset({a.cli_cpu}) if len(cpus) > 1 else []}
+        if not a.no_shared:
+            setups["shared_"] = []
+    sys.setswitchinterval(syscalls.GIL_SWITCH_INTERVAL)  # as run_agent does
+    out = asyncio.run(bench(a, setups))
     out["goal_flows_per_s"] = GOAL
     out["goal_met"] = out["flows_per_s"] >= GOAL  # type: ignore[operator]
-    out["flows"], out["rounds"], out["server_cpu"] = a.flows, a.rounds, a.server_cpu
+    out["flows"], out["rounds"], out["offered_flows_per_s"] = a.flows, a.rounds, a.offer
+    out["server_cpu"], out["cli_cpu"] = a.server_cpu, a.cli_cpu
     print(json.dumps(out))
     return 0
 
