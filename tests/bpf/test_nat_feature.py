@@ -135,6 +135,32 @@ def test_sessions_get_blocks_logged_before_the_kernel_and_lose_them_when_they_en
         h.feature.stop()
 
 
+def test_sessions_before_nat_starts_wake_no_worker_and_get_their_blocks_at_the_start(
+        where: tuple[Path, Path]) -> None:
+    h = Harness(*where, config())
+    handed: list[object] = []
+    submit = h.feature._work.submit
+
+    def counted(fn: Any, *args: Any) -> Any:
+        handed.append(fn)
+        return submit(fn, *args)
+
+    h.feature._work.submit = counted  # type: ignore[method-assign]
+    try:
+        a = lease(0)
+        h.leases[a.address] = a
+        h.feature.on_bound(session(a))  # NAT not running: nothing for its worker
+        assert handed == []
+        h.start()
+        assert A(a.address) in h.kernel()  # the start reconciled with the sessions
+        b = lease(1)
+        h.bind(b)
+        assert A(b.address) in h.kernel()
+        assert h.log()[-1][3] == "remote:res-1"
+    finally:
+        h.feature.stop()
+
+
 def test_a_full_block_grows_on_the_same_address(where: tuple[Path, Path]) -> None:
     h = Harness(*where, config(ports_per_block=4, port_range={"start": 1024, "end": 1039})
                 ).start()

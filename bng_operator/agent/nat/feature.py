@@ -216,6 +216,11 @@ class NatFeature:
         self._submit("config", config)
 
     def _submit(self, kind: str, item: Any) -> None:
+        if self.path is None and kind != "config":
+            # NAT not running (no class uses it, or it failed to load): the worker would
+            # drop the event; handing it over cost every DORA a thread wake-up. A start
+            # reconciles with the sessions of its moment.
+            return
         self._items.add((kind, item))
 
     # --- the worker ---------------------------------------------------------------------------
