@@ -149,6 +149,10 @@ async def follow_run(hub: FlowHub, port: int, cpus: list[str], seconds: float,
         p.terminate()
         await p.wait()
         n = printed(out)
+        if n == 0:
+            with open(f"{out}.err") as f:
+                raise RuntimeError(f"hubble observe --follow printed no flow (exit "
+                                   f"{p.returncode}): {f.read()[-500:]}")
     if n < made:
         print(f"follow: the CLI printed {n} of {made} flows offered at {rate:.0f}/s (the "
               "hub's ring went round: a slower consumer loses the oldest)", file=sys.stderr)
