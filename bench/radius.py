@@ -201,7 +201,7 @@ def accounting(site: Site, modes: Modes, sessions: int, interim: int, steady: in
     }
 
 
-def pyrad_cost_us(n: int = 2000) -> dict[str, dict[str, float]]:
+def in_process_cost_us(n: int = 2000) -> dict[str, dict[str, float]]:
     """Per Access-Request in Python, timed in this process (µs, best of 3): ``pyrad``, build
     and sign a request with pyrad's packets (with its Message-Authenticator HMAC) as
     client.py did before wire.py, and decode and verify an Accept that carries one;
@@ -345,7 +345,7 @@ def main() -> int:
             rounds.append(got)
         acct = accounting(site, modes, a.sessions, a.interim, a.steady, say)
         answered = len(fr.log_lines("Login OK"))
-        where = {"freeradius_alone": freeradius_rate(fr), "in_process": pyrad_cost_us()}
+        where = {"freeradius_alone": freeradius_rate(fr), "in_process": in_process_cost_us()}
         say(f"  where the time goes: {where}")
     finally:
         if fr is not None:

@@ -218,8 +218,9 @@ class NatFeature:
     def _submit(self, kind: str, item: Any) -> None:
         if self.path is None and kind != "config":
             # NAT not running (no class uses it, or it failed to load): the worker would
-            # drop the event; handing it over cost every DORA a thread wake-up. A start
-            # reconciles with the sessions of its moment.
+            # drop the session event; handing it over cost every DORA a thread wake-up. A
+            # start reconciles with the sessions of its moment. A reload still goes: one
+            # that comes during a start applies after it.
             return
         self._items.add((kind, item))
 
