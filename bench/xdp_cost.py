@@ -13,12 +13,16 @@ figure is the median of those differences ("detail_ns" also has their best, and 
 best-of-each estimate). The slow path
 is timed in this process on the same requests: frame parsing, decoding, the state machine,
 encoding and framing (the lease store's fsync is not included).
-Flow events (issue 18) are measured in three configurations, interleaved: built without
+Flow events (issue 18) are measured in four configurations, interleaved: built without
 them (FLOW_EVENTS 0), as shipped with nobody watching ("idle_overhead_pct" against the
-first), and with an observer connected ("observer_overhead_pct" against idle: every reply
-writes its event; the ring is drained between chunks of 10,000 repeats, so none is lost).
+first), with an observer connected ("observer_overhead_pct" against idle: every reply
+writes its event; the ring is drained between chunks of 10,000 repeats, so none is lost),
+and a control: the build without events loaded a second time ("control_pct" against the
+first). The control differs from the first in nothing, so it shows what this run reads as
+a change where there is none; an idle overhead within it is no measurable change.
 One JSON line: {"offer_ns", "ack_ns", "slow_path_us_per_request", "idle_overhead_pct",
-"observer_overhead_pct", ...}; offer_ns and ack_ns are the shipped program's, idle.
+"observer_overhead_pct", "control_pct", ...}; offer_ns and ack_ns are the shipped
+program's, idle.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ ORDER = [Opt.MESSAGE_TYPE, Opt.REQUESTED_IP, Opt.SERVER_ID, Opt.CLIENT_ID, Opt.P
 KW = {"giaddr": str(RELAY), "remote": "res-4711", "circuit": "olt1 xpon 0/1/2:3",
       "client_id": b"\x01\x02\x00\x00\x00\x00\x01", "prl": bytes([1, 3, 6, 15, 28])}
 CTX = Context("access0", (SERVER_ID,))
-CONFIGS = ("no_events", "idle", "watched")
+CONFIGS = ("no_events", "control", "idle", "watched")
+BUILD = {"no_events": "off", "control": "off_again", "idle": "on", "watched": "on"}
 CHUNK = 10_000  # repeats per BPF_PROG_RUN: their flow events fit the ring (16k)
 
 
@@ -85,8 +90,8 @@ def main() -> int:
     req = frame_of(request(MessageType.REQUEST, CLIENT, requested=addr,  # type: ignore[arg-type]
                            server_id=str(SERVER_ID), **KW))
 
-    # The program and the benchmark's wrappers as one file (see bench/xdp_cost.c), twice: as
-    # it ships (flow events built in) and without flow events (FLOW_EVENTS 0).
+    # The program and the benchmark's wrappers as one file (see bench/xdp_cost.c): as it
+    # ships (flow events built in), and twice without flow events (FLOW_EVENTS 0).
     workdir = Path(tempfile.mkdtemp(prefix="bng-xdp-cost-"))
     program = (REPO / "bpf" / "access_ingress.c").read_text() + \
         (REPO / "bench" / "xdp_cost.c").read_text()
@@ -98,7 +103,8 @@ def main() -> int:
         return 0
 
     try:
-        for build, prefix in (("off", "#define FLOW_EVENTS 0\n"), ("on", "")):
+        for build, prefix in (("off", "#define FLOW_EVENTS 0\n"),
+                              ("off_again", "#define FLOW_EVENTS 0\n"), ("on", "")):
             joined = workdir / f"xdp_cost_{build}.c"
             joined.write_text(prefix + program)
             builds[build] = fp = FastPath(max_subscribers=1024, source=joined)
@@ -144,7 +150,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for name, frame in (("offer", discover), ("ack", req)):
                 for config in CONFIGS:
-                    fp = builds["off" if config == "no_events" else "on"]
+                    fp = builds[BUILD[config]]
                     watched = config == "watched"
                     watch(watched)
                     load(fp, frame)
@@ -197,6 +203,7 @@ def main() -> int:
                          for k in ("offer", "ack")) / 2, 1)
 
     idle, observer = pct("idle", "no_events"), pct("watched", "idle")
+    control = pct("control", "no_events")
     out_json = {
         "offer_ns": cost["idle"]["offer"]["median"], "ack_ns": cost["idle"]["ack"]["median"],
         "slow_path_us_per_request": round(slow_us, 2),
@@ -206,13 +213,15 @@ def main() -> int:
         "idle_overhead_pct": idle,
         "observer_overhead_pct": observer,
         "observer_goal_pct": 20, "observer_goal_met": observer <= 20,
+        "control_pct": control,
         "flow_events_written": drained[0], "flow_events_lost": lost,
         "flow_events_expected": watched_events,
         "detail_ns": cost,
         "repeat": args.repeat, "rounds": args.rounds, "chunk": CHUNK,
         "note": "ns per reply = median over rounds of (restore + program) - restore, each "
                 "program round paired with the restore round just before it; configurations: "
-                "no_events (built with FLOW_EVENTS 0), idle (as shipped, nobody watching), "
+                "no_events (built with FLOW_EVENTS 0), control (the same, loaded again), "
+                "idle (as shipped, nobody watching), "
                 "watched (an observer connected: every reply writes its flow event, the ring "
                 "drained between chunks of repeats)",
     }

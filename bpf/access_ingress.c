@@ -33,8 +33,15 @@ static __always_inline void count(int idx)
     __u64 *c = counters.lookup(&idx);
     if (c)
         *c += 1;
+}
+
+// A request left to the slow path, counted by its reason. The reason is also kept for the
+// flow event: a reply's and a drop's follow from the verdict, so the reply path, the one
+// that must stay cheap, writes nothing for events.
+static __always_inline void count_pass(int idx)
+{
+    count(idx);
 #if FLOW_EVENTS
-    // The packet's outcome so far, for its flow event: the last count is the verdict's.
     __u32 zero = 0;
     __u32 *why = flow_outcome.lookup(&zero);
     if (why)
@@ -44,7 +51,7 @@ static __always_inline void count(int idx)
 
 static __always_inline int pass(int idx)
 {
-    count(idx);
+    count_pass(idx);
     return XDP_PASS;
 }
 
@@ -242,21 +249,21 @@ static __always_inline struct subscriber_lease *find_lease(struct parse_state *s
         key.vlan = vlan;
         lease = subscribers.lookup(&key);
         if (!lease) {
-            count(CNT_PASS_MISS);
+            count_pass(CNT_PASS_MISS);
             return NULL;
         }
         // Keyed by the CPE: its client id and the line it is on must be as when granted.
         __u32 len61 = st->len61;
         if (len61 != lease->client_id_len || len61 > MAX_CLIENT_ID_LEN ||
             !same(relay, lease->relay, (MAX_RELAY_AGENT_LEN + 2) / 8)) {
-            count(CNT_PASS_CHANGED);
+            count_pass(CNT_PASS_CHANGED);
             return NULL;
         }
         __u8 cid[MAX_CLIENT_ID_LEN] __attribute__((aligned(8))) = {};
         if (len61)
             copy_prefix(cid, st->opts + ((st->off61 + 2) & (OPTIONS_COPY - 1)), 4, len61);
         if (!same(cid, lease->client_id, MAX_CLIENT_ID_LEN / 8)) {
-            count(CNT_PASS_CHANGED);
+            count_pass(CNT_PASS_CHANGED);
             return NULL;
         }
     }
@@ -451,9 +458,19 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
 static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
 {
     __u32 zero = 0;
-    __u32 *why = flow_outcome.lookup(&zero);
     struct parse_state *st = parse_scratch.lookup(&zero);
-    if (!why || !st || *why == CNT_PASS_NOT_DHCP || *why >= CNT_MAX)
+    if (!st)
+        return;
+    __u32 why = CNT_DROP;  // XDP_DROP, and XDP_ABORTED (cannot happen)
+    if (verdict == XDP_TX) {
+        why = st->msg_type == 1 ? CNT_OFFER : CNT_ACK;
+    } else if (verdict == XDP_PASS) {
+        __u32 *passed = flow_outcome.lookup(&zero);
+        if (!passed)
+            return;
+        why = *passed;
+    }
+    if (why == CNT_PASS_NOT_DHCP || why >= CNT_MAX)
         return;
     // Written in place in the ring (no copy of an event built on the stack).
     struct flow_event *ev = flow_events.ringbuf_reserve(sizeof(struct flow_event));
@@ -465,13 +482,13 @@ static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
     }
     __builtin_memset(ev, 0, sizeof(*ev));
     flow_head(ev, ctx->ingress_ifindex, FLOW_SRC_DHCP,
-              verdict == XDP_TX || verdict == XDP_PASS ? FLOW_FORWARDED : FLOW_DROPPED, *why);
+              verdict == XDP_TX || verdict == XDP_PASS ? FLOW_FORWARDED : FLOW_DROPPED, why);
     ev->point = verdict == XDP_TX ? FLOW_TO_NETWORK : verdict == XDP_PASS ? FLOW_TO_STACK
                                                                           : FLOW_NONE;
     // The walk's message type is this packet's only once the walk ended (a reason past
     // it); before, it may be the last packet's.
-    __u32 walked = *why != CNT_PASS_MALFORMED && *why != CNT_PASS_LAYOUT;
-    ev->dhcp_type = verdict == XDP_TX ? (*why == CNT_OFFER ? 2 : 5) : walked ? st->msg_type : 0;
+    __u32 walked = why != CNT_PASS_MALFORMED && why != CNT_PASS_LAYOUT;
+    ev->dhcp_type = verdict == XDP_TX ? (why == CNT_OFFER ? 2 : 5) : walked ? st->msg_type : 0;
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
     __u32 at = flow_from_frame(data, end, ev);

@@ -23,7 +23,7 @@ BPF_TABLE("array", __u32, struct subnet_options, subnet_options, MAX_SUBNETS);
 BPF_TABLE("array", __u32, struct interface_config, interfaces, INTERFACE_SLOTS);
 BPF_TABLE("percpu_array", int, __u64, counters, CNT_MAX);
 BPF_PERCPU_ARRAY(parse_scratch, struct parse_state, 1);
-// The counter of this CPU's packet so far: its flow event's reason (lib/flow.h).
+// Why this CPU's last packet went to the slow path: its flow event's reason (lib/flow.h).
 BPF_PERCPU_ARRAY(flow_outcome, __u32, 1);
 
 // The refresh log outlasts program generations: its layout is

@@ -19,9 +19,10 @@ from bng_operator.agent.dataplane import flows as kflows
 from bng_operator.agent.dataplane import qos
 from bng_operator.agent.dataplane.fastpath import XDP_TX, FastPath
 from bng_operator.agent.dataplane.loader import BPF_DIR
+from bng_operator.agent.dhcp.transport import parse_frame
 from bng_operator.agent.observe import flow
 from bng_operator.agent.observe.flow import Point, Source, Verdict, from_kernel
-from tests.bpf.test_fastpath import SERVER_MAC, _slow_and_fast
+from tests.bpf.test_fastpath import SERVER_MAC, TAGS, _slow_and_fast
 from tests.bpf.test_qos import DOT1Q, IF_MAC, LO, OTHER, SERVER, TC_ACT_SHOT, _udp, run_tc
 
 HEADER = Path(BPF_DIR) / "lib" / "flow.h"
@@ -102,12 +103,48 @@ def test_the_fast_path_reports_its_reply_only_while_watched(root: Path) -> None:
         assert fp.run(unknown).action != XDP_TX
         (ev,) = _events(got, 1)
         assert (ev.point, ev.reason, ev.dhcp) == (Point.TO_STACK, "pass_miss", "DISCOVER")
+        # a reply's reason follows from its verdict, never from the pass before it
+        assert fp.run(frame).action == XDP_TX
+        (ev,) = _events(got, 1)
+        assert (ev.point, ev.reason, ev.dhcp) == (Point.TO_NETWORK, "offer", "OFFER")
         # traffic that is not DHCP has no event
         fp.run(_udp(OTHER, SERVER))
         reader.watch(False)
         _slow_and_fast(fp, "discover", b"", None, relayed=False)
         with pytest.raises(queue.Empty):
             got.get(timeout=0.5)
+    finally:
+        fp.close()
+        reader.close()
+
+
+@pytest.mark.parametrize("tags", list(TAGS.values()), ids=list(TAGS))
+@pytest.mark.parametrize("kind", ["discover", "selecting"])
+def test_a_replys_event_says_what_the_reply_says(root: Path, kind: str, tags: bytes) -> None:
+    """A reply's event, with any VLAN tags, gives what a full parse of the reply gives, and
+    its reason is the reply's (a reply keeps no reason of its own: it follows from the
+    verdict)."""
+    got: queue.Queue[bytes] = queue.Queue()
+    reader = kflows.KernelFlows(root, got.put)
+    fp = FastPath(max_subscribers=1024, pin_root=root)
+    try:
+        fp.put_interface(1, SERVER_MAC)
+        reader.watch(True)
+        _, _, _, reply = _slow_and_fast(fp, kind, tags, None, relayed=False)
+        (ev,) = _events(got, 1)
+        f = parse_frame(reply)
+        udp = 14 + len(f.tags) + 20
+        sport, dport = struct.unpack_from("!HH", reply, udp)
+        (xid,) = struct.unpack_from("!I", reply, udp + 8 + 4)
+        yiaddr = IPv4Address(reply[udp + 8 + 16:udp + 8 + 20])
+        assert (ev.src_mac, ev.dst_mac, ev.vlans) == \
+            (f.src_mac.hex(":"), f.dst_mac.hex(":"), f.vlans)
+        assert (ev.saddr, ev.daddr, ev.proto, ev.sport, ev.dport) == \
+            (str(f.src_ip), str(f.dst_ip), 17, sport, dport)
+        assert (ev.xid, ev.yiaddr) == (xid, str(yiaddr))
+        assert (ev.point, ev.reason) == \
+            (Point.TO_NETWORK, "offer" if kind == "discover" else "ack")
+        assert len(f.vlans) == len(tags) // 4
     finally:
         fp.close()
         reader.close()
