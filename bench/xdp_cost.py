@@ -16,7 +16,7 @@ encoding and framing (the lease store's fsync is not included).
 Flow events (issue 18) are measured in four configurations, interleaved: built without
 them (FLOW_EVENTS 0), as shipped with nobody watching ("idle_overhead_pct" against the
 first), with an observer connected ("observer_overhead_pct" against idle: every reply
-writes its event; the ring is drained between chunks of 10,000 repeats, so none is lost),
+writes its event; the flow log is read between chunks of 4,000 repeats, so none is lost),
 and a control: the build without events loaded a second time ("control_pct" against the
 first). The control differs from the first in nothing, so it shows what this run reads as
 a change where there is none; an idle overhead within it is no measurable change.
@@ -41,6 +41,7 @@ from pathlib import Path
 from bng_lab.dhcp_env import server
 from bng_lab.messages import request
 from bng_operator.agent.dataplane.fastpath import XDP_TX, FastPath
+from bng_operator.agent.dataplane.flows import FLOW_LOG_LEN, flow_log
 from bng_operator.agent.dhcp.codec import MessageType, Opt, decode, encode
 from bng_operator.agent.dhcp.server import Context
 from bng_operator.agent.dhcp.transport import build_frame, parse_frame
@@ -58,7 +59,8 @@ KW = {"giaddr": str(RELAY), "remote": "res-4711", "circuit": "olt1 xpon 0/1/2:3"
 CTX = Context("access0", (SERVER_ID,))
 CONFIGS = ("no_events", "control", "idle", "watched")
 BUILD = {"no_events": "off", "control": "off_again", "idle": "on", "watched": "on"}
-CHUNK = 10_000  # repeats per BPF_PROG_RUN: their flow events fit the ring (16k)
+CHUNK = 4_000  # repeats per BPF_PROG_RUN: their flow events fit a CPU's flow log
+assert CHUNK <= FLOW_LOG_LEN
 
 
 def frame_of(msg) -> bytes:  # type: ignore[no-untyped-def]
@@ -97,11 +99,7 @@ def main() -> int:
         (REPO / "bench" / "xdp_cost.c").read_text()
     builds: dict[str, FastPath] = {}
     drained = [0]
-
-    def drain_one(_ctx: object, _data: int, _size: int) -> int:
-        drained[0] += 1
-        return 0
-
+    events = None
     try:
         for build in dict.fromkeys(BUILD.values()):
             prefix = "" if build == "on" else "#define FLOW_EVENTS 0\n"
@@ -115,7 +113,12 @@ def main() -> int:
             fp.put_subnet(so)
             fp.put(replace(entry, expires=time.time() + 3600))
         on = builds["on"]
-        on.obj.map("flow_events").open_ring_buffer(drain_one)
+        events = flow_log(on.obj)
+
+        def drain() -> None:
+            assert events is not None
+            drained[0] += len(events.drain())
+
         ctl = on.obj.map("flow_ctl")
 
         def watch(flag: bool) -> None:
@@ -130,17 +133,17 @@ def main() -> int:
             leaf.data[: len(frame)] = list(frame)
             frames[frames.Key(0)] = leaf
 
-        def ns_per_run(fp: FastPath, fn: str, frame: bytes, drain: bool) -> float:
-            """--repeat runs in chunks that fit the flow ring, drained between chunks (the
-            kernel times only the runs), so that a watched run writes every event."""
+        def ns_per_run(fp: FastPath, fn: str, frame: bytes, read: bool) -> float:
+            """--repeat runs in chunks that fit the flow log, read between chunks (the
+            kernel times only the runs), so that a watched run's every event is read."""
             total, chunks = 0, args.repeat // CHUNK
             for _ in range(chunks):
                 r = fp.run(frame, repeat=CHUNK, fd=fp.obj.load_xdp(fn))
                 if r.action != XDP_TX:
                     raise RuntimeError(f"no reply: action {r.action}, counters {fp.counters()}")
                 total += r.ns_per_run
-                if drain:
-                    fp.obj.bpf.ring_buffer_consume()
+                if read:
+                    drain()
             return total / chunks
 
         before = {b: fp.counters() for b, fp in builds.items()}
@@ -159,10 +162,12 @@ def main() -> int:
                     runs[config][name]["reply"].append(
                         ns_per_run(fp, "bench_reply", frame, watched))
         watch(False)
-        on.obj.bpf.ring_buffer_consume()
+        drain()
         after = {b: fp.counters() for b, fp in builds.items()}
-        lost = int(ctl[ctl.Key(0)].lost)
+        lost = events.lost
     finally:
+        if events is not None:
+            events.close()
         for fp in builds.values():
             fp.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -222,8 +227,8 @@ def main() -> int:
                 "program round paired with the restore round just before it; configurations: "
                 "no_events (built with FLOW_EVENTS 0), control (the same, loaded again), "
                 "idle (as shipped, nobody watching), "
-                "watched (an observer connected: every reply writes its flow event, the ring "
-                "drained between chunks of repeats)",
+                "watched (an observer connected: every reply writes its flow event, the flow "
+                "log read between chunks of repeats)",
     }
     print(json.dumps(out_json))
     return 0

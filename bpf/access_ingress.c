@@ -453,6 +453,17 @@ static __always_inline int reply(struct xdp_md *ctx, struct parse_state *st)
 }
 
 #if FLOW_EVENTS
+// This CPU's next event in the flow log (lib/flow.h), and the head that publishes it.
+static __always_inline struct flow_event *flow_next(struct flow_log_head **log)
+{
+    __u32 cpu = bpf_get_smp_processor_id();  // inlined, as are the array lookups
+    *log = flow_heads.lookup(&cpu);
+    if (!*log)
+        return NULL;
+    __u32 slot = cpu * FLOW_LOG_LEN + ((*log)->head & (FLOW_LOG_LEN - 1));
+    return flow_log.lookup(&slot);
+}
+
 // The flow event of a DHCP request: a reply sent (the frame is the reply now), or a pass to
 // the slow path or a drop, with the reason counted. Traffic that is not DHCP has none.
 static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
@@ -472,14 +483,11 @@ static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
     }
     if (why == CNT_PASS_NOT_DHCP || why >= CNT_MAX)
         return;
-    // Written in place in the ring (no copy of an event built on the stack).
-    struct flow_event *ev = flow_events.ringbuf_reserve(sizeof(struct flow_event));
-    if (!ev) {
-        struct flow_ctl *fc = flow_ctl.lookup(&zero);
-        if (fc)
-            __sync_fetch_and_add(&fc->lost, 1);
+    // Written in place in the flow log (no copy of an event built on the stack).
+    struct flow_log_head *log = NULL;
+    struct flow_event *ev = flow_next(&log);
+    if (!ev || !log)
         return;
-    }
     __builtin_memset(ev, 0, sizeof(*ev));
     flow_head(ev, ctx->ingress_ifindex, FLOW_SRC_DHCP,
               verdict == XDP_TX || verdict == XDP_PASS ? FLOW_FORWARDED : FLOW_DROPPED, why);
@@ -497,7 +505,7 @@ static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
         ev->xid = b->xid;
         ev->dhcp_yiaddr = b->yiaddr;
     }
-    flow_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+    flow_publish(log);
 }
 #endif
 

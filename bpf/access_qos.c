@@ -75,14 +75,19 @@ static __always_inline int observed(void)
 #endif
 }
 
+// The event into this CPU's next slot of the flow log (lib/flow.h).
 static __always_inline void flow_send(struct flow_event *ev)
 {
 #if FLOW_EVENTS
-    if (flow_events.ringbuf_output(ev, sizeof(*ev), BPF_RB_NO_WAKEUP)) {
-        __u32 zero = 0;
-        struct flow_ctl *fc = flow_ctl.lookup(&zero);
-        if (fc)
-            __sync_fetch_and_add(&fc->lost, 1);
+    __u32 cpu = bpf_get_smp_processor_id();
+    struct flow_log_head *log = flow_heads.lookup(&cpu);
+    if (!log)
+        return;
+    __u32 slot = cpu * FLOW_LOG_LEN + (log->head & (FLOW_LOG_LEN - 1));
+    struct flow_event *to = flow_log.lookup(&slot);
+    if (to) {
+        *to = *ev;
+        flow_publish(log);
     }
 #endif
 }

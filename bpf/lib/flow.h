@@ -1,18 +1,18 @@
 // Flow events: what the programs did with a packet, for observers (the agent's Hubble API,
-// bng_operator/agent/observe/). Every program writes them into one ring buffer, pinned above
-// the program generations (<bpf-dir>/flow_events, with flow_ctl), and only while
-// flow_ctl says someone is watching: with nobody watching, a program pays one inlined
-// array lookup per event it could have sent. Mirrored in bng_operator/agent/observe/kernel.py;
-// tests/bpf/test_flows.py checks that both sides agree.
+// bng_operator/agent/observe/). Every program writes them into one flow log, per CPU,
+// pinned above the program generations (<bpf-dir>/flow_heads and flow_log, with flow_ctl),
+// and only while flow_ctl says someone is watching: with nobody watching, a program pays
+// one inlined array lookup per event it could have sent. Mirrored in
+// bng_operator/agent/observe/flow.py and dataplane/flows.py; tests/bpf/test_flows.py
+// checks that both sides agree.
 //
 // BCC rewrites map calls in a program's own C file only, so each program has its own
-// observed() and flow_send() (a few lines each); the header fills events.
+// observed() and flow_next() (a few lines each); the header fills events.
 #pragma once
 
 #ifndef FLOW_EVENTS
 #define FLOW_EVENTS 1
 #endif
-#define FLOW_RING_PAGES 256  // 1 MiB: ~16k events between two reads of the agent
 
 // Which program saw the packet (the meaning of `reason`).
 enum flow_source {
@@ -61,17 +61,42 @@ struct flow_event {
     __u16 pad2;
 };
 
-// Whether anyone watches (the agent sets it while it has observers), and the events lost
-// to a full ring (the reader is woken by none: it drains the ring every FLOW_READ_MS, so a
-// program never pays for a wake-up).
+// Whether anyone watches (the agent sets it while it has observers).
 struct flow_ctl {
     __u32 observers;
-    __u32 lost;
+    __u32 lost;            // unused: written by the ring buffer's programs (before the flow
+                           //   log), kept so that a pinned flow_ctl is adopted
 };
-#define FLOW_READ_MS 50
-
-BPF_RINGBUF_OUTPUT(flow_events, FLOW_RING_PAGES);
 BPF_TABLE("array", __u32, struct flow_ctl, flow_ctl, 1);
+
+// The flow log: each CPU has FLOW_LOG_LEN events of flow_log (from cpu * FLOW_LOG_LEN) and
+// its element of flow_heads, as the fast path's refresh log (lib/dhcp.h). A program writes
+// its CPU's next event in place, then moves head: no helper call, no lock, no wake-up (a
+// ring buffer's reserve and submit cost ~15 ns more a reply, ~10% of it:
+// bench/xdp_cost.py). One writer a CPU: XDP and tc programs run with bottom halves off,
+// so two never run at once on one CPU. The newest event overwrites the oldest; the agent
+// reads both maps mmapped every FLOW_READ_MS, keeps where it got to in tail, and counts
+// what was overwritten before it read it as lost.
+#ifndef MAX_CPUS
+#define MAX_CPUS 64        // the loader defines it: the machine's possible CPUs
+#endif
+#define FLOW_LOG_LEN 4096  // a power of two: 256 KiB a CPU, as Cilium's perf ring (64 pages)
+#define FLOW_READ_MS 50
+struct flow_log_head {
+    __u64 head;            // events this CPU has written, ever
+    __u64 tail;            // the agent's: how many of them it has read
+    __u64 pad[6];          // a cache line each: no CPU writes another's
+};
+BPF_F_TABLE("array", __u32, struct flow_log_head, flow_heads, MAX_CPUS, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", __u32, struct flow_event, flow_log, MAX_CPUS * FLOW_LOG_LEN,
+            BPF_F_MMAPABLE);
+
+// The event written: it is the reader's once the head passes it.
+static __always_inline void flow_publish(struct flow_log_head *log)
+{
+    asm volatile("" ::: "memory");  // the event's stores before the head's
+    *(volatile __u64 *)&log->head = log->head + 1;
+}
 
 // What every event starts with: when, where, which program, and what it did.
 static __always_inline void flow_head(struct flow_event *ev, __u32 ifindex, __u8 source,

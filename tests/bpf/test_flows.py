@@ -1,15 +1,17 @@
 """Flow events from the programs (bpf/lib/flow.h): the layout both sides read, one event
-per decision while someone watches, none while nobody does, and one ring buffer for every
-program, pinned above the generations."""
+per decision while someone watches, none while nobody does, and one flow log for every
+program, pinned above the generations, that loses only what was overwritten."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import queue
 import re
 import shutil
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -35,14 +37,14 @@ FIELDS = ("jiffies", "ifindex", "source", "verdict", "point", "reason", "src_mac
 def test_the_layout_and_enums_agree_with_the_c_header(bpffs: Path) -> None:
     from bcc import BPF
 
-    # the ring buffer has no Leaf type: the layout is read from an array of the struct
     b = BPF(text=(f'#include <uapi/linux/bpf.h>\n#include <uapi/linux/in.h>\n'
-                 f'#include <uapi/linux/ip.h>\n#include "{HEADER}"\n'
-                 'BPF_ARRAY(layout, struct flow_event, 1);').encode(),
-            cflags=[f"-I{BPF_DIR}"])
+                 f'#include <uapi/linux/ip.h>\n#include "{HEADER}"\n').encode(),
+            cflags=[f"-I{BPF_DIR}", "-DMAX_CPUS=1"])
     try:
-        leaf = b[b"layout"].Leaf
-        assert ctypes.sizeof(leaf) == flow.EVENT.size == 64
+        leaf = b[b"flow_log"].Leaf
+        assert ctypes.sizeof(leaf) == flow.EVENT.size == 64  # a cache line a slot
+        head = b[b"flow_heads"].Leaf
+        assert (ctypes.sizeof(head), head.head.offset, head.tail.offset) == (64, 0, 8)
         fmt = flow.EVENT.format.lstrip("<")
         items = re.findall(r"\d*[A-Za-z]", fmt)
         assert len(items) == len(FIELDS)
@@ -62,7 +64,7 @@ def test_the_layout_and_enums_agree_with_the_c_header(bpffs: Path) -> None:
         assert body is not None, enum
         found = {n: int(v) for n, v in re.findall(r"(FLOW_\w+) = (\d+)", body.group(1))}
         assert found == members, enum
-    assert f"#define FLOW_RING_PAGES {kflows.FLOW_RING_PAGES}" in h
+    assert f"#define FLOW_LOG_LEN {kflows.FLOW_LOG_LEN}" in h
     assert f"#define FLOW_READ_MS {kflows.FLOW_READ_MS}" in h
 
 
@@ -88,7 +90,7 @@ def test_the_fast_path_reports_its_reply_only_while_watched(root: Path) -> None:
     fp = FastPath(max_subscribers=1024, pin_root=root)
     try:
         fp.put_interface(1, SERVER_MAC)
-        assert (root / "flow_events").exists() and (root / "flow_ctl").exists()
+        assert all((root / m).exists() for m in kflows.FLOW_MAPS)
         _slow_and_fast(fp, "discover", b"", None, relayed=False)  # nobody watching
         reader.watch(True)
         _, _, frame, _ = _slow_and_fast(fp, "discover", DOT1Q, None, relayed=False)
@@ -150,7 +152,7 @@ def test_a_replys_event_says_what_the_reply_says(root: Path, kind: str, tags: by
         reader.close()
 
 
-def test_the_access_data_path_reports_its_drops_into_the_same_ring(root: Path) -> None:
+def test_the_access_data_path_reports_its_drops_into_the_same_log(root: Path) -> None:
     got: queue.Queue[bytes] = queue.Queue()
     reader = kflows.KernelFlows(root, got.put)
     path = qos.QosPath(max_subscribers=64, pin_root=root)
@@ -172,3 +174,77 @@ def test_the_access_data_path_reports_its_drops_into_the_same_ring(root: Path) -
     finally:
         path.close()
         reader.close()
+
+
+def _watch(fp: FastPath) -> None:
+    ctl = fp.obj.map("flow_ctl")
+    leaf = ctl[ctl.Key(0)]
+    leaf.observers = 1
+    ctl[ctl.Key(0)] = leaf
+
+
+def _on_cpu(cpu: int, run: Callable[[], object]) -> None:
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        run()
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
+def _unknown_discover(fp: FastPath) -> bytes:
+    """A DISCOVER the fast path passes to the slow path (pass_miss), frame unchanged, so
+    every repeat of a BPF_PROG_RUN writes an event."""
+    _, _, frame, _ = _slow_and_fast(fp, "discover", b"", None, relayed=False)
+    return frame.replace(bytes.fromhex("020000000001"), bytes.fromhex("020000000099"))
+
+
+def test_the_flow_log_loses_only_what_was_overwritten(bpffs: Path) -> None:
+    """Written past its length on one CPU, a CPU's log keeps the newest events: the reader
+    gets them in order and counts the rest lost, the oldest kept one too (it sits in the
+    slot the program writes next, so it may be half rewritten as it is read)."""
+    fp = FastPath(max_subscribers=1024)
+    log = kflows.flow_log(fp.obj)
+    try:
+        fp.put_interface(1, SERVER_MAC)
+        frame = _unknown_discover(fp)
+        _watch(fp)
+        cpu = min(os.sched_getaffinity(0))
+        extra = 10
+        _on_cpu(cpu, lambda: fp.run(frame, repeat=kflows.FLOW_LOG_LEN + extra))
+        events = [from_kernel(raw, int) for raw in log.drain()]
+        assert len(events) == kflows.FLOW_LOG_LEN - 1 and log.lost == extra + 1
+        assert {(e.point, e.reason, e.dhcp, e.xid) for e in events} == \
+            {(Point.TO_STACK, "pass_miss", "DISCOVER", 0xFEDCBA98)}
+        assert log.drain() == [] and log.lost == extra + 1
+        # read in time: nothing lost
+        _on_cpu(cpu, lambda: fp.run(frame, repeat=100))
+        assert len(log.drain()) == 100 and log.lost == extra + 1
+    finally:
+        log.close()
+        fp.close()
+
+
+def test_the_logs_of_several_cpus_arrive_in_time_order(bpffs: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    fp = FastPath(max_subscribers=1024)
+    log = kflows.flow_log(fp.obj)
+    try:
+        fp.put_interface(1, SERVER_MAC)
+        frame = _unknown_discover(fp)
+        _watch(fp)
+        # the higher CPU first: read CPU by CPU, its events would come last
+        _on_cpu(cpus[-1], lambda: fp.run(frame, repeat=3))
+        time.sleep(0.05)  # a tick or more later (HZ >= 100)
+        _on_cpu(cpus[0], lambda: fp.run(frame, repeat=2))
+        drained = log.drain()
+        assert len(drained) == 5 and log.lost == 0
+        ordered = kflows.in_time_order(drained)
+        assert ordered != drained
+        jiffies = [from_kernel(raw, int).time_ns for raw in ordered]  # as read: jiffies
+        assert jiffies == sorted(jiffies) and jiffies[2] < jiffies[3]
+    finally:
+        log.close()
+        fp.close()

@@ -15,9 +15,7 @@ tests/bpf/test_fastpath.py checks they agree.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
-import mmap
 import os
 import re
 import shutil
@@ -29,6 +27,7 @@ from typing import Any, Literal
 
 from bng_operator import netlink
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
+from bng_operator.agent.dataplane.cpulog import CpuLog, possible_cpus
 from bng_operator.agent.dataplane.flows import FLOW_MAPS
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
@@ -79,52 +78,11 @@ def wall_time(mono: int) -> float:
 REFRESH_LOG_LEN = 16384  # entries a CPU (struct refresh_log)
 
 
-def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:
-    """How many CPU ids the kernel may use ("0-3", "0,2-5"): the refresh log's size."""
-    last = max(int(part.split("-")[-1]) for part in path.read_text().strip().split(","))
-    return last + 1
-
-
-def _mmap_array(table: Any, n: int) -> tuple[mmap.mmap, Any]:
-    """An mmapped BPF array of ``n`` elements, as a ctypes array of BCC's Leaf type (reads
-    and writes are live)."""
-    size = -(-ctypes.sizeof(table.Leaf) * n // mmap.PAGESIZE) * mmap.PAGESIZE
-    mm = mmap.mmap(table.get_fd(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    return mm, (table.Leaf * n).from_buffer(mm)
-
-
-class RefreshLog:
-    """The program's refresh log (refresh_heads, refresh_log), read through mmaps of the
-    maps: the program writes an entry and then moves its CPU's head; the agent reads the
-    entries up to head and stores how far it got in tail, in the map, so a restarted agent
-    goes on from there."""
-
-    def __init__(self, heads: Any, entries: Any, cpus: int) -> None:
-        self._mm_heads, self.heads = _mmap_array(heads, cpus)
-        self._mm_entries, self.entries = _mmap_array(entries, cpus * REFRESH_LOG_LEN)
-        self.lost = 0  # entries overwritten before they were read, since this agent started
-
-    def drain(self) -> list[tuple[int, int, int]]:
-        """(address as the map holds it, clock, expiry) of every entry not read before."""
-        out = []
-        for cpu, log in enumerate(self.heads):
-            head, tail = int(log.head), int(log.tail)
-            start = max(min(tail, head), head - REFRESH_LOG_LEN)
-            base = cpu * REFRESH_LOG_LEN
-            rows = [(int(e.address), int(e.clock), int(e.expires))
-                    for e in (self.entries[base + (i & (REFRESH_LOG_LEN - 1))]
-                              for i in range(start, head))]
-            # Entries the program overwrote while they were read are not to be trusted.
-            first = max(start, int(log.head) - REFRESH_LOG_LEN)
-            out.extend(rows[first - start:])
-            self.lost += first - min(tail, head)
-            log.tail = head
-        return out
-
-    def close(self) -> None:
-        del self.heads, self.entries  # the ctypes views hold the mmaps' buffers
-        self._mm_heads.close()
-        self._mm_entries.close()
+def refresh_log(heads: Any, entries: Any, cpus: int) -> CpuLog[tuple[int, int, int]]:
+    """The program's refresh log (refresh_heads, refresh_log): (address as the map holds it,
+    clock, expiry) of each refresh."""
+    return CpuLog(heads, entries, cpus, REFRESH_LOG_LEN,
+                  lambda e: (int(e.address), int(e.clock), int(e.expires)))
 
 
 KERNEL_HZ_CHOICES = (100, 250, 300, 1000)  # CONFIG_HZ's choices
@@ -256,7 +214,7 @@ class FastPath:
         self._heartbeat = self.obj.map("heartbeat")
         self.authority = authority
         self.beat()
-        self._log = RefreshLog(self.obj.map("refresh_heads"), self.obj.map("refresh_log"), cpus)
+        self._log = refresh_log(self.obj.map("refresh_heads"), self.obj.map("refresh_log"), cpus)
         self._fd: int | None = None
         self._own_fd = False
 

@@ -30,6 +30,7 @@ from bcc import BPF, libbcc
 from bcc.table import Table
 
 from bng_operator import netlink
+from bng_operator.agent.dataplane.cpulog import possible_cpus
 from bng_operator.netlink import XDPMode
 
 BPFFS = Path("/sys/fs/bpf")
@@ -397,7 +398,9 @@ class BPFObject:
         place of the one BCC made (adopted), else BCC's is pinned there."""
         if not src.exists():
             raise DataplaneError(f"BPF source {src} not found")
-        flags = [f"-D{k}={v}" for k, v in (cflags or {}).items()]
+        # Every program is built for this machine's CPUs: the per-CPU logs (lib/flow.h) are
+        # shared between programs, and a map's size must be the same in each.
+        flags = [f"-D{k}={v}" for k, v in {"MAX_CPUS": possible_cpus(), **(cflags or {})}.items()]
         flags += [f"-I{d}" for d in (BPF_DIR, *include_dirs)]
         try:
             with _COMPILING:
