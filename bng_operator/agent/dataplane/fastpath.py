@@ -81,8 +81,11 @@ REFRESH_LOG_LEN = 16384  # entries a CPU (struct refresh_log)
 def refresh_log(heads: Any, entries: Any, cpus: int) -> CpuLog[tuple[int, int, int]]:
     """The program's refresh log (refresh_heads, refresh_log): (address as the map holds it,
     clock, expiry) of each refresh."""
-    return CpuLog(heads, entries, cpus, REFRESH_LOG_LEN,
-                  lambda e: (int(e.address), int(e.clock), int(e.expires)))
+    def row(raw: bytes) -> tuple[int, int, int]:
+        e = entries.Leaf.from_buffer_copy(raw)
+        return int(e.address), int(e.clock), int(e.expires)
+
+    return CpuLog(heads, entries, cpus, REFRESH_LOG_LEN, row)
 
 
 KERNEL_HZ_CHOICES = (100, 250, 300, 1000)  # CONFIG_HZ's choices
