@@ -116,7 +116,7 @@ async def last_run(port: int, cpus: list[str], flows: int) -> float:
 
 def produce(hub: FlowHub, rate: float, seconds: float, t0: float) -> int:
     """Add ``rate`` flows/s for ``seconds`` from ``t0`` on, from this thread, in the small
-    batches a reader of the kernel's ring buffer makes; the number added."""
+    batches a reader of the kernel's flow log makes; the number added."""
     made = 0
     while (now := time.perf_counter()) - t0 < seconds:
         due = int((now - t0) * rate)

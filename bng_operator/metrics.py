@@ -30,7 +30,7 @@ class AgentMetrics:
             "bng_flow_observers", "Hubble API clients following or reading flows now.",
             registry=r)
         self.flow_events = Counter(
-            "bng_flow_events_total", "Flow events read from the programs' ring buffer, by "
+            "bng_flow_events_total", "Flow events read from the programs' flow log, by "
             "program (dhcp, access, nat).", ["source"], registry=r)
         self.flow_events_undecoded = Counter(
             "bng_flow_events_undecoded_total", "Flow events from the kernel that could not be "
@@ -436,10 +436,10 @@ class _FlowsLostCollector:
         try:
             n = self.read()
         except Exception:
-            logging.getLogger("bng.metrics").exception("reading the flow events' control map")
+            logging.getLogger("bng.metrics").exception("reading the flow log's losses")
             return
-        yield CounterMetricFamily("bng_flow_events_lost", "Flow events the programs could "
-                                  "not write: the ring buffer was full.", value=n)
+        yield CounterMetricFamily("bng_flow_events_lost", "Flow events overwritten in the "
+                                  "programs' flow log before the agent read them.", value=n)
 
 
 class _NatCollector:

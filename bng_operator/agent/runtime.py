@@ -308,7 +308,7 @@ class Agent:
         self.health.dirty = True
 
     async def _start_features(self) -> None:
-        """The flow reader first (the programs' events have their ring buffer before they
+        """The flow reader first (the programs' events have their flow log before they
         load), then shaping (it answers the subscribers' ARP on tagged access), then NAT:
         one compile at a time."""
         if self.observe is not None and self.settings.fast_path:

@@ -71,9 +71,9 @@ BPF_TABLE("array", __u32, struct flow_ctl, flow_ctl, 1);
 
 // The flow log: each CPU has FLOW_LOG_LEN events of flow_log (from cpu * FLOW_LOG_LEN) and
 // its element of flow_heads, as the fast path's refresh log (lib/dhcp.h). A program writes
-// its CPU's next event in place, then moves head: no helper call, no lock, no wake-up (a
-// ring buffer's reserve and submit cost ~15 ns more a reply, ~10% of it:
-// bench/xdp_cost.py). One writer a CPU: XDP and tc programs run with bottom halves off,
+// its CPU's next event in place, then moves head: no helper call, no lock, no wake-up (with
+// a ring buffer's reserve and submit a watched reply cost ~26% more than an unwatched one,
+// with this ~11-14%: bench/xdp_cost.py, docs/observe.md). One writer a CPU: XDP and tc programs run with bottom halves off,
 // so two never run at once on one CPU. The newest event overwrites the oldest; the agent
 // reads both maps mmapped every FLOW_READ_MS, keeps where it got to in tail, and counts
 // what was overwritten before it read it as lost.
