@@ -19,6 +19,7 @@ import pytest
 
 from bng_operator.agent.dataplane import flows as kflows
 from bng_operator.agent.dataplane import qos
+from bng_operator.agent.dataplane.cpulog import CpuLog
 from bng_operator.agent.dataplane.fastpath import XDP_TX, FastPath
 from bng_operator.agent.dataplane.loader import BPF_DIR
 from bng_operator.agent.dhcp.transport import parse_frame
@@ -176,13 +177,6 @@ def test_the_access_data_path_reports_its_drops_into_the_same_log(root: Path) ->
         reader.close()
 
 
-def _watch(fp: FastPath) -> None:
-    ctl = fp.obj.map("flow_ctl")
-    leaf = ctl[ctl.Key(0)]
-    leaf.observers = 1
-    ctl[ctl.Key(0)] = leaf
-
-
 def _on_cpu(cpu: int, run: Callable[[], object]) -> None:
     mask = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})
@@ -192,59 +186,59 @@ def _on_cpu(cpu: int, run: Callable[[], object]) -> None:
         os.sched_setaffinity(0, mask)
 
 
-def _unknown_discover(fp: FastPath) -> bytes:
-    """A DISCOVER the fast path passes to the slow path (pass_miss), frame unchanged, so
-    every repeat of a BPF_PROG_RUN writes an event."""
-    _, _, frame, _ = _slow_and_fast(fp, "discover", b"", None, relayed=False)
-    return frame.replace(bytes.fromhex("020000000001"), bytes.fromhex("020000000099"))
+@pytest.fixture
+def passing(bpffs: Path) -> Iterator[tuple[FastPath, CpuLog[bytes], bytes]]:
+    """A watched fast path (unpinned), its flow log, and a DISCOVER it passes to the slow
+    path (pass_miss) with the frame unchanged, so every repeat of a BPF_PROG_RUN writes an
+    event."""
+    fp = FastPath(max_subscribers=1024)
+    log = kflows.flow_log(fp.obj)
+    try:
+        fp.put_interface(1, SERVER_MAC)
+        _, _, frame, _ = _slow_and_fast(fp, "discover", b"", None, relayed=False)
+        ctl = fp.obj.map("flow_ctl")
+        leaf = ctl[ctl.Key(0)]
+        leaf.observers = 1
+        ctl[ctl.Key(0)] = leaf
+        yield fp, log, frame.replace(bytes.fromhex("020000000001"),
+                                     bytes.fromhex("020000000099"))
+    finally:
+        log.close()
+        fp.close()
 
 
-def test_the_flow_log_loses_only_what_was_overwritten(bpffs: Path) -> None:
+def test_the_flow_log_loses_only_what_was_overwritten(
+        passing: tuple[FastPath, CpuLog[bytes], bytes]) -> None:
     """Written past its length on one CPU, a CPU's log keeps the newest events: the reader
     gets them in order and counts the rest lost, the oldest kept one too (it sits in the
     slot the program writes next, so it may be half rewritten as it is read)."""
-    fp = FastPath(max_subscribers=1024)
-    log = kflows.flow_log(fp.obj)
-    try:
-        fp.put_interface(1, SERVER_MAC)
-        frame = _unknown_discover(fp)
-        _watch(fp)
-        cpu = min(os.sched_getaffinity(0))
-        extra = 10
-        _on_cpu(cpu, lambda: fp.run(frame, repeat=kflows.FLOW_LOG_LEN + extra))
-        events = [from_kernel(raw, int) for raw in log.drain()]
-        assert len(events) == kflows.FLOW_LOG_LEN - 1 and log.lost == extra + 1
-        assert {(e.point, e.reason, e.dhcp, e.xid) for e in events} == \
-            {(Point.TO_STACK, "pass_miss", "DISCOVER", 0xFEDCBA98)}
-        assert log.drain() == [] and log.lost == extra + 1
-        # read in time: nothing lost
-        _on_cpu(cpu, lambda: fp.run(frame, repeat=100))
-        assert len(log.drain()) == 100 and log.lost == extra + 1
-    finally:
-        log.close()
-        fp.close()
+    fp, log, frame = passing
+    cpu = min(os.sched_getaffinity(0))
+    extra = 10
+    _on_cpu(cpu, lambda: fp.run(frame, repeat=kflows.FLOW_LOG_LEN + extra))
+    events = [from_kernel(raw, int) for raw in log.drain()]
+    assert len(events) == kflows.FLOW_LOG_LEN - 1 and log.lost == extra + 1
+    assert {(e.point, e.reason, e.dhcp, e.xid) for e in events} == \
+        {(Point.TO_STACK, "pass_miss", "DISCOVER", 0xFEDCBA98)}
+    assert log.drain() == [] and log.lost == extra + 1
+    # read in time: nothing lost
+    _on_cpu(cpu, lambda: fp.run(frame, repeat=100))
+    assert len(log.drain()) == 100 and log.lost == extra + 1
 
 
-def test_the_logs_of_several_cpus_arrive_in_time_order(bpffs: Path) -> None:
+def test_the_logs_of_several_cpus_arrive_in_time_order(
+        passing: tuple[FastPath, CpuLog[bytes], bytes]) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("needs two CPUs")
-    fp = FastPath(max_subscribers=1024)
-    log = kflows.flow_log(fp.obj)
-    try:
-        fp.put_interface(1, SERVER_MAC)
-        frame = _unknown_discover(fp)
-        _watch(fp)
-        # the higher CPU first: read CPU by CPU, its events would come last
-        _on_cpu(cpus[-1], lambda: fp.run(frame, repeat=3))
-        time.sleep(0.05)  # a tick or more later (HZ >= 100)
-        _on_cpu(cpus[0], lambda: fp.run(frame, repeat=2))
-        drained = log.drain()
-        assert len(drained) == 5 and log.lost == 0
-        ordered = kflows.in_time_order(drained)
-        assert ordered != drained
-        jiffies = [from_kernel(raw, int).time_ns for raw in ordered]  # as read: jiffies
-        assert jiffies == sorted(jiffies) and jiffies[2] < jiffies[3]
-    finally:
-        log.close()
-        fp.close()
+    fp, log, frame = passing
+    # the higher CPU first: read CPU by CPU, its events would come last
+    _on_cpu(cpus[-1], lambda: fp.run(frame, repeat=3))
+    time.sleep(0.05)  # a tick or more later (HZ >= 100)
+    _on_cpu(cpus[0], lambda: fp.run(frame, repeat=2))
+    drained = log.drain()
+    assert len(drained) == 5 and log.lost == 0
+    ordered = kflows.in_time_order(drained)
+    assert ordered != drained
+    jiffies = [from_kernel(raw, int).time_ns for raw in ordered]  # as read: jiffies
+    assert jiffies == sorted(jiffies) and jiffies[2] < jiffies[3]
