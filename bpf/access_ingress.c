@@ -300,14 +300,13 @@ static __always_inline void refresh(struct subscriber_lease *lease, __u64 now, _
     __u32 cpu = bpf_get_smp_processor_id();  // inlined, as are the array lookups
     struct refresh_log_head *log = refresh_heads.lookup(&cpu);
     __u64 head = log ? log->head : 0;
-    __u32 slot = cpu * REFRESH_LOG_LEN + (head & (REFRESH_LOG_LEN - 1));
+    __u32 slot = cpulog_slot(cpu, head, REFRESH_LOG_LEN);
     struct lease_refresh *ev = refresh_log.lookup(&slot);
     if (log && ev) {
         ev->address = address;
         ev->clock = REFRESH_CLOCK_JIFFIES;
         ev->expires = expires;
-        asm volatile("" ::: "memory");  // the entry before the head that publishes it
-        *(volatile __u64 *)&log->head = head + 1;
+        cpulog_publish(&log->head, head + 1);
     } else {
         count(CNT_REFRESH_LOST);
     }
@@ -460,7 +459,7 @@ static __always_inline struct flow_event *flow_next(struct flow_log_head **log)
     *log = flow_heads.lookup(&cpu);
     if (!*log)
         return NULL;
-    __u32 slot = cpu * FLOW_LOG_LEN + ((*log)->head & (FLOW_LOG_LEN - 1));
+    __u32 slot = cpulog_slot(cpu, (*log)->head, FLOW_LOG_LEN);
     return flow_log.lookup(&slot);
 }
 
@@ -505,7 +504,7 @@ static __always_inline void flow_dhcp(struct xdp_md *ctx, int verdict)
         ev->xid = b->xid;
         ev->dhcp_yiaddr = b->yiaddr;
     }
-    flow_publish(log);
+    cpulog_publish(&log->head, log->head + 1);
 }
 #endif
 

@@ -83,11 +83,11 @@ static __always_inline void flow_send(struct flow_event *ev)
     struct flow_log_head *log = flow_heads.lookup(&cpu);
     if (!log)
         return;
-    __u32 slot = cpu * FLOW_LOG_LEN + (log->head & (FLOW_LOG_LEN - 1));
+    __u32 slot = cpulog_slot(cpu, log->head, FLOW_LOG_LEN);
     struct flow_event *to = flow_log.lookup(&slot);
     if (to) {
         *to = *ev;
-        flow_publish(log);
+        cpulog_publish(&log->head, log->head + 1);
     }
 #endif
 }

@@ -119,10 +119,9 @@ struct lease_refresh {
     u64 expires;
 };
 
-// The refresh log: each CPU has REFRESH_LOG_LEN entries of the refresh_log array (from
-// cpu * REFRESH_LOG_LEN) and its element of refresh_heads. The program writes the next
-// entry, then moves head; the agent reads both maps mmapped, and keeps where it got to in
-// tail. No helper call (a ring buffer output costs ~35 ns here). An entry overwritten
+// The refresh log, a per-CPU log (lib/cpulog.h): REFRESH_LOG_LEN entries a CPU in the
+// refresh_log array and a head a CPU in refresh_heads; the agent reads both maps mmapped,
+// and keeps where it got to in tail. No helper call (a ring buffer output costs ~35 ns here). An entry overwritten
 // before the agent read it is counted lost by the agent.
 #define REFRESH_LOG_LEN 16384      // a power of two: 30 s of a storm of 500 ACK/s a CPU
 struct refresh_log_head {

@@ -10,6 +10,8 @@
 // observed() and flow_next() (a few lines each); the header fills events.
 #pragma once
 
+#include "lib/cpulog.h"
+
 #ifndef FLOW_EVENTS
 #define FLOW_EVENTS 1
 #endif
@@ -69,17 +71,12 @@ struct flow_ctl {
 };
 BPF_TABLE("array", __u32, struct flow_ctl, flow_ctl, 1);
 
-// The flow log: each CPU has FLOW_LOG_LEN events of flow_log (from cpu * FLOW_LOG_LEN) and
-// its element of flow_heads, as the fast path's refresh log (lib/dhcp.h). A program writes
-// its CPU's next event in place, then moves head: no helper call, no lock, no wake-up (with
-// a ring buffer's reserve and submit a watched reply cost ~26% more than an unwatched one,
-// with this ~11-14%: bench/xdp_cost.py, docs/observe.md). One writer a CPU: XDP and tc programs run with bottom halves off,
-// so two never run at once on one CPU. The newest event overwrites the oldest; the agent
-// reads both maps mmapped every FLOW_READ_MS, keeps where it got to in tail, and counts
-// what was overwritten before it read it as lost.
-#ifndef MAX_CPUS
-#define MAX_CPUS 64        // the loader defines it: the machine's possible CPUs
-#endif
+// The flow log, a per-CPU log (lib/cpulog.h): FLOW_LOG_LEN events a CPU in flow_log, a
+// head a CPU in flow_heads. No helper call, no lock, no wake-up: with a ring buffer's
+// reserve and submit a watched fast-path reply cost ~26% more than an unwatched one, with
+// this 12.5-19.7% (bench/xdp_cost.py, docs/observe.md). The newest event overwrites the
+// oldest; the agent reads both maps mmapped every FLOW_READ_MS, keeps where it got to in
+// tail, and counts what was overwritten before it read it as lost.
 #define FLOW_LOG_LEN 4096  // a power of two: 256 KiB a CPU, as Cilium's perf ring (64 pages)
 #define FLOW_READ_MS 50
 struct flow_log_head {
@@ -90,13 +87,6 @@ struct flow_log_head {
 BPF_F_TABLE("array", __u32, struct flow_log_head, flow_heads, MAX_CPUS, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", __u32, struct flow_event, flow_log, MAX_CPUS * FLOW_LOG_LEN,
             BPF_F_MMAPABLE);
-
-// The event written: it is the reader's once the head passes it.
-static __always_inline void flow_publish(struct flow_log_head *log)
-{
-    asm volatile("" ::: "memory");  // the event's stores before the head's
-    *(volatile __u64 *)&log->head = log->head + 1;
-}
 
 // What every event starts with: when, where, which program, and what it did.
 static __always_inline void flow_head(struct flow_event *ev, __u32 ifindex, __u8 source,

@@ -6,6 +6,7 @@
 // generations: an upgrade still reads what the previous program logged. Not BCC's
 // BPF_TABLE_PINNED: it re-opens a pin by map id, which takes CAP_SYS_ADMIN.
 #pragma once
+#include "lib/cpulog.h"
 #include "lib/dhcp.h"
 
 #ifndef MAX_SUBSCRIBERS
@@ -27,10 +28,7 @@ BPF_PERCPU_ARRAY(parse_scratch, struct parse_state, 1);
 BPF_PERCPU_ARRAY(flow_outcome, __u32, 1);
 
 // The refresh log outlasts program generations: its layout is
-// fixed (a change needs new names). Indexed by CPU, mmapped by the agent.
-#ifndef MAX_CPUS
-#define MAX_CPUS 64
-#endif
+// fixed (a change needs new names). A per-CPU log (lib/cpulog.h), mmapped by the agent.
 BPF_F_TABLE("array", u32, struct refresh_log_head, refresh_heads, MAX_CPUS, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", u32, struct lease_refresh, refresh_log, MAX_CPUS * REFRESH_LOG_LEN,
             BPF_F_MMAPABLE);

@@ -50,7 +50,7 @@ class CpuLog(Generic[T]):
         self.lost = 0  # entries overwritten before they were read, since this reader started
 
     def _copy(self, cpu: int, start: int, end: int) -> bytes:
-        """Entries start..end of a CPU's log (fewer than ``length``): one or two slices of
+        """Entries start..end of a CPU's log (at most ``length``): one or two slices of
         the mmap, so that a busy log is copied at memcpy's speed, not an entry at a time."""
         n, size = self.length, self._size
         base = cpu * n * size
