@@ -238,9 +238,9 @@ class Ours(Plain):
         return total
 
     def close(self) -> None:
+        self.path.close()  # its tcx links go with it
         with contextlib.suppress(Exception):
-            nat.detach(UPLINK, self.stack.bng)
-        self.path.close()
+            netlink.remove_clsact(UPLINK, self.stack.bng)  # a kernel without tcx
 
 
 class Nft(Plain):

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from bng_operator.agent.dataplane import qos
+from bng_operator.agent.dataplane import classifiers, qos
 from bng_operator.agent.dataplane.loader import BPF_DIR, _prog_run
 from bng_operator.agent.dataplane.loader import test_run as run_prog
 from bng_operator.agent.dhcp.transport import build_frame
 from bng_operator.agent.qos import plan
 from bng_operator.agent.qos.plan import Access
 from tests.bpf.cheader import enum_names
+from tests.bpf.hooks import add_clsact, qdiscs, tcx_programs
 
 HEADER = Path(BPF_DIR) / "lib" / "qos.h"
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
@@ -421,25 +422,6 @@ def test_the_root_filter_sends_a_groups_session_to_its_group(
     assert r.action == classid
 
 
-@pytest.fixture
-def two_hosts() -> Iterator[tuple[str, str]]:
-    """Namespaces bngt-qg-a (10.9.0.1 on a0) and bngt-qg-b (10.9.0.2 on b0)."""
-    from bng_operator import netlink
-
-    names = ("bngt-qg-a", "bngt-qg-b")
-    for ns in names:
-        if ns in netlink.list_netns():
-            netlink.remove_netns(ns)  # a crashed run's
-        netlink.create_netns(ns)
-    netlink.add_veth_pair("a0", names[0], "b0", names[1])
-    for ns, dev, addr in ((names[0], "a0", "10.9.0.1/24"), (names[1], "b0", "10.9.0.2/24")):
-        netlink.add_address(dev, addr, ns)
-        netlink.set_up(dev, ns)
-    yield names
-    for ns in names:
-        netlink.remove_netns(ns)
-
-
 def _class_packets(ns: str, dev: str) -> dict[str, int]:
     out = subprocess.run(["ip", "netns", "exec", ns, "tc", "-s", "class", "show", "dev", dev],
                          capture_output=True, text=True, check=True).stdout
@@ -472,20 +454,6 @@ def test_a_session_past_the_roots_class_ids_is_shaped_in_its_group(
 # --- attaching: tcx links, or clsact without tcx --------------------------------------------
 
 
-def _tcx(ns: str, dev: str) -> dict[str, list[int]]:
-    from bng_operator import netlink
-    from bng_operator.agent.dataplane.loader import TCX_ATTACH_TYPES, tcx_program_ids
-
-    index = netlink.interface_info(dev, ns)[0]
-    with netlink.in_netns(ns):
-        return {d: tcx_program_ids(index, t) for d, t in TCX_ATTACH_TYPES.items()}
-
-
-def _qdiscs(ns: str, dev: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", dev],
-                          capture_output=True, text=True, check=True).stdout
-
-
 def test_the_classifiers_are_pinned_tcx_links_adopted_swapped_and_removed(
         two_hosts: tuple[str, str], bpffs: Path) -> None:
     from bng_operator import netlink
@@ -494,37 +462,36 @@ def test_the_classifiers_are_pinned_tcx_links_adopted_swapped_and_removed(
     ns_a, _ = two_hosts
     root = bpffs / "bngtest-qos-tcx"
     shutil.rmtree(root, ignore_errors=True)  # a crashed run's
-    subprocess.run(["ip", "netns", "exec", ns_a, "tc", "qdisc", "add", "dev", "a0", "clsact"],
-                   check=True)  # an older agent's: would run ours a second time
+    add_clsact(ns_a, "a0")
     paths: list[qos.QosPath] = []
     try:
         p = qos.QosPath(max_subscribers=64, pin_root=root)
         paths.append(p)
         p.attach("a0", "bngu-a0", ns=ns_a)
         ids = {d: [program_id(p._fds[fn])] for d, fn in qos.PROGRAMS.items()}
-        assert _tcx(ns_a, "a0") == ids
-        assert p.attached("a0", ns_a) and "clsact" not in _qdiscs(ns_a, "a0")
-        assert qos.tc_program_name("a0", "egress", ns_a) == "qos_down"
+        assert tcx_programs(ns_a, "a0") == ids
+        assert p.attached("a0", ns_a) and "clsact" not in qdiscs(ns_a, "a0")
+        assert classifiers.tc_program_name("a0", "egress", ns_a) == "qos_down"
         assert p.pin_dir is not None and (p.pin_dir / "tcx_a0_egress").exists()
         p.close()  # the agent stops: the pinned links stay
-        assert _tcx(ns_a, "a0") == ids
+        assert tcx_programs(ns_a, "a0") == ids
 
         again = qos.QosPath(max_subscribers=64, pin_root=root)  # restarted: adopts them
         paths.append(again)
         again.attach("a0", "bngu-a0", ns=ns_a)
-        assert _tcx(ns_a, "a0") == ids
+        assert tcx_programs(ns_a, "a0") == ids
 
         new = qos.QosPath(max_subscribers=65, pin_root=root)  # another generation
         paths.append(new)
         assert new.generation != p.generation
         new.attach("a0", "bngu-a0", ns=ns_a)  # swaps the program in the old link
-        assert _tcx(ns_a, "a0") == {d: [program_id(new._fds[fn])]
+        assert tcx_programs(ns_a, "a0") == {d: [program_id(new._fds[fn])]
                                     for d, fn in qos.PROGRAMS.items()}
         assert new.remove_other_generations() == [p.generation]
         assert new.attached("a0", ns_a)  # pinned by the new generation now
 
         qos.remove(root, [("a0", "bngu-a0")], ns_a)
-        assert _tcx(ns_a, "a0") == {"ingress": [], "egress": []}
+        assert tcx_programs(ns_a, "a0") == {"ingress": [], "egress": []}
         assert not new.attached("a0", ns_a) and not (root / "qos").exists()
         assert netlink.tc_program_name("a0", "egress", ns_a) is None
     finally:
@@ -539,10 +506,10 @@ def test_an_unpinned_link_goes_with_its_path(two_hosts: tuple[str, str]) -> None
     try:
         p.attach("a0", "bngu-a0", ns=ns_a)
         p.attach("a0", "bngu-a0", ns=ns_a)  # again: the same links, none added
-        assert [len(ids) for ids in _tcx(ns_a, "a0").values()] == [1, 1]
+        assert [len(ids) for ids in tcx_programs(ns_a, "a0").values()] == [1, 1]
     finally:
         p.close()
-    assert _tcx(ns_a, "a0") == {"ingress": [], "egress": []}
+    assert tcx_programs(ns_a, "a0") == {"ingress": [], "egress": []}
 
 
 def test_without_tcx_the_classifiers_go_on_clsact(
@@ -550,12 +517,12 @@ def test_without_tcx_the_classifiers_go_on_clsact(
     from bng_operator import netlink
 
     ns_a, _ = two_hosts
-    monkeypatch.setattr(qos, "attach_tcx", lambda *_: None)  # what a kernel < 6.6 says
+    monkeypatch.setattr(classifiers, "attach_tcx", lambda *_: None)  # what a kernel < 6.6 says
     p = qos.QosPath(max_subscribers=64)
     try:
         p.attach("a0", "bngu-a0", ns=ns_a)
-        assert _tcx(ns_a, "a0") == {"ingress": [], "egress": []}
-        assert "clsact" in _qdiscs(ns_a, "a0")
+        assert tcx_programs(ns_a, "a0") == {"ingress": [], "egress": []}
+        assert "clsact" in qdiscs(ns_a, "a0")
         assert netlink.tc_program_name("a0", "egress", ns_a) == "qos_down"
         assert p.attached("a0", ns_a)
         p.put(int(IPv4Address("10.9.0.2")), 0)  # routed, unshaped: still classified
@@ -565,4 +532,4 @@ def test_without_tcx_the_classifiers_go_on_clsact(
     finally:
         p.close()
     qos.remove(Path("/nonexistent"), [("a0", "bngu-a0")], ns_a)
-    assert not p.attached("a0", ns_a) and "clsact" not in _qdiscs(ns_a, "a0")
+    assert not p.attached("a0", ns_a) and "clsact" not in qdiscs(ns_a, "a0")

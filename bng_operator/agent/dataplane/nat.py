@@ -41,7 +41,8 @@ from typing import Any
 
 from bcc import BPF, libbcc
 
-from bng_operator import netlink
+from bng_operator.agent.dataplane import classifiers
+from bng_operator.agent.dataplane.classifiers import Classifiers, Programs
 from bng_operator.agent.dataplane.fastpath import generation, is_generation, sweep_generations
 from bng_operator.agent.dataplane.flows import flow_pins
 from bng_operator.agent.dataplane.loader import (
@@ -257,6 +258,7 @@ class NatPath:
         layout_map = self.obj.map("nat_layout")
         layout_map[layout_map.Key(0)] = layout_map.Leaf(self.layout)
         self._own: list[int] = []
+        self.hooks = Classifiers(self.pin_dir)
         self.fds = {fn: self._program(fn) for fn in ("nat_out", "nat_in", "nat_new")}
         for slot, fn in TAIL_CALLS.items():
             self.progs[self.progs.Key(slot)] = self.progs.Leaf(self.fds[fn])
@@ -268,14 +270,16 @@ class NatPath:
     # --- the uplink ------------------------------------------------------------------------
 
     def attach(self, ifname: str, ns: str | None = None) -> None:
-        """Translate on ``ifname``: nat_out on its clsact egress, nat_in on its ingress
-        (replacing the programs there)."""
-        for direction, fn in PROGRAMS.items():
-            netlink.attach_tc(ifname, self.fds[fn], direction, fn, ns)  # type: ignore[arg-type]
+        """Translate on ``ifname``: nat_out on its tc egress, nat_in on its ingress, as tcx
+        links (pinned with this generation; an older generation's have their programs
+        swapped), or clsact filters without tcx (``classifiers``)."""
+        self.hooks.attach(ifname, self._programs(), ns)
 
     def attached(self, ifname: str, ns: str | None = None) -> bool:
-        return all(netlink.tc_program_name(ifname, d, ns) == fn  # type: ignore[arg-type]
-                   for d, fn in PROGRAMS.items())
+        return self.hooks.attached(ifname, self._programs(), ns)
+
+    def _programs(self) -> Programs:
+        return {direction: (fn, self.fds[fn]) for direction, fn in PROGRAMS.items()}
 
     # --- configuration -----------------------------------------------------------------------
 
@@ -658,22 +662,18 @@ class NatPath:
         return sweep_generations(self.pin_dir)
 
     def close(self) -> None:
-        """Free this process's handles. Pins and attached programs stay."""
+        """Free this process's handles. Pins, pinned (or clsact) programs stay; unpinned
+        tcx links go."""
         for fd in self._own:
             os.close(fd)
         self._own.clear()
+        self.hooks.close()
         self.obj.close(keep=True)
 
 
-def detach(ifname: str, ns: str | None = None) -> None:
-    """Take the NAT programs off ``ifname`` (its clsact qdisc: the uplink carries nothing
-    else there)."""
-    netlink.remove_shaping(ifname, ns)
-
-
 def remove(pin_root: Path, interfaces: list[str], ns: str | None = None) -> None:
-    """Take the NAT away: its programs from each uplink, and the pins."""
+    """Take the NAT away: its programs from each uplink (the tcx links pinned for it, and
+    its clsact qdisc: the uplink carries nothing else there), and the pins."""
     for ifname in interfaces:
-        with contextlib.suppress(netlink.InterfaceMissing):
-            detach(ifname, ns)
+        classifiers.detach(pin_root / "nat", ifname, ns)
     shutil.rmtree(pin_root / "nat", ignore_errors=True)

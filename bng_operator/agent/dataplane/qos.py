@@ -7,14 +7,9 @@ Pinned (``pin_root`` given), the maps of one program generation live in
 adopts them: the programs stay attached, the HTB classes stay in the kernel, and the
 counters go on.
 
-The classifiers are tcx links (Linux 6.6+): a bpf() link per hook, pinned as
-``tcx_<interface>_<direction>``, where a new generation swaps the program in place
-(BPF_LINK_UPDATE). Unpinned (no ``pin_root``) a link lives as long as this object. On a
-kernel without tcx they are cls_bpf filters on a clsact qdisc, as before; with tcx any
-clsact qdisc on the access interface is removed (a cls_bpf program left there would run
-after ours whenever ours said "next"). The HTB classes themselves are tc objects
-(``netlink``); the caller makes them. The ARP program is reached by a tail call from the
-DHCP fast path, through ``<pin_root>/access_next``.
+The classifiers are tcx links, or clsact filters without tcx (``classifiers``). The HTB
+classes themselves are tc objects (``netlink``); the caller makes them. The ARP program is
+reached by a tail call from the DHCP fast path, through ``<pin_root>/access_next``.
 """
 
 from __future__ import annotations
@@ -30,24 +25,16 @@ from typing import Any
 from bcc import BPF
 
 from bng_operator import netlink
+from bng_operator.agent.dataplane import classifiers
+from bng_operator.agent.dataplane.classifiers import Classifiers, Programs
 from bng_operator.agent.dataplane.fastpath import generation, sweep_generations
 from bng_operator.agent.dataplane.flows import flow_pins
 from bng_operator.agent.dataplane.loader import (
     BPF_DIR,
-    TCX_ATTACH_TYPES,
     BPFObject,
     DataplaneError,
-    attach_tcx,
     bpf_mount_of,
-    detach_link,
-    link_program_id,
-    pin_fd,
-    pinned_fd,
     pinned_program,
-    program_id,
-    program_name,
-    tcx_program_ids,
-    update_link,
 )
 from bng_operator.agent.dataplane.names import QOS_STATS
 from bng_operator.agent.qos.jiffies import clock, to_monotonic_ns
@@ -133,7 +120,7 @@ class QosPath:
         self._slots = Slots(max_subscribers, set(self._slot_of.values()))
         self._fds: dict[str, int] = {}
         self._own: list[int] = []
-        self._links: dict[tuple[str | None, str], int] = {}  # unpinned tcx links, ours
+        self.hooks = Classifiers(self.pin_dir)
         for fn in (*PROGRAMS.values(), GROUP_FILTER):
             self._fds[fn] = self._program(fn, xdp=False)
         self._fds[ARP_PROGRAM] = self._program(ARP_PROGRAM, xdp=True)
@@ -167,77 +154,15 @@ class QosPath:
         for dev in (ifname, ifb):
             netlink.attach_class_filter(dev, self._fds[GROUP_FILTER], GROUP_FILTER, ns)
         routed = netlink.route_access_subnets(ifname, subnets or [], ns)
-        hooks = {self._attach_tcx(ifname, index, direction, fn, ns)
-                 for direction, fn in PROGRAMS.items()}
-        if hooks == {True}:
-            netlink.remove_clsact(ifname, ns)  # after ours are on: never a moment without
+        self.hooks.attach(ifname, self._programs(), ns)
         return routed
 
-    def _attach_tcx(self, ifname: str, index: int, direction: str, fn: str,
-                    ns: str | None) -> bool:
-        """``fn`` on ``ifname``'s ``direction`` as a tcx link: the one pinned for it (by this
-        generation or an older one: its program swapped in place), else a new one. On a
-        kernel without tcx, on clsact instead; False then."""
-        prog_fd, attach_type = self._fds[fn], TCX_ATTACH_TYPES[direction]
-        name = f"tcx_{ifname}_{direction}"
-        with netlink.in_netns(ns):
-            on_hook = set(tcx_program_ids(index, attach_type))
-            held = self._links.get((ns, name))
-            if held is not None and link_program_id(held) in on_hook:
-                if link_program_id(held) != program_id(prog_fd):
-                    update_link(held, prog_fd)
-                return True
-            if held is not None:  # off its hook (the interface was made again): gone
-                os.close(self._links.pop((ns, name)))
-            if self.pin_dir is not None and self._adopt_link(name, on_hook, prog_fd):
-                return True
-            fd = attach_tcx(prog_fd, index, attach_type)
-        if fd is None:
-            netlink.attach_tc(ifname, prog_fd, direction, fn, ns)  # type: ignore[arg-type]
-            return False
-        if self.pin_dir is None:
-            self._links[(ns, name)] = fd
-            return True
-        try:
-            pin_fd(fd, self.pin_dir / name)
-        finally:
-            os.close(fd)  # the pin holds it
-        return True
-
-    def _adopt_link(self, name: str, on_hook: set[int], prog_fd: int) -> bool:
-        """Take over the link pinned as ``name`` by this generation or an older one, if it
-        is still on its hook: this program in it, pinned here (the old pin goes with its
-        generation's sweep). Stale pins (the interface was made again) are removed."""
-        assert self.pin_dir is not None
-        mine = self.pin_dir / name
-        for pin in sorted(self.pin_dir.parent.glob(f"*/{name}"), key=lambda p: p != mine):
-            fd = pinned_fd(pin)
-            if fd is None:
-                continue
-            try:
-                if link_program_id(fd) not in on_hook:
-                    pin.unlink(missing_ok=True)
-                    continue
-                if link_program_id(fd) != program_id(prog_fd):
-                    update_link(fd, prog_fd)
-                if pin != mine:
-                    pin_fd(fd, mine)
-                return True
-            finally:
-                os.close(fd)
-        return False
-
     def attached(self, ifname: str, ns: str | None = None) -> bool:
-        """Whether this generation's classifiers classify ``ifname``: first on its tcx hooks
-        (by program id: naming one by its id needs CAP_SYS_ADMIN, which the agent lacks),
-        else on its clsact hooks (by name)."""
-        index = netlink.interface_info(ifname, ns)[0]
-        with netlink.in_netns(ns):
-            first = {d: tcx_program_ids(index, TCX_ATTACH_TYPES[d])[:1] for d in PROGRAMS}
-        if any(first.values()):
-            return all(first[d] == [program_id(self._fds[fn])] for d, fn in PROGRAMS.items())
-        return all(netlink.tc_program_name(ifname, d, ns) == fn  # type: ignore[arg-type]
-                   for d, fn in PROGRAMS.items())
+        """Whether this generation's classifiers classify ``ifname``."""
+        return self.hooks.attached(ifname, self._programs(), ns)
+
+    def _programs(self) -> Programs:
+        return {direction: (fn, self._fds[fn]) for direction, fn in PROGRAMS.items()}
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -338,37 +263,18 @@ class QosPath:
     def close(self) -> None:
         """Free this process's handles. Pins, pinned (or clsact) classifiers and classes
         stay; unpinned tcx links go."""
-        for fd in (*self._own, *self._links.values()):
+        for fd in self._own:
             os.close(fd)
         self._own.clear()
-        self._links.clear()
+        self.hooks.close()
         self.obj.close(keep=True)
-
-
-def tc_program_name(ifname: str, direction: str, ns: str | None = None) -> str | None:
-    """The name of the program classifying ``ifname``'s ``direction``: the first on its
-    tcx hook (the one whose verdict counts), else the clsact filter's; None: neither.
-    Naming a tcx program needs CAP_SYS_ADMIN (for tools and tests)."""
-    index = netlink.interface_info(ifname, ns)[0]
-    with netlink.in_netns(ns):
-        ids = tcx_program_ids(index, TCX_ATTACH_TYPES[direction])
-        if ids:
-            return program_name(ids[0])
-    return netlink.tc_program_name(ifname, direction, ns)  # type: ignore[arg-type]
 
 
 def remove(pin_root: Path, interfaces: list[tuple[str, str]], ns: str | None = None) -> None:
     """Take the access data path away: the HTB roots and classifiers (tcx links, clsact)
     from each (interface, IFB), the IFBs, the access routes, and the pins."""
-    for ifname, _ in interfaces:
-        for pin in (pin_root / "qos").glob(f"*/tcx_{ifname}_*"):
-            fd = pinned_fd(pin)
-            if fd is not None:
-                try:
-                    detach_link(fd)  # now, even if a process still holds it
-                finally:
-                    os.close(fd)
     for ifname, ifb in interfaces:
+        classifiers.detach(pin_root / "qos", ifname, ns)
         netlink.remove_shaping(ifname, ns)
         netlink.unroute_access_subnets(ifname, ns)
         netlink.remove_link(ifb, ns)
