@@ -9,7 +9,7 @@ uplink. They differ only in what the node does on the way out:
 
 - plain: routing, no NAT (the baseline every NAT's own cost is taken from);
 - ours: bng's NAT (bpf/nat44.c through NatPath, as the agent drives it): nat_out on the
-  uplink's clsact egress, nat_in on its ingress; a pool of public addresses 192.0.2.x with
+  uplink's tc egress (a tcx link), nat_in on its ingress; a pool of public addresses 192.0.2.x with
   the NATPool defaults (ports 1024-65535, blocks of 512), one block per subscriber, placed
   by the deterministic formula (docs/nat.md), endpoint-independent filtering;
 - masq: nftables, `oifname "uplink0" masquerade` in a nat postrouting chain (to the
@@ -861,7 +861,7 @@ def main() -> int:
                      "conntrack never ran there (its hooks are per namespace)",
     }
     result["compares"] = (
-        "ours: bpf/nat44.c on the uplink's clsact (NatPath), endpoint-independent, one "
+        "ours: bpf/nat44.c on the uplink's tcx hooks (NatPath), endpoint-independent, one "
         f"{BLOCK}-port block per subscriber on {len(publics)} public addresses; masq: nftables "
         f"masquerade to {NODE_UPLINK}; snat: nftables snat to {publics[0]}-{publics[-1]}:"
         f"{PORT_START}-{PORT_END}; plain: routing only; the same namespaces for each")
