@@ -221,21 +221,17 @@ class Ours(Plain):
         self.path.attach(UPLINK, ns=stack.bng)
 
     def reset(self) -> None:
-        for table in (*self.mapping_tables(), self.path.filters, self.path.fragments,
-                      self.path.exhausted_map):
+        for table in (self.path.outbound, self.path.inbound, self.path.filters,
+                      self.path.fragments, self.path.exhausted_map):
             with contextlib.suppress(Exception):  # BCC's bare Exception: cannot batch
                 table.items_delete_batch()  # (deletes everything before it returns)
             if next(iter(table), None) is not None:
                 table.clear()
 
-    def mapping_tables(self) -> list[Any]:
-        """The BCC tables of both directions' mappings, one per protocol each."""
-        return [*self.path.outbound.tables.values(), *self.path.inbound.tables.values()]
-
     def memlock(self) -> int:
-        """Bytes the kernel accounts to the mapping tables now (fdinfo memlock)."""
+        """Bytes the kernel accounts to the two mapping tables now (fdinfo memlock)."""
         total = 0
-        for table in self.mapping_tables():
+        for table in (self.path.outbound, self.path.inbound):
             with open(f"/proc/self/fdinfo/{table.map_fd}") as f:
                 m = re.search(r"^memlock:\s+(\d+)", f.read(), re.M)
             total += int(m.group(1)) if m else 0
@@ -746,8 +742,8 @@ def main() -> int:
     ap.add_argument("--mem-repeats", type=int, help="memory runs of each nftables NAT "
                     "(median of their slab growth; default 3; quick: 1)")
     ap.add_argument("--max-mappings", type=int,
-                    help="entries of each of ours' mapping tables, one per direction and "
-                    "protocol (default: as the agent sizes them, every public port of the pool)")
+                    help="entries of ours' mapping tables (default: as the agent sizes them, "
+                    "every public port of the pool once per protocol)")
     ap.add_argument("--skip", nargs="+", default=[], choices=("tcp", "pps", "bpf", "memory"))
     ap.add_argument("--json", action="store_true",
                     help="the tables on stderr, one JSON line on stdout")
@@ -853,8 +849,7 @@ def main() -> int:
         "nat_overhead_ratio": "median over rounds of ours' nat_ns / masquerade's, steady state "
                               "(mappings or conntrack entries exist)",
         "pps_ratio": "median over rounds of ours / masquerade's packets per CPU-second, steady",
-        "bytes_per_mapping": "ours: memlock of the mapping tables (nat_outbound_* + "
-                             "nat_inbound_*: the kernel's "
+        "bytes_per_mapping": "ours: memlock of nat_outbound + nat_inbound (the kernel's "
                              "accounting) grown per mapping made, both directions; peer: slab "
                              "growth (nf_conntrack and kmalloc caches) per conntrack entry made",
         "log_records_per_1000_flows": "ours: one record per port block allocated (the blocks "

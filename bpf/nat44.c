@@ -141,71 +141,6 @@ static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
     return TC_ACT_SHOT;
 }
 
-// --- the mapping tables: one per direction and protocol (nat.h) -------------------------
-// ``proto`` is the key's: a constant where the caller knows it (nat_new_*), so the verifier
-// walks one table's path there. Only TCP, UDP and ICMP echo are ever mapped; anything else
-// is looked up in ICMP's table, where it is never found.
-
-static __always_inline struct nat_mapping *outbound_lookup(__u8 proto,
-                                                           struct nat_endpoint *k)
-{
-    if (proto == IPPROTO_UDP)
-        return nat_outbound_udp.lookup(k);
-    if (proto == IPPROTO_TCP)
-        return nat_outbound_tcp.lookup(k);
-    return nat_outbound_icmp.lookup(k);
-}
-
-static __always_inline int outbound_insert(__u8 proto, struct nat_endpoint *k,
-                                           struct nat_mapping *m)
-{
-    if (proto == IPPROTO_UDP)
-        return nat_outbound_udp.insert(k, m);
-    if (proto == IPPROTO_TCP)
-        return nat_outbound_tcp.insert(k, m);
-    return nat_outbound_icmp.insert(k, m);
-}
-
-static __always_inline void outbound_delete(__u8 proto, struct nat_endpoint *k)
-{
-    if (proto == IPPROTO_UDP)
-        nat_outbound_udp.delete(k);
-    else if (proto == IPPROTO_TCP)
-        nat_outbound_tcp.delete(k);
-    else
-        nat_outbound_icmp.delete(k);
-}
-
-static __always_inline struct nat_mapping *inbound_lookup(__u8 proto,
-                                                          struct nat_endpoint *k)
-{
-    if (proto == IPPROTO_UDP)
-        return nat_inbound_udp.lookup(k);
-    if (proto == IPPROTO_TCP)
-        return nat_inbound_tcp.lookup(k);
-    return nat_inbound_icmp.lookup(k);
-}
-
-static __always_inline int inbound_insert(__u8 proto, struct nat_endpoint *k,
-                                          struct nat_mapping *m)
-{
-    if (proto == IPPROTO_UDP)
-        return nat_inbound_udp.insert(k, m);
-    if (proto == IPPROTO_TCP)
-        return nat_inbound_tcp.insert(k, m);
-    return nat_inbound_icmp.insert(k, m);
-}
-
-static __always_inline void inbound_delete(__u8 proto, struct nat_endpoint *k)
-{
-    if (proto == IPPROTO_UDP)
-        nat_inbound_udp.delete(k);
-    else if (proto == IPPROTO_TCP)
-        nat_inbound_tcp.delete(k);
-    else
-        nat_inbound_icmp.delete(k);
-}
-
 // --- checksums (RFC 1624), on words as they lie in the packet ----------------------------
 
 static __always_inline __u32 diff16(__u32 d, __u16 from, __u16 to)
@@ -511,17 +446,17 @@ static __always_inline void refresh(struct nat_mapping *m, struct packet *p, __u
 // hold passed, or it has been idle past its timeout and the hold (the collector is late).
 static __always_inline int take_over(struct nat_mapping *e, struct nat_endpoint *pub,
                                      struct nat_pool *pool, __u64 now,
-                                     struct nat_endpoint *inside, const __u8 proto)
+                                     struct nat_endpoint *inside)
 {
     __u64 seen = e->last_seen_ns, last = seen, idle;
     __u64 hold = (__u64)pool->hold * NS;
-    struct nat_endpoint owner = {.addr = e->addr, .port = e->port, .proto = proto};
+    struct nat_endpoint owner = {.addr = e->addr, .port = e->port, .proto = pub->proto};
     int live = 0;
     if (e->flags & NAT_F_HELD) {
         idle = hold;
     } else {
         __u8 tcp_out = 0;
-        struct nat_mapping *out = outbound_lookup(proto, &owner);
+        struct nat_mapping *out = nat_outbound.lookup(&owner);
         if (out && out->addr == pub->addr && out->port == pub->port) {
             live = 1;
             tcp_out = out->tcp;
@@ -539,7 +474,7 @@ static __always_inline int take_over(struct nat_mapping *e, struct nat_endpoint 
     e->flags = 0;
     e->tcp = 0;
     if (live)
-        outbound_delete(proto, &owner);
+        nat_outbound.delete(&owner);
     return 1;
 }
 
@@ -562,20 +497,20 @@ static __always_inline __be16 port_at(struct nat_binding *b, __u32 size, __u32 k
 // it), -ERR_EEXIST (another CPU made it: look it up), or the stat of the failure.
 static __always_inline int new_mapping(struct nat_endpoint *inside, struct nat_binding *b,
                                        struct nat_pool *pool, __u64 now,
-                                       struct nat_mapping *made, const __u8 proto)
+                                       struct nat_mapping *made)
 {
     __u32 size = b->block_size, nblocks = b->nblocks;
     if (size == 0 || nblocks == 0 || nblocks > NAT_MAX_BLOCKS)
         return NAT_BLOCK_FULL;
     __u32 total = size * nblocks;
-    struct nat_endpoint pub = {.addr = b->public_addr, .proto = proto};
+    struct nat_endpoint pub = {.addr = b->public_addr, .proto = inside->proto};
     struct nat_mapping rev = {.addr = inside->addr, .port = inside->port,
                               .last_seen_ns = now};
     __u32 start = bpf_get_prandom_u32() % total;
     int claimed = 0, err = -ERR_EEXIST;
     for (__u32 n = 0; n < NAT_PROBES; n++) {
         pub.port = port_at(b, size, (start + n) % total);
-        err = inbound_insert(proto, &pub, &rev);
+        err = nat_inbound.insert(&pub, &rev);
         if (err != -ERR_EEXIST)
             break;
     }
@@ -588,8 +523,8 @@ static __always_inline int new_mapping(struct nat_endpoint *inside, struct nat_b
         start = bpf_get_prandom_u32() % total;
         for (__u32 n = 0; n < NAT_TAKEOVER_PROBES; n++) {
             pub.port = port_at(b, size, (start + n) % total);
-            e = inbound_lookup(proto, &pub);
-            if (e && take_over(e, &pub, pool, now, inside, proto)) {
+            e = nat_inbound.lookup(&pub);
+            if (e && take_over(e, &pub, pool, now, inside)) {
                 claimed = 2;
                 break;
             }
@@ -602,7 +537,7 @@ static __always_inline int new_mapping(struct nat_endpoint *inside, struct nat_b
     made->flags = 0;
     made->tcp = 0;
     made->last_seen_ns = now;
-    err = outbound_insert(proto, inside, made);
+    err = nat_outbound.insert(inside, made);
     if (err == 0) {
         stat(NAT_NEW_MAPPING);
         if (claimed == 2)
@@ -610,7 +545,7 @@ static __always_inline int new_mapping(struct nat_endpoint *inside, struct nat_b
         return 0;
     }
     if (claimed == 1) {
-        inbound_delete(proto, &pub);
+        nat_inbound.delete(&pub);
     } else if (e) {
         e->flags = NAT_F_HELD;  // free to take again at once
         e->last_seen_ns = 0;
@@ -800,7 +735,7 @@ static __always_inline int icmp_error_out(struct __sk_buff *skb, struct packet *
     if (r)
         return drop(skb, r);
     struct nat_endpoint inside = {.addr = in.daddr, .port = in.dport, .proto = in.proto};
-    struct nat_mapping *m = outbound_lookup(inside.proto, &inside);
+    struct nat_mapping *m = nat_outbound.lookup(&inside);
     if (!m) {
         if (b)
             return drop(skb, NAT_ICMP_ERROR_UNKNOWN);
@@ -859,7 +794,7 @@ int nat_out(struct __sk_buff *skb)
         (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP ||
          (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO))) {
         struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
-        struct nat_mapping *m = outbound_lookup(inside.proto, &inside);
+        struct nat_mapping *m = nat_outbound.lookup(&inside);
         if (m) {
             __be32 to_addr = m->addr;
             __be16 to_port = m->port;
@@ -907,14 +842,13 @@ int nat_out(struct __sk_buff *skb)
         return drop(skb, NAT_UNSUPPORTED);
     }
     struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
-    struct nat_mapping *m = outbound_lookup(inside.proto, &inside);
+    struct nat_mapping *m = nat_outbound.lookup(&inside);
     if (!m) {
         // A reset of no mapping resets nothing outside (what came in for it was dropped):
         // it takes no port.
         if (p.proto == IPPROTO_TCP && (p.tcp_flags & TCP_FLAG_RST_))
             return drop(skb, NAT_NO_MAPPING);
-        nat_progs.call(skb, p.proto == IPPROTO_TCP ? NAT_PROG_NEW_TCP
-                            : p.proto == IPPROTO_UDP ? NAT_PROG_NEW_UDP : NAT_PROG_NEW_ICMP);
+        nat_progs.call(skb, NAT_PROG_NEW);
         return drop(skb, NAT_INTERNAL);
     }
     return translate_out(skb, &p, m, pool->filtering, m->addr, m->port, now);
@@ -922,15 +856,12 @@ int nat_out(struct __sk_buff *skb)
 
 // The first packet of an inside endpoint (tail-called by nat_out, which has checked it):
 // its mapping is made, and nat_out runs again to translate it. Its own program, so the
-// verifier walks the port search apart from the translation; one per protocol, so it walks
-// one protocol's tables.
-static __always_inline int new_flow(struct __sk_buff *skb, const __u8 proto)
+// verifier walks the port search apart from the translation.
+int nat_new(struct __sk_buff *skb)
 {
     struct packet p = {};
     if (parse(skb, &p))
         return drop(skb, NAT_MALFORMED);
-    if (p.proto != proto)
-        return drop(skb, NAT_INTERNAL);  // nat_out called another protocol's
     __be32 saddr = p.saddr;
     struct nat_binding *b = nat_bindings.lookup(&saddr);
     if (!b)
@@ -940,9 +871,9 @@ static __always_inline int new_flow(struct __sk_buff *skb, const __u8 proto)
     if (!pool)
         return drop(skb, NAT_NO_BINDING);
     __u64 now = bpf_ktime_get_coarse_ns();
-    struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = proto};
+    struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
     struct nat_mapping made;
-    int r = new_mapping(&inside, b, pool, now, &made, proto);
+    int r = new_mapping(&inside, b, pool, now, &made);
     if (r == NAT_BLOCK_FULL)
         return block_full(skb, &p, b, now);
     if (r > 0)
@@ -952,21 +883,6 @@ static __always_inline int new_flow(struct __sk_buff *skb, const __u8 proto)
         flow_nat(skb, FLOW_TRANSLATED, NAT_NEW_MAPPING, made.addr, made.port);
     nat_progs.call(skb, NAT_PROG_OUT);
     return drop(skb, NAT_INTERNAL);
-}
-
-int nat_new_tcp(struct __sk_buff *skb)
-{
-    return new_flow(skb, IPPROTO_TCP);
-}
-
-int nat_new_udp(struct __sk_buff *skb)
-{
-    return new_flow(skb, IPPROTO_UDP);
-}
-
-int nat_new_icmp(struct __sk_buff *skb)
-{
-    return new_flow(skb, IPPROTO_ICMP);
 }
 
 // --- ingress -----------------------------------------------------------------------------
@@ -986,7 +902,7 @@ static __always_inline int icmp_error_in(struct __sk_buff *skb, struct packet *p
     if (in.saddr != p->daddr)
         return drop(skb, NAT_ICMP_ERROR_UNKNOWN);
     struct nat_endpoint pub = {.addr = in.saddr, .port = in.sport, .proto = in.proto};
-    struct nat_mapping *m = inbound_lookup(pub.proto, &pub);
+    struct nat_mapping *m = nat_inbound.lookup(&pub);
     if (!m || (m->flags & NAT_F_HELD))
         return drop(skb, NAT_ICMP_ERROR_UNKNOWN);
     if (!permitted(pool->filtering, in.saddr, in.sport, in.proto, in.daddr, in.dport))
@@ -1042,7 +958,7 @@ int nat_in(struct __sk_buff *skb)
         return drop(skb, NAT_UNSUPPORTED);
     }
     struct nat_endpoint pub = {.addr = p.daddr, .port = p.dport, .proto = p.proto};
-    struct nat_mapping *m = inbound_lookup(pub.proto, &pub);
+    struct nat_mapping *m = nat_inbound.lookup(&pub);
     if (!m || (m->flags & NAT_F_HELD))
         return drop(skb, NAT_NO_MAPPING);
     if (!permitted(pool->filtering, p.daddr, p.dport, p.proto, p.saddr, p.sport))

@@ -9,14 +9,11 @@
 #ifndef MAX_SUBSCRIBERS
 #define MAX_SUBSCRIBERS 100000
 #endif
-// Mappings of each direction and protocol (TCP, UDP, ICMP echo: a table each). Sized by the
-// agent above the node's public ports: these are plain hashes, never LRU, so a live mapping
-// is only ever removed by its timeout. Allocated as they are made (BPF_F_NO_PREALLOC); the
-// bucket array (16 B a bucket, max_entries rounded up to a power of two) is allocated at
-// creation, and a table per protocol keeps the one a packet walks a third of the size: the
-// bucket is a likely TLB miss as it is.
+// Mappings of each direction. Sized by the agent above the node's port capacity (public
+// ports x protocols): these are plain hashes, never LRU, so a live mapping is only ever
+// removed by its timeout. Allocated as they are made (BPF_F_NO_PREALLOC).
 #ifndef NAT_MAX_MAPPINGS
-#define NAT_MAX_MAPPINGS 65536
+#define NAT_MAX_MAPPINGS 196608
 #endif
 // (public endpoint, remote) permissions of the address(-and-port)-dependent filtering pools.
 #ifndef NAT_MAX_FILTERS
@@ -207,18 +204,13 @@ BPF_TABLE("array", __u32, struct nat_pool, nat_pools, NAT_MAX_POOLS);
 BPF_TABLE("hash", __be32, struct nat_address, nat_addresses, NAT_MAX_ADDRESSES);
 BPF_TABLE("array", __u32, struct nat_node, nat_node, 1);
 BPF_F_TABLE("lpm_trie", struct nat_prefix, __u8, nat_inside, NAT_MAX_INSIDE, BPF_F_NO_PREALLOC);
-#define NAT_MAPPING_TABLE(name)                                                               \
-    BPF_F_TABLE("hash", struct nat_endpoint, struct nat_mapping, name, NAT_MAX_MAPPINGS,      \
-                BPF_F_NO_PREALLOC)
-NAT_MAPPING_TABLE(nat_outbound_tcp);
-NAT_MAPPING_TABLE(nat_outbound_udp);
-NAT_MAPPING_TABLE(nat_outbound_icmp);
-NAT_MAPPING_TABLE(nat_inbound_tcp);
-NAT_MAPPING_TABLE(nat_inbound_udp);
-NAT_MAPPING_TABLE(nat_inbound_icmp);
+BPF_F_TABLE("hash", struct nat_endpoint, struct nat_mapping, nat_outbound, NAT_MAX_MAPPINGS,
+            BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct nat_endpoint, struct nat_mapping, nat_inbound, NAT_MAX_MAPPINGS,
+            BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct nat_filter_key, __u64, nat_filters, NAT_MAX_FILTERS,
             BPF_F_NO_PREALLOC);
-// The layout of the tables above, as the agent hashed it (their structs and flags):
+// The layout of the three tables above, as the agent hashed it (their structs and flags):
 // a new generation (other table sizes, other code) carries their entries over from the old
 // one only when this matches, so flows survive a resize, a restart and an upgrade.
 BPF_TABLE("array", __u32, __u64, nat_layout, 1);
@@ -226,9 +218,7 @@ BPF_TABLE("array", __u32, __u64, nat_layout, 1);
 BPF_TABLE("lru_hash", struct nat_frag_key, struct nat_frag, nat_fragments, NAT_MAX_FRAGMENTS);
 BPF_TABLE("lru_hash", __be32, struct nat_exhaustion, nat_exhausted, NAT_MAX_EXHAUSTED);
 BPF_TABLE("percpu_array", __u32, __u64, nat_stats, NAT_STATS_MAX);
-// The programs nat_out and nat_new_* tail-call (the agent fills it when it loads them).
+// The programs nat_out and nat_new tail-call (the agent fills it when it loads them).
 #define NAT_PROG_OUT 0
-#define NAT_PROG_NEW_TCP 1
-#define NAT_PROG_NEW_UDP 2
-#define NAT_PROG_NEW_ICMP 3
-BPF_TABLE("prog", __u32, __u32, nat_progs, 4);
+#define NAT_PROG_NEW 1
+BPF_TABLE("prog", __u32, __u32, nat_progs, 2);

@@ -83,12 +83,10 @@ def test_constants_agree_with_the_c_header() -> None:
                         ("NAT_ICMP_INTERVAL_NS", nat.ICMP_INTERVAL_NS),
                         ("NAT_PROBES", nat.PROBES), ("NAT_TAKEOVER_PROBES", nat.TAKEOVER_PROBES),
                         ("NAT_MAX_BLOCKS", nat.DEFAULT_MAX_BLOCKS),
-                        ("NAT_PROG_OUT", 0)):
+                        ("NAT_PROG_OUT", 0), ("NAT_PROG_NEW", 1)):
         assert _define(h, name) == value, name
-    slots = {_define(h, f"NAT_PROG_{fn[4:].upper()}"): fn for fn in nat.TAIL_CALLS.values()}
-    assert slots == nat.TAIL_CALLS
+    assert nat.TAIL_CALLS == {0: "nat_out", 1: "nat_new"}
     declared = re.findall(r"^BPF_\w*TABLE\([^,]+,[^,]+,[^,]+,\s*(\w+)", h, re.M)
-    declared += re.findall(r"^NAT_MAPPING_TABLE\((\w+)\);", h, re.M)
     assert sorted(nat.MAPS) == sorted(declared)
 
 
@@ -895,36 +893,6 @@ def test_a_restarted_agent_adopts_the_mappings_and_sweeps_old_generations(
     finally:
         second.close()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def test_an_older_generations_tables_of_every_protocol_go_to_the_tables_per_protocol() -> None:
-    """Before the tables per protocol, one table each way held TCP, UDP and ICMP echo alike
-    (``nat_outbound``, ``nat_inbound``: the same entries). An upgrade carries each entry
-    to its protocol's table, and the flows go on with their ports."""
-    old = nat.NatPath(max_subscribers=64, max_mappings=1024)
-    new = nat.NatPath(max_subscribers=64, max_mappings=2048)
-    try:
-        for p in (old, new):
-            p.set_pool(0, Pool())
-            p.put_address(PUBLIC[EIF], 0)
-            p.put_binding(SUB, Binding(PUBLIC[EIF], 0, 64, (4096,)))
-        sent = {TCP: tcp(SUB, REMOTE, 10000, 80), UDP: udp(SUB, REMOTE, 10000, 53),
-                ICMP: echo(SUB, REMOTE, 10000)}
-        ports = {proto: fields(out(old, ip).ip)[2] for proto, ip in sent.items()}
-        entries = old.mapping_entries()
-        mixed = {legacy: [kv for proto in nat.PROTOCOLS.values()
-                          for kv in entries[pattern.format(proto)]]
-                 for legacy, pattern in nat.MIXED.items()}
-        assert [len(v) for v in mixed.values()] == [3, 3]
-        assert new.put_entries(mixed) == (6, 0)
-        for proto, table in new.outbound.tables.items():
-            assert [int(k.proto) for k in table] == [proto]
-        for proto, ip in sent.items():
-            assert fields(out(new, ip).ip)[2] == ports[proto], proto
-        assert new.stats()["new_mapping"] == 0
-    finally:
-        old.close()
-        new.close()
 
 
 def test_the_programs_are_pinned_tcx_links_adopted_swapped_and_removed(

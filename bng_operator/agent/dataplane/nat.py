@@ -57,22 +57,13 @@ from bng_operator.agent.dataplane.names import NAT_STATS
 
 SOURCE = Path(BPF_DIR) / "nat44.c"
 PROGRAMS = {"egress": "nat_out", "ingress": "nat_in"}
-# Slots of nat_progs (NAT_PROG_*): nat_out tail-calls the port search of the packet's
-# protocol, which calls it back.
-TAIL_CALLS = {0: "nat_out", 1: "nat_new_tcp", 2: "nat_new_udp", 3: "nat_new_icmp"}
-TCP, UDP, ICMP = 6, 17, 1
-PROTOCOLS = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
-# The mapping tables: one per direction and protocol (the protocol's only in the key).
-MAPPING_TABLES = tuple(f"nat_{d}_{name}" for d in ("outbound", "inbound")
-                       for name in PROTOCOLS.values())
+# Slots of nat_progs (NAT_PROG_*): nat_out tail-calls the port search, which calls it back.
+TAIL_CALLS = {0: "nat_out", 1: "nat_new"}
 MAPS = ("nat_bindings", "nat_pools", "nat_addresses", "nat_node", "nat_inside",
-        *MAPPING_TABLES, "nat_filters", "nat_fragments", "nat_exhausted", "nat_stats",
-        "nat_progs", "nat_layout")
+        "nat_outbound", "nat_inbound", "nat_filters", "nat_fragments", "nat_exhausted",
+        "nat_stats", "nat_progs", "nat_layout")
 # The tables whose entries only the programs make: a new generation carries them over.
-CARRIED = (*MAPPING_TABLES, "nat_filters")
-# What generations before the tables per protocol named them (the same entries): an upgrade
-# carries theirs over, each entry to its protocol's table.
-MIXED = {"nat_outbound": "nat_outbound_{}", "nat_inbound": "nat_inbound_{}"}
+CARRIED = ("nat_outbound", "nat_inbound", "nat_filters")
 _CARRIED_LAYOUT = re.compile(r"^struct nat_(?:endpoint|mapping|filter_key) \{.*?^\};$|"
                              r"^#define NAT_(?:F|TCP)_\w+ .*?$", re.M | re.S)
 
@@ -101,15 +92,17 @@ MAX_EXHAUSTED = 4096
 ICMP_INTERVAL_NS = 100_000_000
 PROBES, TAKEOVER_PROBES = 128, 8  # NAT_PROBES, NAT_TAKEOVER_PROBES
 DEFAULT_MAX_BLOCKS = 4
+TCP, UDP, ICMP = 6, 17, 1
+PROTOCOLS = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
 # A fragment's entry outlives its datagram's reassembly time (Linux ipfrag_time) no longer.
 FRAGMENT_TIMEOUT_NS = 30 * 1_000_000_000
 _NS = 1_000_000_000
 
 
 def mapping_capacity(public_ports: int) -> int:
-    """Entries each mapping table (one per direction and protocol) needs so that it is
-    never full: every public port of the node."""
-    return public_ports
+    """Entries each mapping table needs so that it is never full: every public port of the
+    node, once per protocol (TCP, UDP, ICMP echo identifiers)."""
+    return 3 * public_ports
 
 
 @dataclass(frozen=True)
@@ -208,37 +201,6 @@ def _items(table: Any) -> list[tuple[Any, Any]]:
         return list(table.items())
 
 
-class MappingTables:
-    """One direction's mapping tables, one per protocol, as one table keyed by
-    ``struct nat_endpoint`` (its ``proto`` picks the table; anything but TCP and UDP is
-    ICMP's, as in nat44.c)."""
-
-    def __init__(self, tables: dict[int, Any]) -> None:
-        self.tables = tables
-        self.Key, self.Leaf = tables[UDP].Key, tables[UDP].Leaf
-
-    def _table(self, key: Any) -> Any:
-        return self.tables.get(int(key.proto), self.tables[ICMP])
-
-    def __getitem__(self, key: Any) -> Any:
-        return self._table(key)[key]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._table(key)[key] = value
-
-    def __delitem__(self, key: Any) -> None:
-        del self._table(key)[key]
-
-    def __iter__(self) -> Iterator[Any]:
-        for table in self.tables.values():
-            yield from table
-
-    def items(self) -> list[tuple[Any, Any]]:
-        return [kv for table in self.tables.values() for kv in _items(table)]
-
-    items_lookup_batch = items
-
-
 def _established(tcp_out: int, tcp_in: int) -> bool:
     return bool(tcp_out & TCP_SYN and tcp_in & TCP_SYN and
                 not (tcp_out | tcp_in) & (TCP_FIN | TCP_RST))
@@ -256,18 +218,17 @@ class NatPath:
                  max_filters: int | None = None, max_fragments: int = 8192,
                  max_blocks: int = DEFAULT_MAX_BLOCKS, max_addresses: int = 4096,
                  pin_root: Path | None = None) -> None:
-        """``max_mappings``: entries of each mapping table, one per direction and protocol
-        (``mapping_capacity`` of the node's public ports: plain hashes, allocated as used,
-        so a large size costs only its buckets). ``max_filters``: remotes allowed in by
-        address(-and-port)-dependent filtering (default: ``max_mappings`` per protocol).
-        ``max_blocks``: blocks a binding can hold, a power of two up to 64 (NATPool
-        blocksPerSubscriber)."""
+        """``max_mappings``: entries of each mapping table (``mapping_capacity`` of the node's
+        public ports: plain hashes, allocated as used, so a large size costs only its
+        buckets). ``max_filters``: remotes allowed in by address(-and-port)-dependent
+        filtering (default ``max_mappings``). ``max_blocks``: blocks a binding can hold, a
+        power of two up to 64 (NATPool blocksPerSubscriber)."""
         if max_blocks < 1 or max_blocks > 64 or max_blocks & (max_blocks - 1):
             raise DataplaneError(f"max_blocks {max_blocks}: a power of two from 1 to 64")
         self.max_blocks = max_blocks
         cflags: dict[str, int | str] = {
             "MAX_SUBSCRIBERS": max_subscribers, "NAT_MAX_MAPPINGS": max_mappings,
-            "NAT_MAX_FILTERS": max_filters or len(PROTOCOLS) * max_mappings,
+            "NAT_MAX_FILTERS": max_filters or max_mappings,
             "NAT_MAX_FRAGMENTS": max_fragments, "NAT_MAX_BLOCKS": max_blocks,
             "NAT_MAX_ADDRESSES": max_addresses}
         self.generation = generation(SOURCE, cflags)
@@ -280,16 +241,14 @@ class NatPath:
             pins = {m: self.pin_dir / m for m in MAPS}
             pins.update(flow_pins(self.pin_dir.parent.parent))
         self.obj = BPFObject(SOURCE, cflags=cflags, pins=pins)
-        self.adopted = "nat_outbound_udp" in self.obj.adopted
+        self.adopted = "nat_outbound" in self.obj.adopted
         self.bindings_map = self.obj.map("nat_bindings")
         self.pools_map = self.obj.map("nat_pools")
         self.addresses_map = self.obj.map("nat_addresses")
         self.node_map = self.obj.map("nat_node")
         self.inside_map = self.obj.map("nat_inside")
-        self.outbound = MappingTables({p: self.obj.map(f"nat_outbound_{name}")
-                                       for p, name in PROTOCOLS.items()})
-        self.inbound = MappingTables({p: self.obj.map(f"nat_inbound_{name}")
-                                      for p, name in PROTOCOLS.items()})
+        self.outbound = self.obj.map("nat_outbound")
+        self.inbound = self.obj.map("nat_inbound")
         self.filters = self.obj.map("nat_filters")
         self.fragments = self.obj.map("nat_fragments")
         self.exhausted_map = self.obj.map("nat_exhausted")
@@ -300,7 +259,7 @@ class NatPath:
         layout_map[layout_map.Key(0)] = layout_map.Leaf(self.layout)
         self._own: list[int] = []
         self.hooks = Classifiers(self.pin_dir)
-        self.fds = {fn: self._program(fn) for fn in ("nat_in", *TAIL_CALLS.values())}
+        self.fds = {fn: self._program(fn) for fn in ("nat_out", "nat_in", "nat_new")}
         for slot, fn in TAIL_CALLS.items():
             self.progs[self.progs.Key(slot)] = self.progs.Leaf(self.fds[fn])
 
@@ -669,8 +628,8 @@ class NatPath:
                 continue
             stamp = pinned_map_items(d / "nat_layout")
             same = bool(stamp) and int.from_bytes(stamp[0][1], "little") == self.layout
-            out.append((d.name, {n: pinned_map_items(d / n) for n in (*CARRIED, *MIXED)
-                                 if (d / n).exists()} if same else None))
+            out.append((d.name, {n: pinned_map_items(d / n) for n in CARRIED} if same
+                        else None))
         return out
 
     def put_entries(self, entries: dict[str, list[tuple[bytes, bytes]]]) -> tuple[int, int]:
@@ -678,17 +637,13 @@ class NatPath:
         so its flows go on once these programs replace its. An entry this generation
         already has is kept (its own programs made it). Returns (copied, did not fit)."""
         copied = lost = 0
-        proto_at = self.outbound.Key.proto.offset
         for name, items in entries.items():
-            table = self.obj.map(MIXED[name].format("udp") if name in MIXED else name)
+            table = self.obj.map(name)
             ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
             for k, v in items:
                 if len(k) != ksize or len(v) != vsize:
                     lost += 1
                     continue
-                if name in MIXED:  # an older generation's table of every protocol
-                    table = self.obj.map(MIXED[name].format(
-                        PROTOCOLS.get(k[proto_at], "icmp")))
                 key = ctypes.create_string_buffer(k, ksize)
                 if libbcc.lib.bpf_update_elem(table.map_fd, key,
                                               ctypes.create_string_buffer(v, vsize),

@@ -70,7 +70,7 @@ class _Batch:
 def table_size(ports: int) -> int:
     """Entries of each mapping table for ``ports`` public ports: ``mapping_capacity``,
     rounded up to a power of two so that small edits keep the tables (and their flows)."""
-    need = max(ports, 1024)  # one table per direction and protocol: every port once
+    need = 3 * max(ports, 1024)
     return 1 << (need - 1).bit_length()
 
 
