@@ -141,6 +141,20 @@ static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
     return TC_ACT_SHOT;
 }
 
+// CLOCK_MONOTONIC ns to a tick (nat_node; the agent sets it before it attaches the
+// programs): a mapping's last packet, and what the collector compares it with.
+static __always_inline __u64 clock_now(struct nat_node *node)
+{
+    return bpf_jiffies64() * node->tick_ns + node->clock_ns;
+}
+
+static __always_inline __u64 now_ns(void)
+{
+    __u32 zero = 0;
+    struct nat_node *node = nat_node.lookup(&zero);
+    return node ? clock_now(node) : 0;  // an array's entry 0: always there
+}
+
 // --- checksums (RFC 1624), on words as they lie in the packet ----------------------------
 
 static __always_inline __u32 diff16(__u32 d, __u16 from, __u16 to)
@@ -802,13 +816,13 @@ int nat_out(struct __sk_buff *skb)
             struct nat_node *node = nat_node.lookup(&zero);
             if (node && !node->filters)
                 return translate_out(skb, &p, m, NAT_FILTER_ENDPOINT_INDEPENDENT, to_addr,
-                                     to_port, bpf_ktime_get_coarse_ns());
+                                     to_port, clock_now(node));
             struct nat_address *a = nat_addresses.lookup(&to_addr);
             __u32 pool_idx = a ? a->pool : 0;
             struct nat_pool *pool = a ? nat_pools.lookup(&pool_idx) : 0;
             if (pool)
                 return translate_out(skb, &p, m, pool->filtering, to_addr, to_port,
-                                     bpf_ktime_get_coarse_ns());
+                                     clock_now(node));
         }
     }
     struct nat_binding *b = nat_bindings.lookup(&saddr);
@@ -825,7 +839,7 @@ int nat_out(struct __sk_buff *skb)
     struct nat_pool *pool = nat_pools.lookup(&pool_idx);
     if (!pool)
         return drop(skb, NAT_NO_BINDING);
-    __u64 now = bpf_ktime_get_coarse_ns();
+    __u64 now = now_ns();
     if (p.frag == FRAG_LATER) {
         struct nat_frag *f = fragment(NAT_FRAG_OUT, &p);
         if (!f)
@@ -870,7 +884,7 @@ int nat_new(struct __sk_buff *skb)
     struct nat_pool *pool = nat_pools.lookup(&pool_idx);
     if (!pool)
         return drop(skb, NAT_NO_BINDING);
-    __u64 now = bpf_ktime_get_coarse_ns();
+    __u64 now = now_ns();
     struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
     struct nat_mapping made;
     int r = new_mapping(&inside, b, pool, now, &made);
@@ -965,7 +979,7 @@ int nat_in(struct __sk_buff *skb)
         return drop(skb, NAT_FILTERED);
     __be32 to_addr = m->addr;
     __be16 to_port = m->port;
-    __u64 now = bpf_ktime_get_coarse_ns();
+    __u64 now = now_ns();
     refresh(m, &p, now);
     if (p.frag == FRAG_FIRST)
         remember_fragment(NAT_FRAG_IN, &p, to_addr, now);

@@ -37,7 +37,7 @@ from bng_operator.agent.dataplane.loader import (
     pinned_program,
 )
 from bng_operator.agent.dataplane.names import QOS_STATS
-from bng_operator.agent.qos.jiffies import clock, to_monotonic_ns
+from bng_operator.agent.jiffies import clock, to_monotonic_ns
 from bng_operator.agent.qos.plan import Access
 
 SOURCE = Path(BPF_DIR) / "access_qos.c"

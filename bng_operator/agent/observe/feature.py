@@ -19,10 +19,10 @@ from typing import Any
 
 from bng_operator import __version__
 from bng_operator.agent.dhcp.leases import Lease
+from bng_operator.agent.jiffies import clock as jiffy_clock
+from bng_operator.agent.jiffies import to_monotonic_ns
 from bng_operator.agent.observe.flow import Flow, from_kernel
 from bng_operator.agent.observe.hub import FlowHub
-from bng_operator.agent.qos.jiffies import clock as jiffy_clock
-from bng_operator.agent.qos.jiffies import to_monotonic_ns
 from bng_operator.agent.report.subscribers import object_name
 from bng_operator.metrics import AgentMetrics
 
