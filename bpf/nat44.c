@@ -487,8 +487,10 @@ static __always_inline int take_over(struct nat_mapping *e, struct nat_endpoint 
     e->port = inside->port;
     e->flags = 0;
     e->tcp = 0;
-    if (live)
+    if (live) {
         nat_outbound.delete(&owner);
+        nat_recent.delete(&owner);
+    }
     return 1;
 }
 
@@ -773,12 +775,44 @@ static __always_inline int icmp_error_out(struct __sk_buff *skb, struct packet *
     return sent_out(skb, p);
 }
 
+// nat_recent: a steady packet of an inside endpoint whose mapping nat_out read less than
+// NAT_RECHECK_NS ago is translated by the copy, without the mapping (its time is refreshed
+// at the next read). Not for what the mapping itself must see: TCP's SYN, FIN and RST (its
+// state), fragments (the fragment table), filtering pools (their remotes' times).
+static __always_inline int steady(struct packet *p)
+{
+    if (p->frag != FRAG_NONE)
+        return 0;
+    if (p->proto == IPPROTO_TCP)
+        return !(p->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_FIN_ | TCP_FLAG_RST_));
+    return p->proto == IPPROTO_UDP || (p->proto == IPPROTO_ICMP && p->icmp_type == ICMP_ECHO);
+}
+
+static __always_inline void remember_recent(struct packet *p, __be32 to_addr,
+                                            __be16 to_port, __u64 now)
+{
+    if (!steady(p))
+        return;
+    struct nat_endpoint inside = {.addr = p->saddr, .port = p->sport, .proto = p->proto};
+    struct nat_recent *r = nat_recent.lookup(&inside);
+    if (r) {  // in place: no allocation, and a concurrent reader sees one field or the other
+        r->addr = to_addr;
+        r->port = to_port;
+        r->checked_ns = now;
+        return;
+    }
+    struct nat_recent fresh = {.addr = to_addr, .port = to_port, .checked_ns = now};
+    nat_recent.update(&inside, &fresh);  // full: left uncopied
+}
+
 // A packet of a mapped inside endpoint leaves by mapping ``m`` (to_addr, to_port).
 static __always_inline int translate_out(struct __sk_buff *skb, struct packet *p,
                                          struct nat_mapping *m, __u8 filtering,
                                          __be32 to_addr, __be16 to_port, __u64 now)
 {
     refresh(m, p, now);
+    if (filtering == NAT_FILTER_ENDPOINT_INDEPENDENT && p->frag == FRAG_NONE)
+        remember_recent(p, to_addr, to_port, now);
     if (filtering != NAT_FILTER_ENDPOINT_INDEPENDENT)
         allow(p, to_addr, to_port, filtering, now);
     if (p->frag == FRAG_FIRST)
@@ -808,12 +842,20 @@ int nat_out(struct __sk_buff *skb)
         (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP ||
          (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO))) {
         struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
+        __u32 zero = 0;
+        struct nat_node *node = nat_node.lookup(&zero);
+        if (node && !node->filters && steady(&p)) {
+            struct nat_recent *r = nat_recent.lookup(&inside);
+            if (r && clock_now(node) - r->checked_ns < NAT_RECHECK_NS) {
+                if (rewrite(skb, &p, 1, r->addr, r->port))
+                    return drop(skb, NAT_WRITE_ERROR);
+                return sent_out(skb, &p);
+            }
+        }
         struct nat_mapping *m = nat_outbound.lookup(&inside);
         if (m) {
             __be32 to_addr = m->addr;
             __be16 to_port = m->port;
-            __u32 zero = 0;
-            struct nat_node *node = nat_node.lookup(&zero);
             if (node && !node->filters)
                 return translate_out(skb, &p, m, NAT_FILTER_ENDPOINT_INDEPENDENT, to_addr,
                                      to_port, clock_now(node));

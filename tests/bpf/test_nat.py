@@ -83,6 +83,8 @@ def test_constants_agree_with_the_c_header() -> None:
                         ("NAT_ICMP_INTERVAL_NS", nat.ICMP_INTERVAL_NS),
                         ("NAT_PROBES", nat.PROBES), ("NAT_TAKEOVER_PROBES", nat.TAKEOVER_PROBES),
                         ("NAT_MAX_BLOCKS", nat.DEFAULT_MAX_BLOCKS),
+                        ("NAT_MAX_RECENT", nat.DEFAULT_MAX_RECENT),
+                        ("NAT_RECHECK_NS", nat.RECHECK_NS),
                         ("NAT_PROG_OUT", 0), ("NAT_PROG_NEW", 1)):
         assert _define(h, name) == value, name
     assert nat.TAIL_CALLS == {0: "nat_out", 1: "nat_new"}
@@ -363,6 +365,94 @@ def test_tcp_state_picks_the_timeout(path: nat.NatPath, bind: Callable[..., Bind
     out(path, tcp(SUB, REMOTE, 42000, 80, SYN))  # a new connection on the same mapping
     inn(path, tcp(REMOTE, PUBLIC[EIF], 80, sport, SYN | ACK))
     assert path.mappings(SUB)[0].tcp_established
+
+
+# --- nat_recent: the steady packet's copy of its mapping ----------------------------------
+
+
+@pytest.fixture
+def steady() -> Iterator[nat.NatPath]:
+    """A path whose pools are all endpoint-independent (the module's has filtering ones,
+    and then nat_out keeps no copies), SUB bound to PUBLIC[EIF] in pool 0 with UDP and
+    ICMP timeouts of 2 s."""
+    p = nat.NatPath(max_subscribers=64, max_mappings=4096)
+    try:
+        p.set_pool(0, Pool(timeouts=SHORT_TIMEOUTS))
+        p.put_address(PUBLIC[EIF], 0)
+        p.put_inside(INSIDE)
+        p.put_binding(SUB, Binding(PUBLIC[EIF], 0, 64, (4096,)))
+        yield p
+    finally:
+        p.close()
+
+
+def _recent(path: nat.NatPath, proto: int, port: int) -> tuple[IPv4Address, int] | None:
+    """The copy nat_out keeps of SUB's ``port`` mapping: (public address, port), or None."""
+    try:
+        r = path.recent[path.recent.Key(nat._be32(SUB), nat._be16(port), proto)]
+    except KeyError:
+        return None
+    return nat._address(r.addr), nat._port(r.port)
+
+
+def test_a_steady_flow_goes_by_its_copy_until_the_mapping_is_read_again(
+        steady: nat.NatPath) -> None:
+    path = steady
+    first = fields(out(path, udp(SUB, REMOTE, 7200, 53)).ip)[2]
+    assert _recent(path, UDP, 7200) == (PUBLIC[EIF], first)
+    del path.outbound[path.outbound.Key(nat._be32(SUB), nat._be16(7200), UDP)]
+    # the mapping gone behind the copy's back: the copy still translates, for a second
+    assert fields(out(path, udp(SUB, REMOTE, 7200, 53)).ip)[2] == first
+    key = path.recent.Key(nat._be32(SUB), nat._be16(7200), UDP)
+    r = path.recent[key]
+    r.checked_ns -= nat.RECHECK_NS  # a second on: the copy is no longer trusted
+    path.recent[key] = r
+    before = path.stats()
+    second = fields(out(path, udp(SUB, REMOTE, 7200, 53)).ip)[2]
+    assert delta(path, before)["new_mapping"] == 1  # read again: none, so a new one
+    assert second != first  # (the old port is still the inbound half's)
+    assert _recent(path, UDP, 7200) == (PUBLIC[EIF], second)
+
+
+def test_the_copy_goes_with_its_mapping(steady: nat.NatPath) -> None:
+    path = steady
+    now = time.monotonic_ns()
+    out(path, udp(SUB, REMOTE, 7300, 53))
+    out(path, echo(SUB, REMOTE, 7301))
+    assert _recent(path, UDP, 7300) and _recent(path, ICMP, 7301)
+    assert path.collect(now + 3 * S).ended == 2  # the collector ends them: copies too
+    assert _recent(path, UDP, 7300) is None and _recent(path, ICMP, 7301) is None
+    out(path, udp(SUB, REMOTE, 7302, 53))
+    assert _recent(path, UDP, 7302)
+    assert path.delete_binding(SUB) == 1  # the session ends: its mappings and copies go
+    assert _recent(path, UDP, 7302) is None
+    assert out(path, udp(SUB, REMOTE, 7302, 53)).action == TC_ACT_SHOT  # no_binding
+
+
+def test_tcp_syn_fin_and_rst_go_by_the_mapping_not_the_copy(steady: nat.NatPath) -> None:
+    path = steady
+    sport = fields(out(path, tcp(SUB, REMOTE, 42100, 80, SYN)).ip)[2]
+    assert _recent(path, TCP, 42100) is None  # a SYN is not steady
+    inn(path, tcp(REMOTE, PUBLIC[EIF], 80, sport, SYN | ACK))
+    assert fields(out(path, tcp(SUB, REMOTE, 42100, 80, ACK)).ip)[2] == sport
+    assert _recent(path, TCP, 42100) == (PUBLIC[EIF], sport)
+    assert fields(out(path, tcp(SUB, REMOTE, 42100, 80, ACK)).ip)[2] == sport  # by the copy
+    assert path.mappings(SUB)[0].tcp_established
+    assert fields(out(path, tcp(SUB, REMOTE, 42100, 80, FIN | ACK)).ip)[2] == sport
+    assert not path.mappings(SUB)[0].tcp_established  # the mapping saw the FIN
+
+
+def test_a_copy_is_translated_as_the_mapping_is(steady: nat.NatPath) -> None:
+    """Every checksum of a packet sent by the copy is right, for each protocol."""
+    path = steady
+    for proto, ip in ((UDP, udp(SUB, REMOTE, 7400, 53)), (TCP, tcp(SUB, REMOTE, 7400, 80, ACK)),
+                      (ICMP, echo(SUB, REMOTE, 7400))):
+        by_mapping = out(path, ip)
+        assert _recent(path, proto, 7400) is not None
+        by_copy = out(path, ip)
+        assert by_copy.action == by_mapping.action == TC_ACT_OK
+        assert by_copy.ip == by_mapping.ip, proto
+        assert_checksums(by_copy.ip)
 
 
 # --- what is not translated ------------------------------------------------------------------

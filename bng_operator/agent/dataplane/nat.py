@@ -61,8 +61,8 @@ PROGRAMS = {"egress": "nat_out", "ingress": "nat_in"}
 # Slots of nat_progs (NAT_PROG_*): nat_out tail-calls the port search, which calls it back.
 TAIL_CALLS = {0: "nat_out", 1: "nat_new"}
 MAPS = ("nat_bindings", "nat_pools", "nat_addresses", "nat_node", "nat_inside",
-        "nat_outbound", "nat_inbound", "nat_filters", "nat_fragments", "nat_exhausted",
-        "nat_stats", "nat_progs", "nat_layout")
+        "nat_outbound", "nat_inbound", "nat_filters", "nat_recent", "nat_fragments",
+        "nat_exhausted", "nat_stats", "nat_progs", "nat_layout")
 # The tables whose entries only the programs make: a new generation carries them over.
 CARRIED = ("nat_outbound", "nat_inbound", "nat_filters")
 _CARRIED_LAYOUT = re.compile(r"^struct nat_(?:endpoint|mapping|filter_key) \{.*?^\};$|"
@@ -93,6 +93,8 @@ MAX_EXHAUSTED = 4096
 ICMP_INTERVAL_NS = 100_000_000
 PROBES, TAKEOVER_PROBES = 128, 8  # NAT_PROBES, NAT_TAKEOVER_PROBES
 DEFAULT_MAX_BLOCKS = 4
+DEFAULT_MAX_RECENT = 65536  # NAT_MAX_RECENT: 1 MB of buckets, within the TLB's reach
+RECHECK_NS = 1_000_000_000  # NAT_RECHECK_NS
 TCP, UDP, ICMP = 6, 17, 1
 PROTOCOLS = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
 # A fragment's entry outlives its datagram's reassembly time (Linux ipfrag_time) no longer.
@@ -217,13 +219,16 @@ def timeout_s(timeouts: Timeouts, protocol: int, established: bool) -> int:
 class NatPath:
     def __init__(self, max_subscribers: int, max_mappings: int,
                  max_filters: int | None = None, max_fragments: int = 8192,
+                 max_recent: int | None = None,
                  max_blocks: int = DEFAULT_MAX_BLOCKS, max_addresses: int = 4096,
                  pin_root: Path | None = None) -> None:
         """``max_mappings``: entries of each mapping table (``mapping_capacity`` of the node's
         public ports: plain hashes, allocated as used, so a large size costs only its
         buckets). ``max_filters``: remotes allowed in by address(-and-port)-dependent
-        filtering (default ``max_mappings``). ``max_blocks``: blocks a binding can hold, a
-        power of two up to 64 (NATPool blocksPerSubscriber)."""
+        filtering (default ``max_mappings``). ``max_recent``: steady flows whose mapping
+        nat_out copies for a faster lookup (``nat_recent``; default the smaller of 65,536
+        and ``max_mappings``). ``max_blocks``: blocks a binding can hold, a power of two up
+        to 64 (NATPool blocksPerSubscriber)."""
         if max_blocks < 1 or max_blocks > 64 or max_blocks & (max_blocks - 1):
             raise DataplaneError(f"max_blocks {max_blocks}: a power of two from 1 to 64")
         self.max_blocks = max_blocks
@@ -231,6 +236,7 @@ class NatPath:
             "MAX_SUBSCRIBERS": max_subscribers, "NAT_MAX_MAPPINGS": max_mappings,
             "NAT_MAX_FILTERS": max_filters or max_mappings,
             "NAT_MAX_FRAGMENTS": max_fragments, "NAT_MAX_BLOCKS": max_blocks,
+            "NAT_MAX_RECENT": max_recent or min(DEFAULT_MAX_RECENT, max_mappings),
             "NAT_MAX_ADDRESSES": max_addresses}
         self.generation = generation(SOURCE, cflags)
         self.pin_dir = pin_root / "nat" / self.generation if pin_root is not None else None
@@ -251,6 +257,7 @@ class NatPath:
         self.outbound = self.obj.map("nat_outbound")
         self.inbound = self.obj.map("nat_inbound")
         self.filters = self.obj.map("nat_filters")
+        self.recent = self.obj.map("nat_recent")
         self.fragments = self.obj.map("nat_fragments")
         self.exhausted_map = self.obj.map("nat_exhausted")
         self.stats_map = self.obj.map("nat_stats")
@@ -472,11 +479,18 @@ class NatPath:
             if ov is not None:
                 with contextlib.suppress(KeyError):
                     del self.outbound[ok]
+                self._forget_recent(ok)
             if iv is not None:
                 with contextlib.suppress(KeyError):
                     del self.inbound[ik]
             gone += 1
         return gone
+
+    def _forget_recent(self, outbound_key: Any) -> None:
+        """Delete the copy nat_out keeps of an outbound mapping (the same key), with it."""
+        with contextlib.suppress(KeyError):
+            del self.recent[self.recent.Key(int(outbound_key.addr), int(outbound_key.port),
+                                            int(outbound_key.proto))]
 
     def mappings(self, inside: IPv4Address | None = None) -> list[Mapping]:
         """Every mapping, with the later time of its two directions; or ``inside``'s, by its
@@ -575,6 +589,7 @@ class NatPath:
                 if half is not None:
                     with contextlib.suppress(KeyError):
                         del self.outbound[half[0]]
+                    self._forget_recent(half[0])
                 held = self.inbound.Leaf()
                 held.flags = F_HELD
                 held.last_seen_ns = now
@@ -590,6 +605,7 @@ class NatPath:
                 with contextlib.suppress(KeyError):
                     del self.outbound[k]
                     orphans += 1
+                self._forget_recent(k)
         filters = 0
         for fk, seen in _items(self.filters):
             public = (int(fk.public_addr), int(fk.public_port), int(fk.proto))
@@ -617,7 +633,7 @@ class NatPath:
         """Entries in each table (for map-fill metrics)."""
         return {name: sum(1 for _ in table) for name, table in (
             ("bindings", self.bindings_map), ("outbound", self.outbound),
-            ("inbound", self.inbound), ("filters", self.filters),
+            ("inbound", self.inbound), ("filters", self.filters), ("recent", self.recent),
             ("fragments", self.fragments))}
 
     def mapping_entries(self) -> dict[str, list[tuple[bytes, bytes]]]:
