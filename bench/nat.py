@@ -222,7 +222,7 @@ class Ours(Plain):
 
     def reset(self) -> None:
         for table in (self.path.outbound, self.path.inbound, self.path.filters,
-                      self.path.fragments, self.path.exhausted_map):
+                      self.path.recent, self.path.fragments, self.path.exhausted_map):
             with contextlib.suppress(Exception):  # BCC's bare Exception: cannot batch
                 table.items_delete_batch()  # (deletes everything before it returns)
             if next(iter(table), None) is not None:

@@ -43,6 +43,8 @@
 #define ERR_E2BIG 7
 #define ERR_EEXIST 17
 #define NS 1000000000ULL
+// skb->cb[0] from nat_new to the nat_out it tail-calls: this packet's mapping was just made.
+#define NAT_CB_MADE 0x4e41544dU
 
 enum frag_kind { FRAG_NONE = 0, FRAG_FIRST, FRAG_LATER };
 
@@ -788,21 +790,18 @@ static __always_inline int steady(struct packet *p)
     return p->proto == IPPROTO_UDP || (p->proto == IPPROTO_ICMP && p->icmp_type == ICMP_ECHO);
 }
 
-static __always_inline void remember_recent(struct packet *p, __be32 to_addr,
-                                            __be16 to_port, __u64 now)
+// ``r``: the copy nat_out found too old, or none.
+static __always_inline void remember_recent(struct nat_endpoint *inside, struct nat_recent *r,
+                                            __be32 to_addr, __be16 to_port, __u64 now)
 {
-    if (!steady(p))
-        return;
-    struct nat_endpoint inside = {.addr = p->saddr, .port = p->sport, .proto = p->proto};
-    struct nat_recent *r = nat_recent.lookup(&inside);
-    if (r) {  // in place: no allocation, and a concurrent reader sees one field or the other
+    if (r) {  // in place: no allocation
         r->addr = to_addr;
         r->port = to_port;
         r->checked_ns = now;
         return;
     }
     struct nat_recent fresh = {.addr = to_addr, .port = to_port, .checked_ns = now};
-    nat_recent.update(&inside, &fresh);  // full: left uncopied
+    nat_recent.update(inside, &fresh);  // full: left uncopied
 }
 
 // A packet of a mapped inside endpoint leaves by mapping ``m`` (to_addr, to_port).
@@ -811,8 +810,6 @@ static __always_inline int translate_out(struct __sk_buff *skb, struct packet *p
                                          __be32 to_addr, __be16 to_port, __u64 now)
 {
     refresh(m, p, now);
-    if (filtering == NAT_FILTER_ENDPOINT_INDEPENDENT && p->frag == FRAG_NONE)
-        remember_recent(p, to_addr, to_port, now);
     if (filtering != NAT_FILTER_ENDPOINT_INDEPENDENT)
         allow(p, to_addr, to_port, filtering, now);
     if (p->frag == FRAG_FIRST)
@@ -844,27 +841,36 @@ int nat_out(struct __sk_buff *skb)
         struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
         __u32 zero = 0;
         struct nat_node *node = nat_node.lookup(&zero);
-        if (node && !node->filters && steady(&p)) {
-            struct nat_recent *r = nat_recent.lookup(&inside);
-            if (r && clock_now(node) - r->checked_ns < NAT_RECHECK_NS) {
-                if (rewrite(skb, &p, 1, r->addr, r->port))
-                    return drop(skb, NAT_WRITE_ERROR);
-                return sent_out(skb, &p);
-            }
+        if (!node)
+            return drop(skb, NAT_INTERNAL);
+        // A flow's first packet comes back from nat_new: its copy waits for the second
+        // packet, so a new flow allocates no third entry.
+        int made = skb->cb[0] == NAT_CB_MADE;
+        if (made)
+            skb->cb[0] = 0;
+        int copy = !node->filters && !made && steady(&p);
+        struct nat_recent *r = copy ? nat_recent.lookup(&inside) : 0;
+        if (r && clock_now(node) - r->checked_ns < NAT_RECHECK_NS) {
+            if (rewrite(skb, &p, 1, r->addr, r->port))
+                return drop(skb, NAT_WRITE_ERROR);
+            return sent_out(skb, &p);
         }
         struct nat_mapping *m = nat_outbound.lookup(&inside);
         if (m) {
             __be32 to_addr = m->addr;
             __be16 to_port = m->port;
-            if (node && !node->filters)
+            __u64 now = clock_now(node);
+            if (!node->filters) {
+                if (copy)
+                    remember_recent(&inside, r, to_addr, to_port, now);
                 return translate_out(skb, &p, m, NAT_FILTER_ENDPOINT_INDEPENDENT, to_addr,
-                                     to_port, clock_now(node));
+                                     to_port, now);
+            }
             struct nat_address *a = nat_addresses.lookup(&to_addr);
             __u32 pool_idx = a ? a->pool : 0;
             struct nat_pool *pool = a ? nat_pools.lookup(&pool_idx) : 0;
             if (pool)
-                return translate_out(skb, &p, m, pool->filtering, to_addr, to_port,
-                                     clock_now(node));
+                return translate_out(skb, &p, m, pool->filtering, to_addr, to_port, now);
         }
     }
     struct nat_binding *b = nat_bindings.lookup(&saddr);
@@ -937,6 +943,7 @@ int nat_new(struct __sk_buff *skb)
     // One event per mapping made, not per packet: who had this public address and port.
     if (observed())
         flow_nat(skb, FLOW_TRANSLATED, NAT_NEW_MAPPING, made.addr, made.port);
+    skb->cb[0] = NAT_CB_MADE;
     nat_progs.call(skb, NAT_PROG_OUT);
     return drop(skb, NAT_INTERNAL);
 }

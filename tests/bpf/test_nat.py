@@ -399,7 +399,9 @@ def test_a_steady_flow_goes_by_its_copy_until_the_mapping_is_read_again(
         steady: nat.NatPath) -> None:
     path = steady
     first = fields(out(path, udp(SUB, REMOTE, 7200, 53)).ip)[2]
-    assert _recent(path, UDP, 7200) == (PUBLIC[EIF], first)
+    assert _recent(path, UDP, 7200) is None  # the first packet: the mapping is made
+    assert fields(out(path, udp(SUB, REMOTE, 7200, 53)).ip)[2] == first
+    assert _recent(path, UDP, 7200) == (PUBLIC[EIF], first)  # the second: copied
     del path.outbound[path.outbound.Key(nat._be32(SUB), nat._be16(7200), UDP)]
     # the mapping gone behind the copy's back: the copy still translates, for a second
     assert fields(out(path, udp(SUB, REMOTE, 7200, 53)).ip)[2] == first
@@ -411,17 +413,21 @@ def test_a_steady_flow_goes_by_its_copy_until_the_mapping_is_read_again(
     second = fields(out(path, udp(SUB, REMOTE, 7200, 53)).ip)[2]
     assert delta(path, before)["new_mapping"] == 1  # read again: none, so a new one
     assert second != first  # (the old port is still the inbound half's)
+    assert _recent(path, UDP, 7200) == (PUBLIC[EIF], first)  # made now: copied next time
+    assert fields(out(path, udp(SUB, REMOTE, 7200, 53)).ip)[2] == second  # (read again)
     assert _recent(path, UDP, 7200) == (PUBLIC[EIF], second)
 
 
 def test_the_copy_goes_with_its_mapping(steady: nat.NatPath) -> None:
     path = steady
     now = time.monotonic_ns()
-    out(path, udp(SUB, REMOTE, 7300, 53))
-    out(path, echo(SUB, REMOTE, 7301))
+    for _ in range(2):  # the second packet of a flow is copied
+        out(path, udp(SUB, REMOTE, 7300, 53))
+        out(path, echo(SUB, REMOTE, 7301))
     assert _recent(path, UDP, 7300) and _recent(path, ICMP, 7301)
     assert path.collect(now + 3 * S).ended == 2  # the collector ends them: copies too
     assert _recent(path, UDP, 7300) is None and _recent(path, ICMP, 7301) is None
+    out(path, udp(SUB, REMOTE, 7302, 53))
     out(path, udp(SUB, REMOTE, 7302, 53))
     assert _recent(path, UDP, 7302)
     assert path.delete_binding(SUB) == 1  # the session ends: its mappings and copies go
@@ -447,7 +453,8 @@ def test_a_copy_is_translated_as_the_mapping_is(steady: nat.NatPath) -> None:
     path = steady
     for proto, ip in ((UDP, udp(SUB, REMOTE, 7400, 53)), (TCP, tcp(SUB, REMOTE, 7400, 80, ACK)),
                       (ICMP, echo(SUB, REMOTE, 7400))):
-        by_mapping = out(path, ip)
+        out(path, ip)  # made
+        by_mapping = out(path, ip)  # read, and copied
         assert _recent(path, proto, 7400) is not None
         by_copy = out(path, ip)
         assert by_copy.action == by_mapping.action == TC_ACT_OK
