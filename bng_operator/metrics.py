@@ -468,7 +468,7 @@ class _NatCollector:
         yield failures
         mappings = GaugeMetricFamily(
             "bng_nat_mappings", "Entries of the NAT tables: outbound and inbound mappings, "
-            "filters and fragments.", labels=["table"])
+            "filters, recent flows' copies (recent) and fragments.", labels=["table"])
         for table, n in sorted(r.tables.items()):
             mappings.add_metric([table], n)
         yield mappings

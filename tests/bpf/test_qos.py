@@ -26,7 +26,7 @@ from bng_operator.agent.dhcp.transport import build_frame
 from bng_operator.agent.qos import plan
 from bng_operator.agent.qos.plan import Access
 from tests.bpf.cheader import enum_names
-from tests.bpf.hooks import add_clsact, qdiscs, tcx_programs
+from tests.bpf.hooks import check_pinned_links, qdiscs, tcx_programs
 
 HEADER = Path(BPF_DIR) / "lib" / "qos.h"
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
@@ -461,43 +461,17 @@ def test_the_classifiers_are_pinned_tcx_links_adopted_swapped_and_removed(
 
     ns_a, _ = two_hosts
     root = bpffs / "bngtest-qos-tcx"
-    shutil.rmtree(root, ignore_errors=True)  # a crashed run's
-    add_clsact(ns_a, "a0")
-    paths: list[qos.QosPath] = []
-    try:
-        p = qos.QosPath(max_subscribers=64, pin_root=root)
-        paths.append(p)
-        p.attach("a0", "bngu-a0", ns=ns_a)
-        ids = {d: [program_id(p._fds[fn])] for d, fn in qos.PROGRAMS.items()}
-        assert tcx_programs(ns_a, "a0") == ids
-        assert p.attached("a0", ns_a) and "clsact" not in qdiscs(ns_a, "a0")
-        assert classifiers.tc_program_name("a0", "egress", ns_a) == "qos_down"
-        assert p.pin_dir is not None and (p.pin_dir / "tcx_a0_egress").exists()
-        p.close()  # the agent stops: the pinned links stay
-        assert tcx_programs(ns_a, "a0") == ids
 
-        again = qos.QosPath(max_subscribers=64, pin_root=root)  # restarted: adopts them
-        paths.append(again)
-        again.attach("a0", "bngu-a0", ns=ns_a)
-        assert tcx_programs(ns_a, "a0") == ids
+    def make(gen: int) -> qos.QosPath:
+        return qos.QosPath(max_subscribers=64 + gen, pin_root=root)
 
-        new = qos.QosPath(max_subscribers=65, pin_root=root)  # another generation
-        paths.append(new)
-        assert new.generation != p.generation
-        new.attach("a0", "bngu-a0", ns=ns_a)  # swaps the program in the old link
-        assert tcx_programs(ns_a, "a0") == {d: [program_id(new._fds[fn])]
-                                    for d, fn in qos.PROGRAMS.items()}
-        assert new.remove_other_generations() == [p.generation]
-        assert new.attached("a0", ns_a)  # pinned by the new generation now
-
-        qos.remove(root, [("a0", "bngu-a0")], ns_a)
-        assert tcx_programs(ns_a, "a0") == {"ingress": [], "egress": []}
-        assert not new.attached("a0", ns_a) and not (root / "qos").exists()
-        assert netlink.tc_program_name("a0", "egress", ns_a) is None
-    finally:
-        for path in paths:
-            path.close()
-        shutil.rmtree(root, ignore_errors=True)
+    check_pinned_links(
+        ns_a, root, "qos", make,
+        lambda p: p.attach("a0", "bngu-a0", ns=ns_a),  # type: ignore[attr-defined]
+        lambda p: {d: program_id(p._fds[fn])  # type: ignore[attr-defined]
+                   for d, fn in qos.PROGRAMS.items()},
+        lambda: qos.remove(root, [("a0", "bngu-a0")], ns_a), "qos_down")
+    assert netlink.tc_program_name("a0", "egress", ns_a) is None
 
 
 def test_an_unpinned_link_goes_with_its_path(two_hosts: tuple[str, str]) -> None:
