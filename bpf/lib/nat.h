@@ -159,8 +159,8 @@ struct nat_frag {
 //   packet's pool is not looked up (endpoint-independent lets every remote in).
 // - tick_ns, clock_ns: the programs' clock, CLOCK_MONOTONIC to a tick, is
 //   bpf_jiffies64() * tick_ns + clock_ns (u64, wrapping), the two set by the agent from
-//   the kernel's pairing of the clocks. The verifier inlines bpf_jiffies64() into a load;
-//   bpf_ktime_get_coarse_ns(), the clock while tick_ns is 0, is a helper call.
+//   the kernel's pairing of the clocks before it attaches the programs. The verifier
+//   inlines bpf_jiffies64() into a load; bpf_ktime_get_coarse_ns() is a helper call.
 struct nat_node {
     __u32 lo;
     __u32 hi;
@@ -235,18 +235,18 @@ BPF_F_TABLE("hash", struct nat_endpoint, struct nat_mapping, nat_inbound, NAT_MA
             BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct nat_filter_key, __u64, nat_filters, NAT_MAX_FILTERS,
             BPF_F_NO_PREALLOC);
-// Recently active flows' outbound mappings, by inside endpoint: what a steady packet looks
-// up first. The mapping tables are sized for every public port, and their bucket arrays
-// (32 MB each for 516k ports) miss the TLB on nearly every packet of many flows; this
-// one's (1 MB at 64k entries) does not: ~80 ns a packet less with 25,600 flows. Only a
-// copy: the agent deletes it with its mapping, and nat_out reads the mapping again after
-// NAT_RECHECK_NS. Full, it leaves new flows uncopied (they take the mappings' path).
-BPF_F_TABLE("hash", struct nat_endpoint, struct nat_recent, nat_recent, NAT_MAX_RECENT,
-            BPF_F_NO_PREALLOC);
 // The layout of the three tables above, as the agent hashed it (their structs and flags):
 // a new generation (other table sizes, other code) carries their entries over from the old
 // one only when this matches, so flows survive a resize, a restart and an upgrade.
 BPF_TABLE("array", __u32, __u64, nat_layout, 1);
+// Recently active flows' outbound mappings, by inside endpoint: what a steady packet looks
+// up first. The mapping tables are sized for every public port, and their bucket arrays
+// (32 MB each for 516k ports) miss the TLB on nearly every packet of many flows; this
+// one's (1 MB at 64k entries) does not: ~70 ns a packet less with 25,600 flows. Only a
+// copy: the agent deletes it with its mapping, and nat_out reads the mapping again after
+// NAT_RECHECK_NS. Full, it leaves new flows uncopied (they take the mappings' path).
+BPF_F_TABLE("hash", struct nat_endpoint, struct nat_recent, nat_recent, NAT_MAX_RECENT,
+            BPF_F_NO_PREALLOC);
 // Fragments and exhaustion are hints, not state: LRU may drop the oldest.
 BPF_TABLE("lru_hash", struct nat_frag_key, struct nat_frag, nat_fragments, NAT_MAX_FRAGMENTS);
 BPF_TABLE("lru_hash", __be32, struct nat_exhaustion, nat_exhausted, NAT_MAX_EXHAUSTED);
