@@ -143,20 +143,6 @@ static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
     return TC_ACT_SHOT;
 }
 
-// CLOCK_MONOTONIC ns to a tick (nat_node; the agent sets it before it attaches the
-// programs): a mapping's last packet, and what the collector compares it with.
-static __always_inline __u64 clock_now(struct nat_node *node)
-{
-    return bpf_jiffies64() * node->tick_ns + node->clock_ns;
-}
-
-static __always_inline __u64 now_ns(void)
-{
-    __u32 zero = 0;
-    struct nat_node *node = nat_node.lookup(&zero);
-    return node ? clock_now(node) : 0;  // an array's entry 0: always there
-}
-
 // --- checksums (RFC 1624), on words as they lie in the packet ----------------------------
 
 static __always_inline __u32 diff16(__u32 d, __u16 from, __u16 to)
@@ -850,7 +836,7 @@ int nat_out(struct __sk_buff *skb)
             skb->cb[0] = 0;
         int copy = !node->filters && !made && steady(&p);
         struct nat_recent *r = copy ? nat_recent.lookup(&inside) : 0;
-        if (r && clock_now(node) - r->checked_ns < NAT_RECHECK_NS) {
+        if (r && bpf_ktime_get_coarse_ns() - r->checked_ns < NAT_RECHECK_NS) {
             if (rewrite(skb, &p, 1, r->addr, r->port))
                 return drop(skb, NAT_WRITE_ERROR);
             return sent_out(skb, &p);
@@ -859,7 +845,7 @@ int nat_out(struct __sk_buff *skb)
         if (m) {
             __be32 to_addr = m->addr;
             __be16 to_port = m->port;
-            __u64 now = clock_now(node);
+            __u64 now = bpf_ktime_get_coarse_ns();
             if (!node->filters) {
                 if (copy)
                     remember_recent(&inside, r, to_addr, to_port, now);
@@ -887,7 +873,7 @@ int nat_out(struct __sk_buff *skb)
     struct nat_pool *pool = nat_pools.lookup(&pool_idx);
     if (!pool)
         return drop(skb, NAT_NO_BINDING);
-    __u64 now = now_ns();
+    __u64 now = bpf_ktime_get_coarse_ns();
     if (p.frag == FRAG_LATER) {
         struct nat_frag *f = fragment(NAT_FRAG_OUT, &p);
         if (!f)
@@ -932,7 +918,7 @@ int nat_new(struct __sk_buff *skb)
     struct nat_pool *pool = nat_pools.lookup(&pool_idx);
     if (!pool)
         return drop(skb, NAT_NO_BINDING);
-    __u64 now = now_ns();
+    __u64 now = bpf_ktime_get_coarse_ns();
     struct nat_endpoint inside = {.addr = saddr, .port = p.sport, .proto = p.proto};
     struct nat_mapping made;
     int r = new_mapping(&inside, b, pool, now, &made);
@@ -1028,7 +1014,7 @@ int nat_in(struct __sk_buff *skb)
         return drop(skb, NAT_FILTERED);
     __be32 to_addr = m->addr;
     __be16 to_port = m->port;
-    __u64 now = now_ns();
+    __u64 now = bpf_ktime_get_coarse_ns();
     refresh(m, &p, now);
     if (p.frag == FRAG_FIRST)
         remember_fragment(NAT_FRAG_IN, &p, to_addr, now);

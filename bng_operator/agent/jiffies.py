@@ -1,8 +1,7 @@
-"""Jiffies (what bpf_jiffies64() reads in the data paths) as CLOCK_MONOTONIC ns.
+"""Jiffies (what bpf_jiffies64() reads in the access data path) as CLOCK_MONOTONIC ns.
 
-The access data path stores a session's last packet as jiffies, and NAT computes its clock
-from them (``program_clock``): a load of a kernel variable, where bpf_ktime_get_coarse_ns()
-was a helper call on every packet. The agent reports it as
+The access data path stores a session's last packet as jiffies: a load of a kernel variable,
+where bpf_ktime_get_coarse_ns() was a helper call on every packet. The agent reports it as
 CLOCK_MONOTONIC (``time.monotonic_ns()``), through a pairing of the two clocks read from
 ``/proc/timer_list`` (``now at <ns> nsecs`` is CLOCK_MONOTONIC, ``jiffies: <n>`` the tick
 count a moment later) and the tick rate, CONFIG_HZ.
@@ -25,7 +24,6 @@ from pathlib import Path
 # show early. Only for when /proc/timer_list cannot be read.
 _INITIAL_JIFFIES_S = 300
 _U32 = 1 << 32
-_U64 = 1 << 64
 
 
 @dataclass(frozen=True)
@@ -42,20 +40,6 @@ def to_monotonic_ns(jiffies: int, clock: JiffyClock) -> int:
     if jiffies == 0:
         return 0
     return max(0, round(clock.ns + (jiffies - clock.jiffies) * 1e9 / clock.hz))
-
-
-def tick_ns(hz: int) -> int:
-    """TICK_NSEC: the CLOCK_MONOTONIC ns one jiffy stands for (jiffies advance by whole
-    ticks of this many ns)."""
-    return (1_000_000_000 + hz // 2) // hz
-
-
-def program_clock(clock: JiffyClock) -> tuple[int, int]:
-    """(tick_ns, clock_ns) such that ``jiffies * tick_ns + clock_ns``, in u64 arithmetic
-    (wrapping), is CLOCK_MONOTONIC ns to a tick: the terms a program multiplies and adds
-    (NAT's nat_node)."""
-    tick = tick_ns(clock.hz)
-    return tick, (round(clock.ns) - clock.jiffies * tick) % _U64
 
 
 def hz_from_config(text: str) -> int | None:

@@ -157,17 +157,11 @@ struct nat_frag {
 //   A destination outside it is none of ours, and is not looked up to hairpin it;
 // - filters: 1 once any pool filters (address(-and-port)-dependent). While 0, a mapped
 //   packet's pool is not looked up (endpoint-independent lets every remote in).
-// - tick_ns, clock_ns: the programs' clock, CLOCK_MONOTONIC to a tick, is
-//   bpf_jiffies64() * tick_ns + clock_ns (u64, wrapping), the two set by the agent from
-//   the kernel's pairing of the clocks before it attaches the programs. The verifier
-//   inlines bpf_jiffies64() into a load; bpf_ktime_get_coarse_ns() is a helper call.
 struct nat_node {
     __u32 lo;
     __u32 hi;
     __u8 filters;
-    __u8 pad[7];
-    __u64 tick_ns;
-    __u64 clock_ns;
+    __u8 pad[3];
 };
 
 // A copy of an outbound mapping (nat_recent): the public endpoint, and when nat_out last

@@ -850,20 +850,16 @@ def test_hairpinning_reaches_another_subscriber_by_its_public_endpoint(
 # --- timeouts, the hold, the collector, taking over ----------------------------------------
 
 
-def test_the_programs_clock_is_clock_monotonic_to_a_tick(
+def test_a_mappings_time_is_clock_monotonic(
         path: nat.NatPath, bind: Callable[..., Binding]) -> None:
-    """The programs time a mapping by jiffies (nat_node's terms, set by NatPath), and the
-    collector by CLOCK_MONOTONIC: the two agree to a tick or two (the pairing is read a
-    moment apart, and jiffies lag the clock by up to a tick)."""
-    node = path.node_map[path.node_map.Key(0)]
-    tick = int(node.tick_ns)
-    assert tick in (1_000_000, 3_333_333, 4_000_000, 10_000_000)
+    """The programs time a mapping by the coarse clock (CLOCK_MONOTONIC_COARSE, a tick
+    behind at most), the collector by CLOCK_MONOTONIC: the two agree."""
     bind()
     before = time.monotonic_ns()
     out(path, udp(SUB, REMOTE, 7100, 53))
     after = time.monotonic_ns()
     [m] = [m for m in path.mappings(SUB) if m.inside_port == 7100]
-    assert before - 2 * tick <= m.last_seen_ns <= after + tick
+    assert before - 10_000_000 <= m.last_seen_ns <= after  # a tick: 10 ms at HZ=100
 
 
 def test_the_collector_ends_idle_mappings_and_holds_their_ports(

@@ -54,7 +54,6 @@ from bng_operator.agent.dataplane.loader import (
     pinned_program,
 )
 from bng_operator.agent.dataplane.names import NAT_STATS
-from bng_operator.agent.jiffies import clock, program_clock
 
 SOURCE = Path(BPF_DIR) / "nat44.c"
 PROGRAMS = {"egress": "nat_out", "ingress": "nat_in"}
@@ -262,7 +261,6 @@ class NatPath:
         self.exhausted_map = self.obj.map("nat_exhausted")
         self.stats_map = self.obj.map("nat_stats")
         self.progs = self.obj.map("nat_progs")
-        self.set_clock()
         self.layout = carried_layout()
         layout_map = self.obj.map("nat_layout")
         layout_map[layout_map.Key(0)] = layout_map.Leaf(self.layout)
@@ -309,13 +307,6 @@ class NatPath:
             node.filters = 1
             self.node_map[self.node_map.Key(0)] = node  # first: nat_out then reads the pool
         self.pools_map[self.pools_map.Key(index)] = leaf
-
-    def set_clock(self) -> None:
-        """The programs' clock (nat_node): jiffies as CLOCK_MONOTONIC ns, from the kernel's
-        pairing of the two (a load a packet, where bpf_ktime_get_coarse_ns() is a call)."""
-        node = self.node_map[self.node_map.Key(0)]
-        node.tick_ns, node.clock_ns = program_clock(clock())
-        self.node_map[self.node_map.Key(0)] = node
 
     def pool(self, index: int) -> Pool:
         v = self.pools_map[self.pools_map.Key(index)]
