@@ -767,13 +767,12 @@ static __always_inline int icmp_error_out(struct __sk_buff *skb, struct packet *
 // NAT_RECHECK_NS ago is translated by the copy, without the mapping (its time is refreshed
 // at the next read). Not for what the mapping itself must see: TCP's SYN, FIN and RST (its
 // state), fragments (the fragment table), filtering pools (their remotes' times).
+// Only asked by nat_out of TCP, UDP and ICMP echo, the packets a mapping translates.
 static __always_inline int steady(struct packet *p)
 {
-    if (p->frag != FRAG_NONE)
-        return 0;
-    if (p->proto == IPPROTO_TCP)
-        return !(p->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_FIN_ | TCP_FLAG_RST_));
-    return p->proto == IPPROTO_UDP || (p->proto == IPPROTO_ICMP && p->icmp_type == ICMP_ECHO);
+    return p->frag == FRAG_NONE &&
+           !(p->proto == IPPROTO_TCP &&
+             (p->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_FIN_ | TCP_FLAG_RST_)));
 }
 
 // ``r``: the copy nat_out found too old, or none.
