@@ -228,6 +228,7 @@ class AgentMetrics:
         self._requests: dict[tuple[str, str, str], Any] = {}
         self._durations: dict[str, Any] = {}
         self._drops: dict[str, Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def render(self) -> bytes:
         """The exposition text of a scrape."""
@@ -241,6 +242,15 @@ class AgentMetrics:
         if c is None:
             c = self._requests[key] = self.requests.labels(mtype, path, result)
         c.inc(n)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: for hot paths (not for children that are
+        removed, as a server's up gauge is)."""
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
     def duration_of(self, mtype: str, seconds: float) -> None:
         h = self._durations.get(mtype)

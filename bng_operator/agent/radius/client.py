@@ -326,7 +326,7 @@ class RadiusClient:
                                                    attributes(ep.local_address))
                 sent = _Sent(ACCESS_REQUEST, authenticator, secret)
             loop = asyncio.get_running_loop()
-            (m.radius_acct_requests if accounting else m.radius_requests).labels(s.key).inc()
+            m.child(m.radius_acct_requests if accounting else m.radius_requests, s.key).inc()
             waiter: asyncio.Future[Packet | None] | None = None
             timer: asyncio.TimerHandle | None = None
             try:
@@ -346,12 +346,12 @@ class RadiusClient:
                     timer.cancel()
                     if reply is None:
                         continue
-                    m.radius_rtt.labels(s.key).observe(time.perf_counter() - t0)
+                    m.child(m.radius_rtt, s.key).observe(time.perf_counter() - t0)
                     if accounting:
-                        m.radius_acct_responses.labels(s.key).inc()
+                        m.child(m.radius_acct_responses, s.key).inc()
                     else:
-                        m.radius_replies.labels(
-                            s.key, "accept" if reply.code == AccessAccept else "reject").inc()
+                        m.child(m.radius_replies, s.key,
+                                "accept" if reply.code == AccessAccept else "reject").inc()
                     self._answered(s)
                     return reply
             finally:
@@ -367,10 +367,11 @@ class RadiusClient:
         return None
 
     def _answered(self, s: Server) -> None:
-        if s.dead_until or s.timeouts_in_row >= s.dead_after:
-            log.info("RADIUS server %s answers again", s.key)
-        s.timeouts_in_row, s.dead_until, s.last_error = 0, 0.0, ""
-        self.metrics.radius_server_up.labels(s.key).set(1)
+        if s.timeouts_in_row or s.dead_until or s.last_error:  # else nothing to change
+            if s.dead_until or s.timeouts_in_row >= s.dead_after:
+                log.info("RADIUS server %s answers again", s.key)
+            s.timeouts_in_row, s.dead_until, s.last_error = 0, 0.0, ""
+            self.metrics.radius_server_up.labels(s.key).set(1)
 
     def _timed_out(self, s: Server, counted: bool = True) -> None:
         if counted:

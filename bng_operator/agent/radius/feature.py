@@ -390,7 +390,7 @@ class RadiusFeature:
         for w in result.warnings:
             log.warning("RADIUS: session %s: %s", s.key, w)
         st = self._accepted(s, str(user[1]), answer, result, attrs)
-        decided.labels(cls.name, "accept").inc()
+        self.metrics.child(decided, cls.name, "accept").inc()
         return Verdict(True, grant=Grant(st.address, st.pool) if st.address or st.pool
                        else None)
 
@@ -671,7 +671,7 @@ class RadiusFeature:
                              usage.packets_down)
         self._seq += 1
         r = AcctRecord(self._seq, status, cls_name, now, st.acct_session_id, attrs)
-        self.metrics.radius_acct_queued.labels(status).inc()
+        self.metrics.child(self.metrics.radius_acct_queued, status).inc()
         what = overflow(len(self.queue), self.acct_limit, status, self._queued_interims)
         if what == "drop_new":
             self._dropped(r)
