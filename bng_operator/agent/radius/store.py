@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import sqlite3
@@ -125,12 +124,21 @@ class AcctRecord:
 
 
 class RadiusStore:
+    """The writes are group commits (``_kick``): what the loop asks within ``FLUSH_AFTER``
+    of the first ask is gathered by key, so a session's state is written once however often
+    it changed, and a record acknowledged before its turn came is never written at all."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._work = ThreadPoolExecutor(1, thread_name_prefix="bng-radius-store")
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, tuple[object, ...]]] = []
+        # gathered since the last kick: a session's state to write (None: delete it), a
+        # record to queue (None: delete it, it was written before)
+        self._sessions: dict[str, RadiusSession | None] = {}
+        self._records: dict[int, AcctRecord | None] = {}
+        # statements made by kicks, for the writer: one transaction takes all it finds
+        self._statements: list[tuple[str, tuple[object, ...]]] = []
         self._drain_queued = False
         self._timer: asyncio.TimerHandle | None = None
         self._work.submit(self._open).result()
@@ -175,74 +183,116 @@ class RadiusStore:
                 ) -> None:
         """Queue ``r``, and write ``identity``'s state ``s`` in the same transaction (a
         Start and "its Start is queued" are on disk together, or neither is)."""
-        writes: list[tuple[str, tuple[object, ...]]] = [
-            ("INSERT OR REPLACE INTO acct_queue VALUES (?, ?)", (r.seq, r.to_json()))]
-        if s is not None:
-            writes.append(("INSERT OR REPLACE INTO sessions VALUES (?, ?)",
-                           (identity, s.to_json())))
-        self._submit(writes)
-
-    def _submit(self, writes: list[tuple[str, tuple[object, ...]]]) -> None:
-        """Group commit: writes submitted within ``FLUSH_AFTER`` of each other, or while the
-        writer is busy, go to disk together, in one transaction (one fsync), in the order
-        they were submitted. A commit per write held new sessions to the disk's fsync
-        rate."""
         with self._lock:
-            self._pending.extend(writes)
-            if self._drain_queued:
+            self._records[r.seq] = r
+            if s is not None:
+                self._sessions[identity] = s
+        self._soon()
+
+    def dequeue(self, seq: int) -> None:
+        with self._lock:
+            if self._records.get(seq) is not None:  # not written yet: it never will be
+                del self._records[seq]
                 return
-            self._drain_queued = True
+            self._records[seq] = None
+        self._soon()
+
+    def put(self, identity: str, s: RadiusSession) -> None:
+        with self._lock:
+            self._sessions[identity] = s
+        self._soon()
+
+    def delete(self, identity: str) -> None:
+        with self._lock:
+            self._sessions[identity] = None
+        self._soon()
+
+    def _soon(self) -> None:
+        """Kick within ``FLUSH_AFTER`` (at once, outside an event loop). A transaction per
+        write held new sessions to the disk's fsync rate, and each write's turn of the GIL
+        in the writer thread held up the event loop."""
+        if self._timer is not None:
+            return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop in this thread: at once
-            self._work.submit(self._drain)
+        except RuntimeError:  # no event loop in this thread
+            self._kick()
             return
         self._timer = loop.call_later(FLUSH_AFTER, self._kick)
 
     def _kick(self) -> None:
+        """Turn what was gathered into statements (here, in the thread that changes the
+        sessions: a state is never read half-changed), a few rows each, for the writer."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        with self._lock:
+            sessions, self._sessions = self._sessions, {}
+            records, self._records = self._records, {}
+        statements: list[tuple[str, tuple[object, ...]]] = []
+        _rows(statements, "DELETE FROM sessions WHERE identity IN ({})", 1,
+              [(k,) for k, st in sessions.items() if st is None])
+        _rows(statements, "INSERT OR REPLACE INTO sessions VALUES {}", 2,
+              [(k, st.to_json()) for k, st in sessions.items() if st is not None])
+        _rows(statements, "DELETE FROM acct_queue WHERE seq IN ({})", 1,
+              [(k,) for k, r in records.items() if r is None])
+        _rows(statements, "INSERT OR REPLACE INTO acct_queue VALUES {}", 2,
+              [(k, r.to_json()) for k, r in records.items() if r is not None])
+        self._submit(statements)
+
+    def _submit(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        """Hand ``statements`` to the writer: with any others it has not begun, in order, in
+        one transaction (one fsync)."""
+        if not statements:
+            return
+        with self._lock:
+            self._statements.extend(statements)
+            if self._drain_queued:
+                return
+            self._drain_queued = True
         self._work.submit(self._drain)
 
     def _drain(self) -> None:
         with self._lock:
-            writes, self._pending = self._pending, []
+            statements, self._statements = self._statements, []
             self._drain_queued = False
         assert self._db is not None
         try:
-            # runs of one statement go in one executemany: one C call, not a trip of the GIL
-            # per row (the event loop waits for each)
-            for sql, run in itertools.groupby(writes, key=lambda w: w[0]):
-                self._db.executemany(sql, [args for _, args in run])
+            # a statement of many rows is one step of SQLite: one trip of the GIL, where a
+            # row at a time gave it up and took it back per row (the event loop waits)
+            for sql, args in statements:
+                self._db.execute(sql, args)
             self._db.commit()
         except sqlite3.Error as e:
-            log.error("RADIUS state store %s: %d writes lost: %s", self.path, len(writes), e)
+            log.error("RADIUS state store %s: %d writes lost: %s", self.path, len(statements),
+                      e)
             with contextlib.suppress(sqlite3.Error):
                 self._db.rollback()
 
-    def dequeue(self, seq: int) -> None:
-        self._submit([("DELETE FROM acct_queue WHERE seq = ?", (seq,))])
-
     def flush(self) -> None:
-        """Wait for the writes submitted so far (tests)."""
-        if self._timer is not None:
-            self._kick()
+        """Wait for the writes asked so far (tests)."""
+        self._kick()
         self._work.submit(lambda: None).result()
-
-    def put(self, identity: str, s: RadiusSession) -> None:
-        self._submit([("INSERT OR REPLACE INTO sessions VALUES (?, ?)",
-                       (identity, s.to_json()))])
-
-    def delete(self, identity: str) -> None:
-        self._submit([("DELETE FROM sessions WHERE identity = ?", (identity,))])
 
     def close(self) -> None:
         def shut() -> None:
             if self._db is not None:
                 self._db.close()
 
-        if self._timer is not None:
-            self._kick()
+        self._kick()
         self._work.submit(shut)
         self._work.shutdown(wait=True)
+
+
+ROWS_PER_STATEMENT = 400  # under SQLite's oldest limit of 999 variables a statement
+
+
+def _rows(out: list[tuple[str, tuple[object, ...]]], sql: str, width: int,
+          rows: list[tuple[object, ...]]) -> None:
+    """``sql`` for ``rows`` (each ``width`` values), ROWS_PER_STATEMENT at a time: for an
+    IN list (``width`` 1, "{}" in parentheses) or a VALUES list."""
+    one = "?" if sql.endswith("({})") else "(" + ",".join("?" * width) + ")"
+    for i in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[i:i + ROWS_PER_STATEMENT]
+        out.append((sql.format(",".join([one] * len(chunk))),
+                    tuple(v for row in chunk for v in row)))

@@ -3,13 +3,20 @@ writes under load, and a session's Start and state stay in one transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
-from bng_operator.agent.radius.store import AcctRecord, RadiusSession, RadiusStore
+from bng_operator.agent.radius.store import (
+    FLUSH_AFTER,
+    ROWS_PER_STATEMENT,
+    AcctRecord,
+    RadiusSession,
+    RadiusStore,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -48,6 +55,40 @@ def test_writes_behind_a_busy_writer_share_one_commit(tmp_path: Path) -> None:
     store.flush()
     assert len(commits) == 1
     assert len(store.load_queue()) == 100
+    store.close()
+
+
+def test_a_window_writes_each_session_once_and_no_record_acknowledged_within_it(
+        tmp_path: Path) -> None:
+    store = RadiusStore(tmp_path / "r.sqlite")
+    traced: list[str] = []
+    store._work.submit(lambda: store._db.set_trace_callback(  # type: ignore[union-attr]
+        traced.append)).result()
+    n = ROWS_PER_STATEMENT * 2 + 7
+
+    async def window() -> None:
+        st = RadiusSession("ID0001", "u")
+        for i in range(5):  # a session changed five times: its last state is written
+            st.last_accounting = float(i)
+            store.put("s1", st)
+        store.enqueue(record(1), "s1", st)
+        store.dequeue(1)  # acknowledged before it was written: never written
+        store.delete("gone")
+        for seq in range(2, n + 2):
+            store.enqueue(record(seq), f"n{seq}", RadiusSession(f"ID{seq:04d}", "u"))
+        await asyncio.sleep(FLUSH_AFTER * 4)
+
+    asyncio.run(window())
+    store.flush()
+    writes = [t for t in traced if t.split()[0] in ("INSERT", "DELETE")]
+    assert [w.split(" VALUES")[0].split(" WHERE")[0] for w in writes] == [
+        "DELETE FROM sessions", *["INSERT OR REPLACE INTO sessions"] * 3,
+        *["INSERT OR REPLACE INTO acct_queue"] * 3]  # 1 + n rows, and n, 400 a statement
+    assert traced.count("COMMIT") == 1
+    assert "ID0001" not in "".join(t for t in writes if "acct_queue" in t)
+    assert [r.seq for r in store.load_queue()] == list(range(2, n + 2))
+    sessions = store.load()
+    assert len(sessions) == n + 1 and sessions["s1"].last_accounting == 4.0
     store.close()
 
 
