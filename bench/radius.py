@@ -18,6 +18,9 @@ exchange is a new client: the MACs come from a range 50x the exchanges; bisected
 or a tenth), the two in
 alternating order. ``auth_ratio`` is the median over rounds of auth / plain.
 ``auth_overhead_us`` is what authorisation adds per session at those rates (1/auth - 1/plain).
+Each round's ``agent_cpu_us_per_session``: the agent's CPU (all threads, user and system) over
+its best trial, per ACK; steadier than the rates on a noisy machine, it shows where the cost
+moved (FreeRADIUS's own CPU is not in it).
 ``offer_p99_ms``: DISCOVER to OFFER, p99 over the exchanges of each configuration's best
 trial (perfdhcp's timers, ``-x t``), for the worst round.
 
@@ -111,13 +114,15 @@ def _kept(values: dict[str, float], prefix: str) -> float:
 def trial(site: Site, modes: Modes, which: str, rate: int, seconds: int) -> dict[str, Any]:
     modes.start(which)
     try:
+        cpu0, t0 = modes.cpu_seconds("bng"), time.monotonic()
         r = _perfdhcp(site, rate, seconds, ["-R", str(rate * seconds * CLIENTS_FACTOR)],
                       extra=("-x", "t"))
+        cpu, wall = modes.cpu_seconds("bng") - cpu0, time.monotonic() - t0
     finally:
         modes.stop(which)
     report = perfdhcp_report(r)
     m = modes.last_metrics
-    return {"trial": Trial(rate, seconds, report),
+    return {"trial": Trial(rate, seconds, report, cpu_s=cpu, wall_s=wall),
             "offer_ms": perfdhcp.timers(r.stdout).get("DISCOVER-OFFER", []),
             "access_requests": _kept(m, "bng_radius_requests_total{"),
             "radius_rtt_s": (_kept(m, "bng_radius_rtt_seconds_sum{"),
@@ -136,7 +141,8 @@ def search(site: Site, modes: Modes, which: str, seconds: int, start: int,
         asked += int(t["access_requests"])
         tr = t["trial"]
         say(f"  {which:5} {rate:6}/s -> {tr.done:7.0f}/s done, drops {tr.drops:5.2f}% "
-            f"{'ok' if tr.ok else 'too many'}, offer p99 {p99(t['offer_ms'])} ms")
+            f"{'ok' if tr.ok else 'too many'}, offer p99 {p99(t['offer_ms'])} ms, "
+            f"agent {tr.cpu_us:4.0f} us CPU a session")
         return t
 
     if fixed:
@@ -382,6 +388,9 @@ def result(rounds: list[dict[str, Any]], acct: dict[str, Any], asked: int, answe
             "offer_avg_ms": {w: got[w]["trial"].report.discover.avg_ms if got.get(w) else None
                              for w in ("plain", "auth")},
             "radius_rtt_avg_ms": _rtt(got.get("auth")),
+            "agent_cpu_us_per_session": {
+                w: round(got[w]["trial"].cpu_us, 1) if got.get(w) else None
+                for w in ("plain", "auth")},
         })
     ratios = [r["ratio"] for r in per_round if r["ratio"] is not None]
     overheads = [r["overhead_us"] for r in per_round if r["overhead_us"] is not None]
