@@ -46,9 +46,25 @@ _CMSG_HDR = struct.Struct("=QiI")  # struct cmsghdr on a 64-bit kernel: len, lev
 FRAME_MAX = 2048  # a DHCP request is at most 576 bytes (plus tags); longer frames are cut
 BATCH = 64
 
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(_Iovec)), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
+
+
 _recvmmsg = syscalls.LIBC.recvmmsg  # with MSG_DONTWAIT: the GIL is kept (syscalls.py)
-_recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(syscalls.Mmsghdr), ctypes.c_uint,
-                      ctypes.c_int, ctypes.c_void_p]
+_recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, ctypes.c_int,
+                      ctypes.c_void_p]
 _recvmmsg.restype = ctypes.c_int
 
 
@@ -60,8 +76,8 @@ class _Batch:
         self.control_len = socket.CMSG_SPACE(_AUX.size)
         self.frames = ctypes.create_string_buffer(FRAME_MAX * n)
         self.controls = ctypes.create_string_buffer(self.control_len * n)
-        self.iovs = (syscalls.Iovec * n)()
-        self.msgs = (syscalls.Mmsghdr * n)()
+        self.iovs = (_Iovec * n)()
+        self.msgs = (_Mmsghdr * n)()
         self.frame_view = memoryview(self.frames).cast("B")  # read without copying it all
         self.control_view = memoryview(self.controls).cast("B")
         frames, controls = ctypes.addressof(self.frames), ctypes.addressof(self.controls)

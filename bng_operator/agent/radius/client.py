@@ -138,8 +138,6 @@ class _Endpoint:
         self.pending: dict[int, tuple[_Sent, asyncio.Future[Packet | None]]] = {}
         self._dictionary = dictionary
         self._receiver = syscalls.Receiver(RADIUS_MAX)
-        self._sender = syscalls.Sender()
-        self._outbox: list[bytes] = []
         self.slots = _Slots(MAX_OUTSTANDING)
         self._next = 0
         self._invalid = invalid
@@ -158,20 +156,13 @@ class _Endpoint:
             raise
 
     def send(self, raw: bytes) -> None:
-        """Send ``raw`` at the end of this turn of the loop, with the others of the turn: one
-        system call (and one wake-up of the server) for all the requests a batch of DHCP
-        made. One the kernel cannot take is lost like one lost on the way (the request's
-        retransmission covers both)."""
-        if not self._outbox:
-            self._loop.call_soon(self._flush)
-        self._outbox.append(raw)
-
-    def _flush(self) -> None:
-        out, self._outbox = self._outbox, []
-        if self.sock is None or not out:
+        """Send ``raw``; one the kernel cannot take now is lost like one lost on the way (the
+        request's retransmission covers both)."""
+        if self.sock is None:
             return
-        for _, e in self._sender.send(self.sock.fileno(), out):
-            # ENOBUFS, EAGAIN, or an ICMP error reported on this send
+        try:
+            syscalls.send(self.sock.fileno(), raw)
+        except OSError as e:  # ENOBUFS, EAGAIN, or an ICMP error reported on this send
             log.debug("RADIUS server %s: send: %s", self._key, e)
 
     def close(self) -> None:
