@@ -91,7 +91,12 @@ class Release(ClusterSite):
                           if k.startswith(("bng_dhcp_requests_total", "bng_ebpf", "bng_fast")))
         except OSError as e:
             m = f"(no metrics: {e})"
-        return f"{m}\n--- agent log ---\n{self.agent_log()[-4000:]}"
+        tails = ""
+        for ns in self.site_.subscribers:  # when each client last asked, and what it got
+            log = self.workdir / f"dhclient-{ns}.log"
+            lines = log.read_text(errors="replace").splitlines()[-6:] if log.exists() else []
+            tails += f"--- dhclient {ns} ---\n" + "\n".join(lines) + "\n"
+        return f"{m}\n{tails}--- agent log ---\n{self.agent_log()[-4000:]}"
 
     def agent_ready(self) -> bool:
         try:
@@ -224,9 +229,10 @@ def test_readiness_goes_false_while_the_access_interface_is_missing(release: Rel
         assert "access interfaces missing" in r.agent_log()
     finally:
         netlink.rename("bngmissing0", access)
-    wait("the agent ready again", lambda: r.ready_pod(AGENT), timeout=60)
+    wait("the agent ready again", lambda: r.ready_pod(AGENT), timeout=60, why=r.diagnosis)
     before = r.acks()
-    wait("renewals answered again", lambda: r.acks() >= before + SUBSCRIBERS, timeout=60)
+    wait("renewals answered again", lambda: r.acks() >= before + SUBSCRIBERS, timeout=60,
+         why=r.diagnosis)
 
 
 def test_liveness_restarts_a_hung_agent(release: Release) -> None:
@@ -294,7 +300,7 @@ def test_helm_upgrade_rolls_the_agent_while_the_kernel_answers_renewals(
                    if not a[1] and not b[1])
     print(f"upgrade: {gap_seconds:.1f} s without an agent; {answered} renewals answered in it")
     assert gap_seconds >= 1.0, samples
-    assert answered >= SUBSCRIBERS, (gap_seconds, answered)
+    assert answered >= SUBSCRIBERS, (gap_seconds, answered, r.diagnosis())
 
     # The new pod adopted the pinned program and maps; no lease was lost.
     assert netlink.xdp_program_id(r.site_.access) == program
