@@ -224,10 +224,7 @@ class AgentMetrics:
         self._kernel: dict[str, int] = {}
         # Run before each scrape: readings that must be current when scraped, into counters.
         self.before_scrape: list[Callable[[], None]] = []
-        # labels() costs a lock and a dict lookup per call; the packet path keeps children.
-        self._requests: dict[tuple[str, str, str], Any] = {}
-        self._durations: dict[str, Any] = {}
-        self._drops: dict[str, Any] = {}
+        # labels() costs a lock and a dict lookup per call; the packet paths keep children.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def render(self) -> bytes:
@@ -237,11 +234,7 @@ class AgentMetrics:
         return bytes(generate_latest(self.registry))
 
     def request(self, mtype: str, path: str, result: str, n: int = 1) -> None:
-        key = (mtype, path, result)
-        c = self._requests.get(key)
-        if c is None:
-            c = self._requests[key] = self.requests.labels(mtype, path, result)
-        c.inc(n)
+        self.child(self.requests, mtype, path, result).inc(n)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, kept: for hot paths (not for children that are
@@ -253,10 +246,7 @@ class AgentMetrics:
         return c
 
     def duration_of(self, mtype: str, seconds: float) -> None:
-        h = self._durations.get(mtype)
-        if h is None:
-            h = self._durations[mtype] = self.duration.labels(mtype)
-        h.observe(seconds)
+        self.child(self.duration, mtype).observe(seconds)
 
     def watch_leases(self, usage: Callable[[], dict[str, dict[str, int]]],
                      active: Callable[[], int]) -> None:
@@ -314,10 +304,7 @@ class AgentMetrics:
         self.registry.register(_FlowsLostCollector(read))
 
     def drop(self, reason: str) -> None:
-        c = self._drops.get(reason)
-        if c is None:
-            c = self._drops[reason] = self.drops.labels(reason)
-        c.inc()
+        self.child(self.drops, reason).inc()
 
 
 # Passes of DISCOVERs and REQUESTs the cache could not answer (not other types or non-DHCP).

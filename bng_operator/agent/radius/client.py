@@ -367,11 +367,12 @@ class RadiusClient:
         return None
 
     def _answered(self, s: Server) -> None:
-        if s.timeouts_in_row or s.dead_until or s.last_error:  # else nothing to change
-            if s.dead_until or s.timeouts_in_row >= s.dead_after:
-                log.info("RADIUS server %s answers again", s.key)
-            s.timeouts_in_row, s.dead_until, s.last_error = 0, 0.0, ""
-            self.metrics.radius_server_up.labels(s.key).set(1)
+        if not (s.timeouts_in_row or s.dead_until or s.last_error):
+            return  # healthy already: nothing to change
+        if s.dead_until or s.timeouts_in_row >= s.dead_after:
+            log.info("RADIUS server %s answers again", s.key)
+        s.timeouts_in_row, s.dead_until, s.last_error = 0, 0.0, ""
+        self.metrics.radius_server_up.labels(s.key).set(1)
 
     def _timed_out(self, s: Server, counted: bool = True) -> None:
         if counted:

@@ -230,13 +230,13 @@ class RadiusStore:
             sessions, self._sessions = self._sessions, {}
             records, self._records = self._records, {}
         statements: list[tuple[str, tuple[object, ...]]] = []
-        _rows(statements, "DELETE FROM sessions WHERE identity IN ({})", 1,
+        _rows(statements, "DELETE FROM sessions WHERE identity IN ({})", "?",
               [(k,) for k, st in sessions.items() if st is None])
-        _rows(statements, "INSERT OR REPLACE INTO sessions VALUES {}", 2,
+        _rows(statements, "INSERT OR REPLACE INTO sessions VALUES {}", "(?,?)",
               [(k, st.to_json()) for k, st in sessions.items() if st is not None])
-        _rows(statements, "DELETE FROM acct_queue WHERE seq IN ({})", 1,
+        _rows(statements, "DELETE FROM acct_queue WHERE seq IN ({})", "?",
               [(k,) for k, r in records.items() if r is None])
-        _rows(statements, "INSERT OR REPLACE INTO acct_queue VALUES {}", 2,
+        _rows(statements, "INSERT OR REPLACE INTO acct_queue VALUES {}", "(?,?)",
               [(k, r.to_json()) for k, r in records.items() if r is not None])
         self._submit(statements)
 
@@ -287,11 +287,10 @@ class RadiusStore:
 ROWS_PER_STATEMENT = 400  # under SQLite's oldest limit of 999 variables a statement
 
 
-def _rows(out: list[tuple[str, tuple[object, ...]]], sql: str, width: int,
+def _rows(out: list[tuple[str, tuple[object, ...]]], sql: str, one: str,
           rows: list[tuple[object, ...]]) -> None:
-    """``sql`` for ``rows`` (each ``width`` values), ROWS_PER_STATEMENT at a time: for an
-    IN list (``width`` 1, "{}" in parentheses) or a VALUES list."""
-    one = "?" if sql.endswith("({})") else "(" + ",".join("?" * width) + ")"
+    """``sql`` for ``rows``, ROWS_PER_STATEMENT at a time: its "{}" becomes a row's
+    placeholders (``one``) once per row, comma-separated."""
     for i in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[i:i + ROWS_PER_STATEMENT]
         out.append((sql.format(",".join([one] * len(chunk))),
