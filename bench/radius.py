@@ -20,7 +20,11 @@ alternating order. ``auth_ratio`` is the median over rounds of auth / plain.
 ``auth_overhead_us`` is what authorisation adds per session at those rates (1/auth - 1/plain).
 Each round's ``agent_cpu_us_per_session``: the agent's CPU (all threads, user and system) over
 its best trial, per ACK; steadier than the rates on a noisy machine, it shows where the cost
-moved (FreeRADIUS's own CPU is not in it).
+moved (FreeRADIUS's own CPU is not in it). The progress lines add the machine's CPU (all
+processes and the kernel, from /proc/stat) and FreeRADIUS's, per ACK, and how many CPUs were
+busy: whether a configuration is bound by the agent's one thread or by the machine.
+Each trial starts once the agent has settled (its fast path compiled and attached), as
+bench/dhcp.py's do: that compile takes seconds of a CPU, which would count against the trial.
 ``offer_p99_ms``: DISCOVER to OFFER, p99 over the exchanges of each configuration's best
 trial (perfdhcp's timers, ``-x t``), for the worst round.
 
@@ -85,9 +89,10 @@ class Modes(Servers):
     """The agent afresh in one of the configurations ("plain", "auth", "acct"). Its metrics
     are kept as the agent stops (``last_metrics``)."""
 
-    def __init__(self, site: Site, workdir: Path, secrets: Path) -> None:
+    def __init__(self, site: Site, workdir: Path, secrets: Path, radius_pid: int) -> None:
         super().__init__(site, workdir)
         self.secrets = secrets
+        self.radius_pid = radius_pid
         self.last_metrics: dict[str, float] = {}
 
     def start(self, which: str, xdp_mode: str = "generic") -> None:
@@ -95,6 +100,7 @@ class Modes(Servers):
         self.site.config = [self.workdir / which]
         self.site.start_agent("--log-level", "warning", "--xdp-mode", xdp_mode,
                               "--secrets-dir", str(self.secrets))
+        self.settle()
 
     def stop(self, which: str) -> None:
         try:
@@ -111,18 +117,35 @@ def _kept(values: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in values.items() if k.startswith(prefix))
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent not idle so far, all CPUs (/proc/stat)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def trial(site: Site, modes: Modes, which: str, rate: int, seconds: int) -> dict[str, Any]:
     modes.start(which)
     try:
         cpu0, t0 = modes.cpu_seconds("bng"), time.monotonic()
+        busy0, fr0 = machine_busy_seconds(), process_cpu_seconds(modes.radius_pid)
         r = _perfdhcp(site, rate, seconds, ["-R", str(rate * seconds * CLIENTS_FACTOR)],
                       extra=("-x", "t"))
         cpu, wall = modes.cpu_seconds("bng") - cpu0, time.monotonic() - t0
+        busy = machine_busy_seconds() - busy0
+        fr_cpu = process_cpu_seconds(modes.radius_pid) - fr0
     finally:
         modes.stop(which)
     report = perfdhcp_report(r)
     m = modes.last_metrics
+    acks = max(report.request.received, 1)
     return {"trial": Trial(rate, seconds, report, cpu_s=cpu, wall_s=wall),
+            "machine_cores_busy": busy / wall if wall else 0.0,
+            "machine_cpu_us": busy * 1e6 / acks, "freeradius_cpu_us": fr_cpu * 1e6 / acks,
             "offer_ms": perfdhcp.timers(r.stdout).get("DISCOVER-OFFER", []),
             "access_requests": _kept(m, "bng_radius_requests_total{"),
             "radius_rtt_s": (_kept(m, "bng_radius_rtt_seconds_sum{"),
@@ -142,7 +165,8 @@ def search(site: Site, modes: Modes, which: str, seconds: int, start: int,
         tr = t["trial"]
         say(f"  {which:5} {rate:6}/s -> {tr.done:7.0f}/s done, drops {tr.drops:5.2f}% "
             f"{'ok' if tr.ok else 'too many'}, offer p99 {p99(t['offer_ms'])} ms, "
-            f"agent {tr.cpu_us:4.0f} us CPU a session")
+            f"agent {tr.cpu_us:4.0f} us CPU a session, machine {t['machine_cpu_us']:4.0f} us "
+            f"({t['machine_cores_busy']:.2f} CPUs busy), FreeRADIUS {t['freeradius_cpu_us']:3.0f} us")
         return t
 
     if fixed:
@@ -334,7 +358,8 @@ def main() -> int:
     try:
         site = relay_site(workdir, configs(a.interim))
         fr = FreeRadius(PORT, USERS, namespace=site.bng, acct_port=PORT + 1).start()
-        modes = Modes(site, workdir, secrets)
+        assert fr.proc is not None
+        modes = Modes(site, workdir, secrets, fr.proc.pid)
         if a.profile:
             profile(site, modes, a.profile, a.seconds)
             return 0
