@@ -61,9 +61,32 @@ class Counters(Model):
 
 
 class RadiusSessionStatus(Model):
-    """The session's RADIUS accounting: its Acct-Session-Id, and when its last accounting
-    record (Start, Interim-Update) was made (queued; sent when a server answers)."""
+    """The session's RADIUS state: how it was authorised, the Access-Accept's attributes in
+    effect, its Acct-Session-Id, and when its last accounting record (Start,
+    Interim-Update) was made (queued; sent when a server answers)."""
 
+    auth_state: Literal["authorised", "fallback"] | None = Field(
+        default=None, description="authorised: a server's Access-Accept; fallback: no server "
+        "answered and the class's fallback (admit) let it in with the class's defaults.")
+    server: str | None = Field(default=None, max_length=64,
+                               description="The server that accepted it (address:port).")
+    user_name: str | None = Field(default=None, max_length=253)
+    authorised_at: datetime | None = None
+    framed_ip_address: IPv4 | None = None
+    framed_pool: str | None = Field(
+        default=None, max_length=253,
+        description="The IPPool the Accept chose: Framed-Pool, or its Framed-IP-Address's.")
+    filter_id: str | None = Field(default=None, max_length=253)
+    download: str | None = Field(default=None, max_length=24,
+                                 description="A rate the Accept set (over the class's policy).")
+    upload: str | None = Field(default=None, max_length=24)
+    session_timeout: int | None = Field(default=None, ge=0, description="Seconds.")
+    session_ends_at: datetime | None = Field(
+        default=None, description="When Session-Timeout ends it (kept across restarts).")
+    idle_timeout: int | None = Field(default=None, ge=0, description="Seconds.")
+    interim_interval: int | None = Field(
+        default=None, ge=0, description="Seconds between Interim-Updates: the Accept's "
+        "Acct-Interim-Interval, else the class's interimInterval (0: none).")
     acct_session_id: str | None = None
     last_accounting: datetime | None = None
 

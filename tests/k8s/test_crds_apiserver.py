@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from bng_operator.api import BY_KIND, GROUP, VERSION
+from bng_operator.api import BY_KIND, GROUP, VERSION, Subscriber
 from tests.cases import SAMPLES, WRONG, Wrong
 from tests.conftest import Cluster
 
@@ -82,6 +82,21 @@ def test_subscriber_wide_columns_and_status(samples: Cluster) -> None:
     # The reservation has no MAC, so that column is blank.
     assert row[:5] == ["acme-hq", "198.51.100.10", "edge-1", "business", "Bound"]
     assert row[-3:-1] == ["198.51.100.10", "biz-olt1-1/1/7"]  # Reserved, Circuit-ID
+
+
+def test_a_subscribers_radius_status_is_kept_whole(samples: Cluster) -> None:
+    """Every RADIUS field the agent writes survives the apiserver's pruning."""
+    radius = {"authState": "authorised", "server": "192.0.2.1:1812", "userName": "02:00:00:00:00:01",
+              "authorisedAt": "2030-01-01T00:00:00Z", "framedIpAddress": "198.51.100.10",
+              "framedPool": "residential", "filterId": "gold", "download": "20Mbit",
+              "upload": "5Mbit", "sessionTimeout": 600, "sessionEndsAt": "2030-01-01T00:10:00Z",
+              "idleTimeout": 120, "interimInterval": 300, "acctSessionId": "0123456789abcdef",
+              "lastAccounting": "2030-01-01T00:05:00Z"}
+    got = samples.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, "bng-system", "subscribers", "acme-hq",
+        {"status": {"state": "Bound", "radius": radius}})
+    assert got["status"]["radius"] == radius
+    assert Subscriber.model_validate(got).status.radius.session_timeout == 600  # type: ignore[union-attr]
 
 
 def test_defaults_are_filled_by_the_apiserver(samples: Cluster) -> None:

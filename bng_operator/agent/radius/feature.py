@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from pyrad.packet import AccessAccept
@@ -847,15 +848,34 @@ class RadiusFeature:
         return attrs
 
     def status_of(self, key: str) -> dict[str, object]:
-        """A session's Subscriber status fields of RADIUS: its Acct-Session-Id and the time
-        of its last accounting record."""
+        """A session's Subscriber status fields of RADIUS: how it was authorised, the
+        attributes of the Accept in effect, its Acct-Session-Id and the time of its last
+        accounting record."""
         st = self.sessions.get(key)
         if st is None:
             return {}
-        out: dict[str, object] = {"acctSessionId": st.acct_session_id}
+        out: dict[str, object] = {
+            "authState": "fallback" if st.fallback else "authorised",
+            "userName": st.user_name, "authorisedAt": _rfc3339(st.authorised_at),
+            "acctSessionId": st.acct_session_id,
+            "interimInterval": int(self._interval(st))}
+        if st.server:
+            out["server"] = st.server
+        if st.address:
+            out["framedIpAddress"] = str(IPv4Address(st.address))
+        if st.pool:
+            out["framedPool"] = st.pool
+        if st.filter_id:
+            out["filterId"] = st.filter_id
+        if st.rates is not None:
+            out["download"], out["upload"] = st.rates.down, st.rates.up
+        if st.session_timeout:
+            out["sessionTimeout"] = st.session_timeout
+            out["sessionEndsAt"] = _rfc3339(st.authorised_at + st.session_timeout)
+        if st.idle_timeout:
+            out["idleTimeout"] = st.idle_timeout
         if st.last_accounting:
-            out["lastAccounting"] = datetime.fromtimestamp(
-                st.last_accounting, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            out["lastAccounting"] = _rfc3339(st.last_accounting)
         return {"radius": out}
 
     # --- status -----------------------------------------------------------------------------
@@ -885,3 +905,7 @@ class RadiusFeature:
             parts.append(f"RADIUS fallback ({self.fallbacks} sessions so far), the last "
                          f"{now - self.last_fallback_at:.0f} s ago: {self.last_fallback}")
         return "; ".join(parts)
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

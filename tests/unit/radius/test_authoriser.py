@@ -24,6 +24,7 @@ from bng_operator.agent.radius.feature import RadiusFeature
 from bng_operator.agent.radius.secrets import FileSecrets
 from bng_operator.agent.sessions.session import Identity, Session
 from bng_operator.api import SubscriberClass
+from bng_operator.api.subscriber import SubscriberStatus
 from bng_operator.metrics import AgentMetrics
 
 SECRET = b"s3cret"
@@ -428,5 +429,47 @@ def test_a_session_ends_at_its_session_timeout_also_after_a_restart(tmp_path: Pa
         assert ended == [s.key, other.key]
         h.on_ended(other)  # the end's event: the timer and the state go
         h.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(("answer", "shown"), [
+    (accept({"Framed-IP-Address": "100.64.9.9", "Filter-Id": "gold",
+             "WISPr-Bandwidth-Max-Down": 20_000_000, "Session-Timeout": 600,
+             "Idle-Timeout": 120, "Acct-Interim-Interval": 300}),
+     {"authState": "authorised", "framedIpAddress": "100.64.9.9", "framedPool": "residential",
+      "filterId": "gold", "download": "20Mbit", "sessionTimeout": 600, "idleTimeout": 120,
+      "interimInterval": 300}),
+    (accept(), {"authState": "authorised", "interimInterval": 0}),
+    (lambda req: None, {"authState": "fallback", "interimInterval": 0}),
+])
+def test_the_subscriber_status_shows_how_it_was_authorised_and_the_accept_in_effect(
+        tmp_path: Path, answer: Callable[[Packet], Any], shown: dict[str, Any]) -> None:
+    async def run() -> None:
+        srv = await serve(answer)
+        f = feature(config([srv.port], fallback="admit"), tmp_path)
+        s = session()
+        before = time.time()
+        assert (await f.authorise(s)).accept
+        got = f.status_of(s.key)["radius"]
+        assert isinstance(got, dict)
+        fallback = shown["authState"] == "fallback"
+        assert ("server" in got) is not fallback
+        assert got.get("server", f"127.0.0.1:{srv.port}") == f"127.0.0.1:{srv.port}"
+        assert got["userName"] == "02:00:00:00:01:01"
+        assert got["acctSessionId"] == f.sessions[s.key].acct_session_id
+        assert {k: v for k, v in got.items() if k in shown} == shown
+        unasked = {"framedIpAddress", "framedPool", "filterId", "download", "upload",
+                   "sessionTimeout", "sessionEndsAt", "idleTimeout", "lastAccounting"}
+        assert not unasked & set(got) - set(shown) - {"upload", "sessionEndsAt"}
+        # the fields are the CRD's (the model is its source), and the times are times
+        status = SubscriberStatus.model_validate({"radius": got, "conditions": []})
+        assert status.radius is not None and status.radius.authorised_at is not None
+        assert status.radius.authorised_at.timestamp() >= int(before)
+        if "sessionTimeout" in shown:
+            assert status.radius.session_ends_at is not None
+            ends = status.radius.session_ends_at.timestamp()
+            assert abs(ends - status.radius.authorised_at.timestamp() - 600) <= 1
+        f.close()
 
     asyncio.run(run())
