@@ -91,11 +91,53 @@ def line_attributes(identity: Identity, auth: RadiusAuth) -> list[tuple[str, str
 
 
 @dataclass(frozen=True)
+class RadiusRates:
+    """A session's rate attributes as RADIUS sent them (Access-Accept or CoA-Request): the
+    QoSPolicy Filter-Id names ("": none) and the WISPr rates, bit/s (0: not set)."""
+
+    filter_id: str = ""
+    down_bps: int = 0
+    up_bps: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.filter_id or self.down_bps or self.up_bps)
+
+
+def session_rates(wanted: RadiusRates, config: NodeConfig, class_rates: ShapingRates | None,
+                  ) -> tuple[ShapingRates | None, str]:
+    """The rates a session gets over its class's policy (None: the class's), from its rate
+    attributes and the QoSPolicies as they are now; and why a Filter-Id was passed over
+    (it names no QoSPolicy of this node: the class's policy is the base), else "".
+    Called again at every reload: a session follows edits of the policies it names."""
+    rates, why = class_rates, ""
+    if wanted.filter_id:
+        named = config.qos_policies.get(wanted.filter_id)
+        if named is None:
+            why = (f"Filter-Id {wanted.filter_id} names no QoSPolicy this node knows; the "
+                   "class's policy applies")
+        else:
+            rates = named
+    override = rates if wanted.filter_id and rates is not class_rates else None
+    if wanted.down_bps or wanted.up_bps:
+        base = rates
+        down_bps = wanted.down_bps or (base.down_bps if base else UNSHAPED_BPS)
+        up_bps = wanted.up_bps or (base.up_bps if base else UNSHAPED_BPS)
+        override = ShapingRates(
+            "radius", down_bps,
+            _burst(down_bps) if wanted.down_bps or not base else base.down_burst,
+            up_bps, _burst(up_bps) if wanted.up_bps or not base else base.up_burst,
+            _rate_text(down_bps), _rate_text(up_bps))
+    return override, why
+
+
+@dataclass(frozen=True)
 class Authorisation:
     """What an Access-Accept grants a session, as this node applies it."""
 
     grant: Grant | None = None  # an address or a pool of its own
     rates: ShapingRates | None = None  # over its class's policy (Filter-Id, WISPr rates)
+    wanted: RadiusRates | None = None  # the rate attributes themselves (kept: rates follow
+    # edits of the policies they name)
     session_timeout: int | None = None  # seconds (stored; enforced with accounting)
     idle_timeout: int | None = None
     interim_interval: int | None = None  # Acct-Interim-Interval
@@ -135,29 +177,17 @@ def read_accept(attrs: dict[str, list[object]], config: NodeConfig, class_pool: 
         if pool is None:
             return Refusal("unusable_address", f"Framed-IP-Address {addr}: {why}", ignored)
         address, pool_name = int(addr), pool.name
-    rates = class_rates
     filter_id = _one(attrs, "Filter-Id")
-    if filter_id is not None:
-        named = config.qos_policies.get(str(filter_id))
-        if named is None:
-            warnings.append(f"Filter-Id {filter_id} names no QoSPolicy this node knows; "
-                            "the class's policy applies")
-        else:
-            rates = named
     up, down = _one(attrs, "WISPr-Bandwidth-Max-Up"), _one(attrs, "WISPr-Bandwidth-Max-Down")
-    override = rates if filter_id is not None and rates is not class_rates else None
-    if up or down:
-        base = rates
-        down_bps = int(str(down)) if down else (base.down_bps if base else UNSHAPED_BPS)
-        up_bps = int(str(up)) if up else (base.up_bps if base else UNSHAPED_BPS)
-        override = ShapingRates(
-            "radius", down_bps, _burst(down_bps) if down or not base else base.down_burst,
-            up_bps, _burst(up_bps) if up or not base else base.up_burst,
-            _rate_text(down_bps), _rate_text(up_bps))
+    wanted = RadiusRates(str(filter_id) if filter_id is not None else "",
+                         int(str(down)) if down else 0, int(str(up)) if up else 0)
+    override, why = session_rates(wanted, config, class_rates)
+    if why:
+        warnings.append(why)
     grant = Grant(address, pool_name) if address or (pool_name and pool_name != class_pool) \
         else None
     return Authorisation(
-        grant=grant, rates=override,
+        grant=grant, rates=override, wanted=wanted or None,
         session_timeout=_int(_one(attrs, "Session-Timeout")),
         idle_timeout=_int(_one(attrs, "Idle-Timeout")),
         interim_interval=_int(_one(attrs, "Acct-Interim-Interval")),

@@ -52,9 +52,11 @@ from bng_operator.agent.radius.accounting import (
 from bng_operator.agent.radius.attributes import (
     Authorisation,
     MissingField,
+    RadiusRates,
     Refusal,
     read_accept,
     request_attributes,
+    session_rates,
 )
 from bng_operator.agent.radius.client import Answer, RadiusClient, Server
 from bng_operator.agent.radius.coa import (
@@ -210,6 +212,32 @@ class RadiusFeature:
         ``refresh_secrets``, which the agent runs next)."""
         self.config = config
         self._servers()
+        self._rerate()
+
+    def _rerate(self) -> None:
+        """Sessions whose rates RADIUS set (Filter-Id, WISPr) follow edits of the QoSPolicies
+        they are made from, live: the one Filter-Id names, the class's under a WISPr rate
+        of one direction."""
+        for key, s in self._bound.items():
+            st = self.sessions.get(key)
+            if st is None or s.lease is None:
+                continue
+            wanted = RadiusRates(st.filter_id, st.rate_down_bps, st.rate_up_bps)
+            if not wanted or (st.rates is not None and st.rates.policy == "radius"
+                              and not (st.rate_down_bps or st.rate_up_bps)):
+                continue  # RADIUS set no rates; or WISPr rates stored before they were kept
+            rates, why = session_rates(wanted, self.config,
+                                       self.config.shaping.get(s.subscriber_class))
+            if rates == st.rates:
+                continue
+            if why:
+                log.warning("RADIUS: session %s: %s", key, why)
+            st.rates = rates
+            if self.store is not None:
+                self.store.put(key, st)
+            self.override(s.lease, rates)
+            log.info("RADIUS: session %s: a QoSPolicy changed, its rates now %s", key,
+                     f"{rates.down} down, {rates.up} up" if rates else "its class's")
 
     async def refresh_secrets(self) -> None:
         """``read_secrets`` off the loop (a Kubernetes Secret is an API call)."""
@@ -398,10 +426,12 @@ class RadiusFeature:
     def _accepted(self, s: Session, user: str, answer: Answer, a: Authorisation,
                   attrs: dict[str, list[object]]) -> RadiusSession:
         g = a.grant
+        w = a.wanted or RadiusRates()
         st = RadiusSession(
             acct_session_id=new_acct_session_id(), user_name=user, server=answer.server,
             address=g.address if g else 0, pool=g.pool if g else "", rates=a.rates,
-            filter_id=str(attrs.get("Filter-Id", [""])[0]), session_timeout=a.session_timeout,
+            filter_id=w.filter_id, rate_down_bps=w.down_bps, rate_up_bps=w.up_bps,
+            session_timeout=a.session_timeout,
             idle_timeout=a.idle_timeout, interim_interval=a.interim_interval, classes=a.classes)
         self._attach(s, st)
         return st
@@ -610,8 +640,8 @@ class RadiusFeature:
             changes.append((s, st, a))
         for s, st, a in changes:
             st.rates = a.rates
-            if "Filter-Id" in attrs:
-                st.filter_id = str(attrs["Filter-Id"][0])
+            w = a.wanted or RadiusRates()  # the CoA's rate attributes replace the Accept's
+            st.filter_id, st.rate_down_bps, st.rate_up_bps = w.filter_id, w.down_bps, w.up_bps
             if self.store is not None:
                 self.store.put(s.key, st)
             assert s.lease is not None

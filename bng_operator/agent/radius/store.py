@@ -55,6 +55,8 @@ class RadiusSession:
     pool: str = ""  # Framed-Pool, or the pool of the granted address
     rates: ShapingRates | None = None  # over the class's policy
     filter_id: str = ""
+    rate_down_bps: int = 0  # the WISPr rates RADIUS set (0: not set); with filter_id, what
+    rate_up_bps: int = 0  # ``rates`` is made from again when a QoSPolicy changes
     session_timeout: int | None = None  # seconds: stored; enforced with accounting (later)
     idle_timeout: int | None = None
     interim_interval: int | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from bng_operator.agent.radius.coa import (
 )
 from bng_operator.agent.radius.feature import RadiusFeature
 from bng_operator.agent.radius.listener import CoaListener
+from bng_operator.agent.radius.store import RadiusSession
 from bng_operator.agent.sessions.session import EndReason, Session
 from bng_operator.api.radius import SecretRef
 from tests.unit.radius.test_authoriser import DICT, SECRET, accept, config, feature, sample, serve, session
@@ -435,3 +437,60 @@ def test_coa_client_flag(text: str, want: tuple[str, str, str] | None) -> None:
         return
     address, ref = _coa_client(text)
     assert (address, ref.name, ref.key) == want
+
+
+# --- rates RADIUS set follow the QoSPolicies they are made from ------------------------------
+
+def _faster(r: ShapingRates) -> ShapingRates:
+    return replace(r, down_bps=r.down_bps * 2, up_bps=r.up_bps * 2, down=r.down + "x2")
+
+
+@pytest.mark.parametrize("attrs, edited, follows", [
+    ({"Filter-Id": "business-1g"}, "business-1g", "the named policy"),
+    ({"WISPr-Bandwidth-Max-Down": 3_000_000}, "class", "the class's, under WISPr down"),
+    ({"Filter-Id": "business-1g", "WISPr-Bandwidth-Max-Up": 2_000_000}, "business-1g",
+     "the named policy, under WISPr up"),
+    ({}, "class", None),  # RADIUS set no rates: the class's policy is QoS's to apply
+    ({"Filter-Id": "business-1g"}, "class", None),  # not made from the class's
+    ({"Filter-Id": "gold-later"}, "gold-later", "a policy made after the Accept named it"),
+])
+def test_a_policy_edit_reaches_the_sessions_radius_rated_with_it_live(
+        tmp_path: Path, attrs: dict[str, Any], edited: str, follows: str | None) -> None:
+    async def run() -> None:
+        srv = await serve(accept(attrs))
+        cfg = config([srv.port])
+        node = Node(feature(cfg, tmp_path))
+        s = await node.bind(1)
+        st = node.f.sessions[s.key]
+        before = st.rates
+        node.rates.clear()
+        policies, shaping = dict(cfg.qos_policies), dict(cfg.shaping)
+        if edited == "class":
+            shaping["residential"] = _faster(shaping["residential"])
+            policies[shaping["residential"].policy] = shaping["residential"]
+        elif edited in policies:
+            policies[edited] = _faster(policies[edited])
+        else:
+            policies[edited] = replace(cfg.qos_policies["business-1g"], policy=edited,
+                                       down_bps=7_000_000, down="7Mbit")
+        node.f.reconfigure(replace(cfg, qos_policies=policies, shaping=shaping))
+        assert s.lease is not None
+        if follows is None:
+            assert node.rates == {} and st.rates == before
+            node.f.close()
+            return
+        now = node.rates[s.lease.address]
+        assert now is not None and now == st.rates and now != before, follows
+        if "WISPr-Bandwidth-Max-Down" in attrs:
+            assert now.down_bps == 3_000_000 and now.up_bps == shaping["residential"].up_bps
+        elif "WISPr-Bandwidth-Max-Up" in attrs:
+            assert now.up_bps == 2_000_000 and now.down_bps == policies[edited].down_bps
+        else:
+            assert now == policies[edited]
+        assert RadiusSession.from_json(st.to_json()).rates == now  # kept for a restart
+        node.rates.clear()
+        node.f.reconfigure(replace(cfg, qos_policies=policies, shaping=shaping))
+        assert node.rates == {}  # nothing changed: nothing re-applied
+        node.f.close()
+
+    asyncio.run(run())
