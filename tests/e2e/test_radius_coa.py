@@ -5,7 +5,8 @@ its secret) to the agent's listener on 3799, and real dhclient subscribers.
 
     s0 rad-coa-0   a CoA halves its download rate (the HTB class within 1 s); a CoA with
                    the wrong secret is dropped, no reply, no effect; one for an unknown
-                   session gets a NAK with Error-Cause 503; a Disconnect ends it (Stop with
+                   session gets a NAK with Error-Cause 503; a CoA's Filter-Id names a
+                   QoSPolicy, and an edit of that policy reaches it; a Disconnect ends it (Stop with
                    Admin-Reset, shaping gone); its next DISCOVER is a new session
     s1 rad-coa-1   Idle-Timeout 4: it sends nothing, and ends on time (Stop: Idle-Timeout)
 """
@@ -13,6 +14,7 @@ its secret) to the agent's listener on 3799, and real dhclient subscribers.
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,13 +52,21 @@ spec:
     servers: [{{address: 127.0.0.1, authPort: {PORT}, acctPort: {PORT + 1}, timeout: 1s,
                 retries: 1, secret: {{name: radius}}}}]
 """
+GOLD = """
+apiVersion: bng.dev/v1alpha1
+kind: QoSPolicy
+metadata: {name: rad-gold}
+spec:
+  download: {rate: 30Mbit}
+  upload: {rate: 10Mbit}
+"""
 OPTION82 = {0: ("rad-coa-0", "line-0"), 1: ("rad-coa-1", "line-1")}
 
 
 @pytest.fixture
 def coa_site(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[
         tuple[Site, FreeRadius]]:
-    site = make_site(subscribers=2, extra="---".join([DEFAULT_CLASS, CLASS]),
+    site = make_site(subscribers=2, extra="---".join([DEFAULT_CLASS, CLASS, GOLD]),
                      option82=OPTION82)
     with radius_served(site, tmp_path, PORT, USERS, acct_port=PORT + 1) as fr:
         yield site, fr
@@ -113,6 +123,17 @@ def test_coa_disconnect_and_their_refusals(coa_site: tuple[Site, FreeRadius],
     assert _reply(r) == "CoA-NAK", r.stdout
     assert "Session-Context-Not-Found" in r.stdout, r.stdout
 
+    # a CoA naming a QoSPolicy; then an edit of that policy reaches the session live
+    r = fr.radclient(COA_PORT, "coa", {"Acct-Session-Id": acct_id, "Filter-Id": "rad-gold"})
+    assert _reply(r) == "CoA-ACK", r.stdout + r.stderr
+    wait("the session at rad-gold's rate", lambda: "30Mbit" in _download_rate(site))
+    extra = site.config[0] / "zz-test-extra.yaml"
+    extra.write_text(extra.read_text().replace("rate: 30Mbit", "rate: 12Mbit"))
+    assert site.agent is not None
+    site.agent.send_signal(signal.SIGHUP)
+    wait("the edited rate", lambda: "12Mbit" in _download_rate(site)
+         and "30Mbit" not in _download_rate(site), timeout=10)
+
     # Disconnect: the session ends as at a Session-Timeout, its Stop says Admin-Reset
     r = fr.radclient(COA_PORT, "disconnect", {"Acct-Session-Id": acct_id,
                                               "Event-Timestamp": int(time.time())})
@@ -123,10 +144,10 @@ def test_coa_disconnect_and_their_refusals(coa_site: tuple[Site, FreeRadius],
     assert stop["Acct-Terminate-Cause"] == "Admin-Reset"
     assert stop["Acct-Session-Id"] == acct_id
     wait("its shaping gone", lambda: site.metrics().get("bng_qos_subscribers_shaped") == 0
-         and "50Mbit" not in _download_rate(site))
+         and "12Mbit" not in _download_rate(site))
     m = site.metrics()
     assert m.get('bng_radius_dynauth_requests_total{result="ack",type="disconnect"}') == 1
-    assert m.get('bng_radius_dynauth_requests_total{result="ack",type="coa"}') == 1
+    assert m.get('bng_radius_dynauth_requests_total{result="ack",type="coa"}') == 2
     assert m.get('bng_radius_dynauth_requests_total{result="session_not_found",type="coa"}') == 1
     assert m.get('bng_sessions_ended_total{reason="disconnected"}', 0) >= 1
     # a second Disconnect for it: the session is gone
