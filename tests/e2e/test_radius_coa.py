@@ -7,7 +7,8 @@ its secret) to the agent's listener on 3799, and real dhclient subscribers.
                    the wrong secret is dropped, no reply, no effect; one for an unknown
                    session gets a NAK with Error-Cause 503; a CoA's Filter-Id names a
                    QoSPolicy, and an edit of that policy reaches it; a Disconnect ends it (Stop with
-                   Admin-Reset, shaping gone); its next DISCOVER is a new session
+                   Admin-Reset, shaping gone); its next DISCOVER is a new session, which a
+                   CoA's Session-Timeout ends 2 s later (Stop: Session-Timeout)
     s1 rad-coa-1   Idle-Timeout 4: it sends nothing, and ends on time (Stop: Idle-Timeout)
 """
 
@@ -161,6 +162,17 @@ def test_coa_disconnect_and_their_refusals(coa_site: tuple[Site, FreeRadius],
     wait("the new session's Start", lambda: len(_records(fr, 0)) == 3)
     assert _records(fr, 0)[2]["Acct-Session-Id"] != acct_id
     wait("shaped at its class's rate", lambda: "100Mbit" in _download_rate(site))
+
+    # a CoA's Session-Timeout, counted from the CoA: the session ends 2 s later
+    second = _records(fr, 0)[2]["Acct-Session-Id"]
+    r = fr.radclient(COA_PORT, "coa", {"Acct-Session-Id": second, "Session-Timeout": 2})
+    t0 = time.monotonic()
+    assert _reply(r) == "CoA-ACK", r.stdout + r.stderr
+    wait("its Stop", lambda: len(_records(fr, 0)) == 4, timeout=15)
+    assert time.monotonic() - t0 >= 1.5
+    stop = _records(fr, 0)[3]
+    assert stop["Acct-Status-Type"] == "Stop" and stop["Acct-Session-Id"] == second
+    assert stop["Acct-Terminate-Cause"] == "Session-Timeout"
 
 
 def test_an_idle_session_ends_at_its_idle_timeout(coa_site: tuple[Site, FreeRadius],

@@ -50,6 +50,9 @@ CONTEXT = frozenset({"NAS-IP-Address", "NAS-Identifier", "Event-Timestamp",
                      "Message-Authenticator", "Proxy-State", "NAS-Port-Type", "NAS-Port-Id",
                      "Service-Type", "Reply-Message"})
 RATES = ("Filter-Id", "WISPr-Bandwidth-Max-Up", "WISPr-Bandwidth-Max-Down")
+# A CoA-Request's timers: Session-Timeout counts from the CoA, 0 ends none; Idle-Timeout 0
+# watches none; Acct-Interim-Interval 0 goes back to the class's interimInterval
+TIMERS = ("Session-Timeout", "Idle-Timeout", "Acct-Interim-Interval")
 # Disconnect-Request may say why (RFC 5176 §3.2); the Stop says Admin-Reset regardless
 DISCONNECT_ONLY = frozenset({"Acct-Terminate-Cause"})
 
@@ -190,11 +193,27 @@ def matches(ident: Ident, candidates: Iterable[Candidate]) -> list[str]:
 def unsupported(kind: str, attrs: dict[str, list[object]], unknown: tuple[str, ...],
                 ) -> list[str]:
     """The attributes of a request this node does not act on (Error-Cause 401): a
-    Disconnect-Request carries only identification and context; a CoA-Request also rates."""
-    allowed = set(IDENTIFIERS) | CONTEXT | (set(RATES) if kind == COA else DISCONNECT_ONLY)
+    Disconnect-Request carries only identification and context; a CoA-Request also rates
+    and timers."""
+    allowed = set(IDENTIFIERS) | CONTEXT | (set(RATES) | set(TIMERS) if kind == COA
+                                            else DISCONNECT_ONLY)
     return sorted([n for n in attrs if n not in allowed] + list(unknown))
 
 
 def rate_attributes(attrs: dict[str, list[object]]) -> dict[str, list[object]]:
-    """What a CoA-Request changes: its rate attributes (read as an Access-Accept's)."""
+    """What a CoA-Request changes of the rates: its rate attributes (read as an
+    Access-Accept's)."""
     return {n: attrs[n] for n in RATES if n in attrs}
+
+
+def timer_attributes(attrs: dict[str, list[object]]) -> dict[str, int] | None:
+    """What a CoA-Request changes of the timers, in seconds; None: one is not a whole
+    number of seconds (Error-Cause 404)."""
+    out: dict[str, int] = {}
+    for n in TIMERS:
+        if n in attrs:
+            v = attrs[n][0]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                return None
+            out[n] = v
+    return out

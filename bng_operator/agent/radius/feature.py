@@ -69,6 +69,7 @@ from bng_operator.agent.radius.coa import (
     identify,
     matches,
     rate_attributes,
+    timer_attributes,
     unsupported,
 )
 from bng_operator.agent.radius.listener import CoaListener
@@ -527,6 +528,30 @@ class RadiusFeature:
         self._timers[key] = asyncio.get_running_loop().call_later(
             delay, self._session_timeout, key, st.acct_session_id)
 
+    def _retime(self, key: str, st: RadiusSession, timers: dict[str, int]) -> None:
+        """A CoA's timers, in effect at once: Session-Timeout counts from now (kept as a
+        time from ``authorised_at``, as restarts count it), Idle-Timeout's clock starts
+        anew, and the next Interim-Update follows the new interval."""
+        if "Session-Timeout" in timers:
+            v = timers["Session-Timeout"]
+            st.session_timeout = (max(1, int(time.time() - st.authorised_at) + v)
+                                  if v else None)
+        if "Idle-Timeout" in timers:
+            st.idle_timeout = timers["Idle-Timeout"] or None
+        if "Acct-Interim-Interval" in timers:
+            st.interim_interval = timers["Acct-Interim-Interval"] or None
+        for held in (self._timers, self._idle_timers, self._interims):
+            timer = held.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+        self._idle.pop(key, None)
+        if self.store is not None:
+            self.store.put(key, st)
+        self._arm(key, st)
+        self._arm_interim(key, st)
+        log.info("RADIUS: session %s (Acct-Session-Id %s): CoA, %s", key, st.acct_session_id,
+                 ", ".join(f"{k} {v}" for k, v in timers.items()))
+
     def _session_timeout(self, key: str, acct_session_id: str) -> None:
         self._timers.pop(key, None)
         st = self.sessions.get(key)
@@ -611,7 +636,11 @@ class RadiusFeature:
             log.info("RADIUS %s: no session matches %s; NAK", r.kind, ident)
             return SESSION_NOT_FOUND
         if r.kind == COA:
-            return self._coa(keys, rate_attributes(r.attrs))
+            timers = timer_attributes(r.attrs)
+            if timers is None:
+                log.warning("RADIUS CoA: a timer that is not a number of seconds; NAK")
+                return INVALID_REQUEST
+            return self._coa(keys, rate_attributes(r.attrs), timers)
         ended = 0
         for key in keys:
             st = self.sessions.get(key)
@@ -623,14 +652,14 @@ class RadiusFeature:
                          "Disconnect-Request", key, st.acct_session_id if st else "?")
         return None if ended else SESSION_NOT_FOUND
 
-    def _coa(self, keys: list[str], attrs: dict[str, list[object]]) -> int | None:
-        if not attrs:
-            return None  # nothing to change
-        if not self.shaping():
+    def _coa(self, keys: list[str], attrs: dict[str, list[object]],
+             timers: dict[str, int]) -> int | None:
+        """A CoA-Request's changes: all of them, to every session it names, or none (NAK)."""
+        if attrs and not self.shaping():
             log.warning("RADIUS CoA: rates asked but shaping is off on this node; NAK")
             return UNSUPPORTED_ATTRIBUTE
         changes = []
-        for key in keys:
+        for key in keys if attrs else ():
             s, st = self._bound[key], self.sessions[key]
             a = read_accept(attrs, self.config, "", self.config.shaping.get(s.subscriber_class))
             if isinstance(a, Refusal) or a.warnings:
@@ -638,6 +667,9 @@ class RadiusFeature:
                             a.message if isinstance(a, Refusal) else "; ".join(a.warnings))
                 return INVALID_REQUEST
             changes.append((s, st, a))
+        if timers:
+            for key in keys:
+                self._retime(key, self.sessions[key], timers)
         for s, st, a in changes:
             st.rates = a.rates
             w = a.wanted or RadiusRates()  # the CoA's rate attributes replace the Accept's

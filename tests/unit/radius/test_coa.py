@@ -39,11 +39,12 @@ from bng_operator.agent.radius.coa import (
     check,
     identify,
     matches,
+    timer_attributes,
     unsupported,
 )
 from bng_operator.agent.radius.feature import RadiusFeature
 from bng_operator.agent.radius.listener import CoaListener
-from bng_operator.agent.radius.store import RadiusSession
+from bng_operator.agent.radius.store import RadiusSession, RadiusStore
 from bng_operator.agent.sessions.session import EndReason, Session
 from bng_operator.api.radius import SecretRef
 from tests.unit.radius.test_authoriser import DICT, SECRET, accept, config, feature, sample, serve, session
@@ -145,9 +146,23 @@ def test_identification_errors(attrs: dict[str, list[object]], cause: int) -> No
     assert identify(attrs) == cause
 
 
+@pytest.mark.parametrize("attrs, timers", [
+    ({"Filter-Id": ["x"]}, {}),
+    ({"Session-Timeout": [0], "Idle-Timeout": [60], "Acct-Interim-Interval": [300]},
+     {"Session-Timeout": 0, "Idle-Timeout": 60, "Acct-Interim-Interval": 300}),
+    ({"Session-Timeout": ["600"]}, None),  # not a number of seconds: NAK 404
+    ({"Idle-Timeout": [-1]}, None),
+])
+def test_timer_attributes(attrs: dict[str, list[object]], timers: dict[str, int] | None,
+                          ) -> None:
+    assert timer_attributes(attrs) == timers
+
+
 @pytest.mark.parametrize("kind, names, bad", [
     (COA, ["User-Name", "Filter-Id", "WISPr-Bandwidth-Max-Up", "Event-Timestamp"], []),
-    (COA, ["User-Name", "Session-Timeout"], ["Session-Timeout"]),
+    (COA, ["User-Name", "Session-Timeout", "Idle-Timeout", "Acct-Interim-Interval"], []),
+    (COA, ["User-Name", "Framed-Pool"], ["Framed-Pool"]),
+    (DISCONNECT, ["User-Name", "Session-Timeout"], ["Session-Timeout"]),
     (COA, ["User-Name", "Acct-Terminate-Cause"], ["Acct-Terminate-Cause"]),
     (DISCONNECT, ["Acct-Session-Id", "Acct-Terminate-Cause", "NAS-IP-Address"], []),
     (DISCONNECT, ["Acct-Session-Id", "Filter-Id"], ["Filter-Id"]),
@@ -233,7 +248,8 @@ def _nak_cause(reply: CoAPacket | None) -> int | None:
     (CoARequest, {"User-Name": "02:00:00:00:01:01", "Filter-Id": "business-1g"}, CoAACK, None),
     (CoARequest, {"Acct-Session-Id": "NOPE", "Filter-Id": "business-1g"}, CoANAK,
      SESSION_NOT_FOUND),
-    (CoARequest, {"Framed-IP-Address": "100.64.0.1", "Session-Timeout": 10}, CoANAK,
+    (CoARequest, {"Framed-IP-Address": "100.64.0.1", "Session-Timeout": 10}, CoAACK, None),
+    (CoARequest, {"Framed-IP-Address": "100.64.0.1", "Framed-Pool": "business"}, CoANAK,
      UNSUPPORTED_ATTRIBUTE),
     (CoARequest, {"Framed-IP-Address": "100.64.0.1", "Filter-Id": "no-such-policy"}, CoANAK,
      INVALID_REQUEST),
@@ -491,6 +507,71 @@ def test_a_policy_edit_reaches_the_sessions_radius_rated_with_it_live(
         node.rates.clear()
         node.f.reconfigure(replace(cfg, qos_policies=policies, shaping=shaping))
         assert node.rates == {}  # nothing changed: nothing re-applied
+        node.f.close()
+
+    asyncio.run(run())
+
+
+# --- timers by CoA ---------------------------------------------------------------------------
+
+def test_a_coa_sets_session_timeout_from_now_and_a_nak_changes_nothing(tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept({"Session-Timeout": 3600}))
+        node = Node(feature(config([srv.port]), tmp_path))
+        a, b = await node.bind(1), await node.bind(2)
+        listener, client = await listening(node.f)
+        st_a = node.f.sessions[a.key]
+        # a bad Filter-Id NAKs the whole request: its Session-Timeout is not applied either
+        reply = await client.ask(request(Acct_Session_Id=st_a.acct_session_id,
+                                         Session_Timeout=1, Filter_Id="no-such-policy"))
+        assert _nak_cause(reply) == INVALID_REQUEST and st_a.session_timeout == 3600
+        # Session-Timeout 1, from now: ends in about a second (not 3600 s after the Accept)
+        t0 = time.monotonic()
+        reply = await client.ask(request(Acct_Session_Id=st_a.acct_session_id,
+                                         Session_Timeout=1))
+        assert reply is not None and reply.code == CoAACK
+        shown = node.f.status_of(a.key)["radius"]
+        assert isinstance(shown, dict) and 1 <= shown["sessionTimeout"] <= 3
+        # and 0 on the other: it ends by no Session-Timeout any more
+        reply = await client.ask(request(Acct_Session_Id=node.f.sessions[b.key].acct_session_id,
+                                         Session_Timeout=0))
+        assert reply is not None and reply.code == CoAACK
+        assert node.f.sessions[b.key].session_timeout is None
+        while a.key not in node.ended:
+            assert time.monotonic() - t0 < 3
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - t0 >= 0.9 and node.ended == [a.key]
+        assert sample(node.f, "bng_radius_session_timeouts_total") == 1
+        listener.close()
+        node.f.close()
+        kept = RadiusStore(tmp_path / "radius.sqlite").load()  # what a restart reads
+        assert kept[b.key].session_timeout is None
+
+    asyncio.run(run())
+
+
+def test_a_coa_sets_idle_timeout_and_the_interim_interval(tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept())
+        node = Node(feature(config([srv.port]), tmp_path))
+        s = await node.bind(1)
+        st = node.f.sessions[s.key]
+        node.f.usage = lambda address: Usage(0, 0, 0, 0)  # it sends nothing
+        listener, client = await listening(node.f)
+        reply = await client.ask(request(Acct_Session_Id=st.acct_session_id, Idle_Timeout=1,
+                                         Acct_Interim_Interval=120))
+        assert reply is not None and reply.code == CoAACK
+        assert st.idle_timeout == 1 and st.interim_interval == 120
+        assert s.key in node.f._interims and s.key in node.f._idle_timers
+        shown = node.f.status_of(s.key)["radius"]
+        assert isinstance(shown, dict)
+        assert shown["idleTimeout"] == 1 and shown["interimInterval"] == 120
+        t0 = time.monotonic()
+        while s.key not in node.ended:
+            assert time.monotonic() - t0 < 4, "the idle session did not end"
+            await asyncio.sleep(0.05)
+        assert st.end_cause == "Idle-Timeout"
+        listener.close()
         node.f.close()
 
     asyncio.run(run())
