@@ -168,6 +168,10 @@ class AgentMetrics:
             "bng_radius_server_up",
             "0 while a server is marked dead (deadAfter timeouts in a row; skipped for "
             "deadTime), else 1.", ["server"], registry=r)
+        self.radius_probes = Counter(
+            "bng_radius_status_server_total",
+            "Status-Server probes of dead servers (statusServer: true): answered (the server "
+            "is used again) or timeout.", ["server", "result"], registry=r)
         self.radius_decisions = Counter(
             "bng_radius_decisions_total",
             "Authorisations of new sessions by class and result: accept, reject, held_down "

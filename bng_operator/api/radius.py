@@ -99,6 +99,12 @@ class RadiusAuth(Model):
                     "dead, and skipped for deadTime.")
     dead_time: Duration("1s", "1h") = Field(  # type: ignore[valid-type]
         default="60s", description="How long a dead server is skipped.")
+    status_server: bool = Field(
+        default=False,
+        description="Probe a dead server with Status-Server (RFC 5997) every deadTime (at "
+                    "most every 10s), and use it again only once it answers; else it is "
+                    "tried again by a request after deadTime. The servers must answer "
+                    "Status-Server (FreeRADIUS: status_server = yes, its default).")
     interim_interval: Duration("0s", "24h") = Field(  # type: ignore[valid-type]
         default="0s",
         description="Seconds between a session's accounting Interim-Updates when its "

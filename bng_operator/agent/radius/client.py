@@ -28,6 +28,7 @@ from bng_operator.agent import syscalls
 from bng_operator.agent.radius.wire import (
     ACCESS_REQUEST,
     ACCOUNTING_REQUEST,
+    STATUS_SERVER,
     Encoder,
     RandomBytes,
     verify_reply,
@@ -37,6 +38,7 @@ from bng_operator.metrics import AgentMetrics
 log = logging.getLogger("bng.agent.radius")
 DICTIONARY = Path(__file__).with_name("dictionary")
 MAX_OUTSTANDING = 255  # requests in flight per server: the Identifier is one octet
+PROBE_EVERY = 10.0  # seconds between Status-Server probes of a dead server, at most
 READ_BATCH = 256  # replies read from a server's socket in one wake-up of the event loop
 RADIUS_MAX = 4096  # RFC 2865 §3: the largest packet
 
@@ -54,6 +56,8 @@ class Server:
     timeouts_in_row: int = 0
     dead_until: float = 0.0  # monotonic; skipped until then
     last_error: str = ""
+    probe: bool = False  # while dead, Status-Server until it answers (RFC 5997)
+    probe_secret: bytes = b""
 
     @property
     def key(self) -> str:
@@ -123,6 +127,17 @@ def _expire(waiter: asyncio.Future[Packet | None]) -> None:
     """An attempt's timeout: its waiter wakes with no reply."""
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _attempt(loop: asyncio.AbstractEventLoop, ep: _Endpoint, ident: int, sent: _Sent,
+             raw: bytes, timeout: float,
+             ) -> tuple[asyncio.Future[Packet | None], asyncio.TimerHandle]:
+    """Send ``raw`` once: its future, resolved by the reply or by its timer with None."""
+    waiter: asyncio.Future[Packet | None] = loop.create_future()
+    ep.pending[ident] = (sent, waiter)
+    timer = loop.call_later(timeout, _expire, waiter)
+    ep.send(raw)
+    return waiter, timer
 
 
 class _Endpoint:
@@ -202,8 +217,10 @@ class _Endpoint:
         if entry is None:  # late: its request timed out, or a duplicate
             return
         sent, fut = entry
-        # Access-Requests' replies must carry a Message-Authenticator (BlastRADIUS); an
-        # Accounting-Response is verified by its Response Authenticator (RFC 2866).
+        # Access-Requests' replies must carry a Message-Authenticator (BlastRADIUS);
+        # Accounting-Responses, and Status-Server's (FreeRADIUS 3.2 does not sign them; a
+        # forged one could only say a server is there), are verified by their Response
+        # Authenticator, and their Message-Authenticator when they carry one.
         raw = verify_reply(data, sent.code, sent.authenticator, sent.secret,
                            require_message_authenticator=sent.code == ACCESS_REQUEST)
         if raw is None:
@@ -229,6 +246,7 @@ class RadiusClient:
     dictionary: Dictionary = field(default_factory=lambda: Dictionary(str(DICTIONARY)))
     servers: dict[str, Server] = field(default_factory=dict)
     _endpoints: dict[str, _Endpoint] = field(default_factory=dict)
+    _probes: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _authenticators: RandomBytes = field(default_factory=RandomBytes)
     _encoder: Encoder = field(init=False)
 
@@ -236,7 +254,7 @@ class RadiusClient:
         self._encoder = Encoder(self.dictionary)
 
     def server(self, address: str, port: int, timeout: float, retries: int, dead_after: int,
-               dead_time: float) -> Server:
+               dead_time: float, probe: bool = False) -> Server:
         """The server at ``address:port``, its settings as the configuration says now (its
         health kept: classes that list one server share it)."""
         key = f"{address}:{port}"
@@ -245,12 +263,16 @@ class RadiusClient:
             s = self.servers[key] = Server(address, port)
             self.metrics.radius_server_up.labels(key).set(1)
         s.timeout, s.retries, s.dead_after, s.dead_time = timeout, retries, dead_after, dead_time
+        s.probe = probe
         return s
 
     def forget(self, keep: set[str]) -> None:
         """Close the sockets of servers no class lists any more."""
         for key in set(self.servers) - keep:
             del self.servers[key]
+            probe = self._probes.pop(key, None)
+            if probe is not None:
+                probe.cancel()
             ep = self._endpoints.pop(key, None)
             if ep is not None:
                 ep.close()
@@ -337,11 +359,8 @@ class RadiusClient:
                     # One future per attempt, resolved by the reply or by its timer with None:
                     # wait_for(shield(...)) took three turns of the loop to wake this task,
                     # and under load a turn takes milliseconds.
-                    waiter = loop.create_future()
-                    ep.pending[ident] = (sent, waiter)
-                    timer = loop.call_later(s.timeout, _expire, waiter)
                     t0 = time.perf_counter()
-                    ep.send(raw)
+                    waiter, timer = _attempt(loop, ep, ident, sent, raw, s.timeout)
                     reply = await waiter
                     timer.cancel()
                     if reply is None:
@@ -366,6 +385,46 @@ class RadiusClient:
         self._timed_out(s, counted=not accounting)
         return None
 
+    async def _status(self, s: Server) -> bool:
+        """One Status-Server to ``s`` (RFC 5997, signed with a Message-Authenticator; its
+        reply verified as an Accounting-Response is): whether it answered in its timeout."""
+        try:
+            ep = self._endpoint(s)
+        except OSError:
+            return False
+        async with ep.slots:
+            ident = ep.take_id()
+            authenticator = self._authenticators.take(16)
+            raw = self._encoder.access_request(
+                ident, authenticator, s.probe_secret,
+                [("NAS-IP-Address", ep.local_address)], code=STATUS_SERVER)
+            waiter, timer = _attempt(asyncio.get_running_loop(), ep, ident,
+                                     _Sent(STATUS_SERVER, authenticator, s.probe_secret), raw,
+                                     s.timeout)
+            try:
+                return await waiter is not None
+            finally:
+                ep.pending.pop(ident, None)
+                timer.cancel()
+                waiter.cancel()
+
+    async def _probe(self, s: Server) -> None:
+        """Status-Server to a dead server until it answers (RFC 5080 §2.2.1): it stays dead
+        meanwhile, and is used again at once when it does."""
+        m = self.metrics
+        every = min(s.dead_time, PROBE_EVERY)
+        try:
+            while self.servers.get(s.key) is s and s.dead_until and s.probe and s.probe_secret:
+                await asyncio.sleep(max(0.0, min(every, s.dead_until - self.clock())))
+                s.dead_until = max(s.dead_until, self.clock() + every + s.timeout)
+                answered = await self._status(s)
+                m.radius_probes.labels(s.key, "answered" if answered else "timeout").inc()
+                if answered:
+                    self._answered(s)
+                    return
+        finally:
+            self._probes.pop(s.key, None)
+
     def _answered(self, s: Server) -> None:
         if not (s.timeouts_in_row or s.dead_until or s.last_error):
             return  # healthy already: nothing to change
@@ -380,6 +439,8 @@ class RadiusClient:
         s.timeouts_in_row += 1
         if s.timeouts_in_row >= s.dead_after:
             s.dead_until = self.clock() + s.dead_time
+            if s.probe and s.probe_secret and s.key not in self._probes:
+                self._probes[s.key] = asyncio.get_running_loop().create_task(self._probe(s))
             self.metrics.radius_server_up.labels(s.key).set(0)
             log.warning("RADIUS server %s is dead: %d requests in a row without an answer "
                         "(%s); skipped for %g s", s.key, s.timeouts_in_row, s.last_error,

@@ -261,13 +261,18 @@ class RadiusFeature:
             for srv in auth.servers:
                 secret = self._secrets.get(srv.secret)
                 for port, where in ((srv.auth_port, servers), (srv.acct_port, acct)):
+                    # Status-Server to the authentication port only: what an accounting
+                    # port answers it with varies by server
                     s = self.client.server(srv.address, port,
                                            float(parse_duration(srv.timeout)), srv.retries,
                                            auth.dead_after,
-                                           float(parse_duration(auth.dead_time)))
+                                           float(parse_duration(auth.dead_time)),
+                                           probe=auth.status_server and where is servers)
                     keep.add(s.key)
                     if isinstance(secret, bytes):
                         where.append((s, secret))
+                        if s.probe:
+                            s.probe_secret = secret
                     else:
                         s.last_error = secret or "secret not read yet"
                 if isinstance(secret, bytes):  # a CoA/Disconnect client too
@@ -419,13 +424,13 @@ class RadiusFeature:
             return Verdict(False, result.message)
         for w in result.warnings:
             log.warning("RADIUS: session %s: %s", s.key, w)
-        st = self._accepted(s, str(user[1]), answer, result, attrs)
+        st = self._accepted(s, str(user[1]), answer, result)
         self.metrics.child(decided, cls.name, "accept").inc()
         return Verdict(True, grant=Grant(st.address, st.pool) if st.address or st.pool
                        else None)
 
     def _accepted(self, s: Session, user: str, answer: Answer, a: Authorisation,
-                  attrs: dict[str, list[object]]) -> RadiusSession:
+                  ) -> RadiusSession:
         g = a.grant
         w = a.wanted or RadiusRates()
         st = RadiusSession(

@@ -24,6 +24,7 @@ from typing import Any
 from pyrad.dictionary import Dictionary
 
 ACCESS_REQUEST, ACCOUNTING_REQUEST = 1, 4  # the codes of the requests sent
+STATUS_SERVER = 12  # RFC 5997: is the server there? (signed like an Access-Request)
 VENDOR_SPECIFIC = 26
 PROXY_STATE = 33
 MESSAGE_AUTHENTICATOR = 80
@@ -155,10 +156,12 @@ class Encoder:
         return bytes(out)
 
     def access_request(self, ident: int, authenticator: bytes, secret: bytes,
-                       pairs: Iterable[tuple[str, object]]) -> bytes:
-        """An Access-Request with a Message-Authenticator (first)."""
+                       pairs: Iterable[tuple[str, object]], code: int = ACCESS_REQUEST,
+                       ) -> bytes:
+        """An Access-Request with a Message-Authenticator (first); or, with ``code``
+        STATUS_SERVER, a Status-Server (RFC 5997 §3: the same signature)."""
         attrs = _MA_ZERO + self.attributes(pairs, (secret, authenticator))
-        header = _header(ACCESS_REQUEST, ident, attrs)
+        header = _header(code, ident, attrs)
         mac = hmac_md5(secret, header + authenticator + attrs)
         return header + authenticator + attrs[:2] + mac + attrs[18:]
 
@@ -231,13 +234,14 @@ def verify_reply(raw: bytes, request_code: int, request_authenticator: bytes,
         at += size
     if at != len(attrs):
         return None
-    if request_code == ACCESS_REQUEST and proxied:
+    signed = request_code in (ACCESS_REQUEST, STATUS_SERVER)
+    if signed and proxied:
         return None  # a Proxy-State never sent: the BlastRADIUS signature
     if ma_at < 0:
         return None if require_message_authenticator else raw
     # The vector is the request's authenticator; zeros for an Accounting-Response (as
     # pyrad and FreeRADIUS compute it)
-    vector = request_authenticator if request_code == ACCESS_REQUEST else _ZERO16
+    vector = request_authenticator if signed else _ZERO16
     zeroed = attrs[:ma_at + 2] + _ZERO16 + attrs[ma_at + 18:]
     mac = hmac_md5(secret, raw[:4] + vector + zeroed)
     return raw if hmac.compare_digest(mac, attrs[ma_at + 2:ma_at + 18]) else None

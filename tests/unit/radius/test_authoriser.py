@@ -473,3 +473,34 @@ def test_the_subscriber_status_shows_how_it_was_authorised_and_the_accept_in_eff
         f.close()
 
     asyncio.run(run())
+
+
+def test_status_server_probes_keep_a_dead_server_dead_until_it_answers(tmp_path: Path) -> None:
+    async def run() -> None:
+        awake = [False]
+        srv = await serve(lambda req: (AccessAccept, {}) if awake[0] else None)
+        f = feature(config([srv.port], deadAfter=1, deadTime="1s", statusServer=True),
+                    tmp_path)
+        key = f"127.0.0.1:{srv.port}"
+        assert not (await f.authorise(session(1))).accept  # no answer: dead, refused
+        s = f.client.servers[key]
+        assert not s.alive(f.client.clock())
+        await asyncio.sleep(3.5)  # past its dead time: still dead, for no probe was answered
+        assert not s.alive(f.client.clock())
+        assert sample(f, "bng_radius_server_up", server=key) == 0
+        assert sample(f, "bng_radius_status_server_total", server=key, result="timeout") >= 1
+        probes = srv.asked[1:]
+        assert probes and all(p.code == 12 for p in probes)  # Status-Server, nothing else
+        assert all(p.verify_message_authenticator(SECRET) for p in probes)
+        awake[0] = True
+        t0 = time.monotonic()
+        while not s.alive(f.client.clock()):
+            assert time.monotonic() - t0 < 3, "a probe was answered; the server is not up"
+            await asyncio.sleep(0.05)
+        assert sample(f, "bng_radius_status_server_total", server=key, result="answered") == 1
+        assert sample(f, "bng_radius_server_up", server=key) == 1
+        assert (await f.authorise(session(2))).accept  # used at once
+        assert f.client._probes == {}
+        f.close()
+
+    asyncio.run(run())
