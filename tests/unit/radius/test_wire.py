@@ -25,6 +25,7 @@ from bng_operator.agent.radius.client import DICTIONARY
 from bng_operator.agent.radius.wire import (
     ACCESS_REQUEST,
     ACCOUNTING_REQUEST,
+    STATUS_SERVER,
     Encoder,
     hide_password,
     hmac_md5,
@@ -190,6 +191,23 @@ def test_an_accounting_response_is_verified_with_or_without_message_authenticato
     reply = _reply(request, AccountingResponse, sign=sign)
     assert verify_reply(reply, ACCOUNTING_REQUEST, authenticator, SECRET, False) == reply
     assert verify_reply(reply, ACCOUNTING_REQUEST, bytes(16), SECRET, False) is None
+
+
+@pytest.mark.parametrize("sign", [False, True])
+def test_a_status_server_is_signed_and_its_answer_verified_with_or_without_one(
+        sign: bool) -> None:
+    authenticator = os.urandom(16)
+    raw = ENC.access_request(9, authenticator, SECRET, [("NAS-IP-Address", "192.0.2.1")],
+                             code=STATUS_SERVER)
+    request = AuthPacket(packet=raw, secret=SECRET, dict=DICT)
+    assert request.code == STATUS_SERVER and request.verify_message_authenticator(SECRET)
+    reply = _reply(request, AccessAccept, sign=sign)
+    assert verify_reply(reply, STATUS_SERVER, authenticator, SECRET, False) == reply
+    assert verify_reply(reply, STATUS_SERVER, bytes(16), SECRET, False) is None
+    assert verify_reply(reply, STATUS_SERVER, authenticator, b"other", False) is None
+    if sign:  # a Message-Authenticator, when there, must be right
+        assert verify_reply(_flip(reply, 22 + 3), STATUS_SERVER, authenticator, SECRET,
+                            False) is None
 
 
 @pytest.mark.parametrize("secret", [b"", b"s", b"testing123", b"k" * 64, b"k" * 65, os.urandom(200)])
