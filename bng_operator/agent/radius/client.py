@@ -282,6 +282,10 @@ class RadiusClient:
     def close(self) -> None:
         self.forget(set())
 
+    def local_addresses(self) -> set[str]:
+        """The node's addresses towards its servers (the NAS-IP-Addresses it sends)."""
+        return {ep.local_address for ep in self._endpoints.values()}
+
     def _endpoint(self, s: Server) -> _Endpoint:
         ep = self._endpoints.get(s.key)
         if ep is None:

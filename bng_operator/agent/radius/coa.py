@@ -38,11 +38,13 @@ DUPLICATES = 4096  # requests remembered for duplicate detection, at most
 # Error-Cause (RFC 5176 §3.5)
 UNSUPPORTED_ATTRIBUTE = 401
 MISSING_ATTRIBUTE = 402
+NAS_IDENTIFICATION_MISMATCH = 403
 INVALID_REQUEST = 404
 SESSION_NOT_FOUND = 503
 CAUSE_NAMES = {UNSUPPORTED_ATTRIBUTE: "unsupported_attribute",
-               MISSING_ATTRIBUTE: "missing_attribute", INVALID_REQUEST: "invalid_request",
-               SESSION_NOT_FOUND: "session_not_found"}
+               MISSING_ATTRIBUTE: "missing_attribute",
+               NAS_IDENTIFICATION_MISMATCH: "nas_identification_mismatch",
+               INVALID_REQUEST: "invalid_request", SESSION_NOT_FOUND: "session_not_found"}
 
 IDENTIFIERS = ("Acct-Session-Id", "User-Name", "Framed-IP-Address", "Calling-Station-Id")
 # Attributes that say who sent it or to whom, and are not acted on
@@ -188,6 +190,18 @@ def matches(ident: Ident, candidates: Iterable[Candidate]) -> list[str]:
             continue
         out.append(c.key)
     return out
+
+
+def nas_mismatch(attrs: dict[str, list[object]], identifiers: set[str],
+                 addresses: set[str]) -> str:
+    """Why a request is not for this NAS (Error-Cause 403), or "": a NAS-Identifier that is
+    none of this node's (its name, its classes' nasIdentifier), a NAS-IP-Address that is
+    none of the addresses it sends RADIUS from. Not given, or nothing known to compare
+    with: no mismatch."""
+    for name, known in (("NAS-Identifier", identifiers), ("NAS-IP-Address", addresses)):
+        if name in attrs and known and str(attrs[name][0]) not in known:
+            return f"{name} {attrs[name][0]} is not this node's ({', '.join(sorted(known))})"
+    return ""
 
 
 def unsupported(kind: str, attrs: dict[str, list[object]], unknown: tuple[str, ...],

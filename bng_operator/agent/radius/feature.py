@@ -62,12 +62,14 @@ from bng_operator.agent.radius.client import Answer, RadiusClient, Server
 from bng_operator.agent.radius.coa import (
     COA,
     INVALID_REQUEST,
+    NAS_IDENTIFICATION_MISMATCH,
     SESSION_NOT_FOUND,
     UNSUPPORTED_ATTRIBUTE,
     Candidate,
     Request,
     identify,
     matches,
+    nas_mismatch,
     rate_attributes,
     timer_attributes,
     unsupported,
@@ -636,6 +638,10 @@ class RadiusFeature:
         ident = identify(r.attrs)
         if isinstance(ident, int):
             return ident
+        why = nas_mismatch(r.attrs, self._nas_identifiers(), self.client.local_addresses())
+        if why:
+            log.warning("RADIUS %s: %s; NAK", r.kind, why)
+            return NAS_IDENTIFICATION_MISMATCH
         keys = matches(ident, self.candidates())
         if not keys:
             log.info("RADIUS %s: no session matches %s; NAK", r.kind, ident)
@@ -656,6 +662,11 @@ class RadiusFeature:
                 log.info("RADIUS: session %s (Acct-Session-Id %s) ended by a "
                          "Disconnect-Request", key, st.acct_session_id if st else "?")
         return None if ended else SESSION_NOT_FOUND
+
+    def _nas_identifiers(self) -> set[str]:
+        """The NAS-Identifiers this node sends: its classes' nasIdentifier, or its name."""
+        return {auth.nas_identifier or self.config.node_name
+                for c in self.config.classes if (auth := self._auth(c)) is not None}
 
     def _coa(self, keys: list[str], attrs: dict[str, list[object]],
              timers: dict[str, int]) -> int | None:

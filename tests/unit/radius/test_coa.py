@@ -30,6 +30,7 @@ from bng_operator.agent.radius.coa import (
     DISCONNECT,
     INVALID_REQUEST,
     MISSING_ATTRIBUTE,
+    NAS_IDENTIFICATION_MISMATCH,
     SESSION_NOT_FOUND,
     UNSUPPORTED_ATTRIBUTE,
     Candidate,
@@ -39,6 +40,7 @@ from bng_operator.agent.radius.coa import (
     check,
     identify,
     matches,
+    nas_mismatch,
     timer_attributes,
     unsupported,
 )
@@ -158,6 +160,19 @@ def test_timer_attributes(attrs: dict[str, list[object]], timers: dict[str, int]
     assert timer_attributes(attrs) == timers
 
 
+@pytest.mark.parametrize("attrs, mismatch", [
+    ({}, ""),
+    ({"NAS-Identifier": ["edge-1"], "NAS-IP-Address": ["192.0.2.1"]}, ""),
+    ({"NAS-Identifier": ["edge-2"]}, "NAS-Identifier edge-2 is not this node's (edge-1)"),
+    ({"NAS-IP-Address": ["192.0.2.2"]},
+     "NAS-IP-Address 192.0.2.2 is not this node's (192.0.2.1, 198.51.100.1)"),
+])
+def test_a_request_for_another_nas_is_said(attrs: dict[str, list[object]],
+                                           mismatch: str) -> None:
+    assert nas_mismatch(attrs, {"edge-1"}, {"192.0.2.1", "198.51.100.1"}) == mismatch
+    assert nas_mismatch(attrs, set(), set()) == ""  # nothing known to compare with
+
+
 @pytest.mark.parametrize("kind, names, bad", [
     (COA, ["User-Name", "Filter-Id", "WISPr-Bandwidth-Max-Up", "Event-Timestamp"], []),
     (COA, ["User-Name", "Session-Timeout", "Idle-Timeout", "Acct-Interim-Interval"], []),
@@ -254,6 +269,12 @@ def _nak_cause(reply: CoAPacket | None) -> int | None:
     (CoARequest, {"Framed-IP-Address": "100.64.0.1", "Filter-Id": "no-such-policy"}, CoANAK,
      INVALID_REQUEST),
     (CoARequest, {"NAS-Identifier": "x"}, CoANAK, MISSING_ATTRIBUTE),
+    (CoARequest, {"User-Name": "02:00:00:00:01:01", "NAS-Identifier": "edge-1",
+                  "NAS-IP-Address": "127.0.0.1", "Filter-Id": "business-1g"}, CoAACK, None),
+    (CoARequest, {"User-Name": "02:00:00:00:01:01", "NAS-Identifier": "edge-2",
+                  "Filter-Id": "business-1g"}, CoANAK, NAS_IDENTIFICATION_MISMATCH),
+    (DisconnectRequest, {"User-Name": "02:00:00:00:01:01", "NAS-IP-Address": "192.0.2.9"},
+     DisconnectNAK, NAS_IDENTIFICATION_MISMATCH),
     (DisconnectRequest, {"Calling-Station-Id": "02-00-00-00-01-01"}, DisconnectACK, None),
     (DisconnectRequest, {"Framed-IP-Address": "100.64.0.9"}, DisconnectNAK, SESSION_NOT_FOUND),
     (DisconnectRequest, {"Framed-IP-Address": "100.64.0.1", "Filter-Id": "x"}, DisconnectNAK,
@@ -273,6 +294,7 @@ def test_answers_and_nak_causes(tmp_path: Path, code: int, attrs: dict[str, Any]
         kind = "disconnect" if code == DisconnectRequest else "coa"
         label = "ack" if cause is None else {401: "unsupported_attribute",
                                              402: "missing_attribute", 404: "invalid_request",
+                                             403: "nas_identification_mismatch",
                                              503: "session_not_found"}[cause]
         assert sample(node.f, "bng_radius_dynauth_requests_total", type=kind,
                       result=label) == 1
