@@ -118,9 +118,10 @@ def _kept(values: dict[str, float], prefix: str) -> float:
 
 
 def machine_busy_seconds() -> float:
-    """CPU time the whole machine spent not idle so far, all CPUs (/proc/stat)."""
+    """CPU time the whole machine spent not idle so far, all CPUs (/proc/stat: user to
+    softirq; not idle, iowait, nor steal, the time the hypervisor ran others)."""
     ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return (sum(ticks[:7]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -412,20 +412,37 @@ class RadiusClient:
                 timer.cancel()
                 waiter.cancel()
 
+    def probe_if_dead(self, s: Server) -> None:
+        """Start probing ``s`` if it is dead, probes are on and none runs (statusServer
+        turned on for a server that is dead already)."""
+        if s.dead_until and s.probe and s.probe_secret and s.key not in self._probes:
+            with contextlib.suppress(RuntimeError):  # no loop running: its next death
+                self._probes[s.key] = asyncio.get_running_loop().create_task(self._probe(s))
+
+    def _probing(self, s: Server) -> bool:
+        return (self.servers.get(s.key) is s and bool(s.dead_until) and s.probe
+                and bool(s.probe_secret))
+
     async def _probe(self, s: Server) -> None:
         """Status-Server to a dead server until it answers (RFC 5080 §2.2.1): it stays dead
-        meanwhile, and is used again at once when it does."""
+        meanwhile, and is used again at once when it does (or when a request's answer
+        revives it first)."""
         m = self.metrics
-        every = min(s.dead_time, PROBE_EVERY)
         try:
-            while self.servers.get(s.key) is s and s.dead_until and s.probe and s.probe_secret:
+            while self._probing(s):
+                every = min(s.dead_time, PROBE_EVERY)
                 await asyncio.sleep(max(0.0, min(every, s.dead_until - self.clock())))
+                if not self._probing(s):  # revived meanwhile, forgotten, or probes off
+                    return
                 s.dead_until = max(s.dead_until, self.clock() + every + s.timeout)
                 answered = await self._status(s)
                 m.radius_probes.labels(s.key, "answered" if answered else "timeout").inc()
                 if answered:
                     self._answered(s)
                     return
+        except Exception:  # a bug ends the probing, never the agent: deadTime revives it
+            log.exception("RADIUS server %s: Status-Server probing failed", s.key)
+            s.dead_until = min(s.dead_until, self.clock() + s.dead_time)
         finally:
             self._probes.pop(s.key, None)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -223,24 +224,29 @@ class RadiusFeature:
         of one direction."""
         for key, s in self._bound.items():
             st = self.sessions.get(key)
-            if st is None or s.lease is None:
-                continue
-            wanted = RadiusRates(st.filter_id, st.rate_down_bps, st.rate_up_bps)
-            if not wanted or (st.rates is not None and st.rates.policy == "radius"
-                              and not (st.rate_down_bps or st.rate_up_bps)):
-                continue  # RADIUS set no rates; or WISPr rates stored before they were kept
-            rates, why = session_rates(wanted, self.config,
-                                       self.config.shaping.get(s.subscriber_class))
-            if rates == st.rates:
-                continue
-            if why:
-                log.warning("RADIUS: session %s: %s", key, why)
-            st.rates = rates
-            if self.store is not None:
-                self.store.put(key, st)
-            self.override(s.lease, rates)
-            log.info("RADIUS: session %s: a QoSPolicy changed, its rates now %s", key,
-                     f"{rates.down} down, {rates.up} up" if rates else "its class's")
+            if st is not None and s.lease is not None and \
+                    self._made_again(key, st, s.subscriber_class):
+                self.override(s.lease, st.rates)
+
+    def _made_again(self, key: str, st: RadiusSession, subscriber_class: str) -> bool:
+        """``st.rates`` made again from its rate attributes and the policies as they are
+        now; whether they changed."""
+        wanted = RadiusRates(st.filter_id, st.rate_down_bps, st.rate_up_bps)
+        if not wanted or (st.rates is not None and st.rates.policy == "radius"
+                          and not (st.rate_down_bps or st.rate_up_bps)
+                          and "radius" not in self.config.qos_policies):
+            return False  # RADIUS set no rates; or WISPr rates stored before they were kept
+        rates, why = session_rates(wanted, self.config, self.config.shaping.get(subscriber_class))
+        if rates == st.rates:
+            return False
+        if why:
+            log.warning("RADIUS: session %s: %s", key, why)
+        st.rates = rates
+        if self.store is not None:
+            self.store.put(key, st)
+        log.info("RADIUS: session %s: a QoSPolicy changed, its rates now %s", key,
+                 f"{rates.down} down, {rates.up} up" if rates else "its class's")
+        return True
 
     async def refresh_secrets(self) -> None:
         """``read_secrets`` off the loop (a Kubernetes Secret is an API call)."""
@@ -275,6 +281,7 @@ class RadiusFeature:
                         where.append((s, secret))
                         if s.probe:
                             s.probe_secret = secret
+                            self.client.probe_if_dead(s)
                     else:
                         s.last_error = secret or "secret not read yet"
                 if isinstance(secret, bytes):  # a CoA/Disconnect client too
@@ -345,6 +352,7 @@ class RadiusFeature:
                 self.store.delete(key)
                 continue
             self._attach(s, st)
+            self._made_again(key, st, s.subscriber_class)  # policies edited meanwhile
             if st.rates is not None:
                 self.override(lease, st.rates)
             self._bound[key] = s
@@ -539,19 +547,23 @@ class RadiusFeature:
         """A CoA's timers, in effect at once: Session-Timeout counts from now (kept as a
         time from ``authorised_at``, as restarts count it), Idle-Timeout's clock starts
         anew, and the next Interim-Update follows the new interval."""
+        held: list[dict[str, asyncio.TimerHandle]] = []
         if "Session-Timeout" in timers:
             v = timers["Session-Timeout"]
-            st.session_timeout = (max(1, int(time.time() - st.authorised_at) + v)
-                                  if v else None)
+            # rounded up: never a moment before v seconds from now
+            st.session_timeout = math.ceil(time.time() - st.authorised_at + v) if v else None
+            held.append(self._timers)
         if "Idle-Timeout" in timers:
             st.idle_timeout = timers["Idle-Timeout"] or None
+            held.append(self._idle_timers)
+            self._idle.pop(key, None)
         if "Acct-Interim-Interval" in timers:
             st.interim_interval = timers["Acct-Interim-Interval"] or None
-        for held in (self._timers, self._idle_timers, self._interims):
-            timer = held.pop(key, None)
+            held.append(self._interims)
+        for timers_of in held:
+            timer = timers_of.pop(key, None)
             if timer is not None:
                 timer.cancel()
-        self._idle.pop(key, None)
         if self.store is not None:
             self.store.put(key, st)
         self._arm(key, st)
@@ -638,7 +650,10 @@ class RadiusFeature:
         ident = identify(r.attrs)
         if isinstance(ident, int):
             return ident
-        why = nas_mismatch(r.attrs, self._nas_identifiers(), self.client.local_addresses())
+        addresses = self.client.local_addresses()
+        if addresses and self.coa_address not in ("", "0.0.0.0"):
+            addresses.add(self.coa_address)
+        why = nas_mismatch(r.attrs, self._nas_identifiers(), addresses)
         if why:
             log.warning("RADIUS %s: %s; NAK", r.kind, why)
             return NAS_IDENTIFICATION_MISMATCH

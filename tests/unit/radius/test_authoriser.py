@@ -504,3 +504,21 @@ def test_status_server_probes_keep_a_dead_server_dead_until_it_answers(tmp_path:
         f.close()
 
     asyncio.run(run())
+
+
+def test_a_server_a_request_revives_is_not_killed_again_by_its_probe(tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(lambda req: None)
+        f = feature(config([srv.port], deadAfter=1, deadTime="1s", statusServer=True),
+                    tmp_path)
+        key = f"127.0.0.1:{srv.port}"
+        assert not (await f.authorise(session(1))).accept  # dead; a probe is due in 1 s
+        s = f.client.servers[key]
+        assert key in f.client._probes
+        f.client._answered(s)  # a reply to a request in flight came in meanwhile
+        await asyncio.sleep(1.5)
+        assert s.alive(f.client.clock()), "the probe marked a live server dead again"
+        assert f.client._probes == {} and len(srv.asked) == 1  # and sent no probe
+        f.close()
+
+    asyncio.run(run())
