@@ -515,6 +515,7 @@ def test_a_server_a_request_revives_is_not_killed_again_by_its_probe(tmp_path: P
         assert not (await f.authorise(session(1))).accept  # dead; a probe is due in 1 s
         s = f.client.servers[key]
         assert key in f.client._probes
+        await asyncio.sleep(0.1)  # the probe waits for its turn
         f.client._answered(s)  # a reply to a request in flight came in meanwhile
         await asyncio.sleep(1.5)
         assert s.alive(f.client.clock()), "the probe marked a live server dead again"
