@@ -115,6 +115,12 @@ def kea_config(workdir: Path, name: str = "single-threaded") -> dict[str, object
     }}
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """A process's CPU so far: user and system, all its threads (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Trial:
     rate: int
@@ -175,10 +181,7 @@ class Servers:
     def cpu_seconds(self, which: str) -> float:
         """The running server's CPU so far: user and system, all its threads."""
         proc = self._process(which)
-        if proc is None:
-            return 0.0
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(proc.pid) if proc is not None else 0.0
 
     def cores_allowed(self, which: str) -> int:
         """The CPUs the running server may use (its affinity)."""

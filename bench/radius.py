@@ -59,6 +59,7 @@ from bench.dhcp import (
     Trial,
     _perfdhcp,
     perfdhcp_report,
+    process_cpu_seconds,
     relay_site,
     step_search,
 )
@@ -122,11 +123,6 @@ def machine_busy_seconds() -> float:
     softirq; not idle, iowait, nor steal, the time the hypervisor ran others)."""
     ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(ticks[:7]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def trial(site: Site, modes: Modes, which: str, rate: int, seconds: int) -> dict[str, Any]:

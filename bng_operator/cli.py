@@ -12,7 +12,7 @@ from typing import Any
 from bng_operator import __version__
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
 from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, MAX_LEASES_PER_NODE
-from bng_operator.api.common import DEFAULT_NAMESPACE
+from bng_operator.api.common import DEFAULT_NAMESPACE, rfc3339
 
 
 def _duration(seconds: float) -> str:
@@ -265,29 +265,25 @@ def _cmd_nat_lookup(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_answer(a) for a in answers]))
     elif not answers:
-        print(f"nobody had {public}:{args.port} at {_iso(at)} (as far as {', '.join(map(str, files))} "
+        print(f"nobody had {public}:{args.port} at {rfc3339(at)} (as far as {', '.join(map(str, files))} "
               "knows)")
     for a in answers if not args.json else ():
-        print(f"{public}:{args.port} at {_iso(at)}: {a.inside} "
+        print(f"{public}:{args.port} at {rfc3339(at)}: {a.inside} "
               f"({a.subscriber or 'see the lease log for this inside address'}) "
-              f"pool {a.pool}, {a.mode}, ports {a.ports}, since {_iso(a.since)}"
-              f"{', until ' + _iso(a.until) if a.until else ''}"
+              f"pool {a.pool}, {a.mode}, ports {a.ports}, since {rfc3339(a.since)}"
+              f"{', until ' + rfc3339(a.until) if a.until else ''}"
               f"{', mac ' + a.mac if a.mac else ''}"
               f"{', circuit-id ' + a.circuit_id if a.circuit_id else ''}"
               f"{', remote-id ' + a.remote_id if a.remote_id else ''}")
     return 0 if answers else 1
 
 
-def _iso(t: float) -> str:
-    from datetime import UTC, datetime
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
 
 def _answer(a: Any) -> dict[str, Any]:
-    return {"public": str(a.public), "port": a.port, "at": _iso(a.at), "pool": a.pool,
+    return {"public": str(a.public), "port": a.port, "at": rfc3339(a.at), "pool": a.pool,
             "inside": str(a.inside), "mode": a.mode, "subscriber": a.subscriber, "mac": a.mac,
             "circuitId": a.circuit_id, "remoteId": a.remote_id, "ports": a.ports,
-            "since": _iso(a.since), "until": _iso(a.until) if a.until else None}
+            "since": rfc3339(a.since), "until": rfc3339(a.until) if a.until else None}
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -110,6 +110,11 @@ DURATION_RE = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 
 
 @lru_cache(maxsize=256)  # a handful of distinct strings, parsed per request by the agent
+def rfc3339(t: float) -> str:
+    """A Unix time as the API writes a date-time: UTC, to the second."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def parse_duration(s: str) -> int:
     """Seconds in a duration such as ``12h``, ``90m`` or ``1h30m``."""
     m = re.fullmatch(DURATION_RE, s)

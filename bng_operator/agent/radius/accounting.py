@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from bng_operator.agent.radius.attributes import NAS_PORT_TYPE, line_attributes
+from bng_operator.agent.radius.attributes import NAS_PORT_TYPE, line_attributes, nas_identifier
 from bng_operator.agent.sessions.session import EndReason, Identity
 from bng_operator.api.radius import RadiusAuth
 
@@ -81,7 +81,7 @@ def acct_attributes(status: str, *, acct_session_id: str, user_name: str,
         ("Acct-Status-Type", status),
         ("Acct-Session-Id", acct_session_id),
         ("User-Name", user_name),
-        ("NAS-Identifier", auth.nas_identifier or node),
+        ("NAS-Identifier", nas_identifier(auth, node)),
         ("NAS-Port-Type", NAS_PORT_TYPE),
     ]
     attrs += line_attributes(identity, auth)

@@ -61,6 +61,11 @@ def render(template: str, identity: Identity, mac_format: str) -> str:
     return _FIELD.sub(one, template)
 
 
+def nas_identifier(auth: RadiusAuth, node: str) -> str:
+    """The NAS-Identifier this node sends for a class: its nasIdentifier, else its name."""
+    return auth.nas_identifier or node
+
+
 def request_attributes(identity: Identity, auth: RadiusAuth, node: str, nas_ip: str,
                        ) -> list[tuple[str, str | int]]:
     """The Access-Request's attributes, User-Password in clear text (the client hides it).
@@ -70,7 +75,7 @@ def request_attributes(identity: Identity, auth: RadiusAuth, node: str, nas_ip: 
     if auth.password is not None:
         attrs.append(("User-Password", render(auth.password, identity, auth.mac_format)))
     attrs += [("Service-Type", "Framed-User"),
-              ("NAS-Identifier", auth.nas_identifier or node),
+              ("NAS-Identifier", nas_identifier(auth, node)),
               ("NAS-IP-Address", nas_ip),
               ("NAS-Port-Type", NAS_PORT_TYPE)]
     return attrs + line_attributes(identity, auth)
@@ -136,8 +141,8 @@ class Authorisation:
 
     grant: Grant | None = None  # an address or a pool of its own
     rates: ShapingRates | None = None  # over its class's policy (Filter-Id, WISPr rates)
-    wanted: RadiusRates | None = None  # the rate attributes themselves (kept: rates follow
-    # edits of the policies they name)
+    wanted: RadiusRates = RadiusRates()  # the rate attributes themselves (kept: rates
+    # follow edits of the policies they name)
     session_timeout: int | None = None  # seconds (stored; enforced with accounting)
     idle_timeout: int | None = None
     interim_interval: int | None = None  # Acct-Interim-Interval
@@ -187,7 +192,7 @@ def read_accept(attrs: dict[str, list[object]], config: NodeConfig, class_pool: 
     grant = Grant(address, pool_name) if address or (pool_name and pool_name != class_pool) \
         else None
     return Authorisation(
-        grant=grant, rates=override, wanted=wanted or None,
+        grant=grant, rates=override, wanted=wanted,
         session_timeout=_int(_one(attrs, "Session-Timeout")),
         idle_timeout=_int(_one(attrs, "Idle-Timeout")),
         interim_interval=_int(_one(attrs, "Acct-Interim-Interval")),

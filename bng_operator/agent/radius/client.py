@@ -415,7 +415,7 @@ class RadiusClient:
     def probe_if_dead(self, s: Server) -> None:
         """Start probing ``s`` if it is dead, probes are on and none runs (statusServer
         turned on for a server that is dead already)."""
-        if s.dead_until and s.probe and s.probe_secret and s.key not in self._probes:
+        if self._probing(s) and s.key not in self._probes:
             with contextlib.suppress(RuntimeError):  # no loop running: its next death
                 self._probes[s.key] = asyncio.get_running_loop().create_task(self._probe(s))
 
@@ -460,8 +460,7 @@ class RadiusClient:
         s.timeouts_in_row += 1
         if s.timeouts_in_row >= s.dead_after:
             s.dead_until = self.clock() + s.dead_time
-            if s.probe and s.probe_secret and s.key not in self._probes:
-                self._probes[s.key] = asyncio.get_running_loop().create_task(self._probe(s))
+            self.probe_if_dead(s)
             self.metrics.radius_server_up.labels(s.key).set(0)
             log.warning("RADIUS server %s is dead: %d requests in a row without an answer "
                         "(%s); skipped for %g s", s.key, s.timeouts_in_row, s.last_error,

@@ -32,7 +32,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -55,6 +54,7 @@ from bng_operator.agent.radius.attributes import (
     MissingField,
     RadiusRates,
     Refusal,
+    nas_identifier,
     read_accept,
     request_attributes,
     session_rates,
@@ -92,7 +92,7 @@ from bng_operator.agent.sessions.session import (
     Session,
 )
 from bng_operator.api.bngnode import RadiusServerStatus
-from bng_operator.api.common import parse_duration
+from bng_operator.api.common import parse_duration, rfc3339
 from bng_operator.api.radius import RadiusAuth, SecretRef
 from bng_operator.metrics import AgentMetrics
 
@@ -441,8 +441,7 @@ class RadiusFeature:
 
     def _accepted(self, s: Session, user: str, answer: Answer, a: Authorisation,
                   ) -> RadiusSession:
-        g = a.grant
-        w = a.wanted or RadiusRates()
+        g, w = a.grant, a.wanted
         st = RadiusSession(
             acct_session_id=new_acct_session_id(), user_name=user, server=answer.server,
             address=g.address if g else 0, pool=g.pool if g else "", rates=a.rates,
@@ -520,10 +519,7 @@ class RadiusFeature:
         st = self.sessions.pop(s.key, None)
         self._bound.pop(s.key, None)
         self._idle.pop(s.key, None)
-        for timers in (self._timers, self._interims, self._idle_timers):
-            timer = timers.pop(s.key, None)
-            if timer is not None:
-                timer.cancel()
+        self._disarm(s.key, self._timers, self._interims, self._idle_timers)
         if st is not None and st.start_queued and s.lease is not None:
             self._record(STOP, s.key, st, s, s.lease.address, self._usage(st, s.lease.address),
                          st.end_cause or terminate_cause(s.end_reason, st.session_timed_out))
@@ -547,29 +543,32 @@ class RadiusFeature:
         """A CoA's timers, in effect at once: Session-Timeout counts from now (kept as a
         time from ``authorised_at``, as restarts count it), Idle-Timeout's clock starts
         anew, and the next Interim-Update follows the new interval."""
-        held: list[dict[str, asyncio.TimerHandle]] = []
         if "Session-Timeout" in timers:
             v = timers["Session-Timeout"]
             # rounded up: never a moment before v seconds from now
             st.session_timeout = math.ceil(time.time() - st.authorised_at + v) if v else None
-            held.append(self._timers)
+            self._disarm(key, self._timers)
         if "Idle-Timeout" in timers:
             st.idle_timeout = timers["Idle-Timeout"] or None
-            held.append(self._idle_timers)
+            self._disarm(key, self._idle_timers)
             self._idle.pop(key, None)
         if "Acct-Interim-Interval" in timers:
             st.interim_interval = timers["Acct-Interim-Interval"] or None
-            held.append(self._interims)
-        for timers_of in held:
-            timer = timers_of.pop(key, None)
-            if timer is not None:
-                timer.cancel()
+            self._disarm(key, self._interims)
         if self.store is not None:
             self.store.put(key, st)
         self._arm(key, st)
         self._arm_interim(key, st)
         log.info("RADIUS: session %s (Acct-Session-Id %s): CoA, %s", key, st.acct_session_id,
                  ", ".join(f"{k} {v}" for k, v in timers.items()))
+
+    @staticmethod
+    def _disarm(key: str, *held: dict[str, asyncio.TimerHandle]) -> None:
+        """Cancel ``key``'s timer in each of ``held``."""
+        for timers in held:
+            timer = timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
 
     def _session_timeout(self, key: str, acct_session_id: str) -> None:
         self._timers.pop(key, None)
@@ -680,7 +679,7 @@ class RadiusFeature:
 
     def _nas_identifiers(self) -> set[str]:
         """The NAS-Identifiers this node sends: its classes' nasIdentifier, or its name."""
-        return {auth.nas_identifier or self.config.node_name
+        return {nas_identifier(auth, self.config.node_name)
                 for c in self.config.classes if (auth := self._auth(c)) is not None}
 
     def _coa(self, keys: list[str], attrs: dict[str, list[object]],
@@ -703,7 +702,7 @@ class RadiusFeature:
                 self._retime(key, self.sessions[key], timers)
         for s, st, a in changes:
             st.rates = a.rates
-            w = a.wanted or RadiusRates()  # the CoA's rate attributes replace the Accept's
+            w = a.wanted  # the CoA's rate attributes replace the Accept's
             st.filter_id, st.rate_down_bps, st.rate_up_bps = w.filter_id, w.down_bps, w.up_bps
             if self.store is not None:
                 self.store.put(s.key, st)
@@ -949,7 +948,7 @@ class RadiusFeature:
             return {}
         out: dict[str, object] = {
             "authState": "fallback" if st.fallback else "authorised",
-            "userName": st.user_name, "authorisedAt": _rfc3339(st.authorised_at),
+            "userName": st.user_name, "authorisedAt": rfc3339(st.authorised_at),
             "acctSessionId": st.acct_session_id,
             "interimInterval": int(self._interval(st))}
         if st.server:
@@ -964,11 +963,11 @@ class RadiusFeature:
             out["download"], out["upload"] = st.rates.down, st.rates.up
         if st.session_timeout:
             out["sessionTimeout"] = st.session_timeout
-            out["sessionEndsAt"] = _rfc3339(st.authorised_at + st.session_timeout)
+            out["sessionEndsAt"] = rfc3339(st.authorised_at + st.session_timeout)
         if st.idle_timeout:
             out["idleTimeout"] = st.idle_timeout
         if st.last_accounting:
-            out["lastAccounting"] = _rfc3339(st.last_accounting)
+            out["lastAccounting"] = rfc3339(st.last_accounting)
         return {"radius": out}
 
     # --- status -----------------------------------------------------------------------------
@@ -999,6 +998,3 @@ class RadiusFeature:
                          f"{now - self.last_fallback_at:.0f} s ago: {self.last_fallback}")
         return "; ".join(parts)
 
-
-def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
