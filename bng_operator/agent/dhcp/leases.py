@@ -11,7 +11,6 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -90,8 +89,17 @@ def _row(lease: Lease) -> tuple[object, ...]:
 
 
 _LEASE_COLS = ", ".join(f.name if f.name != "subscriber_class" else "class" for f in fields(Lease))
-_UPSERT = (f"INSERT OR REPLACE INTO leases ({_LEASE_COLS}) "
-           f"VALUES ({', '.join('?' * len(fields(Lease)))})")
+_LEASE_ROW = f"({', '.join('?' * len(fields(Lease)))})"
+MAX_ROWS = 500  # leases in one INSERT statement (SQLite's bound on its parameters permitting)
+
+
+def _upsert(rows: int) -> str:
+    """One INSERT of ``rows`` leases, in order (a later row replaces an earlier one)."""
+    return f"INSERT OR REPLACE INTO leases ({_LEASE_COLS}) VALUES {', '.join([_LEASE_ROW] * rows)}"
+
+
+def _delete(addresses: int) -> str:
+    return f"DELETE FROM leases WHERE address IN ({', '.join('?' * addresses)})"
 
 
 class LeaseStore:
@@ -127,18 +135,26 @@ class LeaseStore:
         return leases, declines
 
     # --- writes --------------------------------------------------------------------------------
+    # The writer thread takes the queue under a lock, not through a turn of the event loop:
+    # under load a turn is a whole step of requests away (~10 ms), and every such wait is a
+    # wait for the GIL too. The queue's writes take the lock as well, so that a write is
+    # never appended to a batch the writer has already taken.
 
     def put(self, lease: Lease) -> None:
-        self._pending.append(("put", lease))
+        with self._lock:
+            self._pending.append(("put", lease))
 
     def delete(self, address: int) -> None:
-        self._pending.append(("delete", address))
+        with self._lock:
+            self._pending.append(("delete", address))
 
     def put_decline(self, d: Decline) -> None:
-        self._pending.append(("decline", d))
+        with self._lock:
+            self._pending.append(("decline", d))
 
     def delete_decline(self, address: int) -> None:
-        self._pending.append(("undecline", address))
+        with self._lock:
+            self._pending.append(("undecline", address))
 
     @property
     def pending(self) -> int:
@@ -149,20 +165,24 @@ class LeaseStore:
         """A future that completes once everything queued so far is on disk. Callers until
         the next batch starts share one future, so a burst costs one callback, not N."""
         loop = asyncio.get_running_loop()
-        if self._next is None:
-            self._next = loop.create_future()
-        fut = self._next
-        if not self._writing:
-            self._writing = True
+        with self._lock:
+            if self._next is None:
+                self._next = loop.create_future()
+            fut = self._next
+            start, self._writing = not self._writing, True
+        if start:
             loop.run_in_executor(None, self._write_loop, loop)
         return fut
 
     def _write_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Writer thread: drain the queue in batches until nothing is left."""
         while True:
-            batch, fut = self._take_batch(loop)
-            if not batch and fut is None:
-                return
+            with self._lock:
+                batch, fut = self._pending, self._next
+                self._pending, self._next = [], None
+                if not batch and fut is None:
+                    self._writing = False  # the next commit() starts a writer again
+                    return
             self._writing_since = time.monotonic()
             err = self._write_retried(batch)
             self._writing_since = None
@@ -189,49 +209,38 @@ class LeaseStore:
                 time.sleep(pause)
         return None
 
-    def _take_batch(self, loop: asyncio.AbstractEventLoop,
-                    ) -> tuple[list[tuple[str, object]], asyncio.Future[None] | None]:
-        # Called from the writer thread; the queue is filled on the loop thread. Swapping on
-        # the loop thread keeps the two from ever touching one list at once.
-        done = threading.Event()
-        box: list[tuple[list[tuple[str, object]], asyncio.Future[None] | None]] = []
-
-        def swap() -> None:
-            batch, fut = self._pending, self._next
-            self._pending, self._next = [], None
-            if not batch and fut is None:
-                self._writing = False
-            box.append((batch, fut))
-            done.set()
-
-        loop.call_soon_threadsafe(swap)
-        done.wait()
-        return box[0]
-
-    def _write(self, batch: Iterable[tuple[str, object]]) -> None:
+    def _write(self, batch: list[tuple[str, object]]) -> None:
+        """One transaction, in few statements: each statement gives the GIL up and must win
+        it back from the busy event loop (up to the switch interval each time), so a batch
+        of leases is one INSERT of many rows, not one per lease. A batch of nothing but
+        up to MAX_ROWS leases, the common one, is a single statement, its own transaction."""
+        if not batch:  # a commit asked for after its writes had gone in the batch before
+            return
+        runs = _runs(batch)
         db = self._db
-        rows: list[tuple[object, ...]] = []
+        if len(runs) == 1 and runs[0][0] == "put" and len(runs[0][1]) <= MAX_ROWS:
+            rows = runs[0][1]
+            db.execute(_upsert(len(rows)), [v for lease in rows for v in _row(lease)])  # type: ignore[arg-type]
+            return
         db.execute("BEGIN")
         try:
-            for op, item in batch:
-                if op == "put":  # runs of puts go in one executemany: one C call, few GIL trips
-                    rows.append(_row(item))  # type: ignore[arg-type]
-                    continue
-                if rows:
-                    db.executemany(_UPSERT, rows)
-                    rows.clear()
-                if op == "delete":
-                    db.execute("DELETE FROM leases WHERE address = ?", (item,))
-                elif op == "decline":
-                    d = item
-                    assert isinstance(d, Decline)
-                    db.execute("INSERT OR REPLACE INTO declined VALUES (?, ?, ?)",
-                               (d.address, d.pool, d.until))
-                    db.execute("DELETE FROM leases WHERE address = ?", (d.address,))
-                elif op == "undecline":
-                    db.execute("DELETE FROM declined WHERE address = ?", (item,))
-            if rows:
-                db.executemany(_UPSERT, rows)
+            for op, items in runs:
+                for i in range(0, len(items), MAX_ROWS):
+                    chunk = items[i:i + MAX_ROWS]
+                    if op == "put":
+                        db.execute(_upsert(len(chunk)),
+                                   [v for lease in chunk for v in _row(lease)])  # type: ignore[arg-type]
+                    elif op == "delete":
+                        db.execute(_delete(len(chunk)), chunk)
+                    elif op == "decline":
+                        for d in chunk:
+                            assert isinstance(d, Decline)
+                            db.execute("INSERT OR REPLACE INTO declined VALUES (?, ?, ?)",
+                                       (d.address, d.pool, d.until))
+                            db.execute("DELETE FROM leases WHERE address = ?", (d.address,))
+                    elif op == "undecline":
+                        for address in chunk:
+                            db.execute("DELETE FROM declined WHERE address = ?", (address,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -239,6 +248,17 @@ class LeaseStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _runs(batch: list[tuple[str, object]]) -> list[tuple[str, list[object]]]:
+    """The batch's writes as runs of one kind, in order."""
+    runs: list[tuple[str, list[object]]] = []
+    for op, item in batch:
+        if runs and runs[-1][0] == op:
+            runs[-1][1].append(item)
+        else:
+            runs.append((op, [item]))
+    return runs
 
 
 def _resolve(fut: asyncio.Future[None], err: BaseException | None) -> None:
