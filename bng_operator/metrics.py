@@ -44,6 +44,11 @@ class AgentMetrics:
             "bng_lease_store_commit_failures_total",
             "Lease store commits that failed after their retries (their replies were not sent).",
             registry=r)
+        # The agent's garbage collections (agent/heap.py): the event loop stops for each.
+        self.gc_pause = Histogram(
+            "bng_gc_pause_seconds", "Garbage collections of the agent's Python heap, by "
+            "generation (2: a full one of what is not frozen).", ["generation"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
         self.send_failures = Counter(
             "bng_dhcp_send_failures_total", "Replies the kernel did not take.", ["interface"],
             registry=r)

@@ -33,6 +33,7 @@ from bng_operator.agent.dhcp.server import DhcpServer
 from bng_operator.agent.expiry import Expiry
 from bng_operator.agent.fastpath.feature import FastPathFeature, RxVlanOffload, programs
 from bng_operator.agent.health import Commits, Health
+from bng_operator.agent.heap import FREEZE_EVERY, HeapKeeper
 from bng_operator.agent.lock import Locks
 from bng_operator.agent.nat.feature import NatFeature, nat_programs
 from bng_operator.agent.observe.feature import ObserveFeature
@@ -259,6 +260,9 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, self._reload_wanted.set)
         tasks = [asyncio.create_task(self._tick(stop)), asyncio.create_task(self._reloader(stop))]
         tasks.append(asyncio.create_task(self._start_features()))
+        heap = HeapKeeper(m)
+        heap.start()
+        tasks.append(asyncio.create_task(self._keep_heap(stop, heap)))
         if self.fast_path is not None:
             tasks.append(asyncio.create_task(self.fast_path.sync(stop, st.sync_interval)))
         watch_stop = threading.Event()
@@ -278,6 +282,7 @@ class Agent:
             watch_stop.set()
             for t in tasks:
                 t.cancel()
+            heap.stop()
             if self.reporting is not None:
                 await loop.run_in_executor(None, self.reporting.stop)
             site.close()
@@ -481,6 +486,13 @@ class Agent:
             except Exception:  # the timer must outlive any one bad tick
                 log.exception("periodic work failed; retrying")
             await asyncio.sleep(self.settings.tick)
+
+    @staticmethod
+    async def _keep_heap(stop: asyncio.Event, heap: HeapKeeper) -> None:
+        """Short collector pauses (agent/heap.py), from the leases loaded at start on."""
+        while not stop.is_set():
+            heap.freeze()
+            await asyncio.sleep(FREEZE_EVERY)
 
     # --- reload --------------------------------------------------------------------------------
 
