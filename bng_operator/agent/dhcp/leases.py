@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from bng_operator.agent.sqlrows import Statement, many_rows, rows_per_statement
+
 # Columns added after the first release: in the schema, and added to older stores at open.
 # They hold the request the lease was granted on, which the fast path must see again.
 _ADDED_COLUMNS = {"vlan": "INTEGER NOT NULL DEFAULT 0", "giaddr": "INTEGER NOT NULL DEFAULT 0",
@@ -90,16 +92,9 @@ def _row(lease: Lease) -> tuple[object, ...]:
 
 _LEASE_COLS = ", ".join(f.name if f.name != "subscriber_class" else "class" for f in fields(Lease))
 _LEASE_ROW = f"({', '.join('?' * len(fields(Lease)))})"
-MAX_ROWS = 500  # leases in one INSERT statement (SQLite's bound on its parameters permitting)
-
-
-def _upsert(rows: int) -> str:
-    """One INSERT of ``rows`` leases, in order (a later row replaces an earlier one)."""
-    return f"INSERT OR REPLACE INTO leases ({_LEASE_COLS}) VALUES {', '.join([_LEASE_ROW] * rows)}"
-
-
-def _delete(addresses: int) -> str:
-    return f"DELETE FROM leases WHERE address IN ({', '.join('?' * addresses)})"
+# One statement's rows, in order: a later row replaces an earlier one of its address or
+# identity, as a later put does.
+_UPSERT = f"INSERT OR REPLACE INTO leases ({_LEASE_COLS}) VALUES {{}}"
 
 
 class LeaseStore:
@@ -117,6 +112,7 @@ class LeaseStore:
         self._pending: list[tuple[str, object]] = []
         self._next: asyncio.Future[None] | None = None  # completes with the next batch
         self._lock = threading.Lock()
+        self._rows = rows_per_statement(self._db, len(fields(Lease)))
         self._writing = False
         self._writing_since: float | None = None  # when the batch being written started
 
@@ -210,37 +206,36 @@ class LeaseStore:
         return None
 
     def _write(self, batch: list[tuple[str, object]]) -> None:
-        """One transaction, in few statements: each statement gives the GIL up and must win
-        it back from the busy event loop (up to the switch interval each time), so a batch
-        of leases is one INSERT of many rows, not one per lease. A batch of nothing but
-        up to MAX_ROWS leases, the common one, is a single statement, its own transaction."""
+        """One transaction, in few statements (agent/sqlrows.py): a batch's leases are one
+        INSERT of many rows, not one per lease. A batch that is one statement, the common
+        case (leases only), is its own transaction."""
         if not batch:  # a commit asked for after its writes had gone in the batch before
             return
-        runs = _runs(batch)
+        statements: list[Statement] = []
+        for op, items in _runs(batch):
+            if op == "put":
+                many_rows(statements, _UPSERT, _LEASE_ROW,
+                          [_row(lease) for lease in items], self._rows)  # type: ignore[arg-type]
+            elif op == "delete":
+                many_rows(statements, "DELETE FROM leases WHERE address IN ({})", "?",
+                          [(a,) for a in items], self._rows)
+            elif op == "decline":
+                for d in items:
+                    assert isinstance(d, Decline)
+                    statements.append(("INSERT OR REPLACE INTO declined VALUES (?, ?, ?)",
+                                       (d.address, d.pool, d.until)))
+                    statements.append(("DELETE FROM leases WHERE address = ?", (d.address,)))
+            elif op == "undecline":
+                many_rows(statements, "DELETE FROM declined WHERE address IN ({})", "?",
+                          [(a,) for a in items], self._rows)
         db = self._db
-        if len(runs) == 1 and runs[0][0] == "put" and len(runs[0][1]) <= MAX_ROWS:
-            rows = runs[0][1]
-            db.execute(_upsert(len(rows)), [v for lease in rows for v in _row(lease)])  # type: ignore[arg-type]
+        if len(statements) == 1:  # its own transaction
+            db.execute(*statements[0])
             return
         db.execute("BEGIN")
         try:
-            for op, items in runs:
-                for i in range(0, len(items), MAX_ROWS):
-                    chunk = items[i:i + MAX_ROWS]
-                    if op == "put":
-                        db.execute(_upsert(len(chunk)),
-                                   [v for lease in chunk for v in _row(lease)])  # type: ignore[arg-type]
-                    elif op == "delete":
-                        db.execute(_delete(len(chunk)), chunk)
-                    elif op == "decline":
-                        for d in chunk:
-                            assert isinstance(d, Decline)
-                            db.execute("INSERT OR REPLACE INTO declined VALUES (?, ?, ?)",
-                                       (d.address, d.pool, d.until))
-                            db.execute("DELETE FROM leases WHERE address = ?", (d.address,))
-                    elif op == "undecline":
-                        for address in chunk:
-                            db.execute("DELETE FROM declined WHERE address = ?", (address,))
+            for sql, args in statements:
+                db.execute(sql, args)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -24,6 +24,7 @@ from typing import Any
 
 from bng_operator.agent.config import ShapingRates
 from bng_operator.agent.radius.wire import RandomBytes
+from bng_operator.agent.sqlrows import Statement, many_rows
 
 log = logging.getLogger("bng.agent.radius")
 # Seconds a write waits for others to share its transaction. Nothing waits for these writes
@@ -140,7 +141,7 @@ class RadiusStore:
         self._sessions: dict[str, RadiusSession | None] = {}
         self._records: dict[int, AcctRecord | None] = {}
         # statements made by kicks, for the writer: one transaction takes all it finds
-        self._statements: list[tuple[str, tuple[object, ...]]] = []
+        self._statements: list[Statement] = []
         self._drain_queued = False
         self._timer: asyncio.TimerHandle | None = None
         self._work.submit(self._open).result()
@@ -231,18 +232,20 @@ class RadiusStore:
         with self._lock:
             sessions, self._sessions = self._sessions, {}
             records, self._records = self._records, {}
-        statements: list[tuple[str, tuple[object, ...]]] = []
-        _rows(statements, "DELETE FROM sessions WHERE identity IN ({})", "?",
-              [(k,) for k, st in sessions.items() if st is None])
-        _rows(statements, "INSERT OR REPLACE INTO sessions VALUES {}", "(?,?)",
-              [(k, st.to_json()) for k, st in sessions.items() if st is not None])
-        _rows(statements, "DELETE FROM acct_queue WHERE seq IN ({})", "?",
-              [(k,) for k, r in records.items() if r is None])
-        _rows(statements, "INSERT OR REPLACE INTO acct_queue VALUES {}", "(?,?)",
-              [(k, r.to_json()) for k, r in records.items() if r is not None])
+        statements: list[Statement] = []
+        many_rows(statements, "DELETE FROM sessions WHERE identity IN ({})", "?",
+              [(k,) for k, st in sessions.items() if st is None], ROWS_PER_STATEMENT)
+        many_rows(statements, "INSERT OR REPLACE INTO sessions VALUES {}", "(?,?)",
+              [(k, st.to_json()) for k, st in sessions.items() if st is not None],
+              ROWS_PER_STATEMENT)
+        many_rows(statements, "DELETE FROM acct_queue WHERE seq IN ({})", "?",
+              [(k,) for k, r in records.items() if r is None], ROWS_PER_STATEMENT)
+        many_rows(statements, "INSERT OR REPLACE INTO acct_queue VALUES {}", "(?,?)",
+              [(k, r.to_json()) for k, r in records.items() if r is not None],
+              ROWS_PER_STATEMENT)
         self._submit(statements)
 
-    def _submit(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+    def _submit(self, statements: list[Statement]) -> None:
         """Hand ``statements`` to the writer: with any others it has not begun, in order, in
         one transaction (one fsync)."""
         if not statements:
@@ -287,13 +290,3 @@ class RadiusStore:
 
 
 ROWS_PER_STATEMENT = 400  # under SQLite's oldest limit of 999 variables a statement
-
-
-def _rows(out: list[tuple[str, tuple[object, ...]]], sql: str, one: str,
-          rows: list[tuple[object, ...]]) -> None:
-    """``sql`` for ``rows``, ROWS_PER_STATEMENT at a time: its "{}" becomes a row's
-    placeholders (``one``) once per row, comma-separated."""
-    for i in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[i:i + ROWS_PER_STATEMENT]
-        out.append((sql.format(",".join([one] * len(chunk))),
-                    tuple(v for row in chunk for v in row)))

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from bng_lab.dhcp_env import bound_lease
-from bng_operator.agent.dhcp import leases
 from bng_operator.agent.dhcp.leases import Decline, LeaseStore
 
 BASE = int(bound_lease().address)
@@ -43,8 +42,8 @@ def test_a_batch_of_leases_is_one_statement(tmp_path: Path) -> None:
 
 def test_a_batch_longer_than_one_statement_is_one_transaction(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(leases, "MAX_ROWS", 4)
     store = LeaseStore(tmp_path / "l.sqlite")
+    monkeypatch.setattr(store, "_rows", 4)
     seen = _statements(store)
     for i in range(10):
         store.put(bound_lease(address=BASE + i, identity=f"mac:02:00:00:00:01:{i:02x}"))
