@@ -233,16 +233,15 @@ class RadiusStore:
             sessions, self._sessions = self._sessions, {}
             records, self._records = self._records, {}
         statements: list[Statement] = []
+        per = ROWS_PER_STATEMENT
         many_rows(statements, "DELETE FROM sessions WHERE identity IN ({})", "?",
-              [(k,) for k, st in sessions.items() if st is None], ROWS_PER_STATEMENT)
+                  [(k,) for k, st in sessions.items() if st is None], per)
         many_rows(statements, "INSERT OR REPLACE INTO sessions VALUES {}", "(?,?)",
-              [(k, st.to_json()) for k, st in sessions.items() if st is not None],
-              ROWS_PER_STATEMENT)
+                  [(k, st.to_json()) for k, st in sessions.items() if st is not None], per)
         many_rows(statements, "DELETE FROM acct_queue WHERE seq IN ({})", "?",
-              [(k,) for k, r in records.items() if r is None], ROWS_PER_STATEMENT)
+                  [(k,) for k, r in records.items() if r is None], per)
         many_rows(statements, "INSERT OR REPLACE INTO acct_queue VALUES {}", "(?,?)",
-              [(k, r.to_json()) for k, r in records.items() if r is not None],
-              ROWS_PER_STATEMENT)
+                  [(k, r.to_json()) for k, r in records.items() if r is not None], per)
         self._submit(statements)
 
     def _submit(self, statements: list[Statement]) -> None:
