@@ -49,6 +49,10 @@ class AgentMetrics:
             "bng_gc_pause_seconds", "Garbage collections of the agent's Python heap, by "
             "generation (2: a full one of what is not frozen).", ["generation"], registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+        self.gc_swept = Gauge(
+            "bng_gc_sweep_unreachable_objects", "Unreachable objects the last hourly full "
+            "collection found: cyclic garbage kept meanwhile by the freeze, and young garbage.",
+            registry=r)
         self.send_failures = Counter(
             "bng_dhcp_send_failures_total", "Replies the kernel did not take.", ["interface"],
             registry=r)

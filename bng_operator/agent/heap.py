@@ -6,13 +6,14 @@ objects and 120 ms at 169,000 (~700 ns each; about eight an exchange), and the s
 answered nobody meanwhile. During a mass reconnect the heap grows, and CPython walks it
 whole each time it has grown by a quarter.
 
-So the agent freezes what has lived a little (``gc.freeze``): the collector skips frozen
-objects, and a collection walks only what was made since the last freeze. Before each
-freeze, one collection of just those takes the young cyclic garbage. An object frozen while
-alive that later dies in a cycle cannot be collected; so once every ``sweep_every`` the
-freeze is undone and one full collection takes such garbage back (a pause like the ones
-before, once an hour instead of every few seconds). Objects that die by their reference
-count, as leases and sessions do, are freed frozen or not.
+So every FREEZE_EVERY the agent collects what is not frozen yet (only what was made since
+the last freeze, so the pause is short), then freezes all that is still alive
+(``gc.freeze``): later collections skip it. That includes the state of requests in flight
+at that instant. An object frozen while alive that later dies in a reference cycle cannot
+be collected; so once every ``sweep_every`` the freeze is undone and one full collection
+takes such garbage back (a pause like the ones before, once an hour instead of every few
+seconds while the heap grows), and how much it found is a metric. Objects that die by their
+reference count, as leases and sessions do, are freed frozen or not.
 """
 
 from __future__ import annotations
@@ -53,12 +54,14 @@ class HeapKeeper:
     def freeze(self) -> None:
         """Collect what is young, freeze what survived; undo the freeze once a sweep is due."""
         now = self.clock()
+        m = self.metrics
         if now - self._swept >= self.sweep_every:
             self._swept = now
             gc.unfreeze()  # the collection below walks everything, once
-        gc.collect()
+            m.gc_swept.set(gc.collect())  # garbage frozen since the last sweep, and young
+        else:
+            gc.collect()
         gc.freeze()  # O(1); gc.get_freeze_count() would walk every frozen object
-        m = self.metrics
         while self._pauses:
             generation, seconds = self._pauses.popleft()
             m.gc_pause.labels(str(generation)).observe(seconds)

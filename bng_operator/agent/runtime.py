@@ -491,7 +491,10 @@ class Agent:
     async def _keep_heap(stop: asyncio.Event, heap: HeapKeeper) -> None:
         """Short collector pauses (agent/heap.py), from the leases loaded at start on."""
         while not stop.is_set():
-            heap.freeze()
+            try:
+                heap.freeze()
+            except Exception:  # the timer must outlive any one bad turn, as the tick's does
+                log.exception("heap keeping failed; retrying")
             await asyncio.sleep(FREEZE_EVERY)
 
     # --- reload --------------------------------------------------------------------------------

@@ -10,16 +10,11 @@ from __future__ import annotations
 import sqlite3
 
 Statement = tuple[str, tuple[object, ...]]
-OLDEST_VARIABLE_LIMIT = 999  # SQLite's bound on a statement's variables before 3.32
 
 
 def rows_per_statement(db: sqlite3.Connection, columns: int, most: int = 500) -> int:
     """How many rows of ``columns`` values one statement may carry on ``db``."""
-    try:
-        limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    except AttributeError:  # Python before 3.11
-        limit = OLDEST_VARIABLE_LIMIT
-    return max(1, min(most, limit // columns))
+    return max(1, min(most, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // columns))
 
 
 def many_rows(out: list[Statement], sql: str, one: str, rows: list[tuple[object, ...]],

@@ -69,6 +69,7 @@ def test_garbage_frozen_alive_is_taken_back_by_the_sweep(keeper) -> None:  # typ
     now[0] += 1
     k.freeze()  # the hour is up: unfrozen, collected
     assert ref() is None
+    assert (k.metrics.registry.get_sample_value("bng_gc_sweep_unreachable_objects") or 0) >= 2
 
 
 def test_every_collection_is_timed_by_generation(keeper) -> None:  # type: ignore[no-untyped-def]

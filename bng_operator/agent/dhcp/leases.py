@@ -109,7 +109,8 @@ class LeaseStore:
         self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
         self._db.executescript(SCHEMA)
         self._migrate()
-        self._pending: list[tuple[str, object]] = []
+        self._pending: list[tuple[str, object]] = []  # queued; no commit asked for them yet
+        self._sealed: list[tuple[str, object]] = []  # commit asked: the next batch, with _next
         self._next: asyncio.Future[None] | None = None  # completes with the next batch
         self._lock = threading.Lock()
         self._rows = rows_per_statement(self._db, len(fields(Lease)))
@@ -131,10 +132,12 @@ class LeaseStore:
         return leases, declines
 
     # --- writes --------------------------------------------------------------------------------
-    # The writer thread takes the queue under a lock, not through a turn of the event loop:
+    # The writer thread takes its batch under a lock, not through a turn of the event loop:
     # under load a turn is a whole step of requests away (~10 ms), and every such wait is a
-    # wait for the GIL too. The queue's writes take the lock as well, so that a write is
-    # never appended to a batch the writer has already taken.
+    # wait for the GIL too. Only commit() hands writes to the writer, together with the
+    # future it returns: a write the writer took before its commit was asked for could fail
+    # with nobody told, and the commit's future then complete for an empty batch (an ACK for
+    # a lease not on disk).
 
     def put(self, lease: Lease) -> None:
         with self._lock:
@@ -162,6 +165,11 @@ class LeaseStore:
         the next batch starts share one future, so a burst costs one callback, not N."""
         loop = asyncio.get_running_loop()
         with self._lock:
+            if self._sealed:
+                self._sealed.extend(self._pending)
+                self._pending = []
+            else:
+                self._sealed, self._pending = self._pending, []
             if self._next is None:
                 self._next = loop.create_future()
             fut = self._next
@@ -174,8 +182,8 @@ class LeaseStore:
         """Writer thread: drain the queue in batches until nothing is left."""
         while True:
             with self._lock:
-                batch, fut = self._pending, self._next
-                self._pending, self._next = [], None
+                batch, fut = self._sealed, self._next
+                self._sealed, self._next = [], None
                 if not batch and fut is None:
                     self._writing = False  # the next commit() starts a writer again
                     return
@@ -209,7 +217,7 @@ class LeaseStore:
         """One transaction, in few statements (agent/sqlrows.py): a batch's leases are one
         INSERT of many rows, not one per lease. A batch that is one statement, the common
         case (leases only), is its own transaction."""
-        if not batch:  # a commit asked for after its writes had gone in the batch before
+        if not batch:  # a commit asked for with nothing queued since the one before
             return
         statements: list[Statement] = []
         for op, items in _runs(batch):

@@ -116,3 +116,22 @@ def test_a_commit_that_hangs_makes_the_agent_not_ready_until_it_ends(
 
     asyncio.run(run())
     store.close()
+
+
+def test_a_write_taken_before_its_commit_fails_that_commit(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The writer thread may run between a request's put() and its commit(). If it took the
+    # write then, with no commit to tell, a failure went unheard and the commit's future
+    # completed for an empty batch: an ACK for a lease not on disk.
+    store, calls = _failing_store(tmp_path, monkeypatch, 10, OSError("EIO"))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        store.put(bound_lease())
+        await loop.run_in_executor(None, store._write_loop, loop)  # the writer, in between
+        with pytest.raises(OSError, match="EIO"):
+            await asyncio.wait_for(store.commit(), 5)
+
+    asyncio.run(run())
+    assert store.load()[0] == [] and calls == [1, 1, 1]
+    store.close()
