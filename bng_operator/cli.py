@@ -278,7 +278,6 @@ def _cmd_nat_lookup(args: argparse.Namespace) -> int:
     return 0 if answers else 1
 
 
-
 def _answer(a: Any) -> dict[str, Any]:
     return {"public": str(a.public), "port": a.port, "at": rfc3339(a.at), "pool": a.pool,
             "inside": str(a.inside), "mode": a.mode, "subscriber": a.subscriber, "mac": a.mac,

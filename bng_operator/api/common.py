@@ -109,12 +109,12 @@ Regex = Annotated[
 DURATION_RE = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 
 
-@lru_cache(maxsize=256)  # a handful of distinct strings, parsed per request by the agent
 def rfc3339(t: float) -> str:
     """A Unix time as the API writes a date-time: UTC, to the second."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+@lru_cache(maxsize=256)  # a handful of distinct strings, parsed per request by the agent
 def parse_duration(s: str) -> int:
     """Seconds in a duration such as ``12h``, ``90m`` or ``1h30m``."""
     m = re.fullmatch(DURATION_RE, s)

@@ -109,7 +109,7 @@ class LeaseStore:
         self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
         self._db.executescript(SCHEMA)
         self._migrate()
-        self._pending: list[tuple[str, object]] = []  # queued; no commit asked for them yet
+        self._pending: list[tuple[str, object]] = []  # queued (the loop's); no commit asked yet
         self._sealed: list[tuple[str, object]] = []  # commit asked: the next batch, with _next
         self._next: asyncio.Future[None] | None = None  # completes with the next batch
         self._lock = threading.Lock()
@@ -138,22 +138,20 @@ class LeaseStore:
     # future it returns: a write the writer took before its commit was asked for could fail
     # with nobody told, and the commit's future then complete for an empty batch (an ACK for
     # a lease not on disk).
+    # The queue (_pending) is the event loop's alone, so its writes take no lock; the lock
+    # guards what the writer shares: the sealed batch, its future, and whether it runs.
 
     def put(self, lease: Lease) -> None:
-        with self._lock:
-            self._pending.append(("put", lease))
+        self._pending.append(("put", lease))
 
     def delete(self, address: int) -> None:
-        with self._lock:
-            self._pending.append(("delete", address))
+        self._pending.append(("delete", address))
 
     def put_decline(self, d: Decline) -> None:
-        with self._lock:
-            self._pending.append(("decline", d))
+        self._pending.append(("decline", d))
 
     def delete_decline(self, address: int) -> None:
-        with self._lock:
-            self._pending.append(("undecline", address))
+        self._pending.append(("undecline", address))
 
     @property
     def pending(self) -> int:
@@ -165,11 +163,8 @@ class LeaseStore:
         the next batch starts share one future, so a burst costs one callback, not N."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            if self._sealed:
-                self._sealed.extend(self._pending)
-                self._pending = []
-            else:
-                self._sealed, self._pending = self._pending, []
+            self._sealed += self._pending
+            self._pending = []
             if self._next is None:
                 self._next = loop.create_future()
             fut = self._next
