@@ -151,6 +151,10 @@ def _access() -> tuple[AuthPacket, bytes]:
     return AuthPacket(packet=raw, secret=SECRET, dict=DICT), authenticator
 
 
+def _last_byte_a_type(raw: bytes) -> bytes:
+    return raw[:-1] + (b"\x02" if raw[-1] == 1 else b"\x01")
+
+
 def _flip(raw: bytes, at: int) -> bytes:
     return raw[:at] + bytes((raw[at] ^ 1,)) + raw[at + 1:]
 
@@ -167,8 +171,10 @@ REPLIES: list[tuple[str, Any, bool]] = [
     ("a Proxy-State never sent", lambda r: _reply(r, AccessAccept, Proxy_State=b"x"), False),
     ("shorter than its Length", lambda r: _reply(r, AccessAccept)[:-1], False),
     ("shorter than a header", lambda r: _reply(r, AccessAccept)[:19], False),
+    # its last byte made an attribute's type: a byte that is one already (the
+    # authenticator's last byte, random: 1 time in 256) is made 2, so the reply always changes
     ("an attribute past the end",
-     lambda r: _reply(r, AccessAccept)[:-1] + b"\x01", False),
+     lambda r: _last_byte_a_type(_reply(r, AccessAccept)), False),
 ]
 
 
