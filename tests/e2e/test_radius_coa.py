@@ -10,6 +10,8 @@ its secret) to the agent's listener on 3799, and real dhclient subscribers.
                    Admin-Reset, shaping gone); its next DISCOVER is a new session, which a
                    CoA's Session-Timeout ends 2 s later (Stop: Session-Timeout)
     s1 rad-coa-1   Idle-Timeout 4: it sends nothing, and ends on time (Stop: Idle-Timeout)
+    s2 rad-coa-2   Idle-Timeout 8: quiet past it while the agent was killed, it ends at the
+                   first check after the restart
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ from tests.e2e.conftest import DEFAULT_CLASS, radius_served, wait
 
 PORT, COA_PORT = 18140, 3799
 IDLE = 4
+IDLE_LONG = 8
 USERS = f"""\
 "{subscriber_mac(0)}" Auth-Type := Accept
 \tAcct-Interim-Interval = 300
 
 "{subscriber_mac(1)}" Auth-Type := Accept
 \tIdle-Timeout = {IDLE}
+
+"{subscriber_mac(2)}" Auth-Type := Accept
+\tIdle-Timeout = {IDLE_LONG}
 
 DEFAULT Auth-Type := Reject
 """
@@ -61,13 +67,13 @@ spec:
   download: {rate: 30Mbit}
   upload: {rate: 10Mbit}
 """
-OPTION82 = {0: ("rad-coa-0", "line-0"), 1: ("rad-coa-1", "line-1")}
+OPTION82 = {0: ("rad-coa-0", "line-0"), 1: ("rad-coa-1", "line-1"), 2: ("rad-coa-2", "line-2")}
 
 
 @pytest.fixture
 def coa_site(make_site: Callable[..., Site], tmp_path: Path) -> Iterator[
         tuple[Site, FreeRadius]]:
-    site = make_site(subscribers=2, extra="---".join([DEFAULT_CLASS, CLASS, GOLD]),
+    site = make_site(subscribers=3, extra="---".join([DEFAULT_CLASS, CLASS, GOLD]),
                      option82=OPTION82)
     with radius_served(site, tmp_path, PORT, USERS, acct_port=PORT + 1) as fr:
         yield site, fr
@@ -192,3 +198,27 @@ def test_an_idle_session_ends_at_its_idle_timeout(coa_site: tuple[Site, FreeRadi
     stop = _records(fr, 1)[1]
     assert stop["Acct-Terminate-Cause"] == "Idle-Timeout"
     assert IDLE <= int(stop["Acct-Session-Time"]) <= IDLE + 3
+
+
+def test_an_idle_spell_outlives_a_kill_of_the_agent(coa_site: tuple[Site, FreeRadius],
+                                                    tmp_path: Path) -> None:
+    # Quiet past its Idle-Timeout while the agent was down (kill -9 two ticks after the
+    # bind, restarted 7 s later): it ends at the first check after the restart that reads
+    # its upload counter (pinned: unmoved), not a whole Idle-Timeout after the restart.
+    site, fr = coa_site
+    clients.dhclient(site.subscribers[2], "eth0", tmp_path)
+    wait("the Start", lambda: len(_records(fr, 2)) == 1)
+    time.sleep(2.2)  # the first checks found it quiet, and wrote so
+    site.stop_agent(signal.SIGKILL)
+    time.sleep(7)
+    site.start_agent("--secrets-dir", str(tmp_path / "secrets"))
+    ready = time.monotonic()
+    wait("the idle session's end", lambda: site.metrics().get(
+        "bng_radius_idle_timeouts_total", 0) >= 1, timeout=IDLE_LONG + 4)
+    took = time.monotonic() - ready
+    assert took < IDLE_LONG - 3, f"ended {took:.1f} s after the restart: its clock began anew"
+    wait("the Stop", lambda: [x["Acct-Status-Type"] for x in _records(fr, 2)] ==
+         ["Start", "Stop"])
+    stop = _records(fr, 2)[1]
+    assert stop["Acct-Terminate-Cause"] == "Idle-Timeout"
+    assert int(stop["Acct-Session-Time"]) >= IDLE_LONG

@@ -511,6 +511,10 @@ class RadiusFeature:
                     strict=True))
         if st is not None and what == Change.ADDRESS and s.key in self._idle:
             self._idle[s.key] = (-1, self.clock())  # the new address's counters start anew
+            if st.quiet_packets >= 0:
+                st.quiet_packets = -1  # the old address's count says nothing of the new's
+                if self.store is not None:
+                    self.store.put(s.key, st)
         if st is not None and st.rates is not None and s.lease is not None \
                 and what == Change.ADDRESS:
             self.override(s.lease, st.rates)  # shaping forgot the old address's
@@ -596,7 +600,9 @@ class RadiusFeature:
             return
         s = self._bound.get(key)
         u = self.usage(s.lease.address) if s is not None and s.lease is not None else None
-        self._idle[key] = (u.packets_up if u is not None else -1, self.clock())
+        now = self.clock()
+        since = self._quiet_since(st, u.packets_up, now) if u is not None else now
+        self._idle[key] = (u.packets_up if u is not None else -1, since)
         self._idle_timers[key] = asyncio.get_running_loop().call_later(
             self._idle_tick(st), self._idle_check, key, st.acct_session_id)
 
@@ -614,19 +620,40 @@ class RadiusFeature:
                   u.packets_up if u is not None else "unknown", last, now - since)
         if u is None:  # no counters (shaping off or not loaded yet): never ended meanwhile
             self._idle[key] = (-1, since)
-        elif u.packets_up != last:
-            # counters seen at last: none counted yet is no activity (the clock runs on)
-            self._idle[key] = (u.packets_up, since if last == -1 and not u.packets_up else now)
-        elif now - since >= st.idle_timeout:
-            st.end_cause = "Idle-Timeout"  # its Stop says so
-            if self.end(key):
-                self.metrics.radius_idle_timeouts.inc()
-                log.info("RADIUS: session %s (Acct-Session-Id %s) sent nothing for its "
-                         "Idle-Timeout of %d s and ended", key, acct_session_id,
-                         st.idle_timeout)
-            return
+        else:
+            if last == -1:
+                # counters seen at last: the count it was quiet at before a restart (the
+                # clock runs from then), or none counted yet (it runs on), is no activity
+                if u.packets_up == st.quiet_packets:
+                    since = min(since, self._quiet_since(st, u.packets_up, now))
+                elif u.packets_up:
+                    since = now
+            elif u.packets_up != last:
+                since = now
+            last = u.packets_up
+            self._idle[key] = (last, since)
+            if now - since >= st.idle_timeout:
+                st.end_cause = "Idle-Timeout"  # its Stop says so
+                if self.end(key):
+                    self.metrics.radius_idle_timeouts.inc()
+                    log.info("RADIUS: session %s (Acct-Session-Id %s) sent nothing for its "
+                             "Idle-Timeout of %d s and ended", key, acct_session_id,
+                             st.idle_timeout)
+                return
+            if since < now and st.quiet_packets != last:  # a quiet spell: kept for a restart
+                st.quiet_packets, st.quiet_since = last, self.wall() - (now - since)
+                if self.store is not None:
+                    self.store.put(key, st)
         self._idle_timers[key] = asyncio.get_running_loop().call_later(
             self._idle_tick(st), self._idle_check, key, acct_session_id)
+
+    def _quiet_since(self, st: RadiusSession, packets_up: int, now: float) -> float:
+        """When the idle clock of a session whose upload counter reads ``packets_up`` started
+        (the loop's clock): when it was found quiet before a restart, if the counter has not
+        moved since; else ``now``."""
+        if st.quiet_packets < 0 or packets_up != st.quiet_packets:
+            return now
+        return now - max(0.0, self.wall() - st.quiet_since)
 
     # --- CoA and Disconnect (RFC 5176) -----------------------------------------------------
 

@@ -75,6 +75,11 @@ class RadiusSession:
     bound_address: int = 0  # its address when last accounted
     subscriber_class: str = ""
     identity: dict[str, str] = field(default_factory=dict)  # for a Stop after a restart
+    # Idle-Timeout across a restart: since when its subscriber has sent nothing (wall-clock)
+    # and its upload packet counter then (-1: not known quiet); written once a quiet spell,
+    # by the first check that finds it
+    quiet_since: float = 0.0
+    quiet_packets: int = -1
 
     def to_json(self) -> str:
         # Field by field, not asdict(): asdict deep-copies every value (29 us a call

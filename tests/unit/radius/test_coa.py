@@ -442,6 +442,41 @@ def test_counters_that_appear_late_and_count_nothing_leave_the_idle_clock_runnin
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("after", ["quiet", "sent", "counters late"])
+def test_an_idle_spell_is_kept_across_a_restart(tmp_path: Path, after: str) -> None:
+    # Quiet for 1.3 s of its 2 s Idle-Timeout when the agent restarts: it ends about a
+    # tick after the restart, not 2 s later, also when shaping's counters come back only
+    # after the restart; unless its counter moved while the agent was away (it sent
+    # something): then its clock starts at the restart.
+    async def run() -> None:
+        srv = await serve(accept({"Idle-Timeout": 2}))
+        cfg = config([srv.port])
+        up = {"packets": 5}
+        node = Node(feature(cfg, tmp_path))
+        node.f.usage = lambda a: Usage(0, up["packets"], 0, 0)
+        s = await node.bind(1)
+        await asyncio.sleep(1.3)
+        assert node.ended == []
+        node.f.close()
+        up["packets"] += after == "sent"
+        loaded = {"now": after != "counters late"}
+        again = Node(feature(cfg, tmp_path))
+        again.f.usage = lambda a: Usage(0, up["packets"], 0, 0) if loaded["now"] else None
+        again.sessions[s.key] = s
+        again.f.restore({s.key: s}, lambda key: s.lease)
+        if not loaded["now"]:
+            await asyncio.sleep(0.5)
+            loaded["now"] = True
+        await asyncio.sleep(1.6)
+        assert again.ended == ([] if after == "sent" else [s.key])
+        if after == "sent":
+            await asyncio.sleep(1.6)  # 2 s after the restart, within a tick
+            assert again.ended == [s.key]
+        again.f.close()
+
+    asyncio.run(run())
+
+
 def test_idle_timeout_needs_counters(tmp_path: Path) -> None:
     async def run() -> None:
         srv = await serve(accept({"Idle-Timeout": 1}))
