@@ -6,19 +6,26 @@ Both are tables of one SQLite file in the state directory (``radius-<node>.sqlit
 the lease store), so that a session's state ("its Start is queued") and the queue are
 written by one worker thread, in order: a record is never queued twice across a restart.
 Writes go to that thread; a kill -9 loses at most the writes of the last milliseconds.
+
+A row is a pickle of plain values only (``to_row``; read back with an unpickler that builds
+no object of any class): JSON, with every field named, cost the event loop 9 us a session
+state and 6 us a record, and new sessions with accounting ~6% of their rate. Rows an older
+agent wrote in JSON are still read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
+import pickle
 import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +88,24 @@ class RadiusSession:
     quiet_since: float = 0.0
     quiet_packets: int = -1
 
-    def to_json(self) -> str:
-        # Field by field, not asdict(): asdict deep-copies every value (29 us a call
-        # against 8 here), and every accounting record of a session writes its state.
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["classes"] = [c.hex() for c in self.classes]
+    def to_row(self) -> bytes:
+        """The stored form: ``ROW_FORMAT`` and the fields in ``STATE_FIELDS``' order."""
+        d = self.__dict__
+        values = [d[name] for name in STATE_FIELDS]
         if self.rates is not None:
-            d["rates"] = asdict(self.rates)
-        return json.dumps(d)
+            values[_RATES_AT] = tuple(getattr(self.rates, n) for n in _RATE_FIELDS)
+        return pickle.dumps((ROW_FORMAT, *values), 5)
+
+    @classmethod
+    def from_row(cls, data: bytes | str) -> RadiusSession:
+        """A row as ``to_row`` writes it, or in an older agent's JSON."""
+        if isinstance(data, str):
+            return cls.from_json(data)
+        values = _plain_values(data)
+        d: dict[str, Any] = dict(zip(STATE_FIELDS, values, strict=False))  # older: fewer
+        if d.get("rates") is not None:
+            d["rates"] = ShapingRates(*d["rates"])
+        return cls(**d)
 
     @classmethod
     def from_json(cls, text: str) -> RadiusSession:
@@ -115,12 +132,18 @@ class AcctRecord:
     attributes: list[tuple[str, str | int | bytes]]
     sends: int = 0  # servers tried so far (in memory)
 
-    def to_json(self) -> str:
-        attrs = [[k, {"hex": v.hex()} if isinstance(v, bytes) else v]
-                 for k, v in self.attributes]
-        return json.dumps({"status": self.status, "class": self.subscriber_class,
-                           "time": self.event_time, "id": self.acct_session_id,
-                           "attributes": attrs})
+    def to_row(self) -> bytes:
+        return pickle.dumps((ROW_FORMAT, self.status, self.subscriber_class, self.event_time,
+                             self.acct_session_id, self.attributes), 5)
+
+    @classmethod
+    def from_row(cls, seq: int, data: bytes | str) -> AcctRecord:
+        """A row as ``to_row`` writes it, or in an older agent's JSON."""
+        if isinstance(data, str):
+            return cls.from_json(seq, data)
+        status, subscriber_class, event_time, acct_session_id, attrs = _plain_values(data)
+        return cls(seq, status, subscriber_class, float(event_time), acct_session_id,
+                   [(str(k), v) for k, v in attrs])
 
     @classmethod
     def from_json(cls, seq: int, text: str) -> AcctRecord:
@@ -129,6 +152,38 @@ class AcctRecord:
             (k, bytes.fromhex(v["hex"]) if isinstance(v, dict) else v)
             for k, v in d["attributes"]]
         return cls(seq, d["status"], d["class"], float(d["time"]), d["id"], attrs)
+
+
+ROW_FORMAT = 1  # the first value of a row; a later format gets another number
+# RadiusSession's fields in the order rows hold them: a new field goes at the end (rows of
+# an older agent, shorter, read with its default); none is ever removed or moved.
+STATE_FIELDS = ("acct_session_id", "user_name", "server", "authorised_at", "fallback",
+                "address", "pool", "rates", "filter_id", "rate_down_bps", "rate_up_bps",
+                "session_timeout", "idle_timeout", "interim_interval", "classes",
+                "started_at", "start_queued", "carried", "last_accounting",
+                "session_timed_out", "end_cause", "last_usage", "bound_address",
+                "subscriber_class", "identity", "quiet_since", "quiet_packets")
+_RATES_AT = STATE_FIELDS.index("rates")
+_RATE_FIELDS = tuple(f.name for f in fields(ShapingRates))
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds plain values only (tuples, lists, dicts, str, bytes, numbers): a row that
+    names any class or function is refused, never run."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"a row names {module}.{name}: only plain values are read")
+
+
+def _plain_values(data: bytes) -> tuple[Any, ...]:
+    """The values of a row after its format number; ValueError if it is not a row."""
+    try:
+        row = _PlainUnpickler(io.BytesIO(data)).load()
+    except (EOFError, IndexError, AttributeError) as e:
+        raise ValueError(f"not a row: {e}") from e
+    if not isinstance(row, tuple) or not row or row[0] != ROW_FORMAT:
+        raise ValueError(f"not a row of format {ROW_FORMAT}")
+    return row[1:]
 
 
 class RadiusStore:
@@ -166,8 +221,8 @@ class RadiusStore:
             out = {}
             for identity, data in self._db.execute("SELECT identity, data FROM sessions"):
                 try:
-                    out[identity] = RadiusSession.from_json(data)
-                except (ValueError, TypeError) as e:
+                    out[identity] = RadiusSession.from_row(data)
+                except (ValueError, TypeError, pickle.UnpicklingError) as e:
                     log.warning("RADIUS state of %s unreadable, dropped: %s", identity, e)
             return out
 
@@ -180,8 +235,8 @@ class RadiusStore:
             out = []
             for seq, data in self._db.execute("SELECT seq, data FROM acct_queue ORDER BY seq"):
                 try:
-                    out.append(AcctRecord.from_json(seq, data))
-                except (ValueError, TypeError, KeyError) as e:
+                    out.append(AcctRecord.from_row(seq, data))
+                except (ValueError, TypeError, KeyError, pickle.UnpicklingError) as e:
                     log.error("RADIUS accounting record %d unreadable, dropped: %s", seq, e)
             return out
 
@@ -242,11 +297,11 @@ class RadiusStore:
         many_rows(statements, "DELETE FROM sessions WHERE identity IN ({})", "?",
                   [(k,) for k, st in sessions.items() if st is None], per)
         many_rows(statements, "INSERT OR REPLACE INTO sessions VALUES {}", "(?,?)",
-                  [(k, st.to_json()) for k, st in sessions.items() if st is not None], per)
+                  [(k, st.to_row()) for k, st in sessions.items() if st is not None], per)
         many_rows(statements, "DELETE FROM acct_queue WHERE seq IN ({})", "?",
                   [(k,) for k, r in records.items() if r is None], per)
         many_rows(statements, "INSERT OR REPLACE INTO acct_queue VALUES {}", "(?,?)",
-                  [(k, r.to_json()) for k, r in records.items() if r is not None], per)
+                  [(k, r.to_row()) for k, r in records.items() if r is not None], per)
         self._submit(statements)
 
     def _submit(self, statements: list[Statement]) -> None:

@@ -5,6 +5,8 @@ nothing, a restart that keeps the queue and sends no Start twice, a bounded queu
 from __future__ import annotations
 
 import asyncio
+import json
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -399,18 +401,60 @@ def test_a_session_that_ended_while_the_agent_was_away_gets_its_stop(tmp_path: P
     asyncio.run(run())
 
 
-def test_a_queued_record_and_the_session_state_round_trip_through_json() -> None:
-    from bng_operator.agent.radius.store import AcctRecord, RadiusSession
+def test_a_queued_record_and_the_session_state_round_trip_through_their_rows() -> None:
+    from dataclasses import fields
+
+    from bng_operator.agent.config import ShapingRates
+    from bng_operator.agent.radius.store import STATE_FIELDS, AcctRecord, RadiusSession
 
     r = AcctRecord(7, STOP, "residential", 1700000000.25, "00AB",
                    [("Acct-Status-Type", STOP), ("Class", b"\x00gold\xff"),
                     ("Acct-Input-Gigawords", 5), ("Acct-Terminate-Cause", "Lost-Carrier")])
-    back = AcctRecord.from_json(7, r.to_json())
-    assert back == r
+    assert AcctRecord.from_row(7, r.to_row()) == r
     st = RadiusSession("00AB", "u", classes=(b"gold",), start_queued=True,
                        carried=(1, 2, 3, 4), last_usage=(5, 6, 7, 8),
-                       identity={"mac": "02:00:00:00:00:01", "circuit_id": "", "remote_id": ""})
-    assert RadiusSession.from_json(st.to_json()) == st
-    # state written before accounting existed reads with its defaults
-    old = RadiusSession.from_json('{"acct_session_id": "00AB", "user_name": "u"}')
-    assert not old.start_queued and old.carried == (0, 0, 0, 0)
+                       rates=ShapingRates("radius", 50_000_000, 625_000, 10_000_000, 125_000),
+                       identity={"mac": "02:00:00:00:00:01", "circuit_id": "", "remote_id": ""},
+                       quiet_since=1700000001.5, quiet_packets=12)
+    assert RadiusSession.from_row(st.to_row()) == st
+    # every field is stored, each once (a new one is appended to STATE_FIELDS)
+    assert sorted(STATE_FIELDS) == sorted(f.name for f in fields(RadiusSession))
+
+
+def test_rows_an_older_agent_wrote_in_json_are_read() -> None:
+    from bng_operator.agent.radius.store import AcctRecord, RadiusSession
+
+    old = RadiusSession.from_row('{"acct_session_id": "00AB", "user_name": "u"}')
+    assert old.acct_session_id == "00AB" and not old.start_queued
+    assert old.carried == (0, 0, 0, 0) and old.quiet_packets == -1
+    rates = {"policy": "radius", "down_bps": 1, "down_burst": 2, "up_bps": 3, "up_burst": 4,
+             "down": "", "up": ""}
+    st = RadiusSession.from_row('{"acct_session_id": "00AB", "user_name": "u", '
+                                '"classes": ["676f6c64"], "rates": ' + json.dumps(rates) + "}")
+    assert st.classes == (b"gold",) and st.rates is not None and st.rates.up_bps == 3
+    r = AcctRecord.from_row(3, '{"status": "Stop", "class": "residential", "time": 5.5, '
+                               '"id": "00AB", "attributes": [["Class", {"hex": "00ff"}], '
+                               '["Acct-Input-Gigawords", 5]]}')
+    assert r.attributes == [("Class", b"\x00\xff"), ("Acct-Input-Gigawords", 5)]
+    assert (r.seq, r.status, r.event_time) == (3, "Stop", 5.5)
+
+
+@pytest.mark.parametrize("data", [
+    pickle.dumps((1, "00AB", "u"), 5)[:-3],  # cut short
+    pickle.dumps([1, "00AB"], 5),  # not a tuple
+    pickle.dumps((2, "00AB", "u"), 5),  # a format this agent does not know
+    b"garbage",
+])
+def test_an_unreadable_row_is_a_value_error(data: bytes) -> None:
+    from bng_operator.agent.radius.store import RadiusSession
+
+    with pytest.raises((ValueError, pickle.UnpicklingError)):
+        RadiusSession.from_row(data)
+
+
+def test_a_row_that_names_a_class_is_refused_not_run() -> None:
+    from bng_operator.agent.radius.store import RadiusSession
+
+    data = pickle.dumps((1, Path("/etc/passwd"), "u"), 5)  # would build a Path
+    with pytest.raises(pickle.UnpicklingError, match="only plain values"):
+        RadiusSession.from_row(data)

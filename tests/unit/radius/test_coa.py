@@ -560,7 +560,7 @@ def test_a_policy_edit_reaches_the_sessions_radius_rated_with_it_live(
             assert now.up_bps == 2_000_000 and now.down_bps == policies[edited].down_bps
         else:
             assert now == policies[edited]
-        assert RadiusSession.from_json(st.to_json()).rates == now  # kept for a restart
+        assert RadiusSession.from_row(st.to_row()).rates == now  # kept for a restart
         node.rates.clear()
         node.f.reconfigure(replace(cfg, qos_policies=policies, shaping=shaping))
         assert node.rates == {}  # nothing changed: nothing re-applied

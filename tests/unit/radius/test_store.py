@@ -104,3 +104,27 @@ def test_a_failed_batch_is_logged_and_the_store_goes_on(tmp_path: Path,
     store.close()
     with sqlite3.connect(tmp_path / "r.sqlite") as db:
         assert db.execute("SELECT count(*) FROM acct_queue").fetchone() == (1,)
+
+
+def test_a_store_an_older_agent_wrote_in_json_is_read_and_goes_on(tmp_path: Path) -> None:
+    # An upgrade: the rows of the agent before are JSON text; this one's are pickled plain
+    # values. Both read, and what it writes over them replaces them.
+    db = sqlite3.connect(tmp_path / "r.sqlite")
+    db.execute("CREATE TABLE sessions (identity TEXT PRIMARY KEY, data TEXT NOT NULL)")
+    db.execute("CREATE TABLE acct_queue (seq INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+    db.execute("INSERT INTO sessions VALUES ('s1', '{\"acct_session_id\": \"OLD1\", "
+               "\"user_name\": \"u\", \"start_queued\": true}')")
+    db.execute("INSERT INTO acct_queue VALUES (1, '{\"status\": \"Start\", \"class\": \"c\", "
+               "\"time\": 1.0, \"id\": \"OLD1\", \"attributes\": [[\"User-Name\", \"u\"]]}')")
+    db.commit()
+    db.close()
+    store = RadiusStore(tmp_path / "r.sqlite")
+    assert store.load()["s1"].acct_session_id == "OLD1"
+    assert [(r.seq, r.acct_session_id) for r in store.load_queue()] == [(1, "OLD1")]
+    store.enqueue(record(2), "s1", RadiusSession("OLD1", "u", start_queued=True, started_at=2.0))
+    store.flush()
+    store.close()
+    again = RadiusStore(tmp_path / "r.sqlite")
+    assert again.load()["s1"].started_at == 2.0
+    assert [r.seq for r in again.load_queue()] == [1, 2]
+    again.close()
