@@ -202,15 +202,16 @@ def test_an_idle_session_ends_at_its_idle_timeout(coa_site: tuple[Site, FreeRadi
 
 def test_an_idle_spell_outlives_a_kill_of_the_agent(coa_site: tuple[Site, FreeRadius],
                                                     tmp_path: Path) -> None:
-    # Quiet past its Idle-Timeout while the agent was down (kill -9 two ticks after the
-    # bind, restarted 7 s later): it ends at the first check after the restart that reads
-    # its upload counter (pinned: unmoved), not a whole Idle-Timeout after the restart.
+    # Quiet past its Idle-Timeout while the agent was down (kill -9 once it has been quiet
+    # for half of it, which writes so; restarted 4 s later): it ends at the first check
+    # after the restart that reads its upload counter (pinned: unmoved), not a whole
+    # Idle-Timeout after the restart.
     site, fr = coa_site
     clients.dhclient(site.subscribers[2], "eth0", tmp_path)
     wait("the Start", lambda: len(_records(fr, 2)) == 1)
-    time.sleep(2.2)  # the first checks found it quiet, and wrote so
+    time.sleep(IDLE_LONG / 2 + 1.2)  # quiet for half its Idle-Timeout, and written so
     site.stop_agent(signal.SIGKILL)
-    time.sleep(7)
+    time.sleep(4)
     site.start_agent("--secrets-dir", str(tmp_path / "secrets"))
     ready = time.monotonic()
     wait("the idle session's end", lambda: site.metrics().get(

@@ -554,6 +554,7 @@ class RadiusFeature:
             self._disarm(key, self._timers)
         if "Idle-Timeout" in timers:
             st.idle_timeout = timers["Idle-Timeout"] or None
+            st.quiet_packets = -1  # its clock starts anew: no quiet spell to resume
             self._disarm(key, self._idle_timers)
             self._idle.pop(key, None)
         if "Acct-Interim-Interval" in timers:
@@ -640,7 +641,14 @@ class RadiusFeature:
                              "Idle-Timeout of %d s and ended", key, acct_session_id,
                              st.idle_timeout)
                 return
-            if since < now and st.quiet_packets != last:  # a quiet spell: kept for a restart
+            if since == now:  # it sent something: a quiet spell written before is over
+                if st.quiet_packets >= 0:
+                    st.quiet_packets = -1
+                    if self.store is not None:
+                        self.store.put(key, st)
+            elif now - since >= st.idle_timeout / 2 and st.quiet_packets != last:
+                # quiet for half its Idle-Timeout: kept for a restart (a short pause in its
+                # traffic writes nothing)
                 st.quiet_packets, st.quiet_since = last, self.wall() - (now - since)
                 if self.store is not None:
                     self.store.put(key, st)

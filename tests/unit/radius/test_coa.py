@@ -477,6 +477,57 @@ def test_an_idle_spell_is_kept_across_a_restart(tmp_path: Path, after: str) -> N
     asyncio.run(run())
 
 
+def test_a_quiet_spell_ended_by_traffic_is_forgotten(tmp_path: Path) -> None:
+    # Quiet for its first second (written: half its Idle-Timeout), then busy until the
+    # restart; the restarted agent's counters read what they read when it was quiet (a
+    # new shaping generation starts them at zero): it is not idle since then.
+    async def run() -> None:
+        srv = await serve(accept({"Idle-Timeout": 2}))
+        cfg = config([srv.port])
+        up = {"n": 0}
+        node = Node(feature(cfg, tmp_path))
+        node.f.usage = lambda a: Usage(0, up["n"], 0, 0)
+        s = await node.bind(1)
+        await asyncio.sleep(1.2)
+        assert node.f.sessions[s.key].quiet_packets == 0
+        for _ in range(10):  # busy for 2 s
+            up["n"] += 1
+            await asyncio.sleep(0.2)
+        assert node.ended == [] and node.f.sessions[s.key].quiet_packets == -1
+        node.f.close()
+        again = Node(feature(cfg, tmp_path))
+        again.f.usage = lambda a: Usage(0, 0, 0, 0)
+        again.sessions[s.key] = s
+        again.f.restore({s.key: s}, lambda key: s.lease)
+        await asyncio.sleep(1.5)
+        assert again.ended == []
+        again.f.close()
+
+    asyncio.run(run())
+
+
+def test_a_coa_that_sets_idle_timeout_starts_the_clock_anew(tmp_path: Path) -> None:
+    async def run() -> None:
+        srv = await serve(accept({"Idle-Timeout": 3}))
+        node = Node(feature(config([srv.port]), tmp_path))
+        node.f.usage = lambda a: Usage(0, 5, 0, 0)  # it sends nothing
+        s = await node.bind(1)
+        st = node.f.sessions[s.key]
+        await asyncio.sleep(2.5)  # quiet 2.5 s of 3, and written so
+        assert st.quiet_packets == 5
+        listener, client = await listening(node.f)
+        reply = await client.ask(request(Acct_Session_Id=st.acct_session_id, Idle_Timeout=3))
+        assert reply is not None and reply.code == CoAACK
+        t0 = time.monotonic()
+        while s.key not in node.ended and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - t0 >= 3.0  # 3 s from the CoA, not 0.5
+        listener.close()
+        node.f.close()
+
+    asyncio.run(run())
+
+
 def test_idle_timeout_needs_counters(tmp_path: Path) -> None:
     async def run() -> None:
         srv = await serve(accept({"Idle-Timeout": 1}))
