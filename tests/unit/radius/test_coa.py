@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -442,6 +443,15 @@ def test_counters_that_appear_late_and_count_nothing_leave_the_idle_clock_runnin
     asyncio.run(run())
 
 
+def restarted(f: RadiusFeature, s: Session, usage: Callable[[int], Usage | None]) -> Node:
+    """``f`` as an agent restarted with its store: ``s`` restored, counters from ``usage``."""
+    node = Node(f)
+    node.f.usage = usage
+    node.sessions[s.key] = s
+    node.f.restore({s.key: s}, lambda key: s.lease)
+    return node
+
+
 @pytest.mark.parametrize("after", ["quiet", "sent", "counters late"])
 def test_an_idle_spell_is_kept_across_a_restart(tmp_path: Path, after: str) -> None:
     # Quiet for 1.3 s of its 2 s Idle-Timeout when the agent restarts: it ends about a
@@ -460,10 +470,8 @@ def test_an_idle_spell_is_kept_across_a_restart(tmp_path: Path, after: str) -> N
         node.f.close()
         up["packets"] += after == "sent"
         loaded = {"now": after != "counters late"}
-        again = Node(feature(cfg, tmp_path))
-        again.f.usage = lambda a: Usage(0, up["packets"], 0, 0) if loaded["now"] else None
-        again.sessions[s.key] = s
-        again.f.restore({s.key: s}, lambda key: s.lease)
+        again = restarted(feature(cfg, tmp_path), s, lambda a: Usage(0, up["packets"], 0, 0)
+                          if loaded["now"] else None)
         if not loaded["now"]:
             await asyncio.sleep(0.5)
             loaded["now"] = True
@@ -495,10 +503,7 @@ def test_a_quiet_spell_ended_by_traffic_is_forgotten(tmp_path: Path) -> None:
             await asyncio.sleep(0.2)
         assert node.ended == [] and node.f.sessions[s.key].quiet_packets == -1
         node.f.close()
-        again = Node(feature(cfg, tmp_path))
-        again.f.usage = lambda a: Usage(0, 0, 0, 0)
-        again.sessions[s.key] = s
-        again.f.restore({s.key: s}, lambda key: s.lease)
+        again = restarted(feature(cfg, tmp_path), s, lambda a: Usage(0, 0, 0, 0))
         await asyncio.sleep(1.5)
         assert again.ended == []
         again.f.close()
