@@ -242,8 +242,7 @@ class RadiusFeature:
         if why:
             log.warning("RADIUS: session %s: %s", key, why)
         st.rates = rates
-        if self.store is not None:
-            self.store.put(key, st)
+        self._keep(key, st)
         log.info("RADIUS: session %s: a QoSPolicy changed, its rates now %s", key,
                  f"{rates.down} down, {rates.up} up" if rates else "its class's")
         return True
@@ -486,6 +485,11 @@ class RadiusFeature:
 
     # --- session events -------------------------------------------------------------------
 
+    def _keep(self, key: str, st: RadiusSession) -> None:
+        """Write ``st``, the state of session ``key``, to the store (when there is one)."""
+        if self.store is not None:
+            self.store.put(key, st)
+
     def on_bound(self, s: Session) -> None:
         st = self.sessions.get(s.key)
         if st is None or s.lease is None:
@@ -493,8 +497,8 @@ class RadiusFeature:
         self._bound[s.key] = s
         if not st.start_queued:
             self._start(s, st)  # writes the state with the Start, in one transaction
-        elif self.store is not None:
-            self.store.put(s.key, st)
+        else:
+            self._keep(s.key, st)
         if st.rates is not None:
             self.override(s.lease, st.rates)
         self._arm(s.key, st)
@@ -513,8 +517,7 @@ class RadiusFeature:
             self._idle[s.key] = (-1, self.clock())  # the new address's counters start anew
             if st.quiet_packets >= 0:
                 st.quiet_packets = -1  # the old address's count says nothing of the new's
-                if self.store is not None:
-                    self.store.put(s.key, st)
+                self._keep(s.key, st)
         if st is not None and st.rates is not None and s.lease is not None \
                 and what == Change.ADDRESS:
             self.override(s.lease, st.rates)  # shaping forgot the old address's
@@ -560,8 +563,7 @@ class RadiusFeature:
         if "Acct-Interim-Interval" in timers:
             st.interim_interval = timers["Acct-Interim-Interval"] or None
             self._disarm(key, self._interims)
-        if self.store is not None:
-            self.store.put(key, st)
+        self._keep(key, st)
         self._arm(key, st)
         self._arm_interim(key, st)
         log.info("RADIUS: session %s (Acct-Session-Id %s): CoA, %s", key, st.acct_session_id,
@@ -644,14 +646,12 @@ class RadiusFeature:
             if since == now:  # it sent something: a quiet spell written before is over
                 if st.quiet_packets >= 0:
                     st.quiet_packets = -1
-                    if self.store is not None:
-                        self.store.put(key, st)
+                    self._keep(key, st)
             elif now - since >= st.idle_timeout / 2 and st.quiet_packets != last:
                 # quiet for half its Idle-Timeout: kept for a restart (a short pause in its
                 # traffic writes nothing)
                 st.quiet_packets, st.quiet_since = last, self.wall() - (now - since)
-                if self.store is not None:
-                    self.store.put(key, st)
+                self._keep(key, st)
         self._idle_timers[key] = asyncio.get_running_loop().call_later(
             self._idle_tick(st), self._idle_check, key, acct_session_id)
 
@@ -739,8 +739,7 @@ class RadiusFeature:
             st.rates = a.rates
             w = a.wanted  # the CoA's rate attributes replace the Accept's
             st.filter_id, st.rate_down_bps, st.rate_up_bps = w.filter_id, w.down_bps, w.up_bps
-            if self.store is not None:
-                self.store.put(s.key, st)
+            self._keep(s.key, st)
             assert s.lease is not None
             self.override(s.lease, st.rates)
             log.info("RADIUS: session %s (Acct-Session-Id %s): CoA, rates now %s", s.key,
