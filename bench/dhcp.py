@@ -46,6 +46,7 @@ worse with this generator: see KEA_RCVBUF_FACTOR). bng runs in native XDP mode t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -116,9 +117,19 @@ def kea_config(workdir: Path, name: str = "single-threaded") -> dict[str, object
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """A process's CPU so far: user and system, all its threads (/proc)."""
+    """A process's CPU so far: user and system, all its threads, and its children's (bng's
+    lease writer is a process of the agent's), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            with contextlib.suppress(OSError):  # it ended meanwhile
+                total += process_cpu_seconds(int(child))
+    return total
 
 
 @dataclass

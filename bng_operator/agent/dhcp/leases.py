@@ -1,4 +1,5 @@
-"""The lease store: SQLite in WAL mode on local disk, written with group commit.
+"""The lease store: SQLite in WAL mode on local disk, written with group commit by a writer
+process of its own (``lease_writer``).
 
 A lease is durable (fsync'd) before its ACK leaves: ``commit()`` returns a future that the
 agent waits on before sending. Writes queue up while a commit is in flight and all go in
@@ -8,47 +9,33 @@ the next one, so a burst of N requests costs one fsync, not N.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import threading
+import contextlib
+import logging
+import marshal
+import socket
+import subprocess
+import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bng_operator.agent.sqlrows import Statement, many_rows, rows_per_statement
+from bng_operator.agent import syscalls
+from bng_operator.agent.dhcp.lease_writer import (
+    FRAME,
+    LEASE_SELECT,
+    REPLY,
+    Write,
+    open_db,
+)
 
-# Columns added after the first release: in the schema, and added to older stores at open.
-# They hold the request the lease was granted on, which the fast path must see again.
-_ADDED_COLUMNS = {"vlan": "INTEGER NOT NULL DEFAULT 0", "giaddr": "INTEGER NOT NULL DEFAULT 0",
-                  "server_id": "INTEGER NOT NULL DEFAULT 0", "relay_agent": "BLOB",
-                  "lease_seconds": "INTEGER NOT NULL DEFAULT 0",
-                  "tags": "BLOB NOT NULL DEFAULT X''", "interface": "TEXT NOT NULL DEFAULT ''"}
+log = logging.getLogger(__name__)
 
-# Pauses between the tries of one batch write (a busy or briefly full disk), then it fails.
-WRITE_RETRIES = (0.05, 0.2, 0.0)
+SOCKET_BUFFER = 4 << 20  # bytes the socket to the writer holds each way
+STOP_WAIT = 5.0  # seconds a closing store waits for its writer to finish
 
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS leases (
-    address    INTEGER PRIMARY KEY,
-    identity   TEXT NOT NULL UNIQUE,
-    mac        TEXT NOT NULL,
-    client_id  TEXT,
-    circuit_id TEXT,
-    remote_id  TEXT,
-    pool       TEXT NOT NULL,
-    class      TEXT NOT NULL,
-    expires    REAL NOT NULL,
-    hostname   TEXT,
-    bound_at   REAL NOT NULL,
-    state      TEXT NOT NULL,     -- bound | released | expired (kept: the address stays
-                                  -- this client's "previous" one until someone else takes it)
-    {", ".join(f"{name} {decl}" for name, decl in _ADDED_COLUMNS.items())}
-);
-CREATE TABLE IF NOT EXISTS declined (
-    address INTEGER PRIMARY KEY,
-    pool    TEXT NOT NULL,
-    until   REAL NOT NULL
-);
-"""
+
+class LeaseStoreError(Exception):
+    """A commit that did not reach the disk: the writer failed it, or died."""
 
 
 @dataclass(slots=True)
@@ -90,65 +77,41 @@ def _row(lease: Lease) -> tuple[object, ...]:
             lease.relay_agent, lease.lease_seconds, lease.tags, lease.interface)
 
 
-_LEASE_COLS = ", ".join(f.name if f.name != "subscriber_class" else "class" for f in fields(Lease))
-_LEASE_ROW = f"({', '.join('?' * len(fields(Lease)))})"
-# One statement's rows, in order: a later row replaces an earlier one of its address or
-# identity, as a later put does.
-_UPSERT = f"INSERT OR REPLACE INTO leases ({_LEASE_COLS}) VALUES {{}}"
-
-
 class LeaseStore:
-    """Durable leases. Reads at start; afterwards only writes, batched."""
+    """Durable leases. Reads at start; afterwards only writes, batched, by the writer."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # One connection, used only by the writer thread after load().
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
-        self._db.executescript(SCHEMA)
-        self._migrate()
-        self._pending: list[tuple[str, object]] = []  # queued (the loop's); no commit asked yet
-        self._sealed: list[tuple[str, object]] = []  # commit asked: the next batch, with _next
-        self._next: asyncio.Future[None] | None = None  # completes with the next batch
-        self._lock = threading.Lock()
-        self._rows = rows_per_statement(self._db, len(fields(Lease)))
-        self._writing = False
-        self._writing_since: float | None = None  # when the batch being written started
-
-    def _migrate(self) -> None:
-        """Add the columns a store written by an older agent lacks (SQLite has no
-        ADD COLUMN IF NOT EXISTS)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(leases)")}
-        for name, decl in _ADDED_COLUMNS.items():
-            if name not in have:
-                self._db.execute(f"ALTER TABLE leases ADD COLUMN {name} {decl}")
+        self._db = open_db(path)  # for load(); the writer process has its own connection
+        self._pending: list[Write] = []  # queued (the loop's); no commit asked yet
+        self._next: asyncio.Future[None] | None = None  # for the writes sealed, not yet sent
+        self._sealed: list[Write] = []
+        self._flush_due = False
+        self._seq = 0
+        self._flying: dict[int, _Batch] = {}  # sent, not answered yet, by number
+        self._out = bytearray()  # frames not yet taken by the socket
+        self._writer: _WriterProcess | None = None
 
     def load(self) -> tuple[list[Lease], list[Decline]]:
-        leases = [Lease(*row) for row in self._db.execute(f"SELECT {_LEASE_COLS} FROM leases")]
+        leases = [Lease(*row) for row in self._db.execute(LEASE_SELECT)]
         declines = [Decline(*row) for row in self._db.execute(
             "SELECT address, pool, until FROM declined")]
         return leases, declines
 
     # --- writes --------------------------------------------------------------------------------
-    # The writer thread takes its batch under a lock, not through a turn of the event loop:
-    # under load a turn is a whole step of requests away (~10 ms), and every such wait is a
-    # wait for the GIL too. Only commit() hands writes to the writer, together with the
-    # future it returns: a write the writer took before its commit was asked for could fail
-    # with nobody told, and the commit's future then complete for an empty batch (an ACK for
-    # a lease not on disk).
-    # The queue (_pending) is the event loop's alone, so its writes take no lock; the lock
-    # guards what the writer shares: the sealed batch, its future, and whether it runs.
+    # The queue (_pending) is the event loop's alone. Only commit() seals writes for the
+    # writer, together with the future it returns, and the seal goes out once a turn of the
+    # loop: every commit asked for in a step of requests shares one frame and one future.
 
     def put(self, lease: Lease) -> None:
-        self._pending.append(("put", lease))
+        self._pending.append(("put", _row(lease)))
 
     def delete(self, address: int) -> None:
         self._pending.append(("delete", address))
 
     def put_decline(self, d: Decline) -> None:
-        self._pending.append(("decline", d))
+        self._pending.append(("decline", (d.address, d.pool, d.until)))
 
     def delete_decline(self, address: int) -> None:
         self._pending.append(("undecline", address))
@@ -160,103 +123,183 @@ class LeaseStore:
 
     def commit(self) -> asyncio.Future[None]:
         """A future that completes once everything queued so far is on disk. Callers until
-        the next batch starts share one future, so a burst costs one callback, not N."""
+        the next batch goes to the writer share one future, so a burst costs one callback,
+        not N."""
         loop = asyncio.get_running_loop()
-        with self._lock:
-            self._sealed += self._pending
-            self._pending = []
-            if self._next is None:
-                self._next = loop.create_future()
-            fut = self._next
-            start, self._writing = not self._writing, True
-        if start:
-            loop.run_in_executor(None, self._write_loop, loop)
-        return fut
-
-    def _write_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Writer thread: drain the queue in batches until nothing is left."""
-        while True:
-            with self._lock:
-                batch, fut = self._sealed, self._next
-                self._sealed, self._next = [], None
-                if not batch and fut is None:
-                    self._writing = False  # the next commit() starts a writer again
-                    return
-            self._writing_since = time.monotonic()
-            err = self._write_retried(batch)
-            self._writing_since = None
-            if fut is not None:
-                loop.call_soon_threadsafe(_resolve, fut, err)
+        self._sealed += self._pending
+        self._pending = []
+        if self._next is None:
+            self._next = loop.create_future()
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self._flush)
+        return self._next
 
     def stalled_for(self) -> float:
-        """Seconds the batch being written has taken so far; 0 when none is being written.
-        A disk that hangs makes this grow: the commits (and their ACKs) wait on it."""
-        since = self._writing_since
-        return 0.0 if since is None else time.monotonic() - since
+        """Seconds the oldest batch at the writer has taken so far; 0 when none is there. A
+        disk that hangs makes this grow: the commits (and their ACKs) wait on it."""
+        if not self._flying:
+            return 0.0
+        return time.monotonic() - next(iter(self._flying.values())).sent
 
-    def _write_retried(self, batch: list[tuple[str, object]]) -> Exception | None:
-        """Write one batch, trying again a bounded number of times. Any failure, not only
-        SQLite's, fails the batch's commit (its replies are not sent) and never the writer:
-        a writer that died would leave every later commit waiting for ever."""
-        for attempt, pause in enumerate(WRITE_RETRIES):
-            try:
-                self._write(batch)
-                return None
-            except Exception as e:
-                if attempt == len(WRITE_RETRIES) - 1:
-                    return e
-                time.sleep(pause)
-        return None
-
-    def _write(self, batch: list[tuple[str, object]]) -> None:
-        """One transaction, in few statements (agent/sqlrows.py): a batch's leases are one
-        INSERT of many rows, not one per lease. A batch that is one statement, the common
-        case (leases only), is its own transaction."""
-        if not batch:  # a commit asked for with nothing queued since the one before
+    def _flush(self) -> None:
+        """Send the sealed writes as one batch (frame) to the writer."""
+        self._flush_due = False
+        fut, batch = self._next, self._sealed
+        self._next, self._sealed = None, []
+        if fut is None:
             return
-        statements: list[Statement] = []
-        for op, items in _runs(batch):
-            if op == "put":
-                many_rows(statements, _UPSERT, _LEASE_ROW,
-                          [_row(lease) for lease in items], self._rows)  # type: ignore[arg-type]
-            elif op == "delete":
-                many_rows(statements, "DELETE FROM leases WHERE address IN ({})", "?",
-                          [(a,) for a in items], self._rows)
-            elif op == "decline":
-                for d in items:
-                    assert isinstance(d, Decline)
-                    statements.append(("INSERT OR REPLACE INTO declined VALUES (?, ?, ?)",
-                                       (d.address, d.pool, d.until)))
-                    statements.append(("DELETE FROM leases WHERE address = ?", (d.address,)))
-            elif op == "undecline":
-                many_rows(statements, "DELETE FROM declined WHERE address IN ({})", "?",
-                          [(a,) for a in items], self._rows)
-        db = self._db
-        if len(statements) == 1:  # its own transaction
-            db.execute(*statements[0])
-            return
-        db.execute("BEGIN")
         try:
-            for sql, args in statements:
-                db.execute(sql, args)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            w = self._writer_running()
+            body = marshal.dumps(batch)
+        except Exception as e:  # no writer, or a value marshal cannot carry: this commit fails
+            _resolve(fut, LeaseStoreError(f"the lease writer cannot take the batch: {e}"))
+            return
+        self._seq += 1
+        self._flying[self._seq] = _Batch(fut, time.monotonic())
+        self._out += FRAME.pack(len(body), self._seq)
+        self._out += body
+        self._send(w)
+
+    def _send(self, w: _WriterProcess) -> None:
+        """Hand the socket what it takes now; the rest when it is writable again."""
+        while self._out:
+            try:
+                n = syscalls.send(w.sock.fileno(), bytes(self._out[:SOCKET_BUFFER]))
+            except BlockingIOError:
+                break
+            except (BrokenPipeError, ConnectionResetError):
+                self._lost(w, "it exited")
+                return
+            except OSError as e:
+                self._lost(w, f"sending to it failed: {e}")
+                return
+            del self._out[:n]
+        loop = w.loop
+        if self._out and not w.writing:
+            w.writing = True
+            loop.add_writer(w.sock.fileno(), self._send, w)
+        elif not self._out and w.writing:
+            w.writing = False
+            loop.remove_writer(w.sock.fileno())
+
+    def _writer_running(self) -> _WriterProcess:
+        loop = asyncio.get_running_loop()
+        w = self._writer
+        if w is not None and w.loop is not loop:  # a store used from one loop, then another
+            self._writer = None
+            self._detach(w)
+            w.stop(STOP_WAIT)
+        if self._writer is None:
+            self._writer = _WriterProcess.start(self.path, loop)
+            loop.add_reader(self._writer.sock.fileno(), self._answers, self._writer)
+        return self._writer
+
+    def _answers(self, w: _WriterProcess) -> None:
+        """Read the writer's answers: each completes the commits of every batch up to the
+        one it names."""
+        try:
+            data = w.receiver.receive(w.sock.fileno())
+        except ConnectionResetError:  # it died with a batch unread
+            data = b""
+        except OSError as e:
+            self._lost(w, f"reading from it failed: {e}")
+            return
+        if data is None:
+            return
+        if not data:
+            self._lost(w, "it exited")
+            return
+        w.inbox += data
+        while len(w.inbox) >= REPLY.size:
+            last, n = REPLY.unpack_from(w.inbox)
+            if len(w.inbox) < REPLY.size + n:
+                break
+            why = bytes(w.inbox[REPLY.size:REPLY.size + n]).decode(errors="replace")
+            del w.inbox[:REPLY.size + n]
+            err = LeaseStoreError(why) if why else None
+            while self._flying and next(iter(self._flying)) <= last:
+                _resolve(self._flying.pop(next(iter(self._flying))).fut, err)
+
+    def _lost(self, w: _WriterProcess, why: str) -> None:
+        """The writer is gone: the batches it had fail (their ACKs are never sent), and the
+        next commit starts another."""
+        self._detach(w)
+        code = w.stop(0.0)
+        if self._writer is w:
+            self._writer = None
+        self._out.clear()
+        log.error("lease writer (pid %d): %s (exit code %s); %d commits fail", w.proc.pid,
+                  why, code, len(self._flying))
+        err = LeaseStoreError(f"the lease writer failed: {why}")
+        for b in self._flying.values():
+            _resolve(b.fut, err)
+        self._flying.clear()
 
     def close(self) -> None:
+        """Stop the writer once it has written what it was sent, and close the store."""
+        w, self._writer = self._writer, None
+        if w is not None:
+            self._detach(w)
+            w.stop(STOP_WAIT)
         self._db.close()
 
+    @staticmethod
+    def _detach(w: _WriterProcess) -> None:
+        """Stop watching the writer's socket (on its loop, if that still runs)."""
+        if not w.loop.is_closed():
+            w.loop.remove_reader(w.sock.fileno())
+            if w.writing:
+                w.loop.remove_writer(w.sock.fileno())
 
-def _runs(batch: list[tuple[str, object]]) -> list[tuple[str, list[object]]]:
-    """The batch's writes as runs of one kind, in order."""
-    runs: list[tuple[str, list[object]]] = []
-    for op, item in batch:
-        if runs and runs[-1][0] == op:
-            runs[-1][1].append(item)
-        else:
-            runs.append((op, [item]))
-    return runs
+
+@dataclass(slots=True)
+class _Batch:
+    fut: asyncio.Future[None]
+    sent: float  # monotonic
+
+
+@dataclass
+class _WriterProcess:
+    """The writer's process and the agent's end of its socket."""
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    loop: asyncio.AbstractEventLoop  # the one that watches the socket
+    receiver: syscalls.Receiver = field(default_factory=lambda: syscalls.Receiver(1 << 16))
+    inbox: bytearray = field(default_factory=bytearray)
+    writing: bool = False  # waiting for the socket to take more
+
+    @classmethod
+    def start(cls, path: Path, loop: asyncio.AbstractEventLoop) -> _WriterProcess:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for s in (ours, theirs):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        ours.setblocking(False)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bng_operator.agent.dhcp.lease_writer",
+                 str(theirs.fileno()), str(path)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return cls(proc, ours, loop)
+
+    def stop(self, wait: float) -> int | None:
+        """Close the agent's end (the writer ends once it has written what it was sent),
+        wait up to ``wait`` seconds, then kill it; its exit code."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        self.sock.close()
+        try:
+            return self.proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
 
 def _resolve(fut: asyncio.Future[None], err: BaseException | None) -> None:

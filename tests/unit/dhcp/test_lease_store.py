@@ -1,23 +1,31 @@
-"""The lease store's group commit: a batch's writes land in order, in few statements."""
+"""The lease store's group commit: a batch's writes land in order, in few statements, written
+by the writer process (``lease_writer``)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from bng_lab.dhcp_env import bound_lease
-from bng_operator.agent.dhcp.leases import Decline, LeaseStore
+from bng_operator.agent.dhcp.lease_writer import LEASE_COLUMNS, LeaseWriter, open_db
+from bng_operator.agent.dhcp.leases import Decline, Lease, LeaseStore, _row
 
 BASE = int(bound_lease().address)
 
 
-def _statements(store: LeaseStore) -> list[str]:
-    """The SQL statements the store runs from now on, as SQLite saw them."""
+def _writer(tmp_path: Path) -> tuple[LeaseWriter, list[str]]:
+    """The writer's work in process, and the SQL statements it runs, as SQLite saw them."""
+    w = LeaseWriter(open_db(tmp_path / "l.sqlite"))
     seen: list[str] = []
-    store._db.set_trace_callback(seen.append)
-    return seen
+    w.db.set_trace_callback(seen.append)
+    return w, seen
+
+
+def test_a_lease_row_is_in_the_order_of_the_store_columns() -> None:
+    lease = bound_lease()
+    names = [("class" if f == "subscriber_class" else f) for f in Lease.__slots__]  # type: ignore[attr-defined]
+    assert tuple(names) == LEASE_COLUMNS
+    assert _row(lease) == tuple(getattr(lease, f) for f in Lease.__slots__)  # type: ignore[attr-defined]
 
 
 def _commit(store: LeaseStore) -> None:
@@ -28,29 +36,25 @@ def _commit(store: LeaseStore) -> None:
 
 
 def test_a_batch_of_leases_is_one_statement(tmp_path: Path) -> None:
-    # Each statement gives the GIL up and waits for it again behind a busy event loop (up
-    # to the switch interval): one statement a lease made a commit of 64 take ~10 ms.
-    store = LeaseStore(tmp_path / "l.sqlite")
-    seen = _statements(store)
-    for i in range(300):
-        store.put(bound_lease(address=BASE + i, identity=f"mac:02:00:00:00:{i >> 8:02x}:{i & 255:02x}"))
-    _commit(store)
+    # Each statement costs SQLite a step; one statement a lease made a commit of 64 take ~10
+    # ms when the writer was a thread waiting for the GIL between steps.
+    w, seen = _writer(tmp_path)
+    w.write([("put", _row(bound_lease(address=BASE + i,
+                                      identity=f"mac:02:00:00:00:{i >> 8:02x}:{i & 255:02x}")))
+             for i in range(300)])
     assert len(seen) == 1 and seen[0].startswith("INSERT OR REPLACE INTO leases")
+    store = LeaseStore(tmp_path / "l.sqlite")
     assert len(store.load()[0]) == 300
     store.close()
 
 
-def test_a_batch_longer_than_one_statement_is_one_transaction(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = LeaseStore(tmp_path / "l.sqlite")
-    monkeypatch.setattr(store, "_rows", 4)
-    seen = _statements(store)
-    for i in range(10):
-        store.put(bound_lease(address=BASE + i, identity=f"mac:02:00:00:00:01:{i:02x}"))
-    _commit(store)
+def test_a_batch_longer_than_one_statement_is_one_transaction(tmp_path: Path) -> None:
+    w, seen = _writer(tmp_path)
+    w.rows = 4
+    w.write([("put", _row(bound_lease(address=BASE + i, identity=f"mac:02:00:00:00:01:{i:02x}")))
+             for i in range(10)])
     assert [s.split()[0] for s in seen] == ["BEGIN", "INSERT", "INSERT", "INSERT", "COMMIT"]
-    assert len(store.load()[0]) == 10
-    store.close()
+    assert len(w.db.execute("SELECT address FROM leases").fetchall()) == 10
 
 
 def test_a_mixed_batch_is_applied_in_order(tmp_path: Path) -> None:
