@@ -193,32 +193,42 @@ def _waiting(sock: socket.socket) -> bool:
 
 def serve(sock: socket.socket, writer: LeaseWriter) -> None:
     """Write what the agent sends until it closes its end: each time, every batch that has
-    arrived, in one transaction, then one answer for them."""
+    arrived, in one transaction, then one answer for them. Whole batches read when the
+    stream ends are written too (a batch cut short is not: nobody waits for its answer)."""
     head, body = bytearray(), bytearray()
     while True:
         batch: list[Write] = []
-        last = -1
+        last, ended = -1, False
         while last < 0 or _waiting(sock):
             if not _read_exact(sock, FRAME.size, head):
-                return
-            n, last = FRAME.unpack(head)
+                ended = True
+                break
+            n, seq = FRAME.unpack(head)
             if not _read_exact(sock, n, body):
-                return
+                ended = True
+                break
             batch += marshal.loads(body)
-        err = writer.write_retried(batch)
-        msg = b"" if err is None else f"{type(err).__name__}: {err}".encode()[:ERROR_MAX]
-        sock.sendall(REPLY.pack(last, len(msg)) + msg)
+            last = seq
+        if last >= 0:
+            err = writer.write_retried(batch)
+            msg = b"" if err is None else f"{type(err).__name__}: {err}".encode()[:ERROR_MAX]
+            try:
+                sock.sendall(REPLY.pack(last, len(msg)) + msg)
+            except OSError:
+                if not ended:
+                    raise
+        if ended:
+            return
 
 
 def main(argv: list[str]) -> int:
-    """``lease_writer FD PATH``: serve the agent on the socket ``FD``, writing ``PATH``."""
-    fd, path = int(argv[0]), Path(argv[1])
-    parent = os.getppid()
+    """``lease_writer FD PATH AGENT_PID``: serve the agent on the socket ``FD``, writing
+    ``PATH``; die with the agent."""
+    fd, path, agent = int(argv[0]), Path(argv[1]), int(argv[2])
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the agent died before the line above
+    if os.getppid() != agent:  # the agent died before the line above
         return 0
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent's ^C is the agent's to handle
     sock = socket.socket(fileno=fd)
     try:
         serve(sock, LeaseWriter(open_db(path)))

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import marshal
+import os
 import socket
 import subprocess
 import sys
@@ -92,6 +93,8 @@ class LeaseStore:
         self._flying: dict[int, _Batch] = {}  # sent, not answered yet, by number
         self._out = bytearray()  # frames not yet taken by the socket
         self._writer: _WriterProcess | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one its commits run on
+        self._closed = False
 
     def load(self) -> tuple[list[Lease], list[Decline]]:
         leases = [Lease(*row) for row in self._db.execute(LEASE_SELECT)]
@@ -126,6 +129,14 @@ class LeaseStore:
         the next batch goes to the writer share one future, so a burst costs one callback,
         not N."""
         loop = asyncio.get_running_loop()
+        if self._closed:
+            fut: asyncio.Future[None] = loop.create_future()
+            fut.set_exception(LeaseStoreError("the lease store is closed"))
+            return fut
+        if self._loop is not loop:  # tests run one loop after another; the agent, one
+            if self._loop is not None:
+                self._abandon("the event loop the lease store ran on ended")
+            self._loop = loop
         self._sealed += self._pending
         self._pending = []
         if self._next is None:
@@ -147,7 +158,7 @@ class LeaseStore:
         self._flush_due = False
         fut, batch = self._next, self._sealed
         self._next, self._sealed = None, []
-        if fut is None:
+        if fut is None or self._closed:
             return
         try:
             w = self._writer_running()
@@ -185,11 +196,6 @@ class LeaseStore:
 
     def _writer_running(self) -> _WriterProcess:
         loop = asyncio.get_running_loop()
-        w = self._writer
-        if w is not None and w.loop is not loop:  # a store used from one loop, then another
-            self._writer = None
-            self._detach(w)
-            w.stop(STOP_WAIT)
         if self._writer is None:
             self._writer = _WriterProcess.start(self.path, loop)
             loop.add_reader(self._writer.sock.fileno(), self._answers, self._writer)
@@ -237,12 +243,28 @@ class LeaseStore:
         self._flying.clear()
 
     def close(self) -> None:
-        """Stop the writer once it has written what it was sent, and close the store."""
+        """Stop the writer once it has written what it was sent, and close the store. The
+        commits not answered by then fail (their leases may be on disk; no ACK says so)."""
+        self._closed = True
+        self._abandon("the lease store is closed")
+        self._db.close()
+
+    def _abandon(self, why: str) -> None:
+        """Stop the writer (once it has written what it was sent) and fail every commit it
+        has not answered, and the one being gathered: nothing will answer them now."""
         w, self._writer = self._writer, None
         if w is not None:
             self._detach(w)
             w.stop(STOP_WAIT)
-        self._db.close()
+        futs = [b.fut for b in self._flying.values()]
+        if self._next is not None:
+            futs.append(self._next)
+        self._flying, self._next, self._sealed, self._out = {}, None, [], bytearray()
+        self._flush_due = False
+        err = LeaseStoreError(why)
+        for fut in futs:
+            with contextlib.suppress(RuntimeError):  # of a loop that is closed
+                _resolve(fut, err)
 
     @staticmethod
     def _detach(w: _WriterProcess) -> None:
@@ -278,10 +300,12 @@ class _WriterProcess:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         ours.setblocking(False)
         try:
+            # a session of its own: a signal to the agent's process group (a service
+            # manager's SIGTERM) is the agent's to act on; the writer ends with its socket
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bng_operator.agent.dhcp.lease_writer",
-                 str(theirs.fileno()), str(path)],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                 str(theirs.fileno()), str(path), str(os.getpid())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             ours.close()
             raise
@@ -299,7 +323,11 @@ class _WriterProcess:
             return self.proc.wait(wait)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+        try:
+            return self.proc.wait(STOP_WAIT)
+        except subprocess.TimeoutExpired:  # in the kernel's hands (D state): let it be
+            log.error("lease writer (pid %d) does not end", self.proc.pid)
+            return None
 
 
 def _resolve(fut: asyncio.Future[None], err: BaseException | None) -> None:

@@ -203,3 +203,122 @@ asyncio.run(run())
                 return  # dead; its parent (gone) could not reap it
         time.sleep(0.05)
     raise AssertionError(f"lease writer {pid} outlived the agent")
+
+
+def _children() -> set[int]:
+    out: set[int] = set()
+    for t in Path(f"/proc/{os.getpid()}/task").iterdir():
+        out |= {int(x) for x in (t / "children").read_text().split()}
+    return out
+
+
+def _more_than_the_socket_takes(store: LeaseStore) -> int:
+    """Leases (of ~300 bytes each, with a long hostname) more than the writer's socket pair
+    holds both ways, so that a frame of them goes out in parts."""
+    assert store._writer is not None
+    sock = store._writer.sock
+    held = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) + \
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return 2 * held // 250
+
+
+def test_close_fails_the_commits_not_answered_and_leaves_no_writer(tmp_path: Path) -> None:
+    # Found by review: close() left a commit in flight pending for ever, and a commit asked
+    # for just before close() started a writer after it that nothing stopped.
+    store = LeaseStore(tmp_path / "l.sqlite")
+    before = _children()
+
+    async def run() -> tuple[asyncio.Future[None], asyncio.Future[None]]:
+        await _started(store)
+        store.put(bound_lease(address=BASE + 1, identity="mac:x"))
+        flying = store.commit()
+        await asyncio.sleep(0)  # its frame goes out
+        store.put(bound_lease(address=BASE + 2, identity="mac:y"))
+        gathered = store.commit()  # not sent yet
+        store.close()
+        await asyncio.sleep(0.3)
+        return flying, gathered
+
+    flying, gathered = asyncio.run(run())
+    for fut in (flying, gathered):
+        assert fut.done() and isinstance(fut.exception(), LeaseStoreError)
+    assert _children() - before == set()
+
+
+def test_a_store_used_from_another_loop_never_answers_for_the_old_one(tmp_path: Path) -> None:
+    # Found by review: after a change of event loop, the old loop's batches stayed in
+    # flight, and the new writer's first answer completed them, written or not; a frame
+    # half sent went to the new writer, which read its middle as a header and hung.
+    store = LeaseStore(tmp_path / "l.sqlite")
+    old: list[asyncio.Future[None]] = []
+
+    async def first() -> None:
+        pid = await _started(store)
+        os.kill(pid, signal.SIGSTOP)  # a hung disk: the frames below wait in the socket
+        for i in range(_more_than_the_socket_takes(store)):
+            store.put(bound_lease(address=BASE + 1000 + i, identity=f"mac:{i}",
+                                  hostname="h" * 200))
+        old.append(store.commit())
+        await asyncio.sleep(0.2)
+        assert store._out  # part of the frame is not sent yet
+        store.put(bound_lease(address=BASE + 7, identity="mac:seven"))
+        old.append(store.commit())  # gathered, not sent: the loop ends first
+        os.kill(pid, signal.SIGCONT)  # the frame cut short is never written
+
+    asyncio.run(first())
+
+    async def second() -> None:
+        store.put(bound_lease(address=BASE + 1, identity="mac:b"))
+        await asyncio.wait_for(store.commit(), 15)
+
+    asyncio.run(second())
+    for fut in old:
+        assert fut.done() and isinstance(fut.exception(), LeaseStoreError)
+    stored = {x.address for x in store.load()[0]}
+    store.close()
+    assert BASE + 1 in stored and BASE + 7 not in stored
+
+
+def test_a_batch_larger_than_the_socket_takes_goes_in_parts(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "l.sqlite")
+
+    async def run() -> int:
+        pid = await _started(store)
+        os.kill(pid, signal.SIGSTOP)
+        n = _more_than_the_socket_takes(store)
+        for i in range(n):
+            store.put(bound_lease(address=BASE + 1000 + i, identity=f"mac:{i}",
+                                  hostname="h" * 200))
+        big = store.commit()
+        await asyncio.sleep(0.2)
+        assert store._out and store._writer is not None and store._writer.writing
+        store.put(bound_lease(address=BASE + 1, identity="mac:last"))
+        last = store.commit()
+        os.kill(pid, signal.SIGCONT)
+        await asyncio.wait_for(asyncio.gather(big, last), 60)
+        return n
+
+    n = asyncio.run(run())
+    assert len(store.load()[0]) == n + 2
+    store.close()
+
+
+def test_a_writer_that_cannot_start_fails_each_commit_with_its_exit_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'No module named bng_operator' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    store = LeaseStore(tmp_path / "l.sqlite")
+
+    async def run() -> None:
+        for i in range(2):
+            store.put(bound_lease(address=BASE + i, identity=f"mac:{i}"))
+            with pytest.raises(LeaseStoreError, match="it exited"):
+                await asyncio.wait_for(store.commit(), 10)
+
+    asyncio.run(run())
+    store.close()
+    said = [r.getMessage() for r in caplog.records if "lease writer" in r.getMessage()]
+    assert len(said) == 2 and all("exit code 1" in m for m in said), said
