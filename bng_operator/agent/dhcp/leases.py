@@ -230,17 +230,10 @@ class LeaseStore:
     def _lost(self, w: _WriterProcess, why: str) -> None:
         """The writer is gone: the batches it had fail (their ACKs are never sent), and the
         next commit starts another."""
-        self._detach(w)
-        code = w.stop(0.0)
-        if self._writer is w:
-            self._writer = None
-        self._out.clear()
+        code = self._stop(w, 0.0)
         log.error("lease writer (pid %d): %s (exit code %s); %d commits fail", w.proc.pid,
                   why, code, len(self._flying))
-        err = LeaseStoreError(f"the lease writer failed: {why}")
-        for b in self._flying.values():
-            _resolve(b.fut, err)
-        self._flying.clear()
+        self._fail_flying(LeaseStoreError(f"the lease writer failed: {why}"))
 
     def close(self) -> None:
         """Stop the writer once it has written what it was sent, and close the store. The
@@ -252,19 +245,29 @@ class LeaseStore:
     def _abandon(self, why: str) -> None:
         """Stop the writer (once it has written what it was sent) and fail every commit it
         has not answered, and the one being gathered: nothing will answer them now."""
-        w, self._writer = self._writer, None
-        if w is not None:
-            self._detach(w)
-            w.stop(STOP_WAIT)
-        futs = [b.fut for b in self._flying.values()]
-        if self._next is not None:
-            futs.append(self._next)
-        self._flying, self._next, self._sealed, self._out = {}, None, [], bytearray()
-        self._flush_due = False
+        if self._writer is not None:
+            self._stop(self._writer, STOP_WAIT)
+        gathered, self._next, self._sealed, self._flush_due = self._next, None, [], False
         err = LeaseStoreError(why)
-        for fut in futs:
+        self._fail_flying(err)
+        if gathered is not None:
             with contextlib.suppress(RuntimeError):  # of a loop that is closed
-                _resolve(fut, err)
+                _resolve(gathered, err)
+
+    def _stop(self, w: _WriterProcess, wait: float) -> int | None:
+        """Stop watching writer ``w`` and stop it (the frames not sent to it go); its exit
+        code."""
+        if self._writer is w:
+            self._writer = None
+        self._out.clear()
+        self._detach(w)
+        return w.stop(wait)
+
+    def _fail_flying(self, err: LeaseStoreError) -> None:
+        flying, self._flying = self._flying, {}
+        for b in flying.values():
+            with contextlib.suppress(RuntimeError):  # of a loop that is closed
+                _resolve(b.fut, err)
 
     @staticmethod
     def _detach(w: _WriterProcess) -> None:

@@ -24,7 +24,7 @@ from pyrad.packet import (
 )
 
 from bng_lab.dhcp_env import bound_lease
-from bng_operator.agent.config import ShapingRates
+from bng_operator.agent.config import NodeConfig, ShapingRates
 from bng_operator.agent.radius.accounting import Usage
 from bng_operator.agent.radius.coa import (
     COA,
@@ -405,12 +405,21 @@ def test_the_class_servers_are_clients_with_their_secrets(tmp_path: Path) -> Non
 
 # --- Idle-Timeout -------------------------------------------------------------------------
 
+async def idle_node(tmp_path: Path, idle_timeout: int, usage: Callable[[int], Usage | None],
+                    ) -> tuple[Node, NodeConfig]:
+    """A node whose RADIUS server accepts with this Idle-Timeout, its counters from
+    ``usage``; and its configuration (for a restart)."""
+    srv = await serve(accept({"Idle-Timeout": idle_timeout}))
+    cfg = config([srv.port])
+    node = Node(feature(cfg, tmp_path))
+    node.f.usage = usage
+    return node, cfg
+
+
 def test_an_idle_session_ends_on_time_an_active_one_does_not(tmp_path: Path) -> None:
     async def run() -> None:
-        srv = await serve(accept({"Idle-Timeout": 2}))
         up: dict[int, int] = {}
-        node = Node(feature(config([srv.port]), tmp_path))
-        node.f.usage = lambda a: Usage(0, up.get(a, 0), 0, 0)
+        node, _ = await idle_node(tmp_path, 2, lambda a: Usage(0, up.get(a, 0), 0, 0))
         idle, busy = await node.bind(1), await node.bind(2)
         assert busy.lease is not None
         t0 = time.monotonic()
@@ -429,10 +438,9 @@ def test_an_idle_session_ends_on_time_an_active_one_does_not(tmp_path: Path) -> 
 def test_counters_that_appear_late_and_count_nothing_leave_the_idle_clock_running(
         tmp_path: Path) -> None:
     async def run() -> None:
-        srv = await serve(accept({"Idle-Timeout": 2}))
-        node = Node(feature(config([srv.port]), tmp_path))
         loaded = {"now": False}
-        node.f.usage = lambda a: Usage() if loaded["now"] else None  # shaping loads late
+        # shaping loads late: no counters at first
+        node, _ = await idle_node(tmp_path, 2, lambda a: Usage() if loaded["now"] else None)
         s = await node.bind(1)
         await asyncio.sleep(1.2)
         loaded["now"] = True
@@ -459,11 +467,8 @@ def test_an_idle_spell_is_kept_across_a_restart(tmp_path: Path, after: str) -> N
     # after the restart; unless its counter moved while the agent was away (it sent
     # something): then its clock starts at the restart.
     async def run() -> None:
-        srv = await serve(accept({"Idle-Timeout": 2}))
-        cfg = config([srv.port])
         up = {"packets": 5}
-        node = Node(feature(cfg, tmp_path))
-        node.f.usage = lambda a: Usage(0, up["packets"], 0, 0)
+        node, cfg = await idle_node(tmp_path, 2, lambda a: Usage(0, up["packets"], 0, 0))
         s = await node.bind(1)
         await asyncio.sleep(1.3)
         assert node.ended == []
@@ -490,11 +495,8 @@ def test_a_quiet_spell_ended_by_traffic_is_forgotten(tmp_path: Path) -> None:
     # restart; the restarted agent's counters read what they read when it was quiet (a
     # new shaping generation starts them at zero): it is not idle since then.
     async def run() -> None:
-        srv = await serve(accept({"Idle-Timeout": 2}))
-        cfg = config([srv.port])
         up = {"n": 0}
-        node = Node(feature(cfg, tmp_path))
-        node.f.usage = lambda a: Usage(0, up["n"], 0, 0)
+        node, cfg = await idle_node(tmp_path, 2, lambda a: Usage(0, up["n"], 0, 0))
         s = await node.bind(1)
         await asyncio.sleep(1.2)
         assert node.f.sessions[s.key].quiet_packets == 0
@@ -513,9 +515,7 @@ def test_a_quiet_spell_ended_by_traffic_is_forgotten(tmp_path: Path) -> None:
 
 def test_a_coa_that_sets_idle_timeout_starts_the_clock_anew(tmp_path: Path) -> None:
     async def run() -> None:
-        srv = await serve(accept({"Idle-Timeout": 3}))
-        node = Node(feature(config([srv.port]), tmp_path))
-        node.f.usage = lambda a: Usage(0, 5, 0, 0)  # it sends nothing
+        node, _ = await idle_node(tmp_path, 3, lambda a: Usage(0, 5, 0, 0))  # it sends nothing
         s = await node.bind(1)
         st = node.f.sessions[s.key]
         await asyncio.sleep(2.5)  # quiet 2.5 s of 3, and written so
@@ -535,9 +535,8 @@ def test_a_coa_that_sets_idle_timeout_starts_the_clock_anew(tmp_path: Path) -> N
 
 def test_idle_timeout_needs_counters(tmp_path: Path) -> None:
     async def run() -> None:
-        srv = await serve(accept({"Idle-Timeout": 1}))
-        node = Node(feature(config([srv.port]), tmp_path))
-        node.f.usage = lambda a: None  # shaping off: nothing says it is idle
+        # shaping off: nothing says it is idle
+        node, _ = await idle_node(tmp_path, 1, lambda a: None)
         await node.bind(1)
         await asyncio.sleep(2.5)
         assert node.ended == []
