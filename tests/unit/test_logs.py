@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -45,3 +46,55 @@ def test_audit_lines_are_written_at_every_level(level: str, written: list[str]) 
     assert [r["logger"] for r in lines] == written
     audit = next(r for r in lines if r["logger"] == "bng.audit")
     assert audit["event"] == "allocate"
+
+
+class _Writes(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+def test_lines_logged_on_the_event_loop_are_written_together_within_a_turn() -> None:
+    err = _Writes()
+    with redirect_stderr(err):
+        logs.setup("info")
+    log = logging.getLogger("bng.audit")
+
+    async def run() -> tuple[str, str, int]:
+        log.info("allocate", extra={"audit": {"event": "allocate", "address": "100.64.0.1"}})
+        log.info("release", extra={"audit": {"event": "release", "address": "100.64.0.1"}})
+        before = err.getvalue()
+        await asyncio.sleep(0)  # a turn of the loop
+        return before, err.getvalue(), err.writes
+
+    before, after, writes = asyncio.run(run())
+    assert before == ""
+    assert [json.loads(line)["event"] for line in after.splitlines()] == ["allocate", "release"]
+    assert writes == 1
+    logging.getLogger("bng.agent").info("no loop here")  # written at once
+    assert json.loads(err.getvalue().splitlines()[-1])["msg"] == "no loop here"
+
+
+def test_flush_writes_what_waits_at_once_and_nothing_is_lost_at_exit() -> None:
+    err = _Writes()
+    with redirect_stderr(err):
+        logs.setup("info")
+
+    async def run() -> str:
+        logging.getLogger("bng.audit").info("allocate", extra={"audit": {"event": "allocate"}})
+        logs.flush()  # what the packet path does before it sends ACKs
+        return err.getvalue()
+
+    assert json.loads(asyncio.run(run()))["event"] == "allocate"
+
+    async def last_words() -> tuple[bool, bool]:
+        logging.getLogger("bng.agent").error("going down")
+        pending = "going down" not in err.getvalue()
+        logging.shutdown()  # at exit, before the loop's next turn
+        return pending, "going down" in err.getvalue()
+
+    assert asyncio.run(last_words()) == (True, True)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bng_operator import netlink
+from bng_operator import logs, netlink
 from bng_operator.agent.dhcp.backlog import Backlog
 from bng_operator.agent.dhcp.codec import Malformed, Message, decode, encode
 from bng_operator.agent.dhcp.leases import LeaseStore
@@ -247,12 +247,17 @@ class PacketPath:
         (no ACK for a lease that is not on disk; features hear only of the ends)."""
         self.commits.done(fut)
         ok = not fut.cancelled() and fut.exception() is None
-        for p in self._after_commit.pop(fut, []):
+        pending = self._after_commit.pop(fut, [])
+        for p in pending:
             if not ok:
                 self._publish([e for e in p.events if e.kind == "ended"])
                 self.metrics.request(p.mtype, "slow", "store_error")
                 continue
             self._publish(p.events)
+        if not ok:
+            return
+        logs.flush()  # the audit lines of these leases are written before their ACKs leave
+        for p in pending:
             self._send(p.iface, p.wire, p.mtype, p.kind, p.t0)
 
     def _send(self, iface: AccessInterface, wire: bytes | None, mtype: str, kind: str,
