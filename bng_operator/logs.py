@@ -9,12 +9,22 @@ import sys
 import time
 from typing import Any
 
+_ENCODER = json.JSONEncoder(default=str)  # json.dumps(default=...) makes one per call
+
 
 class JSONFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")  # one tuple: read and replaced whole
+
     def format(self, record: logging.LogRecord) -> str:
+        second, stamp = self._second
+        if second != int(record.created):  # a line per new session: formatted once a second
+            second = int(record.created)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, stamp)
         out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -24,7 +34,7 @@ class JSONFormatter(logging.Formatter):
             out.update(audit)
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return _ENCODER.encode(out)
 
 
 # Audit trails, written whatever --log-level says: who held an address (RFC 6888 REQ-12 for
@@ -80,6 +90,12 @@ def flush() -> None:
 
 
 def setup(level: str = "info", fmt: str = "json") -> None:
+    # What no line of ours shows, not gathered for every record (logging's documented
+    # optimisations): the caller's file and line, thread, process and multiprocessing names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = LineHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))

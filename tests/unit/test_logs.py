@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr
 
@@ -14,6 +15,7 @@ import pytest
 from bng_operator import logs
 
 pytestmark = pytest.mark.unit
+KNOBS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +23,10 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     levels = {n: logging.getLogger(n).level for n in logs.AUDIT_LOGGERS}
+    knobs = {k: getattr(logging, k) for k in KNOBS}
     yield
+    for k, v in knobs.items():
+        setattr(logging, k, v)
     root.handlers[:] = handlers
     root.setLevel(level)
     for n, lv in levels.items():
@@ -98,3 +103,15 @@ def test_flush_writes_what_waits_at_once_and_nothing_is_lost_at_exit() -> None:
         return pending, "going down" in err.getvalue()
 
     assert asyncio.run(last_words()) == (True, True)
+
+
+@pytest.mark.parametrize("created", [[1_796_454_112.25, 1_796_454_112.75, 1_796_454_113.5],
+                                     [59.999, 60.001, 0.5]])
+def test_each_line_carries_its_own_time_though_the_second_is_formatted_once(
+        created: list[float]) -> None:
+    f = logs.JSONFormatter()
+    for t in created:
+        r = logging.LogRecord("bng.audit", logging.INFO, "", 0, "allocate", None, None)
+        r.created, r.msecs = t, (t - int(t)) * 1000
+        want = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(r.msecs):03d}Z"
+        assert json.loads(f.format(r))["time"] == want
