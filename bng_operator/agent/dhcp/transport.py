@@ -15,7 +15,6 @@ the interface's name for an address nobody reads). Reads and sends keep the GIL
 
 from __future__ import annotations
 
-import array
 import ctypes
 import errno
 import os
@@ -246,13 +245,15 @@ def is_discover(data: bytes) -> bool:
 
 
 def _checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of ``data``."""
+    """The Internet checksum (RFC 1071) of ``data``, as a number in network order."""
     if len(data) % 2:
         data += b"\x00"
-    s = sum(array.array("H", data))  # native order; the fold below makes it order-free
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return socket.htons(~s & 0xFFFF)
+    # The ones' complement sum of the 16-bit words is the number they make, modulo 0xFFFF
+    # (2**16 = 1 modulo 0xFFFF), with 0xFFFF for a non-zero multiple: one C-level division
+    # instead of an array and a sum, a third of the time on a reply.
+    n = int.from_bytes(data, "big")
+    s = n % 0xFFFF or (0xFFFF if n else 0)
+    return ~s & 0xFFFF
 
 
 def reply_destination(req: Message, reply: Message, frame: Frame) -> tuple[bytes, IPv4Address, int]:
