@@ -45,13 +45,12 @@ AUDIT_LOGGERS = ("bng.audit", "bng.nat.blocks")
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """One line per record. Records logged on an event loop's thread are gathered and
     written together, once per turn of the loop (or at ``flush()``): a write gives up the
-    GIL, and on the loop under load each cost ~75-140 us waiting to win it back from a
-    worker thread (an audit line per new session). Other threads write at once."""
+    GIL, and under load the loop then waited up to the switch interval to win it back from
+    the QoS worker, once per new session (its audit line). Other threads write at once."""
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
-        self._lines: list[str] = []
-        self._due = False
+        self._lines: list[str] = []  # non-empty: a flush is due on the loop
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -64,13 +63,11 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        if not self._due:
-            self._due = True
+        if len(self._lines) == 1:
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write the gathered lines (and flush the stream)."""
-        self._due = False
         lines, self._lines = self._lines, []
         with self.lock:  # type: ignore[union-attr]
             if lines and self.stream:
