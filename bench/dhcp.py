@@ -7,7 +7,10 @@
 
 For each server, perfdhcp (single-threaded, as a relay: giaddr set) runs DORA at increasing
 rates; each trial starts the server afresh with an empty lease store.
-  new:   every exchange is a new client (bng: the slow path).
+  new:   every exchange is a new client (bng: the slow path, which commits each lease when
+         it offers it, so that the XDP program ACKs the REQUEST: BNGNode
+         spec.commitAtOffer, "bng_config" in the output; --commit-at-request measures the
+         default, where the slow path answers both).
   known: KNOWN_CLIENTS MACs are bound first (preload, not timed), then the timed run draws
          its clients from the same MACs: the CPE an ISP already knows (bng: the XDP fast
          path; its counters are checked to say how many replies came from it).
@@ -15,7 +18,8 @@ A trial's rate counts only the ACKs that arrive within its timed period (perfdhc
 "Rate" also counts those of its exit wait); its drops count every reply up to 0.5 s later.
 The highest rate with at most 2.5% drops (on DISCOVER-OFFER and REQUEST-ACK alike) is that
 server's result; a rate fails only when two trials of it in a row drop more (one trial that a
-stall of this noisy VM spoiled ended searches far below the rate served). One JSON line: {"scenario", "bng", "peer", "ratio", "bng_delay_ms", ...}.
+stall of this noisy VM spoiled ended searches far below the rate served). One JSON line:
+{"scenario", "bng", "peer", "ratio", "bng_config", "bng_delay_ms", ...}.
 new then runs bng and Kea's best configuration twice more each, around that result (the
 peak): at 80% of it with every exchange timed (perfdhcp -x t), for "p99_ms_at_80pct" and
 "at_80pct"; and offered twice its rate, for "overload_2x" (the goodput past saturation, as a
@@ -81,6 +85,9 @@ KEA_RCVBUF_FACTOR = 4  # see kernel_search
 CIDR = "100.64.0.0/14"
 GATEWAY, RELAY = dhcpgen.GATEWAY, dhcpgen.RELAY
 POOL = dhcpgen.site_config(CIDR, 16, "1h")
+# new: bng commits each offer and its XDP program ACKs the REQUEST (BNGNode
+# spec.commitAtOffer); --commit-at-request measures the default, where the slow path does
+COMMITTING_POOL = dhcpgen.site_config(CIDR, 16, "1h", commit_at_offer=True)
 
 
 # Kea 2.2 in each configuration it runs in, by the name the output gives it: what it adds to
@@ -536,6 +543,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     ap.add_argument("--skip-perfdhcp", action="store_true",
                     help="known: only the in-kernel generator")
+    ap.add_argument("--commit-at-request", action="store_true",
+                    help="new: bng with BNGNode spec.commitAtOffer off (its default): the slow "
+                         "path answers both DISCOVER and REQUEST")
     ap.add_argument("--bng-only", action="store_true",
                     help="search bng's rate alone (no Kea, so no ratio): to compare two "
                          "versions of bng, run one after the other")
@@ -551,7 +561,8 @@ def main() -> int:
         return 2
     remove_leftovers()
     workdir = Path(tempfile.mkdtemp(prefix="bng-bench-"))
-    site = relay_site(workdir, {"config": POOL})
+    commit_at_offer = args.scenario == "new" and not args.commit_at_request
+    site = relay_site(workdir, {"config": COMMITTING_POOL if commit_at_offer else POOL})
     servers = Servers(site, workdir)
     macs = None
     if args.scenario == "known":
@@ -599,6 +610,7 @@ def main() -> int:
         "scenario": args.scenario,
         "bng": round(b), "peer": round(k), "peer_name": peer_name(peer),
         "ratio": round(b / k, 3) if k else None,
+        "bng_config": {"commitAtOffer": commit_at_offer},
         # Kea's result in each configuration; "peer" is the best of them
         "peer_configs": {n: round(r) for n, r in peer_rates.items()},
         "unit": "DORA/s (ACKs received within the timed period)",

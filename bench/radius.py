@@ -6,7 +6,9 @@ the same run without, and whether accounting keeps up with its load (issue 17).
 
 One site (bench/dhcp.py's: perfdhcp as a relay in front of the bng namespace), one
 FreeRADIUS in the bng namespace (bng_lab/radius.py, as the e2e tests run it; it accepts
-everyone). Two configurations differ in one thing, the class's ``auth``:
+everyone). Two configurations differ in one thing, the class's ``auth``; both commit each
+offer so that the XDP program ACKs the REQUEST (BNGNode spec.commitAtOffer, bng's faster
+configuration; ``--commit-at-request`` runs both with its default):
 
   plain: the class has no auth;
   auth:  ``auth: radius`` against that FreeRADIUS (its Access-Request, then the session's
@@ -80,8 +82,11 @@ def radius_spec(interim: int = 0) -> str:
             f"secret: {{name: radius}}}}], interimInterval: {interim}s}}}}")
 
 
-def configs(interim: int) -> dict[str, str]:
-    return {mode: dhcpgen.site_config(CIDR, 16, "1h", spec) for mode, spec in (
+def configs(interim: int, commit_at_offer: bool = True) -> dict[str, str]:
+    """Each mode's node; every one commits offers (XDP ACKs the REQUEST: bng's faster
+    configuration, bench/dhcp.py's too) unless ``commit_at_offer`` is False."""
+    return {mode: dhcpgen.site_config(CIDR, 16, "1h", spec, commit_at_offer)
+            for mode, spec in (
         ("plain", "{pool: residential}"), ("auth", radius_spec()),
         ("acct", radius_spec(interim)))}
 
@@ -334,6 +339,9 @@ def main() -> int:
     ap.add_argument("--profile", type=int, metavar="RATE",
                     help="only: one trial each at RATE with the agent under cProfile, the top "
                          "functions on stderr")
+    ap.add_argument("--commit-at-request", action="store_true",
+                    help="both configurations with BNGNode spec.commitAtOffer off (its "
+                         "default): the slow path answers DISCOVER and REQUEST")
     ap.add_argument("--json", action="store_true", help="progress on stderr, JSON last")
     a = ap.parse_args()
     if a.quick:
@@ -353,7 +361,7 @@ def main() -> int:
     rounds: list[dict[str, Any]] = []
     asked = 0
     try:
-        site = relay_site(workdir, configs(a.interim))
+        site = relay_site(workdir, configs(a.interim, not a.commit_at_request))
         fr = FreeRadius(PORT, USERS, namespace=site.bng, acct_port=PORT + 1).start()
         assert fr.proc is not None
         modes = Modes(site, workdir, secrets, fr.proc.pid)
@@ -438,6 +446,7 @@ def result(rounds: list[dict[str, Any]], acct: dict[str, Any], asked: int, answe
         "where_time_goes": where,
         "goals": {"auth_ratio_min": 0.8, "auth_ratio_met": bool(ratio and ratio >= 0.8),
                   "no_backlog_growth": acct["backlog_growth"] <= 0},
+        "bng_config": {"commitAtOffer": not a.commit_at_request},
         "settings": {"rounds": a.rounds, "seconds": a.seconds, "rate": a.rate,
                      "quick": a.quick, "sessions": a.sessions, "interim": a.interim},
     }

@@ -245,10 +245,10 @@ GATEWAY, RELAY = "100.64.0.1", "100.64.0.2"
 
 
 def site_config(cidr: str, block_size: int, lease_time: str,
-                class_spec: str = "{pool: residential}") -> str:
+                class_spec: str = "{pool: residential}", commit_at_offer: bool = False) -> str:
     """A node's whole configuration for the generator's clients: one pool on ``cidr``
     (gateway GATEWAY, the relay's RELAY excluded) and one class for everyone, whose spec is
-    ``class_spec`` (flow-style YAML)."""
+    ``class_spec`` (flow-style YAML); ``commit_at_offer``: BNGNode spec.commitAtOffer."""
     return f"""apiVersion: bng.dev/v1alpha1
 kind: IPPool
 metadata: {{name: residential}}
@@ -269,6 +269,7 @@ metadata: {{name: edge-1}}
 spec:
   nodeName: edge-1
   interfaces: {{access: [access0]}}
+  commitAtOffer: {str(commit_at_offer).lower()}
 """
 
 

@@ -170,7 +170,8 @@ def _cmd_operator(args: argparse.Namespace) -> int:
                             uplink=args.uplink_interface, max_leases=args.max_leases,
                             option82_trusted=tuple(args.option82_trusted_interface or ()),
                             option82_relays=tuple(args.option82_trusted_relay or ()),
-                            option82_untrusted=args.option82_untrusted)
+                            option82_untrusted=args.option82_untrusted,
+                            commit_at_offer=args.commit_at_offer)
     return run(OperatorSettings(
         reconcile=Settings(node_label=label, defaults=defaults,
                            block_threshold=args.block_threshold,
@@ -432,6 +433,9 @@ def parser() -> argparse.ArgumentParser:
                         "as if it had none (default: %(default)s)")
     o.add_argument("--max-leases", type=int, default=MAX_LEASES_PER_NODE,
                    help="per node: sizes lease store and maps (default: %(default)s)")
+    o.add_argument("--commit-at-offer", action="store_true",
+                   help="per node: commit new clients' leases at OFFER, so that the XDP fast "
+                        "path ACKs their REQUEST (BNGNode spec.commitAtOffer)")
     o.add_argument("--block-threshold", type=float, default=0.8,
                    help="a node whose blocks are this full gets another (default: %(default)s)")
     o.add_argument("--fast-path-authority", default=_duration(FAST_PATH_AUTHORITY),

@@ -78,6 +78,10 @@ class AgentMetrics:
         self.fast_refreshes = Counter(
             "bng_fastpath_renewals_persisted_total",
             "Lease ends moved by fast-path ACKs and written to the lease store.", registry=r)
+        self.fast_first_acks = Counter(
+            "bng_fastpath_offers_bound_total",
+            "Sessions bound by a fast-path ACK of a committed offer (BNGNode "
+            "spec.commitAtOffer).", registry=r)
         self.fast_refreshes_lost = Counter(
             "bng_fastpath_refreshes_lost_total",
             "Fast-path ACKs whose new lease end could not be queued to the agent.", registry=r)

@@ -140,6 +140,8 @@ class NodeConfig:
     nat_pool_of: dict[str, str] = field(default_factory=dict)  # SubscriberClass -> NATPool
     # Every QoSPolicy the node knows, by name: RADIUS's Filter-Id names one for a session
     qos_policies: dict[str, ShapingRates] = field(default_factory=dict)
+    # BNGNode spec.commitAtOffer: a new client's lease is committed with its OFFER
+    commit_at_offer: bool = False
 
     @cached_property
     def class_by_name(self) -> dict[str, ClassConfig]:
@@ -247,7 +249,8 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
     return NodeConfig(spec.node_name, tuple(spec.interfaces.access), spec.max_leases, pools,
                       tuple(classes), tuple(reservations), by_key, frozenset(o82.trusted),
                       tuple(IPv4Network(r) for r in o82.trusted_relays), o82.untrusted,
-                      shaping, spec.interfaces.uplink, nat, nat_pool_of, policies)
+                      shaping, spec.interfaces.uplink, nat, nat_pool_of, policies,
+                      spec.commit_at_offer)
 
 
 def _nat(spec: BNGNodeSpec, pools: dict[str, PoolConfig],

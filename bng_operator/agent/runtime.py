@@ -196,7 +196,7 @@ class Agent:
             fp = FastPathFeature(server, m, h, commits, st.bpf_pin_root, st.xdp_mode,
                                  st.fast_path_authority,
                                  st.state_dir / f"fastpath-counters-{st.node}.json",
-                                 rx_vlan_offload=st.rx_vlan_offload)
+                                 rx_vlan_offload=st.rx_vlan_offload, publish=sessions.publish)
             if fp.start(self.config):
                 self.fast_path = fp
                 self.expiry.before.append(fp.persist_renewals)

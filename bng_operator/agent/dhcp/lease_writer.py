@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS leases (
     expires    REAL NOT NULL,
     hostname   TEXT,
     bound_at   REAL NOT NULL,
-    state      TEXT NOT NULL,     -- bound | released | expired (kept: the address stays
+    state      TEXT NOT NULL,     -- bound | offered | released | expired (kept: the address stays
                                   -- this client's "previous" one until someone else takes it)
     {", ".join(f"{name} {decl}" for name, decl in _ADDED_COLUMNS.items())}
 );

@@ -244,13 +244,14 @@ class PacketPath:
 
     def _send_committed(self, fut: asyncio.Future[None]) -> None:
         """The replies waiting for this commit: sent if it reached the disk, else dropped
-        (no ACK for a lease that is not on disk; features hear only of the ends)."""
+        (no ACK for a lease that is not on disk; features hear only of the ends, and the fast
+        path of withdrawn offers)."""
         self.commits.done(fut)
         ok = not fut.cancelled() and fut.exception() is None
         pending = self._after_commit.pop(fut, [])
         for p in pending:
             if not ok:
-                self._publish([e for e in p.events if e.kind == "ended"])
+                self._publish([e for e in p.events if e.kind in ("ended", "withdrawn")])
                 self.metrics.request(p.mtype, "slow", "store_error")
                 continue
             self._publish(p.events)

@@ -36,6 +36,10 @@ from bng_operator.agent.sessions.session import Change, EndReason, Identity, Ses
 log = logging.getLogger("bng.dhcp")
 
 OFFER_HOLD = 10.0  # seconds an offered address stays reserved for the client
+# Seconds a committed offer's address (commitAtOffer) stays taken after the offer ended
+# unanswered and its fast-path entry went: a REQUEST the kernel ACKed just before the entry
+# went is still reported (the refresh log) and binds it.
+WITHDRAW_GRACE = 2.0
 # Seconds the address of a session being authorised stays held: longer than an authoriser
 # that fails over between servers (RADIUS: timeout x tries x servers) takes to decide.
 AUTHORISE_HOLD = 120.0
@@ -94,6 +98,9 @@ class Offer:
     address: int
     pool: str
     expires: float
+    # commitAtOffer: the offer as committed, a lease in state "offered" ending at the hold
+    # (the fast path ACKs its REQUEST); None: held in memory only
+    lease: Lease | None = None
 
 
 class DhcpServer:
@@ -113,6 +120,9 @@ class DhcpServer:
         self.used: dict[str, int] = dict.fromkeys(config.pools, 0)
         self._expiry: list[tuple[float, int]] = []
         self._offer_expiry: list[tuple[float, str]] = []
+        # committed offers that ended unanswered, by address, until WITHDRAW_GRACE passed
+        self._withdrawn: dict[int, Lease] = {}
+        self._withdrawn_expiry: list[tuple[float, int]] = []
         self._buckets = TokenBuckets()
         # circuit-id -> the addresses it holds (bound, offered, declined), and back
         self._holds: dict[str, set[int]] = {}
@@ -154,6 +164,9 @@ class DhcpServer:
         self._holder.clear()
         self.used = dict.fromkeys(config.pools, 0)
         orphans = self.load(leases, declines)
+        for addr, w in self._withdrawn.items():  # still taken until their grace passed
+            if w.pool in self.pools:
+                self.pools[w.pool].take(addr)
         for lease in orphans:  # the client is moved on its next request; no event
             self.sessions.pop(lease.identity, None)
         for s in changed:
@@ -170,6 +183,10 @@ class DhcpServer:
                 self.pools[d.pool].decline(d.address, d.until)
         for lease in leases:
             pool = self.pools.get(lease.pool)
+            if lease.state == "offered":
+                if pool is not None and pool.take(lease.address):
+                    self._restore_offer(lease)
+                continue
             if lease.state != "bound":
                 self._remember(lease.identity, lease.address)
                 continue
@@ -185,6 +202,18 @@ class DhcpServer:
                 s.move(State.BOUND)
             self._attach(s, lease)
         return orphans
+
+    def _restore_offer(self, lease: Lease) -> None:
+        """A committed offer from the store. The fast path may have ACKed its REQUEST before
+        the agent stopped, and a node that restarted has no map to say so: its address is
+        held until the longest lease such an ACK gave (its hold's end plus the lease time),
+        and the client's next REQUEST binds it. An ACK the map kept binds it at once
+        (``extend``, when the fast path adopts its maps)."""
+        o = Offer(lease.address, lease.pool, lease.expires + lease.lease_seconds, lease)
+        self.offers[lease.identity] = o
+        self.offered[lease.address] = lease.identity
+        self._hold(lease.circuit_id, lease.address)
+        heapq.heappush(self._offer_expiry, (o.expires, lease.identity))
 
     # --- the state machine -----------------------------------------------------------------------
 
@@ -287,6 +316,12 @@ class DhcpServer:
         s.lease, s.address = lease, lease.address
         s.pool, s.subscriber_class = lease.pool, lease.subscriber_class
 
+    @property
+    def offers_committed(self) -> bool:
+        """Whether new clients' offers are committed (BNGNode spec.commitAtOffer), or some
+        committed offer may still be ACKed by the fast path."""
+        return self.config.commit_at_offer or bool(self._withdrawn)
+
     def take_events(self) -> list[Event]:
         """The session events since the last call, oldest first."""
         events, self._events = self._events, []
@@ -313,7 +348,24 @@ class DhcpServer:
             return self._hold_for_authoriser(s)
         if s.state in (None, State.AUTHORIZING):
             s.move(State.OFFERED)
+        if self.config.commit_at_offer and s.state == State.OFFERED:
+            return self._commit_offer(s, c, msg, ctx, addr, now)
         return self._reply(MessageType.OFFER, msg, ctx, c, addr)
+
+    def _commit_offer(self, s: Session, c: Classified, msg: Message, ctx: Context, addr: int,
+                      now: float) -> Outcome:
+        """The offer as a lease in state offered, ending with the hold: the OFFER leaves once
+        it is on disk and the fast path has its entry (the ``offered`` event), so the kernel
+        ACKs the REQUEST and ``extend`` binds the session when it hears of that ACK. A
+        REQUEST the slow path gets binds it as any offer."""
+        sid = self._server_id(ctx, c.pool.subnet_config(addr), int(msg.giaddr) != 0)
+        o = self.offers[c.identity]
+        o.lease = self._record(c, msg, ctx, addr, sid, "offered", o.expires, now)
+        self.store.put(o.lease)
+        self._events.append(Event("offered", s, offer=o.lease))
+        out = self._reply(MessageType.OFFER, msg, ctx, c, addr, server_id=sid)
+        out.commit = True
+        return out
 
     def _address_for(self, c: Classified, msg: Message, now: float) -> tuple[int | None, str]:
         """The address to offer (reserved, current, offered, previous, requested, any), or
@@ -397,7 +449,9 @@ class DhcpServer:
         if addr not in self.by_address:
             self.offered[addr] = c.identity
             self._hold(circuit, addr)
-        o = Offer(addr, c.pool.name, now + OFFER_HOLD)
+        # a committed offer of the same address stays committed (its row, its entry)
+        o = Offer(addr, c.pool.name, now + OFFER_HOLD,
+                  old.lease if old is not None and old.address == addr else None)
         self.offers[c.identity] = o
         heapq.heappush(self._offer_expiry, (o.expires, c.identity))
 
@@ -409,7 +463,9 @@ class DhcpServer:
             return
         if self.offered.get(o.address) == identity:
             del self.offered[o.address]
-            if o.address not in self.by_address:
+            if o.lease is not None and not keep_address and o.address not in self.by_address:
+                self._withdraw(o.lease)
+            elif o.address not in self.by_address:
                 self._unhold(o.address)
                 if not keep_address:
                     self.pools[o.pool].release(o.address)
@@ -417,6 +473,43 @@ class DhcpServer:
         if ending is not None and s is not None and s.state in (State.OFFERED,
                                                                  State.AUTHORIZING):
             self._end_session(s, ending)
+
+    def _withdraw(self, offer: Lease) -> None:
+        """A committed offer ends unanswered: its fast-path entry goes now; its address and
+        its row once WITHDRAW_GRACE passed (``expire``), unless the kernel ACKed it first."""
+        self._withdrawn[offer.address] = offer
+        heapq.heappush(self._withdrawn_expiry, (self.clock() + WITHDRAW_GRACE, offer.address))
+        s = self.sessions.get(offer.identity)
+        if s is None or s.state == State.BOUND:
+            s = Session(offer.identity, _identity_of(offer))  # only the fast path hears it
+        self._events.append(Event("withdrawn", s, offer=offer))
+
+    def _answered_offer(self, address: int, expires: float) -> Lease | None:
+        """The kernel ACKed the REQUEST of a committed offer (its entry's end moved to
+        ``expires``): the session is bound, as the slow path binds it."""
+        identity = self.offered.get(address)
+        o = self.offers.get(identity) if identity is not None else None
+        offer = o.lease if o is not None and o.address == address else \
+            self._withdrawn.get(address)
+        if offer is None or expires <= offer.expires:
+            return None
+        if o is not None and o.lease is offer:
+            assert identity is not None
+            self._end_offer(identity, keep_address=True)
+        else:
+            del self._withdrawn[address]
+        now = self.clock()
+        lease = replace(offer, state="bound", expires=expires, bound_at=now)
+        s = self.sessions.get(lease.identity)
+        if s is None or s.state == State.BOUND:  # its offer was withdrawn meanwhile
+            s = self.sessions[lease.identity] = Session(lease.identity, _identity_of(lease),
+                                                        authorised=True)
+        self._bind(lease)
+        self._attach(s, lease)
+        self.store.put(lease)
+        s.move(State.BOUND)
+        self._events.append(Event("bound", s))
+        return lease
 
     def _request(self, msg: Message, ctx: Context) -> Outcome:
         c = self.classify(msg, ctx)
@@ -482,17 +575,9 @@ class DhcpServer:
             self.pools[old.pool].release(old.address)
         offer = self.offers.get(c.identity)
         self._end_offer(c.identity, keep_address=offer is not None and offer.address == addr)
-        seconds = self._lease_seconds(c)
-        lease = Lease(
-            address=addr, identity=c.identity, mac=msg.mac,
-            client_id=msg.client_id.hex() if msg.client_id else None,
-            circuit_id=msg.circuit_id, remote_id=msg.remote_id, pool=c.pool.name,
-            subscriber_class=c.cls.name if c.cls else "", expires=now + seconds,
-            hostname=msg.hostname, bound_at=old.bound_at if old and old.address == addr else now,
-            state="bound", vlan=ctx.vlans[0] if ctx.vlans else 0, giaddr=int(msg.giaddr),
-            server_id=int(server_id),
-            relay_agent=msg.relay_agent, lease_seconds=seconds, tags=ctx.tags,
-            interface=ctx.interface)
+        lease = self._record(c, msg, ctx, addr, server_id, "bound",
+                             now + self._lease_seconds(c),
+                             old.bound_at if old and old.address == addr else now)
         self._bind(lease)
         self._attach(s, lease)
         self.store.put(lease)
@@ -506,6 +591,19 @@ class DhcpServer:
         elif s.reclassify:
             self._events.append(Event("changed", s, Change.RECLASSIFIED, old))
         s.reclassify = False
+
+    def _record(self, c: Classified, msg: Message, ctx: Context, addr: int,
+                server_id: IPv4Address, state: str, expires: float, bound_at: float) -> Lease:
+        """The lease ``msg`` is answered with: the request it came on and the answer's terms."""
+        return Lease(
+            address=addr, identity=c.identity, mac=msg.mac,
+            client_id=msg.client_id.hex() if msg.client_id else None,
+            circuit_id=msg.circuit_id, remote_id=msg.remote_id, pool=c.pool.name,
+            subscriber_class=c.cls.name if c.cls else "", expires=expires,
+            hostname=msg.hostname, bound_at=bound_at, state=state,
+            vlan=ctx.vlans[0] if ctx.vlans else 0, giaddr=int(msg.giaddr),
+            server_id=int(server_id), relay_agent=msg.relay_agent,
+            lease_seconds=self._lease_seconds(c), tags=ctx.tags, interface=ctx.interface)
 
     def _lease_seconds(self, c: Classified) -> int:
         return (c.cls.lease_seconds if c.cls and c.cls.lease_seconds else None) \
@@ -535,7 +633,9 @@ class DhcpServer:
         """A renewal answered elsewhere (the fast path) moved this lease's end to
         ``expires``. Returns the lease to persist, or None if nothing changed."""
         lease = self.by_address.get(address)
-        if lease is None or expires <= lease.expires:
+        if lease is None:
+            return self._answered_offer(address, expires)
+        if expires <= lease.expires:
             return None
         lease.expires = expires
         heapq.heappush(self._expiry, (expires, address))
@@ -649,8 +749,22 @@ class DhcpServer:
         while self._offer_expiry and self._offer_expiry[0][0] <= now:
             expires, identity = heapq.heappop(self._offer_expiry)
             o = self.offers.get(identity)
-            if o is not None and o.expires == expires:
-                self._end_offer(identity, ending=EndReason.EXPIRED)
+            if o is None or o.expires != expires:
+                continue
+            if o.lease is not None and renewed_elsewhere is not None:
+                later = renewed_elsewhere(o.lease)  # an ACK whose report was lost
+                if later is not None and self._answered_offer(o.address, later) is not None:
+                    continue
+            self._end_offer(identity, ending=EndReason.EXPIRED)
+        while self._withdrawn_expiry and self._withdrawn_expiry[0][0] <= now:
+            _, addr = heapq.heappop(self._withdrawn_expiry)
+            w = self._withdrawn.pop(addr, None)
+            if w is None or addr in self.offered or addr in self.by_address:
+                continue  # bound (the kernel ACKed it) or offered again: its row is another
+            self._unhold(addr)
+            if w.pool in self.pools:
+                self.pools[w.pool].release(addr)
+            self.store.delete(addr)
         for pool in self.pools.values():
             for addr in pool.end_declines(now):
                 self._unhold(addr)

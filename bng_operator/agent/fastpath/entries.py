@@ -79,8 +79,9 @@ class FastEntry:
 
 
 def entry_for(lease: Lease, config: NodeConfig) -> FastEntry | None:
-    """The entry for a bound lease, or None when the fast path cannot answer for it."""
-    if lease.state != "bound" or not lease.server_id or not lease.lease_seconds:
+    """The entry for a bound lease or a committed offer (its REQUEST is ACKed), or None when
+    the fast path cannot answer for it."""
+    if lease.state not in ("bound", "offered") or not lease.server_id or not lease.lease_seconds:
         return None  # e.g. a lease stored by an agent that did not record its request
     pool = config.pools.get(lease.pool)
     sc = pool.subnet_config(lease.address) if pool else None

@@ -4,6 +4,11 @@ It follows session events (an entry once a lease is committed, removal when it e
 policy changes), attaches the program to every open access interface, and carries the lease
 ends the kernel moved (renewals it answered) back to the lease store. The program and its
 maps outlive the agent: on start they are adopted, and warmed from the lease store.
+
+With BNGNode spec.commitAtOffer, a committed offer gets its entry too (``offered``), so the
+kernel ACKs the client's REQUEST; the refresh log reports that ACK like a renewal's, and the
+DHCP server binds the session (``DhcpServer.extend``). The log is read every
+``OFFER_POLL`` seconds while offers wait: a session is bound that soon after its ACK.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -22,6 +27,7 @@ from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.agent.dhcp.server import DhcpServer
 from bng_operator.agent.dhcp.transport import AccessInterface
 from bng_operator.agent.health import Commits, Health
+from bng_operator.agent.sessions.events import Event
 from bng_operator.agent.sessions.session import Change, Session
 from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, MapFill, ProgramStatus
 from bng_operator.metrics import AgentMetrics
@@ -31,6 +37,7 @@ if TYPE_CHECKING:  # the dataplane imports bcc: loaded only when the fast path i
     from bng_operator.agent.fastpath.cache import SubscriberCache
 
 log = logging.getLogger("bng.agent")
+OFFER_POLL = 0.005  # seconds between reads of the refresh log while committed offers wait
 PROGRAM = "xdp_dhcp"  # as BNGNode status and bng_ebpf_program_attached name it
 RxVlanOffload = Literal["disable", "keep"]
 
@@ -51,6 +58,9 @@ class FastPathFeature:
     # XDP must see the tags; "keep": leave it, and warn.
     rx_vlan_offload: RxVlanOffload = "disable"
     name: str = "fastpath"
+    # Session events the server made outside a request (sessions bound by the kernel's ACK
+    # of a committed offer) go to the features through this.
+    publish: Callable[[list[Event]], None] = lambda events: None
     cache: SubscriberCache | None = field(default=None, init=False)
 
     # --- start and stop ------------------------------------------------------------------------
@@ -153,6 +163,15 @@ class FastPathFeature:
         if self.cache is not None and s.lease is not None:
             self.cache.unbound(s.lease)
 
+    def on_offered(self, s: Session, offer: Lease | None) -> None:
+        if self.cache is not None and offer is not None:
+            self.cache.bound(offer)
+
+    def on_withdrawn(self, s: Session, offer: Lease | None) -> None:
+        if self.cache is not None and offer is not None and \
+                offer.address not in self.server.by_address:
+            self.cache.unbound(offer)
+
     def reconfigure(self, config: NodeConfig) -> None:
         if self.cache is None:
             return
@@ -225,25 +244,44 @@ class FastPathFeature:
     # --- renewals the kernel answered ------------------------------------------------------------
 
     async def sync(self, stop: asyncio.Event, interval: float) -> None:
-        """Renewals into the store, and the heartbeat that lets the program answer."""
+        """Renewals into the store, and the heartbeat that lets the program answer; every
+        OFFER_POLL while committed offers wait, the ACKs of those."""
+        next_beat = 0.0
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
-                if self.cache is not None:
-                    self.cache.fp.beat()
-                    left = self.cache.retry_deletes() if self.cache.undeleted else 0
-                    self.metrics.fast_undeleted.set(left)
+                if loop.time() >= next_beat:
+                    next_beat = loop.time() + interval
+                    if self.cache is not None:
+                        self.cache.fp.beat()
+                        left = self.cache.retry_deletes() if self.cache.undeleted else 0
+                        self.metrics.fast_undeleted.set(left)
                 self.persist_renewals()
             except Exception:  # the syncer must outlive any one bad round
                 log.exception("fast path sync failed; retrying")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(OFFER_POLL if self.server.offers_committed else
+                                max(0.0, next_beat - loop.time()))
 
     def persist_renewals(self) -> None:
-        """Renewals the kernel answered: their new lease ends go to the store (one commit)."""
+        """Renewals the kernel answered: their new lease ends go to the store (one commit),
+        and the sessions its ACKs of committed offers bound go to the features."""
         if self.cache is None:
             return
-        n = sum(1 for a, t in self.cache.fp.refreshes() if self.server.extend(a, t))
-        if n:
-            self.metrics.fast_refreshes.inc(n)
+        renewed = bound = 0
+        by_address = self.server.by_address
+        for a, t in self.cache.fp.refreshes():
+            was_bound = a in by_address
+            if self.server.extend(a, t) is not None:
+                if was_bound:
+                    renewed += 1
+                else:
+                    bound += 1
+        if renewed:
+            self.metrics.fast_refreshes.inc(renewed)
+        if bound:
+            self.metrics.fast_first_acks.inc(bound)
+            self.publish(self.server.take_events())
+        if renewed or bound:
             self.commits.quietly()
 
     def kernel_expiry(self, lease: Lease) -> float | None:

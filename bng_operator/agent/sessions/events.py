@@ -7,6 +7,10 @@ with the three handlers; ``SessionEvents.subscribe`` is its one registration lin
 Handlers run on the agent's event loop, in the order of subscription, and must not block.
 A handler that raises is logged and counted: a feature's failure costs that feature the
 event, never the DHCP reply or another feature.
+
+Two more, for the features that define their handler (the fast path): ``offered`` (a new
+client's offer was committed as a lease in state offered: BNGNode spec.commitAtOffer) and
+``withdrawn`` (such an offer ended unanswered, or was replaced).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ if TYPE_CHECKING:
     from bng_operator.agent.dhcp.leases import Lease
 
 log = logging.getLogger("bng.sessions")
-Kind = Literal["bound", "changed", "ended"]
+Kind = Literal["bound", "changed", "ended", "offered", "withdrawn"]
 
 
 class Feature(Protocol):
@@ -42,6 +46,7 @@ class Event:
     session: Session
     what: Change | None = None  # changed only
     before: Lease | None = None  # changed only
+    offer: Lease | None = None  # offered and withdrawn: the committed offer
 
 
 class SessionEvents:
@@ -66,8 +71,12 @@ class SessionEvents:
                     elif e.kind == "changed":
                         assert e.what is not None
                         f.on_changed(e.session, e.what, e.before)
-                    else:
+                    elif e.kind == "ended":
                         f.on_ended(e.session)
+                    else:
+                        handler = getattr(f, f"on_{e.kind}", None)
+                        if handler is not None:
+                            handler(e.session, e.offer)
                 except Exception:
                     self._on_error(f.name)
                     log.exception("feature %s failed on %s of session %s", f.name, e.kind,
