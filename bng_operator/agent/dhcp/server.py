@@ -40,6 +40,10 @@ OFFER_HOLD = 10.0  # seconds an offered address stays reserved for the client
 # unanswered and its fast-path entry went: a REQUEST the kernel ACKed just before the entry
 # went is still reported (the refresh log) and binds it.
 WITHDRAW_GRACE = 2.0
+# How much later than a committed offer's end the kernel's end must be to say it ACKed: an
+# ACK moves it by the lease time less the hold, while an entry's end read back from the map
+# differs from the stored one by up to a tick (jiffies). The refresh log's own threshold.
+ACK_MOVES_END = 1.0
 # Seconds the address of a session being authorised stays held: longer than an authoriser
 # that fails over between servers (RADIUS: timeout x tries x servers) takes to decide.
 AUTHORISE_HOLD = 120.0
@@ -491,7 +495,7 @@ class DhcpServer:
         o = self.offers.get(identity) if identity is not None else None
         offer = o.lease if o is not None and o.address == address else \
             self._withdrawn.get(address)
-        if offer is None or expires <= offer.expires:
+        if offer is None or expires <= offer.expires + ACK_MOVES_END:
             return None
         if o is not None and o.lease is offer:
             assert identity is not None

@@ -67,6 +67,7 @@ def test_the_kernels_ack_binds_the_session() -> None:
     clock.t += 0.01
     acked_until = clock.t + LEASE
     assert s.extend(addr, clock.t + OFFER_HOLD - 1) is None  # not moved: no ACK
+    assert s.extend(addr, clock.t - 0.01 + OFFER_HOLD + 0.004) is None  # read a tick late
     lease = s.extend(addr, acked_until)
     assert lease is not None and lease.state == "bound" and lease.expires == acked_until
     assert lease.bound_at == clock.t
@@ -125,6 +126,16 @@ def test_an_ack_whose_report_was_lost_is_found_in_the_map_at_the_hold() -> None:
     clock.t += OFFER_HOLD
     s.expire(renewed_elsewhere=lambda lease: clock.t + LEASE)
     assert kinds(s.take_events()) == ["bound"] and store.leases[addr].state == "bound"
+
+
+def test_an_end_read_back_a_tick_late_is_no_ack() -> None:
+    s, store, clock = committing()
+    addr = offer(s)
+    s.take_events()
+    end = store.leases[addr].expires
+    clock.t += OFFER_HOLD
+    s.expire(renewed_elsewhere=lambda lease: end + 0.004)  # jiffies round the end up
+    assert kinds(s.take_events()) == ["withdrawn", "ended"] and s.by_address == {}
 
 
 def test_a_retransmitted_discover_keeps_the_address_committed() -> None:
