@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +56,25 @@ def wait(what: str, pred: Callable[[], object], timeout: float = 30) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def ping(site: Site, i: int, to: str, tries: int = 1) -> bool:
+    """Whether subscriber ``i`` gets an answer from ``to`` within ``tries`` pings of 1 s."""
+    for _ in range(tries):
+        r = site.lab.run(site.subscribers[i], "ping", "-c", "1", "-W", "1", to, check=False)
+        if r.returncode == 0:
+            return True
+    return False
+
+
+def stored_leases(site: Site, columns: str, where: str = "") -> list[tuple[Any, ...]]:
+    """Rows of the site's lease store: ``SELECT columns FROM leases [WHERE where]``."""
+    db = sqlite3.connect(site.state_dir / f"leases-{site.node}.sqlite")
+    try:
+        return db.execute(f"SELECT {columns} FROM leases" +
+                          (f" WHERE {where}" if where else "")).fetchall()
+    finally:
+        db.close()
 
 
 def wait_natted(site: Site, sessions: int) -> None:

@@ -27,7 +27,7 @@ from bng_lab.site import INTERNET_ADDRESS, Site, subscriber_mac
 from bng_lab.vlan_ports import tag_ports
 from bng_operator import netlink
 from bng_operator.agent.dhcp.transport import build_frame
-from tests.e2e.conftest import wait
+from tests.e2e.conftest import ping, wait
 
 ONE_TO_ONE, QINQ, SHARED = (0x8100, 101, 0), (0x88A8, 200, 10), (0x8100, 300, 0)
 PORTS = {0: ONE_TO_ONE, 1: QINQ, 2: SHARED, 3: SHARED}
@@ -45,14 +45,6 @@ def vlan_site(make_site: Callable[..., Site]) -> Site:
     return site
 
 
-def _ping(site: Site, i: int, to: str, tries: int = 1) -> bool:
-    for _ in range(tries):
-        r = site.lab.run(site.subscribers[i], "ping", "-c", "1", "-W", "1", to, check=False)
-        if r.returncode == 0:
-            return True
-    return False
-
-
 def _stat(site: Site, name: str) -> float:
     return site.metrics().get(name, 0.0)
 
@@ -61,7 +53,7 @@ def _bound(site: Site, tmp_path: Path) -> dict[int, clients.ClientLease]:
     leases = {i: clients.dhclient(site.subscribers[i], "eth0", tmp_path) for i in PORTS}
     for i, lease in leases.items():
         # the session's map entry follows the ACK on the data path's worker: ARP retries
-        assert _ping(site, i, lease.routers[0], tries=10), f"s{i} cannot ping its gateway"
+        assert ping(site, i, lease.routers[0], tries=10), f"s{i} cannot ping its gateway"
     return leases
 
 
@@ -71,7 +63,7 @@ def test_tagged_subscribers_reach_their_gateway_and_the_internet_with_no_neighbo
     leases = _bound(site, tmp_path)
     assert len({lease.address for lease in leases.values()}) == len(PORTS)
     for i in PORTS:
-        assert _ping(site, i, INTERNET_ADDRESS, tries=3), f"s{i} cannot reach the internet"
+        assert ping(site, i, INTERNET_ADDRESS, tries=3), f"s{i} cannot reach the internet"
     with in_netns(site.bng):
         neighbours = netlink.neighbours("access0")
     assert not {lease.address for lease in leases.values()} & set(neighbours), neighbours
@@ -91,7 +83,7 @@ def test_tagged_subscribers_reach_their_gateway_and_the_internet_with_no_neighbo
         "access data path on access0" in str(e.get("msg")) for e in site.log_events()) >= 2)
     time.sleep(1)  # its worker put the restored sessions back before attaching
     for i in PORTS:
-        assert _ping(site, i, INTERNET_ADDRESS, tries=3), f"s{i} lost its way after a restart"
+        assert ping(site, i, INTERNET_ADDRESS, tries=3), f"s{i} lost its way after a restart"
 
 
 def test_a_subscriber_on_the_wrong_vlan_or_with_no_session_gets_nothing_through(
@@ -104,22 +96,22 @@ def test_a_subscriber_on_the_wrong_vlan_or_with_no_session_gets_nothing_through(
     site.lab.run(stranger, "ip", "addr", "add", f"{free}/20", "dev", "eth0")
     site.lab.run(stranger, "ip", "route", "add", "default", "via", gateway)
     arp_before = _stat(site, 'bng_antispoof_drops_total{reason="arp"}')
-    assert not _ping(site, STRANGER, gateway, tries=2)
+    assert not ping(site, STRANGER, gateway, tries=2)
     assert _stat(site, 'bng_antispoof_drops_total{reason="arp"}') > arp_before
     # ... not even with the gateway's MAC known
     site.lab.run(stranger, "ip", "neigh", "replace", gateway, "lladdr", site.access_mac(),
                  "dev", "eth0")
     source_before = _stat(site, 'bng_antispoof_drops_total{reason="unknown_source"}')
-    assert not _ping(site, STRANGER, INTERNET_ADDRESS, tries=2)
+    assert not ping(site, STRANGER, INTERNET_ADDRESS, tries=2)
     assert _stat(site, 'bng_antispoof_drops_total{reason="unknown_source"}') >= \
         source_before + 2
     # The wrong VLAN: s0's port moves to VLAN 102; its session was bound on 101.
-    assert _ping(site, 0, INTERNET_ADDRESS, tries=3)
+    assert ping(site, 0, INTERNET_ADDRESS, tries=3)
     tag_ports(site.switch, {"p0": (0x8100, 102, 0)})
     vlan_before = _stat(site, 'bng_antispoof_drops_total{reason="vlan"}')
-    assert not _ping(site, 0, INTERNET_ADDRESS, tries=2)
+    assert not ping(site, 0, INTERNET_ADDRESS, tries=2)
     assert _stat(site, 'bng_antispoof_drops_total{reason="vlan"}') >= vlan_before + 2
-    assert _ping(site, 2, INTERNET_ADDRESS, tries=3)  # the others are untouched
+    assert ping(site, 2, INTERNET_ADDRESS, tries=3)  # the others are untouched
 
 
 _LISTENER = f"""

@@ -4,7 +4,6 @@ A kill -9 under load with it: tests/e2e/test_dhcp_load.py."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from bng_lab import clients
 from bng_lab.site import Site, subscriber_mac
 from tests.cases import NODE, SAMPLES
-from tests.e2e.conftest import wait
+from tests.e2e.conftest import ping, stored_leases, wait
 
 FAST_ACKS = 'bng_dhcp_requests_total{path="fast",result="ack",type="request"}'
 SLOW_ACKS = 'bng_dhcp_requests_total{path="slow",result="ack",type="request"}'
@@ -24,23 +23,6 @@ def committing_node() -> str:
     return (SAMPLES / NODE).read_text() + "  commitAtOffer: true\n"
 
 
-def _stored(site: Site) -> dict[str, tuple[int, str]]:
-    db = sqlite3.connect(site.state_dir / f"leases-{site.node}.sqlite")
-    try:
-        return {mac: (addr, state) for addr, mac, state in db.execute(
-            "SELECT address, mac, state FROM leases")}
-    finally:
-        db.close()
-
-
-def _ping(site: Site, i: int, to: str, tries: int = 10) -> bool:
-    for _ in range(tries):
-        r = site.lab.run(site.subscribers[i], "ping", "-c", "1", "-W", "1", to, check=False)
-        if r.returncode == 0:
-            return True
-    return False
-
-
 def test_xdp_acks_a_new_clients_request_and_the_session_is_bound(
         make_site: Callable[..., Site], tmp_path: Path) -> None:
     site = make_site(subscribers=2, replace={NODE: committing_node()})
@@ -50,9 +32,10 @@ def test_xdp_acks_a_new_clients_request_and_the_session_is_bound(
     assert m.get(FAST_ACKS, 0) == 2 and m.get(SLOW_ACKS, 0) == 0  # the kernel ACKed both
     wait("both sessions bound", lambda: site.metrics().get(BOUND_BY_XDP, 0) == 2
          and site.metrics()[USED] == 2, timeout=5)
-    stored = _stored(site)
+    stored = {mac: (addr, state) for addr, mac, state in
+              stored_leases(site, "address, mac, state")}
     for i, lease in enumerate(leases):
         addr, state = stored[subscriber_mac(i)]
         assert (str(IPv4Address(addr)), state) == (lease.address, "bound")
         assert lease.lease_time == 4 * 3600 and lease.server_id == "100.64.0.1"
-        assert _ping(site, i, lease.routers[0]), f"s{i} cannot reach its gateway"
+        assert ping(site, i, lease.routers[0], tries=10), f"s{i} cannot reach its gateway"

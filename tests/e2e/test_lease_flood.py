@@ -12,7 +12,6 @@ their leases at the first lease's end while their ACKs still held.)"""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 
@@ -20,6 +19,7 @@ from bng_lab import dhcpgen
 from bng_lab.site import Site
 from bng_operator import netlink
 from bng_operator.agent.dataplane.loader import pinned_map_items
+from tests.e2e.conftest import stored_leases
 
 SUBSCRIBERS = 200
 LEASE = 60  # seconds: IPPool's shortest
@@ -29,12 +29,8 @@ POOL = dhcpgen.site_config("100.64.0.0/20", 24, f"{LEASE}s")
 
 def _bound(site: Site) -> dict[str, tuple[str, float]]:
     """mac -> (address, lease end) of every bound lease in the store."""
-    db = sqlite3.connect(site.state_dir / f"leases-{site.node}.sqlite")
-    try:
-        return {mac: (addr, exp) for mac, addr, exp in db.execute(
-            "SELECT mac, address, expires FROM leases WHERE state = 'bound'")}
-    finally:
-        db.close()
+    return {mac: (addr, exp) for mac, addr, exp in
+            stored_leases(site, "mac, address, expires", "state = 'bound'")}
 
 
 def test_a_renewal_flood_costs_no_other_subscriber_its_lease(
