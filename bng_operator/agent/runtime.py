@@ -216,7 +216,14 @@ class Agent:
                                   on_block=lambda r: observe.hub.add_lazy(block_flow, r))
             m.watch_nat(self.nat.reading)
         server.expire()
-        server.take_events()  # ended before anyone followed them: the store has them
+        audit = AuditLog()
+        # Ended before anyone followed them: the store has them. Bound: sessions whose
+        # committed offer the kernel ACKed while no agent ran (commitAtOffer), bound when the
+        # fast path adopted its maps; the features pick them up from the store like any
+        # restored session, but who held an address since when is audited as at any bind.
+        for e in server.take_events():
+            if e.kind == "bound":
+                audit.on_bound(e.session)
         if self.radius is not None:  # before shaping warms: the rates RADIUS gave; after
             # the expiry: sessions that ended while the agent was away get their Stop
             self.radius.restore(server.sessions,
@@ -239,7 +246,7 @@ class Agent:
             sessions.subscribe(self.qos)
         if self.nat is not None:
             sessions.subscribe(self.nat)
-        sessions.subscribe(AuditLog())
+        sessions.subscribe(audit)
         if isinstance(self.source, KubeSource):
             self.reporting = self._reporting(self.source)
             sessions.subscribe(self.reporting)

@@ -157,3 +157,8 @@ def test_sigkill_under_load_loses_no_acknowledged_lease(make_site: Callable[...,
               for addr, mac, state in db.execute("SELECT address, mac, state FROM leases")}
     for mac, addr in acks:  # every client that got an ACK still holds its address
         assert stored.get(int(ipaddress.ip_address(addr))) == (mac, "bound"), (mac, addr)
+    # and its allocation is in the audit log (of either agent), also when the kernel ACKed
+    # it while no agent ran
+    audited = {str(e["address"]) for e in site.log_events()
+               if e.get("logger") == "bng.audit" and e.get("event") == "allocate"}
+    assert {addr for _, addr in acks} - audited == set()
