@@ -502,8 +502,8 @@ class DhcpServer:
             self._end_offer(identity, keep_address=True)
         else:
             del self._withdrawn[address]
-        now = self.clock()
-        lease = replace(offer, state="bound", expires=expires, bound_at=now)
+        lease = offer  # the offer's record becomes the lease (nothing else holds it now)
+        lease.state, lease.expires, lease.bound_at = "bound", expires, self.clock()
         s = self.sessions.get(lease.identity)
         if s is None or s.state == State.BOUND:  # its offer was withdrawn meanwhile
             s = self.sessions[lease.identity] = Session(lease.identity, _identity_of(lease),

@@ -62,6 +62,9 @@ class FastPathFeature:
     # of a committed offer) go to the features through this.
     publish: Callable[[list[Event]], None] = lambda events: None
     cache: SubscriberCache | None = field(default=None, init=False)
+    # Addresses just bound by the kernel's ACK of their committed offer: their entry is in
+    # the map, its end moved by that ACK (``on_bound`` writes it no second time).
+    _acked: set[int] = field(default_factory=set, init=False)
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -146,7 +149,8 @@ class FastPathFeature:
     # --- session events ------------------------------------------------------------------------
 
     def on_bound(self, s: Session) -> None:
-        if self.cache is not None and s.lease is not None:
+        if self.cache is not None and s.lease is not None and \
+                s.lease.address not in self._acked:
             self.cache.bound(s.lease)
 
     def on_changed(self, s: Session, what: Change, before: Lease | None) -> None:
@@ -276,11 +280,15 @@ class FastPathFeature:
                     renewed += 1
                 else:
                     bound += 1
+                    self._acked.add(a)
         if renewed:
             self.metrics.fast_refreshes.inc(renewed)
         if bound:
             self.metrics.fast_first_acks.inc(bound)
-            self.publish(self.server.take_events())
+            try:
+                self.publish(self.server.take_events())
+            finally:
+                self._acked.clear()
         if renewed or bound:
             self.commits.quietly()
 

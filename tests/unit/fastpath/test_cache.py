@@ -166,3 +166,69 @@ def test_a_subscriber_classified_anew_after_a_reload_is_answered_by_the_kernel_a
     # Renewed again, nothing changed: no event (the kernel answers it from now on).
     s.handle(renewal, ctx)
     assert s.take_events() == []
+
+
+class AckingMaps(FlakyMaps):
+    """FlakyMaps with the refresh log: ``ack`` is the program ACKing an entry's REQUEST."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts = 0
+        self._log: list[tuple[int, float]] = []
+
+    def put(self, e: FastEntry) -> None:
+        self.puts += 1
+        super().put(e)
+
+    def ack(self, address: int, until: float) -> None:
+        self._log.append((address, until))
+
+    def refreshes(self) -> list[tuple[int, float]]:
+        out, self._log = self._log, []
+        return out
+
+
+def test_the_kernels_ack_of_a_committed_offer_binds_it_and_is_not_written_again() -> None:
+    from dataclasses import replace
+
+    from bng_lab.dhcp_env import server
+    from bng_lab.messages import request
+    from bng_operator.agent.dhcp.codec import MessageType
+    from bng_operator.agent.dhcp.server import OFFER_HOLD, Context
+    from bng_operator.agent.fastpath.feature import FastPathFeature
+    from bng_operator.agent.sessions.events import SessionEvents
+    from bng_operator.agent.sessions.session import State
+    from bng_operator.metrics import AgentMetrics
+
+    class Quiet:
+        asked = 0
+
+        def quietly(self) -> None:
+            self.asked += 1
+
+    s, store, clock = server()
+    s.config = replace(s.config, commit_at_offer=True)
+    ctx = Context("access0", (IPv4Address("100.64.0.1"),))
+    maps, commits, metrics, bus = AckingMaps(), Quiet(), AgentMetrics(), SessionEvents()
+    feature = FastPathFeature(s, metrics, None, commits, None, "native",  # type: ignore[arg-type]
+                              publish=bus.publish)
+    feature.cache = SubscriberCache(maps, s.config)  # type: ignore[arg-type]
+    bus.subscribe(feature)
+    offers = [s.handle(request(MessageType.DISCOVER, f"02:00:00:00:0f:0{i}", remote=f"res-{i}"),
+                       ctx).reply for i in range(2)]
+    bus.publish(s.take_events())
+    addrs = [int(o.yiaddr) for o in offers if o is not None]
+    assert maps.puts == 2 and {e.address for e in maps.entries.values()} == set(addrs)
+
+    maps.ack(addrs[0], clock.t + 4 * 3600)  # the first client's REQUEST, ACKed by XDP
+    feature.persist_renewals()
+    lease = s.by_address[addrs[0]]
+    assert lease.state == "bound" and store.leases[addrs[0]].state == "bound"
+    assert s.sessions[lease.identity].state == State.BOUND
+    assert maps.puts == 2  # its entry is the kernel's already: not written again
+    assert metrics.fast_first_acks._value.get() == 1 and commits.asked == 1
+
+    clock.t += OFFER_HOLD  # the second never asked: its entry goes
+    s.expire()
+    bus.publish(s.take_events())
+    assert {e.address for e in maps.entries.values()} == {addrs[0]}
