@@ -15,8 +15,7 @@ import pytest
 from bng_lab.netlab import NetLab
 from bng_lab.radius import SECRET, FreeRadius
 from bng_lab.site import Site
-
-SAMPLES = Path(__file__).resolve().parents[2] / "config" / "samples"
+from tests.cases import NODE, SAMPLES
 
 # Plain clients (no option 82) land in the residential pool; relayed ones by giaddr.
 # The residential pool cut to five addresses (a /29 less network, gateway, broadcast): five
@@ -56,6 +55,11 @@ def wait(what: str, pred: Callable[[], object], timeout: float = 30) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def committing_node() -> str:
+    """The sample BNGNode with spec.commitAtOffer on (XDP ACKs new clients' REQUESTs)."""
+    return (SAMPLES / NODE).read_text() + "  commitAtOffer: true\n"
 
 
 def ping(site: Site, i: int, to: str, tries: int = 1) -> bool:

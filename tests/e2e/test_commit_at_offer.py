@@ -10,17 +10,13 @@ from pathlib import Path
 
 from bng_lab import clients
 from bng_lab.site import Site, subscriber_mac
-from tests.cases import NODE, SAMPLES
-from tests.e2e.conftest import ping, stored_leases, wait
+from tests.cases import NODE
+from tests.e2e.conftest import committing_node, ping, stored_leases, wait
 
 FAST_ACKS = 'bng_dhcp_requests_total{path="fast",result="ack",type="request"}'
 SLOW_ACKS = 'bng_dhcp_requests_total{path="slow",result="ack",type="request"}'
 BOUND_BY_XDP = "bng_fastpath_offers_bound_total"
 USED = 'bng_pool_addresses{pool="residential",state="used"}'
-
-
-def committing_node() -> str:
-    return (SAMPLES / NODE).read_text() + "  commitAtOffer: true\n"
 
 
 def test_xdp_acks_a_new_clients_request_and_the_session_is_bound(

@@ -17,8 +17,8 @@ from bng_lab import perfdhcp
 from bng_lab.capture import capture, dhcp_payloads
 from bng_lab.site import Site
 from bng_operator.agent.dhcp.codec import HEADER_LEN, MAGIC, MessageType, Opt, walk_options
-from tests.cases import NODE, SAMPLES
-from tests.e2e.conftest import RELAYED_CLASS
+from tests.cases import NODE
+from tests.e2e.conftest import RELAYED_CLASS, committing_node
 
 BUSINESS = ipaddress.ip_network("198.51.100.0/24")
 BIG_BUSINESS_POOL = """apiVersion: bng.dev/v1alpha1
@@ -125,7 +125,7 @@ def test_sigkill_under_load_loses_no_acknowledged_lease(make_site: Callable[...,
                                                          ) -> None:
     replace = {"ippool-business.yaml": pool}
     if commit_at_offer:
-        replace[NODE] = (SAMPLES / NODE).read_text() + "  commitAtOffer: true\n"
+        replace[NODE] = committing_node()
     site = make_site(subscribers=0, relay=True, extra=RELAYED_CLASS, replace=replace)
     site.start_agent()
     result: dict[str, str] = {}

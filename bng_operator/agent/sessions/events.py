@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bng.sessions")
 Kind = Literal["bound", "changed", "ended", "offered", "withdrawn"]
+OfferHandler = Callable[["Session", "Lease | None"], None]  # on_offered, on_withdrawn
 
 
 class Feature(Protocol):
@@ -56,12 +57,27 @@ class SessionEvents:
         self.features: list[Feature] = []
         self._on_error = on_error
         self._on_end = on_end
+        # offered, withdrawn: the handlers of the features that define one (found once)
+        self._offer_handlers: dict[str, list[tuple[str, OfferHandler]]] = {
+            "offered": [], "withdrawn": []}
 
     def subscribe(self, feature: Feature) -> None:
         self.features.append(feature)
+        for kind, handlers in self._offer_handlers.items():
+            handler = getattr(feature, f"on_{kind}", None)
+            if handler is not None:
+                handlers.append((feature.name, handler))
 
     def publish(self, events: Iterable[Event]) -> None:
         for e in events:
+            offer_handlers = self._offer_handlers.get(e.kind)
+            if offer_handlers is not None:
+                for name, handler in offer_handlers:
+                    try:
+                        handler(e.session, e.offer)
+                    except Exception:
+                        self._failed(name, e)
+                continue
             if e.kind == "ended":
                 self._on_end(str(e.session.end_reason))
             for f in self.features:
@@ -71,13 +87,11 @@ class SessionEvents:
                     elif e.kind == "changed":
                         assert e.what is not None
                         f.on_changed(e.session, e.what, e.before)
-                    elif e.kind == "ended":
-                        f.on_ended(e.session)
                     else:
-                        handler = getattr(f, f"on_{e.kind}", None)
-                        if handler is not None:
-                            handler(e.session, e.offer)
+                        f.on_ended(e.session)
                 except Exception:
-                    self._on_error(f.name)
-                    log.exception("feature %s failed on %s of session %s", f.name, e.kind,
-                                  e.session.key)
+                    self._failed(f.name, e)
+
+    def _failed(self, feature: str, e: Event) -> None:
+        self._on_error(feature)
+        log.exception("feature %s failed on %s of session %s", feature, e.kind, e.session.key)
