@@ -2,6 +2,12 @@
 
 Logged to ``bng.audit`` on a session's bind, on a change of its address or class, and at its
 end; never on a plain renewal. Event names: allocate, release, expire, decline.
+
+Written ahead (``write_ahead``): the slow path's requests are heard when decided, before
+their commit, and the lease store writes the lines gathered on the loop before it hands a
+batch to its writer. A lease on disk therefore has its line, also when the agent is killed
+between the commit and its ACK; a kill before the commit can leave a line for a lease that
+never reached the disk (its client got no ACK).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ _ENDED: dict[EndReason | None, str] = {EndReason.EXPIRED: "expire", EndReason.DE
 
 class AuditLog:
     name = "audit"
+    write_ahead = True  # see sessions/events.py: a lease on disk has its line
 
     def on_bound(self, s: Session) -> None:
         self._log("allocate", s.lease)

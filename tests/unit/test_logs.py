@@ -91,7 +91,7 @@ def test_flush_writes_what_waits_at_once_and_nothing_is_lost_at_exit() -> None:
 
     async def run() -> str:
         logging.getLogger("bng.audit").info("allocate", extra={"audit": {"event": "allocate"}})
-        logs.flush()  # what the packet path does before it sends ACKs
+        logs.flush()  # what the lease store does before it sends a batch
         return err.getvalue()
 
     assert json.loads(asyncio.run(run()))["event"] == "allocate"

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bng_operator import logs
 from bng_operator.agent import syscalls
 from bng_operator.agent.dhcp.lease_writer import (
     FRAME,
@@ -166,6 +167,9 @@ class LeaseStore:
         except Exception as e:  # no writer, or a value marshal cannot carry: this commit fails
             _resolve(fut, LeaseStoreError(f"the lease writer cannot take the batch: {e}"))
             return
+        # The audit lines of these rows, gathered this turn, are on record before the rows
+        # can reach the disk: the agent may die before it hears the commit, the writer not.
+        logs.flush()
         self._seq += 1
         self._flying[self._seq] = _Batch(fut, time.monotonic())
         self._out += FRAME.pack(len(body), self._seq)

@@ -4,8 +4,10 @@ Requests are handled one at a time on the event loop by the state machine (``ser
 in batches from a backlog that puts exchanges in progress before new ones (``backlog.py``).
 A reply that binds a lease waits for the lease store's commit (many share one fsync); the
 session events of a request are published when its commit is done, just before its reply
-goes out, so a feature never acts on a lease that is not on disk. A decision that waits for
-the authoriser runs as a task of its own: other clients are answered meanwhile.
+goes out, so a feature never acts on a lease that is not on disk. The audit log alone hears
+them before the commit (``SessionEvents.write_ahead``): a lease on disk has its line. A
+decision that waits for the authoriser runs as a task of its own: other clients are answered
+meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bng_operator import logs, netlink
+from bng_operator import netlink
 from bng_operator.agent.dhcp.backlog import Backlog
 from bng_operator.agent.dhcp.codec import Malformed, Message, decode, encode
 from bng_operator.agent.dhcp.leases import LeaseStore
@@ -235,6 +237,8 @@ class PacketPath:
             self._publish(events)
             self._send(iface, wire, mtype, out.kind, t0)
             return
+        if events:  # the audit line: on record before the lease can reach the disk
+            self.sessions.write_ahead(events)
         fut = self.store.commit()
         sends = self._after_commit.get(fut)
         if sends is None:
@@ -251,13 +255,12 @@ class PacketPath:
         pending = self._after_commit.pop(fut, [])
         for p in pending:
             if not ok:
-                self._publish([e for e in p.events if e.kind in ("ended", "withdrawn")])
+                self._publish([e for e in p.events if e.kind in ("ended", "withdrawn")], True)
                 self.metrics.request(p.mtype, "slow", "store_error")
                 continue
-            self._publish(p.events)
+            self._publish(p.events, True)
         if not ok:
             return
-        logs.flush()  # the audit lines of these leases are written before their ACKs leave
         for p in pending:
             self._send(p.iface, p.wire, p.mtype, p.kind, p.t0)
 
@@ -279,9 +282,9 @@ class PacketPath:
         if self.flows is not None:
             self.flows.add_lazy(drop_flow, time.time_ns(), ifname, frame, msg, reason)
 
-    def _publish(self, events: list[Event]) -> None:
+    def _publish(self, events: list[Event], written_ahead: bool = False) -> None:
         if events:
-            self.sessions.publish(events)
+            self.sessions.publish(events, written_ahead)
 
 
 def _still_there(iface: AccessInterface) -> bool:

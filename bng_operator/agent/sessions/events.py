@@ -11,6 +11,10 @@ event, never the DHCP reply or another feature.
 Two more, for the features that define their handler (the fast path): ``offered`` (a new
 client's offer was committed as a lease in state offered: BNGNode spec.commitAtOffer) and
 ``withdrawn`` (such an offer ended unanswered, or was replaced).
+
+A feature with ``write_ahead = True`` (the audit log) hears a request's events before the
+commit that makes them durable (``SessionEvents.write_ahead``), not after it: the agent can
+die between the commit and the events, and a lease on disk must not lack its audit line.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class SessionEvents:
                  on_end: Callable[[str], None] = lambda reason: None) -> None:
         """``on_error(feature)``: a feature failed; ``on_end(reason)``: a session ended."""
         self.features: list[Feature] = []
+        self._ahead: list[Feature] = []  # the features with write_ahead set
+        self._behind: list[Feature] = []  # and the others
         self._on_error = on_error
         self._on_end = on_end
         # offered, withdrawn: the handlers of the features that define one (found once)
@@ -63,12 +69,21 @@ class SessionEvents:
 
     def subscribe(self, feature: Feature) -> None:
         self.features.append(feature)
+        (self._ahead if getattr(feature, "write_ahead", False) else self._behind).append(feature)
         for kind, handlers in self._offer_handlers.items():
             handler = getattr(feature, f"on_{kind}", None)
             if handler is not None:
                 handlers.append((feature.name, handler))
 
-    def publish(self, events: Iterable[Event]) -> None:
+    def write_ahead(self, events: list[Event]) -> None:
+        """The write-ahead features hear ``events`` now, before their commit; the events are
+        then published with ``written_ahead=True``."""
+        for e in events:
+            if e.kind not in self._offer_handlers:
+                self._deliver(self._ahead, e)
+
+    def publish(self, events: Iterable[Event], written_ahead: bool = False) -> None:
+        features = self._behind if written_ahead else self.features
         for e in events:
             offer_handlers = self._offer_handlers.get(e.kind)
             if offer_handlers is not None:
@@ -80,17 +95,20 @@ class SessionEvents:
                 continue
             if e.kind == "ended":
                 self._on_end(str(e.session.end_reason))
-            for f in self.features:
-                try:
-                    if e.kind == "bound":
-                        f.on_bound(e.session)
-                    elif e.kind == "changed":
-                        assert e.what is not None
-                        f.on_changed(e.session, e.what, e.before)
-                    else:
-                        f.on_ended(e.session)
-                except Exception:
-                    self._failed(f.name, e)
+            self._deliver(features, e)
+
+    def _deliver(self, features: list[Feature], e: Event) -> None:
+        for f in features:
+            try:
+                if e.kind == "bound":
+                    f.on_bound(e.session)
+                elif e.kind == "changed":
+                    assert e.what is not None
+                    f.on_changed(e.session, e.what, e.before)
+                else:
+                    f.on_ended(e.session)
+            except Exception:
+                self._failed(f.name, e)
 
     def _failed(self, feature: str, e: Event) -> None:
         self._on_error(feature)

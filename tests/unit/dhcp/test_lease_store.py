@@ -4,9 +4,12 @@ by the writer process (``lease_writer``)."""
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 from pathlib import Path
 
 from bng_lab.dhcp_env import bound_lease
+from bng_operator import logs
 from bng_operator.agent.dhcp.lease_writer import LEASE_COLUMNS, LeaseWriter, open_db
 from bng_operator.agent.dhcp.leases import Decline, Lease, LeaseStore, _row
 
@@ -80,3 +83,35 @@ def test_a_mixed_batch_is_applied_in_order(tmp_path: Path) -> None:
     stored, declined = store.load()
     assert [x.address for x in stored] == [BASE + 10] and declined == []
     store.close()
+
+
+def test_the_log_lines_of_a_turn_are_written_before_its_batch_goes_to_the_writer(
+        tmp_path: Path) -> None:
+    """An audit line gathered on the loop (logs.LineHandler) is written before the batch
+    that holds its lease is handed to the writer, which finishes it even if the agent dies."""
+    err = io.StringIO()
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    root.handlers[:] = [logs.LineHandler(err)]
+    store = LeaseStore(tmp_path / "l.sqlite")
+    written_at_send: list[str] = []
+    send = store._send
+
+    def spy(w: object) -> None:
+        written_at_send.append(err.getvalue())
+        send(w)  # type: ignore[arg-type]
+
+    store._send = spy  # type: ignore[method-assign]
+
+    async def run() -> None:
+        store.put(bound_lease())
+        fut = store.commit()  # its batch is sent at the next turn: due before the line's flush
+        logging.getLogger("bng.audit").warning("allocate 100.64.0.20")
+        await asyncio.wait_for(fut, 5)
+
+    try:
+        asyncio.run(run())
+    finally:
+        root.handlers[:] = handlers
+        store.close()
+    assert written_at_send == ["allocate 100.64.0.20\n"]

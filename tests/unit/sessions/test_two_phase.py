@@ -7,12 +7,16 @@ and a store that commits on the next turn of the loop; only the socket is a list
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+import pytest
+
 from bng_lab.dhcp_env import CTX, MemoryStore, server
 from bng_lab.messages import request
+from bng_operator.agent.audit import AuditLog
 from bng_operator.agent.dhcp.codec import MessageType, decode, encode
 from bng_operator.agent.dhcp.leases import Lease
 from bng_operator.agent.dhcp.packets import PacketPath
@@ -217,3 +221,30 @@ def test_without_an_authoriser_decisions_commit_at_once() -> None:
         assert store.leases[int(IPv4Address(addr))].mac == A_MAC
 
     asyncio.run(run())
+
+
+def test_the_audit_log_hears_a_bind_before_its_commit_and_the_others_after_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The agent can die between a commit and its events, and the writer (a process of its
+    own) still finishes the commit: the audit line must be on record before the lease can
+    reach the disk, or a stored lease has none."""
+    async def run() -> None:
+        path, wire, heard, store = _path(None)  # type: ignore[arg-type]
+        path.sessions.subscribe(AuditLog())
+        path.handle(wire, frame(D, A_MAC, 0), b"", time.perf_counter())  # type: ignore[arg-type]
+        addr = wire.replies()[0][3]
+        path.handle(wire, frame(R, A_MAC, 0, requested=addr, server_id="100.64.0.1"), b"",  # type: ignore[arg-type]
+                    time.perf_counter())
+        assert store.commits == 1 and len(wire.sent) == 1  # the commit is not done yet
+        assert _allocated(caplog) == [addr] and heard.events == []
+        await _until(lambda: len(wire.sent) == 2)
+        assert heard.events == [("bound", A_MAC, State.BOUND, None)]
+        assert _allocated(caplog) == [addr]  # once
+
+    with caplog.at_level(logging.INFO, logger="bng.audit"):
+        asyncio.run(run())
+
+
+def _allocated(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.audit["address"] for r in caplog.records  # type: ignore[attr-defined]
+            if r.name == "bng.audit" and r.getMessage() == "allocate"]
