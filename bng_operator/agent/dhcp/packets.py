@@ -237,8 +237,7 @@ class PacketPath:
             self._publish(events)
             self._send(iface, wire, mtype, out.kind, t0)
             return
-        if events:  # the audit line: on record before the lease can reach the disk
-            self.sessions.write_ahead(events)
+        self.sessions.write_ahead(events)  # the audit line, before the lease can reach the disk
         fut = self.store.commit()
         sends = self._after_commit.get(fut)
         if sends is None:
@@ -255,10 +254,11 @@ class PacketPath:
         pending = self._after_commit.pop(fut, [])
         for p in pending:
             if not ok:
-                self._publish([e for e in p.events if e.kind in ("ended", "withdrawn")], True)
+                self._publish([e for e in p.events if e.kind in ("ended", "withdrawn")],
+                              written_ahead=True)
                 self.metrics.request(p.mtype, "slow", "store_error")
                 continue
-            self._publish(p.events, True)
+            self._publish(p.events, written_ahead=True)
         if not ok:
             return
         for p in pending:

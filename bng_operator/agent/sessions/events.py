@@ -78,6 +78,8 @@ class SessionEvents:
     def write_ahead(self, events: list[Event]) -> None:
         """The write-ahead features hear ``events`` now, before their commit; the events are
         then published with ``written_ahead=True``."""
+        if not self._ahead:  # every committing request of the slow path comes here
+            return
         for e in events:
             if e.kind not in self._offer_handlers:
                 self._deliver(self._ahead, e)

@@ -3,11 +3,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address
 
-from bng_lab.dhcp_env import bound_lease, sample_config
+from bng_lab.dhcp_env import bound_lease, sample_config, server
+from bng_lab.messages import request
+from bng_operator.agent.dhcp.codec import MessageType
+from bng_operator.agent.dhcp.server import OFFER_HOLD, Context
 from bng_operator.agent.fastpath.cache import SubscriberCache
 from bng_operator.agent.fastpath.entries import FastEntry, SubnetOptions
+from bng_operator.agent.fastpath.feature import FastPathFeature
+from bng_operator.agent.sessions.events import SessionEvents
+from bng_operator.agent.sessions.session import Change, State
+from bng_operator.api import IPPool, SubscriberClass
+from bng_operator.api.ippool import AddressRange
+from bng_operator.metrics import AgentMetrics
 
 
 class FlakyMaps:
@@ -66,15 +76,6 @@ def test_a_retry_never_deletes_an_entry_bound_again() -> None:
 def test_a_pool_change_on_reload_removes_its_leases_entries() -> None:
     """Leases whose pool, block or excluded ranges changed leave the maps on a reload
     (issue 14, point 2): the slow path decides their next request."""
-    from bng_lab.dhcp_env import server
-    from bng_lab.messages import request
-    from bng_operator.agent.dhcp.codec import MessageType
-    from bng_operator.agent.dhcp.server import Context
-    from bng_operator.agent.fastpath.feature import FastPathFeature
-    from bng_operator.agent.sessions.events import SessionEvents
-    from bng_operator.api import IPPool
-    from bng_operator.api.ippool import AddressRange
-
     s, _, _ = server()
     ctx = Context("access0", (IPv4Address("100.64.0.1"),))
     for i, who in enumerate(({"remote": "res-1"}, {"circuit": "biz-olt1-1/1/3"})):
@@ -116,15 +117,6 @@ def test_a_subscriber_classified_anew_after_a_reload_is_answered_by_the_kernel_a
     does) takes its entry out of the maps, so the slow path classifies its next request. That
     ACK, in the same class on the same address, puts the entry back: without it the
     subscriber would be answered by the slow path for good."""
-    from bng_lab.dhcp_env import server
-    from bng_lab.messages import request
-    from bng_operator.agent.dhcp.codec import MessageType
-    from bng_operator.agent.dhcp.server import Context
-    from bng_operator.agent.fastpath.feature import FastPathFeature
-    from bng_operator.agent.sessions.events import SessionEvents
-    from bng_operator.agent.sessions.session import Change
-    from bng_operator.api import SubscriberClass
-
     s, _, _ = server()
     ctx = Context("access0", (IPv4Address("100.64.0.1"),))
     mac, who = "02:00:00:00:0e:01", {"remote": "res-7"}
@@ -189,17 +181,6 @@ class AckingMaps(FlakyMaps):
 
 
 def test_the_kernels_ack_of_a_committed_offer_binds_it_and_is_not_written_again() -> None:
-    from dataclasses import replace
-
-    from bng_lab.dhcp_env import server
-    from bng_lab.messages import request
-    from bng_operator.agent.dhcp.codec import MessageType
-    from bng_operator.agent.dhcp.server import OFFER_HOLD, Context
-    from bng_operator.agent.fastpath.feature import FastPathFeature
-    from bng_operator.agent.sessions.events import SessionEvents
-    from bng_operator.agent.sessions.session import State
-    from bng_operator.metrics import AgentMetrics
-
     class Quiet:
         asked = 0
 
