@@ -23,10 +23,7 @@ The writer stops when the agent closes its end, and dies with the agent
 
 from __future__ import annotations
 
-import ctypes
 import marshal
-import os
-import signal
 import socket
 import sqlite3
 import struct
@@ -35,6 +32,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from bng_operator.agent import child
 from bng_operator.agent.sqlrows import Statement, many_rows, rows_per_statement
 
 FRAME = struct.Struct("<IQ")  # a batch: its length in bytes, its number
@@ -42,7 +40,6 @@ REPLY = struct.Struct("<QI")  # the last batch of a transaction, the length of i
 ERROR_MAX = 2000  # bytes of an error message sent back
 # Pauses between the tries of one transaction (a busy or briefly full disk), then it fails.
 WRITE_RETRIES = (0.05, 0.2, 0.0)
-PR_SET_PDEATHSIG = 1
 
 # A lease's columns, in the order of its row (leases.Lease's fields; a test checks).
 LEASE_COLUMNS = ("address", "identity", "mac", "client_id", "circuit_id", "remote_id", "pool",
@@ -222,12 +219,10 @@ def serve(sock: socket.socket, writer: LeaseWriter) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``lease_writer FD PATH AGENT_PID``: serve the agent on the socket ``FD``, writing
+    """``lease_writer FD AGENT_PID PATH``: serve the agent on the socket ``FD``, writing
     ``PATH``; die with the agent."""
-    fd, path, agent = int(argv[0]), Path(argv[1]), int(argv[2])
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != agent:  # the agent died before the line above
+    fd, agent, path = int(argv[0]), int(argv[1]), Path(argv[2])
+    if not child.die_with(agent):
         return 0
     sock = socket.socket(fileno=fd)
     try:

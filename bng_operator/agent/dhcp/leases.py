@@ -12,16 +12,15 @@ import asyncio
 import contextlib
 import logging
 import marshal
-import os
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bng_operator import logs
 from bng_operator.agent import syscalls
+from bng_operator.agent.child import Child
 from bng_operator.agent.dhcp.lease_writer import (
     FRAME,
     LEASE_SELECT,
@@ -292,8 +291,7 @@ class _Batch:
 class _WriterProcess:
     """The writer's process and the agent's end of its socket."""
 
-    proc: subprocess.Popen[bytes]
-    sock: socket.socket
+    child: Child
     loop: asyncio.AbstractEventLoop  # the one that watches the socket
     receiver: syscalls.Receiver = field(default_factory=lambda: syscalls.Receiver(1 << 16))
     inbox: bytearray = field(default_factory=bytearray)
@@ -301,40 +299,19 @@ class _WriterProcess:
 
     @classmethod
     def start(cls, path: Path, loop: asyncio.AbstractEventLoop) -> _WriterProcess:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for s in (ours, theirs):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-        ours.setblocking(False)
-        try:
-            # a session of its own: a signal to the agent's process group (a service
-            # manager's SIGTERM) is the agent's to act on; the writer ends with its socket
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bng_operator.agent.dhcp.lease_writer",
-                 str(theirs.fileno()), str(path), str(os.getpid())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        return cls(proc, ours, loop)
+        return cls(Child.start("lease writer", "bng_operator.agent.dhcp.lease_writer",
+                               [str(path)], SOCKET_BUFFER), loop)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.child.proc
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.child.sock
 
     def stop(self, wait: float) -> int | None:
-        """Close the agent's end (the writer ends once it has written what it was sent),
-        wait up to ``wait`` seconds, then kill it; its exit code."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-        self.sock.close()
-        try:
-            return self.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        try:
-            return self.proc.wait(STOP_WAIT)
-        except subprocess.TimeoutExpired:  # in the kernel's hands (D state): let it be
-            log.error("lease writer (pid %d) does not end", self.proc.pid)
-            return None
+        return self.child.stop(wait)
 
 
 def _resolve(fut: asyncio.Future[None], err: BaseException | None) -> None:

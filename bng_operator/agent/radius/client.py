@@ -1,46 +1,50 @@
-"""The RADIUS client: one connected UDP socket per server, retransmissions, failover to the
-next server, and dead-server detection (RFC 5080 §2.2): a server whose requests timed out
-``deadAfter`` times in a row is skipped for ``deadTime``, then tried again.
+"""The RADIUS client: failover to the next server, and dead-server detection (RFC 5080
+§2.2): a server whose requests timed out ``deadAfter`` times in a row is skipped for
+``deadTime``, then tried again (or, with Status-Server probes, once it answers one).
 
-Requests are encoded and replies verified by ``wire`` (User-Password hiding,
-Message-Authenticator); replies are decoded by pyrad. The I/O is on the agent's loop: a
-request waiting for a server holds up nothing else. Every Access-Request carries a
-Message-Authenticator, and a reply without a valid one is dropped (counted as invalid), like
-one with a wrong Response Authenticator.
+The sockets, encoding, retransmissions and the verification of replies are the RADIUS
+transport's, a process of its own (``transport``): the event loop hands it each request and
+awaits its outcome, so a request waiting for a server holds up nothing else, and the work of
+a request costs the loop a few us. Every Access-Request carries a Message-Authenticator,
+and a reply without a valid one is dropped (counted as invalid), like one with a wrong
+Response Authenticator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import marshal
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import cast
 
 from pyrad.dictionary import Dictionary
-from pyrad.packet import AccessAccept, Packet, PacketError
+from pyrad.packet import AccessAccept
 
+from bng_operator import logs
 from bng_operator.agent import syscalls
-from bng_operator.agent.radius.wire import (
-    ACCESS_REQUEST,
-    ACCOUNTING_REQUEST,
-    STATUS_SERVER,
-    Encoder,
-    RandomBytes,
-    verify_reply,
+from bng_operator.agent.child import Child
+from bng_operator.agent.radius.transport import (
+    DICTIONARY,
+    FRAME,
+    SOCKET_BUFFER,
+    UNENCODABLE,
+    UNSENDABLE,
+    Outcome,
+    Request,
 )
+from bng_operator.agent.radius.wire import ACCESS_REQUEST, ACCOUNTING_REQUEST, STATUS_SERVER
 from bng_operator.metrics import AgentMetrics
 
 log = logging.getLogger("bng.agent.radius")
-DICTIONARY = Path(__file__).with_name("dictionary")
-MAX_OUTSTANDING = 255  # requests in flight per server: the Identifier is one octet
 PROBE_EVERY = 10.0  # seconds between Status-Server probes of a dead server, at most
-READ_BATCH = 256  # replies read from a server's socket in one wake-up of the event loop
-RADIUS_MAX = 4096  # RFC 2865 §3: the largest packet
+RESTART_PAUSE = 1.0  # seconds between starts of the transport process, at least
+STOP_WAIT = 1.0  # seconds a closing client gives the transport to end
 
 
 @dataclass
@@ -67,11 +71,21 @@ class Server:
         return now >= self.dead_until
 
 
+@dataclass(slots=True)
+class Reply:
+    """A verified reply: its code, and (an Access-Request's) attributes by name, and the
+    names of those the dictionary does not know."""
+
+    code: int
+    attributes: dict[str, list[object]] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+
+
 @dataclass
 class Answer:
     """How a request ended: a verified reply from ``server``, or none from any."""
 
-    reply: Packet | None
+    reply: Reply | None
     server: str = ""
     tried: tuple[str, ...] = ()  # the servers asked, in order
 
@@ -80,163 +94,160 @@ class Answer:
         return self.reply is not None and self.reply.code == AccessAccept
 
 
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    """What a reply is checked against: the request's code and authenticator, the secret."""
-
-    code: int
-    authenticator: bytes
-    secret: bytes
+def _plain(v: object) -> object:
+    return v if v is None or isinstance(v, str | int | bytes | float) else str(v)
 
 
-class _Slots:
-    """At most ``n`` holders; the others wait, first come first served. asyncio.Semaphore
-    (3.11) looks through all its waiters at every acquire: with hundreds of requests
-    waiting for an Identifier, under overload, that was 6% of the event loop."""
+class _Transport:
+    """The agent's handle on the transport process: the requests asked for in a turn of the
+    event loop go to it in one frame, and each comes back as an outcome resolving its
+    future. The process is started at the first request, and again after it died."""
 
-    def __init__(self, n: int) -> None:
-        self._free = n
-        self._waiting: deque[asyncio.Future[None]] = deque()
-
-    async def __aenter__(self) -> None:
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():  # handed a slot as it was cancelled
-                self._release()
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        while self._waiting:
-            fut = self._waiting.popleft()
-            if not fut.done():  # a cancelled waiter is passed over
-                fut.set_result(None)  # the slot goes to it
-                return
-        self._free += 1
-
-
-def _expire(waiter: asyncio.Future[Packet | None]) -> None:
-    """An attempt's timeout: its waiter wakes with no reply."""
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _attempt(loop: asyncio.AbstractEventLoop, ep: _Endpoint, ident: int, sent: _Sent,
-             raw: bytes, timeout: float,
-             ) -> tuple[asyncio.Future[Packet | None], asyncio.TimerHandle]:
-    """Send ``raw`` once: its future, resolved by the reply or by its timer with None."""
-    waiter: asyncio.Future[Packet | None] = loop.create_future()
-    ep.pending[ident] = (sent, waiter)
-    timer = loop.call_later(timeout, _expire, waiter)
-    ep.send(raw)
-    return waiter, timer
-
-
-class _Endpoint:
-    """One server's socket: requests in flight by Identifier.
-
-    The socket is read in batches (``READ_BATCH`` replies a wake-up), not through an asyncio
-    datagram transport: that reads one datagram a turn of the event loop, and a turn that
-    handles 64 DHCP requests takes milliseconds, so under load replies waited in the socket
-    (the agent's round trip reached 240 ms against a server answering in well under 1)."""
-
-    def __init__(self, invalid: Callable[[str], None], key: str, address: str,
-                 port: int, dictionary: Dictionary) -> None:
-        self.pending: dict[int, tuple[_Sent, asyncio.Future[Packet | None]]] = {}
-        self._dictionary = dictionary
-        self._receiver = syscalls.Receiver(RADIUS_MAX)
-        self.slots = _Slots(MAX_OUTSTANDING)
-        self._next = 0
+    def __init__(self, invalid: Callable[[str], None]) -> None:
         self._invalid = invalid
-        self._key = key
-        self._loop = asyncio.get_running_loop()
-        self.sock: socket.socket | None = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            self.sock.setblocking(False)
-            with contextlib.suppress(OSError):  # room for the replies of 255 requests at once
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self.sock.connect((address, port))
-            self.local_address = str(self.sock.getsockname()[0])
-            self._loop.add_reader(self.sock.fileno(), self._readable)
-        except OSError:
-            self.sock.close()
-            raise
+        self._child: Child | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: dict[int, asyncio.Future[Outcome]] = {}
+        self._batch: list[tuple[object, ...]] = []
+        self._out = bytearray()
+        self._inbox = bytearray()
+        self._receiver = syscalls.Receiver(1 << 16)
+        self._rids = itertools.count(1)
+        self._writing = False
+        self._died = -RESTART_PAUSE  # monotonic
 
-    def send(self, raw: bytes) -> None:
-        """Send ``raw``; one the kernel cannot take now is lost like one lost on the way (the
-        request's retransmission covers both)."""
-        if self.sock is None:
-            return
-        try:
-            syscalls.send(self.sock.fileno(), raw)
-        except OSError as e:  # ENOBUFS, EAGAIN, or an ICMP error reported on this send
-            log.debug("RADIUS server %s: send: %s", self._key, e)
+    def ask(self, s: Server, code: int, secret: bytes, attributes: list[tuple[str, object]],
+            retries: int) -> asyncio.Future[Outcome]:
+        """Send a request to ``s`` (``retries`` more times on its timeout): its outcome."""
+        loop = asyncio.get_running_loop()
+        rid = next(self._rids)
+        fut: asyncio.Future[Outcome] = loop.create_future()
+        if not self._running(loop):
+            fut.set_result((rid, UNSENDABLE, "the RADIUS transport process failed; it is "
+                            f"started again within {RESTART_PAUSE:g} s", [], 0.0, 0))
+            return fut
+        self._waiting[rid] = fut
+        self._put(loop, (rid, s.key, s.address, s.port, code, secret, attributes, s.timeout,
+                         retries))
+        return fut
+
+    def forget(self, key: str) -> None:
+        """Close the transport's socket to ``key``: its requests end unsent."""
+        if self._child is not None and self._loop is not None and not self._loop.is_closed():
+            self._put(self._loop, ("forget", key))
 
     def close(self) -> None:
-        if self.sock is not None:
-            self._loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
+        if self._child is not None:
+            self._stop(self._child, STOP_WAIT)
+        self._fail("the RADIUS client is closed")
 
-    def _readable(self) -> None:
-        sock = self.sock
-        if sock is None:
-            return
-        fd = sock.fileno()
-        for _ in range(READ_BATCH):
-            try:
-                data = self._receiver.receive(fd)
-            except OSError as e:
-                # An ICMP error (port unreachable): unauthenticated, so only the timeout counts.
-                log.debug("RADIUS server %s: %s", self._key, e)
-                continue
-            if data is None:
-                return
-            self.datagram_received(data)
+    def _put(self, loop: asyncio.AbstractEventLoop, m: tuple[object, ...]) -> None:
+        if not self._batch:
+            loop.call_soon(self._flush)
+        self._batch.append(m)
 
-    def take_id(self) -> int:
-        for _ in range(256):
-            ident, self._next = self._next, (self._next + 1) % 256
-            if ident not in self.pending:
-                return ident
-        raise RuntimeError("no free RADIUS identifier")  # the semaphore prevents it
+    def _running(self, loop: asyncio.AbstractEventLoop) -> bool:
+        if self._child is None:
+            if time.monotonic() - self._died < RESTART_PAUSE:
+                return False
+            level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+            fmt = "json" if any(isinstance(h.formatter, logs.JSONFormatter)
+                                for h in logging.getLogger().handlers) else "text"
+            self._child = Child.start("RADIUS transport", "bng_operator.agent.radius.transport",
+                                      [str(level).lower(), fmt], SOCKET_BUFFER)
+            self._loop = loop
+            loop.add_reader(self._child.sock.fileno(), self._readable, self._child)
+        return True
 
-    def datagram_received(self, data: bytes) -> None:
-        if len(data) < 20:
-            self._invalid(self._key)
-            return
-        entry = self.pending.get(data[1])
-        if entry is None:  # late: its request timed out, or a duplicate
-            return
-        sent, fut = entry
-        # Access-Requests' replies must carry a Message-Authenticator (BlastRADIUS);
-        # Accounting-Responses, and Status-Server's (FreeRADIUS 3.2 does not sign them; a
-        # forged one could only say a server is there), are verified by their Response
-        # Authenticator, and their Message-Authenticator when they carry one.
-        raw = verify_reply(data, sent.code, sent.authenticator, sent.secret,
-                           require_message_authenticator=sent.code == ACCESS_REQUEST)
-        if raw is None:
-            log.warning("RADIUS server %s: a reply failed verification (wrong secret, no "
-                        "valid Message-Authenticator, or malformed); dropped", self._key)
-            self._invalid(self._key)
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        c = self._child
+        if c is None or not batch:
             return
         try:
-            reply = Packet(secret=sent.secret, authenticator=sent.authenticator,
-                           dict=self._dictionary, packet=raw)
-        except PacketError as e:
-            log.warning("RADIUS server %s: undecodable reply: %s", self._key, e)
-            self._invalid(self._key)
-            return
-        if not fut.done():
-            fut.set_result(reply)
+            body = marshal.dumps(batch)
+        except ValueError:  # a value marshal cannot carry: sent as its text, as wire would
+            for i, m in enumerate(batch):
+                if isinstance(m[0], int):
+                    pairs = cast(Request, m)[6]
+                    batch[i] = (*m[:6], [(k, _plain(v)) for k, v in pairs], *m[7:])
+            body = marshal.dumps(batch)
+        self._out += FRAME.pack(len(body))
+        self._out += body
+        self._send(c)
+
+    def _send(self, c: Child) -> None:
+        while self._out:
+            try:
+                n = syscalls.send(c.sock.fileno(), bytes(self._out[:SOCKET_BUFFER]))
+            except BlockingIOError:
+                break
+            except OSError as e:
+                self._lost(c, f"sending to it failed: {e}")
+                return
+            del self._out[:n]
+        assert self._loop is not None
+        if self._out and not self._writing:
+            self._writing = True
+            self._loop.add_writer(c.sock.fileno(), self._send, c)
+        elif not self._out and self._writing:
+            self._writing = False
+            self._loop.remove_writer(c.sock.fileno())
+
+    def _readable(self, c: Child) -> None:
+        while True:
+            try:
+                data = self._receiver.receive(c.sock.fileno())
+            except OSError as e:
+                self._lost(c, f"reading from it failed: {e}")
+                return
+            if data is None:
+                break
+            if not data:
+                self._lost(c, "it exited")
+                return
+            self._inbox += data
+        inbox = self._inbox
+        while len(inbox) >= FRAME.size:
+            (n,) = FRAME.unpack_from(inbox)
+            if len(inbox) < FRAME.size + n:
+                break
+            outcomes = marshal.loads(bytes(inbox[FRAME.size:FRAME.size + n]))
+            del inbox[:FRAME.size + n]
+            for o in outcomes:
+                if o[0] == "invalid":
+                    self._invalid(o[1])
+                    continue
+                fut = self._waiting.pop(o[0], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(o)
+
+    def _lost(self, c: Child, why: str) -> None:
+        code = self._stop(c, 0.0)
+        log.error("RADIUS transport (pid %d): %s (exit code %s); %d requests fail",
+                  c.proc.pid, why, code, len(self._waiting))
+        self._died = time.monotonic()
+        self._fail(f"the RADIUS transport process failed: {why}")
+
+    def _stop(self, c: Child, wait: float) -> int | None:
+        self._child = None
+        self._out.clear()
+        self._inbox.clear()
+        self._batch.clear()
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(c.sock.fileno())
+            if self._writing:
+                loop.remove_writer(c.sock.fileno())
+        self._writing = False
+        return c.stop(wait)
+
+    def _fail(self, why: str) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for rid, fut in waiting.items():
+            if not fut.done():
+                with contextlib.suppress(RuntimeError):  # of a loop that is closed
+                    fut.set_result((rid, UNSENDABLE, why, [], 0.0, 0))
 
 
 @dataclass
@@ -245,13 +256,12 @@ class RadiusClient:
     clock: Callable[[], float] = time.monotonic
     dictionary: Dictionary = field(default_factory=lambda: Dictionary(str(DICTIONARY)))
     servers: dict[str, Server] = field(default_factory=dict)
-    _endpoints: dict[str, _Endpoint] = field(default_factory=dict)
+    _local: dict[str, str] = field(default_factory=dict)  # the node's address towards each
     _probes: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    _authenticators: RandomBytes = field(default_factory=RandomBytes)
-    _encoder: Encoder = field(init=False)
+    _transport: _Transport = field(init=False)
 
     def __post_init__(self) -> None:
-        self._encoder = Encoder(self.dictionary)
+        self._transport = _Transport(self._invalid)
 
     def server(self, address: str, port: int, timeout: float, retries: int, dead_after: int,
                dead_time: float, probe: bool = False) -> Server:
@@ -273,25 +283,28 @@ class RadiusClient:
             probe = self._probes.pop(key, None)
             if probe is not None:
                 probe.cancel()
-            ep = self._endpoints.pop(key, None)
-            if ep is not None:
-                ep.close()
+            if self._local.pop(key, None) is not None:
+                self._transport.forget(key)
             with contextlib.suppress(KeyError):
                 self.metrics.radius_server_up.remove(key)
 
     def close(self) -> None:
         self.forget(set())
+        self._transport.close()
 
     def local_addresses(self) -> set[str]:
         """The node's addresses towards its servers (the NAS-IP-Addresses it sends)."""
-        return {ep.local_address for ep in self._endpoints.values()}
+        return set(self._local.values())
 
-    def _endpoint(self, s: Server) -> _Endpoint:
-        ep = self._endpoints.get(s.key)
-        if ep is None:
-            ep = self._endpoints[s.key] = _Endpoint(self._invalid, s.key, s.address, s.port,
-                                                    self.dictionary)
-        return ep
+    def _local_address(self, s: Server) -> str:
+        """The node's address towards ``s``: the route's source (connecting a UDP socket
+        sends nothing). Raises OSError (no route)."""
+        address = self._local.get(s.key)
+        if address is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.connect((s.address, s.port))
+                address = self._local[s.key] = str(sock.getsockname()[0])
+        return address
 
     def _invalid(self, key: str) -> None:
         self.metrics.radius_replies.labels(key, "invalid").inc()
@@ -301,7 +314,8 @@ class RadiusClient:
                              ) -> Answer:
         """Ask each live server in turn (with its secret) until one answers.
         ``attributes(nas_ip)``: the request's attributes, given the node's address towards
-        that server (NAS-IP-Address). No live server: no reply, at once."""
+        that server (NAS-IP-Address). No live server: no reply, at once. Raises ValueError
+        or TypeError for attributes that cannot be encoded."""
         tried: list[str] = []
         for s, secret in servers:
             if not s.alive(self.clock()):
@@ -331,58 +345,39 @@ class RadiusClient:
     async def _ask(self, s: Server, secret: bytes,
                    attributes: Callable[[str], list[tuple[str, str | int]]]
                    | Callable[[str], list[tuple[str, object]]],
-                   accounting: bool = False) -> Packet | None:
+                   accounting: bool = False) -> Reply | None:
         m = self.metrics
         try:
-            ep = self._endpoint(s)
+            nas_ip = self._local_address(s)
         except OSError as e:
             s.last_error = f"cannot open a socket to it: {e}"
             log.error("RADIUS server %s: %s", s.key, s.last_error)
             self._timed_out(s)
             return None
-        async with ep.slots:
-            ident = ep.take_id()
+        code = ACCOUNTING_REQUEST if accounting else ACCESS_REQUEST
+        pairs: list[tuple[str, object]] = list(attributes(nas_ip))
+        m.child(m.radius_acct_requests if accounting else m.radius_requests, s.key).inc()
+        _, got, detail, unknown, rtt, retransmits = await self._transport.ask(
+            s, code, secret, pairs, s.retries)
+        if retransmits:
+            (m.radius_acct_retransmits if accounting
+             else m.radius_retransmits).labels(s.key).inc(retransmits)
+        if got > 0:
+            m.child(m.radius_rtt, s.key).observe(rtt)
             if accounting:
-                raw, authenticator = self._encoder.accounting_request(
-                    ident, secret, attributes(ep.local_address))
-                sent = _Sent(ACCOUNTING_REQUEST, authenticator, secret)
+                m.child(m.radius_acct_responses, s.key).inc()
             else:
-                authenticator = self._authenticators.take(16)
-                raw = self._encoder.access_request(ident, authenticator, secret,
-                                                   attributes(ep.local_address))
-                sent = _Sent(ACCESS_REQUEST, authenticator, secret)
-            loop = asyncio.get_running_loop()
-            m.child(m.radius_acct_requests if accounting else m.radius_requests, s.key).inc()
-            waiter: asyncio.Future[Packet | None] | None = None
-            timer: asyncio.TimerHandle | None = None
-            try:
-                for attempt in range(s.retries + 1):
-                    if attempt:
-                        (m.radius_acct_retransmits if accounting
-                         else m.radius_retransmits).labels(s.key).inc()
-                    # One future per attempt, resolved by the reply or by its timer with None:
-                    # wait_for(shield(...)) took three turns of the loop to wake this task,
-                    # and under load a turn takes milliseconds.
-                    t0 = time.perf_counter()
-                    waiter, timer = _attempt(loop, ep, ident, sent, raw, s.timeout)
-                    reply = await waiter
-                    timer.cancel()
-                    if reply is None:
-                        continue
-                    m.child(m.radius_rtt, s.key).observe(time.perf_counter() - t0)
-                    if accounting:
-                        m.child(m.radius_acct_responses, s.key).inc()
-                    else:
-                        m.child(m.radius_replies, s.key,
-                                "accept" if reply.code == AccessAccept else "reject").inc()
-                    self._answered(s)
-                    return reply
-            finally:
-                ep.pending.pop(ident, None)
-                if timer is not None:
-                    timer.cancel()
-                if waiter is not None:
-                    waiter.cancel()
+                m.child(m.radius_replies, s.key,
+                        "accept" if got == AccessAccept else "reject").inc()
+            self._answered(s)
+            return Reply(got, detail, unknown)  # type: ignore[arg-type]
+        if got == UNENCODABLE:
+            raise ValueError(detail)
+        if got == UNSENDABLE:
+            s.last_error = str(detail)
+            log.error("RADIUS server %s: %s", s.key, s.last_error)
+            self._timed_out(s)
+            return None
         s.last_error = f"no answer in {s.retries + 1} x {s.timeout:g} s"
         if accounting:
             m.radius_acct_timeouts.labels(s.key).inc()
@@ -393,24 +388,12 @@ class RadiusClient:
         """One Status-Server to ``s`` (RFC 5997, signed with a Message-Authenticator; its
         reply verified as an Accounting-Response is): whether it answered in its timeout."""
         try:
-            ep = self._endpoint(s)
+            nas_ip = self._local_address(s)
         except OSError:
             return False
-        async with ep.slots:
-            ident = ep.take_id()
-            authenticator = self._authenticators.take(16)
-            raw = self._encoder.access_request(
-                ident, authenticator, s.probe_secret,
-                [("NAS-IP-Address", ep.local_address)], code=STATUS_SERVER)
-            waiter, timer = _attempt(asyncio.get_running_loop(), ep, ident,
-                                     _Sent(STATUS_SERVER, authenticator, s.probe_secret), raw,
-                                     s.timeout)
-            try:
-                return await waiter is not None
-            finally:
-                ep.pending.pop(ident, None)
-                timer.cancel()
-                waiter.cancel()
+        outcome = await self._transport.ask(s, STATUS_SERVER, s.probe_secret,
+                                            [("NAS-IP-Address", nas_ip)], 0)
+        return outcome[1] > 0
 
     def probe_if_dead(self, s: Server) -> None:
         """Start probing ``s`` if it is dead, probes are on and none runs (statusServer

@@ -416,10 +416,7 @@ class RadiusFeature:
             decided.labels(cls.name, "reject").inc()
             return Verdict(False, f"Access-Reject from {answer.server}" +
                            (f"; not asked again for {hold} s" if hold else ""))
-        # pyrad's keys() names the attributes its dictionary knows (iterating gives codes)
-        names = list(answer.reply.keys())
-        attrs = {k: list(answer.reply[k]) for k in names if isinstance(k, str)}
-        unknown = [k for k in names if not isinstance(k, str)]
+        attrs, unknown = answer.reply.attributes, answer.reply.unknown
         result = read_accept(attrs, self.config, cls.spec.pool, self.config.shaping.get(cls.name))
         ignored = len(unknown) + len(result.ignored)
         if ignored:
