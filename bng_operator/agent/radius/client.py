@@ -45,6 +45,13 @@ log = logging.getLogger("bng.agent.radius")
 PROBE_EVERY = 10.0  # seconds between Status-Server probes of a dead server, at most
 RESTART_PAUSE = 1.0  # seconds between starts of the transport process, at least
 STOP_WAIT = 1.0  # seconds a closing client gives the transport to end
+# A batch goes to the transport FLUSH_AFTER seconds after its first request, or at once at
+# FLUSH_AT requests. A frame a turn of the loop (a turn may hold one request) woke the
+# transport that often, and a wake-up across CPUs is tens of us in a VM: at 4,500 sessions/s
+# offered with auth, the wait took the agent's CPU a session from 309-318 to 280-290 us and
+# FreeRADIUS's from 48-51 to 33-38 (it gets its requests in bursts too), three trials each.
+FLUSH_AFTER = 0.002
+FLUSH_AT = 128
 
 
 @dataclass
@@ -99,8 +106,8 @@ def _plain(v: object) -> object:
 
 
 class _Transport:
-    """The agent's handle on the transport process: the requests asked for in a turn of the
-    event loop go to it in one frame, and each comes back as an outcome resolving its
+    """The agent's handle on the transport process: the requests asked for within
+    ``FLUSH_AFTER`` go to it in one frame, and each comes back as an outcome resolving its
     future. The process is started at the first request, and again after it died."""
 
     def __init__(self, invalid: Callable[[str], None]) -> None:
@@ -115,6 +122,7 @@ class _Transport:
         self._rids = itertools.count(1)
         self._writing = False
         self._died = -RESTART_PAUSE  # monotonic
+        self._timer: asyncio.TimerHandle | None = None  # the batch's flush
 
     def ask(self, s: Server, code: int, secret: bytes, attributes: list[tuple[str, object]],
             retries: int) -> asyncio.Future[Outcome]:
@@ -143,8 +151,10 @@ class _Transport:
 
     def _put(self, loop: asyncio.AbstractEventLoop, m: tuple[object, ...]) -> None:
         if not self._batch:
-            loop.call_soon(self._flush)
+            self._timer = loop.call_later(FLUSH_AFTER, self._flush)
         self._batch.append(m)
+        if len(self._batch) == FLUSH_AT:
+            loop.call_soon(self._flush)
 
     def _running(self, loop: asyncio.AbstractEventLoop) -> bool:
         if self._child is None:
@@ -160,6 +170,9 @@ class _Transport:
         return True
 
     def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         batch, self._batch = self._batch, []
         c = self._child
         if c is None or not batch:
@@ -231,6 +244,9 @@ class _Transport:
 
     def _stop(self, c: Child, wait: float) -> int | None:
         self._child = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._out.clear()
         self._inbox.clear()
         self._batch.clear()
