@@ -135,8 +135,8 @@ def trial(site: Site, modes: Modes, which: str, rate: int, seconds: int) -> dict
     try:
         cpu0, t0 = modes.cpu_seconds("bng"), time.monotonic()
         busy0, fr0 = machine_busy_seconds(), process_cpu_seconds(modes.radius_pid)
-        r = _perfdhcp(site, rate, seconds, ["-R", str(rate * seconds * CLIENTS_FACTOR)],
-                      extra=("-x", "t"))
+        r, lost = _perfdhcp(site, rate, seconds, ["-R", str(rate * seconds * CLIENTS_FACTOR)],
+                            extra=("-x", "t"))
         cpu, wall = modes.cpu_seconds("bng") - cpu0, time.monotonic() - t0
         busy = machine_busy_seconds() - busy0
         fr_cpu = process_cpu_seconds(modes.radius_pid) - fr0
@@ -145,7 +145,7 @@ def trial(site: Site, modes: Modes, which: str, rate: int, seconds: int) -> dict
     report = perfdhcp_report(r)
     m = modes.last_metrics
     acks = max(report.request.received, 1)
-    return {"trial": Trial(rate, seconds, report, cpu_s=cpu, wall_s=wall),
+    return {"trial": Trial(rate, seconds, report, cpu_s=cpu, wall_s=wall, generator_lost=lost),
             "machine_cores_busy": busy / wall if wall else 0.0,
             "machine_cpu_us": busy * 1e6 / acks, "freeradius_cpu_us": fr_cpu * 1e6 / acks,
             "offer_ms": perfdhcp.timers(r.stdout).get("DISCOVER-OFFER", []),
@@ -168,7 +168,8 @@ def search(site: Site, modes: Modes, which: str, seconds: int, start: int,
         say(f"  {which:5} {rate:6}/s -> {tr.done:7.0f}/s done, drops {tr.drops:5.2f}% "
             f"{'ok' if tr.ok else 'too many'}, offer p99 {p99(t['offer_ms'])} ms, "
             f"agent {tr.cpu_us:4.0f} us CPU a session, machine {t['machine_cpu_us']:4.0f} us "
-            f"({t['machine_cores_busy']:.2f} CPUs busy), FreeRADIUS {t['freeradius_cpu_us']:3.0f} us")
+            f"({t['machine_cores_busy']:.2f} CPUs busy), FreeRADIUS {t['freeradius_cpu_us']:3.0f} us"
+            f"{f', perfdhcp lost {tr.generator_lost}' if tr.generator_lost else ''}")
         return t
 
     if fixed:
@@ -421,6 +422,8 @@ def result(rounds: list[dict[str, Any]], acct: dict[str, Any], asked: int, answe
             "agent_cpu_us_per_session": {
                 w: round(got[w]["trial"].cpu_us, 1) if got.get(w) else None
                 for w in ("plain", "auth")},
+            "perfdhcp_lost": {w: got[w]["trial"].generator_lost if got.get(w) else None
+                              for w in ("plain", "auth")},
         })
     ratios = [r["ratio"] for r in per_round if r["ratio"] is not None]
     overheads = [r["overhead_us"] for r in per_round if r["overhead_us"] is not None]
