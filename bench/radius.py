@@ -20,7 +20,8 @@ exchange is a new client: the MACs come from a range 50x the exchanges; bisected
 or a tenth), the two in
 alternating order. ``auth_ratio`` is the median over rounds of auth / plain.
 ``auth_overhead_us`` is what authorisation adds per session at those rates (1/auth - 1/plain).
-Each round's ``agent_cpu_us_per_session``: the agent's CPU (all threads, user and system) over
+Each round's ``agent_cpu_us_per_session``: the agent's CPU (all threads, user and system, and
+its processes': the lease writer, the RADIUS transport) over
 its best trial, per ACK; steadier than the rates on a noisy machine, it shows where the cost
 moved (FreeRADIUS's own CPU is not in it). The progress lines add the machine's CPU (all
 processes and the kernel, from /proc/stat) and FreeRADIUS's, per ACK, and how many CPUs were

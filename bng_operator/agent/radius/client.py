@@ -52,6 +52,8 @@ STOP_WAIT = 1.0  # seconds a closing client gives the transport to end
 # FreeRADIUS's from 48-51 to 33-38 (it gets its requests in bursts too), three trials each.
 FLUSH_AFTER = 0.002
 FLUSH_AT = 128
+WATCH_EVERY = 5.0  # seconds between checks that the transport still answers
+WATCH_GRACE = 10.0  # seconds it may be silent past the longest a request may take
 
 
 @dataclass
@@ -123,6 +125,9 @@ class _Transport:
         self._writing = False
         self._died = -RESTART_PAUSE  # monotonic
         self._timer: asyncio.TimerHandle | None = None  # the batch's flush
+        self._heard = 0.0  # monotonic: the transport's last frame, or the first request since
+        self._span = 0.0  # the longest a request asked for may take: timeout x tries
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def ask(self, s: Server, code: int, secret: bytes, attributes: list[tuple[str, object]],
             retries: int) -> asyncio.Future[Outcome]:
@@ -134,6 +139,9 @@ class _Transport:
             fut.set_result((rid, UNSENDABLE, "the RADIUS transport process failed; it is "
                             f"started again within {RESTART_PAUSE:g} s", [], 0.0, 0))
             return fut
+        if not self._waiting:
+            self._heard = time.monotonic()
+        self._span = max(self._span, s.timeout * (retries + 1))
         self._waiting[rid] = fut
         self._put(loop, (rid, s.key, s.address, s.port, code, secret, attributes, s.timeout,
                          retries))
@@ -167,7 +175,22 @@ class _Transport:
                                       [str(level).lower(), fmt], SOCKET_BUFFER)
             self._loop = loop
             loop.add_reader(self._child.sock.fileno(), self._readable, self._child)
+            self._watchdog = loop.call_later(WATCH_EVERY, self._watch, self._child)
         return True
+
+    def _watch(self, c: Child) -> None:
+        """With requests out, the transport ends one within the longest a request may take
+        (the oldest in flight times out by then): silent for longer, it is stuck, and is
+        replaced like one that died."""
+        if c is not self._child:
+            return
+        silent = time.monotonic() - self._heard
+        if self._waiting and silent > self._span + WATCH_GRACE:
+            self._lost(c, f"it answered nothing for {silent:.0f} s with {len(self._waiting)} "
+                          "requests out")
+            return
+        assert self._loop is not None
+        self._watchdog = self._loop.call_later(WATCH_EVERY, self._watch, c)
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -220,6 +243,7 @@ class _Transport:
                 self._lost(c, "it exited")
                 return
             self._inbox += data
+            self._heard = time.monotonic()
         inbox = self._inbox
         while len(inbox) >= FRAME.size:
             (n,) = FRAME.unpack_from(inbox)
@@ -244,9 +268,10 @@ class _Transport:
 
     def _stop(self, c: Child, wait: float) -> int | None:
         self._child = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for t in (self._timer, self._watchdog):
+            if t is not None:
+                t.cancel()
+        self._timer = self._watchdog = None
         self._out.clear()
         self._inbox.clear()
         self._batch.clear()

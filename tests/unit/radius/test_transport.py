@@ -11,8 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from pyrad.packet import AccessAccept
 
+from bng_operator.agent.radius import client
 from bng_operator.agent.radius.client import RadiusClient
 from bng_operator.agent.radius.transport import (
     FRAME,
@@ -158,5 +160,39 @@ def test_a_dead_transport_fails_its_requests_at_once_and_is_started_again(
         assert c._transport._child is not None and c._transport._child.proc.pid != child.proc.pid
         c.close()
         assert c._transport._child is None and child.proc.poll() is not None
+
+    asyncio.run(run())
+
+
+def test_a_stuck_transport_is_replaced_and_its_requests_fail(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "WATCH_EVERY", 0.1)
+    monkeypatch.setattr(client, "WATCH_GRACE", 0.5)
+
+    async def run() -> None:
+        srv = await serve(lambda req: None)
+        c = RadiusClient(AgentMetrics())
+        s = c.server("127.0.0.1", srv.port, timeout=0.3, retries=0, dead_after=10,
+                     dead_time=60)
+
+        def ask() -> asyncio.Task[object]:
+            return asyncio.get_running_loop().create_task(c.access_request(
+                [(s, SECRET)], lambda nas_ip: [("User-Name", "u"), ("NAS-IP-Address", nas_ip)]))
+
+        first = ask()
+        t0 = time.monotonic()
+        while not srv.asked:
+            assert time.monotonic() - t0 < WAIT
+            await asyncio.sleep(0.02)
+        stuck = c._transport._child
+        assert stuck is not None
+        os.kill(stuck.proc.pid, signal.SIGSTOP)  # alive, answering nothing
+        t0 = time.monotonic()
+        answers = await asyncio.wait_for(asyncio.gather(first, ask()), WAIT)
+        assert time.monotonic() - t0 >= 0.3  # not before the request's own time was up
+        assert [a.reply for a in answers] == [None, None]  # type: ignore[attr-defined]
+        assert "answered nothing" in s.last_error
+        assert stuck.proc.wait(WAIT) is not None  # killed, stopped as it was
+        c.close()
 
     asyncio.run(run())
