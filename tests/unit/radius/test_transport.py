@@ -9,13 +9,14 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import pytest
 from pyrad.packet import AccessAccept
 
+from bng_operator.agent.child import Child
 from bng_operator.agent.radius import client
-from bng_operator.agent.radius.client import RadiusClient
+from bng_operator.agent.radius.client import Answer, RadiusClient, Server
 from bng_operator.agent.radius.transport import (
     FRAME,
     NO_REPLY,
@@ -24,7 +25,7 @@ from bng_operator.agent.radius.transport import (
 )
 from bng_operator.agent.radius.wire import ACCESS_REQUEST, RANDOM_POOL, RandomBytes
 from bng_operator.metrics import AgentMetrics
-from tests.unit.radius.test_authoriser import SECRET, serve
+from tests.unit.radius.test_authoriser import SECRET, FakeServer, serve
 
 WAIT = 3.0  # seconds a test waits for what should take well under one
 
@@ -129,37 +130,53 @@ def test_a_request_that_cannot_be_encoded_is_said_and_not_sent() -> None:
     t.join(WAIT)
 
 
-def test_a_dead_transport_fails_its_requests_at_once_and_is_started_again(
-        tmp_path: Path) -> None:
-    async def run() -> None:
-        awake = [False]
-        srv = await serve(lambda req: (AccessAccept, {}) if awake[0] else None)
+@dataclass
+class _Asking:
+    """A client of one server, asking it; the first request out, seen by the server."""
+
+    client: RadiusClient
+    server: Server
+    first: asyncio.Task[Answer] = field(init=False)
+    transport: Child = field(init=False)
+
+    @classmethod
+    async def start(cls, srv: FakeServer, timeout: float) -> _Asking:
         c = RadiusClient(AgentMetrics())
-        s = c.server("127.0.0.1", srv.port, timeout=10, retries=0, dead_after=3,
+        s = c.server("127.0.0.1", srv.port, timeout=timeout, retries=0, dead_after=10,
                      dead_time=60)
-
-        def ask() -> asyncio.Task[object]:
-            return asyncio.get_running_loop().create_task(c.access_request(
-                [(s, SECRET)], lambda nas_ip: [("User-Name", "u"), ("NAS-IP-Address", nas_ip)]))
-
-        waiting = ask()
+        a = cls(c, s)
+        a.first = a.ask()
         t0 = time.monotonic()
         while not srv.asked:
             assert time.monotonic() - t0 < WAIT
             await asyncio.sleep(0.02)
-        child = c._transport._child
-        assert child is not None
-        os.kill(child.proc.pid, signal.SIGKILL)
-        answer = await asyncio.wait_for(waiting, WAIT)  # not its 10 s timeout
-        assert answer.reply is None  # type: ignore[attr-defined]
-        assert "transport" in s.last_error
+        assert c._transport._child is not None
+        a.transport = c._transport._child
+        return a
+
+    def ask(self) -> asyncio.Task[Answer]:
+        return asyncio.get_running_loop().create_task(self.client.access_request(
+            [(self.server, SECRET)],
+            lambda nas_ip: [("User-Name", "u"), ("NAS-IP-Address", nas_ip)]))
+
+
+def test_a_dead_transport_fails_its_requests_at_once_and_is_started_again() -> None:
+    async def run() -> None:
+        awake = [False]
+        srv = await serve(lambda req: (AccessAccept, {}) if awake[0] else None)
+        a = await _Asking.start(srv, timeout=10)
+        os.kill(a.transport.proc.pid, signal.SIGKILL)
+        answer = await asyncio.wait_for(a.first, WAIT)  # not its 10 s timeout
+        assert answer.reply is None
+        assert "transport" in a.server.last_error
         await asyncio.sleep(1.1)  # the pause before it is started again
         awake[0] = True
-        again = await asyncio.wait_for(ask(), WAIT)
-        assert again.accepted  # type: ignore[attr-defined]
-        assert c._transport._child is not None and c._transport._child.proc.pid != child.proc.pid
-        c.close()
-        assert c._transport._child is None and child.proc.poll() is not None
+        again = await asyncio.wait_for(a.ask(), WAIT)
+        assert again.accepted
+        now = a.client._transport._child
+        assert now is not None and now.proc.pid != a.transport.proc.pid
+        a.client.close()
+        assert a.client._transport._child is None and now.proc.poll() is not None
 
     asyncio.run(run())
 
@@ -171,28 +188,14 @@ def test_a_stuck_transport_is_replaced_and_its_requests_fail(
 
     async def run() -> None:
         srv = await serve(lambda req: None)
-        c = RadiusClient(AgentMetrics())
-        s = c.server("127.0.0.1", srv.port, timeout=0.3, retries=0, dead_after=10,
-                     dead_time=60)
-
-        def ask() -> asyncio.Task[object]:
-            return asyncio.get_running_loop().create_task(c.access_request(
-                [(s, SECRET)], lambda nas_ip: [("User-Name", "u"), ("NAS-IP-Address", nas_ip)]))
-
-        first = ask()
+        a = await _Asking.start(srv, timeout=0.3)
+        os.kill(a.transport.proc.pid, signal.SIGSTOP)  # alive, answering nothing
         t0 = time.monotonic()
-        while not srv.asked:
-            assert time.monotonic() - t0 < WAIT
-            await asyncio.sleep(0.02)
-        stuck = c._transport._child
-        assert stuck is not None
-        os.kill(stuck.proc.pid, signal.SIGSTOP)  # alive, answering nothing
-        t0 = time.monotonic()
-        answers = await asyncio.wait_for(asyncio.gather(first, ask()), WAIT)
+        answers = await asyncio.wait_for(asyncio.gather(a.first, a.ask()), WAIT)
         assert time.monotonic() - t0 >= 0.3  # not before the request's own time was up
-        assert [a.reply for a in answers] == [None, None]  # type: ignore[attr-defined]
-        assert "answered nothing" in s.last_error
-        assert stuck.proc.wait(WAIT) is not None  # killed, stopped as it was
-        c.close()
+        assert [x.reply for x in answers] == [None, None]
+        assert "answered nothing" in a.server.last_error
+        assert a.transport.proc.wait(WAIT) is not None  # killed, stopped as it was
+        a.client.close()
 
     asyncio.run(run())
