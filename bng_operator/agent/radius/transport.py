@@ -30,7 +30,6 @@ import heapq
 import itertools
 import logging
 import marshal
-import os
 import selectors
 import socket
 import struct
@@ -63,11 +62,6 @@ RADIUS_MAX = 4096  # RFC 2865 §3: the largest packet
 SOCKET_BUFFER = 4 << 20  # bytes the socket pair holds each way
 READ_SIZE = 1 << 18  # bytes read from the agent at a time (recv allocates this much)
 NO_REPLY, UNSENDABLE, UNENCODABLE = 0, -1, -2  # outcome codes that are not a reply's
-# The transport yields the CPU to the agent's event loop when both want it: the loop is what
-# bounds new sessions, and on 2 CPUs it waited, runnable, 17% of the time at the auth side's
-# peak. Three pairs of trials at 4,500/s offered: 3,948, 3,919, 4,076 served against 3,865,
-# 3,862, 3,817 at the loop's priority.
-NICE = 5
 
 Outcome = tuple[int, int, object, list[str], float, int]
 Request = tuple[int, str, str, int, int, bytes, list[tuple[str, object]], float, int]
@@ -345,7 +339,6 @@ def main(argv: list[str]) -> int:
     fd, agent = int(argv[0]), int(argv[1])
     if not child.die_with(agent):
         return 0
-    os.nice(NICE)
     logs.setup(argv[2], argv[3])
     try:
         Transport(socket.socket(fileno=fd)).run()
