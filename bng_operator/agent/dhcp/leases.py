@@ -12,14 +12,11 @@ import asyncio
 import contextlib
 import logging
 import marshal
-import socket
-import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bng_operator import logs
-from bng_operator.agent import syscalls
 from bng_operator.agent.child import Child
 from bng_operator.agent.dhcp.lease_writer import (
     FRAME,
@@ -91,8 +88,7 @@ class LeaseStore:
         self._flush_due = False
         self._seq = 0
         self._flying: dict[int, _Batch] = {}  # sent, not answered yet, by number
-        self._out = bytearray()  # frames not yet taken by the socket
-        self._writer: _WriterProcess | None = None
+        self._writer: Child | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one its commits run on
         self._closed = False
 
@@ -171,66 +167,26 @@ class LeaseStore:
         logs.flush()
         self._seq += 1
         self._flying[self._seq] = _Batch(fut, time.monotonic())
-        self._out += FRAME.pack(len(body), self._seq)
-        self._out += body
-        self._send(w)
+        w.send(FRAME.pack(len(body), self._seq) + body)
 
-    def _send(self, w: _WriterProcess) -> None:
-        """Hand the socket what it takes now; the rest when it is writable again."""
-        while self._out:
-            try:
-                n = syscalls.send(w.sock.fileno(), bytes(self._out[:SOCKET_BUFFER]))
-            except BlockingIOError:
-                break
-            except (BrokenPipeError, ConnectionResetError):
-                self._lost(w, "it exited")
-                return
-            except OSError as e:
-                self._lost(w, f"sending to it failed: {e}")
-                return
-            del self._out[:n]
-        loop = w.loop
-        if self._out and not w.writing:
-            w.writing = True
-            loop.add_writer(w.sock.fileno(), self._send, w)
-        elif not self._out and w.writing:
-            w.writing = False
-            loop.remove_writer(w.sock.fileno())
-
-    def _writer_running(self) -> _WriterProcess:
+    def _writer_running(self) -> Child:
         loop = asyncio.get_running_loop()
         if self._writer is None:
-            self._writer = _WriterProcess.start(self.path, loop)
-            loop.add_reader(self._writer.sock.fileno(), self._answers, self._writer)
+            w = Child.start("lease writer", "bng_operator.agent.dhcp.lease_writer",
+                            [str(self.path)], SOCKET_BUFFER)
+            w.attach(loop, lambda: self._answers(w), lambda why: self._lost(w, why))
+            self._writer = w
         return self._writer
 
-    def _answers(self, w: _WriterProcess) -> None:
-        """Read the writer's answers: each completes the commits of every batch up to the
+    def _answers(self, w: Child) -> None:
+        """Take the writer's answers: each completes the commits of every batch up to the
         one it names."""
-        try:
-            data = w.receiver.receive(w.sock.fileno())
-        except ConnectionResetError:  # it died with a batch unread
-            data = b""
-        except OSError as e:
-            self._lost(w, f"reading from it failed: {e}")
-            return
-        if data is None:
-            return
-        if not data:
-            self._lost(w, "it exited")
-            return
-        w.inbox += data
-        while len(w.inbox) >= REPLY.size:
-            last, n = REPLY.unpack_from(w.inbox)
-            if len(w.inbox) < REPLY.size + n:
-                break
-            why = bytes(w.inbox[REPLY.size:REPLY.size + n]).decode(errors="replace")
-            del w.inbox[:REPLY.size + n]
-            err = LeaseStoreError(why) if why else None
+        for (last, _), why in w.frames(REPLY, 1):
+            err = LeaseStoreError(why.decode(errors="replace")) if why else None
             while self._flying and next(iter(self._flying)) <= last:
                 _resolve(self._flying.pop(next(iter(self._flying))).fut, err)
 
-    def _lost(self, w: _WriterProcess, why: str) -> None:
+    def _lost(self, w: Child, why: str) -> None:
         """The writer is gone: the batches it had fail (their ACKs are never sent), and the
         next commit starts another."""
         code = self._stop(w, 0.0)
@@ -257,13 +213,10 @@ class LeaseStore:
             with contextlib.suppress(RuntimeError):  # of a loop that is closed
                 _resolve(gathered, err)
 
-    def _stop(self, w: _WriterProcess, wait: float) -> int | None:
-        """Stop watching writer ``w`` and stop it (the frames not sent to it go); its exit
-        code."""
+    def _stop(self, w: Child, wait: float) -> int | None:
+        """Stop writer ``w`` (the frames not sent to it go); its exit code."""
         if self._writer is w:
             self._writer = None
-        self._out.clear()
-        self._detach(w)
         return w.stop(wait)
 
     def _fail_flying(self, err: LeaseStoreError) -> None:
@@ -272,46 +225,11 @@ class LeaseStore:
             with contextlib.suppress(RuntimeError):  # of a loop that is closed
                 _resolve(b.fut, err)
 
-    @staticmethod
-    def _detach(w: _WriterProcess) -> None:
-        """Stop watching the writer's socket (on its loop, if that still runs)."""
-        if not w.loop.is_closed():
-            w.loop.remove_reader(w.sock.fileno())
-            if w.writing:
-                w.loop.remove_writer(w.sock.fileno())
-
 
 @dataclass(slots=True)
 class _Batch:
     fut: asyncio.Future[None]
     sent: float  # monotonic
-
-
-@dataclass
-class _WriterProcess:
-    """The writer's process and the agent's end of its socket."""
-
-    child: Child
-    loop: asyncio.AbstractEventLoop  # the one that watches the socket
-    receiver: syscalls.Receiver = field(default_factory=lambda: syscalls.Receiver(1 << 16))
-    inbox: bytearray = field(default_factory=bytearray)
-    writing: bool = False  # waiting for the socket to take more
-
-    @classmethod
-    def start(cls, path: Path, loop: asyncio.AbstractEventLoop) -> _WriterProcess:
-        return cls(Child.start("lease writer", "bng_operator.agent.dhcp.lease_writer",
-                               [str(path)], SOCKET_BUFFER), loop)
-
-    @property
-    def proc(self) -> subprocess.Popen[bytes]:
-        return self.child.proc
-
-    @property
-    def sock(self) -> socket.socket:
-        return self.child.sock
-
-    def stop(self, wait: float) -> int | None:
-        return self.child.stop(wait)
 
 
 def _resolve(fut: asyncio.Future[None], err: BaseException | None) -> None:

@@ -27,7 +27,6 @@ from pyrad.dictionary import Dictionary
 from pyrad.packet import AccessAccept
 
 from bng_operator import logs
-from bng_operator.agent import syscalls
 from bng_operator.agent.child import Child
 from bng_operator.agent.radius.transport import (
     DICTIONARY,
@@ -118,11 +117,7 @@ class _Transport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[int, asyncio.Future[Outcome]] = {}
         self._batch: list[tuple[object, ...]] = []
-        self._out = bytearray()
-        self._inbox = bytearray()
-        self._receiver = syscalls.Receiver(1 << 16)
         self._rids = itertools.count(1)
-        self._writing = False
         self._died = -RESTART_PAUSE  # monotonic
         self._timer: asyncio.TimerHandle | None = None  # the batch's flush
         self._heard = 0.0  # monotonic: the transport's last frame, or the first request since
@@ -171,11 +166,11 @@ class _Transport:
             level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
             fmt = "json" if any(isinstance(h.formatter, logs.JSONFormatter)
                                 for h in logging.getLogger().handlers) else "text"
-            self._child = Child.start("RADIUS transport", "bng_operator.agent.radius.transport",
-                                      [str(level).lower(), fmt], SOCKET_BUFFER)
-            self._loop = loop
-            loop.add_reader(self._child.sock.fileno(), self._readable, self._child)
-            self._watchdog = loop.call_later(WATCH_EVERY, self._watch, self._child)
+            c = Child.start("RADIUS transport", "bng_operator.agent.radius.transport",
+                            [str(level).lower(), fmt], SOCKET_BUFFER)
+            c.attach(loop, lambda: self._outcomes(c), lambda why: self._lost(c, why))
+            self._child, self._loop = c, loop
+            self._watchdog = loop.call_later(WATCH_EVERY, self._watch, c)
         return True
 
     def _watch(self, c: Child) -> None:
@@ -208,50 +203,12 @@ class _Transport:
                     pairs = cast(Request, m)[6]
                     batch[i] = (*m[:6], [(k, _plain(v)) for k, v in pairs], *m[7:])
             body = marshal.dumps(batch)
-        self._out += FRAME.pack(len(body))
-        self._out += body
-        self._send(c)
+        c.send(FRAME.pack(len(body)) + body)
 
-    def _send(self, c: Child) -> None:
-        while self._out:
-            try:
-                n = syscalls.send(c.sock.fileno(), bytes(self._out[:SOCKET_BUFFER]))
-            except BlockingIOError:
-                break
-            except OSError as e:
-                self._lost(c, f"sending to it failed: {e}")
-                return
-            del self._out[:n]
-        assert self._loop is not None
-        if self._out and not self._writing:
-            self._writing = True
-            self._loop.add_writer(c.sock.fileno(), self._send, c)
-        elif not self._out and self._writing:
-            self._writing = False
-            self._loop.remove_writer(c.sock.fileno())
-
-    def _readable(self, c: Child) -> None:
-        while True:
-            try:
-                data = self._receiver.receive(c.sock.fileno())
-            except OSError as e:
-                self._lost(c, f"reading from it failed: {e}")
-                return
-            if data is None:
-                break
-            if not data:
-                self._lost(c, "it exited")
-                return
-            self._inbox += data
-            self._heard = time.monotonic()
-        inbox = self._inbox
-        while len(inbox) >= FRAME.size:
-            (n,) = FRAME.unpack_from(inbox)
-            if len(inbox) < FRAME.size + n:
-                break
-            outcomes = marshal.loads(bytes(inbox[FRAME.size:FRAME.size + n]))
-            del inbox[:FRAME.size + n]
-            for o in outcomes:
+    def _outcomes(self, c: Child) -> None:
+        self._heard = time.monotonic()
+        for _, body in c.frames(FRAME, 0):
+            for o in marshal.loads(body):
                 if o[0] == "invalid":
                     self._invalid(o[1])
                     continue
@@ -272,15 +229,7 @@ class _Transport:
             if t is not None:
                 t.cancel()
         self._timer = self._watchdog = None
-        self._out.clear()
-        self._inbox.clear()
         self._batch.clear()
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(c.sock.fileno())
-            if self._writing:
-                loop.remove_writer(c.sock.fileno())
-        self._writing = False
         return c.stop(wait)
 
     def _fail(self, why: str) -> None:

@@ -8,8 +8,11 @@ import io
 import logging
 from pathlib import Path
 
+import pytest
+
 from bng_lab.dhcp_env import bound_lease
 from bng_operator import logs
+from bng_operator.agent.child import Child
 from bng_operator.agent.dhcp.lease_writer import LEASE_COLUMNS, LeaseWriter, open_db
 from bng_operator.agent.dhcp.leases import Decline, Lease, LeaseStore, _row
 
@@ -86,7 +89,7 @@ def test_a_mixed_batch_is_applied_in_order(tmp_path: Path) -> None:
 
 
 def test_the_log_lines_of_a_turn_are_written_before_its_batch_goes_to_the_writer(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An audit line gathered on the loop (logs.LineHandler) is written before the batch
     that holds its lease is handed to the writer, which finishes it even if the agent dies."""
     err = io.StringIO()
@@ -95,13 +98,13 @@ def test_the_log_lines_of_a_turn_are_written_before_its_batch_goes_to_the_writer
     root.handlers[:] = [logs.LineHandler(err)]
     store = LeaseStore(tmp_path / "l.sqlite")
     written_at_send: list[str] = []
-    send = store._send
+    send = Child.send
 
-    def spy(w: object) -> None:
+    def spy(c: Child, data: bytes | bytearray) -> None:
         written_at_send.append(err.getvalue())
-        send(w)  # type: ignore[arg-type]
+        send(c, data)
 
-    store._send = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(Child, "send", spy)
 
     async def run() -> None:
         store.put(bound_lease())
