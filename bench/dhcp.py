@@ -65,6 +65,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -132,6 +133,13 @@ def kea_config(workdir: Path, name: str = "single-threaded") -> dict[str, object
     }}
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent not idle so far, all CPUs (/proc/stat: user to
+    softirq; not idle, iowait, nor steal, the time the hypervisor ran others)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:7]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu_seconds(pid: int) -> float:
     """A process's CPU so far: user and system, all its threads, and its children's (bng's
     lease writer is a process of the agent's), from /proc."""
@@ -159,11 +167,26 @@ class Trial:
     cores_allowed: int = 0  # the CPUs the server may run on
     timers: dict[str, list[float]] = field(default_factory=dict)  # with -x t: delays in ms
     generator_lost: int = 0  # replies perfdhcp's socket dropped (its buffer full)
+    machine_s: float = 0.0  # the whole machine's busy CPU in the run (server, perfdhcp, kernel)
 
     @property
     def cores_used(self) -> float:
         """The CPUs the server kept busy on average while perfdhcp ran."""
         return self.cpu_s / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def others_cores(self) -> float:
+        """The CPUs kept busy by all but the server (perfdhcp, the kernel's network work
+        outside the server's threads, anything else) while perfdhcp ran."""
+        return max(0.0, self.machine_s - self.cpu_s) / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def budget_us(self) -> float:
+        """The CPU a DORA that this machine leaves a server at this trial's rate: its CPUs
+        less what the others kept busy, over the DORAs done (us)."""
+        if not self.done:
+            return 0.0
+        return max(0.0, (os.cpu_count() or 1) - self.others_cores) * 1e6 / self.done
 
     @property
     def cpu_us(self) -> float:
@@ -373,17 +396,18 @@ def trial(site: Site, servers: Servers, which: str, rate: int, seconds: int,
             clients = ["-M", str(macs)]
             _perfdhcp(site, 1000, KNOWN_CLIENTS * 7 // 1000 + 1, clients)
         before = servers.fast_counters(which)
-        cpu0, t0 = servers.cpu_seconds(which), time.monotonic()
+        cpu0, busy0, t0 = servers.cpu_seconds(which), machine_busy_seconds(), time.monotonic()
         r, lost = _perfdhcp(site, rate, seconds, clients,
                             ("-x", "t") if timed_exchanges else ())
         wall = time.monotonic() - t0
         cpu = servers.cpu_seconds(which) - cpu0
+        busy = machine_busy_seconds() - busy0
         by_path = {}
         if macs is not None and which == "bng":
             by_path = replies_by_path(before, servers.fast_counters(which))
         return Trial(rate, seconds, perfdhcp_report(r), by_path, cpu, wall,
                      servers.cores_allowed(which),
-                     perfdhcp.timers(r.stdout) if timed_exchanges else {}, lost)
+                     perfdhcp.timers(r.stdout) if timed_exchanges else {}, lost, busy)
     finally:
         servers.stop(which)
 
@@ -575,6 +599,101 @@ def profile(site: Site, servers: Servers, rate: int, seconds: int, macs: Path | 
           + f", together {sum(per.values()):.1f}\n{text}", file=sys.stderr)
 
 
+FLOOR_CLIENTS = 4000
+
+
+def slow_path_floor_us(config_text: str, n: int = FLOOR_CLIENTS) -> dict[str, float]:
+    """What bng's slow path costs a new client's DISCOVER in Python, in process (us of CPU
+    each; the collector off): ``parse`` (the frame and the message), ``decide`` (the state
+    machine with ``config_text``: classification, allocation, the offer, committed at offer
+    when the config says so), ``reply`` (encoding the OFFER and its frame), ``bind`` (with
+    commitAtOffer: the session bound once XDP has ACKed, as the refresh log makes the agent
+    do), ``store`` (the lease writer's SQLite rows in batches of 32, each fsync'd). No socket, no feature, no
+    event loop: a floor under the real cost, not an estimate of it."""
+    import gc
+    import marshal
+
+    from bng_lab.messages import request
+    from bng_operator.agent.config import node_config
+    from bng_operator.agent.dhcp.codec import MessageType, decode, encode
+    from bng_operator.agent.dhcp.lease_writer import LeaseWriter, open_db
+    from bng_operator.agent.dhcp.leases import Decline, Lease, _row
+    from bng_operator.agent.dhcp.server import Context, DhcpServer
+    from bng_operator.agent.dhcp.transport import build_frame, parse_frame, reply_destination
+    from bng_operator.api import BNGNode
+    from bng_operator.api.documents import load, yaml_files
+    from bng_operator.policy.render import render_node
+
+    class Rows:  # what LeaseStore.put queues, without the writer
+        def __init__(self) -> None:
+            self.rows: list[tuple[str, object]] = []
+
+        def put(self, lease: Lease) -> None:
+            self.rows.append(("put", _row(lease)))
+
+        def delete(self, address: int) -> None:
+            self.rows.append(("delete", address))
+
+        def put_decline(self, d: Decline) -> None:
+            pass
+
+        def delete_decline(self, address: int) -> None:
+            pass
+
+    with tempfile.TemporaryDirectory(prefix="bng-floor-") as tmp:
+        (Path(tmp) / "bench.yaml").write_text(config_text)
+        objects, errors = load(yaml_files([Path(tmp)]))
+        assert not errors, errors
+        node = next(o for o in objects if isinstance(o, BNGNode))
+        store = Rows()
+        server = DhcpServer(node_config(render_node(node, objects)), store)
+        ctx = Context("access0", (IPv4Address(GATEWAY),))
+        mac = bytes.fromhex("020000000001")
+        frames = []
+        for i in range(n):
+            m = request(MessageType.DISCOVER, f"02:00:{i >> 24 & 255:02x}:{i >> 16 & 255:02x}:"
+                        f"{i >> 8 & 255:02x}:{i & 255:02x}", xid=i, giaddr=RELAY,
+                        prl=bytes([1, 3, 6, 15, 51, 54]))
+            frames.append(build_frame(mac, mac, b"", IPv4Address(RELAY), IPv4Address(GATEWAY),
+                                      67, encode(m, list(m.options)), src_port=67))
+        gc.collect()
+        gc.disable()
+        try:
+            t = time.process_time()
+            parsed = [(f, decode(f.payload)) for f in map(parse_frame, frames)]
+            t_parse = time.process_time() - t
+            t = time.process_time()
+            outs = [server.handle(msg, ctx) for _, msg in parsed]
+            t_decide = time.process_time() - t
+            t = time.process_time()
+            for (f, msg), o in zip(parsed, outs, strict=True):
+                assert o.reply is not None, o.drop
+                dst_mac, dst_ip, dst_port = reply_destination(msg, o.reply, f)
+                build_frame(dst_mac, mac, f.tags, o.server_id, dst_ip, dst_port,
+                            encode(o.reply, o.reply_order))
+            t_reply = time.process_time() - t
+            t = time.process_time()
+            if server.config.commit_at_offer:  # the ACK is XDP's; the session is bound here
+                until = time.time() + 3600
+                for o in outs:
+                    assert o.reply is not None
+                    server.extend(int(o.reply.yiaddr), until)
+            t_bind = time.process_time() - t
+            writer = LeaseWriter(open_db(Path(tmp) / "leases.sqlite"))
+            batches = [marshal.dumps(store.rows[i:i + 32]) for i in range(0, len(store.rows), 32)]
+            t = time.process_time()
+            for b in batches:  # as the writer process gets them: marshalled frames
+                writer.write(marshal.loads(b))
+            t_store = time.process_time() - t
+        finally:
+            gc.enable()
+    per = {"parse": t_parse, "decide": t_decide, "reply": t_reply, "bind": t_bind,
+           "store": t_store}
+    out = {k: round(v * 1e6 / n, 1) for k, v in per.items()}
+    out["total"] = round(sum(per.values()) * 1e6 / n, 1)
+    return out
+
+
 def relay_site(workdir: Path, configs: dict[str, str]) -> Site:
     """A site with one subscriber namespace, where perfdhcp plays a relay, and a bng
     namespace for the server. ``configs``: directory name (under ``workdir``) -> its
@@ -689,8 +808,14 @@ def main() -> int:
         # What each server ran on in its best trial: the CPUs it may use and the CPUs' worth
         # it kept busy (perfdhcp, on the same machine, takes most of one).
         "bng_cores": round(bng.cores_used, 2) if bng else None,
-        "cores": {n: {"allowed": t.cores_allowed, "used": round(t.cores_used, 2)}
+        "cores": {n: {"allowed": t.cores_allowed, "used": round(t.cores_used, 2),
+                      "others": round(t.others_cores, 2)}
                   for n, t in (("bng", bng), ("peer", kea)) if t},
+        # The CPU a DORA the machine leaves a server at Kea's best rate (its CPUs less what
+        # perfdhcp and the rest kept busy then), against bng's floor: the Python a new
+        # client's DISCOVER costs in process alone (slow_path_floor_us).
+        "budget_us_per_dora_at_peer_rate": round(kea.budget_us, 1) if kea else None,
+        "bng_floor_us": slow_path_floor_us(COMMITTING_POOL if commit_at_offer else POOL),
         # bng had no drops at the top rate and perfdhcp sent less than was asked of it.
         "generator_limited": generator_limited(bng_trials),
         "bng_replies_by_path": bng.by_path if bng else None,

@@ -61,6 +61,7 @@ from bench.dhcp import (
     Servers,
     Trial,
     _perfdhcp,
+    machine_busy_seconds,
     perfdhcp_report,
     process_cpu_seconds,
     relay_site,
@@ -122,13 +123,6 @@ def p99(values: list[float]) -> float | None:
 
 def _kept(values: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in values.items() if k.startswith(prefix))
-
-
-def machine_busy_seconds() -> float:
-    """CPU time the whole machine spent not idle so far, all CPUs (/proc/stat: user to
-    softirq; not idle, iowait, nor steal, the time the hypervisor ran others)."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks[:7]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def trial(site: Site, modes: Modes, which: str, rate: int, seconds: int) -> dict[str, Any]:
