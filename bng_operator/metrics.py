@@ -40,6 +40,13 @@ class AgentMetrics:
             "Requests whose option 82 came from an untrusted place and was ignored.", registry=r)
         self.lease_commits = Counter(
             "bng_lease_store_commits_total", "fsync'd commits of the lease store.", registry=r)
+        self.lease_commit_duration = Histogram(
+            "bng_lease_store_commit_duration_seconds",
+            "Time from a batch of lease writes going to the lease writer until its answer is "
+            "read: the transaction and its fsync, the wait behind the batch before it, and the "
+            "event loop's delay in reading.", registry=r,
+            buckets=(0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                     5.0))
         self.lease_commit_failures = Counter(
             "bng_lease_store_commit_failures_total",
             "Lease store commits that failed after their retries (their replies were not sent).",

@@ -163,6 +163,7 @@ class Agent:
         m.config_loaded.set(1)
         path = st.state_dir / f"leases-{st.node}.sqlite"
         store = self.store = LeaseStore(path)
+        store.timed = m.lease_commit_duration.observe
         server = self.server = DhcpServer(self.config, store)
         m.watch_leases(server.pool_usage, lambda: len(server.by_address))
         m.watch_ready(h.ready)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import marshal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,8 @@ class LeaseStore:
         self._seq = 0
         self._flying: dict[int, _Batch] = {}  # sent, not answered yet, by number
         self._writer: Child | None = None
+        # Told each answered batch's time at the writer (seconds): the agent's metric.
+        self.timed: Callable[[float], None] = lambda seconds: None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one its commits run on
         self._closed = False
 
@@ -183,8 +186,11 @@ class LeaseStore:
         one it names."""
         for (last, _), why in w.frames(REPLY, 1):
             err = LeaseStoreError(why.decode(errors="replace")) if why else None
+            now = time.monotonic()
             while self._flying and next(iter(self._flying)) <= last:
-                _resolve(self._flying.pop(next(iter(self._flying))).fut, err)
+                b = self._flying.pop(next(iter(self._flying)))
+                self.timed(now - b.sent)
+                _resolve(b.fut, err)
 
     def _lost(self, w: Child, why: str) -> None:
         """The writer is gone: the batches it had fail (their ACKs are never sent), and the

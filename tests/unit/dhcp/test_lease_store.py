@@ -118,3 +118,19 @@ def test_the_log_lines_of_a_turn_are_written_before_its_batch_goes_to_the_writer
         root.handlers[:] = handlers
         store.close()
     assert written_at_send == ["allocate 100.64.0.20\n"]
+
+
+def test_each_answered_batch_is_timed(tmp_path: Path) -> None:
+    """bng_lease_store_commit_duration_seconds: one observation a batch the writer answered."""
+    store = LeaseStore(tmp_path / "l.sqlite")
+    times: list[float] = []
+    store.timed = times.append
+
+    async def run() -> None:
+        for i in range(2):
+            store.put(bound_lease(address=BASE + i, identity=f"mac:{i}"))
+            await asyncio.wait_for(store.commit(), 10)
+
+    asyncio.run(run())
+    store.close()
+    assert len(times) == 2 and all(0 < t < 10 for t in times)
