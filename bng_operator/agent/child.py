@@ -101,26 +101,30 @@ class Child:
             self.loop.remove_writer(self.sock.fileno())
 
     def _readable(self) -> None:
-        got = False
+        """Read what waits; what came before the helper's end goes to ``on_data`` before
+        ``on_lost`` hears of the end (answers it gave before it died are answers)."""
+        got, lost = False, None
         while True:
             try:
                 data = self._receiver.receive(self.sock.fileno())
             except ConnectionResetError:  # it died with a frame of ours unread
                 data = b""
             except OSError as e:
-                self._on_lost(f"reading from it failed: {e}")
-                return
+                lost = f"reading from it failed: {e}"
+                break
             if data is None:
                 break
             if not data:
-                self._on_lost("it exited")
-                return
+                lost = "it exited"
+                break
             self.inbox += data
             got = True
             if len(data) < self._receiver.size:  # a stream socket: that was all it had
                 break
         if got:
             self._on_data()
+        if lost is not None and self.sock.fileno() != -1:  # not stopped by on_data
+            self._on_lost(lost)
 
     def frames(self, header: struct.Struct, length_at: int) -> Iterator[tuple[tuple[int, ...],
                                                                              bytes]]:

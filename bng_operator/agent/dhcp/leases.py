@@ -189,8 +189,8 @@ class LeaseStore:
             now = time.monotonic()
             while self._flying and next(iter(self._flying)) <= last:
                 b = self._flying.pop(next(iter(self._flying)))
-                self.timed(now - b.sent)
                 _resolve(b.fut, err)
+                self.timed(now - b.sent)
 
     def _lost(self, w: Child, why: str) -> None:
         """The writer is gone: the batches it had fail (their ACKs are never sent), and the

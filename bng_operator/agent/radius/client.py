@@ -160,6 +160,11 @@ class _Transport:
             loop.call_soon(self._flush)
 
     def _running(self, loop: asyncio.AbstractEventLoop) -> bool:
+        if self._child is not None and self._loop is not loop:
+            # watched by a loop that ended (tests run one loop after another; the agent,
+            # one): nothing would read its answers
+            self._stop(self._child, 0.0)
+            self._fail("the event loop the RADIUS client ran on ended")
         if self._child is None:
             if time.monotonic() - self._died < RESTART_PAUSE:
                 return False

@@ -199,3 +199,26 @@ def test_a_stuck_transport_is_replaced_and_its_requests_fail(
         a.client.close()
 
     asyncio.run(run())
+
+
+def test_a_client_used_from_another_loop_starts_a_transport_of_its_own() -> None:
+    # Found by review: the transport started under the first loop stayed attached to it,
+    # and a request from the second loop was never answered.
+    c = RadiusClient(AgentMetrics())
+    seen: list[int] = []
+
+    async def ask() -> None:
+        srv = await serve(lambda req: (AccessAccept, {}))
+        s = c.server("127.0.0.1", srv.port, timeout=1, retries=0, dead_after=10,
+                     dead_time=60)
+        answer = await asyncio.wait_for(c.access_request(
+            [(s, SECRET)], lambda nas_ip: [("User-Name", "u"), ("NAS-IP-Address", nas_ip)]),
+            WAIT)
+        assert answer.accepted
+        assert c._transport._child is not None
+        seen.append(c._transport._child.proc.pid)
+
+    asyncio.run(ask())
+    asyncio.run(ask())
+    c.close()
+    assert len(set(seen)) == 2
