@@ -54,7 +54,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
+import marshal
 import math
 import os
 import shutil
@@ -70,9 +72,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bng_lab import dhcpgen, perfdhcp, profiled
+from bng_lab.messages import request
 from bng_lab.netlab import NetLab, remove_leftovers
 from bng_lab.site import Site
 from bng_operator import netlink
+from bng_operator.agent.config import node_config
+from bng_operator.agent.dhcp.codec import MessageType, decode, encode
+from bng_operator.agent.dhcp.lease_writer import LeaseWriter, open_db
+from bng_operator.agent.dhcp.leases import Decline, Lease, _row
+from bng_operator.agent.dhcp.server import Context, DhcpServer
+from bng_operator.agent.dhcp.transport import build_frame, parse_frame, reply_destination
+from bng_operator.api import BNGNode
+from bng_operator.api.documents import load, yaml_files
+from bng_operator.policy.render import render_node
 
 REPO = Path(__file__).resolve().parents[1]
 # What the known scenario measures, said in its output: not like for like.
@@ -602,6 +614,25 @@ def profile(site: Site, servers: Servers, rate: int, seconds: int, macs: Path | 
 FLOOR_CLIENTS = 4000
 
 
+class _QueuedRows:
+    """What LeaseStore.put queues for its writer, kept here (the floor's store)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, object]] = []
+
+    def put(self, lease: Lease) -> None:
+        self.rows.append(("put", _row(lease)))
+
+    def delete(self, address: int) -> None:
+        self.rows.append(("delete", address))
+
+    def put_decline(self, d: Decline) -> None:
+        pass
+
+    def delete_decline(self, address: int) -> None:
+        pass
+
+
 def slow_path_floor_us(config_text: str, n: int = FLOOR_CLIENTS) -> dict[str, float]:
     """What bng's slow path costs a new client's DISCOVER in Python, in process (us of CPU
     each; the collector off): ``parse`` (the frame and the message), ``decide`` (the state
@@ -610,42 +641,12 @@ def slow_path_floor_us(config_text: str, n: int = FLOOR_CLIENTS) -> dict[str, fl
     commitAtOffer: the session bound once XDP has ACKed, as the refresh log makes the agent
     do), ``store`` (the lease writer's SQLite rows in batches of 32, each fsync'd). No socket, no feature, no
     event loop: a floor under the real cost, not an estimate of it."""
-    import gc
-    import marshal
-
-    from bng_lab.messages import request
-    from bng_operator.agent.config import node_config
-    from bng_operator.agent.dhcp.codec import MessageType, decode, encode
-    from bng_operator.agent.dhcp.lease_writer import LeaseWriter, open_db
-    from bng_operator.agent.dhcp.leases import Decline, Lease, _row
-    from bng_operator.agent.dhcp.server import Context, DhcpServer
-    from bng_operator.agent.dhcp.transport import build_frame, parse_frame, reply_destination
-    from bng_operator.api import BNGNode
-    from bng_operator.api.documents import load, yaml_files
-    from bng_operator.policy.render import render_node
-
-    class Rows:  # what LeaseStore.put queues, without the writer
-        def __init__(self) -> None:
-            self.rows: list[tuple[str, object]] = []
-
-        def put(self, lease: Lease) -> None:
-            self.rows.append(("put", _row(lease)))
-
-        def delete(self, address: int) -> None:
-            self.rows.append(("delete", address))
-
-        def put_decline(self, d: Decline) -> None:
-            pass
-
-        def delete_decline(self, address: int) -> None:
-            pass
-
     with tempfile.TemporaryDirectory(prefix="bng-floor-") as tmp:
         (Path(tmp) / "bench.yaml").write_text(config_text)
         objects, errors = load(yaml_files([Path(tmp)]))
         assert not errors, errors
         node = next(o for o in objects if isinstance(o, BNGNode))
-        store = Rows()
+        store = _QueuedRows()
         server = DhcpServer(node_config(render_node(node, objects)), store)
         ctx = Context("access0", (IPv4Address(GATEWAY),))
         mac = bytes.fromhex("020000000001")
