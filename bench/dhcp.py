@@ -72,19 +72,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bng_lab import dhcpgen, perfdhcp, profiled
+from bng_lab.dhcp_env import config_from
 from bng_lab.messages import request
 from bng_lab.netlab import NetLab, remove_leftovers
 from bng_lab.site import Site
 from bng_operator import netlink
-from bng_operator.agent.config import node_config
 from bng_operator.agent.dhcp.codec import MessageType, decode, encode
 from bng_operator.agent.dhcp.lease_writer import LeaseWriter, open_db
-from bng_operator.agent.dhcp.leases import Decline, Lease, _row
+from bng_operator.agent.dhcp.leases import LeaseStore
 from bng_operator.agent.dhcp.server import Context, DhcpServer
 from bng_operator.agent.dhcp.transport import build_frame, parse_frame, reply_destination
-from bng_operator.api import BNGNode
-from bng_operator.api.documents import load, yaml_files
-from bng_operator.policy.render import render_node
 
 REPO = Path(__file__).resolve().parents[1]
 # What the known scenario measures, said in its output: not like for like.
@@ -614,25 +611,6 @@ def profile(site: Site, servers: Servers, rate: int, seconds: int, macs: Path | 
 FLOOR_CLIENTS = 4000
 
 
-class _QueuedRows:
-    """What LeaseStore.put queues for its writer, kept here (the floor's store)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, object]] = []
-
-    def put(self, lease: Lease) -> None:
-        self.rows.append(("put", _row(lease)))
-
-    def delete(self, address: int) -> None:
-        self.rows.append(("delete", address))
-
-    def put_decline(self, d: Decline) -> None:
-        pass
-
-    def delete_decline(self, address: int) -> None:
-        pass
-
-
 def slow_path_floor_us(config_text: str, n: int = FLOOR_CLIENTS) -> dict[str, float]:
     """What bng's slow path costs a new client's DISCOVER in Python, in process (us of CPU
     each; the collector off): ``parse`` (the frame and the message), ``decide`` (the state
@@ -643,11 +621,8 @@ def slow_path_floor_us(config_text: str, n: int = FLOOR_CLIENTS) -> dict[str, fl
     event loop: a floor under the real cost, not an estimate of it."""
     with tempfile.TemporaryDirectory(prefix="bng-floor-") as tmp:
         (Path(tmp) / "bench.yaml").write_text(config_text)
-        objects, errors = load(yaml_files([Path(tmp)]))
-        assert not errors, errors
-        node = next(o for o in objects if isinstance(o, BNGNode))
-        store = _QueuedRows()
-        server = DhcpServer(node_config(render_node(node, objects)), store)
+        store = LeaseStore(Path(tmp) / "leases.sqlite")  # its queue only: no commit
+        server = DhcpServer(config_from([Path(tmp)]), store)
         ctx = Context("access0", (IPv4Address(GATEWAY),))
         mac = bytes.fromhex("020000000001")
         frames = []
@@ -680,14 +655,16 @@ def slow_path_floor_us(config_text: str, n: int = FLOOR_CLIENTS) -> dict[str, fl
                     assert o.reply is not None
                     server.extend(int(o.reply.yiaddr), until)
             t_bind = time.process_time() - t
-            writer = LeaseWriter(open_db(Path(tmp) / "leases.sqlite"))
-            batches = [marshal.dumps(store.rows[i:i + 32]) for i in range(0, len(store.rows), 32)]
+            writer = LeaseWriter(open_db(store.path))
+            rows = store._pending  # what commit() would seal for the writer
+            batches = [marshal.dumps(rows[i:i + 32]) for i in range(0, len(rows), 32)]
             t = time.process_time()
             for b in batches:  # as the writer process gets them: marshalled frames
                 writer.write(marshal.loads(b))
             t_store = time.process_time() - t
         finally:
             gc.enable()
+            store.close()
     per = {"parse": t_parse, "decide": t_decide, "reply": t_reply, "bind": t_bind,
            "store": t_store}
     out = {k: round(v * 1e6 / n, 1) for k, v in per.items()}

@@ -59,8 +59,13 @@ class Clock:
 
 
 def sample_config(edit=None):  # type: ignore[no-untyped-def]
-    objects, errors = load(yaml_files([SAMPLES]))
-    assert not errors
+    return config_from([SAMPLES], edit)
+
+
+def config_from(paths, edit=None):  # type: ignore[no-untyped-def]
+    """The node's configuration, as the agent renders it, from the objects in ``paths``."""
+    objects, errors = load(yaml_files(paths))
+    assert not errors, errors
     if edit:
         objects = edit(objects)
     node = next(o for o in objects if isinstance(o, BNGNode))

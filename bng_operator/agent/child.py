@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 STOP_WAIT = 5.0  # seconds a helper gets to end after it was killed
-SEND_AT_ONCE = 4 << 20  # bytes handed to the socket in one call at most
 
 
 @dataclass
@@ -35,6 +34,7 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     sock: socket.socket
+    buffer: int  # bytes its socket holds each way: the most one send hands it
     loop: asyncio.AbstractEventLoop | None = None  # the one that watches the socket
     out: bytearray = field(default_factory=bytearray)  # not taken by the socket yet
     inbox: bytearray = field(default_factory=bytearray)  # read, not taken as frames yet
@@ -63,7 +63,7 @@ class Child:
             raise
         finally:
             theirs.close()
-        return cls(name, proc, ours)
+        return cls(name, proc, ours, buffer)
 
     def attach(self, loop: asyncio.AbstractEventLoop, on_data: Callable[[], None],
                on_lost: Callable[[str], None]) -> None:
@@ -82,7 +82,7 @@ class Child:
         out = self.out
         while out:
             try:
-                n = syscalls.send(self.sock.fileno(), bytes(out[:SEND_AT_ONCE]))
+                n = syscalls.send(self.sock.fileno(), bytes(out[:self.buffer]))
             except BlockingIOError:
                 break
             except (BrokenPipeError, ConnectionResetError):

@@ -23,7 +23,7 @@ def test_answers_read_with_the_end_of_the_helper_are_kept(reset: bool) -> None:
     # the same wake-up: the end was reported and the answers dropped with the inbox.
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
-    c = Child("test helper", subprocess.Popen(["true"]), ours)
+    c = Child("test helper", subprocess.Popen(["true"]), ours, 1 << 16)
     seen: list[int] = []
     events: list[str] = []
 

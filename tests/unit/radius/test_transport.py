@@ -130,6 +130,10 @@ def test_a_request_that_cannot_be_encoded_is_said_and_not_sent() -> None:
     t.join(WAIT)
 
 
+def _attributes(nas_ip: str) -> list[tuple[str, str | int]]:
+    return [("User-Name", "u"), ("NAS-IP-Address", nas_ip)]
+
+
 @dataclass
 class _Asking:
     """A client of one server, asking it; the first request out, seen by the server."""
@@ -156,8 +160,7 @@ class _Asking:
 
     def ask(self) -> asyncio.Task[Answer]:
         return asyncio.get_running_loop().create_task(self.client.access_request(
-            [(self.server, SECRET)],
-            lambda nas_ip: [("User-Name", "u"), ("NAS-IP-Address", nas_ip)]))
+            [(self.server, SECRET)], _attributes))
 
 
 def test_a_dead_transport_fails_its_requests_at_once_and_is_started_again() -> None:
@@ -211,9 +214,7 @@ def test_a_client_used_from_another_loop_starts_a_transport_of_its_own() -> None
         srv = await serve(lambda req: (AccessAccept, {}))
         s = c.server("127.0.0.1", srv.port, timeout=1, retries=0, dead_after=10,
                      dead_time=60)
-        answer = await asyncio.wait_for(c.access_request(
-            [(s, SECRET)], lambda nas_ip: [("User-Name", "u"), ("NAS-IP-Address", nas_ip)]),
-            WAIT)
+        answer = await asyncio.wait_for(c.access_request([(s, SECRET)], _attributes), WAIT)
         assert answer.accepted
         assert c._transport._child is not None
         seen.append(c._transport._child.proc.pid)
