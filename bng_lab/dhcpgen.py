@@ -245,10 +245,12 @@ GATEWAY, RELAY = "100.64.0.1", "100.64.0.2"
 
 
 def site_config(cidr: str, block_size: int, lease_time: str,
-                class_spec: str = "{pool: residential}", commit_at_offer: bool = False) -> str:
+                class_spec: str = "{pool: residential}", commit_at_offer: bool = False,
+                event_loop_cpu: int | None = None) -> str:
     """A node's whole configuration for the generator's clients: one pool on ``cidr``
     (gateway GATEWAY, the relay's RELAY excluded) and one class for everyone, whose spec is
-    ``class_spec`` (flow-style YAML); ``commit_at_offer``: BNGNode spec.commitAtOffer."""
+    ``class_spec`` (flow-style YAML); ``commit_at_offer``: BNGNode spec.commitAtOffer,
+    ``event_loop_cpu``: spec.eventLoopCPU."""
     return f"""apiVersion: bng.dev/v1alpha1
 kind: IPPool
 metadata: {{name: residential}}
@@ -270,7 +272,7 @@ spec:
   nodeName: edge-1
   interfaces: {{access: [access0]}}
   commitAtOffer: {str(commit_at_offer).lower()}
-"""
+""" + (f"  eventLoopCPU: {event_loop_cpu}\n" if event_loop_cpu is not None else "")
 
 
 def summary(r: Result) -> dict[str, Any]:

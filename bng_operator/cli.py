@@ -11,7 +11,7 @@ from typing import Any
 
 from bng_operator import __version__
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
-from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, MAX_LEASES_PER_NODE
+from bng_operator.api.bngnode import FAST_PATH_AUTHORITY, MAX_CPU, MAX_LEASES_PER_NODE
 from bng_operator.api.common import DEFAULT_NAMESPACE, rfc3339
 
 
@@ -24,6 +24,16 @@ def _positive_int(text: str) -> int:
     n = int(text)
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+    return n
+
+
+def _cpu(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= MAX_CPU:
+        raise argparse.ArgumentTypeError(f"{text}: want a CPU number, 0 to {MAX_CPU}")
     return n
 
 
@@ -171,7 +181,8 @@ def _cmd_operator(args: argparse.Namespace) -> int:
                             option82_trusted=tuple(args.option82_trusted_interface or ()),
                             option82_relays=tuple(args.option82_trusted_relay or ()),
                             option82_untrusted=args.option82_untrusted,
-                            commit_at_offer=args.commit_at_offer)
+                            commit_at_offer=args.commit_at_offer,
+                            event_loop_cpu=args.event_loop_cpu)
     return run(OperatorSettings(
         reconcile=Settings(node_label=label, defaults=defaults,
                            block_threshold=args.block_threshold,
@@ -436,6 +447,10 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--commit-at-offer", action="store_true",
                    help="per node: commit new clients' leases at OFFER, so that the XDP fast "
                         "path ACKs their REQUEST (BNGNode spec.commitAtOffer)")
+    o.add_argument("--event-loop-cpu", type=_cpu, metavar="CPU",
+                   help="per node: the CPU each agent's process (its event loop) runs on; its "
+                        "helper processes run on its other CPUs (BNGNode spec.eventLoopCPU; "
+                        "default: the kernel places them)")
     o.add_argument("--block-threshold", type=float, default=0.8,
                    help="a node whose blocks are this full gets another (default: %(default)s)")
     o.add_argument("--fast-path-authority", default=_duration(FAST_PATH_AUTHORITY),

@@ -65,6 +65,11 @@ class AgentMetrics:
             registry=r)
         self.config_loaded = Gauge(
             "bng_config_loaded", "1 when the last configuration load succeeded.", registry=r)
+        self.event_loop_cpu = Gauge(
+            "bng_event_loop_cpu", "The CPU the agent's process runs on, its helpers on its "
+            "others (BNGNode spec.eventLoopCPU); -1: the kernel places them (unset, or not "
+            "followed: see the Degraded condition).", registry=r)
+        self.event_loop_cpu.set(-1)
         # The XDP fast path; its requests are counted in bng_dhcp_requests_total{path="fast"}.
         self.fast_passes = Counter(
             "bng_fastpath_passes_total",

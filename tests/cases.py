@@ -151,4 +151,7 @@ WRONG_NODE = [
           "ignore", "spec.interfaces.option82.untrusted"),
     Wrong("option82-relay-cidr", NODE, ("spec", "interfaces", "option82", "trustedRelays"),
           ["192.0.2.0/33"], "spec.interfaces.option82.trustedRelays[0]"),
+    Wrong("event-loop-cpu-negative", NODE, ("spec", "eventLoopCPU"), -1, "spec.eventLoopCPU"),
+    Wrong("event-loop-cpu-too-high", NODE, ("spec", "eventLoopCPU"), 4096, "spec.eventLoopCPU"),
+    Wrong("event-loop-cpu-a-list", NODE, ("spec", "eventLoopCPU"), "0-1", "spec.eventLoopCPU"),
 ]

@@ -13,10 +13,12 @@ import socket
 import struct
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from bng_operator.agent import syscalls
+from bng_operator.agent import placement, syscalls
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ class Child:
     _receiver: syscalls.Receiver = field(default_factory=lambda: syscalls.Receiver(1 << 16))
     _on_data: Callable[[], None] = lambda: None
     _on_lost: Callable[[str], None] = lambda why: None
+    # The CPUs helpers run on (BNGNode spec.eventLoopCPU; agent/placement.py); None: the
+    # agent's. The helpers not stopped yet, by pid, to place them again when that changes.
+    cpus: ClassVar[frozenset[int] | None] = None
+    running: ClassVar[weakref.WeakValueDictionary[int, Child]] = weakref.WeakValueDictionary()
 
     @classmethod
     def start(cls, name: str, module: str, args: list[str], buffer: int) -> Child:
@@ -63,7 +69,11 @@ class Child:
             raise
         finally:
             theirs.close()
-        return cls(name, proc, ours, buffer)
+        if cls.cpus is not None:
+            with contextlib.suppress(OSError):  # said by the placement (agent/placement.py)
+                placement.place(proc.pid, cls.cpus)
+        child = cls.running[proc.pid] = cls(name, proc, ours, buffer)
+        return child
 
     def attach(self, loop: asyncio.AbstractEventLoop, on_data: Callable[[], None],
                on_lost: Callable[[str], None]) -> None:
@@ -155,6 +165,7 @@ class Child:
     def stop(self, wait: float) -> int | None:
         """Stop watching the socket, close the agent's end (the helper ends once it has done
         what it was sent), wait up to ``wait`` seconds, then kill it; its exit code."""
+        self.running.pop(self.proc.pid, None)
         self.detach()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)

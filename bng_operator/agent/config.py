@@ -142,6 +142,8 @@ class NodeConfig:
     qos_policies: dict[str, ShapingRates] = field(default_factory=dict)
     # BNGNode spec.commitAtOffer: a new client's lease is committed with its OFFER
     commit_at_offer: bool = False
+    # BNGNode spec.eventLoopCPU: the agent's process on it, its helper processes elsewhere
+    event_loop_cpu: int | None = None
 
     @cached_property
     def class_by_name(self) -> dict[str, ClassConfig]:
@@ -250,7 +252,7 @@ def node_config(spec: BNGNodeSpec, subscribers: list[Subscriber] = ()) -> NodeCo
                       tuple(classes), tuple(reservations), by_key, frozenset(o82.trusted),
                       tuple(IPv4Network(r) for r in o82.trusted_relays), o82.untrusted,
                       shaping, spec.interfaces.uplink, nat, nat_pool_of, policies,
-                      spec.commit_at_offer)
+                      spec.commit_at_offer, spec.event_loop_cpu)
 
 
 def _nat(spec: BNGNodeSpec, pools: dict[str, PoolConfig],

@@ -20,6 +20,7 @@ class Health:
     store_problem: str = ""  # the last lease store commit failed: no ACK can be sent
     reload_error: str = ""  # the last configuration did not apply (Degraded=True)
     refused: str = ""  # the apiserver refused the agent's credentials (Degraded=True)
+    placement: str = ""  # spec.eventLoopCPU could not be followed (Degraded=True)
     last_sync: datetime | None = None  # when the configuration was last read
     dirty: bool = True  # the BNGNode status should be written again
     attached: set[str] = field(default_factory=set)  # interfaces with the fast path on them

@@ -25,6 +25,7 @@ from typing import Any
 from bng_operator import http, netlink
 from bng_operator.agent import syscalls
 from bng_operator.agent.audit import AuditLog
+from bng_operator.agent.child import Child
 from bng_operator.agent.config import ConfigError, NodeConfig
 from bng_operator.agent.dataplane import DEFAULT_PIN_ROOT
 from bng_operator.agent.dhcp.leases import Lease, LeaseStore
@@ -38,6 +39,7 @@ from bng_operator.agent.lock import Locks
 from bng_operator.agent.nat.feature import NatFeature, nat_programs
 from bng_operator.agent.observe.feature import ObserveFeature
 from bng_operator.agent.observe.slowpath import block_flow
+from bng_operator.agent.placement import CpuPlacement, Placement
 from bng_operator.agent.qos.feature import QosFeature, shaping_programs
 from bng_operator.agent.radius.accounting import Usage
 from bng_operator.agent.radius.feature import RadiusFeature
@@ -110,6 +112,8 @@ class Agent:
     radius: RadiusFeature | None = None
     reporting: KubeReporting | None = None
     observe: ObserveFeature | None = None
+    placement: CpuPlacement = field(default_factory=lambda: CpuPlacement(
+        lambda: list(Child.running), lambda cpus: setattr(Child, "cpus", cpus)))
     _reload_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     _nat_started: bool = False
     _loop: asyncio.AbstractEventLoop | None = None
@@ -158,6 +162,7 @@ class Agent:
         if config is None:
             return
         self.config = config
+        self._place(config)
         self._read_source()
         h.last_sync = datetime.now(UTC)
         m.config_loaded.set(1)
@@ -449,6 +454,17 @@ class Agent:
             out += nat_programs(self._config.uplink, self.nat.attached)
         return out
 
+    def _place(self, config: NodeConfig) -> None:
+        """The agent's process on spec.eventLoopCPU and its helpers elsewhere (or wherever
+        the kernel likes, unset)."""
+        self._placed(self.placement.apply(config.event_loop_cpu))
+
+    def _placed(self, p: Placement) -> None:
+        cpu = self.placement.cpu
+        self.metrics.event_loop_cpu.set(-1 if p.problem or cpu is None else cpu)
+        if p.problem != self.health.placement:
+            self.health.placement, self.health.dirty = p.problem, True
+
     def _read_source(self) -> None:
         refused = getattr(self.source, "refused", "")
         self.metrics.kube_auth_refused.set(1 if refused else 0)
@@ -456,7 +472,7 @@ class Agent:
             self.health.refused, self.health.dirty = refused, True
 
     def _degraded(self) -> str:
-        degraded = self.health.refused or self.health.reload_error
+        degraded = self.health.refused or self.health.reload_error or self.health.placement
         if self.radius is not None:
             degraded = degraded or self.radius.problem
         if self.nat is not None and self.nat.problem and self._config.nat:
@@ -491,6 +507,8 @@ class Agent:
                     await loop.run_in_executor(None, self.nat.attach)
                     self.nat.collect()
                 self.expiry.run_once()
+                if (placed := self.placement.check()) is not None:
+                    self._placed(placed)
             except Exception:  # the timer must outlive any one bad tick
                 log.exception("periodic work failed; retrying")
             await asyncio.sleep(self.settings.tick)
@@ -539,6 +557,7 @@ class Agent:
             return
         self._expiry.adopt_orphans(self.server.reconfigure(config), say=False)
         self.config = config
+        self._place(config)
         h.dirty = True
         if self.fast_path is not None:
             self.fast_path.reconfigure(config)

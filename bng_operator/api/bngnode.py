@@ -22,6 +22,7 @@ MAX_LEASES_PER_NODE = 100_000
 # much longer than the node's longest lease. (`bng agent` and `bng operator`
 # --fast-path-authority.)
 FAST_PATH_AUTHORITY = 600.0
+MAX_CPU = 4095  # the highest CPU number spec.eventLoopCPU may name (Linux's NR_CPUS bound)
 
 InterfaceName = Annotated[str, Field(min_length=1, max_length=15, pattern=r"^[^/\s:]+$")]
 
@@ -106,6 +107,14 @@ class BNGNodeSpec(Model):
                     "offer's hold) and let the XDP fast path ACK its REQUEST: one message of "
                     "a DORA in Python instead of two, and the ACK in microseconds. Each "
                     "DISCOVER then costs a durable write. docs/fast-path.md.")
+    event_loop_cpu: int | None = Field(
+        default=None, ge=0, le=MAX_CPU, alias="eventLoopCPU",
+        description="The CPU the agent's process runs on: its event loop (the DHCP slow path, "
+                    "RADIUS, the features) and its threads, which share one interpreter lock "
+                    "anyway. Its helper processes (the lease store's writer, the RADIUS "
+                    "transport) run on the agent's other CPUs, so that waking them does not "
+                    "take the event loop's CPU. Unset: the kernel places both (the default). "
+                    "docs/tuning.md.")
     pools: list[NodePool] = Field(default_factory=list, max_length=256)
     classes: list[NodeClass] = Field(default_factory=list, max_length=256)
     qos_policies: list[NodeQoSPolicy] = Field(default_factory=list, max_length=256)

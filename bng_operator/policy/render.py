@@ -48,6 +48,7 @@ class NodeDefaults:
     option82_relays: tuple[str, ...] = ()  # CIDRs of relays whose option 82 is believed
     option82_untrusted: Literal["drop", "strip"] = "drop"
     commit_at_offer: bool = False  # BNGNodeSpec.commit_at_offer
+    event_loop_cpu: int | None = None  # BNGNodeSpec.event_loop_cpu
 
 
 def _names(raw: str | None) -> list[str]:
@@ -90,6 +91,7 @@ def render_spec(node: NodeInfo, pools: Sequence[IPPool], classes: Sequence[Subsc
                                    untrusted=defaults.option82_untrusted)),
         max_leases=defaults.max_leases,
         commit_at_offer=defaults.commit_at_offer,
+        event_loop_cpu=defaults.event_loop_cpu,
         pools=[NodePool(name=n, spec=p.spec, blocks=sorted(blocks[n], key=_cidr_key))
                for n, p in sorted(served.items())],
         classes=[NodeClass(name=c.name, spec=c.spec) for c in cls],

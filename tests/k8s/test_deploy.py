@@ -346,7 +346,8 @@ def test_operator_deployment_args_follow_the_values(helm: Helm) -> None:
                   "operator.blockThreshold=0.5", "agent.xdpMode=generic", "image.tag=dev",
                   "interfaces.option82.trusted={eth2}",
                   "interfaces.option82.trustedRelays={192.0.2.0/24}",
-                  "interfaces.option82.untrusted=strip")
+                  "interfaces.option82.untrusted=strip", "agent.eventLoopCPU=3",
+                  "dhcp.commitAtOffer=true")
     dep = one(objs, "Deployment", "bng-operator")
     assert dep["spec"]["replicas"] == 3
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -357,6 +358,7 @@ def test_operator_deployment_args_follow_the_values(helm: Helm) -> None:
     assert args[args.index("--option82-trusted-relay") + 1] == "192.0.2.0/24"
     assert args[args.index("--option82-untrusted") + 1] == "strip"
     assert args[args.index("--block-threshold") + 1] == "0.5"
+    assert args[args.index("--event-loop-cpu") + 1] == "3" and "--commit-at-offer" in args
     ds = one(objs, "DaemonSet", "bng-agent")
     pod = ds["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"edge.example/bng": "yes"}
