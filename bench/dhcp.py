@@ -102,10 +102,26 @@ KEA_RCVBUF_FACTOR = 4  # see kernel_search
 GENERATOR_RCVBUF = 4 << 20
 CIDR = "100.64.0.0/14"
 GATEWAY, RELAY = dhcpgen.GATEWAY, dhcpgen.RELAY
-POOL = dhcpgen.site_config(CIDR, 16, "1h")
-# new: bng commits each offer and its XDP program ACKs the REQUEST (BNGNode
-# spec.commitAtOffer); --commit-at-request measures the default, where the slow path does
-COMMITTING_POOL = dhcpgen.site_config(CIDR, 16, "1h", commit_at_offer=True)
+
+
+def event_loop_cpu(choice: str) -> int | None:
+    """``--event-loop-cpu``: "auto" is the last CPU this process may use when it may use two
+    or more (the agent's process there, its helpers on the others: BNGNode
+    spec.eventLoopCPU, docs/tuning.md), "none" leaves both to the kernel."""
+    if choice == "none":
+        return None
+    if choice == "auto":
+        cpus = os.sched_getaffinity(0)
+        return max(cpus) if len(cpus) > 1 else None
+    return int(choice)
+
+
+def bng_config(commit_at_offer: bool, cpu: int | None) -> str:
+    """The benchmark's node; new: bng commits each offer and its XDP program ACKs the
+    REQUEST (BNGNode spec.commitAtOffer); --commit-at-request measures the default, where
+    the slow path answers both."""
+    return dhcpgen.site_config(CIDR, 16, "1h", commit_at_offer=commit_at_offer,
+                               event_loop_cpu=cpu)
 
 
 # Kea 2.2 in each configuration it runs in, by the name the output gives it: what it adds to
@@ -697,6 +713,9 @@ def main() -> int:
     ap.add_argument("--commit-at-request", action="store_true",
                     help="new: bng with BNGNode spec.commitAtOffer off (its default): the slow "
                          "path answers both DISCOVER and REQUEST")
+    ap.add_argument("--event-loop-cpu", default="auto", metavar="auto|none|CPU",
+                    help="bng's BNGNode spec.eventLoopCPU (default: %(default)s: the last "
+                         "CPU, if there are two or more)")
     ap.add_argument("--bng-only", action="store_true",
                     help="search bng's rate alone (no Kea, so no ratio): to compare two "
                          "versions of bng, run one after the other")
@@ -713,7 +732,9 @@ def main() -> int:
     remove_leftovers()
     workdir = Path(tempfile.mkdtemp(prefix="bng-bench-"))
     commit_at_offer = args.scenario == "new" and not args.commit_at_request
-    site = relay_site(workdir, {"config": COMMITTING_POOL if commit_at_offer else POOL})
+    cpu = event_loop_cpu(args.event_loop_cpu)
+    config = bng_config(commit_at_offer, cpu)
+    site = relay_site(workdir, {"config": config})
     servers = Servers(site, workdir)
     macs = None
     if args.scenario == "known":
@@ -761,7 +782,7 @@ def main() -> int:
         "scenario": args.scenario,
         "bng": round(b), "peer": round(k), "peer_name": peer_name(peer),
         "ratio": round(b / k, 3) if k else None,
-        "bng_config": {"commitAtOffer": commit_at_offer},
+        "bng_config": {"commitAtOffer": commit_at_offer, "eventLoopCPU": cpu},
         # Kea's result in each configuration; "peer" is the best of them
         "peer_configs": {n: round(r) for n, r in peer_rates.items()},
         "unit": "DORA/s (ACKs received within the timed period)",
@@ -793,7 +814,7 @@ def main() -> int:
         # perfdhcp and the rest kept busy then), against bng's floor: the Python a new
         # client's DISCOVER costs in process alone (slow_path_floor_us).
         "budget_us_per_dora_at_peer_rate": round(kea.budget_us, 1) if kea else None,
-        "bng_floor_us": slow_path_floor_us(COMMITTING_POOL if commit_at_offer else POOL),
+        "bng_floor_us": slow_path_floor_us(config),
         # bng had no drops at the top rate and perfdhcp sent less than was asked of it.
         "generator_limited": generator_limited(bng_trials),
         "bng_replies_by_path": bng.by_path if bng else None,

@@ -61,6 +61,7 @@ from bench.dhcp import (
     Servers,
     Trial,
     _perfdhcp,
+    event_loop_cpu,
     machine_busy_seconds,
     perfdhcp_report,
     process_cpu_seconds,
@@ -84,10 +85,12 @@ def radius_spec(interim: int = 0) -> str:
             f"secret: {{name: radius}}}}], interimInterval: {interim}s}}}}")
 
 
-def configs(interim: int, commit_at_offer: bool = True) -> dict[str, str]:
+def configs(interim: int, commit_at_offer: bool = True,
+            event_loop_cpu: int | None = None) -> dict[str, str]:
     """Each mode's node; every one commits offers (XDP ACKs the REQUEST: bng's faster
-    configuration, bench/dhcp.py's too) unless ``commit_at_offer`` is False."""
-    return {mode: dhcpgen.site_config(CIDR, 16, "1h", spec, commit_at_offer)
+    configuration, bench/dhcp.py's too) unless ``commit_at_offer`` is False, and runs the
+    agent's process on ``event_loop_cpu`` (spec.eventLoopCPU) if given."""
+    return {mode: dhcpgen.site_config(CIDR, 16, "1h", spec, commit_at_offer, event_loop_cpu)
             for mode, spec in (
         ("plain", "{pool: residential}"), ("auth", radius_spec()),
         ("acct", radius_spec(interim)))}
@@ -338,6 +341,9 @@ def main() -> int:
     ap.add_argument("--commit-at-request", action="store_true",
                     help="both configurations with BNGNode spec.commitAtOffer off (its "
                          "default): the slow path answers DISCOVER and REQUEST")
+    ap.add_argument("--event-loop-cpu", default="auto", metavar="auto|none|CPU",
+                    help="both configurations' BNGNode spec.eventLoopCPU (default: "
+                         "%(default)s: the last CPU, if there are two or more)")
     ap.add_argument("--json", action="store_true", help="progress on stderr, JSON last")
     a = ap.parse_args()
     if a.quick:
@@ -345,6 +351,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/radius.py needs root (network namespaces)", file=sys.stderr)
         return 2
+    cpu = event_loop_cpu(a.event_loop_cpu)
     say = progress()
     unwind_on_sigterm()
     remove_leftovers()
@@ -357,7 +364,7 @@ def main() -> int:
     rounds: list[dict[str, Any]] = []
     asked = 0
     try:
-        site = relay_site(workdir, configs(a.interim, not a.commit_at_request))
+        site = relay_site(workdir, configs(a.interim, not a.commit_at_request, cpu))
         fr = FreeRadius(PORT, USERS, namespace=site.bng, acct_port=PORT + 1).start()
         assert fr.proc is not None
         modes = Modes(site, workdir, secrets, fr.proc.pid)
@@ -444,7 +451,8 @@ def result(rounds: list[dict[str, Any]], acct: dict[str, Any], asked: int, answe
         "where_time_goes": where,
         "goals": {"auth_ratio_min": 0.8, "auth_ratio_met": bool(ratio and ratio >= 0.8),
                   "no_backlog_growth": acct["backlog_growth"] <= 0},
-        "bng_config": {"commitAtOffer": not a.commit_at_request},
+        "bng_config": {"commitAtOffer": not a.commit_at_request,
+                       "eventLoopCPU": event_loop_cpu(a.event_loop_cpu)},
         "settings": {"rounds": a.rounds, "seconds": a.seconds, "rate": a.rate,
                      "quick": a.quick, "sessions": a.sessions, "interim": a.interim},
     }

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from bench.dhcp import COMMITTING_POOL, POOL, Trial, slow_path_floor_us
+from bench.dhcp import Trial, bng_config, slow_path_floor_us
 from bng_lab import perfdhcp
 
 pytestmark = pytest.mark.unit
@@ -34,11 +34,11 @@ def test_the_budget_is_the_cpus_the_others_leave_over_the_rate(
 
 
 def test_the_floor_times_each_step_of_a_new_client() -> None:
-    committing = slow_path_floor_us(COMMITTING_POOL, n=300)
+    committing = slow_path_floor_us(bng_config(True, None), n=300)
     assert set(committing) == {"parse", "decide", "reply", "bind", "store", "total"}
     assert all(committing[k] > 0 for k in ("parse", "decide", "reply", "bind", "store"))
     assert committing["total"] == pytest.approx(
         sum(v for k, v in committing.items() if k != "total"), abs=0.3)
     # committed at REQUEST, the DISCOVER writes nothing and binds nothing
-    plain = slow_path_floor_us(POOL, n=300)
+    plain = slow_path_floor_us(bng_config(False, None), n=300)
     assert plain["store"] == plain["bind"] == 0.0 and plain["decide"] > 0
