@@ -471,22 +471,28 @@ class Agent:
         if refused != self.health.refused:
             self.health.refused, self.health.dirty = refused, True
 
-    def _degraded(self) -> str:
-        degraded = self.health.refused or self.health.reload_error or self.health.placement
-        if self.radius is not None:
-            degraded = degraded or self.radius.problem
-        if self.nat is not None and self.nat.problem and self._config.nat:
-            degraded = degraded or self.nat.problem
+    def _degraded(self) -> tuple[str, str]:
+        """What the node is served around (the BNGNode's Degraded condition): its reason and
+        message, ("", "") when nothing is; the first of them when several are."""
+        h = self.health
+        for reason, problem in (("CredentialsRefused", h.refused),
+                                ("ConfigurationNotApplied", h.reload_error),
+                                ("CPUPlacementNotFollowed", h.placement),
+                                ("RADIUSDegraded", self.radius.problem if self.radius is not None else ""),
+                                ("NATDegraded", self.nat.problem
+                                 if self.nat is not None and self._config.nat else "")):
+            if problem:
+                return reason, problem
         if self.settings.fast_path:
             missing = [n for n in self._config.access_interfaces if n not in self.health.attached]
             if self.fast_path is None:
-                degraded = degraded or "fast path unavailable: the slow path serves every request"
-            elif missing:
-                degraded = degraded or f"fast path not attached on {', '.join(missing)}"
-            elif self.fast_path.cache is not None and self.fast_path.cache.undeleted:
-                degraded = degraded or (f"{len(self.fast_path.cache.undeleted)} fast-path entries "
-                                        "of ended leases could not be removed; retrying")
-        return degraded
+                return "FastPathDown", "fast path unavailable: the slow path serves every request"
+            if missing:
+                return "FastPathDown", f"fast path not attached on {', '.join(missing)}"
+            if self.fast_path.cache is not None and self.fast_path.cache.undeleted:
+                return "FastPathDown", (f"{len(self.fast_path.cache.undeleted)} fast-path "
+                                        "entries of ended leases could not be removed; retrying")
+        return "", ""
 
     # --- periodic work -------------------------------------------------------------------------
 

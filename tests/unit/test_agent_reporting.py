@@ -15,8 +15,11 @@ from bng_operator.agent.config import node_config
 from bng_operator.agent.report.kube import KubeReporter, ReportSettings
 from bng_operator.agent.report.status import block_usage, node_status
 from bng_operator.agent.report.subscribers import expired_past_ttl, object_name, status
+from bng_operator.agent.runtime import Agent, AgentSettings
+from bng_operator.agent.sources import FileSource, load_node_config
 from bng_operator.api.bngnode import BNGNodeSpec
 from bng_operator.metrics import AgentMetrics
+from tests.cases import SAMPLES
 
 NOW = 1_800_000_000.0
 
@@ -95,13 +98,30 @@ def test_block_usage_counts_leases_per_block_and_orphans_under_their_pool() -> N
 
 def test_node_status_conditions() -> None:
     now = datetime(2026, 11, 23, tzinfo=UTC)
-    ok = node_status(_config(), [], [], [], "", "", 4, now, [], now)
+    ok = node_status(_config(), [], [], [], "", ("", ""), 4, now, [], now)
     assert [(c.type, c.status, c.observed_generation) for c in ok.conditions] == [
         ("Ready", "True", 4), ("Degraded", "False", 4)]
-    bad = node_status(_config(), [], [], [], "access interfaces missing: access0", "fast path "
-                      "unavailable", 5, now, list(ok.conditions), now)
-    assert [(c.type, c.status, c.reason) for c in bad.conditions] == [
-        ("Ready", "False", "NotServing"), ("Degraded", "True", "FastPathDown")]
+    bad = node_status(_config(), [], [], [], "access interfaces missing: access0",
+                      ("FastPathDown", "fast path unavailable"), 5, now, list(ok.conditions), now)
+    assert [(c.type, c.status, c.reason, c.message) for c in bad.conditions] == [
+        ("Ready", "False", "NotServing", "access interfaces missing: access0"),
+        ("Degraded", "True", "FastPathDown", "fast path unavailable")]
+
+
+@pytest.mark.parametrize(("field", "reason"), [
+    ("refused", "CredentialsRefused"), ("reload_error", "ConfigurationNotApplied"),
+    ("placement", "CPUPlacementNotFollowed")])
+def test_the_degraded_condition_names_its_cause(field: str, reason: str) -> None:
+    agent = Agent(AgentSettings("edge-1", fast_path=False), FileSource([SAMPLES]))
+    agent.config = load_node_config(agent.source, "edge-1")
+    assert agent._degraded() == ("", "")
+    setattr(agent.health, field, "what went wrong")
+    assert agent._degraded() == (reason, "what went wrong")
+    agent.settings.fast_path = True  # and a fast path that never loaded: the first still wins
+    assert agent._degraded() == (reason, "what went wrong")
+    setattr(agent.health, field, "")
+    assert agent._degraded() == ("FastPathDown", "fast path unavailable: the slow path serves "
+                                 "every request")
 
 
 class FakeApi:

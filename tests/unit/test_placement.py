@@ -116,7 +116,8 @@ def test_a_cpu_not_the_agents_degrades_the_node_and_says_why() -> None:
     agent._place(config)
     want = "spec.eventLoopCPU 4095 is not a CPU this agent may run on"
     assert agent.health.placement.startswith(want) and agent.health.dirty
-    assert agent._degraded().startswith(want)  # the BNGNode's Degraded condition
+    reason, message = agent._degraded()  # the BNGNode's Degraded condition
+    assert reason == "CPUPlacementNotFollowed" and message.startswith(want)
     assert agent.metrics.event_loop_cpu._value.get() == -1
     assert _affinity() == {F(os.sched_getaffinity(0))}  # this process: left where it was
 

@@ -46,7 +46,7 @@ class NodeView:
     generation: Callable[[], int | None]
     programs: Callable[[], list[ProgramStatus]]
     maps: Callable[[], list[MapFill]]
-    degraded: Callable[[], str]
+    degraded: Callable[[], tuple[str, str]]  # the Degraded condition's reason, message
     orphans: Callable[[], list[Lease]]
     fast_path_on: Callable[[], bool]
     nat: Callable[[], list[NATUsage]] = list  # blocks in use per NAT public address

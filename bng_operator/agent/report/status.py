@@ -45,21 +45,23 @@ def block_usage(config: NodeConfig, leases: Iterable[Lease]) -> list[BlockUsage]
 
 
 def node_status(config: NodeConfig, leases: Iterable[Lease], programs: list[ProgramStatus],
-                maps: list[MapFill], problem: str, degraded: str, generation: int | None,
+                maps: list[MapFill], problem: str, degraded: tuple[str, str],
+                generation: int | None,
                 last_sync: datetime | None, conditions: list[Condition],
                 now: datetime, nat: list[NATUsage] | None = None,
                 radius: list[RadiusServerStatus] | None = None,
                 hubble: str = "") -> BNGNodeStatus:
-    """``problem`` keeps the node from serving (Ready=False); ``degraded`` is served around
-    (Degraded=True), such as a fast path that could not load. Empty strings: all is well."""
+    """``problem`` keeps the node from serving (Ready=False); ``degraded`` (a reason and a
+    message) is served around (Degraded=True), such as a fast path that could not load.
+    Empty strings: all is well."""
     leases = list(leases)
     conds = with_condition(conditions, "Ready", not problem,
                            "NotServing" if problem else "Serving",
                            problem or f"serving DHCP on {', '.join(config.access_interfaces)}",
                            generation, now)
-    conds = with_condition(conds, "Degraded", bool(degraded),
-                           "FastPathDown" if degraded else "AllPathsUp",
-                           degraded or "every program is attached", generation, now)
+    reason, message = degraded
+    conds = with_condition(conds, "Degraded", bool(message), reason or "AllPathsUp",
+                           message or "every program is attached", generation, now)
     return BNGNodeStatus(programs=programs, maps=maps, blocks=block_usage(config, leases),
                          nat=nat or [], radius=radius or [],
                          leases_active=len(leases), hubble=hubble, last_sync=last_sync,
