@@ -165,20 +165,37 @@ def machine_busy_seconds() -> float:
     return (sum(ticks[:7]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    """A process's child processes (bng's lease writer is a process of the agent's)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
 def process_cpu_seconds(pid: int) -> float:
-    """A process's CPU so far: user and system, all its threads, and its children's (bng's
-    lease writer is a process of the agent's), from /proc."""
+    """A process's CPU so far: user and system, all its threads, and its children's, from
+    /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        for child in children:
-            with contextlib.suppress(OSError):  # it ended meanwhile
-                total += process_cpu_seconds(int(child))
+    for child in _children(pid):
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            total += process_cpu_seconds(child)
     return total
+
+
+def process_cpus(pid: int) -> set[int]:
+    """The CPUs a process, any of its threads or any of its children may run on (bng's
+    agent and its helpers may each have their own: spec.eventLoopCPU)."""
+    cpus: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            cpus |= os.sched_getaffinity(int(task.name))
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            cpus |= process_cpus(child)
+    return cpus
 
 
 @dataclass
@@ -260,9 +277,9 @@ class Servers:
         return process_cpu_seconds(proc.pid) if proc is not None else 0.0
 
     def cores_allowed(self, which: str) -> int:
-        """The CPUs the running server may use (its affinity)."""
+        """The CPUs the running server may use (its processes' affinities)."""
         proc = self._process(which)
-        return len(os.sched_getaffinity(proc.pid)) if proc is not None else 0
+        return len(process_cpus(proc.pid)) if proc is not None else 0
 
     def settle(self, timeout: float = 60) -> None:
         """Wait for the agent's start-up work to end: DHCP is served (ready) before the fast
