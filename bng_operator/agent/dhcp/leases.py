@@ -94,6 +94,9 @@ class LeaseStore:
         self.timed: Callable[[float], None] = lambda seconds: None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one its commits run on
         self._closed = False
+        # commit futures -> what runs the moment the store settles them (``when_settled``)
+        self._at_once: dict[asyncio.Future[None],
+                            list[Callable[[asyncio.Future[None]], None]]] = {}
 
     def load(self) -> tuple[list[Lease], list[Decline]]:
         leases = [Lease(*row) for row in self._db.execute(LEASE_SELECT)]
@@ -145,6 +148,25 @@ class LeaseStore:
             loop.call_soon(self._flush)
         return self._next
 
+    def when_settled(self, fut: asyncio.Future[None],
+                     fn: Callable[[asyncio.Future[None]], None]) -> None:
+        """Run ``fn(fut)`` the moment the store settles ``fut`` (a future ``commit`` gave),
+        when the writer's answer is read: not in the event loop's next turn, after the rest
+        of this one (a step of DHCP requests, milliseconds under load), as the future's own
+        callbacks run. For the replies that wait on the commit."""
+        if fut.done():
+            fut.add_done_callback(fn)
+            return
+        self._at_once.setdefault(fut, []).append(fn)
+
+    def _settle(self, fut: asyncio.Future[None], err: BaseException | None) -> None:
+        _resolve(fut, err)
+        for fn in self._at_once.pop(fut, ()):
+            try:
+                fn(fut)
+            except Exception:  # one waiter's failure must not keep the others waiting
+                log.exception("internal error after a lease store commit")
+
     def stalled_for(self) -> float:
         """Seconds the oldest batch at the writer has taken so far; 0 when none is there. A
         disk that hangs makes this grow: the commits (and their ACKs) wait on it."""
@@ -163,7 +185,7 @@ class LeaseStore:
             w = self._writer_running()
             body = marshal.dumps(batch)
         except Exception as e:  # no writer, or a value marshal cannot carry: this commit fails
-            _resolve(fut, LeaseStoreError(f"the lease writer cannot take the batch: {e}"))
+            self._settle(fut, LeaseStoreError(f"the lease writer cannot take the batch: {e}"))
             return
         # The audit lines of these rows, gathered this turn, are on record before the rows
         # can reach the disk: the agent may die before it hears the commit, the writer not.
@@ -189,7 +211,7 @@ class LeaseStore:
             now = time.monotonic()
             while self._flying and next(iter(self._flying)) <= last:
                 b = self._flying.pop(next(iter(self._flying)))
-                _resolve(b.fut, err)
+                self._settle(b.fut, err)
                 self.timed(now - b.sent)
 
     def _lost(self, w: Child, why: str) -> None:
@@ -217,7 +239,7 @@ class LeaseStore:
         self._fail_flying(err)
         if gathered is not None:
             with contextlib.suppress(RuntimeError):  # of a loop that is closed
-                _resolve(gathered, err)
+                self._settle(gathered, err)
 
     def _stop(self, w: Child, wait: float) -> int | None:
         """Stop writer ``w`` (the frames not sent to it go); its exit code."""
@@ -229,7 +251,7 @@ class LeaseStore:
         flying, self._flying = self._flying, {}
         for b in flying.values():
             with contextlib.suppress(RuntimeError):  # of a loop that is closed
-                _resolve(b.fut, err)
+                self._settle(b.fut, err)
 
 
 @dataclass(slots=True)

@@ -242,7 +242,7 @@ class PacketPath:
         sends = self._after_commit.get(fut)
         if sends is None:
             sends = self._after_commit[fut] = []
-            fut.add_done_callback(self._send_committed)
+            self.store.when_settled(fut, self._send_committed)
         sends.append(_Pending(iface, wire, mtype, out.kind, t0, events))
 
     def _send_committed(self, fut: asyncio.Future[None]) -> None:

@@ -134,3 +134,48 @@ def test_each_answered_batch_is_timed(tmp_path: Path) -> None:
     asyncio.run(run())
     store.close()
     assert len(times) == 2 and all(0 < t < 10 for t in times)
+
+
+def test_what_waits_on_a_commit_runs_when_its_answer_is_read(tmp_path: Path) -> None:
+    """when_settled: the replies waiting on a commit go out as the writer's answer is read,
+    not a turn of the event loop later, after the future's own callbacks were scheduled."""
+    store = LeaseStore(tmp_path / "l.sqlite")
+    seen: list[str] = []
+
+    async def run() -> None:
+        store.put(bound_lease(address=BASE, identity="mac:0"))
+        fut = store.commit()
+        fut.add_done_callback(lambda f: seen.append("the future's callback"))
+
+        def boom(f: asyncio.Future[None]) -> None:
+            seen.append("a failing waiter")
+            raise RuntimeError("boom")
+
+        store.when_settled(fut, boom)  # does not keep the next waiter from running
+        store.when_settled(fut, lambda f: seen.append(f"settled, ok={f.exception() is None}"))
+        while not fut.done():  # the writer's answer, read as the loop reads it
+            await asyncio.sleep(0)
+        assert seen == ["a failing waiter", "settled, ok=True"]  # in the turn that read it
+        await asyncio.sleep(0)
+        assert seen[-1] == "the future's callback"
+
+    asyncio.run(run())
+    store.close()
+
+
+def test_waiters_hear_of_a_commit_that_failed(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "l.sqlite")
+    got: list[bool] = []
+
+    async def run() -> None:
+        store.put(bound_lease(address=BASE, identity="mac:0"))
+        fut = store.commit()
+        store.when_settled(fut, lambda f: got.append(f.exception() is not None))
+        store.close()  # before the writer answered: the commit fails
+        assert got == [True]
+        done = store.commit()  # the store is closed: a failed future, its waiter a turn later
+        store.when_settled(done, lambda f: got.append(f.exception() is not None))
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert got == [True, True]
