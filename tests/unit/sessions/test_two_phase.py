@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -32,16 +33,29 @@ A_MAC = "02:00:00:00:aa:01"
 OTHERS = 1000
 
 
+@dataclass
 class CommittingStore(MemoryStore):
-    """Commits on the loop's next turn, as the real store's writer thread answers later."""
+    """Commits on the loop's next turn, as the real store's writer answers later, and runs
+    what waits on a commit as it settles it (LeaseStore.when_settled)."""
 
     commits: int = 0
+    waiting: dict[asyncio.Future[None], list[Callable[[asyncio.Future[None]], None]]] = field(
+        default_factory=dict)
 
     def commit(self) -> asyncio.Future[None]:
         fut = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_soon(fut.set_result, None)
+        asyncio.get_running_loop().call_soon(self._settle, fut)
         self.commits += 1
         return fut
+
+    def when_settled(self, fut: asyncio.Future[None],
+                     fn: Callable[[asyncio.Future[None]], None]) -> None:
+        self.waiting.setdefault(fut, []).append(fn)
+
+    def _settle(self, fut: asyncio.Future[None]) -> None:
+        fut.set_result(None)
+        for fn in self.waiting.pop(fut, ()):
+            fn(fut)
 
 
 @dataclass
