@@ -351,7 +351,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/radius.py needs root (network namespaces)", file=sys.stderr)
         return 2
-    cpu = event_loop_cpu(a.event_loop_cpu)
+    a.event_loop_cpu = cpu = event_loop_cpu(a.event_loop_cpu)  # the JSON says it as resolved
     say = progress()
     unwind_on_sigterm()
     remove_leftovers()
@@ -451,8 +451,7 @@ def result(rounds: list[dict[str, Any]], acct: dict[str, Any], asked: int, answe
         "where_time_goes": where,
         "goals": {"auth_ratio_min": 0.8, "auth_ratio_met": bool(ratio and ratio >= 0.8),
                   "no_backlog_growth": acct["backlog_growth"] <= 0},
-        "bng_config": {"commitAtOffer": not a.commit_at_request,
-                       "eventLoopCPU": event_loop_cpu(a.event_loop_cpu)},
+        "bng_config": {"commitAtOffer": not a.commit_at_request, "eventLoopCPU": a.event_loop_cpu},
         "settings": {"rounds": a.rounds, "seconds": a.seconds, "rate": a.rate,
                      "quick": a.quick, "sessions": a.sessions, "interim": a.interim},
     }
